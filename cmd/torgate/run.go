@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+
+	"github.com/torgate/torgate"
+	"github.com/torgate/torgate/dns"
+	"github.com/torgate/torgate/tunnel"
+)
+
+// runFlags holds "torgate run" flags; each maps onto one torgate.Config
+// field.
+type runFlags struct {
+	tunName, socks, isolation, dnsMode, stateDir string
+	logLevel, logFormat                          string
+	tunFD, mtu                                   int
+	addr4, addr6, pool4, pool6                   string
+	maxFlows, maxPerSource                       int
+	logDest, icmpUnreach                         bool
+}
+
+func (f *runFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.tunName, "tun", "torgate0", "name of the TUN device to create")
+	fs.IntVar(&f.tunFD, "tun-fd", 0, "use this already open TUN file descriptor instead of creating one")
+	fs.IntVar(&f.mtu, "mtu", 1500, "MTU of the TUN device")
+	fs.StringVar(&f.addr4, "addr", "10.152.152.10/18", "gateway IPv4 address/prefix on a created TUN (empty: none)")
+	fs.StringVar(&f.addr6, "addr6", "", "gateway IPv6 address/prefix on a created TUN (empty: none)")
+	fs.StringVar(&f.socks, "socks", "", "upstream SOCKS5 endpoint: host:port, /path or unix:/path (Tor's SocksPort)")
+	fs.StringVar(&f.isolation, "isolation", "source", "stream isolation: source, destination (source+destination host) or none")
+	fs.StringVar(&f.dnsMode, "dns-mode", "automap", "DNS: automap (virtual addresses, names resolved by the exit) or resolve (Tor RESOLVE)")
+	fs.StringVar(&f.pool4, "dns-pool4", dns.DefaultPool4.String(), "IPv4 virtual address pool for automap")
+	fs.StringVar(&f.pool6, "dns-pool6", dns.DefaultPool6.String(), "IPv6 virtual address pool for automap")
+	fs.StringVar(&f.stateDir, "state-dir", "", "directory for state kept across restarts (automap table)")
+	fs.IntVar(&f.maxFlows, "max-flows", 0, "cap on open flows in all (0: default 16384)")
+	fs.IntVar(&f.maxPerSource, "max-flows-per-source", 0, "cap on one source's open flows (0: default 1024)")
+	fs.BoolVar(&f.logDest, "log-destinations", false, "UNSAFE: name destinations in debug logs")
+	fs.BoolVar(&f.icmpUnreach, "icmp-unreachable", false, "answer dropped UDP with ICMP port unreachable instead of silence")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+}
+
+// config turns flags into a torgate.Config, naming the flag on error.
+func (f *runFlags) config() (torgate.Config, error) {
+	var c torgate.Config
+	var err error
+	if f.tunFD > 0 {
+		c.TUNFD = f.tunFD
+	} else {
+		c.TUNName = f.tunName
+		if c.Addr4, err = parseOptPrefix(f.addr4); err != nil {
+			return c, fmt.Errorf("--addr: %w", err)
+		}
+		if c.Addr6, err = parseOptPrefix(f.addr6); err != nil {
+			return c, fmt.Errorf("--addr6: %w", err)
+		}
+	}
+	c.MTU = f.mtu
+	if f.socks == "" {
+		return c, fmt.Errorf("--socks is required (for example --socks 127.0.0.1:9050)")
+	}
+	c.SocksAddr = f.socks
+	if c.Isolation, err = tunnel.ParseIsolationMode(f.isolation); err != nil {
+		return c, fmt.Errorf("--isolation: %w", err)
+	}
+	if c.DNSMode, err = dns.ParseMode(f.dnsMode); err != nil {
+		return c, fmt.Errorf("--dns-mode: %w", err)
+	}
+	if c.DNSPool4, err = netip.ParsePrefix(f.pool4); err != nil {
+		return c, fmt.Errorf("--dns-pool4: %w", err)
+	}
+	if c.DNSPool6, err = netip.ParsePrefix(f.pool6); err != nil {
+		return c, fmt.Errorf("--dns-pool6: %w", err)
+	}
+	c.StateDir = f.stateDir
+	c.MaxFlows = f.maxFlows
+	c.MaxFlowsPerSource = f.maxPerSource
+	c.LogDestinations = f.logDest
+	c.ICMPUnreachable = f.icmpUnreach
+	return c, nil
+}
+
+func parseOptPrefix(s string) (netip.Prefix, error) {
+	if s == "" {
+		return netip.Prefix{}, nil
+	}
+	return netip.ParsePrefix(s)
+}
+
+func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("torgate run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f runFlags
+	f.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log, err := newLogger(stderr, level, f.logFormat)
+	if err != nil {
+		return fmt.Errorf("--log-format: %w", err)
+	}
+	cfg, err := f.config()
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+	if f.logDest {
+		log.Warn("destination logging is on: logs will name the sites workstations visit")
+	}
+	r, err := torgate.New(cfg)
+	if err != nil {
+		return err
+	}
+	return r.Run(ctx)
+}

@@ -1,0 +1,153 @@
+// Package nstest builds the standard integration-test host: a network
+// namespace whose only route is a real TUN device owned by the test
+// process, as a workstation behind torgate would see it. Requires root
+// (CAP_NET_ADMIN and CAP_SYS_ADMIN).
+//
+// Under CI=true a missing capability or tool fails the test instead of
+// skipping it.
+package nstest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// RequireRoot skips (or, under CI, fails) a test that needs root and the
+// given commands.
+func RequireRoot(tb testing.TB, cmds ...string) {
+	tb.Helper()
+	fail := tb.Skipf
+	if os.Getenv("CI") == "true" {
+		fail = tb.Fatalf
+	}
+	if os.Geteuid() != 0 {
+		fail("needs root (network namespaces and TUN)")
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		fail("needs /dev/net/tun: %v", err)
+	}
+	for _, c := range append([]string{"ip"}, cmds...) {
+		if _, err := exec.LookPath(c); err != nil {
+			fail("needs %s in PATH", c)
+		}
+	}
+}
+
+// Workstation is a network namespace with lo and one TUN.
+type Workstation struct {
+	// Name of the namespace (ip netns).
+	Name string
+	// Dev is the TUN; the router reads the workstation's packets from it.
+	Dev tun.Device
+	// Addr4 and Addr6 are the workstation's own addresses on the TUN.
+	Addr4, Addr6 string
+	tb           testing.TB
+}
+
+// Options for New.
+type Options struct {
+	MTU int
+	// Addr4, Addr6 are the workstation's addresses (CIDR). Defaults
+	// 10.152.152.11/18 and fd19:7a2b::11/64.
+	Addr4, Addr6 string
+}
+
+// New creates the namespace and its TUN. Everything is removed in
+// tb.Cleanup, also when the test fails; the router must not close Dev
+// twice (closing is idempotent enough: errors are ignored).
+func New(tb testing.TB, o Options) *Workstation {
+	tb.Helper()
+	RequireRoot(tb)
+	if o.MTU == 0 {
+		o.MTU = 1500
+	}
+	if o.Addr4 == "" {
+		o.Addr4 = "10.152.152.11/18"
+	}
+	if o.Addr6 == "" {
+		o.Addr6 = "fd19:7a2b::11/64"
+	}
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	w := &Workstation{Name: "tgtest-" + hex.EncodeToString(rnd[:]), tb: tb, Addr4: o.Addr4, Addr6: o.Addr6}
+	run(tb, "ip", "netns", "add", w.Name)
+	tb.Cleanup(func() { exec.Command("ip", "netns", "delete", w.Name).Run() })
+
+	dev, err := createTUNIn(w.Name, "tg0", o.MTU)
+	if err != nil {
+		tb.Fatalf("create tun in %s: %v", w.Name, err)
+	}
+	w.Dev = dev
+	tb.Cleanup(func() { dev.Close() })
+
+	for _, args := range [][]string{
+		{"link", "set", "lo", "up"},
+		{"addr", "add", o.Addr4, "dev", "tg0"},
+		{"-6", "addr", "add", o.Addr6, "dev", "tg0", "nodad"},
+		{"link", "set", "tg0", "mtu", fmt.Sprint(o.MTU), "up"},
+		{"route", "add", "default", "dev", "tg0"},
+		{"-6", "route", "add", "default", "dev", "tg0"},
+	} {
+		run(tb, "ip", append([]string{"-n", w.Name}, args...)...)
+	}
+	return w
+}
+
+// createTUNIn opens a TUN inside the named namespace from a thread that
+// enters it for the duration of the call.
+func createTUNIn(ns, name string, mtu int) (tun.Device, error) {
+	runtime.LockOSThread()
+	host, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		runtime.UnlockOSThread()
+		return nil, err
+	}
+	defer host.Close()
+	target, err := os.Open("/var/run/netns/" + ns)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return nil, err
+	}
+	defer target.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("setns: %w", err)
+	}
+	dev, cerr := tun.CreateTUN(name, mtu)
+	if err := unix.Setns(int(host.Fd()), unix.CLONE_NEWNET); err != nil {
+		// This thread is stuck in the wrong namespace: leave it locked so
+		// it dies with the goroutine instead of running other code.
+		return nil, fmt.Errorf("setns back: %w", err)
+	}
+	runtime.UnlockOSThread()
+	return dev, cerr
+}
+
+// Command returns a command that runs inside the namespace.
+func (w *Workstation) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", w.Name, name}, args...)...)
+}
+
+// Run runs a command in the namespace and returns its combined output.
+func (w *Workstation) Run(ctx context.Context, name string, args ...string) (string, error) {
+	out, err := w.Command(ctx, name, args...).CombinedOutput()
+	return string(out), err
+}
+
+func run(tb testing.TB, name string, args ...string) {
+	tb.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+}

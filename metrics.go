@@ -1,0 +1,53 @@
+package torgate
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/torgate/torgate/netstack"
+)
+
+// stackCollector mirrors the packet loop's atomic counters at scrape time,
+// so the loop itself pays nothing for metrics.
+type stackCollector struct {
+	s                                      *netstack.Stack
+	pktIn, pktOut, bytesIn, bytesOut, drop *prometheus.Desc
+	twReclaim, dnsQ                        *prometheus.Desc
+	gvDrops                                *prometheus.Desc
+}
+
+func newStackCollector(s *netstack.Stack) *stackCollector {
+	return &stackCollector{
+		s:         s,
+		pktIn:     prometheus.NewDesc("tun_packets_in_total", "Packets read from the TUN.", nil, nil),
+		pktOut:    prometheus.NewDesc("tun_packets_out_total", "Packets written to the TUN.", nil, nil),
+		bytesIn:   prometheus.NewDesc("tun_bytes_in_total", "Bytes read from the TUN.", nil, nil),
+		bytesOut:  prometheus.NewDesc("tun_bytes_out_total", "Bytes written to the TUN.", nil, nil),
+		drop:      prometheus.NewDesc("packets_dropped_total", "Packets dropped, by reason.", []string{"reason"}, nil),
+		twReclaim: prometheus.NewDesc("tcp_timewait_reclaimed_total", "SYNs that reused a 4-tuple in TIME_WAIT and got a fresh flow.", nil, nil),
+		dnsQ:      prometheus.NewDesc("dns_messages_total", "DNS messages intercepted (UDP and TCP).", nil, nil),
+		gvDrops:   prometheus.NewDesc("gvisor_tcp_forward_max_inflight_drops_total", "SYNs gVisor dropped because too many handshakes were pending.", nil, nil),
+	}
+}
+
+func (c *stackCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.pktIn, c.pktOut, c.bytesIn, c.bytesOut, c.drop, c.twReclaim, c.dnsQ, c.gvDrops} {
+		ch <- d
+	}
+}
+
+func (c *stackCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.s.Stats()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	counter(c.pktIn, st.PacketsIn.Load())
+	counter(c.pktOut, st.PacketsOut.Load())
+	counter(c.bytesIn, st.BytesIn.Load())
+	counter(c.bytesOut, st.BytesOut.Load())
+	for _, r := range netstack.Reasons() {
+		counter(c.drop, st.Drops[r].Load(), r.String())
+	}
+	counter(c.twReclaim, st.TimeWaitReclaimed.Load())
+	counter(c.dnsQ, st.DNSQueries.Load())
+	counter(c.gvDrops, c.s.GVisorStats().TCP.ForwardMaxInFlightDrop.Value())
+}

@@ -1,0 +1,495 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// DNSHandler answers one DNS message. dns.Server implements it.
+// udp reports whether size limits for UDP apply. resp is scratch space the
+// answer may be appended to. A nil answer means: send nothing.
+type DNSHandler interface {
+	Handle(ctx context.Context, src netip.Addr, query []byte, udp bool, resp []byte) ([]byte, error)
+}
+
+// Config configures a Stack. Zero values take the documented defaults.
+type Config struct {
+	// Device is the TUN the workstations' packets arrive on. Required. The
+	// Stack owns it from Start on and closes it in Close.
+	Device tun.Device
+	// MTU of the link; 0 means Device.MTU().
+	MTU int
+	// HandleTCP receives every TCP flow (except to port 53 when DNS is set).
+	// It runs on its own goroutine and must call Accept or Reject. Required.
+	HandleTCP func(*TCPRequest)
+	// DNS answers UDP and TCP port 53 to any destination. Nil drops DNS
+	// (counted as ReasonNoHandler) and resets TCP/53.
+	DNS DNSHandler
+	// MaxInFlight caps TCP handshakes waiting for HandleTCP to decide (that
+	// is, SOCKS dials in progress) across all sources. Default 1024. SYNs
+	// beyond it are dropped; the client retransmits.
+	MaxInFlight int
+	// DNSWorkers caps UDP DNS queries being answered at once. Default 256.
+	// Queries beyond it are dropped (ReasonOverload); clients retry.
+	DNSWorkers int
+	// DNSTimeout bounds one DNS answer (resolve mode goes through Tor).
+	// Default 15s.
+	DNSTimeout time.Duration
+	// ICMPUnreachable makes dropped non-DNS UDP get an ICMP port
+	// unreachable from gVisor instead of silence. Default off.
+	ICMPUnreachable bool
+	// Logger for setup and rare errors; nil discards. Nothing is logged per
+	// packet.
+	Logger *slog.Logger
+}
+
+// Defaults applied by New.
+const (
+	defaultMaxInFlight = 1024
+	defaultDNSWorkers  = 256
+	defaultDNSTimeout  = 15 * time.Second
+	// outboundQueueLen bounds packets gVisor may queue towards the TUN.
+	// 4096 MTU-sized packets are 6 MiB: enough to absorb a burst from all
+	// flows between two writeLoop passes, small enough to bound memory.
+	outboundQueueLen = 4096
+	// headroom in front of every packet written to the TUN: the Linux
+	// device steps back 10 bytes to write a virtio-net header when offloads
+	// are on (wireguard tun_linux.go). 16 keeps the packet 8-byte aligned.
+	headroom = 16
+	nicID    = tcpip.NICID(1)
+)
+
+// Stats are the packet loop's counters. All fields are updated atomically.
+type Stats struct {
+	PacketsIn, BytesIn   atomic.Uint64
+	PacketsOut, BytesOut atomic.Uint64
+	// Drops by Reason.
+	Drops [numReasons]atomic.Uint64
+	// TimeWaitReclaimed counts SYNs that reused a 4-tuple still in
+	// TIME_WAIT and got a fresh endpoint.
+	TimeWaitReclaimed atomic.Uint64
+	// DNSQueries counts DNS messages handed to the hook (UDP and TCP).
+	DNSQueries atomic.Uint64
+}
+
+// Stack is the userspace TCP/IP stack in front of the TUN.
+type Stack struct {
+	cfg    Config
+	log    *slog.Logger
+	dev    tun.Device
+	mtu    int
+	stack  *stack.Stack
+	ep     *channel.Endpoint
+	stats  Stats
+	dnsSem chan struct{}
+
+	ctx    context.Context // alive until Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	startOnce sync.Once
+	closeOnce sync.Once
+}
+
+// New validates cfg and builds the gVisor stack. It does not read the TUN
+// until Start.
+func New(cfg Config) (*Stack, error) {
+	if cfg.Device == nil {
+		return nil, errors.New("netstack: nil Device")
+	}
+	if cfg.HandleTCP == nil {
+		return nil, errors.New("netstack: nil HandleTCP")
+	}
+	if cfg.MaxInFlight < 0 || cfg.DNSWorkers < 0 || cfg.DNSTimeout < 0 || cfg.MTU < 0 {
+		return nil, errors.New("netstack: negative limit in Config")
+	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = defaultMaxInFlight
+	}
+	if cfg.DNSWorkers == 0 {
+		cfg.DNSWorkers = defaultDNSWorkers
+	}
+	if cfg.DNSTimeout == 0 {
+		cfg.DNSTimeout = defaultDNSTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	mtu := cfg.MTU
+	if mtu == 0 {
+		m, err := cfg.Device.MTU()
+		if err != nil {
+			return nil, fmt.Errorf("netstack: read tun mtu: %w", err)
+		}
+		mtu = m
+	}
+	if mtu < 1280 || mtu > 65535 {
+		return nil, fmt.Errorf("netstack: mtu %d out of range 1280-65535 (IPv6 needs 1280)", mtu)
+	}
+
+	s := &Stack{
+		cfg:    cfg,
+		log:    log,
+		dev:    cfg.Device,
+		mtu:    mtu,
+		dnsSem: make(chan struct{}, cfg.DNSWorkers),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := s.build(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// build creates the gVisor stack. Every tuning choice carries its reason.
+func (s *Stack) build() error {
+	transports := []stack.TransportProtocolFactory{tcp.NewProtocol}
+	if s.cfg.ICMPUnreachable {
+		// gVisor answers UDP to a closed port with ICMP port unreachable;
+		// it needs the UDP and ICMP protocols to do so.
+		transports = append(transports, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6)
+	}
+	st := stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
+		TransportProtocols: transports,
+	})
+	s.stack = st
+
+	for _, opt := range []tcpip.SettableTransportProtocolOption{
+		// SACK recovers from several losses per window; off by default
+		// in gVisor.
+		ptr(tcpip.TCPSACKEnabled(true)),
+		// A TIME_WAIT endpoint only protects against old duplicates on a
+		// path with real delay; the TUN link has none worth 60 s. A short
+		// TIME_WAIT also bounds memory under connection churn. SYNs that
+		// reuse a 4-tuple within it are handled by reclaimTimeWait.
+		ptr(tcpip.TCPTimeWaitTimeoutOption(5 * time.Second)),
+		// Receive-buffer auto-tuning grows windows for bulk flows and
+		// keeps idle flows small (memory per idle flow).
+		ptr(tcpip.TCPModerateReceiveBufferOption(true)),
+	} {
+		if err := st.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
+			return fmt.Errorf("netstack: set tcp option %T: %v", opt, err)
+		}
+	}
+
+	s.ep = channel.New(outboundQueueLen, uint32(s.mtu), "")
+	if err := st.CreateNIC(nicID, s.ep); err != nil {
+		return fmt.Errorf("netstack: create nic: %v", err)
+	}
+	// Promiscuous mode accepts packets to any destination address, and
+	// spoofing lets the stack answer from that address: together they let
+	// one NIC terminate flows to the whole Internet.
+	if err := st.SetPromiscuousMode(nicID, true); err != nil {
+		return fmt.Errorf("netstack: promiscuous: %v", err)
+	}
+	if err := st.SetSpoofing(nicID, true); err != nil {
+		return fmt.Errorf("netstack: spoofing: %v", err)
+	}
+	st.SetRouteTable([]tcpip.Route{
+		{Destination: header.IPv4EmptySubnet, NIC: nicID},
+		{Destination: header.IPv6EmptySubnet, NIC: nicID},
+	})
+
+	fwd := tcp.NewForwarder(st, 0, s.cfg.MaxInFlight, s.forwardTCP)
+	st.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
+	return nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// Stats returns the live counters.
+func (s *Stack) Stats() *Stats { return &s.stats }
+
+// GVisorStats returns gVisor's own counters, for scrape-time metrics.
+func (s *Stack) GVisorStats() tcpip.Stats { return s.stack.Stats() }
+
+// MTU returns the link MTU in use.
+func (s *Stack) MTU() int { return s.mtu }
+
+// Start runs the packet loops. It may be called once.
+func (s *Stack) Start() {
+	s.startOnce.Do(func() {
+		s.wg.Go(s.readLoop)
+		s.wg.Go(s.writeLoop)
+	})
+}
+
+// Close stops the loops, closes the TUN and the gVisor stack, and waits.
+// Established flows see their connections fail.
+func (s *Stack) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		s.cancel()
+		// Closing the device unblocks readLoop's Read.
+		err = s.dev.Close()
+		s.ep.Close()
+		s.stack.Close()
+		s.wg.Wait()
+		s.stack.Wait()
+	})
+	return err
+}
+
+// readLoop reads batches from the TUN and dispatches each packet.
+func (s *Stack) readLoop() {
+	batch := max(s.dev.BatchSize(), 1)
+	bufs := make([][]byte, batch)
+	sizes := make([]int, batch)
+	// Offloads can hand us coalesced super-packets split into batch
+	// entries of up to MTU each; the device splits GSO itself.
+	for i := range bufs {
+		bufs[i] = make([]byte, headroom+s.mtu+64)
+	}
+	for {
+		n, err := s.dev.Read(bufs, sizes, headroom)
+		if err != nil {
+			if errors.Is(err, tun.ErrTooManySegments) {
+				s.stats.Drops[ReasonTooManySegments].Add(1)
+			} else if s.ctx.Err() != nil || errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) {
+				return
+			} else {
+				s.log.Error("tun read failed", "err", err)
+				return
+			}
+		}
+		var bytes uint64
+		for i := range n {
+			pkt := bufs[i][headroom : headroom+sizes[i]]
+			bytes += uint64(len(pkt))
+			s.inbound(pkt)
+		}
+		s.stats.PacketsIn.Add(uint64(n))
+		s.stats.BytesIn.Add(bytes)
+	}
+}
+
+// inbound classifies one packet and sends it on its way. pkt is only valid
+// for the duration of the call.
+func (s *Stack) inbound(pkt []byte) {
+	p := Classify(pkt)
+	switch p.Verdict {
+	case VerdictTCP:
+		if p.TCPFlags&(tcpFlagSyn|tcpFlagAck) == tcpFlagSyn {
+			s.reclaimTimeWait(&p)
+		}
+		s.deliver(&p, pkt[:p.Len])
+	case VerdictDNS:
+		if s.cfg.DNS == nil {
+			s.stats.Drops[ReasonNoHandler].Add(1)
+			return
+		}
+		s.dnsUDP(&p, pkt[:p.Len])
+	default:
+		if p.Reason == ReasonUDP && s.cfg.ICMPUnreachable {
+			s.deliver(&p, pkt[:p.Len])
+		}
+		s.stats.Drops[p.Reason].Add(1)
+	}
+}
+
+// deliver copies pkt into a gVisor buffer (the one copy on the way in) and
+// hands it to the stack, which takes its own references.
+func (s *Stack) deliver(p *Packet, pkt []byte) {
+	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
+	proto := header.IPv4ProtocolNumber
+	if p.Version == 6 {
+		proto = header.IPv6ProtocolNumber
+	}
+	s.ep.InjectInbound(proto, pkb)
+	pkb.DecRef()
+}
+
+// reclaimTimeWait handles a SYN whose 4-tuple still belongs to an endpoint
+// in TIME_WAIT. gVisor hands such a SYN only to a listening endpoint; the
+// forwarder is not one, so the SYN would vanish and a client reconnecting
+// fast to one destination would see connect timeouts. Aborting the old
+// endpoint first lets the SYN reach the forwarder as a new flow. The RST
+// the abort emits carries the old connection's numbers; a client in
+// SYN-SENT discards it (RFC 9293 3.10.7.3).
+func (s *Stack) reclaimTimeWait(p *Packet) {
+	netProto := header.IPv4ProtocolNumber
+	if p.Version == 6 {
+		netProto = header.IPv6ProtocolNumber
+	}
+	id := stack.TransportEndpointID{
+		LocalPort:     p.Dst.Port(),
+		LocalAddress:  tcpip.AddrFromSlice(p.Dst.Addr().AsSlice()),
+		RemotePort:    p.Src.Port(),
+		RemoteAddress: tcpip.AddrFromSlice(p.Src.Addr().AsSlice()),
+	}
+	ep := s.stack.FindTransportEndpoint(netProto, tcp.ProtocolNumber, id, nicID)
+	if ep == nil {
+		return
+	}
+	if te, ok := ep.(*tcp.Endpoint); ok && tcp.EndpointState(te.State()) == tcp.StateTimeWait {
+		te.Abort()
+		s.stats.TimeWaitReclaimed.Add(1)
+	}
+}
+
+// writeLoop drains the outbound queue a batch at a time into the TUN.
+func (s *Stack) writeLoop() {
+	batch := max(s.dev.BatchSize(), 1)
+	if batch < 32 {
+		// The in-memory and single-packet devices still profit from
+		// draining the queue in one pass.
+		batch = 32
+	}
+	bufs := make([][]byte, batch)
+	store := make([][]byte, batch)
+	for i := range store {
+		store[i] = make([]byte, headroom+s.mtu)
+	}
+	for {
+		pkt := s.ep.ReadContext(s.ctx)
+		if pkt == nil {
+			return
+		}
+		n := 0
+		var bytes uint64
+		for pkt != nil {
+			size := pkt.Size()
+			if size <= s.mtu {
+				b := store[n][:headroom+size]
+				copyPacket(b[headroom:], pkt)
+				bufs[n] = b
+				n++
+				bytes += uint64(size)
+			} else {
+				s.stats.Drops[ReasonMalformed].Add(1)
+			}
+			pkt.DecRef()
+			if n == batch {
+				break
+			}
+			pkt = s.ep.Read()
+		}
+		if n == 0 {
+			continue
+		}
+		if _, err := s.dev.Write(bufs[:n], headroom); err != nil {
+			if s.ctx.Err() != nil || errors.Is(err, os.ErrClosed) {
+				return
+			}
+			// A failed write of one batch is not the end of the link:
+			// TCP retransmits. Count it and keep going.
+			s.stats.Drops[ReasonOverload].Add(uint64(n))
+			continue
+		}
+		s.stats.PacketsOut.Add(uint64(n))
+		s.stats.BytesOut.Add(bytes)
+	}
+}
+
+// copyPacket flattens pkt into dst, which must be pkt.Size() long, without
+// allocating.
+func copyPacket(dst []byte, pkt *stack.PacketBuffer) {
+	vl, off := pkt.AsViewList()
+	for v := vl.Front(); v != nil && len(dst) > 0; v = v.Next() {
+		b := v.AsSlice()
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		b = b[off:]
+		off = 0
+		dst = dst[copy(dst, b):]
+	}
+}
+
+// TCPRequest is one TCP connection attempt from a workstation. The
+// handshake is held (the SYN is not answered) until Accept or Reject.
+type TCPRequest struct {
+	// Src is the workstation's address and port.
+	Src netip.AddrPort
+	// Dst is the original destination the workstation asked for.
+	Dst netip.AddrPort
+
+	r    *tcp.ForwarderRequest
+	done atomic.Bool
+}
+
+// ErrCompleted is returned by Accept when the request was already accepted
+// or rejected.
+var ErrCompleted = errors.New("netstack: tcp request already completed")
+
+// Accept completes the handshake and returns the connection. The returned
+// net.Conn also implements CloseRead and CloseWrite for half-close.
+func (r *TCPRequest) Accept() (net.Conn, error) {
+	if !r.done.CompareAndSwap(false, true) {
+		return nil, ErrCompleted
+	}
+	var wq waiter.Queue
+	ep, err := r.r.CreateEndpoint(&wq)
+	if err != nil {
+		r.r.Complete(true)
+		return nil, fmt.Errorf("netstack: tcp handshake: %s", err)
+	}
+	r.r.Complete(false)
+	// Keepalive finds workstations that vanished without a FIN, so their
+	// flows (and Tor streams) do not linger forever.
+	ep.SocketOptions().SetKeepAlive(true)
+	idle := tcpip.KeepaliveIdleOption(2 * time.Minute)
+	ep.SetSockOpt(&idle)
+	intvl := tcpip.KeepaliveIntervalOption(30 * time.Second)
+	ep.SetSockOpt(&intvl)
+	ep.SetSockOptInt(tcpip.KeepaliveCountOption, 4)
+	return gonet.NewTCPConn(&wq, ep), nil
+}
+
+// Reject answers the SYN with a RST: the client sees connection refused.
+func (r *TCPRequest) Reject() {
+	if r.done.CompareAndSwap(false, true) {
+		r.r.Complete(true)
+	}
+}
+
+// forwardTCP runs on the forwarder's per-request goroutine.
+func (s *Stack) forwardTCP(fr *tcp.ForwarderRequest) {
+	id := fr.ID()
+	req := &TCPRequest{
+		Src: netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort),
+		Dst: netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort),
+		r:   fr,
+	}
+	if s.ctx.Err() != nil {
+		req.Reject()
+		return
+	}
+	if req.Dst.Port() == 53 {
+		s.dnsTCP(req)
+		return
+	}
+	s.cfg.HandleTCP(req)
+	// A handler that forgot to decide must not leak the forwarder slot.
+	req.Reject()
+}
+
+func addrFrom(a tcpip.Address) netip.Addr {
+	ip, _ := netip.AddrFromSlice(a.AsSlice())
+	return ip
+}

@@ -1,0 +1,310 @@
+// Package torgate is a userspace Tor router: a TUN device carries the
+// workstations' IP packets, a gVisor network stack terminates every TCP
+// flow, and each flow leaves through Tor's SOCKS port with credentials
+// that isolate one workstation's circuits from another's. DNS is answered
+// by torgate itself, through Tor; UDP and ICMP are dropped. Nothing leaves
+// except through Tor.
+//
+// Embedding:
+//
+//	r, err := torgate.New(torgate.Config{
+//		TUNName:   "torgate0",
+//		Addr4:     netip.MustParsePrefix("10.152.152.10/18"),
+//		SocksAddr: "127.0.0.1:9050",
+//	})
+//	if err != nil { ... }
+//	err = r.Run(ctx) // until ctx is done
+//
+// cmd/torgate is a thin layer of flags over this package.
+package torgate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/torgate/torgate/dns"
+	"github.com/torgate/torgate/netstack"
+	"github.com/torgate/torgate/socks"
+	"github.com/torgate/torgate/tunnel"
+)
+
+// Config configures a Router. Field comments are the reference; cmd/torgate
+// maps its flags onto these fields one to one.
+type Config struct {
+	// The TUN device: exactly one of Device (any wireguard tun.Device, for
+	// embedding and tests), TUNFD (an open /dev/net/tun file descriptor
+	// handed over by a parent) or TUNName (created and configured here).
+	Device  tun.Device
+	TUNFD   int
+	TUNName string
+	// MTU of the TUN. Default 1500.
+	MTU int
+	// Addr4 and Addr6 are the gateway-side addresses assigned to a TUN
+	// created by name (optional; not used with Device or TUNFD).
+	Addr4, Addr6 netip.Prefix
+
+	// SocksAddr is the upstream SOCKS5 endpoint: "host:port", or a unix
+	// socket path (absolute, or prefixed "unix:"). Required unless Upstream
+	// is set.
+	SocksAddr string
+	// Upstream replaces SocksAddr with a ready dialer.
+	Upstream *socks.Dialer
+
+	// Isolation decides which flows share circuits. Default per source.
+	Isolation tunnel.IsolationMode
+	// IsolationSecret keys the credential derivation; nil draws a random one
+	// per run.
+	IsolationSecret []byte
+
+	// DNSMode is automap (default) or resolve.
+	DNSMode dns.Mode
+	// DNSPool4, DNSPool6 are the virtual address pools for automap.
+	// Defaults: dns.DefaultPool4, dns.DefaultPool6.
+	DNSPool4, DNSPool6 netip.Prefix
+	// StateDir keeps state across restarts (the automap table). Optional.
+	StateDir string
+
+	// Ready reports whether Tor can carry traffic; while false new flows
+	// get a RST and DNS SERVFAIL. Nil means always ready (plain SOCKS).
+	Ready func() bool
+
+	// Flow limits; zero takes tunnel's defaults.
+	MaxFlows, MaxFlowsPerSource, MaxDialsPerSource int
+	// DialTimeout, IdleTimeout, HalfCloseTimeout; zero takes tunnel's
+	// defaults (sized for Tor).
+	DialTimeout, IdleTimeout, HalfCloseTimeout time.Duration
+
+	// ICMPUnreachable answers dropped UDP with ICMP port unreachable.
+	ICMPUnreachable bool
+	// LogDestinations lets debug logs name destinations. Off by default.
+	LogDestinations bool
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// Registerer receives the router's metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+}
+
+// Router is a running torgate instance.
+type Router struct {
+	cfg    Config
+	log    *slog.Logger
+	stack  *netstack.Stack
+	tunnel *tunnel.Tunnel
+	dns    *dns.Server
+	dialer *socks.Dialer
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// ParseSocksAddr turns "host:port", "/path" or "unix:/path" into a dialer.
+func ParseSocksAddr(s string) (*socks.Dialer, error) {
+	switch {
+	case s == "":
+		return nil, errors.New("empty SOCKS address")
+	case strings.HasPrefix(s, "unix:"):
+		return socks.NewDialer("unix", strings.TrimPrefix(s, "unix:"))
+	case strings.HasPrefix(s, "/"):
+		return socks.NewDialer("unix", s)
+	default:
+		return socks.NewDialer("tcp", s)
+	}
+}
+
+func (c *Config) validate() error {
+	n := 0
+	if c.Device != nil {
+		n++
+	}
+	if c.TUNFD > 0 {
+		n++
+	}
+	if c.TUNName != "" {
+		n++
+	}
+	if n != 1 {
+		return errors.New("config: exactly one of Device, TUNFD and TUNName must be set")
+	}
+	if c.TUNFD < 0 {
+		return errors.New("config: TUNFD negative")
+	}
+	if c.MTU == 0 {
+		c.MTU = 1500
+	}
+	if c.MTU < 1280 || c.MTU > 65535 {
+		return fmt.Errorf("config: MTU %d out of range 1280-65535", c.MTU)
+	}
+	if c.Addr4.IsValid() && !c.Addr4.Addr().Is4() {
+		return fmt.Errorf("config: Addr4 %s is not IPv4", c.Addr4)
+	}
+	if c.Addr6.IsValid() && !c.Addr6.Addr().Is6() {
+		return fmt.Errorf("config: Addr6 %s is not IPv6", c.Addr6)
+	}
+	if c.Upstream == nil {
+		d, err := ParseSocksAddr(c.SocksAddr)
+		if err != nil {
+			return fmt.Errorf("config: SocksAddr: %w", err)
+		}
+		c.Upstream = d
+	}
+	if !c.DNSPool4.IsValid() {
+		c.DNSPool4 = dns.DefaultPool4
+	}
+	if !c.DNSPool6.IsValid() {
+		c.DNSPool6 = dns.DefaultPool6
+	}
+	for _, p := range []netip.Prefix{c.Addr4, c.Addr6} {
+		if p.IsValid() && (c.DNSPool4.Overlaps(p) || c.DNSPool6.Overlaps(p)) {
+			return fmt.Errorf("config: gateway address %s overlaps a DNS virtual pool", p)
+		}
+	}
+	return nil
+}
+
+// New validates cfg and builds the router. It opens the TUN; call Run to
+// start forwarding and Close (or cancel Run's context) to stop.
+func New(cfg Config) (*Router, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r := &Router{cfg: cfg, log: log, dialer: cfg.Upstream}
+
+	iso, err := tunnel.NewIsolator(cfg.Isolation, cfg.IsolationSecret)
+	if err != nil {
+		return nil, err
+	}
+	tcfg := tunnel.Config{
+		Upstream:          cfg.Upstream,
+		Isolator:          iso,
+		Ready:             cfg.Ready,
+		DialTimeout:       cfg.DialTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		HalfCloseTimeout:  cfg.HalfCloseTimeout,
+		MaxFlows:          cfg.MaxFlows,
+		MaxFlowsPerSource: cfg.MaxFlowsPerSource,
+		MaxDialsPerSource: cfg.MaxDialsPerSource,
+		LogDestinations:   cfg.LogDestinations,
+		Logger:            log.With("component", "tunnel"),
+	}
+	// The DNS server needs the tunnel's resolver and the tunnel needs the
+	// DNS server's names: build the tunnel with a late-bound Names.
+	names := &lateNames{}
+	tcfg.Names = names
+	tn, err := tunnel.New(tcfg)
+	if err != nil {
+		return nil, err
+	}
+	r.tunnel = tn
+
+	stateFile := ""
+	if cfg.StateDir != "" {
+		stateFile = cfg.StateDir + "/automap.json"
+	}
+	ds, err := dns.New(dns.Config{
+		Mode:      cfg.DNSMode,
+		Pool4:     cfg.DNSPool4,
+		Pool6:     cfg.DNSPool6,
+		StateFile: stateFile,
+		Resolver:  tn.Resolver(),
+		Ready:     cfg.Ready,
+		Logger:    log.With("component", "dns"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.dns = ds
+	names.s = ds
+
+	dev, err := openTUN(&r.cfg)
+	if err != nil {
+		ds.Close()
+		return nil, err
+	}
+	st, err := netstack.New(netstack.Config{
+		Device: dev,
+		MTU:    cfg.MTU,
+		HandleTCP: func(req *netstack.TCPRequest) {
+			tn.HandleTCP(req.Src, req.Dst, req)
+		},
+		DNS:             ds,
+		ICMPUnreachable: cfg.ICMPUnreachable,
+		Logger:          log.With("component", "netstack"),
+	})
+	if err != nil {
+		dev.Close()
+		ds.Close()
+		return nil, err
+	}
+	r.stack = st
+	if cfg.Registerer != nil {
+		for _, c := range r.Metrics() {
+			if err := cfg.Registerer.Register(c); err != nil {
+				st.Close()
+				ds.Close()
+				return nil, fmt.Errorf("register metrics: %w", err)
+			}
+		}
+	}
+	return r, nil
+}
+
+// lateNames lets the tunnel reach the DNS server built after it.
+type lateNames struct{ s *dns.Server }
+
+func (l *lateNames) Acquire(ip netip.Addr) (string, func(), bool, bool) {
+	return l.s.Acquire(ip)
+}
+
+// Metrics returns every collector of the router.
+func (r *Router) Metrics() []prometheus.Collector {
+	cs := r.tunnel.Metrics()
+	cs = append(cs, newStackCollector(r.stack))
+	return cs
+}
+
+// Stack returns the network stack, for its counters.
+func (r *Router) Stack() *netstack.Stack { return r.stack }
+
+// Tunnel returns the flow layer, for new identity and EndAll.
+func (r *Router) Tunnel() *tunnel.Tunnel { return r.tunnel }
+
+// DNS returns the DNS server.
+func (r *Router) DNS() *dns.Server { return r.dns }
+
+// Start begins forwarding without blocking.
+func (r *Router) Start() {
+	r.stack.Start()
+	r.log.Info("router started", "mtu", r.stack.MTU(), "isolation", r.cfg.Isolation.String(), "dns_mode", r.cfg.DNSMode.String())
+}
+
+// Run forwards until ctx is done, then closes the router.
+func (r *Router) Run(ctx context.Context) error {
+	r.Start()
+	<-ctx.Done()
+	return r.Close()
+}
+
+// Close stops forwarding, ends all flows, saves DNS state and closes the
+// TUN. It is safe to call more than once.
+func (r *Router) Close() error {
+	r.closeOnce.Do(func() {
+		err1 := r.stack.Close()
+		err2 := r.tunnel.Close()
+		err3 := r.dns.Close()
+		r.closeErr = errors.Join(err1, err2, err3)
+	})
+	return r.closeErr
+}

@@ -1,0 +1,74 @@
+package torgate
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// openTUN creates (or adopts) the TUN device described by cfg.
+func openTUN(cfg *Config) (tun.Device, error) {
+	switch {
+	case cfg.Device != nil:
+		return cfg.Device, nil
+	case cfg.TUNFD > 0:
+		f := os.NewFile(uintptr(cfg.TUNFD), "tun")
+		if f == nil {
+			return nil, fmt.Errorf("tun fd %d is not open", cfg.TUNFD)
+		}
+		dev, err := tun.CreateTUNFromFile(f, cfg.MTU)
+		if err != nil {
+			return nil, fmt.Errorf("adopt tun fd %d: %w", cfg.TUNFD, err)
+		}
+		return dev, nil
+	default:
+		if _, err := os.Stat("/dev/net/tun"); err != nil {
+			return nil, fmt.Errorf("create tun %q: /dev/net/tun missing (modprobe tun, or pass the device into the container): %w", cfg.TUNName, err)
+		}
+		dev, err := tun.CreateTUN(cfg.TUNName, cfg.MTU)
+		if err != nil {
+			return nil, fmt.Errorf("create tun %q: %w (creating a TUN needs CAP_NET_ADMIN; or hand one over with --tun-fd)", cfg.TUNName, err)
+		}
+		if err := configureLink(dev, cfg.Addr4, cfg.Addr6); err != nil {
+			dev.Close()
+			return nil, err
+		}
+		return dev, nil
+	}
+}
+
+// configureLink assigns the gateway addresses and brings the link up,
+// through netlink (no ip(8) needed).
+func configureLink(dev tun.Device, addrs ...netip.Prefix) error {
+	name, err := dev.Name()
+	if err != nil {
+		return fmt.Errorf("tun name: %w", err)
+	}
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("find link %s: %w", name, err)
+	}
+	for _, p := range addrs {
+		if !p.IsValid() {
+			continue
+		}
+		a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+		if p.Addr().Is6() {
+			// No duplicate address detection on a point-to-point TUN:
+			// it would hold the address "tentative" for a second.
+			a.Flags = 0x80 // IFA_F_NODAD
+		}
+		if err := netlink.AddrAdd(link, a); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("add address %s to %s: %w", p, name, err)
+		}
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set %s up: %w", name, err)
+	}
+	return nil
+}

@@ -1,0 +1,162 @@
+package tunnel
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"net/netip"
+	"strings"
+	"sync"
+
+	"github.com/torgate/torgate/socks"
+)
+
+// IsolationMode decides which flows share Tor circuits. Tor isolates
+// streams by SOCKS username and password (IsolateSOCKSAuth, on by
+// default), so the mode decides which flows get the same credentials.
+type IsolationMode int
+
+const (
+	// IsolateSource gives each workstation address its own circuits; the
+	// flows (and DNS lookups) of one source share them. The default.
+	IsolateSource IsolationMode = iota
+	// IsolateDestination gives each (source, destination host) pair its
+	// own circuits: stronger unlinkability, more circuits.
+	IsolateDestination
+	// IsolateNone puts every source on the same credentials. Only for a
+	// gateway with a single workstation, or for benchmarks.
+	IsolateNone
+)
+
+// ParseIsolationMode parses the flag spelling of a mode.
+func ParseIsolationMode(s string) (IsolationMode, error) {
+	switch s {
+	case "source", "per-source", "":
+		return IsolateSource, nil
+	case "destination", "per-destination", "source+destination":
+		return IsolateDestination, nil
+	case "none":
+		return IsolateNone, nil
+	}
+	return 0, fmt.Errorf("unknown isolation mode %q (want source, destination or none)", s)
+}
+
+// String returns the flag spelling.
+func (m IsolationMode) String() string {
+	switch m {
+	case IsolateSource:
+		return "source"
+	case IsolateDestination:
+		return "destination"
+	case IsolateNone:
+		return "none"
+	}
+	return fmt.Sprintf("IsolationMode(%d)", int(m))
+}
+
+// maxEpochs bounds the per-source epoch table. Past it the table is
+// cleared and the global epoch moves on: every source gets a new
+// identity, which is safe (never less isolation), just costly.
+const maxEpochs = 1 << 16
+
+// Isolator derives SOCKS credentials. Credentials are an HMAC of the
+// source (and destination host in IsolateDestination) under a random
+// per-run secret, so Tor, its logs and its control port learn nothing about
+// workstation addresses, and two runs never share circuits by accident.
+// An epoch per source, bumped by NewIdentity, rotates one source's
+// credentials without touching the others.
+type Isolator struct {
+	mode   IsolationMode
+	secret []byte
+	pool   sync.Pool // of hash.Hash (HMAC state)
+
+	mu     sync.Mutex
+	global uint64                // guarded by mu
+	epochs map[netip.Addr]uint64 // guarded by mu
+}
+
+// NewIsolator returns an Isolator. A nil secret draws 32 random bytes.
+func NewIsolator(mode IsolationMode, secret []byte) (*Isolator, error) {
+	if mode < IsolateSource || mode > IsolateNone {
+		return nil, fmt.Errorf("tunnel: invalid isolation mode %d", mode)
+	}
+	if secret == nil {
+		secret = make([]byte, 32)
+		if _, err := rand.Read(secret); err != nil {
+			return nil, fmt.Errorf("tunnel: isolation secret: %w", err)
+		}
+	}
+	if len(secret) < 16 {
+		return nil, errors.New("tunnel: isolation secret shorter than 16 bytes")
+	}
+	i := &Isolator{mode: mode, secret: secret, epochs: make(map[netip.Addr]uint64)}
+	i.pool.New = func() any { return hmac.New(sha256.New, i.secret) }
+	return i, nil
+}
+
+// Mode returns the isolation mode.
+func (i *Isolator) Mode() IsolationMode { return i.mode }
+
+// Auth returns the credentials for a flow or lookup from src to host. host
+// is the destination name or address text; it only matters in
+// IsolateDestination and is compared case-insensitively.
+func (i *Isolator) Auth(src netip.Addr, host string) socks.Auth {
+	i.mu.Lock()
+	global := i.global
+	epoch := i.epochs[src.Unmap()]
+	i.mu.Unlock()
+
+	var buf [16 + 8 + 8 + 1]byte
+	b := buf[:0]
+	b = append(b, byte(i.mode))
+	if i.mode != IsolateNone {
+		a := src.Unmap().As16()
+		b = append(b, a[:]...)
+		b = binary.BigEndian.AppendUint64(b, epoch)
+	}
+	b = binary.BigEndian.AppendUint64(b, global)
+
+	h := i.pool.Get().(hash.Hash)
+	h.Reset()
+	h.Write(b)
+	if i.mode == IsolateDestination {
+		h.Write([]byte(strings.ToLower(host)))
+	}
+	var sum [sha256.Size]byte
+	mac := h.Sum(sum[:0])
+	i.pool.Put(h)
+
+	// "tg-" keeps us clear of the "<torS0X>" prefix that Tor's proposal
+	// 351 reserves, and makes our streams recognisable in Tor's logs.
+	var user [3 + 24]byte
+	copy(user[:], "tg-")
+	hex.Encode(user[3:], mac[:12])
+	var pass [40]byte
+	hex.Encode(pass[:], mac[12:32])
+	return socks.Auth{Username: string(user[:]), Password: string(pass[:])}
+}
+
+// NewIdentity rotates src's credentials: its next flows get new circuits,
+// other sources keep theirs. Flows already open keep their circuit.
+func (i *Isolator) NewIdentity(src netip.Addr) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	src = src.Unmap()
+	if _, ok := i.epochs[src]; !ok && len(i.epochs) >= maxEpochs {
+		clear(i.epochs)
+		i.global++
+	}
+	i.epochs[src]++
+}
+
+// NewIdentityAll rotates every source's credentials.
+func (i *Isolator) NewIdentityAll() {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.global++
+}

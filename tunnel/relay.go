@@ -1,0 +1,115 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// relayBufSize is one copy buffer. 32 KiB matches io.Copy and keeps a TSO
+// super-segment's worth in one write to gVisor.
+const relayBufSize = 32 << 10
+
+var relayBufs = sync.Pool{New: func() any { return new([relayBufSize]byte) }}
+
+type closeWriter interface{ CloseWrite() error }
+type closeReader interface{ CloseRead() error }
+
+// flowState is shared by the two copy directions of one flow.
+type flowState struct {
+	client, up net.Conn
+	// last is the time of the last byte either way, in UnixNano.
+	last atomic.Int64
+	// halfDone counts finished directions.
+	halfDone atomic.Int32
+	once     sync.Once
+}
+
+func (fs *flowState) abort() {
+	fs.once.Do(func() {
+		fs.client.Close()
+		fs.up.Close()
+	})
+}
+
+// relay copies both ways until both directions finish, then closes both
+// connections. A clean EOF one way half-closes the other side; an error
+// either way ends the flow.
+func (t *Tunnel) relay(gen context.Context, client, up net.Conn) {
+	fs := &flowState{client: client, up: up}
+	fs.last.Store(time.Now().UnixNano())
+	stop := context.AfterFunc(gen, fs.abort)
+	defer stop()
+
+	// Idle watchdog: a timer per flow, re-armed from the activity stamp,
+	// instead of a deadline per read.
+	var timer *time.Timer
+	timer = time.AfterFunc(t.cfg.IdleTimeout, func() {
+		limit := t.cfg.IdleTimeout
+		if fs.halfDone.Load() > 0 {
+			limit = t.cfg.HalfCloseTimeout
+		}
+		idle := time.Duration(time.Now().UnixNano() - fs.last.Load())
+		if idle >= limit {
+			fs.abort()
+			return
+		}
+		timer.Reset(limit - idle)
+	})
+	defer timer.Stop()
+
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		n := t.pipe(fs, up, client)
+		t.bytes.WithLabelValues("upstream").Add(float64(n))
+	})
+	n := t.pipe(fs, client, up)
+	t.bytes.WithLabelValues("downstream").Add(float64(n))
+	wg.Wait()
+	fs.abort()
+}
+
+// pipe copies src to dst and half-closes dst on EOF.
+func (t *Tunnel) pipe(fs *flowState, dst, src net.Conn) int64 {
+	buf := relayBufs.Get().(*[relayBufSize]byte)
+	defer relayBufs.Put(buf)
+	var total int64
+	var err error
+	for {
+		n, rerr := src.Read(buf[:])
+		if n > 0 {
+			fs.last.Store(time.Now().UnixNano())
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				err = werr
+				break
+			}
+			total += int64(n)
+		}
+		if rerr != nil {
+			if !errors.Is(rerr, io.EOF) {
+				err = rerr
+			}
+			break
+		}
+	}
+	if err != nil {
+		fs.abort()
+		return total
+	}
+	if fs.halfDone.Add(1) == 1 {
+		// First direction done: re-arm the watchdog for the half-close
+		// limit from now.
+		fs.last.Store(time.Now().UnixNano())
+	}
+	if cw, ok := dst.(closeWriter); ok {
+		cw.CloseWrite()
+	}
+	if cr, ok := src.(closeReader); ok {
+		cr.CloseRead()
+	}
+	return total
+}

@@ -1,0 +1,394 @@
+// Package tunnel is the per-flow policy between netstack and the SOCKS
+// upstream: readiness gate, virtual-address lookup, isolation credentials,
+// limits per source and in all, the SOCKS dial, and the relay with
+// half-close and idle timeouts.
+//
+// The upstream is the only way out. Tunnel is given an Upstream (in
+// production a *socks.Dialer bound to Tor's SocksPort) and has no other
+// means to open a connection, so no code path can reach a workstation's
+// destination directly.
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/torgate/torgate/socks"
+)
+
+// Upstream opens streams through Tor. *socks.Dialer implements it.
+type Upstream interface {
+	Connect(ctx context.Context, dst socks.Addr, auth socks.Auth) (net.Conn, error)
+	Resolve(ctx context.Context, name string, auth socks.Auth) (netip.Addr, error)
+	ResolvePTR(ctx context.Context, ip netip.Addr, auth socks.Auth) (string, error)
+}
+
+// Names maps virtual addresses handed out by the DNS automapper back to
+// host names. *dns.Server implements it.
+type Names interface {
+	// Acquire pins the mapping of ip while a flow uses it. virtual reports
+	// whether ip lies in a virtual pool; ok whether it is mapped.
+	Acquire(ip netip.Addr) (name string, release func(), virtual, ok bool)
+}
+
+// Flow is one TCP connection attempt held at the SYN. *netstack.TCPRequest
+// implements it.
+type Flow interface {
+	// Accept completes the client's handshake and returns the connection,
+	// which must implement CloseWrite (and should implement CloseRead).
+	Accept() (net.Conn, error)
+	// Reject answers with a RST.
+	Reject()
+}
+
+// Config configures a Tunnel. Zero values take the documented defaults.
+type Config struct {
+	// Upstream is the SOCKS endpoint (Tor). Required; the only way out.
+	Upstream Upstream
+	// Isolator derives SOCKS credentials. Required.
+	Isolator *Isolator
+	// Names resolves virtual addresses; nil means no automapping.
+	Names Names
+	// Ready reports whether Tor can carry traffic. While false, new flows
+	// get a RST. Nil means always ready.
+	Ready func() bool
+	// DialTimeout bounds the SOCKS handshake including Tor building a
+	// circuit, which takes seconds and, for onion services, tens of
+	// seconds. Default 90s (the client's SYN retries run about 2 min).
+	DialTimeout time.Duration
+	// IdleTimeout ends a flow with no data either way for this long.
+	// Default 1h: Tor keeps streams open as long as the circuit lives, and
+	// interactive sessions idle for long; keepalive catches dead peers.
+	IdleTimeout time.Duration
+	// HalfCloseTimeout ends a flow once one direction has finished and the
+	// other has made no progress for this long. Default 2m.
+	HalfCloseTimeout time.Duration
+	// MaxFlows caps open flows (including dials in progress). Default 16384.
+	MaxFlows int
+	// MaxFlowsPerSource caps one source's open flows so that it cannot
+	// starve others. Default 1024.
+	MaxFlowsPerSource int
+	// MaxDialsPerSource caps one source's SOCKS dials in progress, which
+	// hold circuits being built. Default 128.
+	MaxDialsPerSource int
+	// LogDestinations logs destinations in debug logs. Off by default:
+	// where a workstation goes is private.
+	LogDestinations bool
+	// Logger; nil discards.
+	Logger *slog.Logger
+}
+
+// Defaults.
+const (
+	DefaultDialTimeout       = 90 * time.Second
+	DefaultIdleTimeout       = time.Hour
+	DefaultHalfCloseTimeout  = 2 * time.Minute
+	DefaultMaxFlows          = 16384
+	DefaultMaxFlowsPerSource = 1024
+	DefaultMaxDialsPerSource = 128
+)
+
+// Reasons a flow is refused, as metric labels.
+const (
+	refuseNotReady = "not_ready"
+	refuseLimit    = "limit"
+	refuseUnmapped = "unmapped_virtual"
+	refuseHandshk  = "handshake"
+)
+
+// Tunnel forwards flows to the upstream.
+type Tunnel struct {
+	cfg Config
+	log *slog.Logger
+
+	mu      sync.Mutex
+	sources map[netip.Addr]*sourceState // guarded by mu
+	total   int                         // guarded by mu
+	gen     context.Context             // guarded by mu; cancelled by EndAll
+	genStop context.CancelFunc          // guarded by mu
+
+	wg sync.WaitGroup
+
+	flowsTotal   prometheus.Counter
+	flowsActive  prometheus.Gauge
+	refused      *prometheus.CounterVec
+	socksErrors  *prometheus.CounterVec
+	setupSeconds prometheus.Histogram
+	bytes        *prometheus.CounterVec
+	closed       atomic.Bool
+}
+
+type sourceState struct {
+	open, dialing int
+}
+
+// New validates cfg and returns a Tunnel.
+func New(cfg Config) (*Tunnel, error) {
+	if cfg.Upstream == nil {
+		return nil, errors.New("tunnel: nil Upstream")
+	}
+	if cfg.Isolator == nil {
+		return nil, errors.New("tunnel: nil Isolator")
+	}
+	for _, d := range []*time.Duration{&cfg.DialTimeout, &cfg.IdleTimeout, &cfg.HalfCloseTimeout} {
+		if *d < 0 {
+			return nil, errors.New("tunnel: negative timeout")
+		}
+	}
+	for _, n := range []*int{&cfg.MaxFlows, &cfg.MaxFlowsPerSource, &cfg.MaxDialsPerSource} {
+		if *n < 0 {
+			return nil, errors.New("tunnel: negative limit")
+		}
+	}
+	setDefault(&cfg.DialTimeout, DefaultDialTimeout)
+	setDefault(&cfg.IdleTimeout, DefaultIdleTimeout)
+	setDefault(&cfg.HalfCloseTimeout, DefaultHalfCloseTimeout)
+	setDefault(&cfg.MaxFlows, DefaultMaxFlows)
+	setDefault(&cfg.MaxFlowsPerSource, DefaultMaxFlowsPerSource)
+	setDefault(&cfg.MaxDialsPerSource, DefaultMaxDialsPerSource)
+	if cfg.MaxFlowsPerSource > cfg.MaxFlows {
+		return nil, fmt.Errorf("tunnel: MaxFlowsPerSource %d above MaxFlows %d", cfg.MaxFlowsPerSource, cfg.MaxFlows)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	t := &Tunnel{
+		cfg:     cfg,
+		log:     log,
+		sources: make(map[netip.Addr]*sourceState),
+		flowsTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flows_total", Help: "TCP flows forwarded through the upstream.",
+		}),
+		flowsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flows_active", Help: "TCP flows open or dialing.",
+		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flows_refused_total", Help: "TCP flows answered with a RST, by reason.",
+		}, []string{"reason"}),
+		socksErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "socks_failures_total", Help: "SOCKS requests that failed, by reply code (or handshake/timeout).",
+		}, []string{"reply"}),
+		setupSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "flow_setup_seconds",
+			Help:    "Time from SYN to the upstream accepting the stream.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2.5, 12),
+		}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flow_bytes_total", Help: "Bytes relayed, by direction.",
+		}, []string{"direction"}),
+	}
+	for _, r := range []string{refuseNotReady, refuseLimit, refuseUnmapped, refuseHandshk} {
+		t.refused.WithLabelValues(r)
+	}
+	t.gen, t.genStop = context.WithCancel(context.Background())
+	return t, nil
+}
+
+func setDefault[T comparable](p *T, def T) {
+	var zero T
+	if *p == zero {
+		*p = def
+	}
+}
+
+// Metrics returns the tunnel's collectors for the caller's registry.
+func (t *Tunnel) Metrics() []prometheus.Collector {
+	return []prometheus.Collector{t.flowsTotal, t.flowsActive, t.refused, t.socksErrors, t.setupSeconds, t.bytes}
+}
+
+// Isolator returns the isolator, for new-identity requests.
+func (t *Tunnel) Isolator() *Isolator { return t.cfg.Isolator }
+
+// EndAll closes every open flow (for example when Tor restarted, so its
+// streams are gone). New flows are not affected.
+func (t *Tunnel) EndAll() {
+	t.mu.Lock()
+	stop := t.genStop
+	t.gen, t.genStop = context.WithCancel(context.Background())
+	t.mu.Unlock()
+	stop()
+}
+
+// Close ends every flow and waits for their goroutines.
+func (t *Tunnel) Close() error {
+	t.closed.Store(true)
+	t.EndAll()
+	t.wg.Wait()
+	return nil
+}
+
+// ready reports whether new flows may go out.
+func (t *Tunnel) ready() bool {
+	return !t.closed.Load() && (t.cfg.Ready == nil || t.cfg.Ready())
+}
+
+// dest renders a destination for logs: redacted unless configured.
+func (t *Tunnel) dest(a socks.Addr) slog.Value {
+	if !t.cfg.LogDestinations {
+		return slog.StringValue("[redacted]")
+	}
+	return slog.StringValue(a.String())
+}
+
+// target works out what to ask the upstream for. A virtual address becomes
+// its host name, so the exit resolves it on the flow's own circuit.
+func (t *Tunnel) target(dst netip.AddrPort) (a socks.Addr, host string, release func(), ok bool) {
+	if t.cfg.Names != nil {
+		name, rel, virtual, mapped := t.cfg.Names.Acquire(dst.Addr())
+		if virtual {
+			if !mapped {
+				return socks.Addr{}, "", nil, false
+			}
+			return socks.HostPort(name, dst.Port()), name, rel, true
+		}
+	}
+	a = socks.AddrFromAddrPort(netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()))
+	return a, dst.Addr().Unmap().String(), func() {}, true
+}
+
+// admit reserves a dial slot for src, or reports false if a cap is hit.
+func (t *Tunnel) admit(src netip.Addr) (context.Context, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st := t.sources[src]
+	if st == nil {
+		st = &sourceState{}
+		t.sources[src] = st
+	}
+	if t.total >= t.cfg.MaxFlows || st.open >= t.cfg.MaxFlowsPerSource || st.dialing >= t.cfg.MaxDialsPerSource {
+		if st.open == 0 && st.dialing == 0 {
+			delete(t.sources, src)
+		}
+		return nil, false
+	}
+	st.open++
+	st.dialing++
+	t.total++
+	return t.gen, true
+}
+
+func (t *Tunnel) dialDone(src netip.Addr) {
+	t.mu.Lock()
+	t.sources[src].dialing--
+	t.mu.Unlock()
+}
+
+func (t *Tunnel) release(src netip.Addr) {
+	t.mu.Lock()
+	st := t.sources[src]
+	st.open--
+	t.total--
+	if st.open == 0 && st.dialing == 0 {
+		delete(t.sources, src)
+	}
+	t.mu.Unlock()
+}
+
+// HandleTCP forwards one flow: dial upstream first, then complete the
+// client's handshake, then relay until both sides are done. On any failure
+// before the relay the client gets a RST, never an accept-then-close. It
+// blocks for the flow's lifetime; netstack calls it on a goroutine of its
+// own.
+func (t *Tunnel) HandleTCP(src, dst netip.AddrPort, f Flow) {
+	start := time.Now()
+	if !t.ready() {
+		t.refuse(f, refuseNotReady)
+		return
+	}
+	target, host, releaseName, ok := t.target(dst)
+	if !ok {
+		t.refuse(f, refuseUnmapped)
+		return
+	}
+	defer releaseName()
+	srcAddr := src.Addr().Unmap()
+	gen, ok := t.admit(srcAddr)
+	if !ok {
+		t.refuse(f, refuseLimit)
+		return
+	}
+	defer t.release(srcAddr)
+	t.flowsActive.Inc()
+	defer t.flowsActive.Dec()
+
+	ctx, cancel := context.WithTimeout(gen, t.cfg.DialTimeout)
+	up, err := t.cfg.Upstream.Connect(ctx, target, t.cfg.Isolator.Auth(srcAddr, host))
+	cancel()
+	t.dialDone(srcAddr)
+	if err != nil {
+		t.socksErrors.WithLabelValues(replyLabel(err)).Inc()
+		t.log.Debug("upstream refused flow", "src", srcAddr, "dst", t.dest(target), "err", err)
+		f.Reject()
+		return
+	}
+	// Tor might have gone down while we dialed: fail closed.
+	if !t.ready() {
+		up.Close()
+		t.refuse(f, refuseNotReady)
+		return
+	}
+	conn, err := f.Accept()
+	if err != nil {
+		up.Close()
+		t.refused.WithLabelValues(refuseHandshk).Inc()
+		return
+	}
+	t.setupSeconds.Observe(time.Since(start).Seconds())
+	t.flowsTotal.Inc()
+	t.relay(gen, conn, up)
+}
+
+func (t *Tunnel) refuse(f Flow, reason string) {
+	t.refused.WithLabelValues(reason).Inc()
+	f.Reject()
+}
+
+// replyLabel maps a dial error to a bounded label set.
+func replyLabel(err error) string {
+	var re *socks.ReplyError
+	switch {
+	case errors.As(err, &re):
+		return re.Reply.String()
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	default:
+		return "connect_error"
+	}
+}
+
+// Resolver adapts the tunnel to DNS resolve mode: lookups go through the
+// upstream's RESOLVE extensions with the asking source's credentials, so a
+// source's DNS and TCP share circuits.
+type Resolver struct{ t *Tunnel }
+
+// Resolver returns the DNS resolve-mode adapter.
+func (t *Tunnel) Resolver() Resolver { return Resolver{t} }
+
+// Resolve implements dns.Resolver.
+func (r Resolver) Resolve(ctx context.Context, src netip.Addr, name string) (netip.Addr, error) {
+	if !r.t.ready() {
+		return netip.Addr{}, errNotReady
+	}
+	return r.t.cfg.Upstream.Resolve(ctx, name, r.t.cfg.Isolator.Auth(src.Unmap(), name))
+}
+
+// ResolvePTR implements dns.Resolver.
+func (r Resolver) ResolvePTR(ctx context.Context, src netip.Addr, ip netip.Addr) (string, error) {
+	if !r.t.ready() {
+		return "", errNotReady
+	}
+	return r.t.cfg.Upstream.ResolvePTR(ctx, ip, r.t.cfg.Isolator.Auth(src.Unmap(), ip.String()))
+}
+
+var errNotReady = errors.New("tunnel: tor not ready")
