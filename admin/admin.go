@@ -1,0 +1,159 @@
+// Package admin serves torgate's local control surface over HTTP:
+// Prometheus metrics, health and readiness probes, and new-identity
+// requests. It listens only on loopback or a unix socket: anyone who can
+// reach it can rotate identities and read traffic volumes.
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Config wires the endpoints to the router. Nil funcs disable their
+// endpoint (404).
+type Config struct {
+	// Gatherer serves /metrics.
+	Gatherer prometheus.Gatherer
+	// Healthy backs /healthz: nil error when the process works (the TUN
+	// is up and the packet loop runs).
+	Healthy func() error
+	// Ready backs /readyz: nil error when traffic can flow (Tor
+	// bootstrapped and the TUN up).
+	Ready func() error
+	// NewIdentity rotates one source's circuits (POST /newnym?source=ADDR).
+	NewIdentity func(src netip.Addr) error
+	// NewIdentityAll rotates every circuit (POST /newnym).
+	NewIdentityAll func() error
+	// Logger; nil discards.
+	Logger *slog.Logger
+}
+
+// Handler returns the admin HTTP handler.
+func Handler(cfg Config) http.Handler {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	mux := http.NewServeMux()
+	if cfg.Gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	}
+	probe := func(f func() error) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if err := f(); err != nil {
+				http.Error(w, "not ok: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ok")
+		}
+	}
+	if cfg.Healthy != nil {
+		mux.HandleFunc("GET /healthz", probe(cfg.Healthy))
+	}
+	if cfg.Ready != nil {
+		mux.HandleFunc("GET /readyz", probe(cfg.Ready))
+	}
+	mux.HandleFunc("POST /newnym", func(w http.ResponseWriter, r *http.Request) {
+		src := r.URL.Query().Get("source")
+		var err error
+		switch {
+		case src == "" && cfg.NewIdentityAll != nil:
+			err = cfg.NewIdentityAll()
+		case src != "" && cfg.NewIdentity != nil:
+			a, perr := netip.ParseAddr(src)
+			if perr != nil {
+				http.Error(w, "bad source address", http.StatusBadRequest)
+				return
+			}
+			err = cfg.NewIdentity(a.Unmap())
+		default:
+			http.NotFound(w, r)
+			return
+		}
+		if err != nil {
+			log.Warn("new identity failed", "err", err)
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		log.Info("new identity", "scope", scope(src))
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+func scope(src string) string {
+	if src == "" {
+		return "all"
+	}
+	return "source"
+}
+
+// ErrNotLocal is returned by Listen for an address that is neither
+// loopback nor a unix socket.
+var ErrNotLocal = errors.New("admin: address must be loopback (127.0.0.0/8, ::1, localhost) or a unix socket path")
+
+// Listen opens the admin listener: "host:port" on loopback, or a unix
+// socket given as an absolute path or "unix:PATH" (a stale socket file is
+// replaced; the socket is made 0600).
+func Listen(addr string) (net.Listener, error) {
+	if path, ok := unixPath(addr); ok {
+		os.Remove(path)
+		ln, err := net.Listen("unix", path)
+		if err != nil {
+			return nil, fmt.Errorf("admin: listen %s: %w", path, err)
+		}
+		if err := os.Chmod(path, 0o600); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("admin: chmod %s: %w", path, err)
+		}
+		return ln, nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin: %q: %w", addr, err)
+	}
+	if host != "localhost" {
+		ip, err := netip.ParseAddr(host)
+		if err != nil || !ip.IsLoopback() {
+			return nil, ErrNotLocal
+		}
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin: listen %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
+func unixPath(addr string) (string, bool) {
+	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
+		return p, true
+	}
+	if strings.HasPrefix(addr, "/") {
+		return addr, true
+	}
+	return "", false
+}
+
+// Client talks to a running torgate's admin endpoint (for "torgate
+// newnym").
+func Client(addr string) (*http.Client, string, error) {
+	if path, ok := unixPath(addr); ok {
+		tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}}
+		return &http.Client{Transport: tr}, "http://torgate", nil
+	}
+	return &http.Client{}, "http://" + addr, nil
+}
