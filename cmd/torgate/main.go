@@ -26,7 +26,8 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
+		var ee exitError
+		if !errors.Is(err, flag.ErrHelp) && !errors.As(err, &ee) {
 			fmt.Fprintln(os.Stderr, "torgate:", err)
 		}
 		os.Exit(exitCode(err))
@@ -53,6 +54,7 @@ const usage = `usage: torgate <command> [flags]
 
 commands:
   run      run the router on a TUN device
+  exec     run one command in a fresh network namespace whose only way out is Tor
   version  print the version
 
 "torgate <command> -h" lists a command's flags.
@@ -67,6 +69,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "run":
 		return cmdRun(ctx, args[1:], stderr)
+	case "exec":
+		return cmdExec(ctx, args[1:], stdout, stderr)
+	case "__exec-child":
+		// Internal: the re-executed child of "torgate exec".
+		if os.Getenv(childEnv) != "1" {
+			return errors.New("__exec-child is internal to torgate exec")
+		}
+		return execChild(args[1:])
 	case "version":
 		fmt.Fprintln(stdout, "torgate", version())
 		return nil

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/torgate/torgate/internal/nstest"
+	"github.com/torgate/torgate/socks"
+	"github.com/torgate/torgate/socks/sockstest"
+)
+
+// buildTorgate compiles the command once per test binary.
+func buildTorgate(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "torgate")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// upstream starts a web server on loopback and a SOCKS server that sends
+// every CONNECT to it.
+func upstream(t *testing.T) *sockstest.Server {
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "exec-ok")
+	}))
+	t.Cleanup(web.Close)
+	return sockstest.NewServer(t, sockstest.Config{
+		Connect: sockstest.DialTo(func(socks.Addr) string { return web.Listener.Addr().String() }),
+	})
+}
+
+func netnsCount(t *testing.T) int {
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	return strings.Count(string(out), "\n")
+}
+
+func TestExecCurl(t *testing.T) {
+	nstest.RequireRoot(t, "curl")
+	bin := buildTorgate(t)
+	srv := upstream(t)
+	before := netnsCount(t)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "exec", "--socks", srv.Addr(), "--",
+		"curl", "-sS", "--max-time", "10", "http://192.0.2.10/").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "exec-ok") {
+		t.Fatalf("torgate exec curl: %v\n%s", err, out)
+	}
+	// By name: resolv.conf inside points at torgate, which automaps the
+	// name; the SOCKS request carries the name.
+	out, err = exec.CommandContext(ctx, bin, "exec", "--socks", srv.Addr(), "--",
+		"curl", "-sS", "--max-time", "10", "http://web.example.test/").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "exec-ok") {
+		t.Fatalf("torgate exec curl by name: %v\n%s", err, out)
+	}
+	reqs := srv.Requests()
+	if last := reqs[len(reqs)-1]; last.Dst.Name != "web.example.test" {
+		t.Fatalf("CONNECT carried %v, want the name", last.Dst)
+	}
+	// Exit status passes through.
+	err = exec.CommandContext(ctx, bin, "exec", "--socks", srv.Addr(), "--", "sh", "-c", "exit 7").Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 7 {
+		t.Fatalf("exit status: %v, want 7", err)
+	}
+	if after := netnsCount(t); after != before {
+		t.Fatalf("namespaces before %d, after %d", before, after)
+	}
+	if out, _ := exec.Command("ip", "link", "show", "tg0").CombinedOutput(); !strings.Contains(string(out), "does not exist") {
+		t.Fatalf("tg0 visible on the host: %s", out)
+	}
+}
+
+// TestExecKilledRouterFailsClosed kills torgate under a running command:
+// the command keeps running but has no network at all.
+func TestExecKilledRouterFailsClosed(t *testing.T) {
+	nstest.RequireRoot(t, "curl")
+	bin := buildTorgate(t)
+	srv := upstream(t)
+	dir := t.TempDir()
+	log := filepath.Join(dir, "log")
+	script := fmt.Sprintf(`for i in $(seq 1 100); do
+  if curl -s --max-time 1 http://192.0.2.10/ >/dev/null; then echo ok >> %[1]s; else echo fail >> %[1]s; fi
+  [ -e %[2]s/stop ] && exit 0
+  sleep 0.1
+done`, log, dir)
+	cmd := exec.Command(bin, "exec", "--socks", srv.Addr(), "--", "sh", "-c", script)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		os.WriteFile(filepath.Join(dir, "stop"), nil, 0o644)
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	waitLog := func(word string) {
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			b, _ := os.ReadFile(log)
+			if strings.Contains(string(b), word) {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		b, _ := os.ReadFile(log)
+		t.Fatalf("no %q in log: %q", word, b)
+	}
+	waitLog("ok")
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	os.WriteFile(log, nil, 0o644)
+	waitLog("fail")
+	b, _ := os.ReadFile(log)
+	if strings.Contains(string(b), "ok") {
+		t.Fatalf("command reached the network after torgate died: %q", b)
+	}
+}
