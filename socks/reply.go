@@ -169,8 +169,9 @@ const maxMessageLen = 4 + 1 + maxNameLen + 2
 // *ProtocolError for malformed or truncated replies, or the error r
 // returned. r should not be buffered by the caller beyond what is needed.
 func ReadReply(r io.Reader) (Reply, Addr, error) {
-	var buf [maxMessageLen]byte
-	return readReply(r, &buf)
+	buf := bufPool.Get().(*handshakeBuf)
+	defer bufPool.Put(buf)
+	return readReply(r, (*[maxMessageLen]byte)(buf[:maxMessageLen]))
 }
 
 // readReply is ReadReply with the caller's scratch buffer, so a handshake can
