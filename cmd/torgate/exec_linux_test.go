@@ -129,3 +129,27 @@ done`, log, dir)
 		t.Fatalf("command reached the network after torgate died: %q", b)
 	}
 }
+
+func TestCheckPassesAndFails(t *testing.T) {
+	nstest.RequireRoot(t)
+	bin := buildTorgate(t)
+	srv := upstream(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "exec", "--socks", srv.Addr(), "--log-level", "error", "--",
+		bin, "check", "--url", "http://web.example.test/").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "all 6 checks passed") {
+		t.Fatalf("check on a healthy setup: %v\n%s", err, out)
+	}
+	// Upstream gone (as when Tor is down): flows are refused, check says so.
+	dead := sockstest.NewServer(t, sockstest.Config{Connect: sockstest.Refuse(socks.ReplyGeneralFailure)})
+	out, err = exec.CommandContext(ctx, bin, "exec", "--socks", dead.Addr(), "--log-level", "error", "--",
+		bin, "check", "--url", "http://web.example.test/", "--timeout", "10s").CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("check with a refusing upstream: %v, want exit 1\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "FAIL fetch") || !strings.Contains(string(out), "connection refused") {
+		t.Fatalf("check did not name the cause:\n%s", out)
+	}
+}

@@ -54,6 +54,7 @@ const usage = `usage: torgate <command> [flags]
 
 commands:
   run      run the router on a TUN device
+  check    self-test from a workstation: route, DNS, a fetch through Tor, no leaks
   exec     run one command in a fresh network namespace whose only way out is Tor
   version  print the version
 
@@ -77,6 +78,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return errors.New("__exec-child is internal to torgate exec")
 		}
 		return execChild(args[1:])
+	case "check":
+		return cmdCheck(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "torgate", version())
 		return nil
