@@ -1,0 +1,71 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"sort"
+	"strconv"
+
+	"github.com/BurntSushi/toml"
+)
+
+// applyConfigFile reads a TOML file whose keys are the command's flag
+// names (without dashes) and sets every flag the command line did not set:
+// flags override the file. An unknown key or a bad value is an error that
+// names the key.
+//
+// Keeping the file's vocabulary identical to the flags means the two can
+// never drift apart: every flag is a config key and vice versa.
+func applyConfigFile(fs *flag.FlagSet, path string) error {
+	var raw map[string]any
+	if _, err := toml.DecodeFile(path, &raw); err != nil {
+		var perr toml.ParseError
+		if errors.As(err, &perr) {
+			return fmt.Errorf("config %s: line %d: %s", path, perr.Position.Line, perr.Message)
+		}
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	onCommandLine := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
+
+	keys := make([]string, 0, len(raw))
+	for k := range raw {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, key := range keys {
+		if key == "config" {
+			return fmt.Errorf("config %s: field %q: a config file cannot name another", path, key)
+		}
+		f := fs.Lookup(key)
+		if f == nil {
+			return fmt.Errorf("config %s: unknown field %q", path, key)
+		}
+		if onCommandLine[key] {
+			continue
+		}
+		val, err := tomlScalar(raw[key])
+		if err != nil {
+			return fmt.Errorf("config %s: field %q: %w", path, key, err)
+		}
+		if err := fs.Set(key, val); err != nil {
+			return fmt.Errorf("config %s: field %q: %w", path, key, err)
+		}
+	}
+	return nil
+}
+
+func tomlScalar(v any) (string, error) {
+	switch x := v.(type) {
+	case string:
+		return x, nil
+	case bool:
+		return strconv.FormatBool(x), nil
+	case int64:
+		return strconv.FormatInt(x, 10), nil
+	case float64:
+		return strconv.FormatFloat(x, 'g', -1, 64), nil
+	}
+	return "", fmt.Errorf("want a string, number or boolean, got %T", v)
+}
