@@ -56,7 +56,7 @@ type RawFlow struct {
 	// write path reads it for ACKs.
 	iss    uint32
 	sndNxt atomic.Uint32
-	wait   *time.Timer // the writer's poll timer, reused
+	wait   *time.Timer   // the writer's poll timer, reused
 	sndUna atomic.Uint32 // highest ACK from the router
 	sndWnd atomic.Uint32 // router's window in bytes, scaled
 	wscale atomic.Uint32 // router's window scale
