@@ -1,0 +1,354 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Short-connection load: each connection sends reqSize bytes, reads the
+// server's respSize-byte answer to EOF (the server closes first, so the
+// side facing the client holds TIME_WAIT, as a web server does) and
+// closes.
+const (
+	reqSize  = 128
+	respSize = 128
+)
+
+// LoadResult is what one load run measured; tgbench load prints it as
+// JSON.
+type LoadResult struct {
+	Mode     string  `json:"mode"`
+	Seconds  float64 `json:"seconds"`
+	Workers  int     `json:"workers,omitempty"`
+	Rate     float64 `json:"target_rate,omitempty"`
+	OK       int     `json:"ok"`
+	Failures int     `json:"failures"`
+	// FailureKinds counts failures by cause: connect, refused, reset,
+	// timeout, short (fewer response bytes than expected), other.
+	FailureKinds map[string]int `json:"failure_kinds,omitempty"`
+	// PortBusy counts reconnect attempts skipped because the client's own
+	// kernel still held the chosen source port (not a router failure).
+	PortBusy int `json:"port_busy,omitempty"`
+	// Late counts open-loop connections started more than 10 ms after
+	// their scheduled time (the generator could not keep the rate).
+	Late int `json:"late,omitempty"`
+	// ConnPerSec is completed connections per second.
+	ConnPerSec float64 `json:"conn_per_s"`
+	// Latency percentiles of successful connections, from scheduled start
+	// (open loop) or connect (closed loop) to EOF, in milliseconds.
+	P50 float64 `json:"p50_ms"`
+	P90 float64 `json:"p90_ms"`
+	P99 float64 `json:"p99_ms"`
+	Max float64 `json:"max_ms"`
+}
+
+type loadFlags struct {
+	target   string
+	mode     string
+	workers  int
+	rate     float64
+	duration time.Duration
+	timeout  time.Duration
+	ports    int
+	basePort int
+}
+
+// cmdLoad runs a short-connection load from the current namespace.
+func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("tgbench load", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f loadFlags
+	fs.StringVar(&f.target, "target", "", "server IP:port")
+	fs.StringVar(&f.mode, "mode", "closed", "closed (fixed workers), open (fixed rate) or reconnect (fixed rate from a small set of source ports, so 4-tuples are reused while the far side holds them in TIME_WAIT)")
+	fs.IntVar(&f.workers, "workers", 16, "closed loop: concurrent workers")
+	fs.Float64Var(&f.rate, "rate", 1000, "open and reconnect: connections per second")
+	fs.DurationVar(&f.duration, "duration", 10*time.Second, "how long to generate load")
+	fs.DurationVar(&f.timeout, "timeout", 5*time.Second, "per-connection timeout (connect to EOF)")
+	fs.IntVar(&f.ports, "ports", 64, "reconnect: how many source ports to cycle through")
+	fs.IntVar(&f.basePort, "base-port", 40000, "reconnect: first source port")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	target, err := netip.ParseAddrPort(f.target)
+	if err != nil {
+		return fmt.Errorf("--target: %w", err)
+	}
+	if f.workers < 1 || f.rate <= 0 || f.duration <= 0 || f.ports < 1 {
+		return errors.New("workers, rate, duration and ports must be positive")
+	}
+	var res LoadResult
+	switch f.mode {
+	case "closed":
+		res = closedLoop(ctx, target, f)
+	case "open":
+		res = openLoop(ctx, target, f, false)
+	case "reconnect":
+		res = openLoop(ctx, target, f, true)
+	default:
+		return fmt.Errorf("--mode %q: want closed, open or reconnect", f.mode)
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(res)
+}
+
+// recorder collects latencies and failures from many goroutines.
+type recorder struct {
+	mu       sync.Mutex
+	lat      []time.Duration
+	kinds    map[string]int
+	portBusy atomic.Int64
+	late     atomic.Int64
+}
+
+func newRecorder() *recorder { return &recorder{kinds: make(map[string]int)} }
+
+func (r *recorder) add(d time.Duration, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil {
+		r.kinds[failureKind(err)]++
+		return
+	}
+	r.lat = append(r.lat, d)
+}
+
+func (r *recorder) result(mode string, elapsed time.Duration) LoadResult {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	res := LoadResult{Mode: mode, Seconds: elapsed.Seconds(), OK: len(r.lat), FailureKinds: r.kinds}
+	for _, n := range r.kinds {
+		res.Failures += n
+	}
+	res.PortBusy = int(r.portBusy.Load())
+	res.Late = int(r.late.Load())
+	res.ConnPerSec = float64(len(r.lat)) / elapsed.Seconds()
+	slices.Sort(r.lat)
+	pct := func(p float64) float64 {
+		if len(r.lat) == 0 {
+			return 0
+		}
+		i := min(int(p*float64(len(r.lat))), len(r.lat)-1)
+		return float64(r.lat[i]) / float64(time.Millisecond)
+	}
+	res.P50, res.P90, res.P99 = pct(0.50), pct(0.90), pct(0.99)
+	if len(r.lat) > 0 {
+		res.Max = float64(r.lat[len(r.lat)-1]) / float64(time.Millisecond)
+	}
+	return res
+}
+
+func failureKind(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, errShort):
+		return "short"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "reset"
+	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, errConnect):
+		return "connect"
+	default:
+		return "other"
+	}
+}
+
+var (
+	errShort   = errors.New("short response")
+	errConnect = errors.New("connect failed")
+)
+
+// exchange runs one short connection on an open conn.
+func exchange(c net.Conn, deadline time.Time) error {
+	c.SetDeadline(deadline)
+	var req [reqSize]byte
+	if _, err := c.Write(req[:]); err != nil {
+		return err
+	}
+	var resp [respSize + 1]byte
+	n, err := io.ReadFull(c, resp[:])
+	if errors.Is(err, io.ErrUnexpectedEOF) && n == respSize {
+		return nil // the server closed after its answer: the normal end
+	}
+	if err == nil {
+		return fmt.Errorf("%w: more than %d bytes", errShort, respSize)
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: %d bytes", errShort, n)
+	}
+	return err
+}
+
+func closedLoop(ctx context.Context, target netip.AddrPort, f loadFlags) LoadResult {
+	rec := newRecorder()
+	ctx, cancel := context.WithTimeout(ctx, f.duration)
+	defer cancel()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range f.workers {
+		wg.Go(func() {
+			var d net.Dialer
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				err := oneConn(ctx, &d, target, t0.Add(f.timeout))
+				if ctx.Err() != nil && err != nil {
+					return // cut off by the end of the run, not a failure
+				}
+				rec.add(time.Since(t0), err)
+			}
+		})
+	}
+	wg.Wait()
+	return rec.result("closed", time.Since(start))
+}
+
+func oneConn(ctx context.Context, d *net.Dialer, target netip.AddrPort, deadline time.Time) error {
+	dctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	c, err := d.DialContext(dctx, "tcp", target.String())
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", errConnect, err)
+	}
+	defer c.Close()
+	return exchange(c, deadline)
+}
+
+// openLoop starts connections at a fixed rate, each on its own goroutine,
+// and measures latency from the scheduled start so a stalled server cannot
+// hide its delay (no coordinated omission). With reuse, each connection
+// binds the next source port of a small set.
+func openLoop(ctx context.Context, target netip.AddrPort, f loadFlags, reuse bool) LoadResult {
+	rec := newRecorder()
+	mode := "open"
+	if reuse {
+		mode = "reconnect"
+	}
+	interval := time.Duration(float64(time.Second) / f.rate)
+	total := int(f.duration / interval)
+	start := time.Now()
+	var wg sync.WaitGroup
+	var port atomic.Int64
+	for i := range total {
+		due := start.Add(time.Duration(i) * interval)
+		if d := time.Until(due); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+			}
+		} else if -d > 10*time.Millisecond {
+			rec.late.Add(1)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Go(func() {
+			deadline := due.Add(f.timeout)
+			var err error
+			if reuse {
+				err = reuseConn(target, f, &port, rec, deadline)
+			} else {
+				var d net.Dialer
+				err = oneConn(ctx, &d, target, deadline)
+			}
+			rec.add(time.Since(due), err)
+		})
+	}
+	wg.Wait()
+	res := rec.result(mode, time.Since(start))
+	res.Rate = f.rate
+	return res
+}
+
+// reuseConn connects from the next free port of the set. A port the
+// client's own kernel still holds (EADDRINUSE/EADDRNOTAVAIL) is counted in
+// PortBusy and the next one tried.
+func reuseConn(target netip.AddrPort, f loadFlags, port *atomic.Int64, rec *recorder, deadline time.Time) error {
+	for range f.ports {
+		p := f.basePort + int(port.Add(1)%int64(f.ports))
+		d := net.Dialer{
+			LocalAddr: &net.TCPAddr{Port: p},
+			Deadline:  deadline,
+			Control: func(_, _ string, c syscall.RawConn) error {
+				var serr error
+				err := c.Control(func(fd uintptr) {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+				})
+				return errors.Join(err, serr)
+			},
+		}
+		c, err := d.Dial("tcp", target.String())
+		if errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) {
+			rec.portBusy.Add(1)
+			continue
+		}
+		if err != nil {
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				return err
+			}
+			return fmt.Errorf("%w: %w", errConnect, err)
+		}
+		err = exchange(c, deadline)
+		c.Close()
+		return err
+	}
+	return fmt.Errorf("%w: every source port busy", errConnect)
+}
+
+// cmdServe is the short-connection target: read the request, answer, and
+// close first.
+func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("tgbench serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "", "IP:port to listen on")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	lc := net.ListenConfig{}
+	ln, err := lc.Listen(ctx, "tcp", *listen)
+	if err != nil {
+		return err
+	}
+	context.AfterFunc(ctx, func() { ln.Close() })
+	var resp [respSize]byte
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			time.Sleep(5 * time.Millisecond) // EMFILE and the like
+			continue
+		}
+		go func() {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			var req [reqSize]byte
+			if _, err := io.ReadFull(c, req[:]); err != nil {
+				return
+			}
+			c.Write(resp[:])
+		}()
+	}
+}

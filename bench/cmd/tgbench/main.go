@@ -1,0 +1,89 @@
+// Command tgbench is torgate's system benchmark: it measures a TUN-to-SOCKS
+// router against the kernel's own forwarding path, in network namespaces
+// built for the run, and prints a Markdown table of ratios plus a JSON
+// file.
+//
+// Usage (as root; bench/run.sh builds the binaries and runs this):
+//
+//	tgbench run --torgate ./torgate [flags]
+//
+// The other subcommands are the pieces the harness starts inside the
+// namespaces: "socks" (a SOCKS5 server that dials real destinations and
+// relays with splice), "serve" (the short-connection target) and "load"
+// (the short-connection load generator: closed loop, open loop and
+// reconnect). See bench/README.md for the tests, the router contract and
+// how to measure another router.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/torgate/torgate/bench/socksd"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "tgbench:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: tgbench <command> [flags]
+
+commands:
+  run      the system benchmark (root): kernel path vs router, Markdown + JSON
+  socks    a SOCKS5 server that connects to real destinations
+  serve    the short-connection target server
+  load     the short-connection load generator
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return flag.ErrHelp
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(ctx, args[1:], stdout, stderr)
+	case "socks":
+		return cmdSocks(ctx, args[1:], stderr)
+	case "serve":
+		return cmdServe(ctx, args[1:], stderr)
+	case "load":
+		return cmdLoad(ctx, args[1:], stdout, stderr)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+func cmdSocks(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("tgbench socks", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:1080", "address to listen on")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	srv, err := socksd.ListenAndServe(*listen, true, log)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return srv.Close()
+}

@@ -1,0 +1,170 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// Report is one sitting's results; results.json holds it as is.
+type Report struct {
+	Date    string  `json:"date"`
+	Commit  string  `json:"commit,omitempty"`
+	Router  string  `json:"router"`
+	Note    string  `json:"note,omitempty"`
+	CPUs    int     `json:"cpus"`
+	Kernel  string  `json:"kernel"`
+	Repeat  int     `json:"repeat"`
+	IperfS  float64 `json:"iperf_seconds"`
+	LoadS   float64 `json:"load_seconds"`
+	Workers int     `json:"closed_loop_workers"`
+	Rows    []Row   `json:"rows"`
+}
+
+// Row is one test at one MTU, both paths.
+type Row struct {
+	MTU    int      `json:"mtu"`
+	Test   string   `json:"test"`
+	Unit   string   `json:"unit"`
+	Kernel []Sample `json:"kernel"`
+	Router []Sample `json:"router"`
+	// Medians over the runs without error, and router/kernel.
+	KernelMedian float64 `json:"kernel_median"`
+	RouterMedian float64 `json:"router_median"`
+	Ratio        float64 `json:"ratio"`
+	// Router resource use: median CPU seconds per run, peak RSS over all.
+	RouterCPU     float64 `json:"router_cpu_s"`
+	RouterPeakRSS float64 `json:"router_peak_rss_mib"`
+	// Short-connection tests: median p99 latency, total failures.
+	KernelP99      float64 `json:"kernel_p99_ms,omitempty"`
+	RouterP99      float64 `json:"router_p99_ms,omitempty"`
+	KernelFailures int     `json:"kernel_failures"`
+	RouterFailures int     `json:"router_failures"`
+	Errors         int     `json:"errors"`
+}
+
+// Sample is one run of one test on one path.
+type Sample struct {
+	Value  float64     `json:"value"`
+	CPU    float64     `json:"cpu_s,omitempty"`
+	RSSMiB float64     `json:"peak_rss_mib,omitempty"`
+	Load   *LoadResult `json:"load,omitempty"`
+	Err    string      `json:"error,omitempty"`
+}
+
+func (s Sample) extra() string {
+	if s.Load == nil {
+		return ""
+	}
+	l := s.Load
+	return fmt.Sprintf("  p50 %.2fms p99 %.2fms failures %d port_busy %d late %d", l.P50, l.P99, l.Failures, l.PortBusy, l.Late)
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// finish computes the medians and totals of each row.
+func finish(rows []Row) []Row {
+	for i := range rows {
+		r := &rows[i]
+		r.Unit = unitOf(r.Test)
+		var kv, rv, cpu, kp, rp []float64
+		r.KernelFailures, r.RouterFailures, r.Errors, r.RouterPeakRSS = 0, 0, 0, 0
+		for _, s := range r.Kernel {
+			if s.Err != "" {
+				r.Errors++
+				continue
+			}
+			kv = append(kv, s.Value)
+			if s.Load != nil {
+				kp = append(kp, s.Load.P99)
+				r.KernelFailures += s.Load.Failures
+			}
+		}
+		for _, s := range r.Router {
+			if s.Err != "" {
+				r.Errors++
+				continue
+			}
+			rv = append(rv, s.Value)
+			cpu = append(cpu, s.CPU)
+			r.RouterPeakRSS = max(r.RouterPeakRSS, s.RSSMiB)
+			if s.Load != nil {
+				rp = append(rp, s.Load.P99)
+				r.RouterFailures += s.Load.Failures
+			}
+		}
+		r.KernelMedian, r.RouterMedian = median(kv), median(rv)
+		if r.KernelMedian > 0 {
+			r.Ratio = r.RouterMedian / r.KernelMedian
+		}
+		r.RouterCPU = median(cpu)
+		r.KernelP99, r.RouterP99 = median(kp), median(rp)
+	}
+	return rows
+}
+
+// Markdown renders the report as the table kept in bench/README.md.
+func (rep *Report) Markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s, commit %s, %d CPUs, kernel %s; medians of %d runs; iperf3 %gs, loads %gs, closed loop %d workers\n\n",
+		rep.Date, orDash(rep.Commit), rep.CPUs, rep.Kernel, rep.Repeat, rep.IperfS, rep.LoadS, rep.Workers)
+	fmt.Fprintf(&b, "Router: `%s`\n\n", rep.Router)
+	if rep.Note != "" {
+		fmt.Fprintf(&b, "Settings: %s\n\n", rep.Note)
+	}
+	b.WriteString("| MTU | test | kernel | router | ratio | router CPU s | router peak RSS MiB | p99 ms kernel / router | failures kernel / router |\n")
+	b.WriteString("| --: | --- | --: | --: | --: | --: | --: | --: | --: |\n")
+	for _, r := range rep.Rows {
+		p99, fails := "", ""
+		if !strings.HasPrefix(r.Test, "tcp-") {
+			p99 = fmt.Sprintf("%.2f / %.2f", r.KernelP99, r.RouterP99)
+			fails = fmt.Sprintf("%d / %d", r.KernelFailures, r.RouterFailures)
+		}
+		errs := ""
+		if r.Errors > 0 {
+			errs = fmt.Sprintf(" (%d runs failed)", r.Errors)
+		}
+		fmt.Fprintf(&b, "| %d | %s%s | %.0f %s | %.0f %s | %.2f | %.1f | %.1f | %s | %s |\n",
+			r.MTU, r.Test, errs, r.KernelMedian, r.Unit, r.RouterMedian, r.Unit, r.Ratio, r.RouterCPU, r.RouterPeakRSS, p99, fails)
+	}
+	return b.String()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// writeReport writes results.json and results.md and prints the table.
+func (e *env) writeReport(rep *Report, stdout io.Writer) error {
+	js, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	md := rep.Markdown()
+	if err := os.WriteFile(filepath.Join(e.f.out, "results.json"), js, 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(e.f.out, "results.md"), []byte(md), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprint(stdout, md)
+	fmt.Fprintf(stdout, "\nresults: %s\n", e.f.out)
+	return nil
+}

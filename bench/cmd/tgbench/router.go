@@ -1,0 +1,172 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// The router-under-test contract.
+//
+// The router is a shell command template (run with sh -c inside the
+// gateway namespace, with exec prepended so the router keeps the pid the
+// harness measures). The harness substitutes:
+//
+//	{tun}      name of the TUN device the router must create (or attach to)
+//	           in its own namespace, in name mode
+//	{tunfd}    in fd mode: the number of an open TUN file descriptor (3)
+//	           that the harness created inside the workstation namespace
+//	           and passes to the router
+//	{socks}    the SOCKS5 server's host:port (127.0.0.1:1080)
+//	{mtu}      the MTU under test
+//	{torgate}  the torgate binary given with --torgate
+//
+// Name mode (the template has {tun}): the harness waits for the device to
+// appear in the gateway namespace, gives the router --settle to finish
+// configuring it, moves it into the workstation namespace and configures
+// it there (address, MTU, up, default route). A TUN keeps working when
+// moved; the router keeps its descriptor. Fd mode (the template has
+// {tunfd}): the device is created and configured in the workstation
+// namespace before the router starts. Either way the router must forward
+// every TCP flow it sees on the TUN to its original destination through
+// the SOCKS server, and keep running until SIGTERM.
+type routerProc struct {
+	cmd  *exec.Cmd
+	pid  int
+	done chan struct{}
+	err  error // set before done is closed
+	log  *os.File
+}
+
+// expandRouter fills the template.
+func expandRouter(tmpl string, vars map[string]string) string {
+	for k, v := range vars {
+		tmpl = strings.ReplaceAll(tmpl, "{"+k+"}", v)
+	}
+	return tmpl
+}
+
+// startRouter runs the router command in namespace ns. extra files, if
+// any, become descriptors 3, 4, ...
+func startRouter(ns, command string, logPath string, extra []*os.File) (*routerProc, error) {
+	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(log, "\n==== %s: %s\n", time.Now().Format(time.RFC3339), command)
+	cmd := exec.Command("ip", "netns", "exec", ns, "sh", "-c", "exec "+command)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.ExtraFiles = extra
+	// Its own process group, so an interrupt of the harness reaches the
+	// router only through our orderly SIGTERM.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		return nil, fmt.Errorf("start router: %w", err)
+	}
+	p := &routerProc{cmd: cmd, pid: cmd.Process.Pid, done: make(chan struct{}), log: log}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// alive reports whether the router is still running.
+func (p *routerProc) alive() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// stop sends SIGTERM, then SIGKILL after 5 s, and waits.
+func (p *routerProc) stop() {
+	if p.alive() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	}
+	p.log.Close()
+}
+
+// cpuSeconds is the process's user+system CPU time so far, all threads.
+func cpuSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the parenthesised command name; utime and stime are
+	// fields 14 and 15 (1-based) of the whole line.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("malformed /proc stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("short /proc stat")
+	}
+	ut, err1 := strconv.ParseFloat(f[11], 64)
+	st, err2 := strconv.ParseFloat(f[12], 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return (ut + st) / clockTicks, nil
+}
+
+// clockTicks is sysconf(_SC_CLK_TCK), 100 on every Linux this runs on.
+const clockTicks = 100
+
+// resetPeakRSS makes VmHWM start again from the current RSS.
+func resetPeakRSS(pid int) error {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
+}
+
+// peakRSSMiB reads VmHWM, the peak resident set since the last reset.
+func peakRSSMiB(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			f := strings.Fields(rest)
+			if len(f) >= 1 {
+				kb, err := strconv.ParseFloat(f[0], 64)
+				return kb / 1024, err
+			}
+		}
+	}
+	return 0, errors.New("no VmHWM")
+}
+
+// routerUsage is a router's CPU and peak memory over one measurement.
+type routerUsage struct {
+	pid   int
+	cpu0  float64
+	start time.Time
+}
+
+func beginUsage(pid int) routerUsage {
+	resetPeakRSS(pid)
+	c, _ := cpuSeconds(pid)
+	return routerUsage{pid: pid, cpu0: c, start: time.Now()}
+}
+
+func (u routerUsage) end() (cpu, rss float64) {
+	c, _ := cpuSeconds(u.pid)
+	rss, _ = peakRSSMiB(u.pid)
+	return c - u.cpu0, rss
+}

@@ -1,0 +1,530 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Addresses, all from 198.18.0.0/15 (RFC 2544 benchmarking), which exist
+// only inside the namespaces the harness creates.
+const (
+	targetIP    = "198.18.1.1"     // the servers, on the gateway's lo
+	vethGW      = "198.18.0.1/30"  // kernel path, gateway end
+	vethWS      = "198.18.0.2/30"  // kernel path, workstation end
+	vethGWAddr  = "198.18.0.1"     //
+	tunWS       = "198.18.2.2/24"  // router path, workstation's TUN address
+	socksListen = "127.0.0.1:1080" // in the gateway namespace
+	iperfPort   = "5201"
+	servePort   = "8080"
+	tunName     = "tgb0"
+	vethWSName  = "tgbk0"
+	vethGWName  = "tgbk1"
+)
+
+type runFlags struct {
+	router     string
+	torgate    string
+	out        string
+	mtus       string
+	largeTests string
+	tests      string
+	repeat     int
+	iperfTime  time.Duration
+	loadTime   time.Duration
+	openRate   float64
+	reconnRate float64
+	workers    int
+	settle     time.Duration
+	vnetHdr    bool
+	commit     string
+	note       string
+	id         string
+}
+
+// All tests, in run order.
+var allTests = []string{"tcp-up-1", "tcp-down-1", "tcp-up-8", "tcp-down-8", "conn-closed", "conn-open", "reconnect"}
+
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("tgbench run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f runFlags
+	fs.StringVar(&f.router, "router", "{torgate} run --tun {tun} --addr '' --socks {socks} --mtu {mtu}", "router command template (see the contract in bench/README.md); placeholders {tun} or {tunfd}, {socks}, {mtu}, {torgate}")
+	fs.StringVar(&f.torgate, "torgate", "", "torgate binary for {torgate}")
+	fs.StringVar(&f.out, "out", "", "directory for results.json, results.md and router.log (default: a new directory under /tmp)")
+	fs.StringVar(&f.mtus, "mtus", "1500,9000", "MTUs to measure, comma-separated; the first is the reference")
+	fs.StringVar(&f.tests, "tests", strings.Join(allTests, ","), "tests at the reference MTU")
+	fs.StringVar(&f.largeTests, "large-tests", "tcp-up-1,tcp-down-1,tcp-up-8,tcp-down-8", "tests at the other MTUs")
+	fs.IntVar(&f.repeat, "repeat", 3, "runs of each test per path; medians are reported")
+	fs.DurationVar(&f.iperfTime, "iperf-time", 10*time.Second, "iperf3 duration")
+	fs.DurationVar(&f.loadTime, "load-time", 10*time.Second, "duration of each short-connection load")
+	fs.Float64Var(&f.openRate, "open-rate", 2000, "open-loop rate, connections/s")
+	fs.Float64Var(&f.reconnRate, "reconnect-rate", 1000, "reconnect test rate, connections/s")
+	fs.IntVar(&f.workers, "workers", 16, "closed-loop workers")
+	fs.DurationVar(&f.settle, "settle", 500*time.Millisecond, "name mode: time the router gets to configure its TUN before it is moved")
+	fs.BoolVar(&f.vnetHdr, "vnet-hdr", true, "fd mode: open the TUN with IFF_VNET_HDR (offloads)")
+	fs.StringVar(&f.commit, "commit", "", "commit under test, for the report")
+	fs.StringVar(&f.note, "note", "", "settings note for the report")
+	fs.StringVar(&f.id, "id", "", "prefix of the namespaces (default tgb-RANDOM); run.sh passes one so its trap can clean up")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("tgbench run needs root (network namespaces, TUN)")
+	}
+	for _, tool := range []string{"ip", "iperf3", "sh"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("needs %s in PATH", tool)
+		}
+	}
+	mtus, err := parseInts(f.mtus)
+	if err != nil || len(mtus) == 0 {
+		return fmt.Errorf("--mtus: %q", f.mtus)
+	}
+	if strings.Contains(f.router, "{torgate}") && f.torgate == "" {
+		return errors.New("--torgate is needed by the router template")
+	}
+	if !strings.Contains(f.router, "{tun}") && !strings.Contains(f.router, "{tunfd}") {
+		return errors.New("--router must contain {tun} or {tunfd}")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if f.id == "" {
+		var id [3]byte
+		rand.Read(id[:])
+		f.id = "tgb-" + hex.EncodeToString(id[:])
+	}
+	e := &env{f: f, self: self, id: f.id, log: stderr}
+	e.gw, e.wsT, e.wsK = e.id+"-gw", e.id+"-wst", e.id+"-wsk"
+	if f.out == "" {
+		f.out = filepath.Join(os.TempDir(), e.id)
+	}
+	if err := os.MkdirAll(f.out, 0o755); err != nil {
+		return err
+	}
+	e.f.out = f.out
+	defer e.teardown()
+
+	rep := &Report{
+		Date:    time.Now().UTC().Format(time.RFC3339),
+		Commit:  f.commit,
+		Router:  f.router,
+		Note:    f.note,
+		CPUs:    runtime.NumCPU(),
+		Kernel:  kernelRelease(),
+		Repeat:  f.repeat,
+		IperfS:  f.iperfTime.Seconds(),
+		LoadS:   f.loadTime.Seconds(),
+		Workers: f.workers,
+	}
+	if err := e.setup(ctx); err != nil {
+		return err
+	}
+	for i, mtu := range mtus {
+		tests := f.tests
+		if i > 0 {
+			tests = f.largeTests
+		}
+		rows, err := e.measureMTU(ctx, mtu, strings.Split(tests, ","))
+		rep.Rows = append(rep.Rows, rows...)
+		if err != nil {
+			e.writeReport(rep, stdout)
+			return err
+		}
+	}
+	return e.writeReport(rep, stdout)
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for p := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func kernelRelease() string {
+	var u syscall.Utsname
+	if syscall.Uname(&u) != nil {
+		return ""
+	}
+	var b []byte
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		b = append(b, byte(c))
+	}
+	return string(b)
+}
+
+// env is one sitting: the namespaces, the servers and the router.
+type env struct {
+	f            runFlags
+	self         string
+	id           string
+	gw, wsT, wsK string
+	log          io.Writer
+
+	procs  []*exec.Cmd // servers in the gateway namespace
+	router *routerProc
+	nsMade []string
+}
+
+func (e *env) logf(format string, args ...any) {
+	fmt.Fprintf(e.log, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+// setup creates the namespaces, the kernel path and the servers.
+func (e *env) setup(ctx context.Context) error {
+	for _, ns := range []string{e.gw, e.wsT, e.wsK} {
+		if err := ip(ctx, "netns", "add", ns); err != nil {
+			return err
+		}
+		e.nsMade = append(e.nsMade, ns)
+		if err := ip(ctx, "-n", ns, "link", "set", "lo", "up"); err != nil {
+			return err
+		}
+	}
+	e.logf("namespaces %s, %s, %s", e.gw, e.wsT, e.wsK)
+	if err := ipBatch(ctx,
+		[]string{"-n", e.gw, "addr", "add", targetIP + "/32", "dev", "lo"},
+		[]string{"link", "add", vethWSName, "netns", e.wsK, "type", "veth", "peer", "name", vethGWName, "netns", e.gw},
+		[]string{"-n", e.wsK, "addr", "add", vethWS, "dev", vethWSName},
+		[]string{"-n", e.gw, "addr", "add", vethGW, "dev", vethGWName},
+		[]string{"-n", e.wsK, "link", "set", vethWSName, "up"},
+		[]string{"-n", e.gw, "link", "set", vethGWName, "up"},
+		[]string{"-n", e.wsK, "route", "add", "default", "via", vethGWAddr},
+	); err != nil {
+		return err
+	}
+	// Servers in the gateway namespace: the SOCKS server the router uses,
+	// the short-connection target and iperf3.
+	for _, args := range [][]string{
+		{e.self, "socks", "-listen", socksListen},
+		{e.self, "serve", "-listen", targetIP + ":" + servePort},
+		{"iperf3", "-s", "-B", targetIP, "-p", iperfPort},
+	} {
+		if err := e.startServer(args...); err != nil {
+			return err
+		}
+	}
+	// Wait until they listen.
+	for _, addr := range []string{socksListen, targetIP + ":" + servePort, targetIP + ":" + iperfPort} {
+		if !waitFor(ctx, 5*time.Second, func() bool { return e.listening(addr) }) {
+			return fmt.Errorf("server on %s did not start (see %s)", addr, filepath.Join(e.f.out, "servers.log"))
+		}
+	}
+	return nil
+}
+
+func (e *env) startServer(args ...string) error {
+	log, err := os.OpenFile(filepath.Join(e.f.out, "servers.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", e.gw}, args...)...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", args[0], err)
+	}
+	e.procs = append(e.procs, cmd)
+	return nil
+}
+
+// listening reports whether something listens on addr in the gateway.
+func (e *env) listening(addr string) bool {
+	out, err := exec.Command("ip", "netns", "exec", e.gw, "ss", "-Hltn", "src", addr).Output()
+	return err == nil && len(bytes.TrimSpace(out)) > 0
+}
+
+// teardown stops every process the harness started and deletes the
+// namespaces. It runs on every exit path, interrupts included.
+func (e *env) teardown() {
+	if e.router != nil {
+		e.router.stop()
+		e.router = nil
+	}
+	for _, c := range e.procs {
+		c.Process.Signal(syscall.SIGTERM)
+	}
+	for _, c := range e.procs {
+		done := make(chan struct{})
+		go func() { c.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(3 * time.Second):
+			c.Process.Kill()
+			<-done
+		}
+	}
+	e.procs = nil
+	for _, ns := range e.nsMade {
+		// Anything still inside was started by this run: stop it by pid.
+		if out, err := exec.Command("ip", "netns", "pids", ns).Output(); err == nil {
+			for p := range strings.FieldsSeq(string(out)) {
+				if pid, err := strconv.Atoi(p); err == nil {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
+		exec.Command("ip", "netns", "del", ns).Run()
+	}
+	e.nsMade = nil
+}
+
+// startRouterFor starts the router for one MTU and wires its TUN into the
+// workstation namespace.
+func (e *env) startRouterFor(ctx context.Context, mtu int) error {
+	vars := map[string]string{
+		"tun":     tunName,
+		"tunfd":   "3",
+		"socks":   socksListen,
+		"mtu":     strconv.Itoa(mtu),
+		"torgate": e.f.torgate,
+	}
+	command := expandRouter(e.f.router, vars)
+	logPath := filepath.Join(e.f.out, "router.log")
+	fdMode := strings.Contains(e.f.router, "{tunfd}")
+	var extra []*os.File
+	if fdMode {
+		tf, err := openTUNIn(e.wsT, tunName, e.f.vnetHdr)
+		if err != nil {
+			return err
+		}
+		defer tf.Close() // the router has its own copy
+		extra = []*os.File{tf}
+		if err := e.configureTUN(ctx, mtu); err != nil {
+			return err
+		}
+	}
+	p, err := startRouter(e.gw, command, logPath, extra)
+	if err != nil {
+		return err
+	}
+	e.router = p
+	if !fdMode {
+		if !waitFor(ctx, 10*time.Second, func() bool { return linkExists(e.gw, tunName) || !p.alive() }) || !p.alive() {
+			return fmt.Errorf("router did not create TUN %s (see %s)", tunName, logPath)
+		}
+		// Give the router time to configure its device, then take it.
+		waitFor(ctx, e.f.settle, func() bool { return false })
+		if !p.alive() {
+			return fmt.Errorf("router exited (see %s)", logPath)
+		}
+		if err := ip(ctx, "-n", e.gw, "link", "set", tunName, "netns", e.wsT); err != nil {
+			return err
+		}
+		if err := e.configureTUN(ctx, mtu); err != nil {
+			return err
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	if !p.alive() {
+		return fmt.Errorf("router exited after start (see %s)", logPath)
+	}
+	e.logf("router pid %d, mtu %d: %s", p.pid, mtu, command)
+	return nil
+}
+
+func (e *env) configureTUN(ctx context.Context, mtu int) error {
+	return ipBatch(ctx,
+		[]string{"-n", e.wsT, "addr", "add", tunWS, "dev", tunName},
+		[]string{"-n", e.wsT, "link", "set", tunName, "mtu", strconv.Itoa(mtu), "up"},
+		[]string{"-n", e.wsT, "route", "add", "default", "dev", tunName},
+	)
+}
+
+func (e *env) stopRouter() {
+	if e.router != nil {
+		e.router.stop()
+		e.router = nil
+	}
+	// A TUN the router created goes with its descriptor; a persistent one
+	// (or a slow exit) is removed here.
+	if linkExists(e.wsT, tunName) {
+		exec.Command("ip", "-n", e.wsT, "link", "del", tunName).Run()
+	}
+}
+
+// measureMTU runs the tests at one MTU: for each repetition and test, the
+// kernel path and then the router, back to back.
+func (e *env) measureMTU(ctx context.Context, mtu int, tests []string) ([]Row, error) {
+	if err := ipBatch(ctx,
+		[]string{"-n", e.wsK, "link", "set", vethWSName, "mtu", strconv.Itoa(mtu)},
+		[]string{"-n", e.gw, "link", "set", vethGWName, "mtu", strconv.Itoa(mtu)},
+	); err != nil {
+		return nil, err
+	}
+	if err := e.startRouterFor(ctx, mtu); err != nil {
+		return nil, err
+	}
+	defer e.stopRouter()
+	// One warm-up connection through each path, so that first-use costs
+	// (ARP-free here, but the router's pools and the SOCKS server's) are
+	// not measured.
+	e.load(ctx, e.wsT, "closed", 1, 0, time.Second)
+	e.load(ctx, e.wsK, "closed", 1, 0, time.Second)
+
+	rows := make([]Row, len(tests))
+	for i, t := range tests {
+		rows[i] = Row{MTU: mtu, Test: t}
+	}
+	for r := range e.f.repeat {
+		for i, t := range tests {
+			for _, path := range []string{"kernel", "router"} {
+				if ctx.Err() != nil {
+					return finish(rows), ctx.Err()
+				}
+				if path == "router" && !e.router.alive() {
+					return finish(rows), fmt.Errorf("router died (see %s)", filepath.Join(e.f.out, "router.log"))
+				}
+				s, err := e.measure(ctx, path, t)
+				if err != nil {
+					e.logf("mtu %d run %d %s %s: %v", mtu, r+1, t, path, err)
+					s.Err = err.Error()
+				} else {
+					e.logf("mtu %d run %d %-11s %-6s %10.1f %s  cpu %.2fs rss %.1fMiB%s", mtu, r+1, t, path, s.Value, unitOf(t), s.CPU, s.RSSMiB, s.extra())
+				}
+				if path == "kernel" {
+					rows[i].Kernel = append(rows[i].Kernel, s)
+				} else {
+					rows[i].Router = append(rows[i].Router, s)
+				}
+			}
+		}
+	}
+	return finish(rows), nil
+}
+
+// measure runs one test on one path.
+func (e *env) measure(ctx context.Context, path, test string) (Sample, error) {
+	ns := e.wsK
+	if path == "router" {
+		ns = e.wsT
+	}
+	var u routerUsage
+	if path == "router" {
+		u = beginUsage(e.router.pid)
+	}
+	var s Sample
+	var err error
+	switch test {
+	case "tcp-up-1", "tcp-down-1", "tcp-up-8", "tcp-down-8":
+		streams := 1
+		if strings.HasSuffix(test, "-8") {
+			streams = 8
+		}
+		s.Value, err = e.iperf(ctx, ns, streams, strings.Contains(test, "down"))
+	case "conn-closed":
+		var lr *LoadResult
+		lr, err = e.load(ctx, ns, "closed", e.f.workers, 0, e.f.loadTime)
+		if lr != nil {
+			s.Value, s.Load = lr.ConnPerSec, lr
+		}
+	case "conn-open":
+		var lr *LoadResult
+		lr, err = e.load(ctx, ns, "open", 0, e.f.openRate, e.f.loadTime)
+		if lr != nil {
+			s.Value, s.Load = lr.ConnPerSec, lr
+		}
+	case "reconnect":
+		var lr *LoadResult
+		lr, err = e.load(ctx, ns, "reconnect", 0, e.f.reconnRate, e.f.loadTime)
+		if lr != nil {
+			s.Value, s.Load = lr.ConnPerSec, lr
+		}
+	default:
+		return s, fmt.Errorf("unknown test %q", test)
+	}
+	if path == "router" {
+		s.CPU, s.RSSMiB = u.end()
+	}
+	return s, err
+}
+
+// iperf runs an iperf3 client in ns and returns the receiver's Mbit/s.
+func (e *env) iperf(ctx context.Context, ns string, streams int, reverse bool) (float64, error) {
+	secs := int(e.f.iperfTime.Seconds())
+	args := []string{"netns", "exec", ns, "iperf3", "-c", targetIP, "-p", iperfPort,
+		"-t", strconv.Itoa(secs), "-O", "1", "-P", strconv.Itoa(streams), "-J", "--connect-timeout", "5000"}
+	if reverse {
+		args = append(args, "-R")
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.f.iperfTime+60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", args...).Output()
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+		Error string `json:"error"`
+	}
+	if jerr := json.Unmarshal(out, &res); jerr != nil {
+		return 0, fmt.Errorf("iperf3: %v; %v", err, jerr)
+	}
+	if res.Error != "" {
+		return 0, fmt.Errorf("iperf3: %s", res.Error)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("iperf3: %w", err)
+	}
+	return res.End.SumReceived.BitsPerSecond / 1e6, nil
+}
+
+// load runs the load generator in ns.
+func (e *env) load(ctx context.Context, ns, mode string, workers int, rate float64, d time.Duration) (*LoadResult, error) {
+	args := []string{"netns", "exec", ns, e.self, "load", "-target", targetIP + ":" + servePort,
+		"-mode", mode, "-duration", d.String()}
+	if workers > 0 {
+		args = append(args, "-workers", strconv.Itoa(workers))
+	}
+	if rate > 0 {
+		args = append(args, "-rate", strconv.FormatFloat(rate, 'f', -1, 64))
+	}
+	ctx, cancel := context.WithTimeout(ctx, d+60*time.Second)
+	defer cancel()
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, "ip", args...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("load: %w: %s", err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	var lr LoadResult
+	if err := json.Unmarshal(out, &lr); err != nil {
+		return nil, fmt.Errorf("load output: %w", err)
+	}
+	return &lr, nil
+}
+
+func unitOf(test string) string {
+	if strings.HasPrefix(test, "tcp-") {
+		return "Mbit/s"
+	}
+	return "conn/s"
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# System benchmark, one command (as root):
+#
+#   bench/run.sh [tgbench run flags]
+#
+# Builds torgate and tgbench, then measures the kernel path and the router
+# back to back in namespaces it creates (see bench/README.md). Everything it
+# creates is removed on exit, interrupts included. Examples:
+#
+#   bench/run.sh                                  # full run, ~15 min
+#   bench/run.sh -repeat 1 -iperf-time 3s -load-time 3s -mtus 1500
+#   bench/run.sh -router '/usr/local/bin/tun2socks -device {tun} -proxy socks5://{socks}'
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then echo "run.sh: needs root (network namespaces, TUN)" >&2; exit 1; fi
+
+id="tgb-$$"
+bin=$(mktemp -d /tmp/tgbench-bin.XXXXXX)
+cleanup() {
+	# tgbench tears down on SIGINT/SIGTERM itself; this catches a hard kill
+	# of it. Only namespaces of this run (prefix $id) are touched, and only
+	# processes inside them.
+	for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$id-" || true); do
+		for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+		ip netns del "$ns" 2>/dev/null || true
+	done
+	rm -rf "$bin"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+go build -o "$bin/torgate" ./cmd/torgate
+go build -o "$bin/tgbench" ./bench/cmd/tgbench
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if ! git diff --quiet HEAD -- . 2>/dev/null; then commit="$commit+dirty"; fi
+# Not exec: the EXIT trap must run after tgbench.
+"$bin/tgbench" run -id "$id" -torgate "$bin/torgate" -commit "$commit" "$@"
