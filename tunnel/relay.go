@@ -27,6 +27,9 @@ type flowState struct {
 	// halfDone counts finished directions.
 	halfDone atomic.Int32
 	once     sync.Once
+	// watchdog ends the flow after inactivity; re-armed at half-close.
+	watchdog *time.Timer
+	halfIdle time.Duration
 }
 
 func (fs *flowState) abort() {
@@ -47,6 +50,7 @@ func (t *Tunnel) relay(gen context.Context, client, up net.Conn) {
 
 	// Idle watchdog: a timer per flow, re-armed from the activity stamp,
 	// instead of a deadline per read.
+	fs.halfIdle = t.cfg.HalfCloseTimeout
 	var timer *time.Timer
 	timer = time.AfterFunc(t.cfg.IdleTimeout, func() {
 		limit := t.cfg.IdleTimeout
@@ -60,6 +64,7 @@ func (t *Tunnel) relay(gen context.Context, client, up net.Conn) {
 		}
 		timer.Reset(limit - idle)
 	})
+	fs.watchdog = timer
 	defer timer.Stop()
 
 	var wg sync.WaitGroup
@@ -101,9 +106,10 @@ func (t *Tunnel) pipe(fs *flowState, dst, src net.Conn) int64 {
 		return total
 	}
 	if fs.halfDone.Add(1) == 1 {
-		// First direction done: re-arm the watchdog for the half-close
-		// limit from now.
+		// First direction done: from now on the other direction must
+		// make progress within the (shorter) half-close limit.
 		fs.last.Store(time.Now().UnixNano())
+		fs.watchdog.Reset(fs.halfIdle)
 	}
 	if cw, ok := dst.(closeWriter); ok {
 		cw.CloseWrite()
