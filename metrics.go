@@ -12,7 +12,8 @@ type stackCollector struct {
 	s                                      *netstack.Stack
 	pktIn, pktOut, bytesIn, bytesOut, drop *prometheus.Desc
 	twReclaim, dnsQ                        *prometheus.Desc
-	gvDrops                                *prometheus.Desc
+	gvTCP                                  *prometheus.Desc
+	gvEstablished                          *prometheus.Desc
 }
 
 func newStackCollector(s *netstack.Stack) *stackCollector {
@@ -25,12 +26,14 @@ func newStackCollector(s *netstack.Stack) *stackCollector {
 		drop:      prometheus.NewDesc("packets_dropped_total", "Packets dropped, by reason.", []string{"reason"}, nil),
 		twReclaim: prometheus.NewDesc("tcp_timewait_reclaimed_total", "SYNs that reused a 4-tuple in TIME_WAIT and got a fresh flow.", nil, nil),
 		dnsQ:      prometheus.NewDesc("dns_messages_total", "DNS messages intercepted (UDP and TCP).", nil, nil),
-		gvDrops:   prometheus.NewDesc("gvisor_tcp_forward_max_inflight_drops_total", "SYNs gVisor dropped because too many handshakes were pending.", nil, nil),
+		gvTCP: prometheus.NewDesc("gvisor_tcp_events_total",
+			"gVisor's own TCP counters, read at scrape time (see gvisor.dev/gvisor/pkg/tcpip TCPStats).", []string{"event"}, nil),
+		gvEstablished: prometheus.NewDesc("gvisor_tcp_established", "TCP endpoints gVisor holds in ESTABLISHED or CLOSE-WAIT.", nil, nil),
 	}
 }
 
 func (c *stackCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.pktIn, c.pktOut, c.bytesIn, c.bytesOut, c.drop, c.twReclaim, c.dnsQ, c.gvDrops} {
+	for _, d := range []*prometheus.Desc{c.pktIn, c.pktOut, c.bytesIn, c.bytesOut, c.drop, c.twReclaim, c.dnsQ, c.gvTCP, c.gvEstablished} {
 		ch <- d
 	}
 }
@@ -49,5 +52,27 @@ func (c *stackCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(c.twReclaim, st.TimeWaitReclaimed.Load())
 	counter(c.dnsQ, st.DNSQueries.Load())
-	counter(c.gvDrops, c.s.GVisorStats().TCP.ForwardMaxInFlightDrop.Value())
+	tcp := c.s.GVisorStats().TCP
+	for _, e := range []struct {
+		name string
+		v    uint64
+	}{
+		{"passive_open", tcp.PassiveConnectionOpenings.Value()},
+		{"failed_attempt", tcp.FailedConnectionAttempts.Value()},
+		{"established_reset", tcp.EstablishedResets.Value()},
+		{"established_timeout", tcp.EstablishedTimedout.Value()},
+		{"segment_received", tcp.ValidSegmentsReceived.Value()},
+		{"segment_invalid", tcp.InvalidSegmentsReceived.Value()},
+		{"segment_sent", tcp.SegmentsSent.Value()},
+		{"segment_send_error", tcp.SegmentSendErrors.Value()},
+		{"reset_sent", tcp.ResetsSent.Value()},
+		{"reset_received", tcp.ResetsReceived.Value()},
+		{"retransmit", tcp.Retransmits.Value()},
+		{"timeout", tcp.Timeouts.Value()},
+		{"checksum_error", tcp.ChecksumErrors.Value()},
+		{"forward_max_inflight_drop", tcp.ForwardMaxInFlightDrop.Value()},
+	} {
+		counter(c.gvTCP, e.v, e.name)
+	}
+	ch <- prometheus.MustNewConstMetric(c.gvEstablished, prometheus.GaugeValue, float64(tcp.CurrentEstablished.Value()))
 }
