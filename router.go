@@ -271,6 +271,7 @@ func (l *lateNames) Acquire(ip netip.Addr) (string, func(), bool, bool) {
 // Metrics returns every collector of the router.
 func (r *Router) Metrics() []prometheus.Collector {
 	cs := r.tunnel.Metrics()
+	cs = append(cs, r.dns.Metrics()...)
 	cs = append(cs, newStackCollector(r.stack))
 	return cs
 }

@@ -380,7 +380,8 @@ func (r Resolver) Resolve(ctx context.Context, src netip.Addr, name string) (net
 	if !r.t.ready() {
 		return netip.Addr{}, errNotReady
 	}
-	return r.t.cfg.Upstream.Resolve(ctx, name, r.t.cfg.Isolator.Auth(src.Unmap(), name))
+	a, err := r.t.cfg.Upstream.Resolve(ctx, name, r.t.cfg.Isolator.Auth(src.Unmap(), name))
+	return a, classifyResolveErr(err)
 }
 
 // ResolvePTR implements dns.Resolver.
@@ -388,7 +389,25 @@ func (r Resolver) ResolvePTR(ctx context.Context, src netip.Addr, ip netip.Addr)
 	if !r.t.ready() {
 		return "", errNotReady
 	}
-	return r.t.cfg.Upstream.ResolvePTR(ctx, ip, r.t.cfg.Isolator.Auth(src.Unmap(), ip.String()))
+	name, err := r.t.cfg.Upstream.ResolvePTR(ctx, ip, r.t.cfg.Isolator.Auth(src.Unmap(), ip.String()))
+	return name, classifyResolveErr(err)
+}
+
+// notFound marks a resolve failure that means "no such name" (Tor answers
+// RESOLVE for a name that does not exist with host unreachable), so the
+// DNS layer answers NXDOMAIN rather than SERVFAIL.
+type notFound struct{ err error }
+
+func (e notFound) Error() string  { return e.err.Error() }
+func (e notFound) Unwrap() error  { return e.err }
+func (e notFound) NotFound() bool { return true }
+
+func classifyResolveErr(err error) error {
+	var re *socks.ReplyError
+	if errors.As(err, &re) && re.Reply == socks.ReplyHostUnreachable {
+		return notFound{err}
+	}
+	return err
 }
 
 var errNotReady = errors.New("tunnel: tor not ready")
