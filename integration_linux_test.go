@@ -63,3 +63,45 @@ func TestIntegrationCurlThroughTUN(t *testing.T) {
 		t.Fatalf("namespace reached the host's loopback directly: %s", out)
 	}
 }
+
+// TestIntegrationDNS: real dig and curl by name inside the namespace; the
+// name, not an address, arrives in the CONNECT.
+func TestIntegrationDNS(t *testing.T) {
+	nstest.RequireRoot(t, "curl", "dig")
+	ws := nstest.New(t, nstest.Options{Nameserver: "10.152.152.10"})
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "named host=%s\n", r.Host)
+	}))
+	defer web.Close()
+	srv := sockstest.NewServer(t, sockstest.Config{
+		Connect: sockstest.DialTo(func(socks.Addr) string { return web.Listener.Addr().String() }),
+	})
+	r, err := torgate.New(torgate.Config{Device: ws.Dev, Upstream: srv.Dialer()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start()
+	defer r.Close()
+
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	for _, args := range [][]string{
+		{"+short", "+time=3", "+tries=1", "A", "site.example.test"},
+		{"+short", "+time=3", "+tries=1", "+tcp", "AAAA", "site.example.test", "@198.51.100.53"},
+		{"+short", "+time=3", "+tries=1", "-x", "10.192.0.1"},
+	} {
+		out, err := ws.Run(ctx, "dig", args...)
+		if err != nil || strings.TrimSpace(out) == "" {
+			t.Fatalf("dig %v: %v %q", args, err, out)
+		}
+		t.Logf("dig %v: %s", args, strings.TrimSpace(out))
+	}
+	out, err := ws.Run(ctx, "curl", "-sS", "--max-time", "10", "http://site.example.test:8080/")
+	if err != nil || !strings.Contains(out, "named host=site.example.test:8080") {
+		t.Fatalf("curl by name: %v\n%s", err, out)
+	}
+	reqs := srv.Requests()
+	if last := reqs[len(reqs)-1]; last.Dst.Name != "site.example.test" || last.Dst.Port != 8080 {
+		t.Fatalf("CONNECT carried %v, want site.example.test:8080", last.Dst)
+	}
+}

@@ -60,6 +60,9 @@ type Options struct {
 	// Addr4, Addr6 are the workstation's addresses (CIDR). Defaults
 	// 10.152.152.11/18 and fd19:7a2b::11/64.
 	Addr4, Addr6 string
+	// Nameserver, if set, is written to /etc/netns/NAME/resolv.conf, which
+	// "ip netns exec" mounts over /etc/resolv.conf inside the namespace.
+	Nameserver string
 }
 
 // New creates the namespace and its TUN. Everything is removed in
@@ -82,6 +85,17 @@ func New(tb testing.TB, o Options) *Workstation {
 	w := &Workstation{Name: "tgtest-" + hex.EncodeToString(rnd[:]), tb: tb, Addr4: o.Addr4, Addr6: o.Addr6}
 	run(tb, "ip", "netns", "add", w.Name)
 	tb.Cleanup(func() { exec.Command("ip", "netns", "delete", w.Name).Run() })
+
+	if o.Nameserver != "" {
+		dir := "/etc/netns/" + w.Name
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { os.RemoveAll(dir) })
+		if err := os.WriteFile(dir+"/resolv.conf", []byte("nameserver "+o.Nameserver+"\n"), 0o644); err != nil {
+			tb.Fatal(err)
+		}
+	}
 
 	dev, err := createTUNIn(w.Name, "tg0", o.MTU)
 	if err != nil {
