@@ -248,3 +248,26 @@ func TestDNSOtherTypes(t *testing.T) {
 		}
 	}
 }
+
+// TestAutomapSurvivesRestart: with a state directory, a workstation's
+// cached answer stays valid across a router restart.
+func TestAutomapSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	f := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, func(c *torgate.Config) { c.StateDir = dir }, ws1)
+	va := firstAddr(query(t, f, ws1, netip.MustParseAddr("10.152.152.10"), false, "kept.example.", dnsmessage.TypeA))
+	if err := f.r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	g := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, func(c *torgate.Config) { c.StateDir = dir }, ws1)
+	if name, _, ok := g.r.DNS().Lookup(va); !ok || name != "kept.example" {
+		t.Fatalf("after restart %v maps to %q (%v), want kept.example", va, name, ok)
+	}
+	conn, err := g.dial(t, ws1, netip.AddrPortFrom(va, 80))
+	if err != nil {
+		t.Fatalf("flow to a pre-restart answer: %v", err)
+	}
+	conn.Close()
+	if reqs := g.socks.Requests(); len(reqs) != 1 || reqs[0].Dst.Name != "kept.example" {
+		t.Fatalf("CONNECT %+v, want kept.example", reqs)
+	}
+}

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -104,6 +105,21 @@ type Router struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	saverMu sync.Mutex
+	saver   *time.Timer // guarded by saverMu; nil once closed
+}
+
+// saveState writes the automap table and re-arms itself.
+func (r *Router) saveState() {
+	if err := r.dns.Save(); err != nil {
+		r.log.Warn("save dns state failed", "err", err)
+	}
+	r.saverMu.Lock()
+	defer r.saverMu.Unlock()
+	if r.saver != nil {
+		r.saver.Reset(stateSaveInterval)
+	}
 }
 
 // ParseSocksAddr turns "host:port", "/path" or "unix:/path" into a dialer.
@@ -211,7 +227,7 @@ func New(cfg Config) (*Router, error) {
 
 	stateFile := ""
 	if cfg.StateDir != "" {
-		stateFile = cfg.StateDir + "/automap.json"
+		stateFile = filepath.Join(cfg.StateDir, "automap.state")
 	}
 	ds, err := dns.New(dns.Config{
 		Mode:      cfg.DNSMode,
@@ -285,9 +301,17 @@ func (r *Router) Tunnel() *tunnel.Tunnel { return r.tunnel }
 // DNS returns the DNS server.
 func (r *Router) DNS() *dns.Server { return r.dns }
 
+// stateSaveInterval bounds what a crash loses of the automap table.
+const stateSaveInterval = 5 * time.Minute
+
 // Start begins forwarding without blocking.
 func (r *Router) Start() {
 	r.stack.Start()
+	if r.cfg.StateDir != "" {
+		r.saverMu.Lock()
+		r.saver = time.AfterFunc(stateSaveInterval, r.saveState)
+		r.saverMu.Unlock()
+	}
 	r.log.Info("router started", "mtu", r.stack.MTU(), "isolation", r.cfg.Isolation.String(), "dns_mode", r.cfg.DNSMode.String())
 }
 
@@ -302,6 +326,12 @@ func (r *Router) Run(ctx context.Context) error {
 // TUN. It is safe to call more than once.
 func (r *Router) Close() error {
 	r.closeOnce.Do(func() {
+		r.saverMu.Lock()
+		if r.saver != nil {
+			r.saver.Stop()
+			r.saver = nil
+		}
+		r.saverMu.Unlock()
 		err1 := r.stack.Close()
 		err2 := r.tunnel.Close()
 		err3 := r.dns.Close()
