@@ -1,0 +1,190 @@
+package netstack
+
+import (
+	"encoding/binary"
+	"errors"
+	"os"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/tun"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// The offload path (Linux): a TUN opened with IFF_VNET_HDR and TSO
+// offloads, as wireguard's CreateTUN does, prefixes every packet with a
+// virtio-net header (include/uapi/linux/virtio_net.h). wireguard's
+// NativeTun.Read splits each TCP super-packet the kernel hands over into
+// MTU-sized packets and fills in their checksums, and its Write coalesces
+// them again; gVisor then handles every one of them. Here the Stack reads
+// and writes the descriptor itself instead: a super-packet of up to 64 KiB
+// goes into gVisor whole (one trip through IP and TCP instead of ~44), and
+// gVisor's TCP sends super-packets of its own (host GSO) that the kernel
+// segments, or, since the workstation is local, never segments at all.
+
+// virtio-net header constants.
+const (
+	vnetHdrLen           = 10
+	vnetFlagNeedsCsum    = 1 // VIRTIO_NET_HDR_F_NEEDS_CSUM: checksum is partial
+	vnetGSONone          = 0
+	vnetGSOTCPv4         = 1
+	vnetGSOTCPv6         = 4
+	vnetGSOUDPL4         = 5
+	vnetGSOECN           = 0x80
+	maxIPPacket          = 65535
+	vnetMaxIovecs        = 32
+	vnetDefaultGSOMaxLen = maxIPPacket
+)
+
+// vnetTUN is a Linux TUN with virtio-net headers, read and written
+// directly.
+type vnetTUN struct {
+	f  *os.File
+	rc syscall.RawConn
+
+	// wmu serializes writes; it guards the scratch state below, which lets
+	// the write callback be a method value made once instead of a closure
+	// per packet.
+	wmu     sync.Mutex
+	hdr     [vnetHdrLen]byte // guarded by wmu
+	iov     []unix.Iovec     // guarded by wmu
+	flat    []byte           // guarded by wmu; for packets with too many views
+	wErr    error            // guarded by wmu
+	writeFn func(fd uintptr) bool
+}
+
+// openVnet returns the device's descriptor for direct use if it is a
+// Linux TUN with IFF_VNET_HDR set, else nil.
+func openVnet(dev tun.Device) *vnetTUN {
+	f := dev.File()
+	if f == nil {
+		return nil
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	var flags uint16
+	var ierr error
+	if err := rc.Control(func(fd uintptr) {
+		var ifr *unix.Ifreq
+		if ifr, ierr = unix.NewIfreq("x"); ierr != nil {
+			return
+		}
+		if ierr = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr); ierr == nil {
+			flags = ifr.Uint16()
+		}
+	}); err != nil || ierr != nil {
+		return nil
+	}
+	if flags&unix.IFF_VNET_HDR == 0 || flags&unix.IFF_TUN == 0 {
+		return nil
+	}
+	v := &vnetTUN{f: f, rc: rc, iov: make([]unix.Iovec, 0, vnetMaxIovecs+1)}
+	v.writeFn = v.writev
+	return v
+}
+
+// read reads one packet with its virtio-net header into buf.
+func (v *vnetTUN) read(buf []byte) (int, error) {
+	n, err := v.f.Read(buf)
+	if errors.Is(err, syscall.EBADFD) {
+		err = os.ErrClosed
+	}
+	return n, err
+}
+
+// vnetHeader is the decoded part of a virtio-net header the loops use.
+type vnetHeader struct {
+	needsCsum bool
+	gsoType   uint8
+}
+
+func decodeVnet(b []byte) vnetHeader {
+	return vnetHeader{needsCsum: b[0]&vnetFlagNeedsCsum != 0, gsoType: b[1] &^ vnetGSOECN}
+}
+
+// write sends one packet from gVisor with the virtio-net header that
+// describes its GSO and checksum state, gathering its views with writev.
+func (v *vnetTUN) write(pkt *stack.PacketBuffer) error {
+	v.wmu.Lock()
+	defer v.wmu.Unlock()
+	clear(v.hdr[:])
+	if gso := pkt.GSOOptions; gso.Type != stack.GSONone {
+		// As gVisor's fdbased endpoint does: the TCP checksum holds only
+		// the pseudo-header sum, the kernel completes it, and segments the
+		// packet into MSS-sized ones if it is longer than that.
+		binary.NativeEndian.PutUint16(v.hdr[2:4], uint16(pkt.HeaderSize()))
+		if gso.NeedsCsum {
+			v.hdr[0] = vnetFlagNeedsCsum
+			binary.NativeEndian.PutUint16(v.hdr[6:8], gso.L3HdrLen)
+			binary.NativeEndian.PutUint16(v.hdr[8:10], gso.CsumOffset)
+		}
+		if pkt.Data().Size() > int(gso.MSS) {
+			switch gso.Type {
+			case stack.GSOTCPv4:
+				v.hdr[1] = vnetGSOTCPv4
+			case stack.GSOTCPv6:
+				v.hdr[1] = vnetGSOTCPv6
+			}
+			binary.NativeEndian.PutUint16(v.hdr[4:6], gso.MSS)
+		}
+	}
+	v.iov = append(v.iov[:0], iovec(v.hdr[:]))
+	vl, off := pkt.AsViewList()
+	for view := vl.Front(); view != nil; view = view.Next() {
+		b := view.AsSlice()
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		b = b[off:]
+		off = 0
+		if len(b) == 0 {
+			continue
+		}
+		if len(v.iov) == cap(v.iov) {
+			// Rare: more views than iovecs. Flatten the packet instead.
+			size := pkt.Size()
+			if cap(v.flat) < size {
+				v.flat = make([]byte, maxIPPacket)
+			}
+			copyPacket(v.flat[:size], pkt)
+			v.iov = append(v.iov[:1], iovec(v.flat[:size]))
+			break
+		}
+		v.iov = append(v.iov, iovec(b))
+	}
+	v.wErr = nil
+	if err := v.rc.Write(v.writeFn); err != nil {
+		return err
+	}
+	return v.wErr
+}
+
+// writev is the RawConn callback: one writev of v.iov. It reports false
+// (wait for writability and retry) on EAGAIN.
+func (v *vnetTUN) writev(fd uintptr) bool {
+	_, _, errno := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&v.iov[0])), uintptr(len(v.iov)))
+	switch errno {
+	case 0:
+		v.wErr = nil
+	case unix.EAGAIN:
+		return false
+	case unix.EINTR:
+		return false
+	case unix.EBADFD:
+		v.wErr = os.ErrClosed
+	default:
+		v.wErr = errno
+	}
+	return true
+}
+
+func iovec(b []byte) unix.Iovec {
+	iov := unix.Iovec{Base: &b[0]}
+	iov.SetLen(len(b))
+	return iov
+}
