@@ -1,0 +1,152 @@
+package torgate_test
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/torgate/torgate"
+	"github.com/torgate/torgate/dns"
+	"github.com/torgate/torgate/netstack"
+	"github.com/torgate/torgate/socks"
+	"github.com/torgate/torgate/socks/sockstest"
+)
+
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestDestinationsNotLogged runs refused flows, named flows and DNS
+// queries with debug logging and checks no destination appears.
+func TestDestinationsNotLogged(t *testing.T) {
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	f := newFixture(t, sockstest.Config{Connect: sockstest.Refuse(socks.ReplyHostUnreachable)}, func(c *torgate.Config) {
+		c.Logger = log
+	}, ws1)
+	va := firstAddr(query(t, f, ws1, netip.MustParseAddr("10.152.152.10"), false, "secret-site.example.", dnsmessage.TypeA))
+	for _, d := range []netip.AddrPort{netip.MustParseAddrPort("203.0.113.77:443"), netip.AddrPortFrom(va, 443)} {
+		if c, err := f.dial(t, ws1, d); err == nil {
+			c.Close()
+		}
+	}
+	f.r.Close()
+	out := logs.String()
+	if !strings.Contains(out, "level=DEBUG") {
+		t.Fatalf("no debug logs at all; the test proves nothing:\n%s", out)
+	}
+	for _, secret := range []string{"203.0.113.77", "secret-site", va.String()} {
+		if strings.Contains(out, secret) {
+			t.Errorf("logs name destination %q:\n%s", secret, out)
+		}
+	}
+}
+
+// dnsPacket builds a raw IPv4/UDP DNS query from src to dst.
+func dnsPacket(src, dst netip.Addr, sport uint16, id uint16) []byte {
+	q := dnsmessage.Message{
+		Header:    dnsmessage.Header{ID: id, RecursionDesired: true},
+		Questions: []dnsmessage.Question{{Name: dnsmessage.MustNewName("flood.example."), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}},
+	}
+	payload, _ := q.Pack()
+	b := make([]byte, header.IPv4MinimumSize+header.UDPMinimumSize+len(payload))
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(header.UDPProtocolNumber),
+		SrcAddr: tcpip.AddrFrom4(src.As4()), DstAddr: tcpip.AddrFrom4(dst.As4())})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	u := header.UDP(b[header.IPv4MinimumSize:])
+	u.Encode(&header.UDPFields{SrcPort: sport, DstPort: 53, Length: uint16(header.UDPMinimumSize + len(payload))})
+	copy(u.Payload(), payload)
+	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, tcpip.AddrFrom4(src.As4()), tcpip.AddrFrom4(dst.As4()), u.Length())
+	u.SetChecksum(^u.CalculateChecksum(checksum.Checksum(payload, xsum)))
+	return b
+}
+
+// TestDNSFloodIsBounded: a burst of queries in resolve mode against an
+// upstream that never answers is capped by the worker pool; the excess is
+// a counted drop, and goroutines stay bounded.
+func TestDNSFloodIsBounded(t *testing.T) {
+	f := newFixture(t, sockstest.Config{Raw: hangRaw}, func(c *torgate.Config) {
+		c.DNSMode = dns.ModeResolve
+	}, ws1)
+	base := runtime.NumGoroutine()
+	for i := range 5000 {
+		f.hub.Inject(dnsPacket(ws1, netip.MustParseAddr("198.51.100.53"), uint16(10000+i), uint16(i)))
+	}
+	st := f.r.Stack().Stats()
+	waitFor(t, func() bool { return st.Drops[netstack.ReasonOverload].Load() > 0 })
+	time.Sleep(200 * time.Millisecond)
+	if g := runtime.NumGoroutine() - base; g > 2000 {
+		t.Fatalf("%d goroutines after a DNS flood", g)
+	}
+	t.Logf("queries handled %d, dropped as overload %d", st.DNSQueries.Load(), st.Drops[netstack.ReasonOverload].Load())
+}
+
+// hangRaw is a SOCKS server that accepts and never says a word.
+func hangRaw(c net.Conn) { io.Copy(io.Discard, c) }
+
+func synPacket(src, dst netip.Addr, sport, dport uint16) []byte {
+	b := make([]byte, header.IPv4MinimumSize+header.TCPMinimumSize)
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(header.TCPProtocolNumber),
+		SrcAddr: tcpip.AddrFrom4(src.As4()), DstAddr: tcpip.AddrFrom4(dst.As4())})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	tcp := header.TCP(b[header.IPv4MinimumSize:])
+	tcp.Encode(&header.TCPFields{SrcPort: sport, DstPort: dport, SeqNum: 1, DataOffset: header.TCPMinimumSize,
+		Flags: header.TCPFlagSyn, WindowSize: 65535})
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, tcpip.AddrFrom4(src.As4()), tcpip.AddrFrom4(dst.As4()), header.TCPMinimumSize)
+	tcp.SetChecksum(^tcp.CalculateChecksum(xsum))
+	return b
+}
+
+// TestSYNFloodIsBounded: a source spraying SYNs at an upstream that never
+// answers holds at most MaxDialsPerSource dials; the rest get RSTs, and
+// another source still gets through.
+func TestSYNFloodIsBounded(t *testing.T) {
+	hang := netip.MustParseAddr("203.0.113.9")
+	f := newFixture(t, sockstest.Config{Connect: func(r sockstest.Request) (socks.Reply, net.Conn) {
+		if r.Dst.IP == hang {
+			return sockstest.Hang(r)
+		}
+		return sockstest.Echo(r)
+	}, PipelineWindow: -1}, func(c *torgate.Config) { c.MaxDialsPerSource = 64 }, ws1, ws2)
+	base := runtime.NumGoroutine()
+	for i := range 5000 {
+		f.hub.Inject(synPacket(ws1, hang, uint16(20000+i), 443))
+	}
+	time.Sleep(time.Second)
+	if g := runtime.NumGoroutine() - base; g > 1500 {
+		t.Fatalf("%d goroutines after a SYN flood", g)
+	}
+	conn, err := f.dial(t, ws2, dst4)
+	if err != nil {
+		t.Fatalf("another source starved by a SYN flood: %v", err)
+	}
+	conn.Close()
+}
