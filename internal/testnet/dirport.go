@@ -51,23 +51,40 @@ func (n *Network) dirGet(ctx context.Context, nd *node, path string) (body strin
 }
 
 // waitDescriptors waits until every authority has every relay's server
-// descriptor, or descriptorWait passes.
-func (n *Network) waitDescriptors(ctx context.Context) error {
+// descriptor, or descriptorWait passes. Meanwhile it keeps the first vote
+// held through ctls.
+func (n *Network) waitDescriptors(ctx context.Context, ctls []*Control) error {
 	ctx, cancel := context.WithTimeout(ctx, descriptorWait)
 	defer cancel()
+	start := time.Now()
+	lastLog, lastHold := start, start
 	for _, a := range n.auths {
 		err := n.poll(ctx, pollDir, func(ctx context.Context) (bool, error) {
-			body, ok, err := n.dirGet(ctx, a, "/tor/server/all")
-			if err != nil || !ok {
-				return false, err
-			}
-			have := routerNicknames(body)
-			for _, r := range n.relays {
-				if !have[r.name] {
-					return false, nil
+			if time.Since(lastHold) > reholdEvery {
+				lastHold = time.Now()
+				if err := n.setVotingOffset(ctx, ctls, holdOffset(lastHold)); err != nil {
+					return false, err
 				}
 			}
-			return true, nil
+			body, ok, err := n.dirGet(ctx, a, "/tor/server/all")
+			if err != nil {
+				return false, err
+			}
+			have := map[string]bool{}
+			if ok {
+				have = routerNicknames(body)
+			}
+			var missing []string
+			for _, r := range n.relays {
+				if !have[r.name] {
+					missing = append(missing, r.name)
+				}
+			}
+			if len(missing) > 0 && time.Since(lastLog) > 3*time.Second {
+				lastLog = time.Now()
+				n.log.Debug("testnet waiting for descriptors", "authority", a.name, "missing", missing, "after", time.Since(start))
+			}
+			return len(missing) == 0, nil
 		})
 		if err != nil {
 			return fmt.Errorf("descriptors at %s: %w", a.name, err)

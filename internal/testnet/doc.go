@@ -37,7 +37,10 @@
 //     30 s interval (TestingV3AuthVotingStartOffset); relays start as soon
 //     as the authorities' DirPorts accept connections.
 //  3. Once every authority serves every relay's descriptor, SETCONF moves
-//     the offset so that the authorities vote within about a second.
+//     the offset so that the authorities vote within about a second. While
+//     descriptors are missing (tor's start-up crypto takes 10 s or more on
+//     a loaded box), the hold is renewed every 15 s so that no vote is
+//     wasted on an incomplete set of relays.
 //  4. When every authority serves a consensus listing every relay with the
 //     right flags, the client (and onion host) start; Start waits for
 //     PROGRESS=100 and, with Onion, for HS_DESC UPLOADED from every HSDir.

@@ -31,9 +31,16 @@ const (
 	pollFast = 50 * time.Millisecond  // ports coming up, bootstrap progress
 	pollDir  = 200 * time.Millisecond // DirPort documents
 	// descriptorWait bounds waiting for relay descriptors before the
-	// trigger; past it the held vote runs out by itself (~24 s after
-	// launch) and the network still comes up, one interval later.
-	descriptorWait = 20 * time.Second
+	// trigger; past it the authorities vote on their own schedule and the
+	// network still comes up, one or two intervals later. Descriptors
+	// normally arrive 2-5 s after launch; on a loaded 2-core box tor's
+	// start-up crypto has been seen to take 10-25 s.
+	descriptorWait = 60 * time.Second
+	// reholdEvery re-sends the hold offset while descriptors are still
+	// missing, well before the held vote would start (interval - 2 - 4 s
+	// after the previous hold), so the authorities never waste a vote on
+	// an incomplete set of relays.
+	reholdEvery = 15 * time.Second
 )
 
 // Network is a running private Tor network. Its exported fields are set
@@ -68,9 +75,10 @@ type Network struct {
 	OnionTime     time.Duration // launch -> descriptor uploaded; 0 without Onion
 	KeysCached    bool          // every key came from the key cache
 
-	cfg   Config
-	log   *slog.Logger
-	files files
+	cfg       Config
+	log       *slog.Logger
+	files     files
+	pickBlock func() netip.Prefix // randomBlock; replaced in tests
 
 	nodes   []*node // every node, in start order
 	auths   []*node
@@ -114,8 +122,9 @@ func Start(ctx context.Context, cfg Config) (_ *Network, err error) {
 		log:     cfg.Logger,
 		Dir:     cfg.Dir,
 		WebName: DefaultWebName,
-		dirTr:   newDirTransport(),
-		died:    make(chan struct{}),
+		dirTr:     newDirTransport(),
+		died:      make(chan struct{}),
+		pickBlock: randomBlock,
 	}
 	defer func() {
 		if err != nil {
@@ -174,7 +183,7 @@ func (n *Network) listen() error {
 	for range attempts {
 		block := n.cfg.Block
 		if !block.IsValid() {
-			block = randomBlock()
+			block = n.pickBlock()
 		}
 		err := n.listenIn(block)
 		if err == nil {
@@ -336,7 +345,7 @@ func (n *Network) launch(ctx context.Context) error {
 		authCtls[i] = c
 	}
 
-	if err := n.waitDescriptors(ctx); err != nil {
+	if err := n.waitDescriptors(ctx, authCtls); err != nil {
 		if ctx.Err() != nil || errors.Is(err, errProcessExited) {
 			return n.fail("relay descriptors", n.auths[0], err)
 		}
@@ -490,14 +499,20 @@ func (n *Network) dialControl(ctx context.Context, nd *node) (*Control, error) {
 // boundary is VoteDelay+DistDelay+1 s away: tor recalculates the schedule
 // when TestingV3AuthVotingStartOffset changes and votes within about 1 s.
 func (n *Network) triggerVote(ctx context.Context, ctls []*Control) error {
-	off := strconv.Itoa(triggerOffset(time.Now()))
+	return n.setVotingOffset(ctx, ctls, triggerOffset(time.Now()))
+}
+
+// setVotingOffset sets TestingV3AuthVotingStartOffset on every authority
+// at once, so that they all vote for the same boundary.
+func (n *Network) setVotingOffset(ctx context.Context, ctls []*Control, offset int) error {
+	off := strconv.Itoa(offset)
 	errs := make([]error, len(ctls))
 	var wg sync.WaitGroup
 	for i, c := range ctls {
 		wg.Go(func() { errs[i] = c.SetConf(ctx, "TestingV3AuthVotingStartOffset", off) })
 	}
 	wg.Wait()
-	n.log.Debug("testnet vote triggered", "offset", off)
+	n.log.Debug("testnet voting offset set", "offset", off)
 	return errors.Join(errs...)
 }
 

@@ -12,6 +12,9 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,6 +40,7 @@ func requireTor(t *testing.T) {
 // no tor running.
 func TestNetwork(t *testing.T) {
 	requireTor(t)
+	goroutines := runtime.NumGoroutine()
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Second)
 	defer cancel()
 
@@ -103,6 +107,7 @@ func TestNetwork(t *testing.T) {
 		}
 	})
 	t.Run("Isolation", func(t *testing.T) { testIsolation(ctx, t, n) })
+	t.Run("ClientTorrc", func(t *testing.T) { testClientTorrc(ctx, t, n) })
 
 	pids := n.PIDs()
 	if err := n.Close(); err != nil {
@@ -123,6 +128,16 @@ func TestNetwork(t *testing.T) {
 	}
 	if dialable(context.Background(), n.SocksAddr) || dialable(context.Background(), n.WebAddr.String()) {
 		t.Errorf("SocksPort or web server still accepting after Close")
+	}
+	// Every goroutine of the harness (process reapers, control readers,
+	// DNS and web servers) is gone; allow a moment for them to unwind.
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > goroutines && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if g := runtime.NumGoroutine(); g > goroutines {
+		buf := make([]byte, 1<<20)
+		t.Errorf("%d goroutines after Close, %d before Start:\n%s", g, goroutines, buf[:runtime.Stack(buf, true)])
 	}
 }
 
@@ -219,6 +234,53 @@ func testIsolation(ctx context.Context, t *testing.T, n *Network) {
 		if userOf[circ[i]] != u {
 			t.Errorf("circuit %s has SOCKS_USERNAME %q, want %q", circ[i], userOf[circ[i]], u)
 		}
+	}
+}
+
+// testClientTorrc starts a second client tor from ClientTorrc, as torgate
+// would in managed mode, and fetches the web page through it.
+func testClientTorrc(ctx context.Context, t *testing.T, n *Network) {
+	dir := t.TempDir()
+	addr := blockAddr(n.Block, hostExtra)
+	socks, ctlAddr := hostPort(addr, socksPort), hostPort(addr, controlPort)
+	lines := append(n.ClientTorrc(),
+		"DataDirectory "+dir,
+		"SocksPort "+socks,
+		"ControlPort "+ctlAddr,
+		"CookieAuthentication 1",
+		"Log notice file "+filepath.Join(dir, "notice.log"),
+		"__OwningControllerProcess "+strconv.Itoa(os.Getpid()))
+	torrcPath := filepath.Join(dir, "torrc")
+	if err := os.WriteFile(torrcPath, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(n.cfg.TorPath, "--defaults-torrc", n.files.empty, "-f", torrcPath)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	})
+	t0 := time.Now()
+	for {
+		if ctl, err := DialControl(ctx, ctlAddr, filepath.Join(dir, "control_auth_cookie")); err == nil {
+			p, err := bootstrapProgress(ctx, ctl)
+			ctl.Close()
+			if err == nil && p == 100 {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("second client not bootstrapped: %v\n%s", ctx.Err(), strings.Join(logTail(filepath.Join(dir, "notice.log"), 20), "\n"))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	t.Logf("second client bootstrapped in %v", time.Since(t0).Round(time.Millisecond))
+	body, err := httpGet(ctx, socks, "second", "http://"+n.WebName+":"+strconv.Itoa(int(n.WebAddr.Port()))+"/")
+	if err != nil || body != WebBody {
+		t.Fatalf("GET through second client = %q, %v", body, err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -526,4 +528,57 @@ func FuzzControlReply(f *testing.F) {
 			ParseStreamEvent(rep)
 		}
 	})
+}
+
+// TestListenBlockInUse checks that a taken block is detected before any tor
+// starts: an explicit Block fails, a random one is replaced.
+func TestListenBlockInUse(t *testing.T) {
+	taken := netip.MustParsePrefix("127.111.222.0/24")
+	free := netip.MustParsePrefix("127.111.223.0/24")
+	squat, err := net.ListenPacket("udp", netip.AddrPortFrom(blockAddr(taken, hostDNS), dnsPort).String())
+	if err != nil {
+		t.Fatalf("bind in 127.0.0.0/8: %v", err)
+	}
+	defer squat.Close()
+
+	n := &Network{cfg: Config{Block: taken, Logger: slog.New(slog.DiscardHandler)}, log: slog.New(slog.DiscardHandler), dirTr: newDirTransport()}
+	if err := n.listen(); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("listen on taken explicit block: %v, want EADDRINUSE", err)
+	}
+
+	blocks := []netip.Prefix{taken, free}
+	n = &Network{cfg: Config{Logger: slog.New(slog.DiscardHandler)}, log: slog.New(slog.DiscardHandler), dirTr: newDirTransport(),
+		pickBlock: func() netip.Prefix { b := blocks[0]; blocks = blocks[1:]; return b }}
+	if err := n.listen(); err != nil {
+		t.Fatalf("listen with a taken then a free random block: %v", err)
+	}
+	if n.Block != free || n.WebAddr.Addr() != blockAddr(free, hostWeb) {
+		t.Errorf("Block %v WebAddr %v, want block %v", n.Block, n.WebAddr, free)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStartFailsCleanly runs Start with a "tor" that always fails: Start
+// must return a StartError and release the block's listeners.
+func TestStartFailsCleanly(t *testing.T) {
+	block := netip.MustParsePrefix("127.111.224.0/24")
+	_, err := Start(t.Context(), Config{
+		Dir:         t.TempDir(),
+		Block:       block,
+		TorPath:     "/bin/false",
+		GencertPath: "/bin/false",
+		NoKeyCache:  true,
+	})
+	var se *StartError
+	if !errors.As(err, &se) || se.Stage != "keygen" {
+		t.Fatalf("Start = %v, want StartError at keygen", err)
+	}
+	t.Logf("Start error: %v", err)
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(blockAddr(block, hostWeb), webPort).String())
+	if err != nil {
+		t.Fatalf("web address still taken after failed Start: %v", err)
+	}
+	ln.Close()
 }
