@@ -118,10 +118,10 @@ func Start(ctx context.Context, cfg Config) (_ *Network, err error) {
 	defer cancel()
 
 	n := &Network{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		Dir:     cfg.Dir,
-		WebName: DefaultWebName,
+		cfg:       cfg,
+		log:       cfg.Logger,
+		Dir:       cfg.Dir,
+		WebName:   DefaultWebName,
 		dirTr:     newDirTransport(),
 		died:      make(chan struct{}),
 		pickBlock: randomBlock,
