@@ -76,6 +76,10 @@ func (k *keygen) node(ctx context.Context, nd *node) (cached bool, err error) {
 		if !errors.Is(err, os.ErrNotExist) {
 			k.cfg.Logger.Debug("testnet key cache entry unusable", "node", nd.name, "err", err)
 		}
+		// Drop whatever a failed copy left, so tor generates fresh keys.
+		if err := os.RemoveAll(filepath.Join(nd.dir, "keys")); err != nil {
+			return false, err
+		}
 	}
 	if err := k.generate(ctx, nd); err != nil {
 		return false, err
@@ -180,30 +184,37 @@ func checkHex40(s string) (string, error) {
 // loadCachedKeys copies a cache entry into nd's DataDirectory. An entry
 // that does not exist yields an error wrapping os.ErrNotExist.
 func loadCachedKeys(entry string, nd *node) error {
-	fb, err := os.ReadFile(filepath.Join(entry, "fingerprint"))
+	fpr, v3, err := checkEntry(entry, nd.role)
 	if err != nil {
 		return err
-	}
-	fpr, err := checkHex40(string(fb))
-	if err != nil {
-		return err
-	}
-	var v3 string
-	if nd.role == roleAuthority {
-		var expires time.Time
-		v3, expires, err = parseCert(filepath.Join(entry, "keys", "authority_certificate"))
-		if err != nil {
-			return err
-		}
-		if time.Until(expires) < certMinLeft {
-			return fmt.Errorf("authority certificate expires %v", expires)
-		}
 	}
 	if err := copyDir(filepath.Join(entry, "keys"), filepath.Join(nd.dir, "keys")); err != nil {
 		return err
 	}
 	nd.fpr, nd.v3ident = fpr, v3
 	return nil
+}
+
+// checkEntry returns the fingerprints of a usable cache entry.
+func checkEntry(entry string, r role) (fpr, v3ident string, err error) {
+	fb, err := os.ReadFile(filepath.Join(entry, "fingerprint"))
+	if err != nil {
+		return "", "", err
+	}
+	if fpr, err = checkHex40(string(fb)); err != nil {
+		return "", "", err
+	}
+	if r == roleAuthority {
+		var expires time.Time
+		v3ident, expires, err = parseCert(filepath.Join(entry, "keys", "authority_certificate"))
+		if err != nil {
+			return "", "", err
+		}
+		if time.Until(expires) < certMinLeft {
+			return "", "", fmt.Errorf("authority certificate expires %v", expires)
+		}
+	}
+	return fpr, v3ident, nil
 }
 
 // storeCachedKeys writes nd's keys as a cache entry. The entry is built
@@ -225,7 +236,11 @@ func storeCachedKeys(entry string, nd *node) error {
 	if err := os.WriteFile(filepath.Join(tmp, "fingerprint"), []byte(nd.fpr+"\n"), 0o600); err != nil {
 		return err
 	}
-	// A stale entry (expired certificate, broken copy) is moved aside first.
+	// A usable entry stored meanwhile by another process is kept; a stale
+	// one (expiring certificate, damaged) is moved aside.
+	if _, _, err := checkEntry(entry, nd.role); err == nil {
+		return nil
+	}
 	if _, err := os.Stat(entry); err == nil {
 		old, err := os.MkdirTemp(root, "."+nd.name+"-old-*")
 		if err != nil {

@@ -582,3 +582,51 @@ func TestStartFailsCleanly(t *testing.T) {
 	}
 	ln.Close()
 }
+
+func TestKeyCache(t *testing.T) {
+	cache := t.TempDir()
+	entry := cache + "/" + keyCacheVersion + "/auth0"
+	cert := func(expires time.Time) string {
+		return "dir-key-certificate-version 3\nfingerprint " + strings.Repeat("B", 40) +
+			"\ndir-key-published 2026-01-01 00:00:00\ndir-key-expires " + expires.UTC().Format(time.DateTime) + "\n"
+	}
+	src := &node{name: "auth0", role: roleAuthority, dir: t.TempDir(), fpr: strings.Repeat("A", 40)}
+	os.MkdirAll(src.dir+"/keys", 0o700)
+	os.WriteFile(src.dir+"/keys/secret_id_key", []byte("id"), 0o600)
+	os.WriteFile(src.dir+"/keys/authority_certificate", []byte(cert(time.Now().Add(365*24*time.Hour))), 0o600)
+	if err := storeCachedKeys(entry, src); err != nil {
+		t.Fatal(err)
+	}
+
+	dst := &node{name: "auth0", role: roleAuthority, dir: t.TempDir()}
+	if err := loadCachedKeys(entry, dst); err != nil {
+		t.Fatal(err)
+	}
+	if dst.fpr != src.fpr || dst.v3ident != strings.Repeat("B", 40) {
+		t.Errorf("loaded fpr %q v3ident %q", dst.fpr, dst.v3ident)
+	}
+	if b, err := os.ReadFile(dst.dir + "/keys/secret_id_key"); err != nil || string(b) != "id" {
+		t.Errorf("secret_id_key = %q, %v", b, err)
+	}
+	if st, err := os.Stat(dst.dir + "/keys"); err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("keys dir mode %v, %v; tor wants 0700", st.Mode(), err)
+	}
+
+	// A missing entry is ErrNotExist; an expiring certificate is replaced.
+	if err := loadCachedKeys(cache+"/"+keyCacheVersion+"/mid0", &node{role: roleMiddle, dir: t.TempDir()}); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing entry: %v, want ErrNotExist", err)
+	}
+	os.WriteFile(entry+"/keys/authority_certificate", []byte(cert(time.Now().Add(time.Hour))), 0o600)
+	if err := loadCachedKeys(entry, &node{role: roleAuthority, dir: t.TempDir()}); err == nil {
+		t.Error("loaded an entry whose certificate expires within the hour")
+	}
+	if err := storeCachedKeys(entry, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := loadCachedKeys(entry, &node{role: roleAuthority, dir: t.TempDir()}); err != nil {
+		t.Errorf("after replacing the stale entry: %v", err)
+	}
+	if ents, _ := os.ReadDir(cache + "/" + keyCacheVersion); len(ents) != 1 {
+		t.Errorf("cache holds %d entries, want 1 (temporary directories left behind?)", len(ents))
+	}
+}
