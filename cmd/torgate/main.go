@@ -4,7 +4,10 @@
 //
 // Usage:
 //
-//	torgate run --socks 127.0.0.1:9050 [flags]
+//	torgate run [flags]                         # starts and manages its own Tor
+//	torgate run --tor-control 127.0.0.1:9051    # uses a running Tor
+//	torgate run --socks 127.0.0.1:9050          # any SOCKS5 proxy, no control port
+//	torgate newnym [SOURCE]
 //
 // Run "torgate run -h" for the flags. Logs go to stderr.
 package main
@@ -56,6 +59,7 @@ commands:
   run      run the router on a TUN device
   check    self-test from a workstation: route, DNS, a fetch through Tor, no leaks
   exec     run one command in a fresh network namespace whose only way out is Tor
+  newnym   new identity for one workstation (SOURCE) or all, through the admin endpoint
   version  print the version
 
 "torgate <command> -h" lists a command's flags.
@@ -80,6 +84,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return execChild(args[1:])
 	case "check":
 		return cmdCheck(ctx, args[1:], stdout, stderr)
+	case "newnym":
+		return cmdNewnym(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "torgate", version())
 		return nil
