@@ -11,7 +11,7 @@ import (
 // Limits of torLog, so that a runaway tor cannot grow memory.
 const (
 	maxTorLine = 4 << 10 // longer lines are cut
-	tailLines  = 10      // lines kept for the restart log and errors
+	tailLines  = 5       // lines kept for the restart log and errors
 )
 
 // torLog turns the managed tor's stdout ("Nov 27 02:07:00.555 [warn]

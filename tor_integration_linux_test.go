@@ -1,0 +1,404 @@
+package torgate_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/torgate/torgate"
+	"github.com/torgate/torgate/internal/nstest"
+	"github.com/torgate/torgate/internal/testnet"
+	"github.com/torgate/torgate/socks"
+	"github.com/torgate/torgate/torctl"
+)
+
+// The integration tests below run torgate against real Tor: a private Tor
+// network (internal/testnet) on loopback, shared by every subtest, and a
+// workstation namespace (internal/nstest) whose only route is torgate's
+// TUN. curl and dig run inside the namespace; their resolver is torgate
+// (10.152.152.10, through /etc/netns/NAME/resolv.conf).
+//
+// The network's exits can reach loopback only, and torgate drops
+// loopback destinations as martians, so the fetch by IP uses a stand-in:
+// the workstation connects to byIPAddr, torgate sends that IP literal in
+// its SOCKS CONNECT, and the client tor maps it to the web server
+// (MapAddress) before an exit connects.
+
+const (
+	gatewayDNS  = "10.152.152.10"
+	sourceA     = "10.152.152.11" // nstest's default workstation address
+	sourceB     = "10.152.152.12" // added for the isolation test
+	byIPAddr    = "198.18.0.80"   // RFC 2544 benchmark range; mapped by tor
+	readyWithin = 90 * time.Second
+)
+
+// requireTor skips without tor, except under CI=true.
+func requireTor(t *testing.T) {
+	t.Helper()
+	if _, _, err := testnet.Binaries(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true and tor is missing: %v", err)
+		}
+		t.Skipf("tor not installed: %v", err)
+	}
+}
+
+// testLog writes slog records to t.Log.
+type testLog struct{ t testing.TB }
+
+func (w testLog) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func logger(t testing.TB, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: level}))
+}
+
+// gateway is torgate on a workstation namespace, driven by torctl the way
+// cmd/torgate wires it.
+type gateway struct {
+	t      *testing.T
+	ws     *nstest.Workstation
+	tor    *torctl.Tor
+	router *torgate.Router
+	downs  atomic.Int32
+}
+
+// newGateway starts torctl with tc, then a router whose upstream is that
+// Tor, on a fresh workstation namespace, and waits until Tor is ready.
+func newGateway(t *testing.T, tc torctl.Config) *gateway {
+	t.Helper()
+	g := &gateway{t: t}
+	g.ws = nstest.New(t, nstest.Options{Nameserver: gatewayDNS})
+	var router atomic.Pointer[torgate.Router]
+	tc.OnDown = func() {
+		g.downs.Add(1)
+		if r := router.Load(); r != nil {
+			r.Tunnel().EndAll()
+		}
+	}
+	tc.Logger = logger(t, slog.LevelInfo).With("component", "torctl")
+	tor, err := torctl.New(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	if err := tor.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tor.Close() })
+	g.tor = tor
+	r, err := torgate.New(torgate.Config{
+		Device:   g.ws.Dev,
+		Upstream: &socks.Dialer{Dial: tor.DialSocks},
+		Ready:    tor.Ready,
+		Logger:   logger(t, slog.LevelWarn),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	router.Store(r)
+	r.Start()
+	t.Cleanup(func() { r.Close() })
+	g.router = r
+	ctx, cancel := context.WithTimeout(t.Context(), readyWithin)
+	defer cancel()
+	if err := tor.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("tor ready %v after Start", time.Since(began).Round(time.Millisecond))
+	return g
+}
+
+// curl runs curl in the namespace and returns its output and exit code.
+func (g *gateway) curl(ctx context.Context, args ...string) (string, int) {
+	out, err := g.ws.Run(ctx, "curl", append([]string{"-sS", "--max-time", "60"}, args...)...)
+	code := 0
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		g.t.Fatalf("curl: %v", err)
+	}
+	return out, code
+}
+
+// fetch requires a successful GET of url.
+func (g *gateway) fetch(ctx context.Context, url string, extra ...string) string {
+	g.t.Helper()
+	out, code := g.curl(ctx, append(extra, url)...)
+	if code != 0 {
+		g.t.Fatalf("curl %s: exit %d: %s", url, code, out)
+	}
+	return out
+}
+
+// webURL is the web server by name, resolved by the exit.
+func webURL(n *testnet.Network, path string) string {
+	return "http://" + n.WebName + ":" + strconv.Itoa(int(n.WebAddr.Port())) + path
+}
+
+// ipURL is the web server by IP literal (byIPAddr, which tor maps).
+func ipURL(n *testnet.Network, path string) string {
+	return "http://" + byIPAddr + ":" + strconv.Itoa(int(n.WebAddr.Port())) + path
+}
+
+// viaHostLoopback reports whether a /whoami answer is a host loopback
+// address: the exits connect to the web server over the host's loopback,
+// which the workstation namespace has no route to. (With OutboundBindAddress
+// only applying to non-loopback destinations, the kernel picks 127.0.0.1
+// as the exit's source, so the answer cannot name the exit itself.)
+func viaHostLoopback(whoami string) bool {
+	ap, err := netip.ParseAddrPort(strings.TrimSpace(whoami))
+	return err == nil && ap.Addr().IsLoopback()
+}
+
+// checkFetches: by name (the exit resolves it), an onion service, and by
+// IP, each through the namespace's TUN, torgate and Tor.
+func checkFetches(t *testing.T, g *gateway, n *testnet.Network) {
+	ctx := t.Context()
+	t.Run("ByName", func(t *testing.T) {
+		if body := g.fetch(ctx, webURL(n, "/")); body != testnet.WebBody {
+			t.Fatalf("body %q", body)
+		}
+		if who := g.fetch(ctx, webURL(n, "/whoami")); !viaHostLoopback(who) {
+			t.Fatalf("web server saw %q, not the host loopback", who)
+		}
+	})
+	t.Run("Onion", func(t *testing.T) {
+		if body := g.fetch(ctx, "http://"+n.OnionAddr+"/"); body != testnet.WebBody {
+			t.Fatalf("body %q", body)
+		}
+	})
+	t.Run("ByIP", func(t *testing.T) {
+		if body := g.fetch(ctx, ipURL(n, "/")); body != testnet.WebBody {
+			t.Fatalf("body %q", body)
+		}
+		if who := g.fetch(ctx, ipURL(n, "/whoami")); !viaHostLoopback(who) {
+			t.Fatalf("web server saw %q, not the host loopback", who)
+		}
+	})
+	t.Run("NoDirectPath", func(t *testing.T) {
+		// The web server's own address is loopback inside the namespace
+		// too: nothing there answers, so the fetches above came through
+		// torgate and Tor.
+		if out, code := g.curl(ctx, "--max-time", "3", "http://"+n.WebAddr.String()+"/"); code == 0 {
+			t.Fatalf("namespace reached %s directly: %s", n.WebAddr, out)
+		}
+	})
+}
+
+// TestTorIntegration runs torgate against a private Tor network, in
+// attach mode (the network's client tor) and managed mode (torgate's own
+// tor joining the network).
+func TestTorIntegration(t *testing.T) {
+	nstest.RequireRoot(t, "curl", "dig")
+	requireTor(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
+	n, err := testnet.Start(ctx, testnet.Config{Dir: t.TempDir(), Onion: true, Logger: logger(t, slog.LevelWarn)})
+	cancel()
+	if err != nil {
+		t.Fatalf("testnet: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("tor logs:\n%s", n.Logs(20))
+		}
+		n.Close()
+	})
+	t.Logf("testnet: bootstrap %v, onion %v after launch (keygen %v, cached %v)",
+		n.BootstrapTime.Round(time.Millisecond), n.OnionTime.Round(time.Millisecond),
+		n.KeygenTime.Round(time.Millisecond), n.KeysCached)
+	mapIP := byIPAddr + " " + n.WebAddr.Addr().String()
+
+	t.Run("Attach", func(t *testing.T) {
+		ctl, err := n.Control(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ctl.Close()
+		if _, err := ctl.Do(t.Context(), "MAPADDRESS "+strings.Replace(mapIP, " ", "=", 1)); err != nil {
+			t.Fatal(err)
+		}
+		g := newGateway(t, torctl.Config{ControlAddr: n.ControlAddr})
+		if got := g.tor.SocksAddr(); got != n.SocksAddr {
+			t.Fatalf("SocksPort read from tor = %q, want %q", got, n.SocksAddr)
+		}
+		checkFetches(t, g, n)
+		t.Run("Isolation", func(t *testing.T) { checkIsolation(t, g, n, ctl) })
+	})
+
+	t.Run("Managed", func(t *testing.T) {
+		lines := append(n.ClientTorrc(), "MapAddress "+mapIP)
+		g := newGateway(t, torctl.Config{
+			DataDir:    t.TempDir() + "/tor",
+			TorrcLines: lines,
+			// Long enough to look at the gateway while tor is down.
+			RestartBackoff: 3 * time.Second,
+		})
+		checkFetches(t, g, n)
+		t.Run("FailClosed", func(t *testing.T) { checkFailClosed(t, g, n) })
+	})
+}
+
+// streamCircuits collects the circuits of torgate's successful streams to
+// port from STREAM events, by SOCKS username (torgate's isolation key).
+type streamLog struct {
+	port   string
+	events <-chan testnet.Reply
+}
+
+// next waits for the next SUCCEEDED stream of a torgate flow to the web
+// port and returns its username and circuit.
+func (s *streamLog) next(t *testing.T) (user, circ string) {
+	t.Helper()
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case ev := <-s.events:
+			st, ok := testnet.ParseStreamEvent(ev)
+			if !ok || st.Status != "SUCCEEDED" || !strings.HasSuffix(st.Target, ":"+s.port) || !strings.HasPrefix(st.SocksUsername, "tg-") {
+				continue
+			}
+			return st.SocksUsername, st.CircuitID
+		case <-timeout:
+			t.Fatal("no STREAM SUCCEEDED event for a torgate flow")
+		}
+	}
+}
+
+// checkIsolation, in Tor itself: two sources' streams are on different
+// circuits and one source's streams share one; after a per-source new
+// identity that source moves to a new circuit and the other does not.
+func checkIsolation(t *testing.T, g *gateway, n *testnet.Network, ctl *testnet.Control) {
+	ctx := t.Context()
+	if out, err := exec.Command("ip", "-n", g.ws.Name, "addr", "add", sourceB+"/18", "dev", "tg0").CombinedOutput(); err != nil {
+		t.Fatalf("second workstation address: %v %s", err, out)
+	}
+	if err := ctl.SetEvents(ctx, "STREAM"); err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.SetEvents(context.Background())
+	sl := &streamLog{port: strconv.Itoa(int(n.WebAddr.Port())), events: ctl.Events()}
+	get := func(src string) (user, circ string) {
+		g.fetch(ctx, webURL(n, "/"), "--interface", src)
+		return sl.next(t)
+	}
+	a1u, a1 := get(sourceA)
+	a2u, a2 := get(sourceA)
+	b1u, b1 := get(sourceB)
+	t.Logf("circuits: A %s %s, B %s", a1, a2, b1)
+	if a1u != a2u || a1u == b1u {
+		t.Fatalf("SOCKS usernames: A %s %s, B %s; want A's equal and B's different", a1u, a2u, b1u)
+	}
+	if a1 != a2 {
+		t.Errorf("one source's streams on circuits %s and %s, want one circuit", a1, a2)
+	}
+	if a1 == b1 {
+		t.Errorf("two sources share circuit %s", a1)
+	}
+
+	g.router.Tunnel().Isolator().NewIdentity(netip.MustParseAddr(sourceA))
+	a3u, a3 := get(sourceA)
+	b2u, b2 := get(sourceB)
+	t.Logf("after new identity for A: A %s, B %s", a3, b2)
+	if a3u == a1u || a3 == a1 {
+		t.Errorf("after NewIdentity(A): A on %s as %s, was %s as %s; want a new circuit", a3, a3u, a1, a1u)
+	}
+	if b2u != b1u || b2 != b1 {
+		t.Errorf("after NewIdentity(A): B on %s, was %s; want B unchanged", b2, b1)
+	}
+	if a3 == b2 {
+		t.Errorf("sources share circuit %s after new identity", a3)
+	}
+}
+
+// checkFailClosed kills the managed tor in the middle of a transfer: the
+// transfer ends, a new flow gets a RST and DNS a SERVFAIL at once, then
+// torgate restarts tor and service returns, with the same router.
+func checkFailClosed(t *testing.T, g *gateway, n *testnet.Network) {
+	ctx := t.Context()
+	// A transfer that would take 100 s.
+	big := g.ws.Command(ctx, "curl", "-sS", "--max-time", "120", "--limit-rate", "1M", "-o", "/dev/null",
+		webURL(n, "/bytes?n=100000000"))
+	var stderr strings.Builder
+	big.Stderr = &stderr
+	if err := big.Start(); err != nil {
+		t.Fatal(err)
+	}
+	bigDone := make(chan error, 1)
+	go func() { bigDone <- big.Wait() }()
+	time.Sleep(2 * time.Second) // the transfer is under way
+
+	pid := g.tor.PID()
+	downsBefore := g.downs.Load()
+	killed := time.Now()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for g.tor.Ready() {
+		if time.Since(killed) > 5*time.Second {
+			t.Fatal("still ready 5s after tor was killed")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	notReady := time.Since(killed)
+
+	// New flows: a RST (curl: "Couldn't connect", exit 7) and SERVFAIL,
+	// while tor is down (restart backoff 3 s).
+	out, code := g.curl(ctx, "--max-time", "5", ipURL(n, "/"))
+	rstAfter := time.Since(killed)
+	if code != 7 {
+		t.Errorf("new flow while tor is down: curl exit %d (%s), want 7 (connection refused)", code, strings.TrimSpace(out))
+	}
+	dig, _ := g.ws.Run(ctx, "dig", "+time=2", "+tries=1", "A", "other.test.lan")
+	if !strings.Contains(dig, "status: SERVFAIL") {
+		t.Errorf("DNS while tor is down:\n%s\nwant SERVFAIL", dig)
+	}
+	if g.tor.Ready() {
+		t.Fatalf("tor came back before the checks ran (%v after kill); the checks above are not meaningful", time.Since(killed))
+	}
+
+	select {
+	case err := <-bigDone:
+		if err == nil {
+			t.Errorf("the transfer through the killed tor completed")
+		}
+		t.Logf("transfer ended %v after the kill: %v %s", time.Since(killed).Round(time.Millisecond), err, strings.TrimSpace(stderr.String()))
+	case <-time.After(10 * time.Second):
+		t.Errorf("the transfer through the killed tor still runs 10s later")
+		big.Process.Kill()
+		<-bigDone
+	}
+	if g.downs.Load() == downsBefore {
+		t.Errorf("OnDown was not called")
+	}
+
+	wctx, cancel := context.WithTimeout(ctx, readyWithin)
+	defer cancel()
+	if err := g.tor.WaitReady(wctx); err != nil {
+		t.Fatal(err)
+	}
+	back := time.Since(killed)
+	if g.tor.PID() == pid {
+		t.Errorf("same tor PID %d after restart", pid)
+	}
+	if body := g.fetch(ctx, webURL(n, "/")); body != testnet.WebBody {
+		t.Fatalf("after restart: body %q", body)
+	}
+	if body := g.fetch(ctx, ipURL(n, "/")); body != testnet.WebBody {
+		t.Fatalf("after restart, by IP: body %q", body)
+	}
+	t.Logf("%s", fmt.Sprintf("kill -> not ready %v, -> RST seen %v, -> ready again %v (restart backoff 3s)",
+		notReady.Round(time.Microsecond), rstAfter.Round(time.Millisecond), back.Round(time.Millisecond)))
+}
