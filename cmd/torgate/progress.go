@@ -70,12 +70,12 @@ func (p *progressView) Write(b []byte) (int, error) {
 // update is torctl's OnProgress.
 func (p *progressView) update(b torctl.Bootstrap) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if b.Progress < p.last {
 		// Tor restarted: report from the start again.
 		p.began = time.Now()
 	}
 	if p.tty {
+		defer p.mu.Unlock()
 		// One column short of the width: a full line would wrap and
 		// the next \r would not return to the bar's start.
 		p.bar = renderBar(b, p.width()-1)
@@ -87,12 +87,15 @@ func (p *progressView) update(b torctl.Bootstrap) {
 		p.last = b.Progress
 		return
 	}
-	if b.Progress == p.last || p.log == nil {
-		return
-	}
+	report := b.Progress != p.last && p.log != nil
 	p.last = b.Progress
-	p.log.Info("tor bootstrap", "progress", b.Progress, "tag", b.Tag, "summary", b.Summary,
-		"elapsed", time.Since(p.began).Round(100*time.Millisecond))
+	elapsed := time.Since(p.began)
+	// Log without p.mu: the logger writes through p.Write.
+	p.mu.Unlock()
+	if report {
+		p.log.Info("tor bootstrap", "progress", b.Progress, "tag", b.Tag, "summary", b.Summary,
+			"elapsed", elapsed.Round(100*time.Millisecond))
+	}
 }
 
 // renderBar draws "Tor [#########.....]  45% Loading relay descriptors",

@@ -159,7 +159,8 @@ func TestProgressLogLines(t *testing.T) {
 	if p.tty {
 		t.Fatal("a buffer is not a terminal")
 	}
-	p.log = slog.New(slog.NewTextHandler(&logs, nil))
+	// As in cmdRun: the logger writes through the view.
+	p.log = slog.New(slog.NewTextHandler(p, nil))
 	for _, n := range []int{0, 5, 5, 50, 100} {
 		p.update(torctl.Bootstrap{Progress: n, Tag: "t", Summary: "s"})
 	}

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/torgate/torgate/admin"
+	"github.com/torgate/torgate/internal/nstest"
+	"github.com/torgate/torgate/internal/testnet"
+)
+
+// syncBuffer is a bytes.Buffer safe for the logger and the test at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestRunManagedTor drives "torgate run" as a user would, in managed
+// mode: it starts its own tor, which joins a private Tor network through
+// --torrc; the admin endpoint reports readiness once tor has bootstrapped;
+// "torgate newnym" works per source and globally (and hits Tor's rate
+// limit); cancelling run stops tor. Traffic through the router is the
+// business of the root package's TestTorIntegration: here the TUN is
+// created in the host namespace (run has no way to put it elsewhere), so
+// it gets no address and no route, and carries nothing.
+func TestRunManagedTor(t *testing.T) {
+	nstest.RequireRoot(t, "curl")
+	if _, _, err := testnet.Binaries(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true and tor is missing: %v", err)
+		}
+		t.Skipf("tor not installed: %v", err)
+	}
+	sctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
+	n, err := testnet.Start(sctx, testnet.Config{Dir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	cancel()
+	if err != nil {
+		t.Fatalf("testnet: %v", err)
+	}
+	t.Cleanup(func() { n.Close() })
+
+	var rnd [3]byte
+	rand.Read(rnd[:])
+	tunName := "tgrun" + hex.EncodeToString(rnd[:])
+	state := t.TempDir()
+	torrc := filepath.Join(state, "extra.torrc")
+	if err := os.WriteFile(torrc, []byte(strings.Join(n.ClientTorrc(), "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	adminSock := filepath.Join(state, "admin.sock")
+
+	ctx, stop := context.WithCancel(t.Context())
+	defer stop()
+	var logs syncBuffer
+	done := make(chan error, 1)
+	began := time.Now()
+	go func() {
+		done <- run(ctx, []string{"run", "--tun", tunName, "--addr", "", "--state-dir", state,
+			"--torrc", torrc, "--admin", adminSock}, io.Discard, &logs)
+	}()
+	defer func() {
+		if t.Failed() {
+			t.Logf("torgate log:\n%s", logs.String())
+		}
+	}()
+
+	client, base, err := admin.Client(adminSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		resp, err := client.Get(base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("torgate run ended: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Since(began) > 90*time.Second {
+			t.Fatal("not ready after 90s")
+		}
+	}
+	t.Logf("ready %v after torgate run started", time.Since(began).Round(time.Millisecond))
+	if !strings.Contains(logs.String(), "tor bootstrap") || !strings.Contains(logs.String(), "progress=100") {
+		t.Errorf("no bootstrap progress lines in the log")
+	}
+
+	var stdout strings.Builder
+	if err := run(t.Context(), []string{"newnym", "--admin", adminSock, "10.152.152.11"}, &stdout, io.Discard); err != nil {
+		t.Fatalf("newnym SOURCE: %v", err)
+	}
+	if err := run(t.Context(), []string{"newnym", "--admin", adminSock}, &stdout, io.Discard); err != nil {
+		t.Fatalf("newnym: %v", err)
+	}
+	err = run(t.Context(), []string{"newnym", "--admin", adminSock}, &stdout, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "rate-limits NEWNYM") {
+		t.Fatalf("second newnym within 10s: %v, want Tor's rate limit", err)
+	}
+	resp, err := client.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), "flows") {
+		t.Errorf("/metrics has no flow metrics:\n%.500s", metrics)
+	}
+
+	stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("torgate run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("torgate run did not stop")
+	}
+	m := regexp.MustCompile(`msg="tor started".* pid=(\d+)`).FindStringSubmatch(logs.String())
+	if m == nil {
+		t.Fatal("no tor PID in the log")
+	}
+	pid, _ := strconv.Atoi(m[1])
+	if err := syscall.Kill(pid, 0); err == nil {
+		t.Fatalf("tor %d still runs after torgate run returned", pid)
+	}
+	if !strings.Contains(stdout.String(), "new identity for 10.152.152.11") || !strings.Contains(stdout.String(), "new identity for every source") {
+		t.Errorf("newnym output %q", stdout.String())
+	}
+}
