@@ -126,6 +126,7 @@ type Tor struct {
 
 	startOnce sync.Once
 	stop      context.CancelFunc // set by Start
+	closing   atomic.Bool        // Close was called
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 }
@@ -296,6 +297,7 @@ func (t *Tor) start(ctx context.Context) error {
 func (t *Tor) Close() error {
 	t.closeOnce.Do(func() {
 		t.startOnce.Do(func() {}) // a later Start fails
+		t.closing.Store(true)
 		if t.stop != nil {
 			t.stop()
 		}
@@ -647,10 +649,12 @@ func (t *Tor) update(f func(*Status)) {
 	switch {
 	case st.Ready() && !old.Ready():
 		t.log.Info("tor ready")
-	case !st.Ready() && old.Ready():
+	case !st.Ready() && old.Ready() && !t.closing.Load():
 		t.log.Warn("tor not ready", "reason", st.Reason())
 	}
-	if progressed && t.cfg.OnProgress != nil {
+	// A session's start clears the phase (Tag ""); the poll that follows
+	// reports the real one, so the cleared value is not worth a call.
+	if progressed && st.Bootstrap.Tag != "" && t.cfg.OnProgress != nil {
 		t.cbMu.Lock()
 		if seq > t.cbSeq {
 			t.cbSeq = seq
