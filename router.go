@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -105,6 +106,8 @@ type Router struct {
 
 	closeOnce sync.Once
 	closeErr  error
+	started   atomic.Bool
+	closed    atomic.Bool
 
 	saverMu sync.Mutex
 	saver   *time.Timer // guarded by saverMu; nil once closed
@@ -304,9 +307,22 @@ func (r *Router) DNS() *dns.Server { return r.dns }
 // stateSaveInterval bounds what a crash loses of the automap table.
 const stateSaveInterval = 5 * time.Minute
 
+// Healthy reports whether the packet loop runs: nil once started and
+// until closed or until the TUN failed.
+func (r *Router) Healthy() error {
+	if !r.started.Load() {
+		return errors.New("router not started")
+	}
+	if r.closed.Load() {
+		return errors.New("router closed")
+	}
+	return r.stack.Err()
+}
+
 // Start begins forwarding without blocking.
 func (r *Router) Start() {
 	r.stack.Start()
+	r.started.Store(true)
 	if r.cfg.StateDir != "" {
 		r.saverMu.Lock()
 		r.saver = time.AfterFunc(stateSaveInterval, r.saveState)
@@ -326,6 +342,7 @@ func (r *Router) Run(ctx context.Context) error {
 // TUN. It is safe to call more than once.
 func (r *Router) Close() error {
 	r.closeOnce.Do(func() {
+		r.closed.Store(true)
 		r.saverMu.Lock()
 		if r.saver != nil {
 			r.saver.Stop()

@@ -117,6 +117,9 @@ type Stack struct {
 
 	startOnce sync.Once
 	closeOnce sync.Once
+
+	// loopErr holds the error that ended a packet loop early (an error).
+	loopErr atomic.Value
 }
 
 // New validates cfg and builds the gVisor stack. It does not read the TUN
@@ -296,6 +299,7 @@ func (s *Stack) readLoop() {
 				return
 			} else {
 				s.log.Error("tun read failed", "err", err)
+				s.loopErr.Store(fmt.Errorf("netstack: tun read: %w", err))
 				return
 			}
 		}
@@ -397,6 +401,7 @@ func (s *Stack) readLoopVnet() {
 				return
 			}
 			s.log.Error("tun read failed", "err", err)
+			s.loopErr.Store(fmt.Errorf("netstack: tun read: %w", err))
 			return
 		}
 		if n < vnetHdrLen {

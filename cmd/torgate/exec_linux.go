@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -19,8 +18,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
-
-	"github.com/torgate/torgate"
 )
 
 // Addresses inside an exec namespace. The gateway address is only what
@@ -47,7 +44,7 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var f runFlags
 	f.register(fs)
 	userName := fs.String("user", "", "run CMD as this user (default: the sudo caller from SUDO_UID/SUDO_GID, else root)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseRunFlags(fs, &f, args); err != nil {
 		return err
 	}
 	argv := fs.Args()
@@ -58,19 +55,24 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if os.Geteuid() != 0 {
 		return errors.New("exec: needs root to create a network namespace and a TUN (try sudo)")
 	}
+	explicit := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { explicit[fl.Name] = true })
+	if !explicit["admin"] {
+		// Each exec is its own router; it must not fight "torgate run"
+		// (or another exec) for the default admin address.
+		f.tor.admin = ""
+	}
+	if f.stateDir == "" && f.socks == "" && f.tor.control == "" {
+		// A managed Tor of its own, in a fresh DataDirectory: each exec
+		// gets its own identity and never locks a running torgate's Tor.
+		dir, err := os.MkdirTemp("", "torgate-exec-")
+		if err != nil {
+			return fmt.Errorf("exec: state dir: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		f.stateDir = dir
+	}
 	cred, err := targetCredential(*userName)
-	if err != nil {
-		return err
-	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
-	}
-	log, err := newLogger(stderr, level, f.logFormat)
-	if err != nil {
-		return fmt.Errorf("--log-format: %w", err)
-	}
-	cfg, err := f.config()
 	if err != nil {
 		return err
 	}
@@ -103,20 +105,26 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Cloneflags: syscall.CLONE_NEWNS,
 	}
 
-	dev, err := startInNewNetns(cfg.MTU, child)
+	ns, err := newExecNetns(f.mtu)
 	if err != nil {
 		return err
 	}
-	cfg.TUNName, cfg.TUNFD, cfg.Device = "", 0, dev
-	cfg.Logger = log
-	r, err := torgate.New(cfg)
+	defer ns.release()
+	a, err := startApp(ctx, &f, stderr, ns.dev)
 	if err != nil {
-		child.Process.Kill()
-		child.Wait()
+		ns.dev.Close()
 		return err
 	}
-	r.Start()
-	defer r.Close()
+	defer a.close()
+	a.router.Start()
+	// Start the command once Tor can carry its traffic, so its first
+	// connections do not meet a RST.
+	if err := a.waitReady(ctx); err != nil {
+		return err
+	}
+	if err := ns.start(child); err != nil {
+		return err
+	}
 
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- child.Wait() }()
@@ -126,7 +134,7 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		child.Process.Signal(syscall.SIGTERM)
 		err = <-waitErr
 	}
-	r.Close()
+	a.close()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
@@ -137,45 +145,70 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return err
 }
 
-// startInNewNetns creates a network namespace, a TUN inside it with the
-// workstation addresses and default routes, and starts child in it. The
-// namespace is anonymous: it disappears when the child exits and the TUN
-// closes, so nothing outlives torgate.
-func startInNewNetns(mtu int, child *exec.Cmd) (tun.Device, error) {
-	type result struct {
-		dev tun.Device
-		err error
-	}
-	res := make(chan result, 1)
+// execNetns is a fresh network namespace held by one locked OS thread,
+// with a TUN inside carrying the workstation addresses and default routes.
+// The namespace is anonymous: it disappears when the command exits and the
+// TUN closes, so nothing outlives torgate.
+type execNetns struct {
+	dev   tun.Device
+	req   chan *exec.Cmd
+	res   chan error
+	freed chan struct{}
+}
+
+func newExecNetns(mtu int) (*execNetns, error) {
+	ns := &execNetns{req: make(chan *exec.Cmd), res: make(chan error), freed: make(chan struct{})}
+	ready := make(chan error, 1)
 	go func() {
 		// This thread enters the new namespace and never leaves it: it is
 		// never unlocked, so Go discards it when the goroutine ends.
 		runtime.LockOSThread()
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			res <- result{err: fmt.Errorf("exec: new network namespace: %w", err)}
+			ready <- fmt.Errorf("exec: new network namespace: %w", err)
 			return
 		}
 		dev, err := tun.CreateTUN("tg0", mtu)
 		if err != nil {
-			res <- result{err: fmt.Errorf("exec: create tun: %w", err)}
+			ready <- fmt.Errorf("exec: create tun: %w", err)
 			return
 		}
 		if err := configureNamespace(dev); err != nil {
 			dev.Close()
-			res <- result{err: err}
+			ready <- err
 			return
 		}
+		ns.dev = dev
+		ready <- nil
 		// fork happens on this locked thread, so the child inherits the
 		// namespace.
-		if err := child.Start(); err != nil {
-			dev.Close()
-			res <- result{err: fmt.Errorf("exec: start %s: %w", child.Args[2], err)}
-			return
+		select {
+		case cmd := <-ns.req:
+			ns.res <- cmd.Start()
+		case <-ns.freed:
 		}
-		res <- result{dev: dev}
 	}()
-	r := <-res
-	return r.dev, r.err
+	if err := <-ready; err != nil {
+		return nil, err
+	}
+	return ns, nil
+}
+
+// start runs cmd inside the namespace.
+func (ns *execNetns) start(cmd *exec.Cmd) error {
+	ns.req <- cmd
+	if err := <-ns.res; err != nil {
+		return fmt.Errorf("exec: start %s: %w", cmd.Args[2], err)
+	}
+	return nil
+}
+
+// release lets the namespace's thread go if start was never called.
+func (ns *execNetns) release() {
+	select {
+	case <-ns.freed:
+	default:
+		close(ns.freed)
+	}
 }
 
 func configureNamespace(dev tun.Device) error {

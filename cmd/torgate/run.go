@@ -5,11 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/netip"
-	"os"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/torgate/torgate"
 	"github.com/torgate/torgate/dns"
@@ -25,6 +21,7 @@ type runFlags struct {
 	addr4, addr6, pool4, pool6                   string
 	maxFlows, maxPerSource                       int
 	logDest, icmpUnreach                         bool
+	configFile                                   string
 	tor                                          torFlags
 }
 
@@ -46,6 +43,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.icmpUnreach, "icmp-unreachable", false, "answer dropped UDP with ICMP port unreachable instead of silence")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&f.configFile, "config", "", "TOML file whose keys are these flags' names; flags given here override it")
 	f.tor.register(fs)
 }
 
@@ -65,15 +63,6 @@ func (f *runFlags) config() (torgate.Config, error) {
 		}
 	}
 	c.MTU = f.mtu
-	if !f.tor.wired {
-		// This command does not start or attach Tor (see startTor).
-		if f.tor.control != "" || f.tor.torrc != "" || f.tor.torPath != "" {
-			return c, fmt.Errorf("--tor-control, --torrc and --tor-path work with torgate run only; give --socks")
-		}
-		if f.socks == "" {
-			return c, fmt.Errorf("--socks is required (for example --socks 127.0.0.1:9050)")
-		}
-	}
 	c.SocksAddr = f.socks
 	if c.Isolation, err = tunnel.ParseIsolationMode(f.isolation); err != nil {
 		return c, fmt.Errorf("--isolation: %w", err)
@@ -107,61 +96,13 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	var f runFlags
 	f.register(fs)
-	f.tor.wired = true
-	if err := fs.Parse(args); err != nil {
+	if err := parseRunFlags(fs, &f, args); err != nil {
 		return err
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
-	}
-	// Logs go through the progress view, which keeps a bootstrap progress
-	// bar below them on a terminal.
-	view := newProgressView(stderr, f.logFormat)
-	log, err := newLogger(view, level, f.logFormat)
-	if err != nil {
-		return fmt.Errorf("--log-format: %w", err)
-	}
-	view.log = log
-	cfg, err := f.config()
+	a, err := startApp(ctx, &f, stderr, nil)
 	if err != nil {
 		return err
 	}
-	tc, err := f.tor.torConfig(f.socks, f.stateDir)
-	if err != nil {
-		return err
-	}
-	if tc != nil && tc.ControlAddr == "" && cfg.StateDir == "" {
-		cfg.StateDir = defaultStateDir
-	}
-	if cfg.StateDir != "" {
-		if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-			return fmt.Errorf("--state-dir: %w", err)
-		}
-	}
-	cfg.Logger = log
-	reg := prometheus.NewRegistry()
-	cfg.Registerer = reg
-	if f.logDest {
-		log.Warn("destination logging is on: logs will name the sites workstations visit")
-	}
-	link, err := startTor(ctx, tc, &cfg, log, view.update)
-	if err != nil {
-		return err
-	}
-	defer link.close()
-	r, err := torgate.New(cfg)
-	if err != nil {
-		return err
-	}
-	link.setRouter(r)
-	if f.tor.admin != "" {
-		stop, err := serveAdmin(f.tor.admin, r, link, reg, log)
-		if err != nil {
-			r.Close()
-			return err
-		}
-		defer stop()
-	}
-	return r.Run(ctx)
+	defer a.close()
+	return a.router.Run(ctx)
 }

@@ -41,9 +41,6 @@ type torFlags struct {
 	control, password, passwordFile string
 	torPath, torrc                  string
 	admin                           string
-	// wired is set by the commands that start or attach Tor themselves
-	// (run); the others still need --socks.
-	wired bool
 }
 
 func (f *torFlags) register(fs *flag.FlagSet) {
@@ -120,6 +117,30 @@ func (f *torFlags) torConfig(socksAddr, stateDir string) (*torctl.Config, error)
 type torLink struct {
 	tor    *torctl.Tor
 	router atomic.Pointer[torgate.Router]
+	// newnym counts new-identity requests carried out, by scope.
+	newnym *prometheus.CounterVec
+}
+
+// metrics returns Tor's collectors: bootstrap progress and readiness read
+// at scrape time, and new-identity events.
+func (l *torLink) metrics(r *torgate.Router) []prometheus.Collector {
+	progress := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tor_bootstrap_progress", Help: "Tor's bootstrap progress in percent (100 with a plain SOCKS upstream).",
+	}, func() float64 {
+		if l.tor == nil {
+			return 100
+		}
+		return float64(l.tor.Status().Bootstrap.Progress)
+	})
+	ready := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ready", Help: "1 when torgate forwards: Tor bootstrapped with a live circuit and the TUN up; 0 while it refuses.",
+	}, func() float64 {
+		if l.ready() != nil || r.Healthy() != nil {
+			return 0
+		}
+		return 1
+	})
+	return []prometheus.Collector{progress, ready, l.newnym}
 }
 
 // startTor starts or attaches Tor as the flags say and points cfg at it:
@@ -129,7 +150,11 @@ type torLink struct {
 // receives bootstrap changes. The caller calls setRouter once the router
 // exists, and close at the end.
 func startTor(ctx context.Context, tc *torctl.Config, cfg *torgate.Config, log *slog.Logger, progress func(torctl.Bootstrap)) (*torLink, error) {
-	l := &torLink{}
+	l := &torLink{newnym: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "new_identity_total", Help: "New identities carried out, by scope (source or all).",
+	}, []string{"scope"})}
+	l.newnym.WithLabelValues("source")
+	l.newnym.WithLabelValues("all")
 	if tc == nil {
 		return l, nil
 	}
@@ -208,15 +233,26 @@ func serveAdmin(addr string, r *torgate.Router, l *torLink, gatherer prometheus.
 	}
 	h := admin.Handler(admin.Config{
 		Gatherer: gatherer,
-		Ready:    l.ready,
+		Ready: func() error {
+			if err := r.Healthy(); err != nil {
+				return err
+			}
+			return l.ready()
+		},
+		Healthy: r.Healthy,
 		NewIdentity: func(src netip.Addr) error {
 			r.Tunnel().Isolator().NewIdentity(src)
+			l.newnym.WithLabelValues("source").Inc()
 			return nil
 		},
 		NewIdentityAll: func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
 			defer cancel()
-			return l.newIdentityAll(ctx, r)
+			if err := l.newIdentityAll(ctx, r); err != nil {
+				return err
+			}
+			l.newnym.WithLabelValues("all").Inc()
+			return nil
 		},
 		Logger: log.With("component", "admin"),
 	})

@@ -63,18 +63,6 @@ func TestTorConfig(t *testing.T) {
 	}
 }
 
-// TestRunFlagsNotWired: a command that does not start Tor itself still
-// needs --socks and refuses the Tor flags.
-func TestRunFlagsNotWired(t *testing.T) {
-	if _, err := (&runFlags{mtu: 1500, pool4: "10.192.0.0/10", pool6: "fd7a:7d6d::/48"}).config(); err == nil || !strings.Contains(err.Error(), "--socks is required") {
-		t.Errorf("config without --socks: %v", err)
-	}
-	f := runFlags{socks: "127.0.0.1:9050", tor: torFlags{control: "127.0.0.1:9051"}}
-	if _, err := f.config(); err == nil || !strings.Contains(err.Error(), "torgate run only") {
-		t.Errorf("config with --tor-control outside run: %v", err)
-	}
-}
-
 // fakeAdmin serves POST /newnym on a unix socket and records the queries.
 type fakeAdmin struct {
 	path   string

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/torgate/torgate"
+)
+
+// parseRunFlags parses args, then fills every flag the command line left
+// unset from --config, if given.
+func parseRunFlags(fs *flag.FlagSet, f *runFlags, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if f.configFile != "" {
+		return applyConfigFile(fs, f.configFile)
+	}
+	return nil
+}
+
+// app is what "torgate run" and "torgate exec" share: logging, Tor, the
+// router, metrics and the admin endpoint.
+type app struct {
+	log    *slog.Logger
+	view   *progressView
+	link   *torLink
+	router *torgate.Router
+	reg    *prometheus.Registry
+	stop   []func()
+}
+
+// startApp brings torgate up as the flags say. dev, if not nil, replaces
+// the TUN the flags describe (exec creates its own). The router is built
+// but not started.
+func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device) (*app, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	// Logs go through the progress view, which keeps a bootstrap progress
+	// bar below them on a terminal.
+	view := newProgressView(stderr, f.logFormat)
+	log, err := newLogger(view, level, f.logFormat)
+	if err != nil {
+		return nil, fmt.Errorf("--log-format: %w", err)
+	}
+	view.log = log
+	cfg, err := f.config()
+	if err != nil {
+		return nil, err
+	}
+	if dev != nil {
+		cfg.TUNName, cfg.TUNFD, cfg.Device = "", 0, dev
+	}
+	tc, err := f.tor.torConfig(f.socks, f.stateDir)
+	if err != nil {
+		return nil, err
+	}
+	if tc != nil && tc.ControlAddr == "" && cfg.StateDir == "" {
+		cfg.StateDir = defaultStateDir
+	}
+	if cfg.StateDir != "" {
+		if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+			return nil, fmt.Errorf("--state-dir: %w", err)
+		}
+	}
+	cfg.Logger = log
+	a := &app{log: log, view: view, reg: prometheus.NewRegistry()}
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg.Registerer = prometheus.WrapRegistererWithPrefix("torgate_", a.reg)
+	if f.logDest {
+		log.Warn("destination logging is on: logs will name the sites workstations visit")
+	}
+	link, err := startTor(ctx, tc, &cfg, log, view.update)
+	if err != nil {
+		return nil, err
+	}
+	a.link = link
+	a.stop = append(a.stop, link.close)
+	r, err := torgate.New(cfg)
+	if err != nil {
+		a.close()
+		return nil, err
+	}
+	a.router = r
+	link.setRouter(r)
+	a.stop = append(a.stop, func() { r.Close() })
+	cfg.Registerer.MustRegister(link.metrics(r)...)
+	if f.tor.admin != "" {
+		stop, err := serveAdmin(f.tor.admin, r, link, a.reg, log)
+		if err != nil {
+			a.close()
+			return nil, err
+		}
+		a.stop = append(a.stop, stop)
+	}
+	return a, nil
+}
+
+// close tears down in reverse order of setup.
+func (a *app) close() {
+	for i := len(a.stop) - 1; i >= 0; i-- {
+		a.stop[i]()
+	}
+	a.stop = nil
+}
+
+// waitReady blocks until Tor can carry traffic (no-op for plain SOCKS).
+func (a *app) waitReady(ctx context.Context) error {
+	if a.link.tor == nil {
+		return nil
+	}
+	if err := a.link.tor.WaitReady(ctx); err != nil {
+		if errors.Is(err, context.Canceled) {
+			return err
+		}
+		return fmt.Errorf("tor not ready: %w (%v)", err, a.link.ready())
+	}
+	return nil
+}
