@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -13,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"github.com/torgate/torgate/internal/nstest"
 	"github.com/torgate/torgate/socks"
@@ -152,4 +156,112 @@ func TestCheckPassesAndFails(t *testing.T) {
 	if !strings.Contains(string(out), "FAIL fetch") || !strings.Contains(string(out), "connection refused") {
 		t.Fatalf("check did not name the cause:\n%s", out)
 	}
+}
+
+// TestMetricsDuringTransfer scrapes the admin endpoint while a command
+// inside "torgate exec" downloads: packets, bytes, flows and DNS counters
+// move, the exposition lints clean, and no label holds an address.
+func TestMetricsDuringTransfer(t *testing.T) {
+	nstest.RequireRoot(t, "curl")
+	bin := buildTorgate(t)
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := make([]byte, 32<<10)
+		for range 64 { // 2 MiB over about 3 s
+			w.Write(chunk)
+			w.(http.Flusher).Flush()
+			time.Sleep(50 * time.Millisecond)
+		}
+	}))
+	defer web.Close()
+	srv := sockstest.NewServer(t, sockstest.Config{
+		Connect: sockstest.DialTo(func(socks.Addr) string { return web.Listener.Addr().String() }),
+	})
+	adminSock := filepath.Join(t.TempDir(), "admin.sock")
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "exec", "--socks", srv.Addr(), "--admin", adminSock, "--log-level", "error", "--",
+		"curl", "-sS", "-o", "/dev/null", "http://download.example.test/")
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", adminSock)
+	}}}
+	want := []string{"torgate_tun_packets_in_total", "torgate_tun_bytes_out_total", "torgate_flows_total", "torgate_dns_queries_total"}
+	var body string
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if resp, err := client.Get("http://torgate/metrics"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body = string(b)
+			if allNonZero(body, want) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("counters %v not all non-zero during the transfer:\n%s\ncommand output: %s", want, grepMetrics(body, want), out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	problems, err := promlint.New(strings.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+	if path, err := exec.LookPath("promtool"); err == nil {
+		pc := exec.Command(path, "check", "metrics")
+		pc.Stdin = strings.NewReader(body)
+		if out, err := pc.CombinedOutput(); err != nil {
+			t.Errorf("promtool check metrics: %v\n%s", err, out)
+		}
+	}
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, "#") || !strings.Contains(line, "{") {
+			continue
+		}
+		labels := line[strings.Index(line, "{"):strings.LastIndex(line, "}")]
+		for _, bad := range []string{"download.example", "10.152.152.11", "127.0.0.1", "10.192."} {
+			if strings.Contains(labels, bad) {
+				t.Errorf("label holds an address or name: %s", line)
+			}
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exec: %v\n%s", err, out)
+	}
+}
+
+func allNonZero(body string, names []string) bool {
+	for _, n := range names {
+		found := false
+		for _, line := range strings.Split(body, "\n") {
+			if strings.HasPrefix(line, n) && !strings.HasSuffix(line, " 0") {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+func grepMetrics(body string, names []string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(body, "\n") {
+		for _, n := range names {
+			if strings.HasPrefix(line, n) {
+				b.WriteString(line + "\n")
+			}
+		}
+	}
+	return b.String()
 }
