@@ -548,7 +548,8 @@ type TCPRequest struct {
 var ErrCompleted = errors.New("netstack: tcp request already completed")
 
 // Accept completes the handshake and returns the connection. The returned
-// net.Conn also implements CloseRead and CloseWrite for half-close.
+// net.Conn also implements CloseRead and CloseWrite for half-close, and
+// WaitRead (see Conn).
 func (r *TCPRequest) Accept() (net.Conn, error) {
 	if !r.done.CompareAndSwap(false, true) {
 		return nil, ErrCompleted
@@ -568,7 +569,45 @@ func (r *TCPRequest) Accept() (net.Conn, error) {
 	intvl := tcpip.KeepaliveIntervalOption(30 * time.Second)
 	ep.SetSockOpt(&intvl)
 	ep.SetSockOptInt(tcpip.KeepaliveCountOption, 4)
-	return gonet.NewTCPConn(&wq, ep), nil
+	return newConn(&wq, ep), nil
+}
+
+// Conn is a TCP connection terminated by the stack: a gonet.TCPConn that
+// can also wait for data without a buffer, so that a relay blocked on an
+// idle flow holds none.
+type Conn struct {
+	*gonet.TCPConn
+	ep    tcpip.Endpoint
+	wq    *waiter.Queue
+	entry waiter.Entry
+	ready chan struct{}
+}
+
+var _ net.Conn = (*Conn)(nil)
+
+// readEvents wake WaitRead: data, end of stream, reset or close.
+const readEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
+
+func newConn(wq *waiter.Queue, ep tcpip.Endpoint) *Conn {
+	c := &Conn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, wq: wq}
+	c.entry, c.ready = waiter.NewChannelEntry(readEvents)
+	return c
+}
+
+// WaitRead blocks until a Read would not block: data has arrived, the peer
+// finished sending, or the connection failed or was closed. It ignores
+// deadlines and must not be called concurrently with itself; closing the
+// connection ends the wait.
+func (c *Conn) WaitRead() error {
+	if c.ep.Readiness(readEvents) != 0 {
+		return nil
+	}
+	c.wq.EventRegister(&c.entry)
+	defer c.wq.EventUnregister(&c.entry)
+	for c.ep.Readiness(readEvents) == 0 {
+		<-c.ready
+	}
+	return nil
 }
 
 // Reject answers the SYN with a RST: the client sees connection refused.

@@ -78,13 +78,47 @@ func (t *Tunnel) relay(gen context.Context, client, up net.Conn) {
 	fs.abort()
 }
 
+// readWaiter is implemented by connections that can wait for data without
+// a buffer: netstack.Conn, and sockets through socketWaiter.
+type readWaiter interface{ WaitRead() error }
+
+// waiterFor returns how to wait for data on c without a buffer, or nil.
+func waiterFor(c net.Conn) readWaiter {
+	if rw, ok := c.(readWaiter); ok {
+		return rw
+	}
+	if w := newSocketWaiter(c); w != nil {
+		return w
+	}
+	return nil
+}
+
 // pipe copies src to dst and half-closes dst on EOF.
+//
+// An idle flow holds no copy buffer: a buffer is taken from the pool when
+// data is there and given back as soon as a read comes back short (the
+// source is drained), and the wait in between needs none (waiterFor).
+// A source that cannot wait that way keeps its buffer while blocked.
 func (t *Tunnel) pipe(fs *flowState, dst, src net.Conn) int64 {
-	buf := relayBufs.Get().(*[relayBufSize]byte)
-	defer relayBufs.Put(buf)
+	var buf *[relayBufSize]byte
+	defer func() {
+		if buf != nil {
+			relayBufs.Put(buf)
+		}
+	}()
+	wait := waiterFor(src)
 	var total int64
 	var err error
 	for {
+		if buf == nil {
+			if wait != nil {
+				if werr := wait.WaitRead(); werr != nil {
+					err = werr
+					break
+				}
+			}
+			buf = relayBufs.Get().(*[relayBufSize]byte)
+		}
 		n, rerr := src.Read(buf[:])
 		if n > 0 {
 			fs.last.Store(time.Now().UnixNano())
@@ -99,6 +133,11 @@ func (t *Tunnel) pipe(fs *flowState, dst, src net.Conn) int64 {
 				err = rerr
 			}
 			break
+		}
+		if wait != nil && n < relayBufSize {
+			// Drained: wait for more without a buffer.
+			relayBufs.Put(buf)
+			buf = nil
 		}
 	}
 	if err != nil {
