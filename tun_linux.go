@@ -17,13 +17,13 @@ func openTUN(cfg *Config) (tun.Device, error) {
 	case cfg.Device != nil:
 		return cfg.Device, nil
 	case cfg.TUNFD > 0:
-		f := os.NewFile(uintptr(cfg.TUNFD), "tun")
-		if f == nil {
-			return nil, fmt.Errorf("tun fd %d is not open", cfg.TUNFD)
-		}
-		dev, err := tun.CreateTUNFromFile(f, cfg.MTU)
+		// Unmonitored: the TUN handed over may live in another network
+		// namespace (a container's, a workstation's), where netlink from
+		// here cannot see it. torgate needs no link events; the MTU
+		// comes from the config.
+		dev, _, err := tun.CreateUnmonitoredTUNFromFD(cfg.TUNFD)
 		if err != nil {
-			return nil, fmt.Errorf("adopt tun fd %d: %w", cfg.TUNFD, err)
+			return nil, fmt.Errorf("adopt tun fd %d: %w (is it an open /dev/net/tun file descriptor?)", cfg.TUNFD, err)
 		}
 		return dev, nil
 	default:

@@ -37,6 +37,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	target := fs.String("url", "http://check.torproject.org/", "URL fetched through Tor")
 	adminAddr := fs.String("admin", "", "torgate's admin endpoint (loopback or unix socket) to ask whether Tor is bootstrapped; optional")
 	timeout := fs.Duration("timeout", 60*time.Second, "time limit for the fetch (Tor circuits take seconds)")
+	dnsName := fs.String("dns-name", "", "name to look up (default: the URL's host, or check.torproject.org when that is an address)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -50,14 +51,26 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *adminAddr != "" {
 		c.run("tor", func() (string, error) { return checkReady(ctx, *adminAddr) })
 	}
+	name := *dnsName
+	if name == "" {
+		name = u.Hostname()
+		if _, err := netip.ParseAddr(name); err == nil {
+			name = "check.torproject.org"
+		}
+	}
 	ns := resolvConfServer()
-	c.run("dns", func() (string, error) { return checkDNS(ns, u.Hostname()) })
+	c.run("dns", func() (string, error) {
+		_, msg, err := checkDNS(ns, name)
+		return msg, err
+	})
 	c.run("dns-intercept", func() (string, error) {
-		msg, err := checkDNS(outsideProbe, u.Hostname())
-		if err != nil {
+		// Any answer at all from an address where no resolver exists
+		// (SERVFAIL included) can only come from torgate.
+		rcode, _, err := checkDNS(outsideProbe, name)
+		if rcode < 0 {
 			return "", fmt.Errorf("query to %s (a resolver that does not exist) got no answer: port 53 is not intercepted: %w", outsideProbe, err)
 		}
-		return "a query to a foreign resolver address was answered by torgate: " + msg, nil
+		return fmt.Sprintf("a query to %s, where no resolver exists, was answered (%s): port 53 is intercepted", outsideProbe, dnsmessage.RCode(rcode)), nil
 	})
 	c.run("fetch", func() (string, error) { return checkFetch(ctx, *target, *timeout) })
 	c.run("udp-blocked", checkUDPBlocked)
@@ -145,56 +158,56 @@ func resolvConfServer() string {
 }
 
 // checkDNS sends one A query over UDP to server and describes the answer.
-func checkDNS(server, name string) (string, error) {
+// rcode is -1 when no valid answer arrived.
+func checkDNS(server, name string) (rcode int, msg string, err error) {
+	rcode = -1
 	if server == "" {
-		return "", errors.New("no nameserver in /etc/resolv.conf")
-	}
-	if ip, err := netip.ParseAddr(name); err == nil {
-		name = ip.String() + ".invalid" // still exercises the path
+		return rcode, "", errors.New("no nameserver in /etc/resolv.conf")
 	}
 	q, err := dnsmessage.NewName(strings.TrimSuffix(name, ".") + ".")
 	if err != nil {
-		return "", err
+		return rcode, "", err
 	}
-	msg := dnsmessage.Message{
+	query := dnsmessage.Message{
 		Header:    dnsmessage.Header{ID: 0x7467, RecursionDesired: true},
 		Questions: []dnsmessage.Question{{Name: q, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}},
 	}
-	b, err := msg.Pack()
+	b, err := query.Pack()
 	if err != nil {
-		return "", err
+		return rcode, "", err
 	}
 	conn, err := net.Dial("udp", net.JoinHostPort(server, "53"))
 	if err != nil {
-		return "", err
+		return rcode, "", err
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := conn.Write(b); err != nil {
-		return "", err
+		return rcode, "", err
 	}
 	buf := make([]byte, 1500)
 	n, err := conn.Read(buf)
 	if err != nil {
-		return "", fmt.Errorf("no answer from %s: %w", server, err)
+		return rcode, "", fmt.Errorf("no answer from %s: %w", server, err)
 	}
 	var resp dnsmessage.Message
 	if err := resp.Unpack(buf[:n]); err != nil {
-		return "", fmt.Errorf("bad answer from %s: %w", server, err)
+		return rcode, "", fmt.Errorf("bad answer from %s: %w", server, err)
 	}
+	rcode = int(resp.RCode)
 	switch resp.RCode {
 	case dnsmessage.RCodeSuccess:
 	case dnsmessage.RCodeServerFailure:
-		return "", fmt.Errorf("SERVFAIL from %s: torgate answers SERVFAIL while Tor is down or not bootstrapped", server)
+		return rcode, "", fmt.Errorf("SERVFAIL from %s: torgate answers SERVFAIL while Tor is down or not bootstrapped", server)
 	default:
-		return "", fmt.Errorf("%s answered %s", server, resp.RCode)
+		return rcode, "", fmt.Errorf("%s answered %s", server, resp.RCode)
 	}
 	for _, a := range resp.Answers {
 		if r, ok := a.Body.(*dnsmessage.AResource); ok {
-			return fmt.Sprintf("%s -> %s (from %s)", name, netip.AddrFrom4(r.A), server), nil
+			return rcode, fmt.Sprintf("%s -> %s (from %s)", name, netip.AddrFrom4(r.A), server), nil
 		}
 	}
-	return "", fmt.Errorf("%s gave no address for %s", server, name)
+	return rcode, "", fmt.Errorf("%s gave no address for %s", server, name)
 }
 
 func checkFetch(ctx context.Context, target string, timeout time.Duration) (string, error) {

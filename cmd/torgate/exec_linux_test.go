@@ -265,3 +265,68 @@ func grepMetrics(body string, names []string) string {
 	}
 	return b.String()
 }
+
+// TestCheckNamesTorDown: torgate run attached to a Tor that cannot
+// bootstrap (its network disabled); check from the workstation fails and
+// says Tor is not ready, and flows and DNS are refused.
+func TestCheckNamesTorDown(t *testing.T) {
+	nstest.RequireRoot(t, "tor")
+	bin := buildTorgate(t)
+	dir := t.TempDir()
+	os.Chmod(dir, 0o700)
+	torrc := filepath.Join(dir, "torrc")
+	os.WriteFile(torrc, []byte(fmt.Sprintf(`DataDirectory %[1]s/tor
+SocksPort unix:%[1]s/socks.sock
+ControlSocket %[1]s/control.sock
+CookieAuthentication 1
+DisableNetwork 1
+__OwningControllerProcess %[2]d
+`, dir, os.Getpid())), 0o600)
+	tor := exec.Command("tor", "-f", torrc, "--quiet")
+	if err := tor.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { tor.Process.Kill(); tor.Wait() }()
+	if !waitFile(filepath.Join(dir, "control.sock")) {
+		t.Fatal("tor's control socket did not appear")
+	}
+
+	ws := nstest.New(t, nstest.Options{Nameserver: "10.152.152.10"})
+	adminSock := filepath.Join(dir, "admin.sock")
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	run := exec.CommandContext(ctx, bin, "run", "--tun-fd", "3", "--tor-control", "unix:"+filepath.Join(dir, "control.sock"), "--socks", "unix:"+filepath.Join(dir, "socks.sock"),
+		"--admin", adminSock, "--log-level", "error")
+	run.ExtraFiles = []*os.File{ws.Dev.File()}
+	runOut := &strings.Builder{}
+	run.Stdout, run.Stderr = runOut, runOut
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { run.Process.Signal(syscall.SIGTERM); run.Wait() }()
+	if !waitFile(adminSock) {
+		t.Fatalf("admin socket did not appear; torgate run said:\n%s", runOut)
+	}
+
+	out, err := ws.Run(ctx, bin, "check", "--admin", adminSock, "--url", "http://198.51.100.80/", "--timeout", "5s")
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("check with Tor down: %v, want exit 1\n%s", err, out)
+	}
+	for _, want := range []string{"PASS route", "FAIL tor", "not ready", "FAIL dns ", "SERVFAIL", "PASS dns-intercept", "FAIL fetch", "connection refused"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("check output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func waitFile(path string) bool {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(path); err == nil {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false
+}
