@@ -14,12 +14,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/torgate/torgate/internal/netns"
 )
 
 // RequireRoot skips (or, under CI, fails) a test that needs root and the
@@ -117,34 +117,15 @@ func New(tb testing.TB, o Options) *Workstation {
 	return w
 }
 
-// createTUNIn opens a TUN inside the named namespace from a thread that
-// enters it for the duration of the call.
+// createTUNIn opens a TUN inside the named namespace.
 func createTUNIn(ns, name string, mtu int) (tun.Device, error) {
-	runtime.LockOSThread()
-	host, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	defer host.Close()
-	target, err := os.Open("/var/run/netns/" + ns)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	defer target.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return nil, fmt.Errorf("setns: %w", err)
-	}
-	dev, cerr := tun.CreateTUN(name, mtu)
-	if err := unix.Setns(int(host.Fd()), unix.CLONE_NEWNET); err != nil {
-		// This thread is stuck in the wrong namespace: leave it locked so
-		// it dies with the goroutine instead of running other code.
-		return nil, fmt.Errorf("setns back: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return dev, cerr
+	var dev tun.Device
+	err := netns.Do(ns, func() error {
+		var err error
+		dev, err = tun.CreateTUN(name, mtu)
+		return err
+	})
+	return dev, err
 }
 
 // Command returns a command that runs inside the namespace.
