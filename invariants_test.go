@@ -150,3 +150,21 @@ func TestSYNFloodIsBounded(t *testing.T) {
 	}
 	conn.Close()
 }
+
+// TestICMPUnreachableFlag: silence by default (TestDroppedTrafficIsCounted);
+// with the flag, dropped UDP is answered with ICMP port unreachable, and
+// still counted.
+func TestICMPUnreachableFlag(t *testing.T) {
+	f := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, func(c *torgate.Config) { c.ICMPUnreachable = true }, ws1)
+	before := f.hub.Delivered(ws1)
+	uc, err := f.ws[ws1].Net.DialUDPAddrPort(netip.AddrPort{}, netip.MustParseAddrPort("192.0.2.10:443"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	uc.Write([]byte("quic?"))
+	waitFor(t, func() bool { return f.hub.Delivered(ws1) > before })
+	if n := f.r.Stack().Stats().Drops[netstack.ReasonUDP].Load(); n == 0 {
+		t.Fatal("UDP answered with ICMP but not counted as a drop")
+	}
+}
