@@ -188,13 +188,16 @@ func (s *Server) serve(c net.Conn) {
 			s.untrack(c)
 		}
 	}()
-	dst, err := handshake(c)
+	dst, early, err := handshake(c)
 	if err != nil {
 		return
 	}
 	if s.cfg.Dial {
-		s.dial(c, dst)
+		s.dial(c, dst, early)
 		return
+	}
+	if len(early) > 0 {
+		return // the sinks serve clients that wait for the reply
 	}
 	if err := reply(c, 0x00); err != nil {
 		return
@@ -239,21 +242,25 @@ func (d destination) String() string {
 }
 
 // handshake reads the greeting, an optional RFC 1929 sub-negotiation and a
-// CONNECT request, with exact lengths so no stream byte is consumed.
-func handshake(c net.Conn) (destination, error) {
-	var b [2 + 255 + 255]byte
-	if _, err := io.ReadFull(c, b[:2]); err != nil {
-		return destination{}, err
+// CONNECT request. Each step is normally one read: the client waits for
+// each answer. Bytes after the request (a client that does not wait for
+// the reply) are returned in early, to be sent on first.
+func handshake(c net.Conn) (d destination, early []byte, err error) {
+	var b [2 + 255 + 1 + 255 + 512]byte
+	r := reader{c: c, buf: b[:]}
+	g, err := r.need(2)
+	if err != nil {
+		return d, nil, err
 	}
-	if b[0] != 5 || b[1] == 0 {
-		return destination{}, errProtocol
+	if g[0] != 5 || g[1] == 0 {
+		return d, nil, errProtocol
 	}
-	methods := b[2 : 2+int(b[1])]
-	if _, err := io.ReadFull(c, methods); err != nil {
-		return destination{}, err
+	g, err = r.need(2 + int(g[1]))
+	if err != nil {
+		return d, nil, err
 	}
 	method := byte(0xff)
-	for _, m := range methods {
+	for _, m := range g[2:] {
 		if m == 0x02 {
 			method = 0x02 // Tor prefers credentials: they carry isolation
 			break
@@ -262,65 +269,96 @@ func handshake(c net.Conn) (destination, error) {
 			method = 0x00
 		}
 	}
+	r.consume(len(g))
 	if _, err := c.Write([]byte{5, method}); err != nil || method == 0xff {
-		return destination{}, errProtocol
+		return d, nil, errProtocol
 	}
 	if method == 0x02 {
-		if _, err := io.ReadFull(c, b[:2]); err != nil {
-			return destination{}, err
+		a, err := r.need(2)
+		if err != nil {
+			return d, nil, err
 		}
-		ulen := int(b[1])
-		if _, err := io.ReadFull(c, b[:ulen+1]); err != nil { // user, plen
-			return destination{}, err
+		ulen := int(a[1])
+		if a, err = r.need(2 + ulen + 1); err != nil {
+			return d, nil, err
 		}
-		if _, err := io.ReadFull(c, b[:int(b[ulen])]); err != nil {
-			return destination{}, err
+		plen := int(a[2+ulen])
+		if a, err = r.need(2 + ulen + 1 + plen); err != nil {
+			return d, nil, err
 		}
+		r.consume(len(a))
 		if _, err := c.Write([]byte{1, 0}); err != nil {
-			return destination{}, err
+			return d, nil, err
 		}
 	}
-	if _, err := io.ReadFull(c, b[:4]); err != nil {
-		return destination{}, err
+	q, err := r.need(5)
+	if err != nil {
+		return d, nil, err
 	}
-	if b[0] != 5 || b[2] != 0 {
-		return destination{}, errProtocol
+	if q[0] != 5 || q[2] != 0 {
+		return d, nil, errProtocol
 	}
-	if b[1] != 0x01 { // CONNECT only
+	if q[1] != 0x01 { // CONNECT only
 		reply(c, 0x07)
-		return destination{}, errProtocol
+		return d, nil, errProtocol
 	}
-	var d destination
-	switch b[3] {
+	var alen int
+	switch q[3] {
 	case 0x01:
-		if _, err := io.ReadFull(c, b[:4]); err != nil {
-			return d, err
-		}
-		d.host = netip.AddrFrom4([4]byte(b[:4])).String()
+		alen = 4
 	case 0x04:
-		if _, err := io.ReadFull(c, b[:16]); err != nil {
-			return d, err
-		}
-		d.host = netip.AddrFrom16([16]byte(b[:16])).String()
+		alen = 16
 	case 0x03:
-		if _, err := io.ReadFull(c, b[:1]); err != nil {
-			return d, err
-		}
-		n := int(b[0])
-		if _, err := io.ReadFull(c, b[:n]); err != nil {
-			return d, err
-		}
-		d.host = string(b[:n])
+		alen = 1 + int(q[4])
 	default:
 		reply(c, 0x08)
-		return d, errProtocol
+		return d, nil, errProtocol
 	}
-	if _, err := io.ReadFull(c, b[:2]); err != nil {
-		return d, err
+	if q, err = r.need(4 + alen + 2); err != nil {
+		return d, nil, err
 	}
-	d.port = binary.BigEndian.Uint16(b[:2])
-	return d, nil
+	switch a := q[4 : 4+alen]; q[3] {
+	case 0x01:
+		d.host = netip.AddrFrom4([4]byte(a)).String()
+	case 0x04:
+		d.host = netip.AddrFrom16([16]byte(a)).String()
+	case 0x03:
+		d.host = string(a[1:])
+	}
+	d.port = binary.BigEndian.Uint16(q[4+alen:])
+	r.consume(len(q))
+	if rest := r.rest(); len(rest) > 0 {
+		early = append([]byte(nil), rest...)
+	}
+	return d, early, nil
 }
+
+// reader accumulates a connection's bytes so that each handshake message
+// costs one read, not one per field.
+type reader struct {
+	c         net.Conn
+	buf       []byte
+	off, have int // buf[off:have] is unconsumed
+}
+
+// need returns the next n unconsumed bytes, reading as needed.
+func (r *reader) need(n int) ([]byte, error) {
+	if r.off+n > len(r.buf) {
+		return nil, errProtocol
+	}
+	for r.have-r.off < n {
+		k, err := r.c.Read(r.buf[r.have:])
+		r.have += k
+		if err != nil && r.have-r.off < n {
+			return nil, err
+		}
+	}
+	return r.buf[r.off : r.off+n], nil
+}
+
+func (r *reader) consume(n int) { r.off += n }
+
+func (r *reader) rest() []byte { return r.buf[r.off:r.have] }
 
 // reply sends a reply with bound address 0.0.0.0:0, as Tor does.
 func reply(c net.Conn, code byte) error {
@@ -330,7 +368,7 @@ func reply(c net.Conn, code byte) error {
 
 // dial connects to the real destination and relays until both directions
 // end.
-func (s *Server) dial(c net.Conn, dst destination) {
+func (s *Server) dial(c net.Conn, dst destination, early []byte) {
 	up, err := net.DialTimeout("tcp", dst.String(), s.cfg.DialTimeout)
 	if err != nil {
 		code := byte(0x05) // connection refused
@@ -348,6 +386,11 @@ func (s *Server) dial(c net.Conn, dst destination) {
 	defer s.untrack(up)
 	if err := reply(c, 0x00); err != nil {
 		return
+	}
+	if len(early) > 0 {
+		if _, err := up.Write(early); err != nil {
+			return
+		}
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { pipe(up, c) })

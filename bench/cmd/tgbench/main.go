@@ -48,6 +48,7 @@ commands:
   socks    a SOCKS5 server that connects to real destinations
   serve    the short-connection target server
   load     the short-connection load generator
+  router   torgate in-process with a pprof endpoint, for profiling
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -64,6 +65,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdServe(ctx, args[1:], stderr)
 	case "load":
 		return cmdLoad(ctx, args[1:], stdout, stderr)
+	case "router":
+		return cmdRouter(ctx, args[1:], stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -76,8 +79,16 @@ func cmdSocks(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tgbench socks", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:1080", "address to listen on")
+	pprofPath := fs.String("pprof", "", "serve net/http/pprof on this unix socket")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *pprofPath != "" {
+		stop, err := servePprof(*pprofPath)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	srv, err := socksd.ListenAndServe(*listen, true, log)

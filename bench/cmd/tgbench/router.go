@@ -26,6 +26,7 @@ import (
 //	{socks}    the SOCKS5 server's host:port (127.0.0.1:1080)
 //	{mtu}      the MTU under test
 //	{torgate}  the torgate binary given with --torgate
+//	{tgbench}  this binary (its "router" subcommand is torgate with pprof)
 //
 // Name mode (the template has {tun}): the harness waits for the device to
 // appear in the gateway namespace, gives the router --settle to finish

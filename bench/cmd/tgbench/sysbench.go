@@ -72,7 +72,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.IntVar(&f.repeat, "repeat", 3, "runs of each test per path; medians are reported")
 	fs.DurationVar(&f.iperfTime, "iperf-time", 10*time.Second, "iperf3 duration")
 	fs.DurationVar(&f.loadTime, "load-time", 10*time.Second, "duration of each short-connection load")
-	fs.Float64Var(&f.openRate, "open-rate", 2000, "open-loop rate, connections/s")
+	fs.Float64Var(&f.openRate, "open-rate", 1000, "open-loop rate, connections/s (below both paths' capacity: the figure of interest is latency)")
 	fs.Float64Var(&f.reconnRate, "reconnect-rate", 1000, "reconnect test rate, connections/s")
 	fs.IntVar(&f.workers, "workers", 16, "closed-loop workers")
 	fs.DurationVar(&f.settle, "settle", 500*time.Millisecond, "name mode: time the router gets to configure its TUN before it is moved")
@@ -221,7 +221,7 @@ func (e *env) setup(ctx context.Context) error {
 	// Servers in the gateway namespace: the SOCKS server the router uses,
 	// the short-connection target and iperf3.
 	for _, args := range [][]string{
-		{e.self, "socks", "-listen", socksListen},
+		append([]string{e.self, "socks", "-listen", socksListen}, e.socksArgs()...),
 		{e.self, "serve", "-listen", targetIP + ":" + servePort},
 		{"iperf3", "-s", "-B", targetIP, "-p", iperfPort},
 	} {
@@ -234,6 +234,15 @@ func (e *env) setup(ctx context.Context) error {
 		if !waitFor(ctx, 5*time.Second, func() bool { return e.listening(addr) }) {
 			return fmt.Errorf("server on %s did not start (see %s)", addr, filepath.Join(e.f.out, "servers.log"))
 		}
+	}
+	return nil
+}
+
+// socksArgs are extra flags for the SOCKS server (a pprof socket when
+// TGBENCH_SOCKS_PPROF names one).
+func (e *env) socksArgs() []string {
+	if p := os.Getenv("TGBENCH_SOCKS_PPROF"); p != "" {
+		return []string{"-pprof", p}
 	}
 	return nil
 }
@@ -304,6 +313,7 @@ func (e *env) startRouterFor(ctx context.Context, mtu int) error {
 		"socks":   socksListen,
 		"mtu":     strconv.Itoa(mtu),
 		"torgate": e.f.torgate,
+		"tgbench": e.self,
 	}
 	command := expandRouter(e.f.router, vars)
 	logPath := filepath.Join(e.f.out, "router.log")
