@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/torgate/torgate/internal/ctlproto"
 )
 
 // Bootstrap is Tor's bootstrap phase, from GETINFO status/bootstrap-phase
@@ -66,58 +68,14 @@ func (s Status) Reason() string {
 // errSyntax is returned by the parsers for malformed control-port text.
 var errSyntax = errors.New("malformed control reply")
 
-// splitFields splits a control-protocol line into space-separated fields,
-// where a field may be or contain a quoted string with C-style escapes
-// (KEY="some value"). Quotes are removed and escapes resolved.
+// splitFields splits a control-protocol line into fields (see
+// ctlproto.SplitFields), reporting malformed text as errSyntax.
 func splitFields(s string) ([]string, error) {
-	var out []string
-	var b strings.Builder
-	inField, inQuote := false, false
-	for i := 0; i < len(s); i++ {
-		ch := s[i]
-		switch {
-		case inQuote && ch == '\\':
-			i++
-			if i == len(s) {
-				return nil, fmt.Errorf("%w: escape at end of line", errSyntax)
-			}
-			b.WriteByte(unescape(s[i]))
-		case inQuote && ch == '"':
-			inQuote = false
-		case inQuote:
-			b.WriteByte(ch)
-		case ch == '"':
-			inQuote, inField = true, true
-		case ch == ' ':
-			if inField {
-				out = append(out, b.String())
-				b.Reset()
-				inField = false
-			}
-		default:
-			b.WriteByte(ch)
-			inField = true
-		}
+	f, err := ctlproto.SplitFields(s)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errSyntax, err)
 	}
-	if inQuote {
-		return nil, fmt.Errorf("%w: unterminated quoted string", errSyntax)
-	}
-	if inField {
-		out = append(out, b.String())
-	}
-	return out, nil
-}
-
-func unescape(ch byte) byte {
-	switch ch {
-	case 'n':
-		return '\n'
-	case 'r':
-		return '\r'
-	case 't':
-		return '\t'
-	}
-	return ch
+	return f, nil
 }
 
 // parseStatus parses the text of a STATUS_* event or of GETINFO

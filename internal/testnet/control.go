@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/torgate/torgate/internal/ctlproto"
 )
 
 // Limits of the control-protocol reader, so that a confused peer cannot
@@ -349,53 +351,14 @@ func parseCircuit(line string) (Circuit, error) {
 	return circ, nil
 }
 
-// splitQuoted splits on spaces, except inside double quotes, and unquotes
-// KEY="VALUE" tokens (backslash escapes as in the control spec).
+// splitQuoted splits a reply line into fields, unquoting KEY="VALUE"
+// tokens (backslash escapes as in the control spec).
 func splitQuoted(s string) ([]string, error) {
-	var out []string
-	var cur strings.Builder
-	inQuote, escaped, have := false, false, false
-	for i := 0; i < len(s); i++ {
-		ch := s[i]
-		switch {
-		case escaped:
-			cur.WriteByte(unescapeByte(ch))
-			escaped = false
-		case inQuote && ch == '\\':
-			escaped = true
-		case ch == '"':
-			inQuote = !inQuote
-			have = true
-		case ch == ' ' && !inQuote:
-			if have {
-				out = append(out, cur.String())
-				cur.Reset()
-				have = false
-			}
-		default:
-			cur.WriteByte(ch)
-			have = true
-		}
+	f, err := ctlproto.SplitFields(s)
+	if err != nil {
+		return nil, fmt.Errorf("control: %w in %q", err, s)
 	}
-	if inQuote || escaped {
-		return nil, fmt.Errorf("control: unterminated quote in %q", s)
-	}
-	if have {
-		out = append(out, cur.String())
-	}
-	return out, nil
-}
-
-func unescapeByte(ch byte) byte {
-	switch ch {
-	case 'n':
-		return '\n'
-	case 'r':
-		return '\r'
-	case 't':
-		return '\t'
-	}
-	return ch
+	return f, nil
 }
 
 // quote makes a control-protocol quoted string.
