@@ -12,26 +12,29 @@ import (
 
 // Report is one sitting's results; results.json holds it as is.
 type Report struct {
-	Date    string  `json:"date"`
-	Commit  string  `json:"commit,omitempty"`
-	Router  string  `json:"router"`
-	Note    string  `json:"note,omitempty"`
-	CPUs    int     `json:"cpus"`
-	Kernel  string  `json:"kernel"`
-	Repeat  int     `json:"repeat"`
-	IperfS  float64 `json:"iperf_seconds"`
-	LoadS   float64 `json:"load_seconds"`
-	Workers int     `json:"closed_loop_workers"`
-	Rows    []Row   `json:"rows"`
+	Date    string       `json:"date"`
+	Commit  string       `json:"commit,omitempty"`
+	Routers []routerSpec `json:"routers"`
+	Note    string       `json:"note,omitempty"`
+	CPUs    int          `json:"cpus"`
+	Kernel  string       `json:"kernel"`
+	Repeat  int          `json:"repeat"`
+	IperfS  float64      `json:"iperf_seconds"`
+	LoadS   float64      `json:"load_seconds"`
+	Workers int          `json:"closed_loop_workers"`
+	Rows    []Row        `json:"rows"`
 }
 
-// Row is one test at one MTU, both paths.
+// Row is one test at one MTU through one router, with the kernel path
+// measured right before each router run.
 type Row struct {
-	MTU    int      `json:"mtu"`
-	Test   string   `json:"test"`
-	Unit   string   `json:"unit"`
-	Kernel []Sample `json:"kernel"`
-	Router []Sample `json:"router"`
+	MTU    int    `json:"mtu"`
+	Test   string `json:"test"`
+	Router string `json:"router"`
+	Unit   string `json:"unit"`
+	// KernelRuns[i] was measured right before RouterRuns[i].
+	KernelRuns []Sample `json:"kernel_runs"`
+	RouterRuns []Sample `json:"router_runs"`
 	// Medians over the runs without error, and router/kernel.
 	KernelMedian float64 `json:"kernel_median"`
 	RouterMedian float64 `json:"router_median"`
@@ -83,7 +86,7 @@ func finish(rows []Row) []Row {
 		r.Unit = unitOf(r.Test)
 		var kv, rv, cpu, kp, rp []float64
 		r.KernelFailures, r.RouterFailures, r.Errors, r.RouterPeakRSS = 0, 0, 0, 0
-		for _, s := range r.Kernel {
+		for _, s := range r.KernelRuns {
 			if s.Err != "" {
 				r.Errors++
 				continue
@@ -94,7 +97,7 @@ func finish(rows []Row) []Row {
 				r.KernelFailures += s.Load.Failures
 			}
 		}
-		for _, s := range r.Router {
+		for _, s := range r.RouterRuns {
 			if s.Err != "" {
 				r.Errors++
 				continue
@@ -122,12 +125,14 @@ func (rep *Report) Markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s, commit %s, %d CPUs, kernel %s; medians of %d runs; iperf3 %gs, loads %gs, closed loop %d workers\n\n",
 		rep.Date, orDash(rep.Commit), rep.CPUs, rep.Kernel, rep.Repeat, rep.IperfS, rep.LoadS, rep.Workers)
-	fmt.Fprintf(&b, "Router: `%s`\n\n", rep.Router)
+	for _, r := range rep.Routers {
+		fmt.Fprintf(&b, "Router %s: `%s`\n\n", r.Name, r.Template)
+	}
 	if rep.Note != "" {
 		fmt.Fprintf(&b, "Settings: %s\n\n", rep.Note)
 	}
-	b.WriteString("| MTU | test | kernel | router | ratio | router CPU s | router peak RSS MiB | p99 ms kernel / router | failures kernel / router |\n")
-	b.WriteString("| --: | --- | --: | --: | --: | --: | --: | --: | --: |\n")
+	b.WriteString("| MTU | test | router | kernel | router | ratio | router CPU s | router peak RSS MiB | p99 ms kernel / router | failures kernel / router |\n")
+	b.WriteString("| --: | --- | --- | --: | --: | --: | --: | --: | --: | --: |\n")
 	for _, r := range rep.Rows {
 		p99, fails := "", ""
 		if !strings.HasPrefix(r.Test, "tcp-") {
@@ -138,8 +143,8 @@ func (rep *Report) Markdown() string {
 		if r.Errors > 0 {
 			errs = fmt.Sprintf(" (%d runs failed)", r.Errors)
 		}
-		fmt.Fprintf(&b, "| %d | %s%s | %.0f %s | %.0f %s | %.2f | %.1f | %.1f | %s | %s |\n",
-			r.MTU, r.Test, errs, r.KernelMedian, r.Unit, r.RouterMedian, r.Unit, r.Ratio, r.RouterCPU, r.RouterPeakRSS, p99, fails)
+		fmt.Fprintf(&b, "| %d | %s%s | %s | %.0f %s | %.0f %s | %.2f | %.1f | %.1f | %s | %s |\n",
+			r.MTU, r.Test, errs, r.Router, r.KernelMedian, r.Unit, r.RouterMedian, r.Unit, r.Ratio, r.RouterCPU, r.RouterPeakRSS, p99, fails)
 	}
 	return b.String()
 }

@@ -31,13 +31,13 @@ const (
 	socksListen = "127.0.0.1:1080" // in the gateway namespace
 	iperfPort   = "5201"
 	servePort   = "8080"
-	tunName     = "tgb0"
+	tunPrefix   = "tgb" // router i's TUN is tgb<i>
 	vethWSName  = "tgbk0"
 	vethGWName  = "tgbk1"
 )
 
 type runFlags struct {
-	router     string
+	routers    []routerSpec
 	torgate    string
 	out        string
 	mtus       string
@@ -63,7 +63,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := flag.NewFlagSet("tgbench run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var f runFlags
-	fs.StringVar(&f.router, "router", "{torgate} run --tun {tun} --addr '' --socks {socks} --mtu {mtu}", "router command template (see the contract in bench/README.md); placeholders {tun} or {tunfd}, {socks}, {mtu}, {torgate}")
+	fs.Func("router", "router command template, [NAME=]TEMPLATE (see the contract in bench/README.md); placeholders {tun} or {tunfd}, {socks}, {mtu}, {torgate}, {tgbench}. Repeat the flag to measure several routers (or settings) in one sitting, each right after the kernel path (default: torgate)", func(v string) error {
+		f.routers = append(f.routers, parseRouterSpec(v, len(f.routers)))
+		return nil
+	})
 	fs.StringVar(&f.torgate, "torgate", "", "torgate binary for {torgate}")
 	fs.StringVar(&f.out, "out", "", "directory for results.json, results.md and router.log (default: a new directory under /tmp)")
 	fs.StringVar(&f.mtus, "mtus", "1500,9000", "MTUs to measure, comma-separated; the first is the reference")
@@ -95,11 +98,21 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil || len(mtus) == 0 {
 		return fmt.Errorf("--mtus: %q", f.mtus)
 	}
-	if strings.Contains(f.router, "{torgate}") && f.torgate == "" {
-		return errors.New("--torgate is needed by the router template")
+	if len(f.routers) == 0 {
+		f.routers = []routerSpec{{Name: "torgate", Template: defaultRouter}}
 	}
-	if !strings.Contains(f.router, "{tun}") && !strings.Contains(f.router, "{tunfd}") {
-		return errors.New("--router must contain {tun} or {tunfd}")
+	names := map[string]bool{}
+	for _, r := range f.routers {
+		if strings.Contains(r.Template, "{torgate}") && f.torgate == "" {
+			return errors.New("--torgate is needed by the router template")
+		}
+		if !strings.Contains(r.Template, "{tun}") && !strings.Contains(r.Template, "{tunfd}") {
+			return fmt.Errorf("--router %q must contain {tun} or {tunfd}", r.Template)
+		}
+		if names[r.Name] {
+			return fmt.Errorf("two routers named %q", r.Name)
+		}
+		names[r.Name] = true
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -111,7 +124,14 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		f.id = "tgb-" + hex.EncodeToString(id[:])
 	}
 	e := &env{f: f, self: self, id: f.id, log: stderr}
-	e.gw, e.wsT, e.wsK = e.id+"-gw", e.id+"-wst", e.id+"-wsk"
+	e.gw, e.wsK = e.id+"-gw", e.id+"-wsk"
+	for i, spec := range f.routers {
+		e.routers = append(e.routers, &routerInst{
+			spec: spec,
+			tun:  fmt.Sprintf("%s%d", tunPrefix, i),
+			ws:   fmt.Sprintf("%s-ws%d", e.id, i),
+		})
+	}
 	if f.out == "" {
 		f.out = filepath.Join(os.TempDir(), e.id)
 	}
@@ -124,7 +144,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	rep := &Report{
 		Date:    time.Now().UTC().Format(time.RFC3339),
 		Commit:  f.commit,
-		Router:  f.router,
+		Routers: f.routers,
 		Note:    f.note,
 		CPUs:    runtime.NumCPU(),
 		Kernel:  kernelRelease(),
@@ -178,17 +198,47 @@ func kernelRelease() string {
 	return string(b)
 }
 
-// env is one sitting: the namespaces, the servers and the router.
-type env struct {
-	f            runFlags
-	self         string
-	id           string
-	gw, wsT, wsK string
-	log          io.Writer
+// defaultRouter is torgate in name mode.
+const defaultRouter = "{torgate} run --tun {tun} --addr '' --admin '' --socks {socks} --mtu {mtu}"
 
-	procs  []*exec.Cmd // servers in the gateway namespace
-	router *routerProc
-	nsMade []string
+// routerSpec is one router under test.
+type routerSpec struct {
+	Name     string `json:"name"`
+	Template string `json:"template"`
+}
+
+// parseRouterSpec splits "NAME=TEMPLATE"; a template whose first word has
+// no '=' before it gets the name "router<i>" ("torgate" for the first).
+func parseRouterSpec(v string, i int) routerSpec {
+	if eq := strings.IndexByte(v, '='); eq > 0 && !strings.ContainsAny(v[:eq], " \t{/") {
+		return routerSpec{Name: v[:eq], Template: v[eq+1:]}
+	}
+	name := fmt.Sprintf("router%d", i)
+	if i == 0 {
+		name = "torgate"
+	}
+	return routerSpec{Name: name, Template: v}
+}
+
+// routerInst is a router in this sitting: its own TUN and workstation
+// namespace, all sharing the gateway namespace and its servers.
+type routerInst struct {
+	spec routerSpec
+	tun  string
+	ws   string
+	proc *routerProc
+}
+
+// env is one sitting: the namespaces, the servers and the routers.
+type env struct {
+	f       runFlags
+	self    string
+	id      string
+	gw, wsK string
+	routers []*routerInst
+	log     io.Writer
+	procs   []*exec.Cmd // servers in the gateway namespace
+	nsMade  []string
 }
 
 func (e *env) logf(format string, args ...any) {
@@ -197,7 +247,11 @@ func (e *env) logf(format string, args ...any) {
 
 // setup creates the namespaces, the kernel path and the servers.
 func (e *env) setup(ctx context.Context) error {
-	for _, ns := range []string{e.gw, e.wsT, e.wsK} {
+	nss := []string{e.gw, e.wsK}
+	for _, r := range e.routers {
+		nss = append(nss, r.ws)
+	}
+	for _, ns := range nss {
 		if err := ip(ctx, "netns", "add", ns); err != nil {
 			return err
 		}
@@ -206,7 +260,7 @@ func (e *env) setup(ctx context.Context) error {
 			return err
 		}
 	}
-	e.logf("namespaces %s, %s, %s", e.gw, e.wsT, e.wsK)
+	e.logf("namespaces %s", strings.Join(nss, ", "))
 	if err := ipBatch(ctx,
 		[]string{"-n", e.gw, "addr", "add", targetIP + "/32", "dev", "lo"},
 		[]string{"link", "add", vethWSName, "netns", e.wsK, "type", "veth", "peer", "name", vethGWName, "netns", e.gw},
@@ -272,10 +326,7 @@ func (e *env) listening(addr string) bool {
 // teardown stops every process the harness started and deletes the
 // namespaces. It runs on every exit path, interrupts included.
 func (e *env) teardown() {
-	if e.router != nil {
-		e.router.stop()
-		e.router = nil
-	}
+	e.stopRouters()
 	for _, c := range e.procs {
 		c.Process.Signal(syscall.SIGTERM)
 	}
@@ -304,29 +355,29 @@ func (e *env) teardown() {
 	e.nsMade = nil
 }
 
-// startRouterFor starts the router for one MTU and wires its TUN into the
+// startRouter starts one router for one MTU and wires its TUN into its
 // workstation namespace.
-func (e *env) startRouterFor(ctx context.Context, mtu int) error {
+func (e *env) startRouter(ctx context.Context, r *routerInst, mtu int) error {
 	vars := map[string]string{
-		"tun":     tunName,
+		"tun":     r.tun,
 		"tunfd":   "3",
 		"socks":   socksListen,
 		"mtu":     strconv.Itoa(mtu),
 		"torgate": e.f.torgate,
 		"tgbench": e.self,
 	}
-	command := expandRouter(e.f.router, vars)
-	logPath := filepath.Join(e.f.out, "router.log")
-	fdMode := strings.Contains(e.f.router, "{tunfd}")
+	command := expandRouter(r.spec.Template, vars)
+	logPath := filepath.Join(e.f.out, "router-"+r.spec.Name+".log")
+	fdMode := strings.Contains(r.spec.Template, "{tunfd}")
 	var extra []*os.File
 	if fdMode {
-		tf, err := openTUNIn(e.wsT, tunName, e.f.vnetHdr)
+		tf, err := openTUNIn(r.ws, r.tun, e.f.vnetHdr)
 		if err != nil {
 			return err
 		}
 		defer tf.Close() // the router has its own copy
 		extra = []*os.File{tf}
-		if err := e.configureTUN(ctx, mtu); err != nil {
+		if err := e.configureTUN(ctx, r, mtu); err != nil {
 			return err
 		}
 	}
@@ -334,53 +385,55 @@ func (e *env) startRouterFor(ctx context.Context, mtu int) error {
 	if err != nil {
 		return err
 	}
-	e.router = p
+	r.proc = p
 	if !fdMode {
-		if !waitFor(ctx, 10*time.Second, func() bool { return linkExists(e.gw, tunName) || !p.alive() }) || !p.alive() {
-			return fmt.Errorf("router did not create TUN %s (see %s)", tunName, logPath)
+		if !waitFor(ctx, 10*time.Second, func() bool { return linkExists(e.gw, r.tun) || !p.alive() }) || !p.alive() {
+			return fmt.Errorf("router %s did not create TUN %s (see %s)", r.spec.Name, r.tun, logPath)
 		}
 		// Give the router time to configure its device, then take it.
 		waitFor(ctx, e.f.settle, func() bool { return false })
 		if !p.alive() {
-			return fmt.Errorf("router exited (see %s)", logPath)
+			return fmt.Errorf("router %s exited (see %s)", r.spec.Name, logPath)
 		}
-		if err := ip(ctx, "-n", e.gw, "link", "set", tunName, "netns", e.wsT); err != nil {
+		if err := ip(ctx, "-n", e.gw, "link", "set", r.tun, "netns", r.ws); err != nil {
 			return err
 		}
-		if err := e.configureTUN(ctx, mtu); err != nil {
+		if err := e.configureTUN(ctx, r, mtu); err != nil {
 			return err
 		}
 	}
 	time.Sleep(200 * time.Millisecond)
 	if !p.alive() {
-		return fmt.Errorf("router exited after start (see %s)", logPath)
+		return fmt.Errorf("router %s exited after start (see %s)", r.spec.Name, logPath)
 	}
-	e.logf("router pid %d, mtu %d: %s", p.pid, mtu, command)
+	e.logf("router %s pid %d, mtu %d: %s", r.spec.Name, p.pid, mtu, command)
 	return nil
 }
 
-func (e *env) configureTUN(ctx context.Context, mtu int) error {
+func (e *env) configureTUN(ctx context.Context, r *routerInst, mtu int) error {
 	return ipBatch(ctx,
-		[]string{"-n", e.wsT, "addr", "add", tunWS, "dev", tunName},
-		[]string{"-n", e.wsT, "link", "set", tunName, "mtu", strconv.Itoa(mtu), "up"},
-		[]string{"-n", e.wsT, "route", "add", "default", "dev", tunName},
+		[]string{"-n", r.ws, "addr", "add", tunWS, "dev", r.tun},
+		[]string{"-n", r.ws, "link", "set", r.tun, "mtu", strconv.Itoa(mtu), "up"},
+		[]string{"-n", r.ws, "route", "add", "default", "dev", r.tun},
 	)
 }
 
-func (e *env) stopRouter() {
-	if e.router != nil {
-		e.router.stop()
-		e.router = nil
-	}
-	// A TUN the router created goes with its descriptor; a persistent one
-	// (or a slow exit) is removed here.
-	if linkExists(e.wsT, tunName) {
-		exec.Command("ip", "-n", e.wsT, "link", "del", tunName).Run()
+func (e *env) stopRouters() {
+	for _, r := range e.routers {
+		if r.proc != nil {
+			r.proc.stop()
+			r.proc = nil
+		}
+		// A TUN the router created goes with its descriptor; a
+		// persistent one (or a slow exit) is removed here.
+		if linkExists(r.ws, r.tun) {
+			exec.Command("ip", "-n", r.ws, "link", "del", r.tun).Run()
+		}
 	}
 }
 
 // measureMTU runs the tests at one MTU: for each repetition and test, the
-// kernel path and then the router, back to back.
+// kernel path and then each router, back to back.
 func (e *env) measureMTU(ctx context.Context, mtu int, tests []string) ([]Row, error) {
 	if err := ipBatch(ctx,
 		[]string{"-n", e.wsK, "link", "set", vethWSName, "mtu", strconv.Itoa(mtu)},
@@ -388,56 +441,77 @@ func (e *env) measureMTU(ctx context.Context, mtu int, tests []string) ([]Row, e
 	); err != nil {
 		return nil, err
 	}
-	if err := e.startRouterFor(ctx, mtu); err != nil {
-		return nil, err
+	defer e.stopRouters()
+	for _, r := range e.routers {
+		if err := e.startRouter(ctx, r, mtu); err != nil {
+			return nil, err
+		}
 	}
-	defer e.stopRouter()
-	// One warm-up connection through each path, so that first-use costs
-	// (ARP-free here, but the router's pools and the SOCKS server's) are
-	// not measured.
-	e.load(ctx, e.wsT, "closed", 1, 0, time.Second)
+	// One warm-up second through each path, so that first-use costs (the
+	// routers' pools, the SOCKS server's) are not measured.
 	e.load(ctx, e.wsK, "closed", 1, 0, time.Second)
-
-	rows := make([]Row, len(tests))
-	for i, t := range tests {
-		rows[i] = Row{MTU: mtu, Test: t}
+	for _, r := range e.routers {
+		e.load(ctx, r.ws, "closed", 1, 0, time.Second)
 	}
-	for r := range e.f.repeat {
+
+	// rows[test][router]
+	rows := make([][]Row, len(tests))
+	for i, t := range tests {
+		rows[i] = make([]Row, len(e.routers))
+		for j, r := range e.routers {
+			rows[i][j] = Row{MTU: mtu, Test: t, Router: r.spec.Name}
+		}
+	}
+	flat := func() []Row {
+		var out []Row
+		for _, rs := range rows {
+			out = append(out, finish(rs)...)
+		}
+		return out
+	}
+	for run := range e.f.repeat {
 		for i, t := range tests {
-			for _, path := range []string{"kernel", "router"} {
+			if ctx.Err() != nil {
+				return flat(), ctx.Err()
+			}
+			k := e.measureLogged(ctx, nil, mtu, run, t)
+			for j, r := range e.routers {
 				if ctx.Err() != nil {
-					return finish(rows), ctx.Err()
+					return flat(), ctx.Err()
 				}
-				if path == "router" && !e.router.alive() {
-					return finish(rows), fmt.Errorf("router died (see %s)", filepath.Join(e.f.out, "router.log"))
+				if !r.proc.alive() {
+					return flat(), fmt.Errorf("router %s died (see %s)", r.spec.Name, filepath.Join(e.f.out, "router-"+r.spec.Name+".log"))
 				}
-				s, err := e.measure(ctx, path, t)
-				if err != nil {
-					e.logf("mtu %d run %d %s %s: %v", mtu, r+1, t, path, err)
-					s.Err = err.Error()
-				} else {
-					e.logf("mtu %d run %d %-11s %-6s %10.1f %s  cpu %.2fs rss %.1fMiB%s", mtu, r+1, t, path, s.Value, unitOf(t), s.CPU, s.RSSMiB, s.extra())
-				}
-				if path == "kernel" {
-					rows[i].Kernel = append(rows[i].Kernel, s)
-				} else {
-					rows[i].Router = append(rows[i].Router, s)
-				}
+				rows[i][j].KernelRuns = append(rows[i][j].KernelRuns, k)
+				rows[i][j].RouterRuns = append(rows[i][j].RouterRuns, e.measureLogged(ctx, r, mtu, run, t))
 			}
 		}
 	}
-	return finish(rows), nil
+	return flat(), nil
 }
 
-// measure runs one test on one path.
-func (e *env) measure(ctx context.Context, path, test string) (Sample, error) {
-	ns := e.wsK
-	if path == "router" {
-		ns = e.wsT
+func (e *env) measureLogged(ctx context.Context, r *routerInst, mtu, run int, test string) Sample {
+	s, err := e.measure(ctx, r, test)
+	name := "kernel"
+	if r != nil {
+		name = r.spec.Name
 	}
+	if err != nil {
+		e.logf("mtu %d run %d %s %s: %v", mtu, run+1, test, name, err)
+		s.Err = err.Error()
+	} else {
+		e.logf("mtu %d run %d %-11s %-8s %10.1f %s  cpu %.2fs rss %.1fMiB%s", mtu, run+1, test, name, s.Value, unitOf(test), s.CPU, s.RSSMiB, s.extra())
+	}
+	return s
+}
+
+// measure runs one test on the kernel path (r nil) or through router r.
+func (e *env) measure(ctx context.Context, r *routerInst, test string) (Sample, error) {
+	ns := e.wsK
 	var u routerUsage
-	if path == "router" {
-		u = beginUsage(e.router.pid)
+	if r != nil {
+		ns = r.ws
+		u = beginUsage(r.proc.pid)
 	}
 	var s Sample
 	var err error
@@ -469,7 +543,7 @@ func (e *env) measure(ctx context.Context, path, test string) (Sample, error) {
 	default:
 		return s, fmt.Errorf("unknown test %q", test)
 	}
-	if path == "router" {
+	if r != nil {
 		s.CPU, s.RSSMiB = u.end()
 	}
 	return s, err
