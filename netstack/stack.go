@@ -191,11 +191,15 @@ func (s *Stack) build() error {
 		// SACK recovers from several losses per window; off by default
 		// in gVisor.
 		ptr(tcpip.TCPSACKEnabled(true)),
-		// A TIME_WAIT endpoint only protects against old duplicates on a
-		// path with real delay; the TUN link has none worth 60 s. A short
-		// TIME_WAIT also bounds memory under connection churn. SYNs that
-		// reuse a 4-tuple within it are handled by reclaimTimeWait.
-		ptr(tcpip.TCPTimeWaitTimeoutOption(5 * time.Second)),
+		// A TIME_WAIT endpoint protects against old duplicates on a path
+		// with real delay and re-acknowledges a retransmitted FIN; on the
+		// TUN link the RTT is microseconds and a retransmission comes
+		// within the peer's minimum RTO (200 ms on Linux), so 1 s covers
+		// both. Every endpoint in TIME_WAIT holds ~5 KiB: at 1,600
+		// flows/s, 5 s of them cost 30 MiB of peak RSS, 1 s 6 MiB
+		// (bench/README.md). SYNs that reuse a 4-tuple within it are
+		// handled by reclaimTimeWait.
+		ptr(tcpip.TCPTimeWaitTimeoutOption(time.Second)),
 		// Receive-buffer auto-tuning grows windows for bulk flows and
 		// keeps idle flows small (memory per idle flow).
 		ptr(tcpip.TCPModerateReceiveBufferOption(true)),

@@ -54,6 +54,7 @@ type runFlags struct {
 	commit     string
 	note       string
 	id         string
+	fresh      bool
 }
 
 // All tests, in run order.
@@ -82,6 +83,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.BoolVar(&f.vnetHdr, "vnet-hdr", true, "fd mode: open the TUN with IFF_VNET_HDR (offloads)")
 	fs.StringVar(&f.commit, "commit", "", "commit under test, for the report")
 	fs.StringVar(&f.note, "note", "", "settings note for the report")
+	fs.BoolVar(&f.fresh, "fresh", true, "restart each router before each of its runs, so that CPU and peak RSS are the run's own (not memory kept from an earlier test)")
 	fs.StringVar(&f.id, "id", "", "prefix of the namespaces (default tgb-RANDOM); run.sh passes one so its trap can clean up")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -420,15 +422,19 @@ func (e *env) configureTUN(ctx context.Context, r *routerInst, mtu int) error {
 
 func (e *env) stopRouters() {
 	for _, r := range e.routers {
-		if r.proc != nil {
-			r.proc.stop()
-			r.proc = nil
-		}
-		// A TUN the router created goes with its descriptor; a
-		// persistent one (or a slow exit) is removed here.
-		if linkExists(r.ws, r.tun) {
-			exec.Command("ip", "-n", r.ws, "link", "del", r.tun).Run()
-		}
+		e.stopRouter(r)
+	}
+}
+
+func (e *env) stopRouter(r *routerInst) {
+	if r.proc != nil {
+		r.proc.stop()
+		r.proc = nil
+	}
+	// A TUN the router created goes with its descriptor; a persistent one
+	// (or a slow exit) is removed here.
+	if linkExists(r.ws, r.tun) {
+		exec.Command("ip", "-n", r.ws, "link", "del", r.tun).Run()
 	}
 }
 
@@ -481,6 +487,12 @@ func (e *env) measureMTU(ctx context.Context, mtu int, tests []string) ([]Row, e
 				}
 				if !r.proc.alive() {
 					return flat(), fmt.Errorf("router %s died (see %s)", r.spec.Name, filepath.Join(e.f.out, "router-"+r.spec.Name+".log"))
+				}
+				if e.f.fresh && (run > 0 || i > 0) {
+					e.stopRouter(r)
+					if err := e.startRouter(ctx, r, mtu); err != nil {
+						return flat(), err
+					}
 				}
 				rows[i][j].KernelRuns = append(rows[i][j].KernelRuns, k)
 				rows[i][j].RouterRuns = append(rows[i][j].RouterRuns, e.measureLogged(ctx, r, mtu, run, t))
