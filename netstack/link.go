@@ -40,8 +40,9 @@ type linkEndpoint struct {
 }
 
 var (
-	_ stack.LinkEndpoint = (*linkEndpoint)(nil)
-	_ stack.GSOEndpoint  = (*linkEndpoint)(nil)
+	_ stack.LinkEndpoint       = (*linkEndpoint)(nil)
+	_ stack.GSOEndpoint        = (*linkEndpoint)(nil)
+	_ stack.QueueingDiscipline = (*linkEndpoint)(nil)
 )
 
 func newLinkEndpoint(mtu, queueLen int, drops *atomic.Uint64) *linkEndpoint {
@@ -61,45 +62,50 @@ func (e *linkEndpoint) deliver(proto tcpip.NetworkProtocolNumber, pkt *stack.Pac
 	}
 }
 
-// WritePackets implements stack.LinkWriter. gVisor calls it from many
-// goroutines at once.
-func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+// WritePacket implements stack.QueueingDiscipline. The endpoint is its own
+// queueing discipline: gVisor's default one wraps every packet in a
+// one-element PacketBufferList, an allocation per packet. gVisor calls it
+// from many goroutines at once.
+func (e *linkEndpoint) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
 	if e.writeDirect != nil {
-		n := 0
-		for _, pkt := range pkts.AsSlice() {
-			if e.writeDirect(pkt) {
-				n++
-			}
-		}
-		return n, nil
+		e.writeDirect(pkt)
+		return nil
 	}
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
-		return 0, &tcpip.ErrClosedForSend{}
+		return &tcpip.ErrClosedForSend{}
+	}
+	if e.n == len(e.ring) {
+		e.mu.Unlock()
+		e.drops.Add(1)
+		return &tcpip.ErrNoBufferSpace{}
 	}
 	wasEmpty := e.n == 0
-	n := 0
-	for _, pkt := range pkts.AsSlice() {
-		if e.n == len(e.ring) {
-			break
-		}
-		e.ring[(e.head+e.n)%len(e.ring)] = pkt.IncRef()
-		e.n++
-		n++
-	}
+	e.ring[(e.head+e.n)%len(e.ring)] = pkt.IncRef()
+	e.n++
 	e.mu.Unlock()
-	if dropped := pkts.Len() - n; dropped > 0 {
-		e.drops.Add(uint64(dropped))
-	}
-	if wasEmpty && n > 0 {
+	if wasEmpty {
 		select {
 		case e.notify <- struct{}{}:
 		default:
 		}
 	}
-	if n == 0 {
-		return 0, &tcpip.ErrNoBufferSpace{}
+	return nil
+}
+
+// WritePackets implements stack.LinkWriter, for callers that bypass the
+// queueing discipline (none of gVisor's TCP paths do).
+func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	n := 0
+	for _, pkt := range pkts.AsSlice() {
+		if err := e.WritePacket(pkt); err != nil {
+			if n == 0 {
+				return 0, err
+			}
+			break
+		}
+		n++
 	}
 	return n, nil
 }

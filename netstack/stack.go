@@ -15,7 +15,6 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -223,7 +222,7 @@ func (s *Stack) build() error {
 		// those the kernel did not vouch for itself (checkInbound).
 		s.ep.caps = stack.CapabilityRXChecksumOffload
 	}
-	if err := st.CreateNIC(nicID, s.ep); err != nil {
+	if err := st.CreateNICWithOptions(nicID, s.ep, stack.NICOptions{QDisc: s.ep}); err != nil {
 		return fmt.Errorf("netstack: create nic: %v", err)
 	}
 	// Promiscuous mode accepts packets to any destination address, and
@@ -578,44 +577,6 @@ func (r *TCPRequest) Accept() (net.Conn, error) {
 	ep.SetSockOpt(&intvl)
 	ep.SetSockOptInt(tcpip.KeepaliveCountOption, 4)
 	return newConn(&wq, ep), nil
-}
-
-// Conn is a TCP connection terminated by the stack: a gonet.TCPConn that
-// can also wait for data without a buffer, so that a relay blocked on an
-// idle flow holds none.
-type Conn struct {
-	*gonet.TCPConn
-	ep    tcpip.Endpoint
-	wq    *waiter.Queue
-	entry waiter.Entry
-	ready chan struct{}
-}
-
-var _ net.Conn = (*Conn)(nil)
-
-// readEvents wake WaitRead: data, end of stream, reset or close.
-const readEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
-
-func newConn(wq *waiter.Queue, ep tcpip.Endpoint) *Conn {
-	c := &Conn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, wq: wq}
-	c.entry, c.ready = waiter.NewChannelEntry(readEvents)
-	return c
-}
-
-// WaitRead blocks until a Read would not block: data has arrived, the peer
-// finished sending, or the connection failed or was closed. It ignores
-// deadlines and must not be called concurrently with itself; closing the
-// connection ends the wait.
-func (c *Conn) WaitRead() error {
-	if c.ep.Readiness(readEvents) != 0 {
-		return nil
-	}
-	c.wq.EventRegister(&c.entry)
-	defer c.wq.EventUnregister(&c.entry)
-	for c.ep.Readiness(readEvents) == 0 {
-		<-c.ready
-	}
-	return nil
 }
 
 // Reject answers the SYN with a RST: the client sees connection refused.

@@ -159,17 +159,23 @@ func (t *Tunnel) pipe(fs *flowState, dst, src net.Conn) int64 {
 	defer buf.put()
 	class := 0
 	wait := waiterFor(src)
+	// Waiting on a netstack.Conn is a lock and a flag check: do it before
+	// every read, so no read ever blocks holding a buffer. A socket wait
+	// costs a syscall: only after the source was drained.
+	_, cheapWait := src.(readWaiter)
 	var total int64
 	var err error
 	for {
-		if buf.ptr == nil {
+		if buf.ptr == nil || cheapWait {
 			if wait != nil {
 				if werr := wait.WaitRead(); werr != nil {
 					err = werr
 					break
 				}
 			}
-			buf = getRelayBuf(class)
+			if buf.ptr == nil {
+				buf = getRelayBuf(class)
+			}
 		}
 		n, rerr := src.Read(buf.b)
 		if n > 0 {

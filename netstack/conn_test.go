@@ -1,0 +1,141 @@
+package netstack_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/nettest"
+
+	"github.com/torgate/torgate/bench"
+	"github.com/torgate/torgate/netstack"
+)
+
+// connPair joins a bench.Workstation to a Stack whose HandleTCP hands
+// every accepted flow to the test.
+type connPair struct {
+	ws    *bench.Workstation
+	st    *netstack.Stack
+	conns chan net.Conn
+	port  atomic.Uint32
+}
+
+func newConnPair(t *testing.T) *connPair {
+	t.Helper()
+	ws, err := bench.NewWorkstation(netip.MustParseAddr("10.152.152.11"), 1500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &connPair{ws: ws, conns: make(chan net.Conn, 1)}
+	p.port.Store(1000)
+	p.st, err = netstack.New(netstack.Config{
+		Device: ws.Link(),
+		HandleTCP: func(r *netstack.TCPRequest) {
+			c, err := r.Accept()
+			if err != nil {
+				return
+			}
+			p.conns <- c
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.st.Start()
+	t.Cleanup(func() {
+		p.st.Close()
+		ws.Close()
+	})
+	return p
+}
+
+// pair returns a fresh connection: the Stack's end and the workstation's.
+func (p *connPair) pair() (stackEnd, wsEnd net.Conn, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dst := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(p.port.Add(1)))
+	w, err := p.ws.Dial(ctx, dst)
+	if err != nil {
+		return nil, nil, err
+	}
+	select {
+	case c := <-p.conns:
+		return c, w, nil
+	case <-ctx.Done():
+		w.Close()
+		return nil, nil, ctx.Err()
+	}
+}
+
+// TestConnNettest holds Conn to the net.Conn contract: deadlines, close,
+// concurrent use, data integrity.
+func TestConnNettest(t *testing.T) {
+	p := newConnPair(t)
+	nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
+		c1, c2, err = p.pair()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return c1, c2, func() { c1.Close(); c2.Close() }, nil
+	})
+}
+
+// TestConnWaitRead: WaitRead returns when data arrives, when the peer
+// finishes sending, and when the connection is closed locally.
+func TestConnWaitRead(t *testing.T) {
+	p := newConnPair(t)
+	type waiter interface{ WaitRead() error }
+	wait := func(c net.Conn) <-chan error {
+		done := make(chan error, 1)
+		go func() { done <- c.(waiter).WaitRead() }()
+		return done
+	}
+	expect := func(name string, done <-chan error) {
+		t.Helper()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: WaitRead did not return", name)
+		}
+	}
+
+	c, w, err := p.pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := wait(c)
+	select {
+	case <-done:
+		t.Fatal("WaitRead returned with nothing to read")
+	case <-time.After(50 * time.Millisecond):
+	}
+	w.Write([]byte("x"))
+	expect("data", done)
+	var b [1]byte
+	if n, err := c.Read(b[:]); n != 1 || err != nil {
+		t.Fatalf("read after WaitRead: %d, %v", n, err)
+	}
+	w.(interface{ CloseWrite() error }).CloseWrite()
+	expect("peer FIN", wait(c))
+	if _, err := c.Read(b[:]); !errors.Is(err, io.EOF) {
+		t.Fatalf("read after FIN: %v, want EOF", err)
+	}
+
+	c, w, err = p.pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	done = wait(c)
+	time.Sleep(20 * time.Millisecond)
+	c.Close()
+	expect("local close", done)
+}
