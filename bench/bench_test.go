@@ -44,7 +44,7 @@ const mtu = 1500
 
 // newRouter starts socksd on loopback and a router on dev; both are closed
 // in b.Cleanup (the router closes dev).
-func newRouter(b *testing.B, cfg torgate.Config) *torgate.Router {
+func newRouter(b testing.TB, cfg torgate.Config) *torgate.Router {
 	b.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -338,12 +338,17 @@ func query(name string, id uint16) []byte {
 }
 
 // newRawPeer returns a RawPeer joined to a fresh router.
-func newRawPeer(b *testing.B) (*bench.RawPeer, *torgate.Router) {
+func newRawPeer(b testing.TB) (*bench.RawPeer, *torgate.Router) {
 	b.Helper()
 	p, link := bench.NewRawPeer(wsAddr, mtu, mtu-40)
 	r := newRouter(b, torgate.Config{Device: link})
 	return p, r
 }
+
+// warmup is how many packets a RawPeer benchmark forwards before it
+// measures: enough for gVisor's and the relay's pools to hold their working
+// set, so that what is left is the steady state.
+const warmup = 20000
 
 // BenchmarkForwardPacket counts the router's cost per forwarded data
 // packet, with no workstation stack in the process: one op is one
@@ -363,7 +368,7 @@ func BenchmarkForwardPacket(b *testing.B) {
 		defer f.Reset()
 		payload := make([]byte, mtu-40)
 		// Warm up: let pools, windows and the relay reach steady state.
-		for range 2000 {
+		for range warmup {
 			if err := f.Write(ctx, payload); err != nil {
 				b.Fatal(err)
 			}
@@ -403,7 +408,7 @@ func BenchmarkForwardPacket(b *testing.B) {
 				b.Fatal("no data from the router for 10s")
 			}
 		}
-		for range 2000 {
+		for range warmup {
 			wait()
 		}
 		b.SetBytes(mtu - 40)
