@@ -2,9 +2,9 @@
 // terminates every TCP flow a workstation opens, to any address, in
 // userspace.
 //
-// Inbound flow (workstation → router), one goroutine, readLoop:
+// Inbound flow (workstation → router), one goroutine:
 //
-//	tun.Device.Read (a batch) → Classify each packet →
+//	read from the TUN → Classify each packet →
 //	  TCP:        copied once into a gVisor buffer, delivered to the stack;
 //	              a SYN that would hit an endpoint in TIME_WAIT first
 //	              reclaims that endpoint (see reclaimTimeWait)
@@ -14,15 +14,38 @@
 //	              dropped and counted by Reason; no ICMP is generated unless
 //	              Config.ICMPUnreachable asks for it.
 //
-// Outbound flow (router → workstation), one goroutine, writeLoop: gVisor
-// queues packets on the link endpoint; the loop drains up to one batch,
-// flattens each packet into a preallocated buffer that leaves headroom for
-// the virtio header, and makes a single tun.Device.Write.
+// Outbound flow (router → workstation): gVisor hands each packet to the
+// link endpoint (link.go), which is also the NIC's queueing discipline, so
+// no per-packet list is allocated.
+//
+// Two ways to the TUN:
+//
+//   - The offload path (vnet_linux.go), for a Linux TUN opened with
+//     IFF_VNET_HDR and TSO offloads, as wireguard's CreateTUN does. The
+//     Stack reads and writes the descriptor itself, one packet per system
+//     call, each with its virtio-net header. A TCP super-packet of up to
+//     64 KiB from the workstation's kernel goes into gVisor whole, with
+//     its checksums vouched for by the kernel; gVisor's TCP sends
+//     super-packets of its own (host GSO) that the kernel segments, or,
+//     the workstation being local, receives as they are. Writes happen on
+//     the sending goroutine (no hand-off) with writev over gVisor's views
+//     (no flattening copy). readLoopVnet is the only loop.
+//   - The generic path, for any other tun.Device (in-memory devices, a TUN
+//     without offloads): readLoop calls Device.Read with batch vectors
+//     sized once, and writeLoop drains the endpoint's bounded ring (packets
+//     queued by reference, no clone) a batch at a time, flattens each
+//     packet into a preallocated buffer that leaves headroom for the
+//     virtio header, and makes a single Device.Write.
+//
+// In steady state neither direction allocates per packet (bench's
+// TestForwardAllocs holds it to that).
 //
 // TCP flows: gVisor's forwarder turns each SYN into a TCPRequest handed to
 // Config.HandleTCP on its own goroutine. The handler dials upstream first and
 // only then calls Accept (which sends the SYN-ACK) or Reject (RST). TCP to
 // port 53 is served by the DNS hook here and never reaches the handler.
+// Accept returns a *Conn, a net.Conn whose Read and Write allocate nothing
+// and which can wait for data without a buffer (WaitRead).
 //
 // gVisor types stop at this package's edge: flows leave as net.Conn plus
 // netip.AddrPort.
