@@ -20,6 +20,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
@@ -100,13 +101,16 @@ type Stats struct {
 
 // Stack is the userspace TCP/IP stack in front of the TUN.
 type Stack struct {
-	cfg    Config
-	log    *slog.Logger
-	dev    tun.Device
-	mtu    int
-	stack  *stack.Stack
-	ep     *linkEndpoint
-	vnet   *vnetTUN // non-nil on the offload path
+	cfg   Config
+	log   *slog.Logger
+	dev   tun.Device
+	mtu   int
+	stack *stack.Stack
+	ep    *linkEndpoint
+	vnet  *vnetTUN // non-nil on the offload path
+	// gro coalesces the generic path's inbound TCP segments per read
+	// batch; only readLoop touches it.
+	gro    gro.GRO
 	stats  Stats
 	dnsSem chan struct{}
 
@@ -226,11 +230,12 @@ func (s *Stack) build() error {
 		// a partial checksum, and the kernel finishes them.
 		s.ep.gsoMax = vnetDefaultGSOMaxLen
 		s.ep.writeDirect = s.writeVnet
-		// gVisor takes a packet's checksum state from the NIC, not from
-		// the packet: with this capability it checks none. inbound checks
-		// those the kernel did not vouch for itself (checkInbound).
-		s.ep.caps = stack.CapabilityRXChecksumOffload
 	}
+	// gVisor takes a packet's checksum state from the NIC, not from the
+	// packet: with this capability it checks none, and inbound checks
+	// every one the kernel did not vouch for (checksumsValid) before GRO,
+	// so each packet is summed once.
+	s.ep.caps = stack.CapabilityRXChecksumOffload
 	if err := st.CreateNICWithOptions(nicID, s.ep, stack.NICOptions{QDisc: s.ep}); err != nil {
 		return fmt.Errorf("netstack: create nic: %v", err)
 	}
@@ -302,6 +307,14 @@ func (s *Stack) readLoop() {
 	for i := range bufs {
 		bufs[i] = make([]byte, headroom+s.mtu+64)
 	}
+	// GRO merges consecutive in-order segments of a flow within one read
+	// batch into one packet up to 64 KiB before gVisor's IP and TCP see
+	// them (as ts gro_default.go does); the offload path gets such
+	// super-packets from the kernel and needs none.
+	s.gro.Init(true)
+	if d := s.ep.dispatcher.Load(); d != nil {
+		s.gro.Dispatcher = *d
+	}
 	for {
 		n, err := s.dev.Read(bufs, sizes, headroom)
 		if err != nil {
@@ -321,6 +334,7 @@ func (s *Stack) readLoop() {
 			bytes += uint64(len(pkt))
 			s.inbound(pkt, false)
 		}
+		s.gro.Flush()
 		s.stats.PacketsIn.Add(uint64(n))
 		s.stats.BytesIn.Add(bytes)
 	}
@@ -334,14 +348,14 @@ func (s *Stack) inbound(pkt []byte, csumOK bool) {
 	p := Classify(pkt)
 	switch p.Verdict {
 	case VerdictTCP:
-		if s.vnet != nil && !csumOK && !checksumsValid(&p, pkt[:p.Len]) {
+		if !csumOK && !checksumsValid(&p, pkt[:p.Len]) {
 			s.stats.Drops[ReasonMalformed].Add(1)
 			return
 		}
 		if p.TCPFlags&(tcpFlagSyn|tcpFlagAck) == tcpFlagSyn {
 			s.reclaimTimeWait(&p)
 		}
-		s.deliver(&p, pkt[:p.Len], csumOK)
+		s.deliver(&p, pkt[:p.Len])
 	case VerdictDNS:
 		if s.cfg.DNS == nil {
 			s.stats.Drops[ReasonNoHandler].Add(1)
@@ -349,17 +363,17 @@ func (s *Stack) inbound(pkt []byte, csumOK bool) {
 		}
 		s.dnsUDP(&p, pkt[:p.Len], csumOK)
 	default:
-		if p.Reason == ReasonUDP && s.cfg.ICMPUnreachable && (s.vnet == nil || csumOK || checksumsValid(&p, pkt[:p.Len])) {
-			s.deliver(&p, pkt[:p.Len], csumOK)
+		if p.Reason == ReasonUDP && s.cfg.ICMPUnreachable && (csumOK || checksumsValid(&p, pkt[:p.Len])) {
+			s.deliver(&p, pkt[:p.Len])
 		}
 		s.stats.Drops[p.Reason].Add(1)
 	}
 }
 
 // checksumsValid checks the IPv4 header checksum and the TCP or UDP
-// checksum of a classified packet, for the offload path, where gVisor
-// checks none (a packet the kernel marked NEEDS_CSUM needs no check: it
-// was made on this machine).
+// checksum of a classified packet. gVisor checks none (the NIC claims RX
+// checksum offload), so inbound does, once, for every packet the kernel
+// did not mark NEEDS_CSUM (those were made on this machine).
 func checksumsValid(p *Packet, pkt []byte) bool {
 	var src, dst tcpip.Address
 	if p.Version == 4 {
@@ -391,14 +405,21 @@ func checksumsValid(p *Packet, pkt []byte) bool {
 }
 
 // deliver copies pkt into a gVisor buffer (the one copy on the way in) and
-// hands it to the stack, which takes its own references.
-func (s *Stack) deliver(p *Packet, pkt []byte, csumOK bool) {
+// hands it to the stack, which takes its own references. Its checksums
+// were checked (or vouched for by the kernel) already. On the generic path
+// TCP goes through GRO; readLoop flushes it after each batch.
+func (s *Stack) deliver(p *Packet, pkt []byte) {
 	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
-	proto := header.IPv4ProtocolNumber
+	pkb.NetworkProtocolNumber = header.IPv4ProtocolNumber
 	if p.Version == 6 {
-		proto = header.IPv6ProtocolNumber
+		pkb.NetworkProtocolNumber = header.IPv6ProtocolNumber
 	}
-	s.ep.deliver(proto, pkb)
+	pkb.RXChecksumValidated = true
+	if s.vnet == nil && p.Proto == protoTCP && s.gro.Dispatcher != nil {
+		s.gro.Enqueue(pkb)
+	} else {
+		s.ep.deliver(pkb.NetworkProtocolNumber, pkb)
+	}
 	pkb.DecRef()
 }
 

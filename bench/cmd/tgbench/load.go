@@ -37,7 +37,9 @@ type LoadResult struct {
 	OK       int     `json:"ok"`
 	Failures int     `json:"failures"`
 	// FailureKinds counts failures by cause: connect, refused, reset,
-	// timeout, short (fewer response bytes than expected), other.
+	// timeout, short (fewer response bytes than expected), no_free_port
+	// (reconnect: all source ports held by connections still in flight),
+	// other.
 	FailureKinds map[string]int `json:"failure_kinds,omitempty"`
 	// PortBusy counts reconnect attempts skipped because the client's own
 	// kernel still held the chosen source port (not a router failure).
@@ -77,7 +79,7 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.Float64Var(&f.rate, "rate", 1000, "open and reconnect: connections per second")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "how long to generate load")
 	fs.DurationVar(&f.timeout, "timeout", 5*time.Second, "per-connection timeout (connect to EOF)")
-	fs.IntVar(&f.ports, "ports", 64, "reconnect: how many source ports to cycle through")
+	fs.IntVar(&f.ports, "ports", 256, "reconnect: how many source ports to cycle through (at 1,000/s each is reused every 256 ms, well inside any TIME_WAIT, and up to 256 connections may be in flight)")
 	fs.IntVar(&f.basePort, "base-port", 40000, "reconnect: first source port")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -156,6 +158,8 @@ func failureKind(err error) string {
 	switch {
 	case errors.Is(err, errShort):
 		return "short"
+	case errors.Is(err, errNoPort):
+		return "no_free_port"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "refused"
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
@@ -172,6 +176,9 @@ func failureKind(err error) string {
 var (
 	errShort   = errors.New("short response")
 	errConnect = errors.New("connect failed")
+	// errNoPort: every source port of the set was still held by an
+	// earlier connection of the client's own (they were all in flight).
+	errNoPort = errors.New("no free source port")
 )
 
 // exchange runs one short connection on an open conn.
@@ -310,7 +317,7 @@ func reuseConn(target netip.AddrPort, f loadFlags, port *atomic.Int64, rec *reco
 		c.Close()
 		return err
 	}
-	return fmt.Errorf("%w: every source port busy", errConnect)
+	return errNoPort
 }
 
 // cmdServe is the short-connection target: read the request, answer, and
