@@ -191,11 +191,15 @@ func (s *Stack) build() error {
 	s.stack = st
 
 	for _, opt := range []tcpip.SettableTransportProtocolOption{
-		// SACK recovers from several losses per window, which matters on
-		// a lossy LAN between workstation and gateway. On the local TUN
-		// it cost 3-9% of downstream throughput (bench/README.md), a
-		// price kept for robustness.
-		ptr(tcpip.TCPSACKEnabled(true)),
+		// SACK off (gVisor's default is on). gVisor's SACK recovery walks
+		// the scoreboard on every ACK and allocates as it goes: with 8
+		// downstream flows and a few queue overflows, 27-37 allocations
+		// per packet in bench's BenchmarkBulk/down/flows=8, against 0.3
+		// without SACK, and 0.32 -> 0.35 of the kernel path in the system
+		// benchmark (bench/README.md). Losses on the TUN link are rare
+		// bursts where NewReno recovers within a microsecond RTT; on a
+		// lossy LAN it recovers one hole per RTT, a price worth the CPU.
+		ptr(tcpip.TCPSACKEnabled(false)),
 		// RACK loss detection (gVisor's default) off: classic duplicate
 		// ACK recovery. gVisor's RACK costs CPU per segment (tailscale
 		// turned it off for that, tailscale/tailscale#9707); here turning
