@@ -28,6 +28,20 @@ func TestMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	conn.Close()
+	// Relayed bytes are counted when the flow ends, just after the close.
+	waitFor(t, func() bool {
+		n, err := testutil.GatherAndCount(reg, "torgate_flows_active")
+		if err != nil || n == 0 {
+			return false
+		}
+		mfs, _ := reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "torgate_flows_active" {
+				return mf.GetMetric()[0].GetGauge().GetValue() == 0
+			}
+		}
+		return false
+	})
 
 	problems, err := testutil.GatherAndLint(reg)
 	if err != nil {
