@@ -185,7 +185,7 @@ func TestBadChecksumDropped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.Start()
+	// No Start: this test is the read loop, calling inbound itself.
 	defer s.Close()
 	src, dst := netip.AddrPortFrom(src4, 40000), netip.AddrPortFrom(dst4, 443)
 	syn := dev.build(make([]byte, 40), src, dst, 1000, 0, header.TCPFlagSyn, 0)
