@@ -276,6 +276,16 @@ func (s *Stack) MTU() int { return s.mtu }
 // Start runs the packet loops. It may be called once.
 func (s *Stack) Start() {
 	s.startOnce.Do(func() {
+		// GRO merges consecutive in-order segments of a flow within one
+		// read batch into one packet of up to 64 KiB before gVisor's IP
+		// and TCP see them (as ts gro_default.go does); the offload path
+		// gets such super-packets from the kernel and needs none. Set up
+		// here, before the loops start, so that readLoop (or a test
+		// playing it) finds it ready.
+		s.gro.Init(true)
+		if d := s.ep.dispatcher.Load(); d != nil {
+			s.gro.Dispatcher = *d
+		}
 		if s.vnet != nil {
 			s.wg.Go(s.readLoopVnet)
 			return
@@ -310,14 +320,6 @@ func (s *Stack) readLoop() {
 	// entries of up to MTU each; the device splits GSO itself.
 	for i := range bufs {
 		bufs[i] = make([]byte, headroom+s.mtu+64)
-	}
-	// GRO merges consecutive in-order segments of a flow within one read
-	// batch into one packet up to 64 KiB before gVisor's IP and TCP see
-	// them (as ts gro_default.go does); the offload path gets such
-	// super-packets from the kernel and needs none.
-	s.gro.Init(true)
-	if d := s.ep.dispatcher.Load(); d != nil {
-		s.gro.Dispatcher = *d
 	}
 	for {
 		n, err := s.dev.Read(bufs, sizes, headroom)
