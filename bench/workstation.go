@@ -17,6 +17,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/torgate/torgate/netstack"
 )
 
 // Workstation is a lean simulated host: one gVisor stack whose link
@@ -163,7 +165,7 @@ func (e *wsEndpoint) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
 		e.link.Drop()
 		return &tcpip.ErrMessageTooLong{}
 	}
-	flatten(buf[:size], pkt)
+	netstack.CopyPacket(buf[:size], pkt)
 	e.link.Put(idx, size)
 	return nil
 }
@@ -181,21 +183,6 @@ func (e *wsEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error
 		n++
 	}
 	return n, nil
-}
-
-// flatten copies pkt's bytes into dst, which is pkt.Size() long.
-func flatten(dst []byte, pkt *stack.PacketBuffer) {
-	vl, off := pkt.AsViewList()
-	for v := vl.Front(); v != nil && len(dst) > 0; v = v.Next() {
-		b := v.AsSlice()
-		if off >= len(b) {
-			off -= len(b)
-			continue
-		}
-		b = b[off:]
-		off = 0
-		dst = dst[copy(dst, b):]
-	}
 }
 
 func (e *wsEndpoint) MTU() uint32                                  { return e.mtu }

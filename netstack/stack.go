@@ -531,7 +531,7 @@ func (s *Stack) writeLoop() {
 			size := pkt.Size()
 			if size <= s.mtu {
 				b := store[n][:headroom+size]
-				copyPacket(b[headroom:], pkt)
+				CopyPacket(b[headroom:], pkt)
 				bufs[n] = b
 				n++
 				bytes += uint64(size)
@@ -558,9 +558,9 @@ func (s *Stack) writeLoop() {
 	}
 }
 
-// copyPacket flattens pkt into dst, which must be pkt.Size() long, without
+// CopyPacket flattens pkt into dst, which must be pkt.Size() long, without
 // allocating.
-func copyPacket(dst []byte, pkt *stack.PacketBuffer) {
+func CopyPacket(dst []byte, pkt *stack.PacketBuffer) {
 	vl, off := pkt.AsViewList()
 	for v := vl.Front(); v != nil && len(dst) > 0; v = v.Next() {
 		b := v.AsSlice()
