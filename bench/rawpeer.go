@@ -19,7 +19,8 @@ import (
 // reads the router's segments synchronously on the router's write path.
 // Having no stack, it allocates nothing per packet, so the allocations a
 // benchmark counts while it runs are the router's (and the SOCKS sink's),
-// and opening many idle flows costs the router's memory only.
+// and opening many idle flows costs the router's memory only (with
+// Reserve, the peer's own flow records exist before the flows open).
 //
 // It is a measuring tool, not a TCP: it sends in order within the router's
 // window, falls back to go-back-N when ACKs stall, acknowledges every
@@ -33,6 +34,7 @@ type RawPeer struct {
 	mu       sync.Mutex
 	flows    map[uint16]*RawFlow // by local port; guarded by mu
 	nextPort uint16              // guarded by mu
+	spare    []*RawFlow          // guarded by mu; made by Reserve
 }
 
 // rawWScale is the window scale the peer announces; with a 65535 window it
@@ -45,6 +47,33 @@ func NewRawPeer(src netip.Addr, mtu, mss int) (*RawPeer, *Link) {
 	p := &RawPeer{src: src, mss: mss, flows: make(map[uint16]*RawFlow), nextPort: 20000}
 	p.link = NewLink(mtu, p.deliver)
 	return p, p.link
+}
+
+// Reserve makes the records of the next n flows now, so that a benchmark
+// measuring memory across Open calls sees the router's share alone.
+func (p *RawPeer) Reserve(n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	flows := make(map[uint16]*RawFlow, len(p.flows)+n)
+	for k, v := range p.flows {
+		flows[k] = v
+	}
+	p.flows = flows
+	for range n {
+		p.spare = append(p.spare, newRawFlow(p))
+	}
+}
+
+func newRawFlow(p *RawPeer) *RawFlow {
+	f := &RawFlow{
+		peer:        p,
+		acked:       make(chan struct{}, 1),
+		segs:        make(chan struct{}, linkQueueLen),
+		established: make(chan struct{}),
+	}
+	f.wait = time.NewTimer(time.Hour)
+	f.wait.Stop()
+	return f
 }
 
 // RawFlow is one TCP connection of a RawPeer.
@@ -86,19 +115,17 @@ func (p *RawPeer) Open(ctx context.Context, dst netip.AddrPort) (*RawFlow, error
 	if p.nextPort == 0 {
 		p.nextPort = 20000
 	}
-	f := &RawFlow{
-		peer:        p,
-		src:         netip.AddrPortFrom(p.src, port),
-		dst:         dst,
-		iss:         uint32(port) << 16,
-		acked:       make(chan struct{}, 1),
-		segs:        make(chan struct{}, linkQueueLen),
-		established: make(chan struct{}),
+	var f *RawFlow
+	if k := len(p.spare); k > 0 {
+		f, p.spare = p.spare[k-1], p.spare[:k-1]
+	} else {
+		f = newRawFlow(p)
 	}
+	f.src = netip.AddrPortFrom(p.src, port)
+	f.dst = dst
+	f.iss = uint32(port) << 16
 	f.sndNxt.Store(f.iss + 1)
 	f.sndUna.Store(f.iss + 1)
-	f.wait = time.NewTimer(time.Hour)
-	f.wait.Stop()
 	p.flows[port] = f
 	p.mu.Unlock()
 

@@ -10,31 +10,33 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
-// Conn is a TCP connection terminated by the stack. It is a
-// gonet.TCPConn (addresses, Close, CloseRead, CloseWrite) whose Read,
-// Write and deadlines are reimplemented so that the data path allocates
-// nothing: gonet allocates a waiter entry for every Read or Write that
-// blocks and a reader for every Write. Conn keeps one of each for its
-// lifetime instead. WaitRead lets a relay wait for data without holding a
-// buffer.
+// Conn is a TCP connection terminated by the stack. It does what
+// gonet.TCPConn does, with a data path that allocates nothing (gonet
+// allocates a waiter entry for every Read or Write that blocks and a
+// reader for every Write) and a small footprint while idle: the wait
+// channels and deadline timers exist only once something waited or set a
+// deadline. A relay can drain it without blocking (TryRead) and be told
+// when more arrives (NotifyRead), so an idle flow needs no goroutine.
 type Conn struct {
-	*gonet.TCPConn
 	ep tcpip.Endpoint
 	wq *waiter.Queue
 
-	readMu    sync.Mutex        // serializes Read and WaitRead
+	readMu    sync.Mutex        // serializes Read, TryRead and WaitRead
 	sw        tcpip.SliceWriter // guarded by readMu
 	readEntry waiter.Entry      // guarded by readMu
-	readReady chan struct{}     // notified by readEntry
+	readReady chan struct{}     // guarded by readMu; nil until a read waited
 	writeMu   sync.Mutex        // serializes Write
 	br        bytes.Reader      // guarded by writeMu
 	wrEntry   waiter.Entry      // guarded by writeMu
-	wrReady   chan struct{}     // notified by wrEntry
+	wrReady   chan struct{}     // guarded by writeMu; nil until a write waited
 	rd, wd    deadline          // read and write deadlines
+
+	notifyMu  sync.Mutex
+	notify    waiter.Entry // guarded by notifyMu
+	notifying bool         // guarded by notifyMu
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -47,12 +49,30 @@ const (
 )
 
 func newConn(wq *waiter.Queue, ep tcpip.Endpoint) *Conn {
-	c := &Conn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, wq: wq}
-	c.readEntry, c.readReady = waiter.NewChannelEntry(readEvents)
-	c.wrEntry, c.wrReady = waiter.NewChannelEntry(writeEvents)
-	c.rd.init()
-	c.wd.init()
-	return c
+	return &Conn{ep: ep, wq: wq}
+}
+
+// read reads what is there into b; wouldBlock reports that nothing was.
+// The caller holds readMu.
+func (c *Conn) read(b []byte) (n int, wouldBlock bool, err error) {
+	c.sw = tcpip.SliceWriter(b)
+	res, terr := c.ep.Read(&c.sw, tcpip.ReadOptions{})
+	c.sw = nil // do not keep the caller's buffer alive
+	switch terr.(type) {
+	case nil:
+		if res.Count > 0 {
+			// Receive-buffer auto-tuning learns from what the
+			// application consumes.
+			c.ep.ModerateRecvBuf(res.Count)
+		}
+		return res.Count, false, nil
+	case *tcpip.ErrClosedForReceive:
+		return 0, false, io.EOF
+	case *tcpip.ErrWouldBlock:
+		return 0, true, nil
+	default:
+		return 0, false, c.opError("read", errors.New(terr.String()))
+	}
 }
 
 // Read implements net.Conn.
@@ -69,33 +89,64 @@ func (c *Conn) Read(b []byte) (int, error) {
 		if c.rd.expired() {
 			return 0, c.opError("read", errTimeout)
 		}
-		c.sw = tcpip.SliceWriter(b)
-		res, err := c.ep.Read(&c.sw, tcpip.ReadOptions{})
-		switch err.(type) {
-		case nil:
-			if res.Count > 0 {
-				// Receive-buffer auto-tuning learns from what the
-				// application consumes.
-				c.ep.ModerateRecvBuf(res.Count)
-			}
-			return res.Count, nil
-		case *tcpip.ErrClosedForReceive:
-			return 0, io.EOF
-		case *tcpip.ErrWouldBlock:
-			if !registered {
-				// Register, then try again before sleeping: data may
-				// have come in between.
-				c.wq.EventRegister(&c.readEntry)
-				registered = true
-				continue
-			}
-			select {
-			case <-c.readReady:
-			case <-c.rd.done():
-			}
-		default:
-			return 0, c.opError("read", errors.New(err.String()))
+		n, wouldBlock, err := c.read(b)
+		if !wouldBlock {
+			return n, err
 		}
+		if !registered {
+			// Register, then try again before sleeping: data may have
+			// come in between.
+			if c.readReady == nil {
+				c.readEntry, c.readReady = waiter.NewChannelEntry(readEvents)
+			}
+			c.wq.EventRegister(&c.readEntry)
+			registered = true
+			continue
+		}
+		select {
+		case <-c.readReady:
+		case <-c.rd.done():
+		}
+	}
+}
+
+// TryRead reads what has arrived into b without waiting; wouldBlock
+// reports that nothing has (and n is 0). End of stream is io.EOF, as for
+// Read. Deadlines do not apply.
+func (c *Conn) TryRead(b []byte) (n int, wouldBlock bool, err error) {
+	c.readMu.Lock()
+	defer c.readMu.Unlock()
+	return c.read(b)
+}
+
+// Readable reports whether a Read would not block now: data, the peer's
+// FIN or an error is there.
+func (c *Conn) Readable() bool { return c.ep.Readiness(readEvents) != 0 }
+
+// NotifyRead arranges for fn to be called each time the connection may
+// have become readable (data, the peer's FIN, an error, Close), until
+// StopNotifyRead. fn runs on the stack's goroutines, possibly with its
+// locks held: it must not block or call back into the connection. A later
+// call replaces fn.
+func (c *Conn) NotifyRead(fn func()) {
+	c.notifyMu.Lock()
+	defer c.notifyMu.Unlock()
+	if c.notifying {
+		c.wq.EventUnregister(&c.notify)
+	}
+	c.notify = waiter.NewFunctionEntry(readEvents, func(waiter.EventMask) { fn() })
+	c.wq.EventRegister(&c.notify)
+	c.notifying = true
+}
+
+// StopNotifyRead ends NotifyRead's calls. Calling it more than once is
+// harmless.
+func (c *Conn) StopNotifyRead() {
+	c.notifyMu.Lock()
+	defer c.notifyMu.Unlock()
+	if c.notifying {
+		c.wq.EventUnregister(&c.notify)
+		c.notifying = false
 	}
 }
 
@@ -103,14 +154,17 @@ func (c *Conn) Read(b []byte) (int, error) {
 // finished sending, or the connection failed or was closed. It ignores
 // deadlines; closing the connection ends the wait.
 func (c *Conn) WaitRead() error {
-	if c.ep.Readiness(readEvents) != 0 {
+	if c.Readable() {
 		return nil
 	}
 	c.readMu.Lock()
 	defer c.readMu.Unlock()
+	if c.readReady == nil {
+		c.readEntry, c.readReady = waiter.NewChannelEntry(readEvents)
+	}
 	c.wq.EventRegister(&c.readEntry)
 	defer c.wq.EventUnregister(&c.readEntry)
-	for c.ep.Readiness(readEvents) == 0 {
+	for !c.Readable() {
 		<-c.readReady
 	}
 	return nil
@@ -138,6 +192,9 @@ func (c *Conn) Write(b []byte) (int, error) {
 		case nil:
 		case *tcpip.ErrWouldBlock:
 			if !registered {
+				if c.wrReady == nil {
+					c.wrEntry, c.wrReady = waiter.NewChannelEntry(writeEvents)
+				}
 				c.wq.EventRegister(&c.wrEntry)
 				registered = true
 				continue
@@ -147,11 +204,59 @@ func (c *Conn) Write(b []byte) (int, error) {
 			case <-c.wd.done():
 			}
 		default:
+			c.br.Reset(nil)
 			return n, c.opError("write", errors.New(err.String()))
 		}
 	}
 	c.br.Reset(nil) // do not keep the caller's buffer alive
 	return n, nil
+}
+
+// Close implements net.Conn: it closes the endpoint (a FIN, or a RST if
+// unread data is left), which also ends blocked reads and writes.
+func (c *Conn) Close() error {
+	c.StopNotifyRead()
+	c.ep.Close()
+	return nil
+}
+
+// CloseRead shuts down the reading side.
+func (c *Conn) CloseRead() error {
+	if err := c.ep.Shutdown(tcpip.ShutdownRead); err != nil {
+		return c.opError("close", errors.New(err.String()))
+	}
+	return nil
+}
+
+// CloseWrite shuts down the writing side: the workstation gets a FIN.
+func (c *Conn) CloseWrite() error {
+	if err := c.ep.Shutdown(tcpip.ShutdownWrite); err != nil {
+		return c.opError("close", errors.New(err.String()))
+	}
+	return nil
+}
+
+// LocalAddr implements net.Conn: the destination the workstation asked
+// for.
+func (c *Conn) LocalAddr() net.Addr {
+	a, err := c.ep.GetLocalAddress()
+	if err != nil {
+		return nil
+	}
+	return tcpAddr(a)
+}
+
+// RemoteAddr implements net.Conn: the workstation's address and port.
+func (c *Conn) RemoteAddr() net.Addr {
+	a, err := c.ep.GetRemoteAddress()
+	if err != nil {
+		return nil
+	}
+	return tcpAddr(a)
+}
+
+func tcpAddr(a tcpip.FullAddress) *net.TCPAddr {
+	return &net.TCPAddr{IP: net.IP(a.Addr.AsSlice()), Port: int(a.Port)}
 }
 
 // SetDeadline implements net.Conn.
@@ -199,15 +304,24 @@ type deadline struct {
 	cancel chan struct{} // guarded by mu; closed when the deadline passed
 }
 
-func (d *deadline) init() { d.cancel = make(chan struct{}) }
-
+// done returns the channel closed when the deadline passes, made on first
+// use.
 func (d *deadline) done() <-chan struct{} {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.cancel == nil {
+		d.cancel = make(chan struct{})
+	}
 	return d.cancel
 }
 
 func (d *deadline) expired() bool {
+	d.mu.Lock()
+	unset := d.cancel == nil
+	d.mu.Unlock()
+	if unset {
+		return false
+	}
 	select {
 	case <-d.done():
 		return true
@@ -219,6 +333,9 @@ func (d *deadline) expired() bool {
 func (d *deadline) set(t time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.cancel == nil {
+		d.cancel = make(chan struct{})
+	}
 	if d.timer != nil && !d.timer.Stop() {
 		// The old timer fired and its function waits for mu to close
 		// the old channel: leave that one to it and use a new one.

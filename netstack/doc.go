@@ -45,7 +45,8 @@
 // only then calls Accept (which sends the SYN-ACK) or Reject (RST). TCP to
 // port 53 is served by the DNS hook here and never reaches the handler.
 // Accept returns a *Conn, a net.Conn whose Read and Write allocate nothing
-// and which can wait for data without a buffer (WaitRead).
+// and which a relay can drain without blocking (TryRead) and be told about
+// when more data comes (NotifyRead), so an idle flow costs no goroutine.
 //
 // gVisor types stop at this package's edge: flows leave as net.Conn plus
 // netip.AddrPort.

@@ -74,145 +74,359 @@ func nextClass(c, n int) int {
 type closeWriter interface{ CloseWrite() error }
 type closeReader interface{ CloseRead() error }
 
-// flowState is shared by the two copy directions of one flow.
-type flowState struct {
-	client, up net.Conn
-	// last is the time of the last byte either way, in UnixNano.
-	last atomic.Int64
-	// halfDone counts finished directions.
-	halfDone atomic.Int32
-	once     sync.Once
-	// watchdog ends the flow after inactivity; re-armed at half-close.
-	watchdog *time.Timer
-	halfIdle time.Duration
+// A source is one direction's read side as the relay drives it: drained
+// without blocking, then asked to announce more. While a flow is idle no
+// goroutine and no buffer is held for it; a notification (gVisor's waiter
+// queue for the workstation's side, epoll for the upstream socket) starts
+// a pump goroutine that copies until the source is drained and then ends.
+// At 1,000 idle flows that is the difference between ~10 MiB of goroutine
+// stacks and none (bench/README.md).
+type source interface {
+	// tryRead reads what is there into b. wouldBlock reports that nothing
+	// was. A source that cannot tell blocks instead.
+	tryRead(b []byte) (n int, wouldBlock bool, err error)
+	// arm asks for one kick once the source is readable. It reports true
+	// if the source may be readable already (and then need not kick).
+	arm() (readyNow bool)
+	// stop ends the kicks. It is called before the connection is closed
+	// and may be called more than once.
+	stop()
+	// drainedOnShort reports that a read shorter than the buffer means
+	// the source is empty, so the pump can stop without another read.
+	drainedOnShort() bool
 }
 
-func (fs *flowState) abort() {
-	fs.once.Do(func() {
-		fs.client.Close()
-		fs.up.Close()
-	})
+// notifyConn is a connection that can be drained and can announce data:
+// netstack.Conn.
+type notifyConn interface {
+	TryRead(b []byte) (n int, wouldBlock bool, err error)
+	Readable() bool
+	NotifyRead(fn func())
+	StopNotifyRead()
 }
 
-// relay copies both ways until both directions finish, then closes both
-// connections. A clean EOF one way half-closes the other side; an error
-// either way ends the flow.
-func (t *Tunnel) relay(gen context.Context, client, up net.Conn) {
-	fs := &flowState{client: client, up: up}
-	fs.last.Store(time.Now().UnixNano())
-	stop := context.AfterFunc(gen, fs.abort)
-	defer stop()
+// notifySource drives a notifyConn. The notification stays registered for
+// the flow's life; kicks while a pump runs are ignored.
+type notifySource struct{ c notifyConn }
 
-	// Idle watchdog: a timer per flow, re-armed from the activity stamp,
-	// instead of a deadline per read.
-	fs.halfIdle = t.cfg.HalfCloseTimeout
-	var timer *time.Timer
-	timer = time.AfterFunc(t.cfg.IdleTimeout, func() {
-		limit := t.cfg.IdleTimeout
-		if fs.halfDone.Load() > 0 {
-			limit = t.cfg.HalfCloseTimeout
-		}
-		idle := time.Duration(time.Now().UnixNano() - fs.last.Load())
-		if idle >= limit {
-			fs.abort()
-			return
-		}
-		timer.Reset(limit - idle)
-	})
-	fs.watchdog = timer
-	defer timer.Stop()
+func (s notifySource) tryRead(b []byte) (int, bool, error) { return s.c.TryRead(b) }
+func (s notifySource) arm() bool                           { return s.c.Readable() }
+func (s notifySource) stop()                               { s.c.StopNotifyRead() }
+func (s notifySource) drainedOnShort() bool                { return true }
 
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		n := t.pipe(fs, up, client)
-		t.bytes.WithLabelValues("upstream").Add(float64(n))
-	})
-	n := t.pipe(fs, client, up)
-	t.bytes.WithLabelValues("downstream").Add(float64(n))
-	wg.Wait()
-	fs.abort()
+// blockingSource is any other net.Conn: the pump blocks in Read, holding
+// its goroutine and buffer (pipes in tests, exotic upstreams).
+type blockingSource struct{ c net.Conn }
+
+func (s blockingSource) tryRead(b []byte) (int, bool, error) {
+	n, err := s.c.Read(b)
+	return n, false, err
 }
+func (blockingSource) arm() bool            { return true }
+func (blockingSource) stop()                {}
+func (blockingSource) drainedOnShort() bool { return false }
+
+// waitSource is a connection that can wait for data without a buffer but
+// cannot announce it: each wait costs a goroutine (but no buffer).
+type waitSource struct {
+	c    net.Conn
+	w    readWaiter
+	kick func()
+}
+
+func (s *waitSource) tryRead(b []byte) (int, bool, error) {
+	n, err := s.c.Read(b)
+	return n, false, err
+}
+
+func (s *waitSource) arm() bool {
+	go func() {
+		s.w.WaitRead()
+		s.kick()
+	}()
+	return false
+}
+func (*waitSource) stop()                {}
+func (*waitSource) drainedOnShort() bool { return true }
 
 // readWaiter is implemented by connections that can wait for data without
-// a buffer: netstack.Conn, and sockets through socketWaiter.
+// a buffer.
 type readWaiter interface{ WaitRead() error }
 
-// waiterFor returns how to wait for data on c without a buffer, or nil.
-func waiterFor(c net.Conn) readWaiter {
-	if rw, ok := c.(readWaiter); ok {
-		return rw
+// sourceFor picks how to drive c's reads; kick starts a pump.
+func (t *Tunnel) sourceFor(c net.Conn, kick func()) source {
+	if nc, ok := c.(notifyConn); ok {
+		nc.NotifyRead(kick)
+		return notifySource{nc}
+	}
+	if s := t.socketSource(c, kick); s != nil {
+		return s
 	}
 	if w := newSocketWaiter(c); w != nil {
-		return w
+		return &waitSource{c: c, w: w, kick: kick}
 	}
-	return nil
+	return blockingSource{c}
 }
 
-// pipe copies src to dst and half-closes dst on EOF.
-//
-// An idle flow holds no copy buffer: a buffer is taken from the pool when
-// data is there and given back as soon as a read comes back short (the
-// source is drained), and the wait in between needs none (waiterFor).
-// A source that cannot wait that way keeps its buffer while blocked.
-func (t *Tunnel) pipe(fs *flowState, dst, src net.Conn) int64 {
+// Pump states of a direction.
+const (
+	pumpStarting int32 = iota // being set up: kicks are ignored
+	pumpIdle                  // armed, no goroutine
+	pumpRunning               // a pump goroutine owns the direction
+	pumpDone                  // finished (EOF) or the flow ended
+)
+
+// direction is one way of a flow: src's bytes to dst.
+type direction struct {
+	f       *flow
+	src     source
+	srcConn net.Conn
+	dst     net.Conn
+	state   atomic.Int32
+	class   int   // buffer size class; owned by the running pump
+	total   int64 // bytes copied; owned by the running pump
+	pumpFn  func()
+}
+
+// kick starts a pump unless one runs or the direction is finished. It is
+// called from notifications and must not block.
+func (d *direction) kick() {
+	if !d.state.CompareAndSwap(pumpIdle, pumpRunning) {
+		return
+	}
+	if !d.f.hold() {
+		d.state.Store(pumpDone)
+		return
+	}
+	go d.pumpFn()
+}
+
+// pump copies until the source is drained, then arms it and ends.
+func (d *direction) pump() {
+	defer d.f.unhold()
 	var buf relayBuf
 	defer buf.put()
-	class := 0
-	wait := waiterFor(src)
-	// Waiting on a netstack.Conn is a lock and a flag check: do it before
-	// every read, so no read ever blocks holding a buffer. A socket wait
-	// costs a syscall: only after the source was drained.
-	_, cheapWait := src.(readWaiter)
-	var total int64
-	var err error
 	for {
-		if buf.ptr == nil || cheapWait {
-			if wait != nil {
-				if werr := wait.WaitRead(); werr != nil {
-					err = werr
-					break
-				}
-			}
-			if buf.ptr == nil {
-				buf = getRelayBuf(class)
-			}
+		if buf.ptr == nil {
+			buf = getRelayBuf(d.class)
 		}
-		n, rerr := src.Read(buf.b)
+		size := len(buf.b)
+		n, wouldBlock, err := d.src.tryRead(buf.b)
 		if n > 0 {
-			fs.last.Store(time.Now().UnixNano())
-			if _, werr := dst.Write(buf.b[:n]); werr != nil {
-				err = werr
-				break
+			d.f.last.Store(time.Now().UnixNano())
+			if _, werr := d.dst.Write(buf.b[:n]); werr != nil {
+				d.state.Store(pumpDone)
+				d.f.abort()
+				return
 			}
-			total += int64(n)
-		}
-		if rerr != nil {
-			if !errors.Is(rerr, io.EOF) {
-				err = rerr
+			d.total += int64(n)
+			if next := nextClass(d.class, n); next != d.class {
+				d.class = next
+				buf.put()
 			}
-			break
 		}
-		if next := nextClass(class, n); next != class || (wait != nil && n < len(buf.b)) {
-			// A new size, or drained: wait for more without a buffer.
-			class = next
+		if err != nil {
+			d.state.Store(pumpDone)
+			if errors.Is(err, io.EOF) {
+				d.finish()
+			} else {
+				d.f.abort()
+			}
+			return
+		}
+		if wouldBlock || (n < size && d.src.drainedOnShort()) {
+			// Drained: give the buffer back, hand the direction to the
+			// next notification, and end unless data is already there.
 			buf.put()
+			d.state.Store(pumpIdle)
+			if !d.src.arm() || !d.state.CompareAndSwap(pumpIdle, pumpRunning) {
+				return
+			}
 		}
 	}
-	if err != nil {
-		fs.abort()
-		return total
-	}
-	if fs.halfDone.Add(1) == 1 {
-		// First direction done: from now on the other direction must
-		// make progress within the (shorter) half-close limit.
-		fs.last.Store(time.Now().UnixNano())
-		fs.watchdog.Reset(fs.halfIdle)
-	}
-	if cw, ok := dst.(closeWriter); ok {
+}
+
+// finish ends a direction whose source reached EOF: half-close the other
+// side, and end the flow once both directions are done.
+func (d *direction) finish() {
+	d.src.stop()
+	if cw, ok := d.dst.(closeWriter); ok {
 		cw.CloseWrite()
 	}
-	if cr, ok := src.(closeReader); ok {
+	if cr, ok := d.srcConn.(closeReader); ok {
 		cr.CloseRead()
 	}
-	return total
+	f := d.f
+	if f.halfDone.Add(1) == 2 {
+		f.abort()
+		return
+	}
+	// First direction done: from now on the other direction must make
+	// progress within the (shorter) half-close limit.
+	f.last.Store(time.Now().UnixNano())
+}
+
+// flow is one relayed connection: the workstation's end and the
+// upstream's, and a direction each way.
+type flow struct {
+	t          *Tunnel
+	client, up net.Conn
+	dirs       [2]direction // upstream (client to up), downstream
+	// last is the time of the last byte either way, in UnixNano.
+	last     atomic.Int64
+	halfDone atomic.Int32
+	// refs counts the flow itself (until abort) and running pumps; the
+	// last one out ends the flow.
+	refs    atomic.Int32
+	aborted atomic.Bool
+	end     func() // releases the flow's admission
+
+	prev, next *flow // the tunnel's list of open flows; guarded by t.mu
+}
+
+// hold takes a reference unless the flow has ended.
+func (f *flow) hold() bool {
+	for {
+		r := f.refs.Load()
+		if r == 0 {
+			return false
+		}
+		if f.refs.CompareAndSwap(r, r+1) {
+			return true
+		}
+	}
+}
+
+func (f *flow) unhold() {
+	if f.refs.Add(-1) == 0 {
+		f.ended()
+	}
+}
+
+// abort closes both connections (ending any pump blocked in a write) and
+// drops the flow's own reference. Only the first call acts.
+func (f *flow) abort() {
+	if !f.aborted.CompareAndSwap(false, true) {
+		return
+	}
+	for i := range f.dirs {
+		f.dirs[i].src.stop()
+	}
+	f.client.Close()
+	f.up.Close()
+	f.unhold()
+}
+
+// ended runs once, when the flow and all its pumps are done.
+func (f *flow) ended() {
+	f.t.unlist(f)
+	f.t.bytes.WithLabelValues("upstream").Add(float64(f.dirs[0].total))
+	f.t.bytes.WithLabelValues("downstream").Add(float64(f.dirs[1].total))
+	f.end()
+	f.t.wg.Done()
+}
+
+// expired reports whether the flow has been quiet for longer than its
+// limit: IdleTimeout, or HalfCloseTimeout once one direction finished.
+func (f *flow) expired(now int64) bool {
+	limit := f.t.cfg.IdleTimeout
+	if f.halfDone.Load() > 0 {
+		limit = f.t.cfg.HalfCloseTimeout
+	}
+	return time.Duration(now-f.last.Load()) >= limit
+}
+
+// relay starts copying both ways and returns; the flow runs on
+// notifications until both directions finish, an error or the idle sweep
+// ends it, or EndAll. A clean EOF one way half-closes the other side. end
+// is called once everything is closed.
+func (t *Tunnel) relay(gen context.Context, client, up net.Conn, end func()) {
+	t.wg.Add(1)
+	f := &flow{t: t, client: client, up: up, end: end}
+	// One reference for the flow, one for this setup, so that nothing
+	// ends it before every field is set.
+	f.refs.Store(2)
+	defer f.unhold()
+	f.last.Store(time.Now().UnixNano())
+	for i, pair := range [2][2]net.Conn{{client, up}, {up, client}} {
+		d := &f.dirs[i]
+		d.f, d.srcConn, d.dst = f, pair[0], pair[1]
+		d.pumpFn = d.pump
+		d.src = t.sourceFor(pair[0], d.kick)
+	}
+	if !t.list(f, gen) {
+		// EndAll ran while this flow was dialing.
+		f.abort()
+		return
+	}
+	// Kicks count from here on; arm catches what arrived before.
+	for i := range f.dirs {
+		d := &f.dirs[i]
+		d.state.Store(pumpIdle)
+		if d.src.arm() {
+			d.kick()
+		}
+	}
+}
+
+// list adds f to the open flows, unless gen (the generation f was
+// admitted in) has ended. The first flow starts the idle sweep.
+func (t *Tunnel) list(f *flow, gen context.Context) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if gen.Err() != nil {
+		return false
+	}
+	f.next = t.flows
+	if t.flows != nil {
+		t.flows.prev = f
+	}
+	t.flows = f
+	if t.sweep == nil {
+		t.sweep = time.AfterFunc(t.sweepEvery, t.sweepIdle)
+	}
+	return true
+}
+
+func (t *Tunnel) unlist(f *flow) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if f.prev != nil {
+		f.prev.next = f.next
+	} else if t.flows == f {
+		t.flows = f.next
+	}
+	if f.next != nil {
+		f.next.prev = f.prev
+	}
+	f.prev, f.next = nil, nil
+}
+
+// sweepIdle ends flows quiet past their limit. One timer for all flows
+// instead of one each (a timer and its closure are ~200 bytes a flow);
+// it runs every sweepEvery while flows are open, so a flow ends at most
+// that much after its limit.
+func (t *Tunnel) sweepIdle() {
+	now := time.Now().UnixNano()
+	var idle []*flow
+	t.mu.Lock()
+	for f := t.flows; f != nil; f = f.next {
+		if f.expired(now) {
+			idle = append(idle, f)
+		}
+	}
+	if t.flows != nil || len(idle) > 0 {
+		t.sweep.Reset(t.sweepEvery)
+	} else {
+		t.sweep = nil
+	}
+	t.mu.Unlock()
+	for _, f := range idle {
+		f.abort()
+	}
+}
+
+// sweepInterval is an eighth of the shortest limit, between 10 ms and 10 s.
+func sweepInterval(idle, half time.Duration) time.Duration {
+	return min(max(min(idle, half)/8, 10*time.Millisecond), 10*time.Second)
 }

@@ -115,7 +115,14 @@ type Tunnel struct {
 	gen     context.Context             // guarded by mu; cancelled by EndAll
 	genStop context.CancelFunc          // guarded by mu
 
-	wg sync.WaitGroup
+	flows      *flow         // guarded by mu; open flows, a list through flow.next
+	sweep      *time.Timer   // guarded by mu; the idle sweep, while flows are open
+	sweepEvery time.Duration // idle sweep period
+
+	wg sync.WaitGroup // open flows
+
+	pollOnce sync.Once
+	poll     *poller // set by pollOnce; nil if unavailable
 
 	flowsTotal   prometheus.Counter
 	flowsActive  prometheus.Gauge
@@ -190,6 +197,7 @@ func New(cfg Config) (*Tunnel, error) {
 		t.refused.WithLabelValues(r)
 	}
 	t.gen, t.genStop = context.WithCancel(context.Background())
+	t.sweepEvery = sweepInterval(cfg.IdleTimeout, cfg.HalfCloseTimeout)
 	return t, nil
 }
 
@@ -214,8 +222,18 @@ func (t *Tunnel) EndAll() {
 	t.mu.Lock()
 	stop := t.genStop
 	t.gen, t.genStop = context.WithCancel(context.Background())
-	t.mu.Unlock()
+	var open []*flow
+	for f := t.flows; f != nil; f = f.next {
+		open = append(open, f)
+	}
+	// Cancel under mu: a flow that finished dialing in the old generation
+	// either listed itself already (and is in open) or sees the
+	// cancellation in list.
 	stop()
+	t.mu.Unlock()
+	for _, f := range open {
+		f.abort()
+	}
 }
 
 // Close ends every flow and waits for their goroutines.
@@ -223,6 +241,13 @@ func (t *Tunnel) Close() error {
 	t.closed.Store(true)
 	t.EndAll()
 	t.wg.Wait()
+	t.mu.Lock()
+	if t.sweep != nil {
+		t.sweep.Stop()
+		t.sweep = nil
+	}
+	t.mu.Unlock()
+	t.closePoller()
 	return nil
 }
 
@@ -276,6 +301,13 @@ func (t *Tunnel) admit(src netip.Addr) (context.Context, bool) {
 	return t.gen, true
 }
 
+// openFlows is the number of flows admitted and not yet ended.
+func (t *Tunnel) openFlows() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.total
+}
+
 func (t *Tunnel) dialDone(src netip.Addr) {
 	t.mu.Lock()
 	t.sources[src].dialing--
@@ -294,10 +326,10 @@ func (t *Tunnel) release(src netip.Addr) {
 }
 
 // HandleTCP forwards one flow: dial upstream first, then complete the
-// client's handshake, then relay until both sides are done. On any failure
-// before the relay the client gets a RST, never an accept-then-close. It
-// blocks for the flow's lifetime; netstack calls it on a goroutine of its
-// own.
+// client's handshake, then start the relay. On any failure before the
+// relay the client gets a RST, never an accept-then-close. It blocks while
+// it dials and returns once the relay runs; the relay needs no goroutine
+// while the flow is idle.
 func (t *Tunnel) HandleTCP(src, dst netip.AddrPort, f Flow) {
 	start := time.Now()
 	if !t.ready() {
@@ -309,16 +341,25 @@ func (t *Tunnel) HandleTCP(src, dst netip.AddrPort, f Flow) {
 		t.refuse(f, refuseUnmapped)
 		return
 	}
-	defer releaseName()
 	srcAddr := src.Addr().Unmap()
 	gen, ok := t.admit(srcAddr)
 	if !ok {
+		releaseName()
 		t.refuse(f, refuseLimit)
 		return
 	}
-	defer t.release(srcAddr)
 	t.flowsActive.Inc()
-	defer t.flowsActive.Dec()
+	relaying := false
+	end := func() {
+		releaseName()
+		t.release(srcAddr)
+		t.flowsActive.Dec()
+	}
+	defer func() {
+		if !relaying {
+			end()
+		}
+	}()
 
 	ctx, cancel := context.WithTimeout(gen, t.cfg.DialTimeout)
 	up, err := t.cfg.Upstream.Connect(ctx, target, t.cfg.Isolator.Auth(srcAddr, host))
@@ -344,7 +385,8 @@ func (t *Tunnel) HandleTCP(src, dst netip.AddrPort, f Flow) {
 	}
 	t.setupSeconds.Observe(time.Since(start).Seconds())
 	t.flowsTotal.Inc()
-	t.relay(gen, conn, up)
+	relaying = true
+	t.relay(gen, conn, up, end)
 }
 
 func (t *Tunnel) refuse(f Flow, reason string) {

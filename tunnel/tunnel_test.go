@@ -158,25 +158,20 @@ func TestIdleTimeoutEndsFlow(t *testing.T) {
 		tn := newTunnel(t, up, func(c *Config) { c.IdleTimeout = time.Minute })
 		cl, clRemote := net.Pipe()
 		f := &fakeFlow{client: cl}
-		done := make(chan struct{})
-		go func() { tn.HandleTCP(netip.AddrPortFrom(srcA, 1000), dst, f); close(done) }()
+		tn.HandleTCP(netip.AddrPortFrom(srcA, 1000), dst, f)
 		// Traffic keeps it alive past the limit...
 		for range 3 {
 			time.Sleep(40 * time.Second)
 			go clRemote.Write([]byte("x"))
 			io.ReadFull(upRemote, make([]byte, 1))
 		}
-		select {
-		case <-done:
+		if tn.openFlows() != 1 {
 			t.Fatal("active flow ended")
-		default:
 		}
-		// ...silence ends it.
-		time.Sleep(61 * time.Second)
+		// ...silence ends it (at the next idle sweep).
+		time.Sleep(time.Minute + tn.sweepEvery + time.Second)
 		synctest.Wait()
-		select {
-		case <-done:
-		default:
+		if tn.openFlows() != 0 {
 			t.Fatal("idle flow still open after the idle timeout")
 		}
 	})
@@ -189,19 +184,19 @@ func TestHalfCloseTimeout(t *testing.T) {
 		tn := newTunnel(t, up, func(c *Config) { c.HalfCloseTimeout = 10 * time.Second })
 		cl, clRemote := net.Pipe()
 		f := &fakeFlow{client: &halfPipe{Conn: cl}}
-		done := make(chan struct{})
-		go func() { tn.HandleTCP(netip.AddrPortFrom(srcA, 1000), dst, f); close(done) }()
+		tn.HandleTCP(netip.AddrPortFrom(srcA, 1000), dst, f)
 		// The upstream finishes its direction...
 		upRemote.Close()
 		_ = clRemote
 		synctest.Wait()
+		if tn.openFlows() != 1 {
+			t.Fatal("flow ended at the first half-close")
+		}
 		// ...the client stays silent: the half-close limit ends the flow
 		// long before the 1 h idle limit.
-		time.Sleep(11 * time.Second)
+		time.Sleep(10*time.Second + tn.sweepEvery + time.Second)
 		synctest.Wait()
-		select {
-		case <-done:
-		default:
+		if tn.openFlows() != 0 {
 			t.Fatal("half-closed flow outlived HalfCloseTimeout")
 		}
 	})
