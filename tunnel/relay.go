@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -185,7 +186,6 @@ type direction struct {
 	state   atomic.Int32
 	class   int   // buffer size class; owned by the running pump
 	total   int64 // bytes copied; owned by the running pump
-	pumpFn  func()
 }
 
 // kick starts a pump unless one runs or the direction is finished. It is
@@ -198,8 +198,69 @@ func (d *direction) kick() {
 		d.state.Store(pumpDone)
 		return
 	}
-	go d.pumpFn()
+	d.f.t.pumps.run(d)
 }
+
+// pumpPool runs pumps on goroutines that outlive one drain. A pump goes
+// idle whenever it has drained its source, which in a bulk transfer is
+// thousands of times a second: a fresh goroutine each time would pay for
+// creation and grow its stack anew through the socket and gVisor call
+// chains (one stream upstream lost ~10 % of its rate to that). Idle
+// workers wait a little for the next pump, then exit, so a quiet tunnel
+// holds none.
+type pumpPool struct {
+	work    chan *direction // unbuffered: a send succeeds only into a waiting worker
+	quit    chan struct{}
+	idle    atomic.Int32
+	maxIdle int32
+	keep    time.Duration
+}
+
+func newPumpPool() pumpPool {
+	return pumpPool{
+		work:    make(chan *direction),
+		quit:    make(chan struct{}),
+		maxIdle: int32(2 * runtime.GOMAXPROCS(0)),
+		keep:    2 * time.Second,
+	}
+}
+
+// run hands d to an idle worker, or starts one.
+func (p *pumpPool) run(d *direction) {
+	select {
+	case p.work <- d:
+	default:
+		go p.worker(d)
+	}
+}
+
+func (p *pumpPool) worker(d *direction) {
+	var timer *time.Timer
+	for {
+		d.pump()
+		if p.idle.Add(1) > p.maxIdle {
+			p.idle.Add(-1)
+			return
+		}
+		if timer == nil {
+			timer = time.NewTimer(p.keep)
+		} else {
+			timer.Reset(p.keep)
+		}
+		select {
+		case d = <-p.work:
+			p.idle.Add(-1)
+		case <-timer.C:
+			p.idle.Add(-1)
+			return
+		case <-p.quit:
+			p.idle.Add(-1)
+			return
+		}
+	}
+}
+
+func (p *pumpPool) close() { close(p.quit) }
 
 // pump copies until the source is drained, then arms it and ends.
 func (d *direction) pump() {
@@ -351,7 +412,6 @@ func (t *Tunnel) relay(gen context.Context, client, up net.Conn, end func()) {
 	for i, pair := range [2][2]net.Conn{{client, up}, {up, client}} {
 		d := &f.dirs[i]
 		d.f, d.srcConn, d.dst = f, pair[0], pair[1]
-		d.pumpFn = d.pump
 		d.src = t.sourceFor(pair[0], d.kick)
 	}
 	if !t.list(f, gen) {

@@ -119,7 +119,8 @@ type Tunnel struct {
 	sweep      *time.Timer   // guarded by mu; the idle sweep, while flows are open
 	sweepEvery time.Duration // idle sweep period
 
-	wg sync.WaitGroup // open flows
+	wg    sync.WaitGroup // open flows
+	pumps pumpPool
 
 	pollOnce sync.Once
 	poll     *poller // set by pollOnce; nil if unavailable
@@ -198,6 +199,7 @@ func New(cfg Config) (*Tunnel, error) {
 	}
 	t.gen, t.genStop = context.WithCancel(context.Background())
 	t.sweepEvery = sweepInterval(cfg.IdleTimeout, cfg.HalfCloseTimeout)
+	t.pumps = newPumpPool()
 	return t, nil
 }
 
@@ -238,7 +240,9 @@ func (t *Tunnel) EndAll() {
 
 // Close ends every flow and waits for their goroutines.
 func (t *Tunnel) Close() error {
-	t.closed.Store(true)
+	if t.closed.Swap(true) {
+		return nil
+	}
 	t.EndAll()
 	t.wg.Wait()
 	t.mu.Lock()
@@ -248,6 +252,7 @@ func (t *Tunnel) Close() error {
 	}
 	t.mu.Unlock()
 	t.closePoller()
+	t.pumps.close()
 	return nil
 }
 
