@@ -14,7 +14,7 @@ import (
 // (gVisor's waiter queue, epoll on the upstream socket). A relay that
 // parks a goroutine per direction would show two per flow here.
 func TestIdleFlowsHoldNoGoroutines(t *testing.T) {
-	const n = 200
+	const n = 400
 	p, r := newRawPeer(t)
 	defer r.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
@@ -39,12 +39,13 @@ func TestIdleFlowsHoldNoGoroutines(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The pumps end once the sink's socket took the bytes; a few
-	// goroutines belong to the tunnel (the epoll loop) and the runtime.
+	// The pumps end once the sink's socket took the bytes. A few
+	// goroutines belong to the tunnel, not to flows: the epoll loop and
+	// up to 2 x GOMAXPROCS pump workers waiting for work (2 s at most).
 	var got int
 	for range 100 {
 		got = runtime.NumGoroutine() - base
-		if got <= 5 {
+		if got <= n/20 {
 			t.Logf("%d idle flows hold %d goroutines", n, got)
 			return
 		}
