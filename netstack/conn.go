@@ -75,6 +75,15 @@ func (c *Conn) read(b []byte) (n int, wouldBlock bool, err error) {
 	}
 }
 
+// register registers the channel entry e for events, making it (and its
+// channel ch) on first use: a connection that never waits never has one.
+func (c *Conn) register(e *waiter.Entry, ch *chan struct{}, events waiter.EventMask) {
+	if *ch == nil {
+		*e, *ch = waiter.NewChannelEntry(events)
+	}
+	c.wq.EventRegister(e)
+}
+
 // Read implements net.Conn.
 func (c *Conn) Read(b []byte) (int, error) {
 	c.readMu.Lock()
@@ -96,10 +105,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 		if !registered {
 			// Register, then try again before sleeping: data may have
 			// come in between.
-			if c.readReady == nil {
-				c.readEntry, c.readReady = waiter.NewChannelEntry(readEvents)
-			}
-			c.wq.EventRegister(&c.readEntry)
+			c.register(&c.readEntry, &c.readReady, readEvents)
 			registered = true
 			continue
 		}
@@ -159,10 +165,7 @@ func (c *Conn) WaitRead() error {
 	}
 	c.readMu.Lock()
 	defer c.readMu.Unlock()
-	if c.readReady == nil {
-		c.readEntry, c.readReady = waiter.NewChannelEntry(readEvents)
-	}
-	c.wq.EventRegister(&c.readEntry)
+	c.register(&c.readEntry, &c.readReady, readEvents)
 	defer c.wq.EventUnregister(&c.readEntry)
 	for !c.Readable() {
 		<-c.readReady
@@ -192,10 +195,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 		case nil:
 		case *tcpip.ErrWouldBlock:
 			if !registered {
-				if c.wrReady == nil {
-					c.wrEntry, c.wrReady = waiter.NewChannelEntry(writeEvents)
-				}
-				c.wq.EventRegister(&c.wrEntry)
+				c.register(&c.wrEntry, &c.wrReady, writeEvents)
 				registered = true
 				continue
 			}

@@ -135,12 +135,8 @@ type socketSource struct {
 
 // socketSource returns a poller-driven source for a socket, or nil.
 func (t *Tunnel) socketSource(c net.Conn, kick func()) source {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := rawConn(c)
+	if rc == nil {
 		return nil
 	}
 	p := t.poller()

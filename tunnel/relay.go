@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -153,6 +154,20 @@ func (*waitSource) drainedOnShort() bool { return true }
 // readWaiter is implemented by connections that can wait for data without
 // a buffer.
 type readWaiter interface{ WaitRead() error }
+
+// rawConn returns c's descriptor access if c is a socket (or file), else
+// nil.
+func rawConn(c net.Conn) syscall.RawConn {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
 
 // sourceFor picks how to drive c's reads; kick starts a pump.
 func (t *Tunnel) sourceFor(c net.Conn, kick func()) source {

@@ -20,12 +20,8 @@ type socketWaiter struct {
 
 // newSocketWaiter returns a waiter for c if it is a socket, else nil.
 func newSocketWaiter(c net.Conn) *socketWaiter {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := rawConn(c)
+	if rc == nil {
 		return nil
 	}
 	w := &socketWaiter{rc: rc}
