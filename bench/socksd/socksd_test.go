@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -139,5 +140,57 @@ func TestDialRefused(t *testing.T) {
 	_, err := d.Connect(t.Context(), socks.AddrFromAddrPort(netip.MustParseAddrPort(addr)), socks.Auth{})
 	if err == nil {
 		t.Fatal("connect to a closed port succeeded")
+	}
+}
+
+// TestDialUnix: served on a unix socket (as torgate reaches its managed
+// Tor), a CONNECT reaches the real destination and the relay carries both
+// directions and the half-close, as over TCP.
+func TestDialUnix(t *testing.T) {
+	target, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	go func() {
+		c, err := target.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c) // echo until the client's EOF, then close
+	}()
+	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "socks.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Listener: ln, Dial: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	d, err := socks.NewDialer("unix", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	c, err := d.Connect(ctx, socks.AddrFromAddrPort(netip.MustParseAddrPort(target.Addr().String())), socks.Auth{Username: "a", Password: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	msg := make([]byte, 200000) // more than one socket buffer: the splice path
+	for i := range msg {
+		msg[i] = byte(i)
+	}
+	go func() {
+		c.Write(msg)
+		c.(interface{ CloseWrite() error }).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != string(msg) {
+		t.Fatalf("echoed %d of %d bytes, %v", len(got), len(msg), err)
 	}
 }

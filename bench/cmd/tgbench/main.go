@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -79,6 +80,7 @@ func cmdSocks(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tgbench socks", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:1080", "address to listen on")
+	unixPath := fs.String("unix", "", "also serve on a unix socket at this path (created here, removed on exit)")
 	pprofPath := fs.String("pprof", "", "serve net/http/pprof on this unix socket")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -95,6 +97,27 @@ func cmdSocks(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The unix endpoint is a second server in the same process, so that
+	// the harness measures one SOCKS process whichever endpoint a router
+	// uses. Relaying between a unix and a TCP socket splices both ways as
+	// between two TCP sockets.
+	var usrv *socksd.Server
+	if *unixPath != "" {
+		ln, err := net.Listen("unix", *unixPath)
+		if err != nil {
+			srv.Close()
+			return fmt.Errorf("listen %s: %w", *unixPath, err)
+		}
+		if usrv, err = socksd.New(socksd.Config{Listener: ln, Dial: true, Logger: log}); err != nil {
+			ln.Close()
+			srv.Close()
+			return err
+		}
+	}
 	<-ctx.Done()
-	return srv.Close()
+	err = srv.Close()
+	if usrv != nil {
+		err = errors.Join(err, usrv.Close()) // removes the socket file
+	}
+	return err
 }

@@ -48,6 +48,15 @@ type Row struct {
 	KernelFailures int     `json:"kernel_failures"`
 	RouterFailures int     `json:"router_failures"`
 	Errors         int     `json:"errors"`
+	// The rig's CPU on each path: per-field medians over the runs without
+	// error.
+	KernelRig RigCPU `json:"kernel_rig_cpu"`
+	RouterRig RigCPU `json:"router_rig_cpu"`
+	// Short-connection tests: CPU microseconds per completed connection,
+	// per-field medians of the runs' own figures (so the fields need not
+	// add up exactly).
+	KernelPerConn *PerConn `json:"kernel_us_per_conn,omitempty"`
+	RouterPerConn *PerConn `json:"router_us_per_conn,omitempty"`
 }
 
 // Sample is one run of one test on one path.
@@ -57,6 +66,8 @@ type Sample struct {
 	RSSMiB float64     `json:"peak_rss_mib,omitempty"`
 	Load   *LoadResult `json:"load,omitempty"`
 	Err    string      `json:"error,omitempty"`
+	// Rig is the CPU the rest of the rig and the machine used in this run.
+	Rig RigCPU `json:"rig_cpu"`
 }
 
 func (s Sample) extra() string {
@@ -116,6 +127,8 @@ func finish(rows []Row) []Row {
 		}
 		r.RouterCPU = median(cpu)
 		r.KernelP99, r.RouterP99 = median(kp), median(rp)
+		r.KernelRig, r.RouterRig = medianRig(r.KernelRuns), medianRig(r.RouterRuns)
+		r.KernelPerConn, r.RouterPerConn = medianPerConn(r.KernelRuns), medianPerConn(r.RouterRuns)
 	}
 	return rows
 }
@@ -131,8 +144,8 @@ func (rep *Report) Markdown() string {
 	if rep.Note != "" {
 		fmt.Fprintf(&b, "Settings: %s\n\n", rep.Note)
 	}
-	b.WriteString("| MTU | test | router | kernel | router | ratio | router CPU s | router peak RSS MiB | p99 ms kernel / router | failures kernel / router |\n")
-	b.WriteString("| --: | --- | --- | --: | --: | --: | --: | --: | --: | --: |\n")
+	b.WriteString("| MTU | test | router | kernel | router | ratio | router CPU s | router peak RSS MiB | p99 ms kernel / router | failures kernel / router | machine CPU s kernel / router |\n")
+	b.WriteString("| --: | --- | --- | --: | --: | --: | --: | --: | --: | --: | --: |\n")
 	for _, r := range rep.Rows {
 		p99, fails := "", ""
 		if !strings.HasPrefix(r.Test, "tcp-") {
@@ -143,10 +156,55 @@ func (rep *Report) Markdown() string {
 		if r.Errors > 0 {
 			errs = fmt.Sprintf(" (%d runs failed)", r.Errors)
 		}
-		fmt.Fprintf(&b, "| %d | %s%s | %s | %.0f %s | %.0f %s | %.2f | %.1f | %.1f | %s | %s |\n",
-			r.MTU, r.Test, errs, r.Router, r.KernelMedian, r.Unit, r.RouterMedian, r.Unit, r.Ratio, r.RouterCPU, r.RouterPeakRSS, p99, fails)
+		fmt.Fprintf(&b, "| %d | %s%s | %s | %.0f %s | %.0f %s | %.2f | %.1f | %.1f | %s | %s | %.1f / %.1f |\n",
+			r.MTU, r.Test, errs, r.Router, r.KernelMedian, r.Unit, r.RouterMedian, r.Unit, r.Ratio, r.RouterCPU, r.RouterPeakRSS, p99, fails,
+			r.KernelRig.Machine, r.RouterRig.Machine)
 	}
+	rep.perConnTable(&b)
 	return b.String()
+}
+
+// perConnTable renders the short-connection tests' CPU per connection, by
+// process: the kernel path once per test, then each router.
+func (rep *Report) perConnTable(b *strings.Builder) {
+	var rows []Row
+	for _, r := range rep.Rows {
+		if r.KernelPerConn != nil || r.RouterPerConn != nil {
+			rows = append(rows, r)
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "\nCPU per completed connection, µs (medians over runs of CPU s / connections; %d CPUs). "+
+		"Machine: busy time of all CPUs (/proc/stat). Target + load: the short-connection server and the load generator. "+
+		"Other: machine minus every process measured (softirq not charged to them, the harness, anything else running).\n\n", rep.CPUs)
+	b.WriteString("| MTU | test | path | conn/s | machine | router | SOCKS server | target + load | other |\n")
+	b.WriteString("| --: | --- | --- | --: | --: | --: | --: | --: | --: |\n")
+	line := func(r Row, path string, value float64, p *PerConn, router string) {
+		if p == nil {
+			fmt.Fprintf(b, "| %d | %s | %s | %.0f | - | - | - | - | - |\n", r.MTU, r.Test, path, value)
+			return
+		}
+		fmt.Fprintf(b, "| %d | %s | %s | %.0f | %.0f | %s | %.0f | %.0f | %.0f |\n",
+			r.MTU, r.Test, path, value, p.Machine, router, p.Socks, p.Target+p.Load, p.Other)
+	}
+	for i, r := range rows {
+		if i == 0 || rows[i-1].MTU != r.MTU || rows[i-1].Test != r.Test {
+			line(r, "kernel", r.KernelMedian, r.KernelPerConn, "-")
+		}
+		router := "-"
+		if r.RouterPerConn != nil {
+			router = fmt.Sprintf("%.0f", r.RouterPerConn.Router)
+		}
+		line(r, r.Router, r.RouterMedian, r.RouterPerConn, router)
+	}
+}
+
+// String is the run's rig CPU for the log.
+func (r RigCPU) String() string {
+	return fmt.Sprintf("rig cpu: socks %.2fs target %.2fs iperf3-server %.2fs client %.2fs machine %.2fs in %.1fs",
+		r.Socks, r.Target, r.IperfServer, r.Client, r.Machine, r.Wall)
 }
 
 func orDash(s string) string {

@@ -24,6 +24,11 @@ import (
 //	           that the harness created inside the workstation namespace
 //	           and passes to the router
 //	{socks}    the SOCKS5 server's host:port (127.0.0.1:1080)
+//	{socksunix} the path of a unix socket served by the same SOCKS5
+//	           server (a short path under the temporary directory, removed
+//	           at exit), for routers that reach Tor that way in production:
+//	           torgate's managed Tor is a unix SocksPort, so
+//	           "--socks unix:{socksunix}" measures that path
 //	{mtu}      the MTU under test
 //	{torgate}  the torgate binary given with --torgate
 //	{tgbench}  this binary (its "router" subcommand is torgate with pprof)

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +30,7 @@ const (
 	vethGWAddr  = "198.18.0.1"     //
 	tunWS       = "198.18.2.2/24"  // router path, workstation's TUN address
 	socksListen = "127.0.0.1:1080" // in the gateway namespace
+	socksSock   = "socks.sock"     // the SOCKS server's unix socket, in env.sockDir
 	iperfPort   = "5201"
 	servePort   = "8080"
 	tunPrefix   = "tgb" // router i's TUN is tgb<i>
@@ -64,7 +66,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := flag.NewFlagSet("tgbench run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var f runFlags
-	fs.Func("router", "router command template, [NAME=]TEMPLATE (see the contract in bench/README.md); placeholders {tun} or {tunfd}, {socks}, {mtu}, {torgate}, {tgbench}. Repeat the flag to measure several routers (or settings) in one sitting, each right after the kernel path (default: torgate)", func(v string) error {
+	fs.Func("router", "router command template, [NAME=]TEMPLATE (see the contract in bench/README.md); placeholders {tun} or {tunfd}, {socks} (the SOCKS5 server's host:port), {socksunix} (the same server's unix socket path, for e.g. --socks unix:{socksunix}), {mtu}, {torgate}, {tgbench}. Repeat the flag to measure several routers (or settings) in one sitting, each right after the kernel path (default: torgate)", func(v string) error {
 		f.routers = append(f.routers, parseRouterSpec(v, len(f.routers)))
 		return nil
 	})
@@ -241,7 +243,15 @@ type env struct {
 	log     io.Writer
 	procs   []*exec.Cmd // servers in the gateway namespace
 	nsMade  []string
+	// The servers' pids, whose CPU each run measures (ip netns exec execs
+	// the server in place, so these are the servers themselves).
+	socksPID, targetPID, iperfPID int
+	// sockDir holds the SOCKS server's unix socket; removed in teardown.
+	sockDir string
 }
+
+// socksUnix is the path of the SOCKS server's unix socket ({socksunix}).
+func (e *env) socksUnix() string { return filepath.Join(e.sockDir, socksSock) }
 
 func (e *env) logf(format string, args ...any) {
 	fmt.Fprintf(e.log, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
@@ -274,16 +284,31 @@ func (e *env) setup(ctx context.Context) error {
 	); err != nil {
 		return err
 	}
-	// Servers in the gateway namespace: the SOCKS server the router uses,
-	// the short-connection target and iperf3.
-	for _, args := range [][]string{
-		append([]string{e.self, "socks", "-listen", socksListen}, e.socksArgs()...),
-		{e.self, "serve", "-listen", targetIP + ":" + servePort},
-		{"iperf3", "-s", "-B", targetIP, "-p", iperfPort},
+	// A short private directory for the SOCKS server's unix socket (the
+	// output directory may be too long a path for sun_path). Unix socket
+	// paths are not per network namespace, so a router in the gateway
+	// namespace reaches it like the TCP endpoint.
+	dir, err := os.MkdirTemp("", e.id+"-")
+	if err != nil {
+		return err
+	}
+	e.sockDir = dir
+	// Servers in the gateway namespace: the SOCKS server the router uses
+	// (TCP and unix socket, one process), the short-connection target and
+	// iperf3.
+	for _, s := range []struct {
+		pid  *int
+		args []string
+	}{
+		{&e.socksPID, append([]string{e.self, "socks", "-listen", socksListen, "-unix", e.socksUnix()}, e.socksArgs()...)},
+		{&e.targetPID, []string{e.self, "serve", "-listen", targetIP + ":" + servePort}},
+		{&e.iperfPID, []string{"iperf3", "-s", "-B", targetIP, "-p", iperfPort}},
 	} {
-		if err := e.startServer(args...); err != nil {
+		pid, err := e.startServer(s.args...)
+		if err != nil {
 			return err
 		}
+		*s.pid = pid
 	}
 	// Wait until they listen.
 	for _, addr := range []string{socksListen, targetIP + ":" + servePort, targetIP + ":" + iperfPort} {
@@ -291,7 +316,29 @@ func (e *env) setup(ctx context.Context) error {
 			return fmt.Errorf("server on %s did not start (see %s)", addr, filepath.Join(e.f.out, "servers.log"))
 		}
 	}
+	if !waitFor(ctx, 5*time.Second, func() bool { return unixListening(e.socksUnix()) }) {
+		return fmt.Errorf("SOCKS server on %s did not start (see %s)", e.socksUnix(), filepath.Join(e.f.out, "servers.log"))
+	}
+	// The rig's CPU figures are only right if these are the servers and
+	// not an ip(8) that forked them.
+	self := filepath.Base(e.self)
+	self = self[:min(len(self), 15)] // comm is truncated to TASK_COMM_LEN-1
+	for pid, want := range map[int]string{e.socksPID: self, e.targetPID: self, e.iperfPID: "iperf3"} {
+		if got := procName(pid); got != want {
+			e.logf("warning: pid %d is %q, not %s: its CPU figures are not the server's", pid, got, want)
+		}
+	}
 	return nil
+}
+
+// unixListening reports whether a unix stream socket at path accepts.
+func unixListening(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 // socksArgs are extra flags for the SOCKS server (a pprof socket when
@@ -303,20 +350,21 @@ func (e *env) socksArgs() []string {
 	return nil
 }
 
-func (e *env) startServer(args ...string) error {
+// startServer starts a server in the gateway namespace and returns its pid.
+func (e *env) startServer(args ...string) (int, error) {
 	log, err := os.OpenFile(filepath.Join(e.f.out, "servers.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer log.Close()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", e.gw}, args...)...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", args[0], err)
+		return 0, fmt.Errorf("start %s: %w", args[0], err)
 	}
 	e.procs = append(e.procs, cmd)
-	return nil
+	return cmd.Process.Pid, nil
 }
 
 // listening reports whether something listens on addr in the gateway.
@@ -355,18 +403,23 @@ func (e *env) teardown() {
 		exec.Command("ip", "netns", "del", ns).Run()
 	}
 	e.nsMade = nil
+	if e.sockDir != "" {
+		os.RemoveAll(e.sockDir)
+		e.sockDir = ""
+	}
 }
 
 // startRouter starts one router for one MTU and wires its TUN into its
 // workstation namespace.
 func (e *env) startRouter(ctx context.Context, r *routerInst, mtu int) error {
 	vars := map[string]string{
-		"tun":     r.tun,
-		"tunfd":   "3",
-		"socks":   socksListen,
-		"mtu":     strconv.Itoa(mtu),
-		"torgate": e.f.torgate,
-		"tgbench": e.self,
+		"tun":       r.tun,
+		"tunfd":     "3",
+		"socks":     socksListen,
+		"socksunix": e.socksUnix(),
+		"mtu":       strconv.Itoa(mtu),
+		"torgate":   e.f.torgate,
+		"tgbench":   e.self,
 	}
 	command := expandRouter(r.spec.Template, vars)
 	logPath := filepath.Join(e.f.out, "router-"+r.spec.Name+".log")
@@ -512,7 +565,7 @@ func (e *env) measureLogged(ctx context.Context, r *routerInst, mtu, run int, te
 		e.logf("mtu %d run %d %s %s: %v", mtu, run+1, test, name, err)
 		s.Err = err.Error()
 	} else {
-		e.logf("mtu %d run %d %-11s %-8s %10.1f %s  cpu %.2fs rss %.1fMiB%s", mtu, run+1, test, name, s.Value, unitOf(test), s.CPU, s.RSSMiB, s.extra())
+		e.logf("mtu %d run %d %-11s %-8s %10.1f %s  cpu %.2fs rss %.1fMiB%s  %s", mtu, run+1, test, name, s.Value, unitOf(test), s.CPU, s.RSSMiB, s.extra(), s.Rig)
 	}
 	return s
 }
@@ -525,30 +578,32 @@ func (e *env) measure(ctx context.Context, r *routerInst, test string) (Sample, 
 		ns = r.ws
 		u = beginUsage(r.proc.pid)
 	}
+	rig := e.rigBegin()
 	var s Sample
 	var err error
+	var client float64 // the client's CPU seconds
 	switch test {
 	case "tcp-up-1", "tcp-down-1", "tcp-up-8", "tcp-down-8":
 		streams := 1
 		if strings.HasSuffix(test, "-8") {
 			streams = 8
 		}
-		s.Value, err = e.iperf(ctx, ns, streams, strings.Contains(test, "down"))
+		s.Value, client, err = e.iperf(ctx, ns, streams, strings.Contains(test, "down"))
 	case "conn-closed":
 		var lr *LoadResult
-		lr, err = e.load(ctx, ns, "closed", e.f.workers, 0, e.f.loadTime)
+		lr, client, err = e.load(ctx, ns, "closed", e.f.workers, 0, e.f.loadTime)
 		if lr != nil {
 			s.Value, s.Load = lr.ConnPerSec, lr
 		}
 	case "conn-open":
 		var lr *LoadResult
-		lr, err = e.load(ctx, ns, "open", 0, e.f.openRate, e.f.loadTime)
+		lr, client, err = e.load(ctx, ns, "open", 0, e.f.openRate, e.f.loadTime)
 		if lr != nil {
 			s.Value, s.Load = lr.ConnPerSec, lr
 		}
 	case "reconnect":
 		var lr *LoadResult
-		lr, err = e.load(ctx, ns, "reconnect", 0, e.f.reconnRate, e.f.loadTime)
+		lr, client, err = e.load(ctx, ns, "reconnect", 0, e.f.reconnRate, e.f.loadTime)
 		if lr != nil {
 			s.Value, s.Load = lr.ConnPerSec, lr
 		}
@@ -558,11 +613,13 @@ func (e *env) measure(ctx context.Context, r *routerInst, test string) (Sample, 
 	if r != nil {
 		s.CPU, s.RSSMiB = u.end()
 	}
+	s.Rig = e.rigEnd(rig, client)
 	return s, err
 }
 
-// iperf runs an iperf3 client in ns and returns the receiver's Mbit/s.
-func (e *env) iperf(ctx context.Context, ns string, streams int, reverse bool) (float64, error) {
+// iperf runs an iperf3 client in ns and returns the receiver's Mbit/s and
+// the client's CPU seconds.
+func (e *env) iperf(ctx context.Context, ns string, streams int, reverse bool) (mbps, cpu float64, err error) {
 	secs := int(e.f.iperfTime.Seconds())
 	args := []string{"netns", "exec", ns, "iperf3", "-c", targetIP, "-p", iperfPort,
 		"-t", strconv.Itoa(secs), "-O", "1", "-P", strconv.Itoa(streams), "-J", "--connect-timeout", "5000"}
@@ -571,7 +628,9 @@ func (e *env) iperf(ctx context.Context, ns string, streams int, reverse bool) (
 	}
 	ctx, cancel := context.WithTimeout(ctx, e.f.iperfTime+60*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "ip", args...).Output()
+	cmd := exec.CommandContext(ctx, "ip", args...)
+	out, err := cmd.Output()
+	cpu = exitedCPU(cmd)
 	var res struct {
 		End struct {
 			SumReceived struct {
@@ -581,19 +640,20 @@ func (e *env) iperf(ctx context.Context, ns string, streams int, reverse bool) (
 		Error string `json:"error"`
 	}
 	if jerr := json.Unmarshal(out, &res); jerr != nil {
-		return 0, fmt.Errorf("iperf3: %v; %v", err, jerr)
+		return 0, cpu, fmt.Errorf("iperf3: %v; %v", err, jerr)
 	}
 	if res.Error != "" {
-		return 0, fmt.Errorf("iperf3: %s", res.Error)
+		return 0, cpu, fmt.Errorf("iperf3: %s", res.Error)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("iperf3: %w", err)
+		return 0, cpu, fmt.Errorf("iperf3: %w", err)
 	}
-	return res.End.SumReceived.BitsPerSecond / 1e6, nil
+	return res.End.SumReceived.BitsPerSecond / 1e6, cpu, nil
 }
 
-// load runs the load generator in ns.
-func (e *env) load(ctx context.Context, ns, mode string, workers int, rate float64, d time.Duration) (*LoadResult, error) {
+// load runs the load generator in ns and returns its result and its CPU
+// seconds.
+func (e *env) load(ctx context.Context, ns, mode string, workers int, rate float64, d time.Duration) (*LoadResult, float64, error) {
 	args := []string{"netns", "exec", ns, e.self, "load", "-target", targetIP + ":" + servePort,
 		"-mode", mode, "-duration", d.String()}
 	if workers > 0 {
@@ -608,14 +668,15 @@ func (e *env) load(ctx context.Context, ns, mode string, workers int, rate float
 	cmd := exec.CommandContext(ctx, "ip", args...)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
+	cpu := exitedCPU(cmd)
 	if err != nil {
-		return nil, fmt.Errorf("load: %w: %s", err, bytes.TrimSpace(stderr.Bytes()))
+		return nil, cpu, fmt.Errorf("load: %w: %s", err, bytes.TrimSpace(stderr.Bytes()))
 	}
 	var lr LoadResult
 	if err := json.Unmarshal(out, &lr); err != nil {
-		return nil, fmt.Errorf("load output: %w", err)
+		return nil, cpu, fmt.Errorf("load output: %w", err)
 	}
-	return &lr, nil
+	return &lr, cpu, nil
 }
 
 func unitOf(test string) string {
