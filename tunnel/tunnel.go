@@ -3,6 +3,13 @@
 // limits per source and in all, the SOCKS dial, and the relay with
 // half-close and idle timeouts.
 //
+// The relay is driven by readiness, not by a goroutine per direction: the
+// workstation's side announces data through gVisor's waiter queue, the
+// upstream socket through an epoll set of the tunnel's own (Linux; other
+// systems park a goroutine per waiting direction), and a pump copies
+// until the source is drained and gives its goroutine and buffer back. An
+// idle flow costs its connections' memory and nothing else.
+//
 // The upstream is the only way out. Tunnel is given an Upstream (in
 // production a *socks.Dialer bound to Tor's SocksPort) and has no other
 // means to open a connection, so no code path can reach a workstation's

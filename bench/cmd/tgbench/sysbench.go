@@ -202,8 +202,10 @@ func kernelRelease() string {
 	return string(b)
 }
 
-// defaultRouter is torgate in name mode.
-const defaultRouter = "{torgate} run --tun {tun} --addr '' --admin '' --socks {socks} --mtu {mtu}"
+// defaultRouter is torgate in name mode, reaching the SOCKS server over a
+// unix socket as it reaches its managed Tor in production. Other routers
+// (and torgate for a like-for-like row) use {socks}, the TCP endpoint.
+const defaultRouter = "{torgate} run --tun {tun} --addr '' --admin '' --socks unix:{socksunix} --mtu {mtu}"
 
 // routerSpec is one router under test.
 type routerSpec struct {
