@@ -628,11 +628,8 @@ func (e *env) iperf(ctx context.Context, ns string, streams int, reverse bool) (
 	if reverse {
 		args = append(args, "-R")
 	}
-	ctx, cancel := context.WithTimeout(ctx, e.f.iperfTime+60*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, e.f.iperfTime+90*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", args...)
-	out, err := cmd.Output()
-	cpu = exitedCPU(cmd)
 	var res struct {
 		End struct {
 			SumReceived struct {
@@ -641,8 +638,23 @@ func (e *env) iperf(ctx context.Context, ns string, streams int, reverse bool) (
 		} `json:"end"`
 		Error string `json:"error"`
 	}
-	if jerr := json.Unmarshal(out, &res); jerr != nil {
-		return 0, cpu, fmt.Errorf("iperf3: %v; %v", err, jerr)
+	for busy := 0; ; busy++ {
+		cmd := exec.CommandContext(ctx, "ip", args...)
+		var out []byte
+		out, err = cmd.Output()
+		cpu += exitedCPU(cmd)
+		res.Error = ""
+		if jerr := json.Unmarshal(out, &res); jerr != nil {
+			return 0, cpu, fmt.Errorf("iperf3: %v; %v", err, jerr)
+		}
+		// The server runs one test at a time. A router that is slow to
+		// tear down the previous test's streams (seen with tun2socks
+		// after -R) keeps it busy for a while: wait for it, up to 30 s.
+		if strings.Contains(res.Error, "server is busy") && busy < 30 {
+			time.Sleep(time.Second)
+			continue
+		}
+		break
 	}
 	if res.Error != "" {
 		return 0, cpu, fmt.Errorf("iperf3: %s", res.Error)
