@@ -17,8 +17,9 @@ import (
 // runtime's own poller cannot be asked "tell me when" without a goroutine
 // blocked per socket, which is what an idle flow must not cost.
 type poller struct {
-	f  *os.File
-	rc syscall.RawConn
+	f    *os.File
+	rc   syscall.RawConn
+	epfd int // f's descriptor; f.Fd() would switch it to blocking mode
 
 	mu   sync.Mutex
 	fns  map[uint64]func() // guarded by mu; registration id -> kick
@@ -46,7 +47,7 @@ func newPoller() (*poller, error) {
 		f.Close()
 		return nil, err
 	}
-	p := &poller{f: f, rc: rc, fns: make(map[uint64]func()), events: make([]unix.EpollEvent, 128), done: make(chan struct{})}
+	p := &poller{f: f, rc: rc, epfd: fd, fns: make(map[uint64]func()), events: make([]unix.EpollEvent, 128), done: make(chan struct{})}
 	p.waitFn = p.wait
 	go p.loop()
 	return p, nil
@@ -110,7 +111,7 @@ func (p *poller) ctl(op, fd int, id uint64) error {
 		Fd:     int32(uint32(id)),
 		Pad:    int32(uint32(id >> 32)),
 	}
-	return unix.EpollCtl(int(p.f.Fd()), op, fd, &ev)
+	return unix.EpollCtl(p.epfd, op, fd, &ev)
 }
 
 // socketSource drives an upstream socket: non-blocking reads through
