@@ -61,7 +61,7 @@ func (p *poller) wait(fd uintptr) bool {
 		if err == unix.EINTR {
 			continue
 		}
-		p.n = n
+		p.n = max(n, 0) // an error (the set was closed) reads as no events
 		return n > 0
 	}
 }
