@@ -86,19 +86,7 @@ func TestSinks(t *testing.T) {
 // TestDialEarlyData: a client that sends stream bytes right behind its
 // request, without waiting for the reply, loses none of them.
 func TestDialEarlyData(t *testing.T) {
-	target, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	go func() {
-		c, err := target.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		io.Copy(c, c)
-	}()
+	target := echoTarget(t)
 	s := newServer(t, true)
 	c, err := net.Dial("tcp", s.Addr().String())
 	if err != nil {
@@ -147,19 +135,7 @@ func TestDialRefused(t *testing.T) {
 // Tor), a CONNECT reaches the real destination and the relay carries both
 // directions and the half-close, as over TCP.
 func TestDialUnix(t *testing.T) {
-	target, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	go func() {
-		c, err := target.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		io.Copy(c, c) // echo until the client's EOF, then close
-	}()
+	target := echoTarget(t)
 	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "socks.sock"))
 	if err != nil {
 		t.Fatal(err)
@@ -193,4 +169,24 @@ func TestDialUnix(t *testing.T) {
 	if err != nil || string(got) != string(msg) {
 		t.Fatalf("echoed %d of %d bytes, %v", len(got), len(msg), err)
 	}
+}
+
+// echoTarget is a loopback destination that echoes one connection until
+// the client's EOF, then closes it.
+func echoTarget(t *testing.T) net.Listener {
+	t.Helper()
+	target, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { target.Close() })
+	go func() {
+		c, err := target.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c)
+	}()
+	return target
 }
