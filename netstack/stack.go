@@ -591,8 +591,9 @@ type TCPRequest struct {
 var ErrCompleted = errors.New("netstack: tcp request already completed")
 
 // Accept completes the handshake and returns the connection. The returned
-// net.Conn also implements CloseRead and CloseWrite for half-close, and
-// WaitRead (see Conn).
+// net.Conn is a *Conn: CloseRead and CloseWrite for half-close, and
+// TryRead, Readable and NotifyRead for a relay that holds no goroutine
+// while the flow is idle.
 func (r *TCPRequest) Accept() (net.Conn, error) {
 	if !r.done.CompareAndSwap(false, true) {
 		return nil, ErrCompleted
