@@ -220,6 +220,22 @@ func (c *Conn) Close() error {
 	return nil
 }
 
+// Abort ends the connection with a RST, discarding what is buffered
+// either way, and releases it like Close. A workstation that reads a
+// body delimited by the end of the connection then reports an error,
+// where a FIN would have looked like a complete download: torgate uses
+// it whenever it cuts a flow off (Tor went down, the upstream failed,
+// shutdown) rather than relaying an end of stream. It also ends blocked
+// reads and writes.
+func (c *Conn) Abort() error {
+	c.StopNotifyRead()
+	// gVisor's Abort resets a connected endpoint (even one whose FIN was
+	// already sent) but does not free it; Close does.
+	c.ep.Abort()
+	c.ep.Close()
+	return nil
+}
+
 // CloseRead shuts down the reading side.
 func (c *Conn) CloseRead() error {
 	if err := c.ep.Shutdown(tcpip.ShutdownRead); err != nil {

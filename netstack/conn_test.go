@@ -139,3 +139,52 @@ func TestConnWaitRead(t *testing.T) {
 	c.Close()
 	expect("local close", done)
 }
+
+// TestConnAbortResets: Abort reaches the workstation as a RST (a read
+// fails with an error that is not EOF), while
+// Close and CloseWrite end the stream with a FIN (EOF). (After a FIN
+// the workstation has read its EOF already: a RST cannot take it back.)
+func TestConnAbortResets(t *testing.T) {
+	p := newConnPair(t)
+	readAll := func(w net.Conn) ([]byte, error) {
+		w.SetReadDeadline(time.Now().Add(10 * time.Second))
+		return io.ReadAll(w)
+	}
+	for _, tc := range []struct {
+		name    string
+		end     func(c net.Conn)
+		wantRST bool
+	}{
+		{name: "close", end: func(c net.Conn) { c.Close() }},
+		{name: "closewrite", end: func(c net.Conn) { c.(interface{ CloseWrite() error }).CloseWrite() }},
+		{name: "abort", end: func(c net.Conn) { c.(*netstack.Conn).Abort() }, wantRST: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, w, err := p.pair()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			defer c.Close()
+			if _, err := c.Write([]byte("head")); err != nil {
+				t.Fatal(err)
+			}
+			var b [4]byte
+			w.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(w, b[:]); err != nil {
+				t.Fatal(err)
+			}
+			tc.end(c)
+			_, err = readAll(w)
+			var ne net.Error
+			switch {
+			case tc.wantRST && err == nil:
+				t.Fatal("workstation saw a clean end of stream, want a reset")
+			case tc.wantRST && errors.As(err, &ne) && ne.Timeout():
+				t.Fatalf("workstation saw nothing: %v", err)
+			case !tc.wantRST && err != nil:
+				t.Fatalf("workstation read %v, want a clean EOF", err)
+			}
+		})
+	}
+}

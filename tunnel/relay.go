@@ -292,7 +292,7 @@ func (d *direction) pump() {
 			d.f.last.Store(time.Now().UnixNano())
 			if _, werr := d.dst.Write(buf.b[:n]); werr != nil {
 				d.state.Store(pumpDone)
-				d.f.abort()
+				d.f.abort(d.errHow(false))
 				return
 			}
 			d.total += int64(n)
@@ -306,7 +306,7 @@ func (d *direction) pump() {
 			if errors.Is(err, io.EOF) {
 				d.finish()
 			} else {
-				d.f.abort()
+				d.f.abort(d.errHow(true))
 			}
 			return
 		}
@@ -322,10 +322,62 @@ func (d *direction) pump() {
 	}
 }
 
-// finish ends a direction whose source reached EOF: half-close the other
-// side, and end the flow once both directions are done.
+// errHow names the end of a flow whose direction d failed: reading its
+// source (read) or writing its destination. The upstream is the source
+// of the downstream direction (dirs[1]) and the destination of the
+// other.
+func (d *direction) errHow(read bool) endHow {
+	fromUp := d == &d.f.dirs[1]
+	if fromUp == read {
+		return endUpstreamError
+	}
+	return endClientError
+}
+
+// upstreamEOFGrace is how long an end of stream from the upstream waits
+// before it is passed on as a FIN. When Tor dies, the kernel closes its
+// sockets and the relay reads a clean EOF, indistinguishable from a
+// stream the exit ended; passing it on at once would make a download
+// whose length the end of the connection delimits (HTTP/1.0, no
+// Content-Length) look complete. torctl notices the death within
+// milliseconds (the process exits, or the control connection reads EOF)
+// and ends every flow with a RST; holding the FIN this long lets that
+// win. The cost is this much delay on the FIN of a stream the upstream
+// ends, and nothing on the data before it. Measured on 2026-12-02 on
+// the private Tor network: readiness fell within a few ms of SIGKILL.
+const upstreamEOFGrace = 250 * time.Millisecond
+
+// finish ends a direction whose source reached EOF. An end of stream
+// from the upstream is held for upstreamEOFGrace, then passed on as a
+// FIN if Tor is still ready and the flow was not cut off meanwhile, and
+// as a RST otherwise.
 func (d *direction) finish() {
 	d.src.stop()
+	if d != &d.f.dirs[1] {
+		d.finishNow()
+		return
+	}
+	f := d.f
+	// The timer keeps the flow referenced until it has decided.
+	if !f.hold() {
+		return
+	}
+	time.AfterFunc(upstreamEOFGrace, func() {
+		defer f.unhold()
+		if !f.t.ready() {
+			f.abort(endTorDown)
+			return
+		}
+		d.finishNow()
+	})
+}
+
+// finishNow half-closes the other side, and ends the flow once both
+// directions are done.
+func (d *direction) finishNow() {
+	if d.f.aborted.Load() {
+		return
+	}
 	if cw, ok := d.dst.(closeWriter); ok {
 		cw.CloseWrite()
 	}
@@ -334,7 +386,7 @@ func (d *direction) finish() {
 	}
 	f := d.f
 	if f.halfDone.Add(1) == 2 {
-		f.abort()
+		f.abort(endFIN)
 		return
 	}
 	// First direction done: from now on the other direction must make
@@ -380,17 +432,42 @@ func (f *flow) unhold() {
 }
 
 // abort closes both connections (ending any pump blocked in a write) and
-// drops the flow's own reference. Only the first call acts.
-func (f *flow) abort() {
+// drops the flow's own reference; how says why, and anything but endFIN
+// resets the workstation's connection. Only the first call acts.
+func (f *flow) abort(how endHow) {
 	if !f.aborted.CompareAndSwap(false, true) {
 		return
 	}
 	for i := range f.dirs {
 		f.dirs[i].src.stop()
 	}
-	f.client.Close()
+	f.t.ended[how].Inc()
+	if how != endFIN {
+		reset(f.client)
+	} else {
+		f.client.Close()
+	}
 	f.up.Close()
 	f.unhold()
+}
+
+// aborter is a connection that can end with a RST: netstack.Conn.
+type aborter interface{ Abort() error }
+
+// linger is a socket whose close can send a RST (SO_LINGER 0):
+// *net.TCPConn.
+type linger interface{ SetLinger(sec int) error }
+
+// reset closes c with a RST where c can send one, else plainly.
+func reset(c net.Conn) {
+	switch v := c.(type) {
+	case aborter:
+		v.Abort()
+		return
+	case linger:
+		v.SetLinger(0)
+	}
+	c.Close()
 }
 
 // ended runs once, when the flow and all its pumps are done.
@@ -431,7 +508,7 @@ func (t *Tunnel) relay(gen context.Context, client, up net.Conn, end func()) {
 	}
 	if !t.list(f, gen) {
 		// EndAll ran while this flow was dialing.
-		f.abort()
+		f.abort(t.endAllHow())
 		return
 	}
 	// Kicks count from here on; arm catches what arrived before.
@@ -497,7 +574,7 @@ func (t *Tunnel) sweepIdle() {
 	}
 	t.mu.Unlock()
 	for _, f := range idle {
-		f.abort()
+		f.abort(endIdle)
 	}
 }
 

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
@@ -92,7 +94,8 @@ func TestRelaySocketsHalfClose(t *testing.T) {
 }
 
 // TestRelayEndAllSockets: EndAll closes an idle flow that holds no
-// goroutine (nothing is blocked in a read to notice on its own).
+// goroutine (nothing is blocked in a read to notice on its own): the
+// workstation gets a RST, Tor's side an end of stream.
 func TestRelayEndAllSockets(t *testing.T) {
 	clLocal, clRemote := socketPair(t)
 	upLocal, upRemote := socketPair(t)
@@ -100,11 +103,13 @@ func TestRelayEndAllSockets(t *testing.T) {
 	tn := newTunnel(t, up, nil)
 	tn.HandleTCP(netip.AddrPortFrom(srcA, 1000), dst, &fakeFlow{client: clLocal})
 	tn.EndAll()
-	for _, c := range []net.Conn{clRemote, upRemote} {
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
-			t.Fatalf("after EndAll: read %v, want EOF", err)
-		}
+	clRemote.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := clRemote.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("after EndAll: workstation read %v, want ECONNRESET", err)
+	}
+	upRemote.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := upRemote.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("after EndAll: upstream read %v, want EOF", err)
 	}
 	if n := tn.openFlows(); n != 0 {
 		t.Fatalf("%d flows open after EndAll", n)

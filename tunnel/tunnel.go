@@ -121,6 +121,7 @@ type Tunnel struct {
 	total   int                         // guarded by mu
 	gen     context.Context             // guarded by mu; cancelled by EndAll
 	genStop context.CancelFunc          // guarded by mu
+	lastEnd endHow                      // guarded by mu; why gen was last cancelled
 
 	flows      *flow         // guarded by mu; open flows, a list through flow.next
 	sweep      *time.Timer   // guarded by mu; the idle sweep, while flows are open
@@ -138,6 +139,8 @@ type Tunnel struct {
 	socksErrors  *prometheus.CounterVec
 	setupSeconds prometheus.Histogram
 	bytes        *prometheus.CounterVec
+	endedVec     *prometheus.CounterVec
+	ended        [numEndHow]prometheus.Counter // endedVec's, resolved once
 	closed       atomic.Bool
 }
 
@@ -204,6 +207,13 @@ func New(cfg Config) (*Tunnel, error) {
 	for _, r := range []string{refuseNotReady, refuseLimit, refuseUnmapped, refuseHandshk} {
 		t.refused.WithLabelValues(r)
 	}
+	t.endedVec = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flows_ended_total",
+		Help: "Relayed flows ended, by how: fin (both peers finished) or the reason torgate reset the workstation's connection.",
+	}, []string{"how"})
+	for i, l := range endHowLabels {
+		t.ended[i] = t.endedVec.WithLabelValues(l)
+	}
 	t.gen, t.genStop = context.WithCancel(context.Background())
 	t.sweepEvery = sweepInterval(cfg.IdleTimeout, cfg.HalfCloseTimeout)
 	t.pumps = newPumpPool()
@@ -219,16 +229,69 @@ func setDefault[T comparable](p *T, def T) {
 
 // Metrics returns the tunnel's collectors for the caller's registry.
 func (t *Tunnel) Metrics() []prometheus.Collector {
-	return []prometheus.Collector{t.flowsTotal, t.flowsActive, t.refused, t.socksErrors, t.setupSeconds, t.bytes}
+	return []prometheus.Collector{t.flowsTotal, t.flowsActive, t.refused, t.socksErrors, t.setupSeconds, t.bytes, t.endedVec}
 }
 
 // Isolator returns the isolator, for new-identity requests.
 func (t *Tunnel) Isolator() *Isolator { return t.cfg.Isolator }
 
-// EndAll closes every open flow (for example when Tor restarted, so its
-// streams are gone). New flows are not affected.
-func (t *Tunnel) EndAll() {
+// EndReason says why EndAllBecause cuts flows off. Every reason ends the
+// workstations' connections with a RST, never a FIN, so that an
+// application reports an error rather than a truncated success.
+type EndReason int
+
+const (
+	// EndTold: an operator or a new identity asked for it (EndAll).
+	EndTold EndReason = iota
+	// EndTorDown: Tor went away or stopped answering.
+	EndTorDown
+	// EndShutdown: torgate is stopping.
+	EndShutdown
+)
+
+// endHow is how a flow ended: a label of flows_ended_total.
+type endHow int
+
+const (
+	endFIN           endHow = iota // both ways ended by their peers
+	endUpstreamError               // the upstream socket failed
+	endClientError                 // the workstation's connection failed
+	endIdle                        // IdleTimeout or HalfCloseTimeout
+	endTold                        // EndAll
+	endTorDown                     // Tor went down or hung
+	endShutdown                    // Close
+	numEndHow
+)
+
+var endHowLabels = [numEndHow]string{"fin", "rst_upstream_error", "rst_client_error", "rst_idle", "rst_told", "rst_tor_down", "rst_shutdown"}
+
+func (r EndReason) how() endHow {
+	switch r {
+	case EndTorDown:
+		return endTorDown
+	case EndShutdown:
+		return endShutdown
+	}
+	return endTold
+}
+
+// endAllHow is why the last EndAllBecause ended a generation.
+func (t *Tunnel) endAllHow() endHow {
 	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lastEnd
+}
+
+// EndAll ends every open flow with a RST because it was asked to (for
+// example a new identity for all). New flows are not affected.
+func (t *Tunnel) EndAll() { t.EndAllBecause(EndTold) }
+
+// EndAllBecause ends every open flow with a RST, for reason r (Tor
+// restarted or hung, so its streams are gone or stuck; shutdown). New
+// flows are not affected.
+func (t *Tunnel) EndAllBecause(r EndReason) {
+	t.mu.Lock()
+	t.lastEnd = r.how()
 	stop := t.genStop
 	t.gen, t.genStop = context.WithCancel(context.Background())
 	var open []*flow
@@ -241,7 +304,7 @@ func (t *Tunnel) EndAll() {
 	stop()
 	t.mu.Unlock()
 	for _, f := range open {
-		f.abort()
+		f.abort(r.how())
 	}
 }
 
@@ -250,7 +313,7 @@ func (t *Tunnel) Close() error {
 	if t.closed.Swap(true) {
 		return nil
 	}
-	t.EndAll()
+	t.EndAllBecause(EndShutdown)
 	t.wg.Wait()
 	t.mu.Lock()
 	if t.sweep != nil {

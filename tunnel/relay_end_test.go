@@ -1,0 +1,159 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/torgate/torgate/socks"
+)
+
+// TestRelayEndDecision is the reset-versus-FIN table: how each way a
+// relayed flow can end reaches the workstation (the client socket here,
+// which sees a RST as ECONNRESET), and which flows_ended_total label
+// counts it. Only both peers finishing is a FIN.
+func TestRelayEndDecision(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// end ends the flow; upRemote is Tor's side of the upstream
+		// socket, clRemote the workstation's.
+		end     func(tn *Tunnel, ready *atomic.Bool, clRemote, upRemote net.Conn)
+		wantRST bool
+		how     string
+	}{
+		{
+			name: "upstream EOF after client EOF",
+			end: func(_ *Tunnel, _ *atomic.Bool, cl, up net.Conn) {
+				cl.(*net.TCPConn).CloseWrite()
+				io.Copy(io.Discard, up) // the client's FIN came through
+				up.Write([]byte("tail"))
+				up.(*net.TCPConn).CloseWrite()
+			},
+			how: "fin",
+		},
+		{
+			name: "upstream EOF then client EOF",
+			end: func(_ *Tunnel, _ *atomic.Bool, cl, up net.Conn) {
+				up.(*net.TCPConn).CloseWrite()
+				// The client reads the FIN, then finishes itself.
+				go func() {
+					io.Copy(io.Discard, cl)
+					cl.(*net.TCPConn).CloseWrite()
+				}()
+			},
+			how: "fin",
+		},
+		{
+			name: "upstream reset",
+			end: func(_ *Tunnel, _ *atomic.Bool, _, up net.Conn) {
+				up.(*net.TCPConn).SetLinger(0)
+				up.Close()
+			},
+			wantRST: true, how: "rst_upstream_error",
+		},
+		{
+			name: "upstream EOF while tor not ready",
+			end: func(_ *Tunnel, ready *atomic.Bool, _, up net.Conn) {
+				up.(*net.TCPConn).CloseWrite()
+				ready.Store(false)
+			},
+			wantRST: true, how: "rst_tor_down",
+		},
+		{
+			name:    "EndAll",
+			end:     func(tn *Tunnel, _ *atomic.Bool, _, _ net.Conn) { tn.EndAll() },
+			wantRST: true, how: "rst_told",
+		},
+		{
+			name:    "tor down",
+			end:     func(tn *Tunnel, _ *atomic.Bool, _, _ net.Conn) { tn.EndAllBecause(EndTorDown) },
+			wantRST: true, how: "rst_tor_down",
+		},
+		{
+			name:    "shutdown",
+			end:     func(tn *Tunnel, _ *atomic.Bool, _, _ net.Conn) { go tn.Close() },
+			wantRST: true, how: "rst_shutdown",
+		},
+		{
+			name:    "idle",
+			end:     func(*Tunnel, *atomic.Bool, net.Conn, net.Conn) {},
+			wantRST: true, how: "rst_idle",
+		},
+		{
+			name: "client reset",
+			end: func(_ *Tunnel, _ *atomic.Bool, cl, _ net.Conn) {
+				cl.(*net.TCPConn).SetLinger(0)
+				cl.Close()
+			},
+			how: "rst_client_error",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clLocal, clRemote := socketPair(t)
+			upLocal, upRemote := socketPair(t)
+			up := fakeUpstream{connect: func(context.Context, socks.Addr, socks.Auth) (net.Conn, error) { return upLocal, nil }}
+			var ready atomic.Bool
+			ready.Store(true)
+			tn := newTunnel(t, up, func(c *Config) {
+				c.Ready = ready.Load
+				if tc.how == "rst_idle" {
+					c.IdleTimeout = 200 * time.Millisecond
+				}
+			})
+			tn.HandleTCP(netip.AddrPortFrom(srcA, 1000), dst, &fakeFlow{client: clLocal})
+			// Data first, so that the end is mid-stream.
+			if _, err := upRemote.Write([]byte("head")); err != nil {
+				t.Fatal(err)
+			}
+			var b [4]byte
+			clRemote.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(clRemote, b[:]); err != nil {
+				t.Fatal(err)
+			}
+			tc.end(tn, &ready, clRemote, upRemote)
+			if tc.how != "rst_client_error" {
+				_, err := io.ReadAll(clRemote)
+				switch {
+				case tc.wantRST && !errors.Is(err, syscall.ECONNRESET):
+					t.Fatalf("workstation read %v, want ECONNRESET", err)
+				case !tc.wantRST && err != nil:
+					t.Fatalf("workstation read %v, want a clean EOF", err)
+				}
+			}
+			waitFor(t, func() bool { return tn.openFlows() == 0 })
+			if got := testutil.ToFloat64(tn.ended[endHowIndex(t, tc.how)]); got != 1 {
+				t.Fatalf("flows_ended_total{how=%q} = %v, want 1", tc.how, got)
+			}
+		})
+	}
+}
+
+func endHowIndex(t *testing.T, label string) endHow {
+	for i, l := range endHowLabels {
+		if l == label {
+			return endHow(i)
+		}
+	}
+	t.Fatalf("no end label %q", label)
+	return 0
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
