@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/torgate/torgate"
+	"github.com/torgate/torgate/internal/wstest"
 	"github.com/torgate/torgate/socks"
 	"github.com/torgate/torgate/socks/sockstest"
 )
@@ -74,5 +75,101 @@ func TestTorDeathResetsDownload(t *testing.T) {
 				t.Fatalf("read %d bytes, %v; want %d and a clean EOF", len(got), err, len(body)+19)
 			}
 		})
+	}
+}
+
+// TestPlainSocksReadiness: with a plain SOCKS upstream (no control port)
+// readiness comes from evidence. An upstream that accepts connections
+// but never answers a greeting is not ready from the start; once it
+// answers, the router is ready again within a couple of seconds; once
+// it is gone, the next dial marks it not ready and later flows get a
+// RST at once.
+func TestPlainSocksReadiness(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var answer atomic.Bool
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				var b [3]byte
+				if _, err := io.ReadFull(c, b[:]); err != nil || !answer.Load() {
+					io.Copy(io.Discard, c) // hang: read, never answer
+					return
+				}
+				c.Write([]byte{5, 0})
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	up, err := socks.NewDialer("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub, _ := wstest.New(t, 1500, ws1)
+	r, err := torgate.New(torgate.Config{Device: hub, Upstream: up})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start()
+	t.Cleanup(func() { r.Close() })
+	if err := r.UpstreamErr(); err == nil {
+		t.Fatal("ready with an upstream that never answers a greeting")
+	} else {
+		t.Logf("not ready: %v", err)
+	}
+	answer.Store(true)
+	began := time.Now()
+	waitCond(t, 10*time.Second, func() bool { return r.UpstreamErr() == nil })
+	t.Logf("ready again %v after the upstream answered", time.Since(began).Round(time.Millisecond))
+	ln.Close()
+	// No flow needed: the next probe (at most upstreamProbeEvery) finds
+	// the port closed.
+	began = time.Now()
+	waitCond(t, 15*time.Second, func() bool { return r.UpstreamErr() != nil })
+	t.Logf("not ready %v after the upstream closed: %v", time.Since(began).Round(time.Millisecond), r.UpstreamErr())
+}
+
+// TestPlainSocksDialFailureRefuses: a real dial that cannot connect makes
+// the router not ready at once, and the next flow gets a RST without a
+// dial.
+func TestPlainSocksDialFailureRefuses(t *testing.T) {
+	f := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, nil)
+	c, err := f.dial(t, ws1, dst4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	f.socks.Close()
+	// This flow's dial meets a closed port.
+	if c, err := f.dial(t, ws1, dst4); err == nil {
+		c.Close()
+		t.Fatal("flow accepted with the upstream gone")
+	}
+	if f.r.UpstreamErr() == nil {
+		t.Fatal("ready after a dial to the upstream failed")
+	}
+	began := time.Now()
+	if c, err := f.dial(t, ws1, dst4); err == nil {
+		c.Close()
+		t.Fatal("flow accepted while not ready")
+	}
+	t.Logf("refused in %v", time.Since(began).Round(time.Microsecond))
+}
+
+func waitCond(t *testing.T, bound time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", bound)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -76,7 +76,11 @@ type Config struct {
 	StateDir string
 
 	// Ready reports whether Tor can carry traffic; while false new flows
-	// get a RST and DNS SERVFAIL. Nil means always ready (plain SOCKS).
+	// get a RST and DNS SERVFAIL. Nil means plain SOCKS: readiness then
+	// comes from the router's own evidence, a periodic connect and SOCKS
+	// greeting to the upstream and the outcome of real dials (see
+	// upstream_watch.go). Either way a SOCKS port that stops answering
+	// greetings makes the router not ready.
 	Ready func() bool
 
 	// Flow limits; zero takes tunnel's defaults.
@@ -103,6 +107,9 @@ type Router struct {
 	tunnel *tunnel.Tunnel
 	dns    *dns.Server
 	dialer *socks.Dialer
+	watch  *upstreamWatch
+	stop   context.CancelFunc // ends the watch loop; set by Start
+	bg     sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -199,16 +206,24 @@ func New(cfg Config) (*Router, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Router{cfg: cfg, log: log, dialer: cfg.Upstream}
+	r := &Router{cfg: cfg, log: log}
+	// Every dial goes through the liveness watch; readiness needs both
+	// the caller's (Tor's) and the watch's.
+	r.watch = newUpstreamWatch(cfg.Upstream.Dial, cfg.Ready == nil, log.With("component", "upstream"))
+	r.dialer = &socks.Dialer{Dial: r.watch.Dial}
+	ready := r.watch.ok
+	if cfg.Ready != nil {
+		ready = func() bool { return cfg.Ready() && r.watch.ok() }
+	}
 
 	iso, err := tunnel.NewIsolator(cfg.Isolation, cfg.IsolationSecret)
 	if err != nil {
 		return nil, err
 	}
 	tcfg := tunnel.Config{
-		Upstream:          cfg.Upstream,
+		Upstream:          r.dialer,
 		Isolator:          iso,
-		Ready:             cfg.Ready,
+		Ready:             ready,
 		DialTimeout:       cfg.DialTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		HalfCloseTimeout:  cfg.HalfCloseTimeout,
@@ -238,7 +253,7 @@ func New(cfg Config) (*Router, error) {
 		Pool6:     cfg.DNSPool6,
 		StateFile: stateFile,
 		Resolver:  tn.Resolver(),
-		Ready:     cfg.Ready,
+		Ready:     ready,
 		Logger:    log.With("component", "dns"),
 	})
 	if err != nil {
@@ -292,6 +307,7 @@ func (r *Router) Metrics() []prometheus.Collector {
 	cs := r.tunnel.Metrics()
 	cs = append(cs, r.dns.Metrics()...)
 	cs = append(cs, newStackCollector(r.stack))
+	cs = append(cs, r.watch.metrics()...)
 	return cs
 }
 
@@ -319,8 +335,19 @@ func (r *Router) Healthy() error {
 	return r.stack.Err()
 }
 
-// Start begins forwarding without blocking.
+// UpstreamErr is nil while the SOCKS upstream answers, else why not. In
+// plain SOCKS mode it is all the router knows about Tor: a SOCKS port
+// says nothing of Tor's bootstrap.
+func (r *Router) UpstreamErr() error { return r.watch.err() }
+
+// Start begins forwarding. In plain SOCKS mode it first probes the
+// upstream once (at most a second), so that a dead upstream is refused
+// from the first flow on.
 func (r *Router) Start() {
+	ctx, stop := context.WithCancel(context.Background())
+	r.stop = stop
+	r.watch.start(ctx)
+	r.bg.Go(func() { r.watch.watchLoop(ctx) })
 	r.stack.Start()
 	r.started.Store(true)
 	if r.cfg.StateDir != "" {
@@ -331,11 +358,41 @@ func (r *Router) Start() {
 	r.log.Info("router started", "mtu", r.stack.MTU(), "isolation", r.cfg.Isolation.String(), "dns_mode", r.cfg.DNSMode.String())
 }
 
-// Run forwards until ctx is done, then closes the router.
+// failPoll is how often Run checks the packet loop. A TUN that fails (or
+// is deleted) ends Run within about this long.
+const failPoll = 200 * time.Millisecond
+
+// Run forwards until ctx is done or the packet loop fails, then closes
+// the router. It returns nil after ctx is done and the loop's error
+// (for example netstack's "tun read" after the TUN was deleted)
+// otherwise: a router that cannot forward must not stay up looking
+// healthy.
 func (r *Router) Run(ctx context.Context) error {
-	r.Start()
-	<-ctx.Done()
-	return r.Close()
+	if !r.started.Load() {
+		r.Start()
+	}
+	err := r.Wait(ctx)
+	return errors.Join(err, r.Close())
+}
+
+// Wait blocks until ctx is done (nil) or the started router stops
+// forwarding (its error).
+func (r *Router) Wait(ctx context.Context) error {
+	tick := time.NewTicker(failPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		if err := r.stack.Err(); err != nil {
+			if r.closed.Load() {
+				return nil
+			}
+			return fmt.Errorf("router: %w", err)
+		}
+	}
 }
 
 // Close stops forwarding, ends all flows, saves DNS state and closes the
@@ -349,6 +406,10 @@ func (r *Router) Close() error {
 			r.saver = nil
 		}
 		r.saverMu.Unlock()
+		if r.stop != nil {
+			r.stop()
+		}
+		r.bg.Wait()
 		err1 := r.stack.Close()
 		err2 := r.tunnel.Close()
 		err3 := r.dns.Close()

@@ -326,9 +326,11 @@ func (s *Stack) readLoop() {
 		if err != nil {
 			if errors.Is(err, tun.ErrTooManySegments) {
 				s.stats.Drops[ReasonTooManySegments].Add(1)
-			} else if s.ctx.Err() != nil || errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) {
+			} else if s.ctx.Err() != nil {
 				return
 			} else {
+				// os.ErrClosed while the stack runs is the TUN going
+				// away under it (the device was deleted): a failure.
 				s.log.Error("tun read failed", "err", err)
 				s.loopErr.Store(fmt.Errorf("netstack: tun read: %w", err))
 				return
@@ -436,9 +438,10 @@ func (s *Stack) readLoopVnet() {
 	for {
 		n, err := s.vnet.read(buf)
 		if err != nil {
-			if s.ctx.Err() != nil || errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) {
+			if s.ctx.Err() != nil {
 				return
 			}
+			// As in readLoop: a closed TUN while running is a failure.
 			s.log.Error("tun read failed", "err", err)
 			s.loopErr.Store(fmt.Errorf("netstack: tun read: %w", err))
 			return
