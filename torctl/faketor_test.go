@@ -35,6 +35,7 @@ type fakeTor struct {
 	signals []string
 	owned   int  // TAKEOWNERSHIP count
 	hang    bool // stop answering commands
+	stopped chan struct{} // non-nil: commands wait until it is closed (SIGSTOP)
 	dials   int
 	down    bool // refuse new connections
 }
@@ -172,6 +173,26 @@ func (f *fakeTor) setHang(h bool) {
 	f.hang = h
 }
 
+// stop makes the fake behave like a SIGSTOPped tor: commands are read
+// but answered only after resume.
+func (f *fakeTor) stop() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopped == nil {
+		f.stopped = make(chan struct{})
+	}
+}
+
+// resume answers what waited (SIGCONT).
+func (f *fakeTor) resume() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopped != nil {
+		close(f.stopped)
+		f.stopped = nil
+	}
+}
+
 func (f *fakeTor) setDown(d bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -216,10 +237,17 @@ func (f *fakeTor) serve(c *fakeConn) {
 		cmd, arg, _ := strings.Cut(line, " ")
 		cmd = strings.ToUpper(cmd)
 		f.mu.Lock()
-		hang := f.hang
+		hang, stopped := f.hang, f.stopped
 		f.mu.Unlock()
 		if hang {
 			continue
+		}
+		if stopped != nil {
+			select {
+			case <-stopped:
+			case <-c.done:
+				return
+			}
 		}
 		if !authed && cmd != "PROTOCOLINFO" && cmd != "AUTHCHALLENGE" && cmd != "AUTHENTICATE" && cmd != "QUIT" {
 			c.send("514 Authentication required.")

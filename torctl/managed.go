@@ -182,6 +182,7 @@ func (p exeProc) Pid() int { return p.cmd.Process.Pid }
 func (t *Tor) superviseLoop(ctx context.Context, args []string) {
 	bo := backoff{base: t.cfg.RestartBackoff, max: t.cfg.MaxRestartBackoff, stable: t.cfg.StableAfter}
 	tlog := newTorLog(t.log.With("component", "tor"))
+	t.tlog.Store(tlog)
 	for {
 		began := time.Now()
 		err := t.runOnce(ctx, args, tlog)

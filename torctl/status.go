@@ -30,6 +30,9 @@ type Bootstrap struct {
 type Status struct {
 	// Connected: a control connection is up (managed: and tor runs).
 	Connected bool
+	// Unresponsive: the last poll went unanswered past ProbeDeadline (Tor
+	// stopped or hung) and has not been answered since.
+	Unresponsive bool
 	// Bootstrap is the last bootstrap phase seen on this connection.
 	Bootstrap Bootstrap
 	// CircuitEstablished mirrors GETINFO status/circuit-established and the
@@ -43,7 +46,7 @@ type Status struct {
 // Ready reports whether Tor can carry traffic: connected, bootstrapped and
 // with the network up.
 func (s Status) Ready() bool {
-	return s.Connected && s.Bootstrap.Progress >= 100 && s.CircuitEstablished && s.NetworkLive
+	return s.Connected && !s.Unresponsive && s.Bootstrap.Progress >= 100 && s.CircuitEstablished && s.NetworkLive
 }
 
 // Reason says why s is not ready ("" when it is), for probes and logs.
@@ -51,6 +54,8 @@ func (s Status) Reason() string {
 	switch {
 	case !s.Connected:
 		return "no connection to tor"
+	case s.Unresponsive:
+		return "tor does not answer on its control port (stopped or hung)"
 	case s.Bootstrap.Progress < 100:
 		r := fmt.Sprintf("tor bootstrapping %d%% (%s)", s.Bootstrap.Progress, s.Bootstrap.Tag)
 		if s.Bootstrap.Warning != "" {

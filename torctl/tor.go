@@ -52,19 +52,40 @@ type Config struct {
 	// tests). Managed mode only.
 	TorrcLines []string
 
-	// RestartBackoff is the wait before restarting an exited Tor (or
-	// reconnecting a lost control connection); it doubles after each quick
-	// failure up to MaxRestartBackoff and is reset after StableAfter of
-	// uptime. Defaults 1s, 1m and 1m.
+	// RestartBackoff is the wait before restarting a managed Tor that
+	// exited again soon after a restart (or retrying a control port that
+	// refused authentication); it doubles after each quick failure up to
+	// MaxRestartBackoff and is reset after StableAfter of uptime. The
+	// first restart after a stable run waits only firstRestart, so a
+	// single crash costs about a second of service, not a minute, while a
+	// crash loop still backs off. Defaults 1s, 1m and 1m.
 	RestartBackoff, MaxRestartBackoff, StableAfter time.Duration
+	// ReconnectInterval is how often attach mode retries a control port
+	// that is gone (refused, or closed when Tor restarted): the attached
+	// Tor is used again within about this long of coming back. Only
+	// failed authentication backs off. Default 500ms.
+	ReconnectInterval time.Duration
 	// CommandTimeout bounds every control command, authentication and
 	// startup of the control socket. A Tor that does not answer in time
 	// is treated as gone. Default 30s (tor may be busy parsing a consensus
 	// on a slow box).
 	CommandTimeout time.Duration
-	// PollInterval is how often readiness is re-read besides events, which
-	// also proves that Tor still answers. Default 5s.
+	// PollInterval is how often readiness is re-read besides events; each
+	// poll is also the liveness probe (one GETINFO of three keys). Default
+	// 2s.
 	PollInterval time.Duration
+	// ProbeDeadline is how long a poll may go unanswered before Tor counts
+	// as hung: not ready, and OnDown ends the flows. Tor's main loop
+	// answers GETINFO within milliseconds even while it builds circuits;
+	// a stopped (SIGSTOP) or wedged Tor answers nothing. Ready returns
+	// with the late answer; CommandTimeout later the connection is given
+	// up. Default 5s, so a hung Tor is noticed within PollInterval +
+	// ProbeDeadline (7s).
+	ProbeDeadline time.Duration
+	// BootstrapStall is how long bootstrap may make no progress before
+	// torctl logs a warning naming Tor's last problem, the likely causes
+	// and the next step (also in Diagnosis). Default 60s.
+	BootstrapStall time.Duration
 
 	// OnProgress is called when the bootstrap phase changes, in order, one
 	// call at a time. It must not call Close. Optional.
@@ -90,8 +111,16 @@ const (
 	DefaultMaxRestartBackoff = time.Minute
 	DefaultStableAfter       = time.Minute
 	DefaultCommandTimeout    = 30 * time.Second
-	DefaultPollInterval      = 5 * time.Second
+	DefaultPollInterval      = 2 * time.Second
+	DefaultProbeDeadline     = 5 * time.Second
+	DefaultReconnectInterval = 500 * time.Millisecond
+	DefaultBootstrapStall    = time.Minute
 )
+
+// firstRestart is the wait before the first restart after a stable run:
+// long enough not to spin on a Tor that exits at once, short enough
+// that one crash is barely noticed.
+const firstRestart = 200 * time.Millisecond
 
 // maxUnixPath is the longest unix socket path Linux accepts (sun_path is
 // 108 bytes with the terminating NUL).
@@ -120,6 +149,12 @@ type Tor struct {
 	lastNewNym time.Time     // guarded by mu
 	seq        uint64        // bootstrap change counter; guarded by mu
 	warned     string        // last bootstrap warning logged; guarded by mu
+	progressAt time.Time     // last bootstrap change or session start; guarded by mu
+	stalled    string        // the stall diagnosis, once logged; guarded by mu
+
+	hangs atomic.Uint64          // polls that missed ProbeDeadline
+	tlog  atomic.Pointer[torLog] // managed tor's log, for diagnoses
+	done  chan struct{}          // closed when the supervisor ends
 
 	cbMu  sync.Mutex // serialises OnProgress
 	cbSeq uint64     // guarded by cbMu
@@ -133,7 +168,7 @@ type Tor struct {
 
 // New validates cfg and returns a Tor that has not started yet.
 func New(cfg Config) (*Tor, error) {
-	t := &Tor{cfg: cfg, changed: make(chan struct{})}
+	t := &Tor{cfg: cfg, changed: make(chan struct{}), done: make(chan struct{})}
 	if err := t.validate(); err != nil {
 		return nil, err
 	}
@@ -151,7 +186,10 @@ func (t *Tor) validate() error {
 	setDefault(&c.StableAfter, DefaultStableAfter)
 	setDefault(&c.CommandTimeout, DefaultCommandTimeout)
 	setDefault(&c.PollInterval, DefaultPollInterval)
-	for _, d := range []time.Duration{c.RestartBackoff, c.MaxRestartBackoff, c.StableAfter, c.CommandTimeout, c.PollInterval} {
+	setDefault(&c.ProbeDeadline, DefaultProbeDeadline)
+	setDefault(&c.ReconnectInterval, DefaultReconnectInterval)
+	setDefault(&c.BootstrapStall, DefaultBootstrapStall)
+	for _, d := range []time.Duration{c.RestartBackoff, c.MaxRestartBackoff, c.StableAfter, c.CommandTimeout, c.PollInterval, c.ProbeDeadline, c.ReconnectInterval, c.BootstrapStall} {
 		if d < 0 {
 			return errors.New("torctl: negative duration in Config")
 		}
@@ -281,14 +319,20 @@ func (t *Tor) start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		t.wg.Go(func() { t.superviseLoop(bg, args) })
+		t.wg.Go(func() {
+			defer close(t.done)
+			t.superviseLoop(bg, args)
+		})
 		return nil
 	}
 	c, err := t.open(ctx)
 	if err != nil {
 		return err
 	}
-	t.wg.Go(func() { t.attachLoop(bg, c) })
+	t.wg.Go(func() {
+		defer close(t.done)
+		t.attachLoop(bg, c)
+	})
 	return nil
 }
 
@@ -306,6 +350,14 @@ func (t *Tor) Close() error {
 	})
 	return nil
 }
+
+// Done is closed when the supervisor has stopped: after Close, or (a
+// bug) if it ever ended on its own. A caller that runs Tor's supervision
+// alongside other parts treats the second as fatal.
+func (t *Tor) Done() <-chan struct{} { return t.done }
+
+// Hangs counts polls that went unanswered past ProbeDeadline.
+func (t *Tor) Hangs() uint64 { return t.hangs.Load() }
 
 // Ready reports whether Tor can carry traffic now. It is one atomic load,
 // cheap enough to call for every flow and DNS query.
@@ -497,26 +549,50 @@ func (t *Tor) serve(ctx context.Context, c *ctlConn) error {
 	defer c.close()
 	t.update(func(st *Status) {
 		st.Connected = true
+		st.Unresponsive = false
 		st.Bootstrap = Bootstrap{}
 		st.CircuitEstablished, st.NetworkLive = false, false
 	})
-	if err := t.poll(ctx, c); err != nil {
-		return err
-	}
+	t.mu.Lock()
+	t.progressAt, t.stalled = time.Now(), ""
+	t.mu.Unlock()
 	tick := time.NewTicker(t.cfg.PollInterval)
 	defer tick.Stop()
 	for {
+		if err := t.probe(ctx, c); err != nil {
+			return err
+		}
+		t.checkStall(time.Now())
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-c.done():
 			return c.closedErr()
 		case <-tick.C:
-			if err := t.poll(ctx, c); err != nil {
-				return err
-			}
 		}
 	}
+}
+
+// probe polls with a deadline. A poll unanswered after ProbeDeadline
+// makes Tor unresponsive: not ready, and OnDown ends the flows (they are
+// stuck behind the same main loop). The poll goes on waiting, up to
+// CommandTimeout: its answer makes Tor responsive (and ready) again.
+func (t *Tor) probe(ctx context.Context, c *ctlConn) error {
+	res := make(chan error, 1)
+	go func() { res <- t.poll(ctx, c) }()
+	timer := time.NewTimer(t.cfg.ProbeDeadline)
+	defer timer.Stop()
+	select {
+	case err := <-res:
+		return err
+	case <-timer.C:
+	}
+	t.hangs.Add(1)
+	t.apply(c, func(st *Status) { st.Unresponsive = true })
+	if t.cfg.OnDown != nil {
+		t.cfg.OnDown()
+	}
+	return <-res
 }
 
 // lost marks the session of c over.
@@ -526,7 +602,7 @@ func (t *Tor) lost(c *ctlConn) {
 		t.cur = nil
 	}
 	t.mu.Unlock()
-	t.update(func(st *Status) { st.Connected = false })
+	t.update(func(st *Status) { st.Connected, st.Unresponsive = false, false })
 	if t.cfg.OnDown != nil {
 		t.cfg.OnDown()
 	}
@@ -556,6 +632,7 @@ func (t *Tor) poll(ctx context.Context, c *ctlConn) error {
 		t.setBootstrap(st, b)
 		st.CircuitEstablished = circ
 		st.NetworkLive = live
+		st.Unresponsive = false
 	})
 	return nil
 }
@@ -601,6 +678,11 @@ func (t *Tor) setBootstrap(st *Status, b Bootstrap) {
 			t.warned = b.Warning
 			t.log.Warn("tor bootstrap problem", "progress", b.Progress, "tag", b.Tag, "warning", b.Warning)
 		}
+		if b.Progress > st.Bootstrap.Progress {
+			// A session that starts on a warning learns its phase from it.
+			st.Bootstrap = b
+			return
+		}
 		st.Bootstrap.Warning = b.Warning
 		return
 	}
@@ -642,6 +724,9 @@ func (t *Tor) update(f func(*Status)) {
 	progressed := st.Bootstrap != old.Bootstrap
 	if progressed {
 		t.seq++
+		if st.Bootstrap.Progress != old.Bootstrap.Progress {
+			t.progressAt, t.stalled = time.Now(), ""
+		}
 	}
 	seq := t.seq
 	t.mu.Unlock()
@@ -676,10 +761,12 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// backoff tracks the restart delay.
+// backoff tracks the restart delay: firstRestart for the first failure
+// (or the first after a run of at least stable), then base, doubling up
+// to max.
 type backoff struct {
 	base, max, stable time.Duration
-	cur               time.Duration
+	cur               time.Duration // the delay after the next quick failure; 0 before the first
 }
 
 // next returns the delay before the next attempt after a run that lasted
@@ -687,38 +774,51 @@ type backoff struct {
 func (b *backoff) next(up time.Duration) time.Duration {
 	if b.cur == 0 || up >= b.stable {
 		b.cur = b.base
-	} else {
-		b.cur = min(2*b.cur, b.max)
+		return min(firstRestart, b.base)
 	}
-	return b.cur
+	d := b.cur
+	b.cur = min(2*b.cur, b.max)
+	return d
 }
 
 // attachLoop serves the attached Tor's control connection and reconnects
-// when it is lost.
+// when it is lost: every ReconnectInterval while the control port is
+// gone (an attached Tor that restarts is used again within about that
+// long), with backoff only while it refuses authentication (retrying a
+// wrong password fast helps nobody).
 func (t *Tor) attachLoop(ctx context.Context, c *ctlConn) {
-	bo := backoff{base: t.cfg.RestartBackoff, max: t.cfg.MaxRestartBackoff, stable: t.cfg.StableAfter}
 	for {
-		began := time.Now()
 		err := t.serve(ctx, c)
 		if ctx.Err() != nil {
 			return
 		}
-		wait := bo.next(time.Since(began))
-		t.log.Warn("tor control connection lost", "err", err, "retry_in", wait)
+		lostAt := time.Now()
+		t.log.Warn("tor control connection lost", "err", err, "retry_every", t.cfg.ReconnectInterval)
+		bo := backoff{base: t.cfg.RestartBackoff, max: t.cfg.MaxRestartBackoff, stable: t.cfg.StableAfter}
+		wait, logged := t.cfg.ReconnectInterval, false
 		for {
 			if !sleep(ctx, wait) {
 				return
 			}
 			c, err = t.open(ctx)
 			if err == nil {
-				t.log.Info("tor control connection restored")
+				t.log.Info("tor control connection restored", "down_for", time.Since(lostAt).Round(time.Millisecond))
 				break
 			}
 			if ctx.Err() != nil {
 				return
 			}
-			wait = bo.next(0)
-			t.log.Warn("tor control connection failed", "err", err, "retry_in", wait)
+			if errors.Is(err, ErrAuth) {
+				wait = max(bo.next(0), t.cfg.ReconnectInterval)
+				t.log.Warn("tor control connection refused authentication", "err", err, "retry_in", wait)
+				continue
+			}
+			wait = t.cfg.ReconnectInterval
+			if !logged {
+				// Once per outage: the retries are frequent.
+				logged = true
+				t.log.Warn("tor control connection failed; retrying", "err", err, "retry_every", wait)
+			}
 		}
 	}
 }

@@ -343,9 +343,10 @@ func (ps *fakeProcs) times() (starts, kills []time.Time) {
 	return slices.Clone(ps.starts), slices.Clone(ps.kills)
 }
 
-// TestManagedRestart: a managed Tor that exits is restarted with
-// exponential backoff, reset after a stable run; readiness drops at once
-// and OnDown runs for each exit.
+// TestManagedRestart: a managed Tor that exits is restarted at once
+// (firstRestart), then with exponential backoff while it keeps crashing,
+// reset after a stable run; readiness drops at once and OnDown runs for
+// each exit.
 func TestManagedRestart(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFakeTor(t, "SAFECOOKIE")
@@ -378,7 +379,7 @@ func TestManagedRestart(t *testing.T) {
 			t.Errorf("SocksAddr %q, args %q", tor.SocksAddr(), ps.args)
 		}
 
-		// Three quick crashes: restarts after 1s, 2s, 4s.
+		// Three quick crashes: restarts after 200ms, 1s, 2s.
 		for i := range 3 {
 			ps.killCurrent()
 			synctest.Wait()
@@ -394,7 +395,7 @@ func TestManagedRestart(t *testing.T) {
 				t.Fatalf("crash %d: not ready after restart: %+v", i, tor.Status())
 			}
 		}
-		// A stable run resets the backoff to 1s.
+		// A stable run resets the backoff: the next restart is quick.
 		time.Sleep(DefaultStableAfter)
 		ps.killCurrent()
 		time.Sleep(time.Hour)
@@ -402,7 +403,7 @@ func TestManagedRestart(t *testing.T) {
 		if len(starts) != 5 || len(kills) < 4 {
 			t.Fatalf("%d starts, %d kills; want 5 and at least 4", len(starts), len(kills))
 		}
-		for i, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, time.Second} {
+		for i, want := range []time.Duration{firstRestart, time.Second, 2 * time.Second, firstRestart} {
 			if gap := starts[i+1].Sub(kills[i]); gap != want {
 				t.Errorf("restart %d came %v after the exit, want %v", i+1, gap, want)
 			}

@@ -82,6 +82,20 @@ func (w *torLog) line(s string) {
 	w.log.Log(context.Background(), level, "tor log", "line", msg)
 }
 
+// lastProblem returns the newest [warn] or [err] line among the last
+// ones kept, else the newest [notice] line, else "".
+func (w *torLog) lastProblem() string {
+	lines := w.tail()
+	for _, sev := range []string{"[warn] ", "[err] ", "[notice] "} {
+		for i := len(lines) - 1; i >= 0; i-- {
+			if _, after, ok := strings.Cut(lines[i], sev); ok {
+				return after
+			}
+		}
+	}
+	return ""
+}
+
 // tail returns the last lines, oldest first.
 func (w *torLog) tail() []string {
 	w.mu.Lock()
