@@ -33,8 +33,8 @@ type fakeTor struct {
 	info    map[string]string // GETINFO answers
 	conns   map[*fakeConn]bool
 	signals []string
-	owned   int  // TAKEOWNERSHIP count
-	hang    bool // stop answering commands
+	owned   int           // TAKEOWNERSHIP count
+	hang    bool          // stop answering commands
 	stopped chan struct{} // non-nil: commands wait until it is closed (SIGSTOP)
 	dials   int
 	down    bool // refuse new connections
