@@ -30,6 +30,10 @@ type Config struct {
 	// Ready backs /readyz: nil error when traffic can flow (Tor
 	// bootstrapped and the TUN up).
 	Ready func() error
+	// Mode describes how torgate reaches Tor ("managed", "attach",
+	// "socks: torgate cannot see Tor's bootstrap"); /readyz names it in
+	// both answers, so an operator knows what "ready" rests on. Optional.
+	Mode string
 	// NewIdentity rotates one source's circuits (POST /newnym?source=ADDR).
 	NewIdentity func(src netip.Addr) error
 	// NewIdentityAll rotates every circuit (POST /newnym).
@@ -48,20 +52,23 @@ func Handler(cfg Config) http.Handler {
 	if cfg.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
 	}
-	probe := func(f func() error) http.HandlerFunc {
+	probe := func(f func() error, mode string) http.HandlerFunc {
+		if mode != "" {
+			mode = " (mode " + mode + ")"
+		}
 		return func(w http.ResponseWriter, r *http.Request) {
 			if err := f(); err != nil {
-				http.Error(w, "not ok: "+err.Error(), http.StatusServiceUnavailable)
+				http.Error(w, "not ok"+mode+": "+err.Error(), http.StatusServiceUnavailable)
 				return
 			}
-			fmt.Fprintln(w, "ok")
+			fmt.Fprintln(w, "ok"+mode)
 		}
 	}
 	if cfg.Healthy != nil {
-		mux.HandleFunc("GET /healthz", probe(cfg.Healthy))
+		mux.HandleFunc("GET /healthz", probe(cfg.Healthy, ""))
 	}
 	if cfg.Ready != nil {
-		mux.HandleFunc("GET /readyz", probe(cfg.Ready))
+		mux.HandleFunc("GET /readyz", probe(cfg.Ready, cfg.Mode))
 	}
 	mux.HandleFunc("POST /newnym", func(w http.ResponseWriter, r *http.Request) {
 		src := r.URL.Query().Get("source")

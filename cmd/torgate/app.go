@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -37,6 +38,9 @@ type app struct {
 	router *torgate.Router
 	reg    *prometheus.Registry
 	stop   []func()
+	// tasks run beside the router under run's group: each returns nil
+	// once ctx is done, or its failure.
+	tasks []func(context.Context) error
 }
 
 // startApp brings torgate up as the flags say. dev, if not nil, replaces
@@ -97,14 +101,49 @@ func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device
 	a.stop = append(a.stop, func() { r.Close() })
 	cfg.Registerer.MustRegister(link.metrics(r)...)
 	if f.tor.admin != "" {
-		stop, err := serveAdmin(f.tor.admin, r, link, a.reg, log)
+		stop, wait, err := serveAdmin(f.tor.admin, r, link, a.reg, log)
 		if err != nil {
 			a.close()
 			return nil, err
 		}
 		a.stop = append(a.stop, stop)
+		a.tasks = append(a.tasks, wait)
 	}
+	if t := link.tor; t != nil {
+		a.tasks = append(a.tasks, func(ctx context.Context) error {
+			select {
+			case <-t.Done():
+				return errors.New("tor supervisor stopped")
+			case <-ctx.Done():
+				return nil
+			}
+		})
+	}
+	log.Info("tor mode", "mode", link.modeText())
 	return a, nil
+}
+
+// run forwards until ctx is done or a part fails: the router's packet
+// loop, the admin endpoint, the Tor supervisor. The first failure ends
+// them all and is returned, so the process exits non-zero rather than
+// stay up unable to forward. The router is started if it was not.
+func (a *app) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	tasks := append([]func(context.Context) error{a.router.Run}, a.tasks...)
+	errc := make(chan error, len(tasks))
+	for _, f := range tasks {
+		go func() { errc <- f(ctx) }()
+	}
+	var first error
+	for range tasks {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+			a.log.Error("torgate stops", "err", err)
+		}
+		cancel()
+	}
+	return first
 }
 
 // close tears down in reverse order of setup.
@@ -115,16 +154,32 @@ func (a *app) close() {
 	a.stop = nil
 }
 
-// waitReady blocks until Tor can carry traffic (no-op for plain SOCKS).
-func (a *app) waitReady(ctx context.Context) error {
-	if a.link.tor == nil {
-		return nil
-	}
-	if err := a.link.tor.WaitReady(ctx); err != nil {
-		if errors.Is(err, context.Canceled) {
-			return err
+// waitReady blocks until Tor can carry traffic, at most wait. It fails
+// with the diagnosis (Tor's last problem, likely causes, next step) when
+// the time is up. In plain SOCKS mode it waits for the upstream to
+// answer.
+func (a *app) waitReady(ctx context.Context, wait time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if a.link.tor != nil {
+		if err := a.link.tor.WaitReady(ctx); err != nil {
+			if errors.Is(err, context.Canceled) {
+				return err
+			}
+			return fmt.Errorf("tor not ready after %v: %s", wait, a.link.diagnosis())
 		}
-		return fmt.Errorf("tor not ready: %w (%v)", err, a.link.ready())
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for a.router.UpstreamErr() != nil {
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.Canceled) {
+				return ctx.Err()
+			}
+			return fmt.Errorf("not ready after %v: %v", wait, a.router.UpstreamErr())
+		case <-tick.C:
+		}
 	}
 	return nil
 }

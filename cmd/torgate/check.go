@@ -141,7 +141,9 @@ func checkReady(ctx context.Context, addr string) (string, error) {
 	if resp.StatusCode != http.StatusOK {
 		return "", fmt.Errorf("torgate not ready: %s", strings.TrimSpace(string(body)))
 	}
-	return "Tor bootstrapped and TUN up", nil
+	// The body names the mode: in plain SOCKS mode "ready" means only
+	// that the SOCKS port answers, not that Tor bootstrapped.
+	return "torgate ready: " + strings.TrimSpace(string(body)), nil
 }
 
 func resolvConfServer() string {

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -44,6 +45,7 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var f runFlags
 	f.register(fs)
 	userName := fs.String("user", "", "run CMD as this user (default: the sudo caller from SUDO_UID/SUDO_GID, else root)")
+	wait := fs.Duration("wait", 5*time.Minute, "how long to wait for Tor to bootstrap before giving up with a diagnosis (exit status 1)")
 	if err := parseRunFlags(fs, &f, args); err != nil {
 		return err
 	}
@@ -99,10 +101,15 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	child.Env = append(os.Environ(), childEnv+"=1",
 		fmt.Sprintf("%s_UID=%d", childEnv, cred.Uid), fmt.Sprintf("%s_GID=%d", childEnv, cred.Gid))
 	child.SysProcAttr = &syscall.SysProcAttr{
-		// A private mount namespace for the resolv.conf bind mount. No
-		// Pdeathsig: if torgate dies the command lives on, but its
-		// namespace loses the TUN and with it every route (fail closed).
+		// A private mount namespace for the resolv.conf bind mount.
 		Cloneflags: syscall.CLONE_NEWNS,
+		// If torgate dies the command dies with it: cut off from the
+		// network it would otherwise run on unaware (its namespace loses
+		// the TUN and every route: fail closed, but silently). The
+		// kernel clears this at the setuid in execChild, which sets it
+		// again. It fires when the forking thread exits: that is the
+		// namespace's thread, which lives until release.
+		Pdeathsig: syscall.SIGKILL,
 	}
 
 	ns, err := newExecNetns(f.mtu)
@@ -118,14 +125,19 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer a.close()
 	a.router.Start()
 	// Start the command once Tor can carry its traffic, so its first
-	// connections do not meet a RST.
-	if err := a.waitReady(ctx); err != nil {
+	// connections do not meet a RST; give up after --wait with what is
+	// known of why.
+	if err := a.waitReady(ctx, *wait); err != nil {
 		return err
 	}
 	if err := ns.start(child); err != nil {
 		return err
 	}
 
+	gctx, stopGroup := context.WithCancel(ctx)
+	defer stopGroup()
+	groupErr := make(chan error, 1)
+	go func() { groupErr <- a.run(gctx) }()
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- child.Wait() }()
 	select {
@@ -133,7 +145,15 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	case <-ctx.Done():
 		child.Process.Signal(syscall.SIGTERM)
 		err = <-waitErr
+	case gerr := <-groupErr:
+		// torgate cannot forward any more: the command must not run on
+		// cut off and unaware.
+		child.Process.Kill()
+		<-waitErr
+		return fmt.Errorf("exec: %s killed: %w", argv[0], gerr)
 	}
+	stopGroup()
+	<-groupErr
 	a.close()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
@@ -184,6 +204,9 @@ func newExecNetns(mtu int) (*execNetns, error) {
 		select {
 		case cmd := <-ns.req:
 			ns.res <- cmd.Start()
+			// The child's Pdeathsig watches this thread: keep it until
+			// the command is done.
+			<-ns.freed
 		case <-ns.freed:
 		}
 	}()
@@ -202,7 +225,8 @@ func (ns *execNetns) start(cmd *exec.Cmd) error {
 	return nil
 }
 
-// release lets the namespace's thread go if start was never called.
+// release lets the namespace's thread go, once the command has exited
+// (or if start was never called).
 func (ns *execNetns) release() {
 	select {
 	case <-ns.freed:
@@ -278,6 +302,7 @@ func execChild(args []string) error {
 		return errors.New("exec child: missing arguments")
 	}
 	resolv, path := args[0], args[1]
+	parent := os.Getppid()
 	// Make our mounts private first so the bind mount does not propagate
 	// back to the host's namespace.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
@@ -315,6 +340,14 @@ func execChild(args []string) error {
 		if err := syscall.Setuid(uid); err != nil {
 			return fmt.Errorf("exec child: setuid: %w", err)
 		}
+	}
+	// The change of credentials cleared the parent-death signal: set it
+	// again, then make sure torgate did not die in between.
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+		return fmt.Errorf("exec child: pdeathsig: %w", err)
+	}
+	if os.Getppid() != parent {
+		return errors.New("exec child: torgate exited")
 	}
 	return syscall.Exec(path, append([]string{path}, args[2:]...), env)
 }

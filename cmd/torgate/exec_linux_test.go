@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -90,14 +91,16 @@ func TestExecCurl(t *testing.T) {
 }
 
 // TestExecKilledRouterFailsClosed kills torgate under a running command:
-// the command keeps running but has no network at all.
+// the command dies with it (it must not run on cut off and unaware), and
+// it never reached the network after torgate died.
 func TestExecKilledRouterFailsClosed(t *testing.T) {
 	nstest.RequireRoot(t, "curl")
 	bin := buildTorgate(t)
 	srv := upstream(t)
 	dir := t.TempDir()
 	log := filepath.Join(dir, "log")
-	script := fmt.Sprintf(`for i in $(seq 1 100); do
+	script := fmt.Sprintf(`echo $$ > %[2]s/pid
+for i in $(seq 1 100); do
   if curl -s --max-time 1 http://192.0.2.10/ >/dev/null; then echo ok >> %[1]s; else echo fail >> %[1]s; fi
   [ -e %[2]s/stop ] && exit 0
   sleep 0.1
@@ -124,14 +127,38 @@ done`, log, dir)
 		t.Fatalf("no %q in log: %q", word, b)
 	}
 	waitLog("ok")
+	pid := shellPID(t, filepath.Join(dir, "pid"))
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
+	killed := time.Now()
 	os.WriteFile(log, nil, 0o644)
-	waitLog("fail")
+	// The command dies with torgate (parent-death signal), well within
+	// a second; the bound is generous for a loaded box.
+	for syscall.Kill(pid, 0) == nil {
+		if time.Since(killed) > 10*time.Second {
+			t.Fatalf("command (pid %d) still runs 10s after torgate died", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("command ended %v after torgate was killed", time.Since(killed).Round(time.Millisecond))
 	b, _ := os.ReadFile(log)
 	if strings.Contains(string(b), "ok") {
 		t.Fatalf("command reached the network after torgate died: %q", b)
 	}
+}
+
+// shellPID reads the PID a test script wrote to path.
+func shellPID(t *testing.T, path string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
 }
 
 func TestCheckPassesAndFails(t *testing.T) {

@@ -104,5 +104,5 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer a.close()
-	return a.router.Run(ctx)
+	return a.run(ctx)
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/torgate/torgate/admin"
 	"github.com/torgate/torgate/socks"
 	"github.com/torgate/torgate/torctl"
+	"github.com/torgate/torgate/tunnel"
 )
 
 // Defaults for the Tor and admin flags.
@@ -116,6 +117,7 @@ func (f *torFlags) torConfig(socksAddr, stateDir string) (*torctl.Config, error)
 // SOCKS) and the router it ends flows on when Tor goes away.
 type torLink struct {
 	tor    *torctl.Tor
+	mode   torMode
 	router atomic.Pointer[torgate.Router]
 	// newnym counts new-identity requests carried out, by scope.
 	newnym *prometheus.CounterVec
@@ -140,7 +142,15 @@ func (l *torLink) metrics(r *torgate.Router) []prometheus.Collector {
 		}
 		return 1
 	})
-	return []prometheus.Collector{progress, ready, l.newnym}
+	hangs := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "tor_unresponsive_total", Help: "Times Tor left a control-port poll unanswered past the probe deadline (stopped or hung).",
+	}, func() float64 {
+		if l.tor == nil {
+			return 0
+		}
+		return float64(l.tor.Hangs())
+	})
+	return []prometheus.Collector{progress, ready, hangs, l.newnym}
 }
 
 // startTor starts or attaches Tor as the flags say and points cfg at it:
@@ -156,7 +166,12 @@ func startTor(ctx context.Context, tc *torctl.Config, cfg *torgate.Config, log *
 	l.newnym.WithLabelValues("source")
 	l.newnym.WithLabelValues("all")
 	if tc == nil {
+		l.mode = modeSocks
 		return l, nil
+	}
+	l.mode = modeManaged
+	if tc.ControlAddr != "" {
+		l.mode = modeAttach
 	}
 	tc.Logger = log.With("component", "torctl")
 	tc.OnProgress = progress
@@ -164,7 +179,7 @@ func startTor(ctx context.Context, tc *torctl.Config, cfg *torgate.Config, log *
 		// Flows through a Tor that is gone cannot continue; end them now
 		// rather than let each time out.
 		if r := l.router.Load(); r != nil {
-			r.Tunnel().EndAll()
+			r.Tunnel().EndAllBecause(tunnel.EndTorDown)
 		}
 	}
 	t, err := torctl.New(*tc)
@@ -195,12 +210,39 @@ func (l *torLink) close() {
 	}
 }
 
-// ready is the admin /readyz check.
+// ready is the admin /readyz check: Tor's readiness, and whether its
+// SOCKS port answers (in plain SOCKS mode the only evidence there is).
 func (l *torLink) ready() error {
-	if l.tor == nil {
-		return nil
+	if l.tor != nil {
+		if err := l.tor.ReadyErr(); err != nil {
+			return err
+		}
 	}
-	return l.tor.ReadyErr()
+	if r := l.router.Load(); r != nil {
+		return r.UpstreamErr()
+	}
+	return nil
+}
+
+// modeText names the mode for /readyz and logs.
+func (l *torLink) modeText() string {
+	if l.mode == modeSocks {
+		return string(modeSocks) + ": plain SOCKS upstream, torgate cannot see Tor's bootstrap"
+	}
+	return string(l.mode)
+}
+
+// diagnosis says why Tor is not ready, with hints once bootstrap stalled.
+func (l *torLink) diagnosis() string {
+	if l.tor != nil {
+		if d := l.tor.Diagnosis(); d != "" {
+			return d
+		}
+	}
+	if err := l.ready(); err != nil {
+		return err.Error()
+	}
+	return ""
 }
 
 // newIdentityAll rotates every source's credentials and, with a control
@@ -225,11 +267,13 @@ func (l *torLink) newIdentityAll(ctx context.Context, r *torgate.Router) error {
 // adminTimeout bounds one admin request (NEWNYM waits for Tor).
 const adminTimeout = 30 * time.Second
 
-// serveAdmin starts the admin endpoint for r on addr; stop shuts it down.
-func serveAdmin(addr string, r *torgate.Router, l *torLink, gatherer prometheus.Gatherer, log *slog.Logger) (stop func(), err error) {
+// serveAdmin starts the admin endpoint for r on addr; stop shuts it down
+// and wait returns the server's failure (nil once ctx is done), for the
+// app's group.
+func serveAdmin(addr string, r *torgate.Router, l *torLink, gatherer prometheus.Gatherer, log *slog.Logger) (stop func(), wait func(context.Context) error, err error) {
 	ln, err := admin.Listen(addr)
 	if err != nil {
-		return nil, fmt.Errorf("--admin: %w", err)
+		return nil, nil, fmt.Errorf("--admin: %w", err)
 	}
 	h := admin.Handler(admin.Config{
 		Gatherer: gatherer,
@@ -240,6 +284,7 @@ func serveAdmin(addr string, r *torgate.Router, l *torLink, gatherer prometheus.
 			return l.ready()
 		},
 		Healthy: r.Healthy,
+		Mode:    l.modeText(),
 		NewIdentity: func(src netip.Addr) error {
 			r.Tunnel().Isolator().NewIdentity(src)
 			l.newnym.WithLabelValues("source").Inc()
@@ -257,9 +302,21 @@ func serveAdmin(addr string, r *torgate.Router, l *torLink, gatherer prometheus.
 		Logger: log.With("component", "admin"),
 	})
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
 	log.Info("admin endpoint", "addr", ln.Addr().String())
-	return func() { srv.Close() }, nil
+	wait = func(ctx context.Context) error {
+		select {
+		case err := <-served:
+			if errors.Is(err, http.ErrServerClosed) {
+				return nil
+			}
+			return fmt.Errorf("admin endpoint: %w", err)
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	return func() { srv.Close() }, wait, nil
 }
 
 // newnymUsage is printed by "torgate newnym -h".
