@@ -20,6 +20,7 @@ import (
 	"github.com/torgate/torgate/internal/testnet"
 	"github.com/torgate/torgate/socks"
 	"github.com/torgate/torgate/torctl"
+	"github.com/torgate/torgate/tunnel"
 )
 
 // The integration tests below run torgate against real Tor: a private Tor
@@ -85,7 +86,7 @@ func newGateway(t *testing.T, tc torctl.Config) *gateway {
 	tc.OnDown = func() {
 		g.downs.Add(1)
 		if r := router.Load(); r != nil {
-			r.Tunnel().EndAll()
+			r.Tunnel().EndAllBecause(tunnel.EndTorDown)
 		}
 	}
 	tc.Logger = logger(t, slog.LevelInfo).With("component", "torctl")
@@ -249,6 +250,9 @@ func TestTorIntegration(t *testing.T) {
 		checkFetches(t, g, n)
 		t.Run("FailClosed", func(t *testing.T) { checkFailClosed(t, g, n) })
 	})
+
+	// Last: it stops and kills tors of its own on the shared network.
+	t.Run("Failures", func(t *testing.T) { checkFailures(t, n) })
 }
 
 // streamCircuits collects the circuits of torgate's successful streams to
