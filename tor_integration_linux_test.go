@@ -403,6 +403,6 @@ func checkFailClosed(t *testing.T, g *gateway, n *testnet.Network) {
 	if body := g.fetch(ctx, ipURL(n, "/")); body != testnet.WebBody {
 		t.Fatalf("after restart, by IP: body %q", body)
 	}
-	t.Logf("%s", fmt.Sprintf("kill -> not ready %v, -> RST seen %v, -> ready again %v (restart backoff 3s)",
+	t.Logf("%s", fmt.Sprintf("kill -> not ready %v, -> RST seen %v, -> ready again %v (first restart after 200ms)",
 		notReady.Round(time.Microsecond), rstAfter.Round(time.Millisecond), back.Round(time.Millisecond)))
 }
