@@ -217,6 +217,9 @@ func New(cfg Config) (*Router, error) {
 		MaxDialsPerSource: cfg.MaxDialsPerSource,
 		LogDestinations:   cfg.LogDestinations,
 		Logger:            log.With("component", "tunnel"),
+		// Never a destination: the virtual pools (a flow to one is its
+		// name or a RST) and the gateway's own networks.
+		ForbiddenDestinations: forbiddenPrefixes(cfg.DNSPool4, cfg.DNSPool6, cfg.Addr4, cfg.Addr6),
 	}
 	// The DNS server needs the tunnel's resolver and the tunnel needs the
 	// DNS server's names: build the tunnel with a late-bound Names.
@@ -238,6 +241,7 @@ func New(cfg Config) (*Router, error) {
 		Pool6:     cfg.DNSPool6,
 		StateFile: stateFile,
 		Resolver:  tn.Resolver(),
+		Forbidden: tn.Forbidden,
 		Ready:     cfg.Ready,
 		Logger:    log.With("component", "dns"),
 	})
@@ -283,8 +287,19 @@ func New(cfg Config) (*Router, error) {
 // lateNames lets the tunnel reach the DNS server built after it.
 type lateNames struct{ s *dns.Server }
 
-func (l *lateNames) Acquire(ip netip.Addr) (string, func(), bool, bool) {
+func (l *lateNames) Acquire(src, ip netip.Addr) (string, func(), bool, bool) {
 	return l.s.Acquire(ip)
+}
+
+// forbiddenPrefixes returns the valid prefixes among ps, masked.
+func forbiddenPrefixes(ps ...netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		if p.IsValid() {
+			out = append(out, p.Masked())
+		}
+	}
+	return out
 }
 
 // Metrics returns every collector of the router.

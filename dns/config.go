@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/torgate/torgate/tunnel"
 )
 
 // Mode selects how A and AAAA queries for ordinary (non-.onion) names are
@@ -171,6 +173,15 @@ type Config struct {
 	// MaxResolves caps Resolver calls in flight. Default DefaultMaxResolves.
 	MaxResolves int
 
+	// Forbidden classifies a destination address (tunnel.Forbidden's
+	// classes). A query for a name that is an IP address literal ("127.1",
+	// "::ffff:10.0.0.1", "2130706433") is answered here, never automapped
+	// or resolved: with the literal itself if Forbidden allows it, else
+	// NXDOMAIN, counted by reason (Stats.Forbidden). A resolve-mode answer
+	// it forbids is SERVFAIL. The router passes (*tunnel.Tunnel).Forbidden,
+	// which adds the gateway's own networks; nil means tunnel.Forbidden.
+	Forbidden func(netip.Addr) tunnel.DestReason
+
 	// Ready reports whether Tor is usable. While it returns false every
 	// well-formed query gets SERVFAIL, automapped ones too: fail closed.
 	// nil means always ready. It is called once per query, so it must be
@@ -300,6 +311,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Forbidden == nil {
+		cfg.Forbidden = tunnel.Forbidden
 	}
 	return cfg, nil
 }

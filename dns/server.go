@@ -22,6 +22,7 @@ package dns
 // passes to the Resolver and whatever the Resolver allocates.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -31,6 +32,8 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/torgate/torgate/tunnel"
 )
 
 // UDP payload limits (RFC 1035 §4.2.1, RFC 6891 §6.2.5). maxUDP is what we
@@ -62,6 +65,7 @@ type Server struct {
 	unsafeLog      bool
 	now            func() time.Time
 	stateFile      string
+	forbidden      func(netip.Addr) tunnel.DestReason
 
 	tab   *table
 	stats counters
@@ -98,6 +102,7 @@ func New(cfg Config) (*Server, error) {
 		unsafeLog:      cfg.UnsafeLogging,
 		now:            cfg.Now,
 		stateFile:      cfg.StateFile,
+		forbidden:      cfg.Forbidden,
 		tab:            newTable(uint32(1)<<(32-cfg.Pool4.Bits()), cfg.MaxEntries),
 	}
 	s.exhaustedLog.every = time.Minute
@@ -310,6 +315,9 @@ func (s *Server) parseEDNS(p *dnsmessage.Parser, r *reply) bool {
 
 // address answers A and AAAA.
 func (s *Server) address(ctx context.Context, src netip.Addr, r *reply) {
+	if s.literal(r) {
+		return
+	}
 	var kb [255]byte
 	key, ok := normalize(&r.q.Name, &kb)
 	if !ok {
@@ -335,6 +343,44 @@ func (s *Server) address(ctx context.Context, src netip.Addr, r *reply) {
 			s.automap(key, r)
 		}
 	}
+}
+
+// literal answers a question whose name is an IP address literal, in any
+// spelling a resolver library or Tor might read as an address (see
+// tunnel.ParseLiteral), and reports whether it did. Such a name is never
+// automapped or resolved: a virtual address for "127.0.0.1" would leave
+// later as CONNECT "127.0.0.1", an address by another road. An allowed
+// literal is its own answer (A for IPv4, AAAA for IPv6, NODATA for the
+// other family); a forbidden one is NXDOMAIN, counted by reason. NXDOMAIN
+// rather than REFUSED: stub resolvers retry REFUSED on the next server,
+// and "no such name" is what the workstation should conclude.
+func (s *Server) literal(r *reply) bool {
+	n := &r.q.Name
+	l := int(n.Length)
+	if l > len(n.Data) || l == 0 {
+		return false
+	}
+	// Cheap pre-check, so that most names never reach the parser (and
+	// its string conversion): an IPv4 literal starts with a digit, an
+	// IPv6 one has a colon.
+	if c := n.Data[0]; !(c >= '0' && c <= '9') && bytes.IndexByte(n.Data[:l], ':') < 0 {
+		return false
+	}
+	ip, ok := tunnel.ParseLiteral(string(n.Data[:l]))
+	if !ok {
+		return false
+	}
+	why := s.forbidden(ip)
+	if why == tunnel.ReasonAllowed && s.IsVirtual(ip) {
+		why = tunnel.ReasonOperator // a pool outside the built-in ranges
+	}
+	if why != tunnel.ReasonAllowed {
+		s.stats.forbidden[why].Add(1)
+		r.set(dnsmessage.RCodeNameError, ResultNXDomain)
+		return true
+	}
+	s.answerAddr(r, ip.Unmap())
+	return true
 }
 
 // automap answers A or AAAA for key from the table.
@@ -387,11 +433,18 @@ func (s *Server) resolve(ctx context.Context, src netip.Addr, key []byte, r *rep
 		return
 	}
 	ip = ip.WithZone("").Unmap()
-	if !ip.IsValid() || ip.IsUnspecified() || ip.IsLoopback() || ip.IsMulticast() || s.IsVirtual(ip) {
+	why := s.forbidden(ip)
+	if why == tunnel.ReasonAllowed && s.IsVirtual(ip) {
+		why = tunnel.ReasonOperator
+	}
+	if why != tunnel.ReasonAllowed {
 		// An exit must not point a name at our own virtual addresses
-		// (that would hand the flow to another name's mapping) or at
-		// the workstation itself. Tor rejects most of these already
-		// (ClientDNSRejectInternalAddresses); this is the backstop.
+		// (that would hand the flow to another name's mapping), at the
+		// workstation's or the gateway's networks, or at anything else
+		// a flow may not reach (DNS rebinding). Tor rejects most of
+		// these already (ClientDNSRejectInternalAddresses); this is the
+		// backstop, by the same rules as the flows.
+		s.stats.forbidden[why].Add(1)
 		s.stats.resolveErrors.Add(1)
 		r.set(dnsmessage.RCodeServerFailure, ResultServFail)
 		return
