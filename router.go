@@ -72,8 +72,14 @@ type Config struct {
 	// DNSPool4, DNSPool6 are the virtual address pools for automap.
 	// Defaults: dns.DefaultPool4, dns.DefaultPool6.
 	DNSPool4, DNSPool6 netip.Prefix
-	// StateDir keeps state across restarts (the automap table). Optional.
+	// StateDir keeps state across restarts (the automap table and its
+	// address epoch). Optional; New fails if it is not writable.
 	StateDir string
+	// DNSEpochFile keeps the automap address epoch across restarts (see
+	// dns.Config.EpochFile) when there is no StateDir: a runtime file such
+	// as /run/torgate/dns-epoch. Ignored with a StateDir (the epoch lives
+	// there). Unset without a StateDir, each run starts at a random epoch.
+	DNSEpochFile string
 
 	// Ready reports whether Tor can carry traffic; while false new flows
 	// get a RST and DNS SERVFAIL. Nil means always ready (plain SOCKS).
@@ -231,15 +237,17 @@ func New(cfg Config) (*Router, error) {
 	}
 	r.tunnel = tn
 
-	stateFile := ""
+	stateFile, epochFile := "", cfg.DNSEpochFile
 	if cfg.StateDir != "" {
 		stateFile = filepath.Join(cfg.StateDir, "automap.state")
+		epochFile = filepath.Join(cfg.StateDir, "automap.epoch")
 	}
 	ds, err := dns.New(dns.Config{
 		Mode:      cfg.DNSMode,
 		Pool4:     cfg.DNSPool4,
 		Pool6:     cfg.DNSPool6,
 		StateFile: stateFile,
+		EpochFile: epochFile,
 		Resolver:  tn.Resolver(),
 		Forbidden: tn.Forbidden,
 		Ready:     cfg.Ready,
@@ -288,7 +296,7 @@ func New(cfg Config) (*Router, error) {
 type lateNames struct{ s *dns.Server }
 
 func (l *lateNames) Acquire(src, ip netip.Addr) (string, func(), bool, bool) {
-	return l.s.Acquire(ip)
+	return l.s.Acquire(src, ip)
 }
 
 // forbiddenPrefixes returns the valid prefixes among ps, masked.

@@ -7,10 +7,16 @@ package torgate_test
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/net/dns/dnsmessage"
 
+	"github.com/torgate/torgate"
+	"github.com/torgate/torgate/internal/wstest"
 	"github.com/torgate/torgate/socks/sockstest"
 )
 
@@ -92,4 +98,100 @@ func TestLiteralNamesNoBackDoor(t *testing.T) {
 	if len(reqs) != 1 || reqs[0].Dst.Name != "" || reqs[0].Dst.IP != dst4.Addr() {
 		t.Fatalf("CONNECTs %+v, want one to the address %v", reqs, dst4.Addr())
 	}
+}
+
+// TestStrangersNames (issue 11: B connecting to A's virtual address got
+// CONNECT secret-a.example with B's credentials, and B's PTR sweep learned
+// A's names): A's address is a RST for B, its PTR NXDOMAIN for B, and B
+// asking for the same name gets an address of its own.
+func TestStrangersNames(t *testing.T) {
+	f := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, nil, ws1, ws2)
+	va := firstAddr(query(t, f, ws1, gw4, false, "secret-a.example.", dnsmessage.TypeA))
+	if c, err := f.dial(t, ws2, netip.AddrPortFrom(va, 443)); err == nil {
+		c.Close()
+		t.Fatal("B's flow to A's virtual address accepted")
+	} else if !isRefused(err) {
+		t.Fatalf("B to A's address: %v, want connection refused", err)
+	}
+	if reqs := f.socks.Requests(); len(reqs) != 0 {
+		t.Fatalf("the SOCKS server saw %+v", reqs)
+	}
+	ptr := query(t, f, ws2, gw4, false, reverseName4(va), dnsmessage.TypePTR)
+	if ptr.RCode != dnsmessage.RCodeNameError || len(ptr.Answers) != 0 {
+		t.Fatalf("B's PTR for A's address: %v %+v, want NXDOMAIN", ptr.RCode, ptr.Answers)
+	}
+	vb := firstAddr(query(t, f, ws2, gw4, false, "secret-a.example.", dnsmessage.TypeA))
+	if vb == va || !vb.IsValid() {
+		t.Fatalf("B got %v for the name A got %v for", vb, va)
+	}
+	// A's own flow and PTR still work.
+	c, err := f.dial(t, ws1, netip.AddrPortFrom(va, 443))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if reqs := f.socks.Requests(); len(reqs) != 1 || reqs[0].Dst.Name != "secret-a.example" {
+		t.Fatalf("CONNECTs %+v", reqs)
+	}
+	ptr = query(t, f, ws1, gw4, false, reverseName4(va), dnsmessage.TypePTR)
+	if len(ptr.Answers) != 1 {
+		t.Fatalf("A's PTR: %+v", ptr)
+	}
+}
+
+// TestRestartNoReuse (issue 11: after a restart, A's cached address for
+// bank-of-a.example was handed to B's evil-b.example, and A's next
+// request left as CONNECT evil-b.example with A's cookies): without a
+// state directory, with only the epoch file, a restarted router never
+// hands out an address of the previous run; A's stale address is a RST.
+func TestRestartNoReuse(t *testing.T) {
+	epoch := filepath.Join(t.TempDir(), "dns-epoch")
+	mod := func(c *torgate.Config) { c.DNSEpochFile = epoch }
+	f := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, mod, ws1, ws2)
+	old := map[netip.Addr]bool{}
+	va := firstAddr(query(t, f, ws1, gw4, false, "bank-of-a.example.", dnsmessage.TypeA))
+	old[va] = true
+	for i := range 100 {
+		old[firstAddr(query(t, f, ws1, gw4, false, "a"+strconv.Itoa(i)+".example.", dnsmessage.TypeA))] = true
+	}
+	if err := f.r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	g := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, mod, ws1, ws2)
+	for i := range 300 {
+		name := "evil-b" + strconv.Itoa(i) + ".example."
+		if vb := firstAddr(query(t, g, ws2, gw4, false, name, dnsmessage.TypeA)); old[vb] {
+			t.Fatalf("after a restart B's %s got %v, an address of the previous run", name, vb)
+		}
+	}
+	if c, err := g.dial(t, ws1, netip.AddrPortFrom(va, 443)); err == nil {
+		c.Close()
+		t.Fatal("A's stale address accepted after the restart")
+	} else if !isRefused(err) {
+		t.Fatalf("A's stale address: %v, want connection refused", err)
+	}
+	if reqs := g.socks.Requests(); len(reqs) != 0 {
+		t.Fatalf("the SOCKS server saw %+v", reqs)
+	}
+}
+
+// TestStateDirUnwritable (issue 11: a read-only state dir was silent at
+// start): torgate.New fails and says why.
+func TestStateDirUnwritable(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hub, _ := wstest.New(t, 1500, ws1)
+	_, err := torgate.New(torgate.Config{Device: hub, SocksAddr: "127.0.0.1:9", StateDir: file})
+	if err == nil || !strings.Contains(err.Error(), "not writable") {
+		t.Fatalf("New with a file as StateDir: %v, want a not-writable error", err)
+	}
+}
+
+// reverseName4 is the in-addr.arpa name of an IPv4 address.
+func reverseName4(ip netip.Addr) string {
+	a := ip.As4()
+	return strconv.Itoa(int(a[3])) + "." + strconv.Itoa(int(a[2])) + "." +
+		strconv.Itoa(int(a[1])) + "." + strconv.Itoa(int(a[0])) + ".in-addr.arpa."
 }

@@ -9,8 +9,9 @@ package dns
 //	     ├─ rest of message + EDNS(0) OPT ─────(bad)▶ FORMERR / BADVERS
 //	     ├─ Ready() ───────────────────────────(no)─▶ SERVFAIL
 //	     └─ by class and type:
-//	          A, AAAA   name policy → localhost | NXDOMAIN | automap | Resolver
-//	          PTR       reverse name → automap table | localhost | ResolvePTR
+//	          A, AAAA   IP literal → itself | NXDOMAIN (Forbidden)
+//	                    name policy → localhost | NXDOMAIN | automap (src's share) | Resolver
+//	          PTR       reverse name → src's automap entries | localhost | ResolvePTR
 //	          HTTPS/SVCB name policy → NXDOMAIN | empty NOERROR
 //	          others    NOTIMP
 //	     then pack: no compression (it allocates); over the UDP limit,
@@ -25,8 +26,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +68,7 @@ type Server struct {
 	unsafeLog      bool
 	now            func() time.Time
 	stateFile      string
+	epochFile      string
 	forbidden      func(netip.Addr) tunnel.DestReason
 
 	tab   *table
@@ -72,21 +76,26 @@ type Server struct {
 
 	exhaustedLog rateLimit
 	resolveLog   rateLimit
+	epochLog     rateLimit
 
 	saveMu sync.Mutex // serializes Save
 	closed atomic.Bool
 }
 
-// New checks cfg, fills in defaults and returns a Server. If cfg.StateFile
-// exists, the table is loaded from it; problems with the file are logged
-// and leave the table empty, they are never an error. Errors are
-// *ConfigError.
+// New checks cfg, fills in defaults and returns a Server. It takes the
+// next address epoch from Config.EpochFile and writes it back, and checks
+// that the state file's directory is writable; either failing is an error
+// (wrapping the file system's), so a bad state directory shows at start.
+// If cfg.StateFile exists, the table is loaded from it; a missing, corrupt
+// or unreadable file is logged and leaves the table empty, never an error.
+// Configuration errors are *ConfigError.
 func New(cfg Config) (*Server, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
 	b4 := cfg.Pool4.Addr().As4()
+	epochBits, offBits := splitPool(uint(32 - cfg.Pool4.Bits()))
 	s := &Server{
 		mode:           cfg.Mode,
 		pool4:          cfg.Pool4,
@@ -102,11 +111,32 @@ func New(cfg Config) (*Server, error) {
 		unsafeLog:      cfg.UnsafeLogging,
 		now:            cfg.Now,
 		stateFile:      cfg.StateFile,
+		epochFile:      cfg.EpochFile,
 		forbidden:      cfg.Forbidden,
-		tab:            newTable(uint32(1)<<(32-cfg.Pool4.Bits()), cfg.MaxEntries),
+		tab: newTable(allocator{offBits: offBits, epochBits: epochBits},
+			cfg.MaxEntries, cfg.MaxEntriesPerSource),
 	}
 	s.exhaustedLog.every = time.Minute
 	s.resolveLog.every = time.Minute
+	s.epochLog.every = time.Minute
+	for _, f := range []string{s.stateFile, s.epochFile} {
+		if f == "" {
+			continue
+		}
+		if err := checkWritable(filepath.Dir(f)); err != nil {
+			return nil, fmt.Errorf("dns: state directory of %s is not writable (torgate saves the automap there; "+
+				"fix its owner or permissions, or choose another directory): %w", f, err)
+		}
+	}
+	epoch, err := s.loadEpoch()
+	if err != nil {
+		return nil, err
+	}
+	s.tab.alloc.epoch = epoch
+	s.tab.alloc.rekey()
+	if s.epochFile != "" && epochBits > 0 {
+		s.tab.alloc.advance = s.saveEpoch
+	}
 	if s.stateFile != "" {
 		s.load()
 	}
@@ -115,7 +145,10 @@ func New(cfg Config) (*Server, error) {
 		slog.String("pool4", s.pool4.String()),
 		slog.String("pool6", s.pool6.String()),
 		slog.Int("max_entries", cfg.MaxEntries),
+		slog.Int("max_entries_per_source", cfg.MaxEntriesPerSource),
 		slog.Duration("ttl", cfg.TTL),
+		slog.Int("epoch", int(epoch)),
+		slog.Int("epochs", 1<<epochBits),
 		slog.Int("entries", s.Len()))
 	return s, nil
 }
@@ -335,12 +368,12 @@ func (s *Server) address(ctx context.Context, src netip.Addr, r *reply) {
 			s.answerAddr(r, netip.IPv6Loopback())
 		}
 	case nameOnion:
-		s.automap(key, r)
+		s.automap(src, key, r)
 	default:
 		if s.mode == ModeResolve {
 			s.resolve(ctx, src, key, r)
 		} else {
-			s.automap(key, r)
+			s.automap(src, key, r)
 		}
 	}
 }
@@ -383,13 +416,13 @@ func (s *Server) literal(r *reply) bool {
 	return true
 }
 
-// automap answers A or AAAA for key from the table.
-func (s *Server) automap(key []byte, r *reply) {
-	off, ok := s.tab.assign(key)
+// automap answers A or AAAA for key from src's share of the table.
+func (s *Server) automap(src netip.Addr, key []byte, r *reply) {
+	off, ok := s.tab.assign(srcKey(src), key)
 	if !ok {
 		if s.exhaustedLog.allow(s.now()) {
-			s.log.Warn("dns automap table exhausted: every entry is pinned by a flow",
-				slog.Int("max_entries", s.tab.max))
+			s.log.Warn("dns automap entry refused: every entry that could be recycled is pinned by a flow, or the epoch file cannot be written",
+				slog.Int("max_entries", s.tab.max), slog.Int("max_entries_per_source", s.tab.perSrc))
 		}
 		r.set(dnsmessage.RCodeServerFailure, ResultServFail)
 		return
@@ -470,7 +503,7 @@ func (s *Server) pointer(ctx context.Context, src netip.Addr, r *reply) {
 		// In both modes: the pools are ours, and no exit knows them.
 		name, ok := "", false
 		if mappable {
-			name, ok = s.tab.lookup(off)
+			name, ok = s.tab.lookup(srcKey(src), off)
 		}
 		if !ok || !setName(&r.ptr, name) {
 			r.set(dnsmessage.RCodeNameError, ResultNXDomain)
