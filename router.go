@@ -72,8 +72,14 @@ type Config struct {
 	// DNSPool4, DNSPool6 are the virtual address pools for automap.
 	// Defaults: dns.DefaultPool4, dns.DefaultPool6.
 	DNSPool4, DNSPool6 netip.Prefix
-	// StateDir keeps state across restarts (the automap table). Optional.
+	// StateDir keeps state across restarts (the automap table and its
+	// address epoch). Optional; New fails if it is not writable.
 	StateDir string
+	// DNSEpochFile keeps the automap address epoch across restarts (see
+	// dns.Config.EpochFile) when there is no StateDir: a runtime file such
+	// as /run/torgate/dns-epoch. Ignored with a StateDir (the epoch lives
+	// there). Unset without a StateDir, each run starts at a random epoch.
+	DNSEpochFile string
 
 	// Ready reports whether Tor can carry traffic; while false new flows
 	// get a RST and DNS SERVFAIL. Nil means plain SOCKS: readiness then
@@ -232,6 +238,9 @@ func New(cfg Config) (*Router, error) {
 		MaxDialsPerSource: cfg.MaxDialsPerSource,
 		LogDestinations:   cfg.LogDestinations,
 		Logger:            log.With("component", "tunnel"),
+		// Never a destination: the virtual pools (a flow to one is its
+		// name or a RST) and the gateway's own networks.
+		ForbiddenDestinations: forbiddenPrefixes(cfg.DNSPool4, cfg.DNSPool6, cfg.Addr4, cfg.Addr6),
 	}
 	// The DNS server needs the tunnel's resolver and the tunnel needs the
 	// DNS server's names: build the tunnel with a late-bound Names.
@@ -243,16 +252,19 @@ func New(cfg Config) (*Router, error) {
 	}
 	r.tunnel = tn
 
-	stateFile := ""
+	stateFile, epochFile := "", cfg.DNSEpochFile
 	if cfg.StateDir != "" {
 		stateFile = filepath.Join(cfg.StateDir, "automap.state")
+		epochFile = filepath.Join(cfg.StateDir, "automap.epoch")
 	}
 	ds, err := dns.New(dns.Config{
 		Mode:      cfg.DNSMode,
 		Pool4:     cfg.DNSPool4,
 		Pool6:     cfg.DNSPool6,
 		StateFile: stateFile,
+		EpochFile: epochFile,
 		Resolver:  tn.Resolver(),
+		Forbidden: tn.Forbidden,
 		Ready:     ready,
 		Logger:    log.With("component", "dns"),
 	})
@@ -298,8 +310,19 @@ func New(cfg Config) (*Router, error) {
 // lateNames lets the tunnel reach the DNS server built after it.
 type lateNames struct{ s *dns.Server }
 
-func (l *lateNames) Acquire(ip netip.Addr) (string, func(), bool, bool) {
-	return l.s.Acquire(ip)
+func (l *lateNames) Acquire(src, ip netip.Addr) (string, func(), bool, bool) {
+	return l.s.Acquire(src, ip)
+}
+
+// forbiddenPrefixes returns the valid prefixes among ps, masked.
+func forbiddenPrefixes(ps ...netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		if p.IsValid() {
+			out = append(out, p.Masked())
+		}
+	}
+	return out
 }
 
 // Metrics returns every collector of the router.

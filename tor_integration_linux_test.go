@@ -295,7 +295,14 @@ func checkIsolation(t *testing.T, g *gateway, n *testnet.Network, ctl *testnet.C
 	defer ctl.SetEvents(context.Background())
 	sl := &streamLog{port: strconv.Itoa(int(n.WebAddr.Port())), events: ctl.Events()}
 	get := func(src string) (user, circ string) {
-		g.fetch(ctx, webURL(n, "/"), "--interface", src)
+		// Each source looks the name up itself: a virtual address
+		// answers only the source that asked for it (issue 11).
+		va, err := g.ws.Run(ctx, "dig", "+short", "+time=2", "+tries=1", "-b", src, "A", n.WebName)
+		if err != nil || strings.TrimSpace(va) == "" {
+			t.Fatalf("dig from %s: %v %q", src, err, va)
+		}
+		port := strconv.Itoa(int(n.WebAddr.Port()))
+		g.fetch(ctx, webURL(n, "/"), "--interface", src, "--resolve", n.WebName+":"+port+":"+strings.TrimSpace(va))
 		return sl.next(t)
 	}
 	a1u, a1 := get(sourceA)

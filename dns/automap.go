@@ -1,69 +1,114 @@
 package dns
 
 import (
+	"container/heap"
+	"crypto/rand"
+	"encoding/binary"
 	"net/netip"
 	"sync"
 )
 
-// The automap table maps normalized names to virtual addresses and back.
+// The automap table maps (workstation, name) to virtual addresses and back.
 //
-// An entry owns one offset into Pool4; its IPv4 address is Pool4's base plus
-// the offset and its IPv6 address is Pool6 with that IPv4 address in the low
-// 32 bits. Offsets are handed out by a cursor that walks the whole pool
-// before it comes back, skipping offsets in use, so an address freed by
-// recycling is reused as late as possible: with the defaults, after about
-// four million other names. A workstation that still caches an old answer
-// for it then reaches a dead mapping (RST) rather than another name.
+// Workstations are strangers to each other (issue 11). Every entry belongs
+// to the source address that looked the name up: only that source can
+// resolve the address back to the name (a flow from another source gets
+// a RST, a PTR query NXDOMAIN), and the same name looked up by two sources
+// gets two entries with two different addresses. One address namespace
+// for all sources, each address owned by one entry, rather than per-source
+// address spaces: an address then means one thing in logs, in the state
+// file and in the tunnel, and a source guessing an address learns nothing,
+// since another source's address and a never-used one both get a RST.
 //
-// Entries live in a slab of slots linked into an LRU list by index. Pinned
-// entries (Acquire) are taken off the list while pinned, so the list tail
-// is always recyclable and finding a victim is O(1); an empty list with a
-// full slab means every entry is pinned.
+// Addresses. Pool4 is split into 2^epochBits epochs of 2^offBits
+// addresses (the default /10: 64 epochs of 65536). Each run of torgate
+// takes the next epoch (persisted in Config.EpochFile) and hands out the
+// addresses of that epoch in the order of a keyed pseudo-random
+// permutation (a Feistel network with a fresh random key per epoch), so
+// within a run an address is handed out at most once per pass over the
+// pool, and the next address cannot be predicted from earlier ones. When
+// an epoch's addresses are used up the run moves to the next epoch, after
+// persisting it. So an address handed to one name is handed to another
+// only after every other address of the pool (about four million with
+// the defaults), or after 2^epochBits restarts: never within a TTL in
+// practice, across restarts too, without a state file and after a SIGKILL
+// (see EpochFile for the cases that weaken this). The entry's IPv6 address
+// is Pool6 with the IPv4 address in its low 32 bits, so A and AAAA agree.
+//
+// Shares. The table holds at most max entries; each source at most
+// perSource. A source at its cap recycles its own least recently used
+// entry. When the whole table is full, the entry recycled is the least
+// recently used one of the source with the most recyclable (unpinned)
+// entries, so a source is never made to give way while another holds more
+// than it: one workstation's flood of names recycles its own entries only.
+// Entries pinned by a flow (Acquire) are never recycled.
+//
+// Entries live in a slab of slots, linked by index into one LRU list per
+// source. Pinned entries are off their list while pinned, so a list's tail
+// is always recyclable and finding a victim is O(1) plus a heap update.
 
 // slot is one entry of the table.
 type slot struct {
-	name       string // normalized: lowercase, no trailing dot
-	off        uint32 // offset in Pool4
-	pins       int32  // live Acquire calls; >0 means off the LRU list
-	prev, next int32  // LRU links; nilSlot at the ends
+	name       string  // normalized: lowercase, no trailing dot
+	src        *source // owner
+	off        uint32  // offset in Pool4
+	pins       int32   // live Acquire calls; >0 means off the LRU list
+	prev, next int32   // source LRU links; nilSlot at the ends
 }
 
 const nilSlot = -1
 
-// table is the automap state. All fields are guarded by mu.
-type table struct {
-	mu     sync.Mutex
-	byName map[string]int32 // normalized name -> slot
-	byOff  map[uint32]int32 // Pool4 offset -> slot
-	slots  []slot           // grows to max, then slots are recycled
-	free   []int32          // slots emptied but not reused (rare)
-	head   int32            // most recently used unpinned slot
-	tail   int32            // least recently used unpinned slot
-	pinned int              // slots with pins > 0
-	cursor uint32           // next offset to try
-	size   uint32           // number of offsets in Pool4
-	max    int
-
-	recycled  uint64 // entries evicted to make room
-	exhausted uint64 // allocations refused: every entry pinned
+// source is one workstation's share of the table.
+type source struct {
+	addr       netip.Addr
+	n          int   // entries, pinned ones included
+	unpinned   int   // entries on the LRU list
+	head, tail int32 // LRU list: most and least recently used unpinned
+	hidx       int   // index in table.heap
 }
 
-func newTable(size uint32, max int) *table {
+// nameKey looks up a source's entry for a name. A pointer to the source
+// rather than its address keeps the key small; a source lives while it
+// has entries, so the pointer is stable for every key that refers to it.
+type nameKey struct {
+	src  *source
+	name string
+}
+
+// table is the automap state. All fields are guarded by mu.
+type table struct {
+	mu      sync.Mutex
+	byName  map[nameKey]int32
+	byOff   map[uint32]int32 // Pool4 offset -> slot
+	sources map[netip.Addr]*source
+	heap    sourceHeap // every source, most unpinned entries first
+	slots   []slot     // grows to max, then slots are recycled
+	free    []int32    // slots emptied but not reused
+	pinned  int        // slots with pins > 0
+	max     int
+	perSrc  int
+
+	alloc allocator
+
+	recycled  uint64 // entries evicted to make room
+	exhausted uint64 // allocations refused: every candidate pinned, or epoch not saved
+}
+
+func newTable(a allocator, max, perSrc int) *table {
 	return &table{
-		byName: make(map[string]int32),
-		byOff:  make(map[uint32]int32),
-		head:   nilSlot,
-		tail:   nilSlot,
-		cursor: 1,
-		size:   size,
-		max:    max,
+		byName:  make(map[nameKey]int32),
+		byOff:   make(map[uint32]int32),
+		sources: make(map[netip.Addr]*source),
+		max:     max,
+		perSrc:  perSrc,
+		alloc:   a,
 	}
 }
 
 // usableOff reports whether offset off of a masked pool of at least /24
-// may be handed out: the pool's first address and every address ending in
-// .0 or .255 are skipped, since some stacks treat them as network or
-// broadcast addresses.
+// may be handed out: every address ending in .0 or .255 (the pool's first
+// address among them) is skipped, since some stacks treat them as network
+// or broadcast addresses.
 func usableOff(off uint32) bool {
 	b := off & 0xff
 	return b != 0 && b != 0xff
@@ -72,136 +117,200 @@ func usableOff(off uint32) bool {
 // len returns the number of entries. t.mu must be held.
 func (t *table) len() int { return len(t.slots) - len(t.free) }
 
-// unlink takes slot i off the LRU list. t.mu must be held.
+// unlink takes slot i off its source's LRU list. t.mu must be held.
 func (t *table) unlink(i int32) {
 	s := &t.slots[i]
+	src := s.src
 	if s.prev != nilSlot {
 		t.slots[s.prev].next = s.next
 	} else {
-		t.head = s.next
+		src.head = s.next
 	}
 	if s.next != nilSlot {
 		t.slots[s.next].prev = s.prev
 	} else {
-		t.tail = s.prev
+		src.tail = s.prev
 	}
 	s.prev, s.next = nilSlot, nilSlot
+	src.unpinned--
 }
 
-// pushFront puts slot i, not on the list, at the most recent end.
-// t.mu must be held.
+// pushFront puts slot i, not on a list, at the most recent end of its
+// source's list. t.mu must be held.
 func (t *table) pushFront(i int32) {
 	s := &t.slots[i]
-	s.prev, s.next = nilSlot, t.head
-	if t.head != nilSlot {
-		t.slots[t.head].prev = i
+	src := s.src
+	s.prev, s.next = nilSlot, src.head
+	if src.head != nilSlot {
+		t.slots[src.head].prev = i
 	} else {
-		t.tail = i
+		src.tail = i
 	}
-	t.head = i
+	src.head = i
+	src.unpinned++
 }
 
-// pushBack puts slot i, not on the list, at the least recent end.
-// t.mu must be held.
+// pushBack puts slot i, not on a list, at the least recent end of its
+// source's list. t.mu must be held.
 func (t *table) pushBack(i int32) {
 	s := &t.slots[i]
-	s.prev, s.next = t.tail, nilSlot
-	if t.tail != nilSlot {
-		t.slots[t.tail].next = i
+	src := s.src
+	s.prev, s.next = src.tail, nilSlot
+	if src.tail != nilSlot {
+		t.slots[src.tail].next = i
 	} else {
-		t.head = i
+		src.head = i
 	}
-	t.tail = i
+	src.tail = i
+	src.unpinned++
 }
 
 // touch marks slot i as just used. t.mu must be held.
 func (t *table) touch(i int32) {
-	if t.slots[i].pins > 0 || t.head == i {
+	s := &t.slots[i]
+	if s.pins > 0 || s.src.head == i {
 		return
 	}
 	t.unlink(i)
 	t.pushFront(i)
 }
 
-// nextFree advances the cursor to an unused usable offset. t.mu must be
-// held.
-func (t *table) nextFree() (uint32, bool) {
-	for range t.size {
-		off := t.cursor
-		if t.cursor++; t.cursor >= t.size {
-			t.cursor = 0
-		}
-		if !usableOff(off) {
-			continue
-		}
-		if _, used := t.byOff[off]; !used {
-			return off, true
-		}
+// source returns the share of addr, creating it if create is set.
+// t.mu must be held.
+func (t *table) source(addr netip.Addr, create bool) *source {
+	src := t.sources[addr]
+	if src == nil && create {
+		src = &source{addr: addr, head: nilSlot, tail: nilSlot}
+		t.sources[addr] = src
+		heap.Push(&t.heap, src)
 	}
-	return 0, false
+	return src
 }
 
-// newSlot returns an empty slot, recycling the least recently used entry
-// if the table is full. ok is false if every entry is pinned.
-// t.mu must be held.
-func (t *table) newSlot() (int32, bool) {
+// dropIfEmpty forgets src once it has no entries. t.mu must be held.
+func (t *table) dropIfEmpty(src *source) {
+	if src.n == 0 {
+		delete(t.sources, src.addr)
+		heap.Remove(&t.heap, src.hidx)
+	}
+}
+
+// evict recycles the least recently used unpinned entry of src and
+// returns its emptied slot. t.mu must be held; src.tail must be a slot.
+func (t *table) evict(src *source) int32 {
+	i := src.tail
+	t.unlink(i)
+	s := &t.slots[i]
+	delete(t.byName, nameKey{src, s.name})
+	delete(t.byOff, s.off)
+	src.n--
+	*s = slot{prev: nilSlot, next: nilSlot}
+	t.recycled++
+	return i
+}
+
+// newSlot returns an empty slot for a new entry of src, recycling an entry
+// if src or the table is at its cap. ok is false if the entry to recycle
+// would have to be a pinned one. t.mu must be held.
+func (t *table) newSlot(src *source) (int32, bool) {
+	switch {
+	case src.n >= t.perSrc:
+		// Over its share: the source recycles its own entries only.
+		if src.tail == nilSlot {
+			return 0, false
+		}
+		i := t.evict(src)
+		heap.Fix(&t.heap, src.hidx)
+		return i, true
+	case t.len() >= t.max:
+		// The table is full: the source with the most recyclable
+		// entries gives one up.
+		victim := t.heap[0]
+		if victim.tail == nilSlot {
+			return 0, false // every entry of every source is pinned
+		}
+		i := t.evict(victim)
+		heap.Fix(&t.heap, victim.hidx)
+		if victim != src {
+			t.dropIfEmpty(victim)
+		}
+		return i, true
+	}
 	if n := len(t.free); n > 0 {
 		i := t.free[n-1]
 		t.free = t.free[:n-1]
 		return i, true
 	}
-	if len(t.slots) < t.max {
-		t.slots = append(t.slots, slot{prev: nilSlot, next: nilSlot})
-		return int32(len(t.slots) - 1), true
-	}
-	i := t.tail
-	if i == nilSlot {
-		return 0, false
-	}
-	t.unlink(i)
-	s := &t.slots[i]
-	delete(t.byName, s.name)
-	delete(t.byOff, s.off)
-	*s = slot{prev: nilSlot, next: nilSlot}
-	t.recycled++
-	return i, true
+	t.slots = append(t.slots, slot{prev: nilSlot, next: nilSlot})
+	return int32(len(t.slots) - 1), true
 }
 
-// assign returns the offset mapped to key, mapping it first if needed.
-// ok is false if the table is full of pinned entries.
-func (t *table) assign(key []byte) (off uint32, ok bool) {
+// insert fills the empty slot i with an entry and links it. t.mu must be
+// held.
+func (t *table) insert(i int32, src *source, name string, off uint32, front bool) {
+	t.slots[i] = slot{name: name, src: src, off: off, prev: nilSlot, next: nilSlot}
+	t.byName[nameKey{src, name}] = i
+	t.byOff[off] = i
+	src.n++
+	if front {
+		t.pushFront(i)
+	} else {
+		t.pushBack(i)
+	}
+	heap.Fix(&t.heap, src.hidx)
+}
+
+// assign returns the offset mapped to key for the source addr, mapping it
+// first if needed. ok is false if no entry could be made (see newSlot and
+// allocator.next).
+func (t *table) assign(addr netip.Addr, key []byte) (off uint32, ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if i, hit := t.byName[string(key)]; hit {
-		t.touch(i)
-		return t.slots[i].off, true
+	if src := t.sources[addr]; src != nil {
+		// string(key) in a map index of a composite key does not
+		// allocate: the cached answer stays allocation-free.
+		if i, hit := t.byName[nameKey{src, string(key)}]; hit {
+			t.touch(i)
+			return t.slots[i].off, true
+		}
 	}
-	i, ok := t.newSlot()
+	src := t.source(addr, true)
+	i, ok := t.newSlot(src)
 	if !ok {
 		t.exhausted++
+		t.dropIfEmpty(src)
 		return 0, false
 	}
-	off, ok = t.nextFree()
+	off, ok = t.alloc.next(func(off uint32) bool {
+		_, used := t.byOff[off]
+		return !used
+	})
 	if !ok {
-		// Unreachable: max never exceeds the usable offsets, and newSlot
-		// freed one if the table was full.
 		t.free = append(t.free, i)
 		t.exhausted++
+		t.dropIfEmpty(src)
 		return 0, false
 	}
-	name := string(key)
-	t.slots[i] = slot{name: name, off: off, prev: nilSlot, next: nilSlot}
-	t.byName[name] = i
-	t.byOff[off] = i
-	t.pushFront(i)
+	t.insert(i, src, string(key), off, true)
 	return off, true
 }
 
-// lookup returns the name mapped to off and marks it used.
-func (t *table) lookup(off uint32) (string, bool) {
+// find returns the slot mapped to off for the source addr. t.mu must be
+// held.
+func (t *table) find(addr netip.Addr, off uint32) (int32, bool) {
+	i, ok := t.byOff[off]
+	if !ok || t.slots[i].src.addr != addr {
+		// Another source's entry looks exactly like no entry.
+		return 0, false
+	}
+	return i, true
+}
+
+// lookup returns the name mapped to off for addr and marks it used.
+func (t *table) lookup(addr netip.Addr, off uint32) (string, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	i, ok := t.byOff[off]
+	i, ok := t.find(addr, off)
 	if !ok {
 		return "", false
 	}
@@ -210,16 +319,17 @@ func (t *table) lookup(off uint32) (string, bool) {
 }
 
 // acquire is lookup plus a pin. It returns the slot to pass to release.
-func (t *table) acquire(off uint32) (string, int32, bool) {
+func (t *table) acquire(addr netip.Addr, off uint32) (string, int32, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	i, ok := t.byOff[off]
+	i, ok := t.find(addr, off)
 	if !ok {
 		return "", 0, false
 	}
 	s := &t.slots[i]
 	if s.pins == 0 {
 		t.unlink(i)
+		heap.Fix(&t.heap, s.src.hidx)
 		t.pinned++
 	}
 	s.pins++
@@ -237,7 +347,123 @@ func (t *table) release(i int32) {
 	if s.pins--; s.pins == 0 {
 		t.pinned--
 		t.pushFront(i)
+		heap.Fix(&t.heap, s.src.hidx)
 	}
+}
+
+// sourceHeap orders sources by recyclable entries, most first
+// (container/heap).
+type sourceHeap []*source
+
+func (h sourceHeap) Len() int           { return len(h) }
+func (h sourceHeap) Less(i, j int) bool { return h[i].unpinned > h[j].unpinned }
+func (h sourceHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].hidx, h[j].hidx = i, j
+}
+func (h *sourceHeap) Push(x any) {
+	s := x.(*source)
+	s.hidx = len(*h)
+	*h = append(*h, s)
+}
+func (h *sourceHeap) Pop() any {
+	old := *h
+	s := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return s
+}
+
+// allocator hands out Pool4 offsets: epoch<<offBits | perm(counter).
+type allocator struct {
+	offBits   uint // bits of an offset within an epoch
+	epochBits uint // bits of the epoch number
+	epoch     uint32
+	counter   uint32    // next input to the permutation
+	keys      [4]uint64 // Feistel round keys of this epoch
+	// advance persists a new epoch before any address of it is handed
+	// out; nil when there is nowhere to persist it.
+	advance func(epoch uint32) error
+}
+
+// Epoch layout: epochs get at most maxEpochBits bits, and never leave an
+// epoch fewer than 2^minOffBits addresses.
+const (
+	maxEpochBits = 6
+	minOffBits   = 10
+)
+
+// splitPool returns the epoch and offset bits for a pool of poolBits bits.
+func splitPool(poolBits uint) (epochBits, offBits uint) {
+	if poolBits > minOffBits {
+		epochBits = min(maxEpochBits, poolBits-minOffBits)
+	}
+	return epochBits, poolBits - epochBits
+}
+
+// rekey draws fresh round keys for the current epoch.
+func (a *allocator) rekey() {
+	var b [32]byte
+	rand.Read(b[:]) // never fails (crypto/rand, Go 1.24+)
+	for i := range a.keys {
+		a.keys[i] = binary.LittleEndian.Uint64(b[8*i:])
+	}
+	a.counter = 0
+}
+
+// next returns the next offset for which free reports true. It moves to
+// the next epoch (persisting it first) when the current one is used up;
+// ok is false if persisting fails or, unreachably, no offset is free.
+func (a *allocator) next(free func(uint32) bool) (uint32, bool) {
+	size := uint32(1) << a.offBits
+	// Each pass over an epoch skips at most all of its offsets; the
+	// table holds fewer entries than the pool has usable addresses, so a
+	// free offset turns up within two passes over every epoch.
+	for range 2 << a.epochBits {
+		for a.counter < size {
+			off := a.epoch<<a.offBits | a.permute(a.counter)
+			a.counter++
+			if usableOff(off) && free(off) {
+				return off, true
+			}
+		}
+		epoch := (a.epoch + 1) & (1<<a.epochBits - 1)
+		if a.advance != nil {
+			if err := a.advance(epoch); err != nil {
+				return 0, false // counter stays at the end: retried next time
+			}
+		}
+		a.epoch = epoch
+		a.rekey()
+	}
+	return 0, false
+}
+
+// permute maps x < 2^offBits to a pseudo-random y < 2^offBits, one to one:
+// a four-round Feistel network over the next even number of bits, walked
+// until the result falls in range (at most one bit too wide, so about two
+// steps on average).
+func (a *allocator) permute(x uint32) uint32 {
+	half := (a.offBits + 1) / 2
+	mask := uint32(1)<<half - 1
+	limit := uint32(1) << a.offBits
+	for {
+		l, r := x>>half, x&mask
+		for _, k := range a.keys {
+			l, r = r, l^uint32(mix64(uint64(r)^k))&mask
+		}
+		x = l<<half | r
+		if x < limit {
+			return x
+		}
+	}
+}
+
+// mix64 is the splitmix64 finalizer: a cheap bijective mixer.
+func mix64(z uint64) uint64 {
+	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+	z = (z ^ z>>27) * 0x94d049bb133111eb
+	return z ^ z>>31
 }
 
 // Virtual address arithmetic. Pool prefixes are validated by New: Pool4 is
@@ -287,6 +513,9 @@ func (s *Server) offset(ip netip.Addr) (off uint32, virtual, mappable bool) {
 	return 0, false, false
 }
 
+// srcKey is the form of a source address the table is keyed by.
+func srcKey(src netip.Addr) netip.Addr { return src.WithZone("").Unmap() }
+
 // IsVirtual reports whether ip lies in Pool4 or Pool6 (an IPv4-mapped IPv6
 // address counts as its IPv4 address). The tunnel must never dial such an
 // address directly: it either has a mapping (Lookup) or gets an RST.
@@ -295,17 +524,18 @@ func (s *Server) IsVirtual(ip netip.Addr) bool {
 	return virtual
 }
 
-// Lookup returns the name mapped to the virtual address ip and marks the
-// entry as recently used. virtual reports whether ip is in a pool at all;
-// ok whether it has a mapping. A virtual address without a mapping (never
-// handed out, or recycled) gets ok=false: the tunnel then resets the flow.
-// Lookup works whether or not Tor is ready.
-func (s *Server) Lookup(ip netip.Addr) (name string, virtual, ok bool) {
+// Lookup returns the name the workstation src was given the virtual
+// address ip for, and marks the entry as recently used. virtual reports
+// whether ip is in a pool at all; ok whether src has a mapping for it. A
+// virtual address without one (never handed out, recycled, of another run,
+// or handed to another source) gets ok=false: the tunnel then resets the
+// flow. Lookup works whether or not Tor is ready.
+func (s *Server) Lookup(src, ip netip.Addr) (name string, virtual, ok bool) {
 	off, virtual, mappable := s.offset(ip)
 	if !mappable {
 		return "", virtual, false
 	}
-	name, ok = s.tab.lookup(off)
+	name, ok = s.tab.lookup(srcKey(src), off)
 	return name, virtual, ok
 }
 
@@ -313,12 +543,12 @@ func (s *Server) Lookup(ip netip.Addr) (name string, virtual, ok bool) {
 // called, so a long-lived flow keeps its name even if the table turns over
 // underneath it. release is never nil (a no-op when ok is false) and may be
 // called more than once; only the first call counts.
-func (s *Server) Acquire(ip netip.Addr) (name string, release func(), virtual, ok bool) {
+func (s *Server) Acquire(src, ip netip.Addr) (name string, release func(), virtual, ok bool) {
 	off, virtual, mappable := s.offset(ip)
 	if !mappable {
 		return "", noRelease, virtual, false
 	}
-	name, i, ok := s.tab.acquire(off)
+	name, i, ok := s.tab.acquire(srcKey(src), off)
 	if !ok {
 		return "", noRelease, virtual, false
 	}

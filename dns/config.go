@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/torgate/torgate/tunnel"
 )
 
 // Mode selects how A and AAAA queries for ordinary (non-.onion) names are
@@ -107,7 +109,7 @@ var (
 )
 
 const (
-	// DefaultMaxEntries bounds the automap table: about 8 MiB of memory
+	// DefaultMaxEntries bounds the automap table: about 11 MiB of memory
 	// (see TestMemoryPerEntry) and far more names than a workstation
 	// resolves within one TTL.
 	DefaultMaxEntries = 65536
@@ -148,21 +150,44 @@ type Config struct {
 	// (fd9d:7a2b:5c1e::10.192.0.7), so A and AAAA for a name map to one
 	// entry. Default DefaultPool6.
 	Pool6 netip.Prefix
-	// MaxEntries bounds the automap table. When it is full, the least
-	// recently used entry that no flow has pinned (Acquire) is recycled.
-	// Default DefaultMaxEntries, or the usable size of Pool4 if that is
-	// smaller; an explicit value larger than Pool4 is an error.
+	// MaxEntries bounds the automap table, all workstations together
+	// (memory: about 170 bytes per entry, measured 2026-12-02 by TestMemoryPerEntry). When it is full, the least
+	// recently used unpinned entry of the workstation holding the most
+	// unpinned entries is recycled. Entries a flow has pinned (Acquire) are
+	// never recycled. Default DefaultMaxEntries, or half the usable size of
+	// Pool4 if that is smaller; an explicit value larger than the usable
+	// size of Pool4 is an error.
 	MaxEntries int
+	// MaxEntriesPerSource is one workstation's share of MaxEntries: a
+	// workstation at its share recycles its own least recently used entry
+	// for each new name, so a flood of names from one workstation never
+	// recycles another's. Default: a quarter of MaxEntries, but at least
+	// min(MaxEntries, 1024); at most MaxEntries.
+	MaxEntriesPerSource int
 	// TTL of every positive answer, between 1s and 1h. Default DefaultTTL.
 	TTL time.Duration
 
 	// StateFile, if set, is where the automap table is persisted, so that
 	// virtual addresses cached by workstations survive a restart. New loads
-	// it (a missing, unreadable or corrupt file is logged and ignored);
-	// Save and Close write it atomically (temporary file, fsync, rename)
-	// with mode 0600. It lists every mapped hostname: keep it on storage
-	// as private as the workstations' browsing history, or leave it unset.
+	// it (a missing, unreadable, truncated or corrupt file is logged and
+	// ignored whole) and fails if its directory is not writable; Save and
+	// Close write it atomically (temporary file, fsync, rename, directory
+	// fsync) with mode 0600 and a CRC-32C. It lists every mapped hostname
+	// and the workstation that asked: keep it on storage as private as the
+	// workstations' browsing history, or leave it unset.
 	StateFile string
+	// EpochFile, if set, keeps the address epoch across restarts (see the
+	// package doc): New reads it, moves to the next epoch and writes it
+	// back before answering, so no address handed out by an earlier run,
+	// even one killed with SIGKILL, is handed to another name, until
+	// 2^epochBits runs later (64 for pools of /16 or larger; none for
+	// pools smaller than /22, which have no room for epochs). New fails if
+	// it cannot be written. It holds one number, no names: put it in the
+	// state directory, or on a runtime file system (/run/torgate/) without
+	// one. Unset, each run starts at a random epoch: a 1 in 64 chance
+	// (default pool) of meeting the previous run's epoch, and even then an
+	// address is reused only if the new run's permutation picks it.
+	EpochFile string
 
 	// Resolver is used in ModeResolve and required there.
 	Resolver Resolver
@@ -170,6 +195,15 @@ type Config struct {
 	ResolveTimeout time.Duration
 	// MaxResolves caps Resolver calls in flight. Default DefaultMaxResolves.
 	MaxResolves int
+
+	// Forbidden classifies a destination address (tunnel.Forbidden's
+	// classes). A query for a name that is an IP address literal ("127.1",
+	// "::ffff:10.0.0.1", "2130706433") is answered here, never automapped
+	// or resolved: with the literal itself if Forbidden allows it, else
+	// NXDOMAIN, counted by reason (Stats.Forbidden). A resolve-mode answer
+	// it forbids is SERVFAIL. The router passes (*tunnel.Tunnel).Forbidden,
+	// which adds the gateway's own networks; nil means tunnel.Forbidden.
+	Forbidden func(netip.Addr) tunnel.DestReason
 
 	// Ready reports whether Tor is usable. While it returns false every
 	// well-formed query gets SERVFAIL, automapped ones too: fail closed.
@@ -266,7 +300,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	case cfg.MaxEntries < 0:
 		return cfg, &ConfigError{"MaxEntries", "negative"}
 	case cfg.MaxEntries == 0:
-		cfg.MaxEntries = min(DefaultMaxEntries, usable)
+		// Half the pool at most: the allocator then finds a free address
+		// of the current epoch in a few steps.
+		cfg.MaxEntries = min(DefaultMaxEntries, max(usable/2, 1))
 	case cfg.MaxEntries > usable:
 		return cfg, &ConfigError{"MaxEntries", strconv.Itoa(cfg.MaxEntries) + " exceeds the " +
 			strconv.Itoa(usable) + " usable addresses of Pool4 " + p4.String()}
@@ -274,6 +310,15 @@ func (cfg Config) withDefaults() (Config, error) {
 		return cfg, &ConfigError{"MaxEntries", "at most " + strconv.Itoa(maxMaxEntries)}
 	}
 
+	switch {
+	case cfg.MaxEntriesPerSource < 0:
+		return cfg, &ConfigError{"MaxEntriesPerSource", "negative"}
+	case cfg.MaxEntriesPerSource == 0:
+		cfg.MaxEntriesPerSource = max(cfg.MaxEntries/4, min(cfg.MaxEntries, 1024))
+	case cfg.MaxEntriesPerSource > cfg.MaxEntries:
+		return cfg, &ConfigError{"MaxEntriesPerSource", strconv.Itoa(cfg.MaxEntriesPerSource) +
+			" exceeds MaxEntries " + strconv.Itoa(cfg.MaxEntries)}
+	}
 	switch {
 	case cfg.TTL == 0:
 		cfg.TTL = DefaultTTL
@@ -300,6 +345,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Forbidden == nil {
+		cfg.Forbidden = tunnel.Forbidden
 	}
 	return cfg, nil
 }

@@ -55,22 +55,39 @@
 // Each automap entry owns one address of Pool4 (default 10.192.0.0/10, as
 // Whonix-Gateway's VirtualAddrNetworkIPv4) and the address of Pool6
 // (default fd9d:7a2b:5c1e::/64, a fixed unique-local prefix) that has the
-// same IPv4 address in its low 32 bits: example.com might be 10.192.0.7 and
-// fd9d:7a2b:5c1e::ac0:7. A and AAAA for one name therefore always agree, and
-// one table serves both. Addresses ending in .0 or .255, and the pool's
-// first address, are never handed out. Names are matched without regard to
-// ASCII case or a trailing dot; the question is echoed as asked.
+// same IPv4 address in its low 32 bits: example.com might be 10.201.17.5
+// and fd9d:7a2b:5c1e::ac9:1105. A and AAAA for one name therefore always
+// agree. Addresses ending in .0 or .255 are never handed out. Names are
+// matched without regard to ASCII case or a trailing dot; the question is
+// echoed as asked.
 //
-// The table holds at most Config.MaxEntries names (default 65536, about 8
-// MiB). When it is full, the least recently used entry is recycled; an
-// entry counts as used when a query or a Lookup touches it. Entries pinned
-// with Acquire, because a flow is using them, are never recycled; if every
-// entry is pinned, new names get SERVFAIL (counted as Stats.Exhausted).
-// Addresses are handed out by a cursor that walks the whole pool before it
-// returns, so a recycled address is reused only after millions of other
-// allocations with the default pool, long after any cached answer for it
-// (Config.TTL, default 60 s) has expired. The table is kept across restarts
-// if Config.StateFile is set (see Save); the file lists every mapped name.
+// Workstations are strangers (issue 11). An entry belongs to the source
+// address that looked the name up: only that source can turn the address
+// back into the name (Lookup, Acquire, PTR); for any other source the
+// address is exactly like one never handed out (the tunnel answers a RST,
+// PTR NXDOMAIN). Two sources asking for one name get two entries and two
+// addresses. Addresses are drawn in the order of a keyed pseudo-random
+// permutation, so a workstation cannot predict or enumerate others'.
+//
+// The table holds at most Config.MaxEntries names (default 65536, about
+// 11 MiB), and each source at most Config.MaxEntriesPerSource (default a
+// quarter of it). A source at its share recycles its own least recently
+// used entry; when the whole table is full, the source holding the most
+// recyclable entries gives one up. One workstation's flood of names
+// therefore only recycles its own entries. Entries pinned with Acquire,
+// because a flow is using them, are never recycled; if a source's
+// candidates are all pinned, its new names get SERVFAIL (Stats.Exhausted).
+//
+// No reuse, within a run or across restarts: Pool4 is split into epochs
+// (64 for the default pool); each run starts in the next epoch, persisted
+// in Config.EpochFile before the first answer, and moves on (persisting
+// again) when an epoch is used up. An address handed to one name goes to
+// another only after a pass over the whole pool (about four million
+// names) or 64 restarts, so a workstation's cached answer never reaches
+// another name, even after a SIGKILL. The entries themselves survive a
+// restart if Config.StateFile is set (see Save); the file lists every
+// mapped name and who asked for it, and is checksummed: a damaged or
+// truncated file is discarded whole.
 //
 // # What each query gets
 //
@@ -91,7 +108,8 @@
 //   - Class other than IN: NOTIMP.
 //   - A, AAAA: by the name policy below.
 //   - PTR for a reverse name (in-addr.arpa, ip6.arpa) of a virtual address:
-//     the mapped name, in both modes; NXDOMAIN if unmapped. 127.0.0.1 and
+//     the mapped name if the asking source owns the entry, in both modes;
+//     NXDOMAIN otherwise. 127.0.0.1 and
 //     ::1: localhost. In ModeResolve, a global unicast non-private address
 //     goes to Resolver.ResolvePTR. Everything else: NXDOMAIN.
 //   - HTTPS (65), SVCB (64): an empty NOERROR (NXDOMAIN for blocked names),
@@ -111,6 +129,13 @@
 //
 // For A and AAAA (and HTTPS/SVCB, which never get answers):
 //
+//   - A name that is an IP address literal, in any spelling a resolver
+//     library or Tor might read as one ("127.0.0.1", "127.1", "0x7f.1",
+//     "2130706433", "::ffff:10.0.0.1", "[::1]"; tunnel.ParseLiteral): the
+//     literal itself if Config.Forbidden allows it (A for IPv4, AAAA for
+//     IPv6, else NODATA), NXDOMAIN counted by reason (Stats.Forbidden) if
+//     not. Never automapped or resolved: a virtual address for
+//     "127.0.0.1" would later leave as CONNECT "127.0.0.1".
 //   - localhost and *.localhost: 127.0.0.1 or ::1, answered here (RFC 6761
 //     §6.3); this is what users and software expect, and it never leaves.
 //   - *.onion: automapped, in both modes.

@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/torgate/torgate/tunnel"
 )
 
 var updateCorpus = flag.Bool("update-corpus", false, "rewrite testdata/fuzz/FuzzHandle from fuzzSeeds")
@@ -135,6 +137,27 @@ var fuzzSeeds = []struct {
 		by(0, 0, 0, 60, 0, 2, 0xc0, 12),     // TTL 60, RDLEN 2, pointer
 		by(0, 0, 41, 0x02, 0x00),            // OPT at root, size 512
 		by(0, 0, 0, 0, 0, 0),                // TTL 0, RDLEN 0
+	)},
+	{file: "literal_loopback", note: "A for the name 127.1, an inet_aton spelling of loopback: NXDOMAIN", udp: true, query: cat(
+		by(0x0e, 0x0e),             // ID
+		by(0x01, 0x00),             // RD
+		by(0, 1, 0, 0, 0, 0, 0, 0), // QD=1
+		wname("127.1"),             // QNAME
+		by(0, 1, 0, 1),             // QTYPE=A QCLASS=IN
+	)},
+	{file: "literal_v6", note: "AAAA for the name ::ffff:169.254.169.254 (metadata, v4-mapped): NXDOMAIN", udp: true, query: cat(
+		by(0x0f, 0x0f),                  // ID
+		by(0x01, 0x00),                  // RD
+		by(0, 1, 0, 0, 0, 0, 0, 0),      // QD=1
+		wname("::ffff:169.254.169.254"), // QNAME: labels "::ffff:169", "254", "169", "254"
+		by(0, 28, 0, 1),                 // QTYPE=AAAA QCLASS=IN
+	)},
+	{file: "literal_allowed", note: "A for the name 192.0.2.1: answered with itself, never automapped", udp: true, query: cat(
+		by(0x10, 0x10),             // ID
+		by(0x01, 0x00),             // RD
+		by(0, 1, 0, 0, 0, 0, 0, 0), // QD=1
+		wname("192.0.2.1"),         // QNAME
+		by(0, 1, 0, 1),             // QTYPE=A QCLASS=IN
 	)},
 	{file: "short", note: "malformed: 5 bytes, no header: dropped", udp: true, query: by(
 		0x12, 0x34, 0x01, 0x00, 0x00, // ID, flags, half a count
@@ -297,15 +320,24 @@ func checkHandle(t *testing.T, s *Server, query []byte, udp bool) {
 			m.Header.RCode != dnsmessage.RCodeSuccess {
 			t.Fatalf("answer %v for question %v", a, m.Questions)
 		}
+		// An automap answer is virtual, loopback (localhost) or the
+		// question's own literal, which must then be allowed.
+		lit, isLit := tunnel.ParseLiteral(m.Questions[0].Name.String())
+		var ip netip.Addr
 		switch body := m.Answers[0].Body.(type) {
 		case *dnsmessage.AResource:
-			if ip := netip.AddrFrom4(body.A); s.mode == ModeAutomap && !s.IsVirtual(ip) && !ip.IsLoopback() {
-				t.Fatalf("automap answered %v", ip)
-			}
+			ip = netip.AddrFrom4(body.A)
 		case *dnsmessage.AAAAResource:
-			if ip := netip.AddrFrom16(body.AAAA); s.mode == ModeAutomap && !s.IsVirtual(ip) && !ip.IsLoopback() {
-				t.Fatalf("automap answered %v", ip)
+			ip = netip.AddrFrom16(body.AAAA)
+		}
+		switch {
+		case !ip.IsValid():
+		case isLit:
+			if ip != lit.Unmap() || tunnel.Forbidden(ip) != tunnel.ReasonAllowed || s.IsVirtual(ip) {
+				t.Fatalf("literal %v answered %v", lit, ip)
 			}
+		case s.mode == ModeAutomap && !s.IsVirtual(ip) && !ip.IsLoopback():
+			t.Fatalf("automap answered %v", ip)
 		}
 	}
 	if n := s.Len(); n > s.tab.max {

@@ -9,8 +9,9 @@ package dns
 //	     ├─ rest of message + EDNS(0) OPT ─────(bad)▶ FORMERR / BADVERS
 //	     ├─ Ready() ───────────────────────────(no)─▶ SERVFAIL
 //	     └─ by class and type:
-//	          A, AAAA   name policy → localhost | NXDOMAIN | automap | Resolver
-//	          PTR       reverse name → automap table | localhost | ResolvePTR
+//	          A, AAAA   IP literal → itself | NXDOMAIN (Forbidden)
+//	                    name policy → localhost | NXDOMAIN | automap (src's share) | Resolver
+//	          PTR       reverse name → src's automap entries | localhost | ResolvePTR
 //	          HTTPS/SVCB name policy → NXDOMAIN | empty NOERROR
 //	          others    NOTIMP
 //	     then pack: no compression (it allocates); over the UDP limit,
@@ -22,15 +23,20 @@ package dns
 // passes to the Resolver and whatever the Resolver allocates.
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/torgate/torgate/tunnel"
 )
 
 // UDP payload limits (RFC 1035 §4.2.1, RFC 6891 §6.2.5). maxUDP is what we
@@ -62,27 +68,34 @@ type Server struct {
 	unsafeLog      bool
 	now            func() time.Time
 	stateFile      string
+	epochFile      string
+	forbidden      func(netip.Addr) tunnel.DestReason
 
 	tab   *table
 	stats counters
 
 	exhaustedLog rateLimit
 	resolveLog   rateLimit
+	epochLog     rateLimit
 
 	saveMu sync.Mutex // serializes Save
 	closed atomic.Bool
 }
 
-// New checks cfg, fills in defaults and returns a Server. If cfg.StateFile
-// exists, the table is loaded from it; problems with the file are logged
-// and leave the table empty, they are never an error. Errors are
-// *ConfigError.
+// New checks cfg, fills in defaults and returns a Server. It takes the
+// next address epoch from Config.EpochFile and writes it back, and checks
+// that the state file's directory is writable; either failing is an error
+// (wrapping the file system's), so a bad state directory shows at start.
+// If cfg.StateFile exists, the table is loaded from it; a missing, corrupt
+// or unreadable file is logged and leaves the table empty, never an error.
+// Configuration errors are *ConfigError.
 func New(cfg Config) (*Server, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
 	b4 := cfg.Pool4.Addr().As4()
+	epochBits, offBits := splitPool(uint(32 - cfg.Pool4.Bits()))
 	s := &Server{
 		mode:           cfg.Mode,
 		pool4:          cfg.Pool4,
@@ -98,10 +111,32 @@ func New(cfg Config) (*Server, error) {
 		unsafeLog:      cfg.UnsafeLogging,
 		now:            cfg.Now,
 		stateFile:      cfg.StateFile,
-		tab:            newTable(uint32(1)<<(32-cfg.Pool4.Bits()), cfg.MaxEntries),
+		epochFile:      cfg.EpochFile,
+		forbidden:      cfg.Forbidden,
+		tab: newTable(allocator{offBits: offBits, epochBits: epochBits},
+			cfg.MaxEntries, cfg.MaxEntriesPerSource),
 	}
 	s.exhaustedLog.every = time.Minute
 	s.resolveLog.every = time.Minute
+	s.epochLog.every = time.Minute
+	for _, f := range []string{s.stateFile, s.epochFile} {
+		if f == "" {
+			continue
+		}
+		if err := checkWritable(filepath.Dir(f)); err != nil {
+			return nil, fmt.Errorf("dns: state directory of %s is not writable (torgate saves the automap there; "+
+				"fix its owner or permissions, or choose another directory): %w", f, err)
+		}
+	}
+	epoch, err := s.loadEpoch()
+	if err != nil {
+		return nil, err
+	}
+	s.tab.alloc.epoch = epoch
+	s.tab.alloc.rekey()
+	if s.epochFile != "" && epochBits > 0 {
+		s.tab.alloc.advance = s.saveEpoch
+	}
 	if s.stateFile != "" {
 		s.load()
 	}
@@ -110,7 +145,10 @@ func New(cfg Config) (*Server, error) {
 		slog.String("pool4", s.pool4.String()),
 		slog.String("pool6", s.pool6.String()),
 		slog.Int("max_entries", cfg.MaxEntries),
+		slog.Int("max_entries_per_source", cfg.MaxEntriesPerSource),
 		slog.Duration("ttl", cfg.TTL),
+		slog.Int("epoch", int(epoch)),
+		slog.Int("epochs", 1<<epochBits),
 		slog.Int("entries", s.Len()))
 	return s, nil
 }
@@ -310,6 +348,9 @@ func (s *Server) parseEDNS(p *dnsmessage.Parser, r *reply) bool {
 
 // address answers A and AAAA.
 func (s *Server) address(ctx context.Context, src netip.Addr, r *reply) {
+	if s.literal(r) {
+		return
+	}
 	var kb [255]byte
 	key, ok := normalize(&r.q.Name, &kb)
 	if !ok {
@@ -327,23 +368,61 @@ func (s *Server) address(ctx context.Context, src netip.Addr, r *reply) {
 			s.answerAddr(r, netip.IPv6Loopback())
 		}
 	case nameOnion:
-		s.automap(key, r)
+		s.automap(src, key, r)
 	default:
 		if s.mode == ModeResolve {
 			s.resolve(ctx, src, key, r)
 		} else {
-			s.automap(key, r)
+			s.automap(src, key, r)
 		}
 	}
 }
 
-// automap answers A or AAAA for key from the table.
-func (s *Server) automap(key []byte, r *reply) {
-	off, ok := s.tab.assign(key)
+// literal answers a question whose name is an IP address literal, in any
+// spelling a resolver library or Tor might read as an address (see
+// tunnel.ParseLiteral), and reports whether it did. Such a name is never
+// automapped or resolved: a virtual address for "127.0.0.1" would leave
+// later as CONNECT "127.0.0.1", an address by another road. An allowed
+// literal is its own answer (A for IPv4, AAAA for IPv6, NODATA for the
+// other family); a forbidden one is NXDOMAIN, counted by reason. NXDOMAIN
+// rather than REFUSED: stub resolvers retry REFUSED on the next server,
+// and "no such name" is what the workstation should conclude.
+func (s *Server) literal(r *reply) bool {
+	n := &r.q.Name
+	l := int(n.Length)
+	if l > len(n.Data) || l == 0 {
+		return false
+	}
+	// Cheap pre-check, so that most names never reach the parser (and
+	// its string conversion): an IPv4 literal starts with a digit, an
+	// IPv6 one has a colon.
+	if c := n.Data[0]; !(c >= '0' && c <= '9') && bytes.IndexByte(n.Data[:l], ':') < 0 {
+		return false
+	}
+	ip, ok := tunnel.ParseLiteral(string(n.Data[:l]))
+	if !ok {
+		return false
+	}
+	why := s.forbidden(ip)
+	if why == tunnel.ReasonAllowed && s.IsVirtual(ip) {
+		why = tunnel.ReasonOperator // a pool outside the built-in ranges
+	}
+	if why != tunnel.ReasonAllowed {
+		s.stats.forbidden[why].Add(1)
+		r.set(dnsmessage.RCodeNameError, ResultNXDomain)
+		return true
+	}
+	s.answerAddr(r, ip.Unmap())
+	return true
+}
+
+// automap answers A or AAAA for key from src's share of the table.
+func (s *Server) automap(src netip.Addr, key []byte, r *reply) {
+	off, ok := s.tab.assign(srcKey(src), key)
 	if !ok {
 		if s.exhaustedLog.allow(s.now()) {
-			s.log.Warn("dns automap table exhausted: every entry is pinned by a flow",
-				slog.Int("max_entries", s.tab.max))
+			s.log.Warn("dns automap entry refused: every entry that could be recycled is pinned by a flow, or the epoch file cannot be written",
+				slog.Int("max_entries", s.tab.max), slog.Int("max_entries_per_source", s.tab.perSrc))
 		}
 		r.set(dnsmessage.RCodeServerFailure, ResultServFail)
 		return
@@ -387,11 +466,18 @@ func (s *Server) resolve(ctx context.Context, src netip.Addr, key []byte, r *rep
 		return
 	}
 	ip = ip.WithZone("").Unmap()
-	if !ip.IsValid() || ip.IsUnspecified() || ip.IsLoopback() || ip.IsMulticast() || s.IsVirtual(ip) {
+	why := s.forbidden(ip)
+	if why == tunnel.ReasonAllowed && s.IsVirtual(ip) {
+		why = tunnel.ReasonOperator
+	}
+	if why != tunnel.ReasonAllowed {
 		// An exit must not point a name at our own virtual addresses
-		// (that would hand the flow to another name's mapping) or at
-		// the workstation itself. Tor rejects most of these already
-		// (ClientDNSRejectInternalAddresses); this is the backstop.
+		// (that would hand the flow to another name's mapping), at the
+		// workstation's or the gateway's networks, or at anything else
+		// a flow may not reach (DNS rebinding). Tor rejects most of
+		// these already (ClientDNSRejectInternalAddresses); this is the
+		// backstop, by the same rules as the flows.
+		s.stats.forbidden[why].Add(1)
 		s.stats.resolveErrors.Add(1)
 		r.set(dnsmessage.RCodeServerFailure, ResultServFail)
 		return
@@ -417,7 +503,7 @@ func (s *Server) pointer(ctx context.Context, src netip.Addr, r *reply) {
 		// In both modes: the pools are ours, and no exit knows them.
 		name, ok := "", false
 		if mappable {
-			name, ok = s.tab.lookup(off)
+			name, ok = s.tab.lookup(srcKey(src), off)
 		}
 		if !ok || !setName(&r.ptr, name) {
 			r.set(dnsmessage.RCodeNameError, ResultNXDomain)

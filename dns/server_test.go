@@ -19,8 +19,10 @@ func TestAutomapStableAndInPool(t *testing.T) {
 	a2 := answerAddr(t, askName(t, s, srcB, "example.com.", dnsmessage.TypeA))
 	v6 := answerAddr(t, askName(t, s, srcA, "example.com.", dnsmessage.TypeAAAA))
 	other := answerAddr(t, askName(t, s, srcA, "example.org.", dnsmessage.TypeA))
-	if a1 != a2 {
-		t.Errorf("same name, two addresses: %v, %v", a1, a2)
+	if a1 == a2 {
+		// Workstations are strangers: one's answer must be useless to
+		// another (issue 11).
+		t.Errorf("two sources share the address %v for one name", a1)
 	}
 	if !DefaultPool4.Contains(a1) || !DefaultPool6.Contains(v6) {
 		t.Errorf("answers %v, %v outside the pools", a1, v6)
@@ -34,8 +36,8 @@ func TestAutomapStableAndInPool(t *testing.T) {
 	if a := a1.As4(); a[3] == 0 || a[3] == 255 {
 		t.Errorf("handed out %v", a1)
 	}
-	if s.Len() != 2 {
-		t.Errorf("Len = %d, want 2", s.Len())
+	if s.Len() != 3 {
+		t.Errorf("Len = %d, want 3 (two sources' example.com, A's example.org)", s.Len())
 	}
 	m := askName(t, s, srcA, "example.com.", dnsmessage.TypeA)
 	if ttl := m.Answers[0].Header.TTL; ttl != uint32(DefaultTTL/time.Second) {
@@ -49,7 +51,7 @@ func TestAutomapStableAndInPool(t *testing.T) {
 		t.Errorf("header %+v: want ID 7, RD clear", m.Header)
 	}
 	for name, virtual := range map[netip.Addr]bool{a1: true, v6: true, other: true} {
-		if got, v, ok := s.Lookup(name); !ok || !v != !virtual || (got != "example.com" && got != "example.org") {
+		if got, v, ok := s.Lookup(srcA, name); !ok || !v != !virtual || (got != "example.com" && got != "example.org") {
 			t.Errorf("Lookup(%v) = %q, %v, %v", name, got, v, ok)
 		}
 	}
@@ -68,7 +70,7 @@ func TestCaseInsensitive(t *testing.T) {
 	if n := m1.Answers[0].Header.Name.String(); n != "ExAmPle.COM." {
 		t.Errorf("answer owner %q, want the question as asked", n)
 	}
-	name, _, _ := s.Lookup(answerAddr(t, m1))
+	name, _, _ := s.Lookup(srcA, answerAddr(t, m1))
 	if name != "example.com" {
 		t.Errorf("Lookup = %q, want normalized example.com", name)
 	}
@@ -211,7 +213,7 @@ func TestOnionAlwaysAutomapped(t *testing.T) {
 			if !s.IsVirtual(ip) {
 				t.Errorf("%s %v = %v: not virtual", name, qt, ip)
 			}
-			got, _, ok := s.Lookup(ip)
+			got, _, ok := s.Lookup(srcA, ip)
 			if !ok || got != strings.ToLower(strings.TrimSuffix(name, ".")) {
 				t.Errorf("Lookup(%v) = %q, %v", ip, got, ok)
 			}
@@ -659,11 +661,11 @@ func TestConcurrent(t *testing.T) {
 					return
 				}
 				ip := netip.AddrFrom4([4]byte(out[len(out)-4:]))
-				if name, release, virtual, ok := s.Acquire(ip); virtual && ok {
+				if name, release, virtual, ok := s.Acquire(srcA, ip); virtual && ok {
 					if !strings.HasSuffix(name, ".example") {
 						t.Errorf("Acquire = %q", name)
 					}
-					s.Lookup(ip)
+					s.Lookup(srcA, ip)
 					release()
 				}
 				if i%100 == 0 {

@@ -1,26 +1,50 @@
 package dns
 
-// The state file is text, one record per line:
+// Two files keep the automap safe across restarts.
 //
-//	torgate-dns-automap 1
+// The epoch file (Config.EpochFile) holds the epoch of virtual addresses
+// the current run hands out (see automap.go). New reads it, takes the next
+// epoch and writes that back before answering anything, and the table
+// writes it again before it moves to another epoch; so a run never hands
+// out an address of an epoch an earlier run used, unless 2^epochBits runs
+// have passed, even if the earlier run was killed.
+//
+//	torgate-dns-epoch 1
+//	pool4 10.192.0.0/10
+//	epoch 17
+//	crc32c 5f0e6b1a
+//
+// The state file (Config.StateFile) keeps the entries themselves, so that
+// answers workstations still cache stay valid:
+//
+//	torgate-dns-automap 2
 //	pool4 10.192.0.0/10
 //	pool6 fd9d:7a2b:5c1e::/64
-//	cursor 1234
-//	10.192.0.7 example.com
-//	10.192.0.5 duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion
+//	10.192.0.7 10.152.152.11 example.com
+//	10.201.17.5 10.152.152.12 duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion
 //	...
+//	crc32c 0c39a1d2
 //
-// Entries run from most to least recently used, pinned ones first. A file
-// written for other pools is ignored (the addresses would mean nothing),
-// and so is any file with a malformed line, a duplicate, or an address or
-// name that could not have come from this table: a half-trusted table is
-// worse than an empty one, which only costs the workstations a lookup.
+// Each entry is its address, the workstation it belongs to and the name;
+// pinned entries come first, then each source's entries from most to
+// least recently used. Both files end in a CRC-32C of every byte before
+// the checksum line. A file that fails the checksum (truncated, cut inside
+// a name, bit rot), is written for other pools, or has any line that could
+// not have come from this table is discarded whole with a warning: a
+// half-trusted table is worse than an empty one, which only costs the
+// workstations a lookup. Both are written atomically (temporary file,
+// fsync, rename, fsync of the directory) with mode 0600.
+//
+// Why an address saved in the state file cannot have changed hands after
+// the save: within one run an address is handed out at most once per pass
+// over the whole pool, and every run hands out a new epoch. So an entry
+// loaded from the file is the only mapping its address had since.
 
 import (
-	"bufio"
-	"bytes"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -32,18 +56,79 @@ import (
 )
 
 const (
-	stateMagic = "torgate-dns-automap 1"
-	// maxStateLine bounds one line: an address, a space and a name.
-	maxStateLine = 64 + maxNameLen
+	stateMagic = "torgate-dns-automap 2"
+	epochMagic = "torgate-dns-epoch 1"
+	// maxStateLine bounds one entry line: two addresses, two spaces and
+	// a name.
+	maxStateLine = 2*46 + 2 + maxNameLen
 )
 
-// errCorrupt marks state files that fail validation.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// errCorrupt marks state and epoch files that fail validation.
 var errCorrupt = errors.New("corrupt")
 
-// Save writes the table to Config.StateFile atomically: a temporary file in
-// the same directory, fsync, rename, fsync of the directory. The file is
-// created with mode 0600. Without a StateFile it does nothing. Save may run
-// while queries are being answered; the table is locked only to copy it.
+// appendChecksum appends the checksum line over buf.
+func appendChecksum(buf []byte) []byte {
+	sum := crc32.Checksum(buf, castagnoli)
+	buf = append(buf, "crc32c "...)
+	buf = append(buf, fmt.Sprintf("%08x", sum)...)
+	return append(buf, '\n')
+}
+
+// verifyChecksum checks the last line of data and returns the body before
+// it.
+func verifyChecksum(data []byte) ([]byte, error) {
+	const line = len("crc32c 01234567\n")
+	n := len(data)
+	if n < line || data[n-1] != '\n' || (n > line && data[n-line-1] != '\n') {
+		return nil, fmt.Errorf("%w: no checksum line (truncated?)", errCorrupt)
+	}
+	body, tail := data[:n-line], string(data[n-line:n-1])
+	v, ok := strings.CutPrefix(tail, "crc32c ")
+	want, err := strconv.ParseUint(v, 16, 32)
+	if !ok || err != nil || len(v) != 8 {
+		return nil, fmt.Errorf("%w: no checksum line (truncated?)", errCorrupt)
+	}
+	if got := crc32.Checksum(body, castagnoli); uint64(got) != want {
+		return nil, fmt.Errorf("%w: checksum mismatch", errCorrupt)
+	}
+	return body, nil
+}
+
+// readBounded reads at most limit bytes of path; a longer file is corrupt.
+func readBounded(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%w: longer than %d bytes", errCorrupt, limit)
+	}
+	return data, nil
+}
+
+// checkWritable fails unless a file can be created in dir: New calls it
+// so that a read-only or missing state directory is an error at start,
+// not a surprise when the table is saved at exit.
+func checkWritable(dir string) error {
+	f, err := os.CreateTemp(dir, ".torgate-write-test*")
+	if err != nil {
+		return err
+	}
+	name := f.Name()
+	err = f.Close()
+	return errors.Join(err, os.Remove(name))
+}
+
+// Save writes the table to Config.StateFile atomically. Without a
+// StateFile it does nothing. Save may run while queries are being
+// answered; the table is locked only to copy it.
 func (s *Server) Save() error {
 	if s.stateFile == "" {
 		return nil
@@ -61,17 +146,16 @@ func (s *Server) Save() error {
 func (s *Server) marshalState() []byte {
 	t := s.tab
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	buf := make([]byte, 0, 128+t.len()*48)
+	buf := make([]byte, 0, 128+t.len()*64)
 	buf = append(buf, stateMagic+"\npool4 "...)
 	buf = s.pool4.AppendTo(buf)
 	buf = append(buf, "\npool6 "...)
 	buf = s.pool6.AppendTo(buf)
-	buf = append(buf, "\ncursor "...)
-	buf = strconv.AppendUint(buf, uint64(t.cursor), 10)
 	buf = append(buf, '\n')
 	entry := func(sl *slot) {
 		buf = netip.AddrFrom4(s.addr4(sl.off)).AppendTo(buf)
+		buf = append(buf, ' ')
+		buf = sl.src.addr.AppendTo(buf)
 		buf = append(buf, ' ')
 		buf = append(buf, sl.name...)
 		buf = append(buf, '\n')
@@ -81,10 +165,13 @@ func (s *Server) marshalState() []byte {
 			entry(sl)
 		}
 	}
-	for i := t.head; i != nilSlot; i = t.slots[i].next {
-		entry(&t.slots[i])
+	for _, src := range t.heap {
+		for i := src.head; i != nilSlot; i = t.slots[i].next {
+			entry(&t.slots[i])
+		}
 	}
-	return buf
+	t.mu.Unlock()
+	return appendChecksum(buf)
 }
 
 // writeAtomic replaces path with data so that a crash leaves either the old
@@ -131,106 +218,182 @@ func writeAtomic(path string, data []byte) (err error) {
 // load fills the table from the state file. Every failure is logged and
 // leaves the table empty.
 func (s *Server) load() {
-	f, err := os.Open(s.stateFile)
+	limit := int64(256 + (s.tab.max+1)*(maxStateLine+1))
+	data, err := readBounded(s.stateFile, limit)
 	if errors.Is(err, fs.ErrNotExist) {
 		s.log.Debug("dns state file absent; starting empty")
 		return
 	}
-	if err != nil {
-		s.log.Warn("dns state file unreadable; starting empty", slog.Any("error", err))
-		return
+	if err == nil {
+		var recs []stateRecord
+		if recs, err = s.parseState(data); err == nil {
+			n := s.fill(recs)
+			s.log.Info("dns state loaded", slog.Int("entries", n))
+			return
+		}
 	}
-	defer f.Close()
-	t, err := s.parseState(f)
-	if err != nil {
-		s.log.Warn("dns state file ignored; starting empty",
-			slog.String("file", s.stateFile), slog.Any("error", err))
-		return
-	}
-	s.tab = t
-	s.log.Info("dns state loaded", slog.Int("entries", t.len()))
+	s.log.Warn("dns state file ignored; starting empty",
+		slog.String("file", s.stateFile), slog.Any("error", err))
 }
 
-// parseState reads a state file into a new table. Entries beyond MaxEntries
-// (the least recently used, if MaxEntries shrank) are dropped.
-func (s *Server) parseState(r io.Reader) (*table, error) {
-	t := newTable(s.tab.size, s.tab.max)
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 512), maxStateLine)
-	line := 0
-	bad := func(what string) error {
-		return fmt.Errorf("%w: line %d: %s", errCorrupt, line, what)
-	}
-	header := func(want string) (string, error) {
-		line++
-		if !sc.Scan() {
-			return "", bad("missing header")
-		}
-		v, ok := strings.CutPrefix(sc.Text(), want)
-		if !ok {
-			return "", bad("want " + strings.TrimSpace(want))
-		}
-		return v, nil
-	}
-	if _, err := header(stateMagic); err != nil {
-		return nil, err
-	}
-	v, err := header("pool4 ")
+// stateRecord is one entry of a state file.
+type stateRecord struct {
+	off  uint32
+	src  netip.Addr
+	name string
+}
+
+// parseState validates a whole state file and returns its entries; it
+// changes nothing, so a bad file is never half-loaded.
+func (s *Server) parseState(data []byte) ([]stateRecord, error) {
+	body, err := verifyChecksum(data)
 	if err != nil {
 		return nil, err
 	}
-	if p, err := netip.ParsePrefix(v); err != nil || p != s.pool4 {
-		return nil, bad("written for another Pool4")
+	lines := strings.Split(string(body), "\n")
+	if len(lines) < 4 || lines[len(lines)-1] != "" {
+		return nil, fmt.Errorf("%w: missing header", errCorrupt)
 	}
-	if v, err = header("pool6 "); err != nil {
-		return nil, err
+	lines = lines[:len(lines)-1]
+	bad := func(i int, what string) error {
+		return fmt.Errorf("%w: line %d: %s", errCorrupt, i+1, what)
 	}
-	if p, err := netip.ParsePrefix(v); err != nil || p != s.pool6 {
-		return nil, bad("written for another Pool6")
+	if lines[0] != stateMagic {
+		return nil, bad(0, "want "+stateMagic)
 	}
-	if v, err = header("cursor "); err != nil {
-		return nil, err
+	if v, ok := strings.CutPrefix(lines[1], "pool4 "); !ok || v != s.pool4.String() {
+		return nil, bad(1, "written for another Pool4")
 	}
-	c, err := strconv.ParseUint(v, 10, 32)
-	if err != nil || c >= uint64(t.size) {
-		return nil, bad("bad cursor")
+	if v, ok := strings.CutPrefix(lines[2], "pool6 "); !ok || v != s.pool6.String() {
+		return nil, bad(2, "written for another Pool6")
 	}
-	t.cursor = uint32(c)
-	for sc.Scan() {
-		line++
-		if t.len() >= t.max {
-			break // MaxEntries shrank: drop the least recently used
+	type owned struct {
+		src  netip.Addr
+		name string
+	}
+	seenOff := make(map[uint32]bool)
+	seenName := make(map[owned]bool)
+	var recs []stateRecord
+	for i := 3; i < len(lines); i++ {
+		line := lines[i]
+		if len(line) > maxStateLine {
+			return nil, bad(i, "line too long")
 		}
-		a, name, ok := bytes.Cut(sc.Bytes(), []byte{' '})
-		if !ok {
-			return nil, bad("want address and name")
+		f := strings.Split(line, " ")
+		if len(f) != 3 {
+			return nil, bad(i, "want address, source and name")
 		}
-		ip, err := netip.ParseAddr(string(a))
+		ip, err := netip.ParseAddr(f[0])
 		if err != nil {
-			return nil, bad("bad address")
+			return nil, bad(i, "bad address")
 		}
 		off, _, mappable := s.offset(ip)
 		if !ip.Is4() || !mappable {
-			return nil, bad("address outside Pool4")
+			return nil, bad(i, "address outside Pool4")
 		}
-		if !validName(string(name)) {
-			return nil, bad("bad name")
+		src, err := netip.ParseAddr(f[1])
+		if err != nil || src.Zone() != "" || src.Is4In6() || src.String() != f[1] {
+			return nil, bad(i, "bad source")
 		}
-		if _, dup := t.byOff[off]; dup {
-			return nil, bad("duplicate address")
+		if !validName(f[2]) {
+			return nil, bad(i, "bad name")
 		}
-		if _, dup := t.byName[string(name)]; dup {
-			return nil, bad("duplicate name")
+		if seenOff[off] {
+			return nil, bad(i, "duplicate address")
 		}
-		n := string(name)
-		t.slots = append(t.slots, slot{name: n, off: off, prev: nilSlot, next: nilSlot})
-		i := int32(len(t.slots) - 1)
-		t.byName[n] = i
-		t.byOff[off] = i
-		t.pushBack(i)
+		if seenName[owned{src, f[2]}] {
+			return nil, bad(i, "duplicate name")
+		}
+		seenOff[off], seenName[owned{src, f[2]}] = true, true
+		recs = append(recs, stateRecord{off: off, src: src, name: f[2]})
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%w: line %d: %w", errCorrupt, line+1, err)
+	return recs, nil
+}
+
+// fill inserts validated records into the empty table, in file order
+// (most recent first), skipping those beyond MaxEntries or a source's
+// share if the limits shrank. It returns the number inserted.
+func (s *Server) fill(recs []stateRecord) int {
+	t := s.tab
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, r := range recs {
+		if t.len() >= t.max {
+			break
+		}
+		src := t.source(r.src, true)
+		if src.n >= t.perSrc {
+			continue
+		}
+		t.slots = append(t.slots, slot{})
+		t.insert(int32(len(t.slots)-1), src, r.name, r.off, false)
 	}
-	return t, nil
+	return t.len()
+}
+
+// loadEpoch returns the epoch this run starts in: the one after the epoch
+// file's, or a random one if there is no usable file. It writes the new
+// epoch back before returning; an error writing it is fatal for New.
+func (s *Server) loadEpoch() (uint32, error) {
+	mask := uint32(1)<<s.tab.alloc.epochBits - 1
+	var rnd [4]byte
+	rand.Read(rnd[:]) // never fails (Go 1.24+)
+	epoch := (uint32(rnd[0]) | uint32(rnd[1])<<8 | uint32(rnd[2])<<16 | uint32(rnd[3])<<24) & mask
+	if s.epochFile == "" {
+		return epoch, nil
+	}
+	data, err := readBounded(s.epochFile, 256)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		s.log.Info("dns epoch file absent; starting at a random epoch", slog.String("file", s.epochFile))
+	case err != nil:
+		s.log.Warn("dns epoch file unreadable; starting at a random epoch",
+			slog.String("file", s.epochFile), slog.Any("error", err))
+	default:
+		if prev, perr := s.parseEpoch(data); perr != nil {
+			s.log.Warn("dns epoch file ignored; starting at a random epoch",
+				slog.String("file", s.epochFile), slog.Any("error", perr))
+		} else {
+			epoch = (prev + 1) & mask
+		}
+	}
+	if err := s.saveEpoch(epoch); err != nil {
+		return 0, err
+	}
+	return epoch, nil
+}
+
+// parseEpoch validates an epoch file and returns its epoch.
+func (s *Server) parseEpoch(data []byte) (uint32, error) {
+	body, err := verifyChecksum(data)
+	if err != nil {
+		return 0, err
+	}
+	want := epochMagic + "\npool4 " + s.pool4.String() + "\nepoch "
+	v, ok := strings.CutPrefix(string(body), want)
+	if !ok {
+		return 0, fmt.Errorf("%w: bad header or written for another Pool4", errCorrupt)
+	}
+	e, err := strconv.ParseUint(strings.TrimSuffix(v, "\n"), 10, 32)
+	if err != nil || !strings.HasSuffix(v, "\n") {
+		return 0, fmt.Errorf("%w: bad epoch", errCorrupt)
+	}
+	return uint32(e), nil
+}
+
+// saveEpoch writes the epoch file (the allocator calls it, under the table
+// lock, before it moves to a new epoch).
+func (s *Server) saveEpoch(epoch uint32) error {
+	if s.epochFile == "" {
+		return nil
+	}
+	buf := []byte(epochMagic + "\npool4 " + s.pool4.String() + "\nepoch " + strconv.FormatUint(uint64(epoch), 10) + "\n")
+	if err := writeAtomic(s.epochFile, appendChecksum(buf)); err != nil {
+		if s.epochLog.allow(s.now()) {
+			s.log.Error("dns epoch file not written; new names get SERVFAIL until it is",
+				slog.String("file", s.epochFile), slog.Any("error", err))
+		}
+		return fmt.Errorf("dns: write epoch file: %w", err)
+	}
+	return nil
 }

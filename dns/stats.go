@@ -6,6 +6,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/torgate/torgate/tunnel"
 )
 
 // Kind classifies a query by its question type, for counting. It is a
@@ -79,6 +81,7 @@ type counters struct {
 	truncated     atomic.Uint64
 	resolveErrors atomic.Uint64
 	resolveBusy   atomic.Uint64
+	forbidden     [tunnel.NumDestReasons]atomic.Uint64
 }
 
 func (c *counters) count(k Kind, r Result) {
@@ -97,6 +100,10 @@ type Stats struct {
 	// ResolveBusy counts queries refused because MaxResolves calls were
 	// already in flight.
 	ResolveBusy uint64
+	// Forbidden counts queries for IP literal names answered NXDOMAIN, and
+	// resolve-mode answers refused, because the address is forbidden
+	// (Config.Forbidden), by reason.
+	Forbidden [tunnel.NumDestReasons]uint64
 	// Recycled counts automap entries evicted to make room (LRU).
 	Recycled uint64
 	// Exhausted counts automap allocations refused because every entry was
@@ -126,6 +133,9 @@ func (s *Server) Stats() Stats {
 	st.Truncated = s.stats.truncated.Load()
 	st.ResolveErrors = s.stats.resolveErrors.Load()
 	st.ResolveBusy = s.stats.resolveBusy.Load()
+	for r := range st.Forbidden {
+		st.Forbidden[r] = s.stats.forbidden[r].Load()
+	}
 	s.tab.mu.Lock()
 	st.Recycled, st.Exhausted = s.tab.recycled, s.tab.exhausted
 	st.Entries, st.Pinned = s.tab.len(), s.tab.pinned
@@ -150,6 +160,9 @@ var (
 		"Resolver failures answered with SERVFAIL.", nil, nil)
 	descResolveBusy = prometheus.NewDesc("dns_resolve_busy_total",
 		"Queries refused because too many Resolver calls were in flight.", nil, nil)
+	descForbidden = prometheus.NewDesc("dns_forbidden_total",
+		"IP literal names and resolved answers refused because the address is a forbidden destination, by reason.",
+		[]string{"reason"}, nil)
 	descRecycled = prometheus.NewDesc("dns_automap_recycled_total",
 		"Automap entries evicted to make room.", nil, nil)
 	descExhausted = prometheus.NewDesc("dns_automap_exhausted_total",
@@ -167,7 +180,7 @@ var _ prometheus.Collector = (*collector)(nil)
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descQueries, descTruncated, descResolveErrors,
-		descResolveBusy, descRecycled, descExhausted, descEntries, descPinned} {
+		descResolveBusy, descForbidden, descRecycled, descExhausted, descEntries, descPinned} {
 		ch <- d
 	}
 }
@@ -186,6 +199,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descTruncated, st.Truncated)
 	counter(descResolveErrors, st.ResolveErrors)
 	counter(descResolveBusy, st.ResolveBusy)
+	for r := tunnel.ReasonAllowed + 1; r < tunnel.NumDestReasons; r++ {
+		ch <- prometheus.MustNewConstMetric(descForbidden, prometheus.CounterValue,
+			float64(st.Forbidden[r]), r.String())
+	}
 	counter(descRecycled, st.Recycled)
 	counter(descExhausted, st.Exhausted)
 	ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(st.Entries))

@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,9 +42,11 @@ type Upstream interface {
 // Names maps virtual addresses handed out by the DNS automapper back to
 // host names. *dns.Server implements it.
 type Names interface {
-	// Acquire pins the mapping of ip while a flow uses it. virtual reports
-	// whether ip lies in a virtual pool; ok whether it is mapped.
-	Acquire(ip netip.Addr) (name string, release func(), virtual, ok bool)
+	// Acquire pins the mapping of ip, as handed to the workstation src,
+	// while a flow uses it. virtual reports whether ip lies in a virtual
+	// pool; ok whether it is mapped for src (a mapping another source
+	// looked up is not: each workstation sees only its own names).
+	Acquire(src, ip netip.Addr) (name string, release func(), virtual, ok bool)
 }
 
 // Flow is one TCP connection attempt held at the SYN. *netstack.TCPRequest
@@ -86,6 +89,11 @@ type Config struct {
 	// MaxDialsPerSource caps one source's SOCKS dials in progress, which
 	// hold circuits being built. Default 128.
 	MaxDialsPerSource int
+	// ForbiddenDestinations are prefixes, beyond the built-in list of
+	// Forbidden, that no flow may reach: the router passes the gateway's
+	// own addresses and networks and the DNS virtual pools. A flow to one
+	// gets a RST (flows_refused_total{reason="forbidden"}). Must be valid.
+	ForbiddenDestinations []netip.Prefix
 	// LogDestinations logs destinations in debug logs. Off by default:
 	// where a workstation goes is private.
 	LogDestinations bool
@@ -109,6 +117,7 @@ const (
 	refuseLimit    = "limit"
 	refuseUnmapped = "unmapped_virtual"
 	refuseHandshk  = "handshake"
+	refuseForbid   = "forbidden"
 )
 
 // Tunnel forwards flows to the upstream.
@@ -166,6 +175,13 @@ func New(cfg Config) (*Tunnel, error) {
 			return nil, errors.New("tunnel: negative limit")
 		}
 	}
+	cfg.ForbiddenDestinations = slices.Clone(cfg.ForbiddenDestinations)
+	for i, p := range cfg.ForbiddenDestinations {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("tunnel: ForbiddenDestinations[%d] invalid", i)
+		}
+		cfg.ForbiddenDestinations[i] = p.Masked()
+	}
 	setDefault(&cfg.DialTimeout, DefaultDialTimeout)
 	setDefault(&cfg.IdleTimeout, DefaultIdleTimeout)
 	setDefault(&cfg.HalfCloseTimeout, DefaultHalfCloseTimeout)
@@ -204,7 +220,7 @@ func New(cfg Config) (*Tunnel, error) {
 			Name: "flow_bytes_total", Help: "Bytes relayed, by direction.",
 		}, []string{"direction"}),
 	}
-	for _, r := range []string{refuseNotReady, refuseLimit, refuseUnmapped, refuseHandshk} {
+	for _, r := range []string{refuseNotReady, refuseLimit, refuseUnmapped, refuseHandshk, refuseForbid} {
 		t.refused.WithLabelValues(r)
 	}
 	t.endedVec = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -340,19 +356,37 @@ func (t *Tunnel) dest(a socks.Addr) slog.Value {
 }
 
 // target works out what to ask the upstream for. A virtual address becomes
-// its host name, so the exit resolves it on the flow's own circuit.
-func (t *Tunnel) target(dst netip.AddrPort) (a socks.Addr, host string, release func(), ok bool) {
+// its host name (as mapped for src), so the exit resolves it on the flow's
+// own circuit. refuse is the refusal reason when there is nothing to ask:
+// an unmapped virtual address, or a forbidden destination (Forbidden),
+// whether given as an address or as a name that is an address literal.
+func (t *Tunnel) target(src netip.Addr, dst netip.AddrPort) (a socks.Addr, host string, release func(), refuse string) {
 	if t.cfg.Names != nil {
-		name, rel, virtual, mapped := t.cfg.Names.Acquire(dst.Addr())
+		name, rel, virtual, mapped := t.cfg.Names.Acquire(src, dst.Addr())
 		if virtual {
 			if !mapped {
-				return socks.Addr{}, "", nil, false
+				return socks.Addr{}, "", nil, refuseUnmapped
 			}
-			return socks.HostPort(name, dst.Port()), name, rel, true
+			// Defence in depth: the DNS server never maps a literal, but
+			// a name that reads as an address must go out as that
+			// address, and only if it is allowed.
+			if ip, lit := ParseLiteral(name); lit {
+				if t.Forbidden(ip) != ReasonAllowed {
+					rel()
+					return socks.Addr{}, "", nil, refuseForbid
+				}
+				ip = ip.Unmap()
+				return socks.AddrFromAddrPort(netip.AddrPortFrom(ip, dst.Port())), ip.String(), rel, ""
+			}
+			return socks.HostPort(name, dst.Port()), name, rel, ""
 		}
 	}
-	a = socks.AddrFromAddrPort(netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()))
-	return a, dst.Addr().Unmap().String(), func() {}, true
+	ip := dst.Addr().WithZone("").Unmap()
+	if t.Forbidden(ip) != ReasonAllowed {
+		return socks.Addr{}, "", nil, refuseForbid
+	}
+	a = socks.AddrFromAddrPort(netip.AddrPortFrom(ip, dst.Port()))
+	return a, ip.String(), func() {}, ""
 }
 
 // admit reserves a dial slot for src, or reports false if a cap is hit.
@@ -411,12 +445,12 @@ func (t *Tunnel) HandleTCP(src, dst netip.AddrPort, f Flow) {
 		t.refuse(f, refuseNotReady)
 		return
 	}
-	target, host, releaseName, ok := t.target(dst)
-	if !ok {
-		t.refuse(f, refuseUnmapped)
+	srcAddr := src.Addr().Unmap()
+	target, host, releaseName, why := t.target(srcAddr, dst)
+	if why != "" {
+		t.refuse(f, why)
 		return
 	}
-	srcAddr := src.Addr().Unmap()
 	gen, ok := t.admit(srcAddr)
 	if !ok {
 		releaseName()

@@ -259,7 +259,7 @@ func TestCapsAndNames(t *testing.T) {
 
 type fakeNames map[netip.Addr]string
 
-func (n fakeNames) Acquire(ip netip.Addr) (string, func(), bool, bool) {
+func (n fakeNames) Acquire(_, ip netip.Addr) (string, func(), bool, bool) {
 	if !netip.MustParsePrefix("10.192.0.0/10").Contains(ip) {
 		return "", nil, false, false
 	}
