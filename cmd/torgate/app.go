@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,6 +17,10 @@ import (
 
 	"github.com/torgate/torgate"
 )
+
+// runtimeDir holds state that must outlive a torgate process but not a
+// reboot (the automap address epoch when there is no --state-dir).
+const runtimeDir = "/run/torgate"
 
 // parseRunFlags parses args, then fills every flag the command line left
 // unset from --config, if given.
@@ -72,6 +77,17 @@ func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device
 	}
 	if tc != nil && tc.ControlAddr == "" && cfg.StateDir == "" {
 		cfg.StateDir = defaultStateDir
+	}
+	if cfg.StateDir == "" {
+		// Without a state dir the automap epoch still has to outlive the
+		// process, or a restart could hand a workstation's cached virtual
+		// address to another name: /run survives restarts, not reboots
+		// (and after a reboot every cached answer's TTL has long run out).
+		if err := os.MkdirAll(runtimeDir, 0o700); err == nil {
+			cfg.DNSEpochFile = filepath.Join(runtimeDir, "dns-epoch")
+		} else {
+			log.Warn("no --state-dir and no runtime dir: virtual addresses start at a random epoch after a restart", "dir", runtimeDir, "err", err)
+		}
 	}
 	if cfg.StateDir != "" {
 		if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
