@@ -94,8 +94,8 @@ type Config struct {
 	// pool keeps a reserve for proven sources.
 	MaxDialsPerSource int
 	// FreeMemory, if set, is called (on its own goroutine, at most once a
-	// minute) after open flows fell by half and by at least 1,000 since
-	// their peak: in production debug.FreeOSMemory, so that the memory of
+	// minute) 5 s after open flows fell by half and by at least 1,000
+	// since their peak: in production debug.FreeOSMemory, so that the memory of
 	// a peak goes back to the system instead of waiting for the
 	// background scavenger (see README limits).
 	FreeMemory func()
@@ -361,7 +361,8 @@ func (t *Tunnel) release(src netip.Addr) {
 	}
 	t.mu.Unlock()
 	if free {
-		go t.cfg.FreeMemory()
+		// Later, so that the rest of a mass close has ended too.
+		time.AfterFunc(freeMemoryDelay, t.cfg.FreeMemory)
 	}
 }
 
@@ -369,10 +370,11 @@ func (t *Tunnel) release(src netip.Addr) {
 // but an idle router allocates too little to start a GC soon, and the
 // runtime returns freed pages slowly: RSS stayed at 80-118 MiB after a
 // 10k-flow peak (measured 2026-12). FreeMemory (a forced GC and scavenge,
-// some ms of CPU) runs once open flows fell by freeMemoryDrop and by half,
-// at most every freeMemoryEvery.
+// some ms of CPU) runs freeMemoryDelay after open flows fell by
+// freeMemoryDrop and by half, at most every freeMemoryEvery.
 const (
 	freeMemoryDrop  = 1000
+	freeMemoryDelay = 5 * time.Second
 	freeMemoryEvery = time.Minute
 )
 
