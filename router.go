@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -91,6 +92,14 @@ type Config struct {
 
 	// Flow limits; zero takes tunnel's defaults.
 	MaxFlows, MaxFlowsPerSource, MaxDialsPerSource int
+	// Packet-path limits and their per-source shares; zero takes
+	// netstack's defaults (README, limits table).
+	MaxInFlight, MaxInFlightPerSource int
+	DNSWorkers, DNSWorkersPerSource   int
+	DNSTCPConns, DNSTCPConnsPerSource int
+	// KeepMemory turns off returning memory to the system
+	// (debug.FreeOSMemory) after open flows fall by half from a peak.
+	KeepMemory bool
 	// DialTimeout, IdleTimeout, HalfCloseTimeout; zero takes tunnel's
 	// defaults (sized for Tor).
 	DialTimeout, IdleTimeout, HalfCloseTimeout time.Duration
@@ -244,6 +253,9 @@ func New(cfg Config) (*Router, error) {
 	}
 	// The DNS server needs the tunnel's resolver and the tunnel needs the
 	// DNS server's names: build the tunnel with a late-bound Names.
+	if !cfg.KeepMemory {
+		tcfg.FreeMemory = debug.FreeOSMemory
+	}
 	names := &lateNames{}
 	tcfg.Names = names
 	tn, err := tunnel.New(tcfg)
@@ -285,9 +297,15 @@ func New(cfg Config) (*Router, error) {
 		HandleTCP: func(req *netstack.TCPRequest) {
 			tn.HandleTCP(req.Src, req.Dst, req)
 		},
-		DNS:             ds,
-		ICMPUnreachable: cfg.ICMPUnreachable,
-		Logger:          log.With("component", "netstack"),
+		DNS:                  ds,
+		MaxInFlight:          cfg.MaxInFlight,
+		MaxInFlightPerSource: cfg.MaxInFlightPerSource,
+		DNSWorkers:           cfg.DNSWorkers,
+		DNSWorkersPerSource:  cfg.DNSWorkersPerSource,
+		DNSTCPConns:          cfg.DNSTCPConns,
+		DNSTCPConnsPerSource: cfg.DNSTCPConnsPerSource,
+		ICMPUnreachable:      cfg.ICMPUnreachable,
+		Logger:               log.With("component", "netstack"),
 	})
 	if err != nil {
 		dev.Close()

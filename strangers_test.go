@@ -20,7 +20,7 @@ import (
 	"github.com/torgate/torgate/socks/sockstest"
 )
 
-var gw4 = netip.MustParseAddr("10.152.152.10") // the router's DNS address in the fixture
+// gw4 (hostile_test.go) is the router's DNS address in the fixture.
 
 // TestForbiddenDestinations (issue 11, "martians by every road"): a flow
 // from a workstation to any forbidden destination, IPv4 or IPv6, raw or

@@ -209,6 +209,9 @@ func (f *RawFlow) Write(ctx context.Context, payload []byte) error {
 	return nil
 }
 
+// Ended reports whether the router ended the flow (FIN or RST).
+func (f *RawFlow) Ended() bool { return f.finRcvd.Load() || f.reset.Load() }
+
 // Reset aborts the flow with a RST.
 func (f *RawFlow) Reset() {
 	f.send(f.sndNxt.Load(), 0, header.TCPFlagRst, nil)

@@ -32,6 +32,7 @@ const (
 	ReasonNoHandler              // DNS with no DNS hook configured
 	ReasonOverload               // DNS worker pool or outbound queue full
 	ReasonTooManySegments        // tun.ErrTooManySegments from the device
+	ReasonShare                  // SYN, DNS query or TCP/53 connection over its source's share
 	numReasons
 )
 
@@ -46,6 +47,7 @@ var reasonNames = [numReasons]string{
 	ReasonNoHandler:       "no_dns_handler",
 	ReasonOverload:        "overload",
 	ReasonTooManySegments: "too_many_segments",
+	ReasonShare:           "source_share",
 }
 
 // String returns the reason as a stable metric label.

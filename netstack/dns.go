@@ -3,8 +3,10 @@ package netstack
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net/netip"
+	"os"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -17,8 +19,18 @@ import (
 // DNS over TCP limits: a workstation's resolver opens a connection per
 // query or pipelines a few; anything longer-lived is holding a slot.
 const (
-	dnsTCPIdle       = 10 * time.Second
+	// dnsTCPIdle closes a connection with no query for this long (RFC
+	// 7766 6.2.3 suggests seconds).
+	dnsTCPIdle = 10 * time.Second
+	// dnsTCPMaxLife closes a connection this long after it opened, however
+	// busy: a query every few seconds must not hold a slot for good.
+	dnsTCPMaxLife = 2 * time.Minute
+	// dnsTCPMaxQueries answered per connection; then the connection ends
+	// with a FIN after the last answer.
 	dnsTCPMaxQueries = 256
+	// dnsTCPLinger bounds how long a closing connection waits for the
+	// client to read the last answers and close its side.
+	dnsTCPLinger = 5 * time.Second
 )
 
 // dnsUDP answers a UDP/53 datagram to any destination. The answer comes
@@ -30,10 +42,8 @@ func (s *Stack) dnsUDP(p *Packet, pkt []byte, csumOK bool) {
 		s.stats.Drops[ReasonMalformed].Add(1)
 		return
 	}
-	select {
-	case s.dnsSem <- struct{}{}:
-	default:
-		s.stats.Drops[ReasonOverload].Add(1)
+	if !s.dnsUDPs.Acquire(p.Src.Addr()) {
+		s.stats.Drops[ReasonShare].Add(1)
 		return
 	}
 	s.stats.DNSQueries.Add(1)
@@ -42,7 +52,7 @@ func (s *Stack) dnsUDP(p *Packet, pkt []byte, csumOK bool) {
 	src, dst := p.Src, p.Dst
 	version := p.Version
 	s.wg.Go(func() {
-		defer func() { <-s.dnsSem }()
+		defer s.dnsUDPs.Release(src.Addr())
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DNSTimeout)
 		defer cancel()
 		resp, err := s.cfg.DNS.Handle(ctx, src.Addr(), query, true, nil)
@@ -127,24 +137,26 @@ func (s *Stack) sendUDP(version uint8, src, dst netip.AddrPort, payload []byte) 
 }
 
 // dnsTCP serves DNS over TCP (RFC 7766 framing) on an intercepted port-53
-// connection, answered locally: it never goes to the TCP handler.
+// connection, answered locally: it never goes to the TCP handler. The
+// connection holds a slot of its source's share of the TCP/53 pool, never
+// a UDP worker.
 func (s *Stack) dnsTCP(req *TCPRequest) {
 	if s.cfg.DNS == nil {
 		req.Reject()
 		return
 	}
-	select {
-	case s.dnsSem <- struct{}{}:
-	default:
-		s.stats.Drops[ReasonOverload].Add(1)
+	src := req.Src.Addr()
+	if !s.dnsTCPs.Acquire(src) {
+		s.stats.Drops[ReasonShare].Add(1)
 		req.Reject()
 		return
 	}
-	defer func() { <-s.dnsSem }()
-	conn, err := req.Accept()
+	defer s.dnsTCPs.Release(src)
+	c, err := req.Accept()
 	if err != nil {
 		return
 	}
+	conn := c.(*Conn)
 	defer conn.Close()
 	stop := context.AfterFunc(s.ctx, func() { conn.Close() })
 	defer stop()
@@ -152,9 +164,17 @@ func (s *Stack) dnsTCP(req *TCPRequest) {
 	msg := make([]byte, 65535)
 	scratch := make([]byte, 0, 4096)
 	frame := make([]byte, 0, 2+4096)
+	end := time.Now().Add(dnsTCPMaxLife)
 	for range dnsTCPMaxQueries {
-		conn.SetReadDeadline(time.Now().Add(dnsTCPIdle))
+		deadline := time.Now().Add(dnsTCPIdle)
+		if deadline.After(end) {
+			deadline = end
+		}
+		conn.SetReadDeadline(deadline)
 		if _, err := io.ReadFull(conn, msg[:2]); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && time.Now().After(end) {
+				s.finishDNSTCP(conn, msg)
+			}
 			return
 		}
 		n := int(binary.BigEndian.Uint16(msg[:2]))
@@ -163,15 +183,33 @@ func (s *Stack) dnsTCP(req *TCPRequest) {
 		}
 		s.stats.DNSQueries.Add(1)
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DNSTimeout)
-		out, err := s.cfg.DNS.Handle(ctx, req.Src.Addr(), msg[:n], false, scratch[:0])
+		out, err := s.cfg.DNS.Handle(ctx, src, msg[:n], false, scratch[:0])
 		cancel()
 		if err != nil || len(out) < 12 || len(out) > 65535 {
+			s.finishDNSTCP(conn, msg)
 			return
 		}
 		frame = binary.BigEndian.AppendUint16(frame[:0], uint16(len(out)))
 		frame = append(frame, out...)
 		conn.SetWriteDeadline(time.Now().Add(dnsTCPIdle))
 		if _, err := conn.Write(frame); err != nil {
+			return
+		}
+	}
+	s.finishDNSTCP(conn, msg)
+}
+
+// finishDNSTCP ends a DNS connection that may have unread pipelined
+// queries without losing the answers already written: closing a socket
+// with unread data sends a RST, and a RST makes the client discard what
+// it has not read yet. So: FIN after the last answer, then read and
+// discard until the client closes (it resends the unanswered queries on a
+// new connection, RFC 7766 6.2.1) or dnsTCPLinger passes; only then close.
+func (s *Stack) finishDNSTCP(conn *Conn, buf []byte) {
+	conn.CloseWrite()
+	conn.SetReadDeadline(time.Now().Add(dnsTCPLinger))
+	for {
+		if _, err := conn.Read(buf); err != nil {
 			return
 		}
 	}

@@ -25,9 +25,13 @@ type linkEndpoint struct {
 	// writeDirect, if set, writes one packet to the TUN; it reports false
 	// if the packet was dropped.
 	writeDirect func(*stack.PacketBuffer) bool
-	// drops counts packets dropped on the way out (queue full, write
-	// failed).
-	drops *atomic.Uint64
+	// drops count packets dropped on the way out (queue full, write
+	// failed): the stack's overload reason and its outbound counter.
+	drops [2]*atomic.Uint64
+	// dataCap bounds queued packets that carry payload; segments without
+	// payload (ACK, FIN, RST) may fill the rest of the ring. A burst of
+	// data can so never crowd out the FINs and RSTs that end flows.
+	dataCap int
 
 	dispatcher atomic.Pointer[stack.NetworkDispatcher]
 
@@ -45,12 +49,15 @@ var (
 	_ stack.QueueingDiscipline = (*linkEndpoint)(nil)
 )
 
-func newLinkEndpoint(mtu, queueLen int, drops *atomic.Uint64) *linkEndpoint {
+// newLinkEndpoint queues up to queueLen packets with payload and up to
+// queueLen+controlLen packets in all.
+func newLinkEndpoint(mtu, queueLen, controlLen int, drops [2]*atomic.Uint64) *linkEndpoint {
 	return &linkEndpoint{
-		mtu:    uint32(mtu),
-		drops:  drops,
-		ring:   make([]*stack.PacketBuffer, queueLen),
-		notify: make(chan struct{}, 1),
+		mtu:     uint32(mtu),
+		drops:   drops,
+		dataCap: queueLen,
+		ring:    make([]*stack.PacketBuffer, queueLen+controlLen),
+		notify:  make(chan struct{}, 1),
 	}
 }
 
@@ -76,9 +83,9 @@ func (e *linkEndpoint) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
 		e.mu.Unlock()
 		return &tcpip.ErrClosedForSend{}
 	}
-	if e.n == len(e.ring) {
+	if e.n == len(e.ring) || e.n >= e.dataCap && pkt.Data().Size() > 0 {
 		e.mu.Unlock()
-		e.drops.Add(1)
+		e.dropped()
 		return &tcpip.ErrNoBufferSpace{}
 	}
 	wasEmpty := e.n == 0
@@ -108,6 +115,12 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 		n++
 	}
 	return n, nil
+}
+
+func (e *linkEndpoint) dropped() {
+	for _, d := range e.drops {
+		d.Add(1)
+	}
 }
 
 // dequeue moves up to len(out) queued packets into out, waiting for at

@@ -25,6 +25,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/torgate/torgate/internal/fair"
 )
 
 // DNSHandler answers one DNS message. dns.Server implements it.
@@ -47,13 +49,32 @@ type Config struct {
 	// DNS answers UDP and TCP port 53 to any destination. Nil drops DNS
 	// (counted as ReasonNoHandler) and resets TCP/53.
 	DNS DNSHandler
-	// MaxInFlight caps TCP handshakes waiting for HandleTCP to decide (that
-	// is, SOCKS dials in progress) across all sources. Default 1024. SYNs
-	// beyond it are dropped; the client retransmits.
+	// MaxInFlight caps pending handshakes: SYNs held while HandleTCP
+	// decides (that is, SOCKS dials in progress) and then while the
+	// handshake completes, across all sources. Default 1024.
 	MaxInFlight int
+	// MaxInFlightPerSource is one source address's share of MaxInFlight.
+	// Default 128. The last quarter of MaxInFlight is a reserve that only
+	// sources proven by a completed handshake, holding fewer than
+	// MaxInFlight/128 (at least 1), may take (package internal/fair says
+	// why). A SYN over its source's share is dropped silently
+	// (ReasonShare): a RST would be reflected to whatever address a
+	// spoofer wrote, and a real client just retransmits its SYN.
+	MaxInFlightPerSource int
 	// DNSWorkers caps UDP DNS queries being answered at once. Default 256.
 	// Queries beyond it are dropped (ReasonOverload); clients retry.
 	DNSWorkers int
+	// DNSWorkersPerSource is one source's share of DNSWorkers, with the
+	// same reserve rule as MaxInFlightPerSource. Default 32. Queries over
+	// it are dropped (ReasonShare).
+	DNSWorkersPerSource int
+	// DNSTCPConns caps DNS-over-TCP connections open at once; they have
+	// their own pool and never hold a UDP DNS worker. Default 256.
+	DNSTCPConns int
+	// DNSTCPConnsPerSource is one source's share of DNSTCPConns, with the
+	// same reserve rule. Default 16. A connection over it gets a RST
+	// (ReasonShare): TCP/53 SYNs are rare and cheap to refuse.
+	DNSTCPConnsPerSource int
 	// DNSTimeout bounds one DNS answer (resolve mode goes through Tor).
 	// Default 15s.
 	DNSTimeout time.Duration
@@ -72,13 +93,36 @@ type Config struct {
 
 // Defaults applied by New.
 const (
-	defaultMaxInFlight = 1024
-	defaultDNSWorkers  = 256
-	defaultDNSTimeout  = 15 * time.Second
-	// outboundQueueLen bounds packets gVisor may queue towards the TUN.
-	// 4096 MTU-sized packets are 6 MiB: enough to absorb a burst from all
-	// flows between two writeLoop passes, small enough to bound memory.
+	defaultMaxInFlight          = 1024
+	defaultMaxInFlightPerSource = 128
+	defaultDNSWorkers           = 256
+	defaultDNSWorkersPerSource  = 32
+	defaultDNSTCPConns          = 256
+	defaultDNSTCPConnsPerSource = 16
+	defaultDNSTimeout           = 15 * time.Second
+	// outboundQueueLen bounds data packets gVisor may queue towards the
+	// TUN. 4096 MTU-sized packets are 6 MiB: enough to absorb a burst from
+	// all flows between two writeLoop passes, small enough to bound
+	// memory.
 	outboundQueueLen = 4096
+	// outboundControlLen bounds the queue for segments without payload
+	// (SYN-ACK, ACK, FIN, RST) beyond outboundQueueLen. Ending 10k flows
+	// at once (Tor restarted, shutdown) emits a RST or FIN per flow in one
+	// burst, faster than writeLoop drains; a dropped RST is never
+	// retransmitted, so the workstation's socket would hang. Each queued
+	// control packet costs ~0.5 KiB, so 32768 bound it to ~16 MiB.
+	outboundControlLen = 32768
+	// handshakeTimeout bounds how long an accepted request waits for the
+	// workstation's ACK to our SYN-ACK. gVisor retransmits the SYN-ACK at
+	// 1, 3 and 7 s and gives up only after its maximum RTO (about 127 s
+	// in all), which let unanswered handshakes hold the pending pool for
+	// two minutes (measured 2026-12). A workstation on the LAN answers in
+	// milliseconds; 8 s covers three lost SYN-ACKs.
+	handshakeTimeout = 8 * time.Second
+	// proofTTL is how long a completed handshake keeps its source proven
+	// (see internal/fair), and proofMax how many sources are remembered.
+	proofTTL = time.Hour
+	proofMax = 4096
 	// headroom in front of every packet written to the TUN: the Linux
 	// device steps back 10 bytes to write a virtio-net header when offloads
 	// are on (wireguard tun_linux.go). 16 keeps the packet 8-byte aligned.
@@ -97,6 +141,9 @@ type Stats struct {
 	TimeWaitReclaimed atomic.Uint64
 	// DNSQueries counts DNS messages handed to the hook (UDP and TCP).
 	DNSQueries atomic.Uint64
+	// OutboundDrops counts packets lost on the way to the TUN (queue
+	// full, write failed); they are also in Drops[ReasonOverload].
+	OutboundDrops atomic.Uint64
 }
 
 // Stack is the userspace TCP/IP stack in front of the TUN.
@@ -110,9 +157,21 @@ type Stack struct {
 	vnet  *vnetTUN // non-nil on the offload path
 	// gro coalesces the generic path's inbound TCP segments per read
 	// batch; only readLoop touches it.
-	gro    gro.GRO
-	stats  Stats
-	dnsSem chan struct{}
+	gro   gro.GRO
+	stats Stats
+
+	// Fair shares (internal/fair): pending handshakes, UDP DNS workers and
+	// TCP/53 connections, each a pool with per-source caps; proof holds
+	// the sources that completed a handshake.
+	proof   *fair.Proof
+	pending *fair.Pool
+	dnsUDPs *fair.Pool
+	dnsTCPs *fair.Pool
+	fwd     *tcp.Forwarder
+	// pendingIDs holds the 4-tuples of admitted SYNs until their request
+	// completes, so that a retransmitted SYN is not counted twice.
+	pendingMu  sync.Mutex
+	pendingIDs map[stack.TransportEndpointID]struct{} // guarded by pendingMu
 
 	ctx    context.Context // alive until Close
 	cancel context.CancelFunc
@@ -134,14 +193,33 @@ func New(cfg Config) (*Stack, error) {
 	if cfg.HandleTCP == nil {
 		return nil, errors.New("netstack: nil HandleTCP")
 	}
-	if cfg.MaxInFlight < 0 || cfg.DNSWorkers < 0 || cfg.DNSTimeout < 0 || cfg.MTU < 0 {
-		return nil, errors.New("netstack: negative limit in Config")
+	for _, v := range []int{cfg.MaxInFlight, cfg.MaxInFlightPerSource, cfg.DNSWorkers, cfg.DNSWorkersPerSource,
+		cfg.DNSTCPConns, cfg.DNSTCPConnsPerSource, cfg.MTU} {
+		if v < 0 {
+			return nil, errors.New("netstack: negative limit in Config")
+		}
 	}
-	if cfg.MaxInFlight == 0 {
-		cfg.MaxInFlight = defaultMaxInFlight
+	if cfg.DNSTimeout < 0 {
+		return nil, errors.New("netstack: negative DNSTimeout")
 	}
-	if cfg.DNSWorkers == 0 {
-		cfg.DNSWorkers = defaultDNSWorkers
+	setDefault(&cfg.MaxInFlight, defaultMaxInFlight)
+	setDefault(&cfg.MaxInFlightPerSource, min(defaultMaxInFlightPerSource, cfg.MaxInFlight))
+	setDefault(&cfg.DNSWorkers, defaultDNSWorkers)
+	setDefault(&cfg.DNSWorkersPerSource, min(defaultDNSWorkersPerSource, cfg.DNSWorkers))
+	setDefault(&cfg.DNSTCPConns, defaultDNSTCPConns)
+	setDefault(&cfg.DNSTCPConnsPerSource, min(defaultDNSTCPConnsPerSource, cfg.DNSTCPConns))
+	proof := fair.NewProof(proofTTL, proofMax, nil)
+	var pools [3]*fair.Pool
+	for i, l := range [][2]int{
+		{cfg.MaxInFlight, cfg.MaxInFlightPerSource},
+		{cfg.DNSWorkers, cfg.DNSWorkersPerSource},
+		{cfg.DNSTCPConns, cfg.DNSTCPConnsPerSource},
+	} {
+		p, err := fair.NewPool(fair.Default(l[0], l[1]), proof)
+		if err != nil {
+			return nil, fmt.Errorf("netstack: %w", err)
+		}
+		pools[i] = p
 	}
 	if cfg.DNSTimeout == 0 {
 		cfg.DNSTimeout = defaultDNSTimeout
@@ -163,11 +241,15 @@ func New(cfg Config) (*Stack, error) {
 	}
 
 	s := &Stack{
-		cfg:    cfg,
-		log:    log,
-		dev:    cfg.Device,
-		mtu:    mtu,
-		dnsSem: make(chan struct{}, cfg.DNSWorkers),
+		cfg:        cfg,
+		log:        log,
+		dev:        cfg.Device,
+		mtu:        mtu,
+		proof:      proof,
+		pending:    pools[0],
+		dnsUDPs:    pools[1],
+		dnsTCPs:    pools[2],
+		pendingIDs: make(map[stack.TransportEndpointID]struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.build(); err != nil {
@@ -225,7 +307,7 @@ func (s *Stack) build() error {
 		}
 	}
 
-	s.ep = newLinkEndpoint(s.mtu, outboundQueueLen, &s.stats.Drops[ReasonOverload])
+	s.ep = newLinkEndpoint(s.mtu, outboundQueueLen, outboundControlLen, [2]*atomic.Uint64{&s.stats.Drops[ReasonOverload], &s.stats.OutboundDrops})
 	if !s.cfg.NoOffload {
 		s.vnet = openVnet(s.dev)
 	}
@@ -257,12 +339,66 @@ func (s *Stack) build() error {
 		{Destination: header.IPv6EmptySubnet, NIC: nicID},
 	})
 
-	fwd := tcp.NewForwarder(st, 0, s.cfg.MaxInFlight, s.forwardTCP)
-	st.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
+	// gVisor's forwarder keeps one global count of requests in flight;
+	// handleSYN admits SYNs by source first and always holds at least
+	// every request gVisor does, so gVisor's cap is only a backstop.
+	s.fwd = tcp.NewForwarder(st, 0, s.cfg.MaxInFlight, s.forwardTCP)
+	st.SetTransportProtocolHandler(tcp.ProtocolNumber, s.handleSYN)
 	return nil
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func setDefault(p *int, def int) {
+	if *p == 0 {
+		*p = def
+	}
+}
+
+// handleSYN is gVisor's handler for TCP segments no endpoint owns. A new
+// SYN takes a slot of its source's share of pending handshakes before the
+// forwarder sees it; the slot is held until the request completes
+// (TCPRequest.complete). It runs on the packet loop.
+func (s *Stack) handleSYN(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+	th := header.TCP(pkt.TransportHeader().Slice())
+	if len(th) < header.TCPMinimumSize || th.Flags()&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn {
+		return s.fwd.HandlePacket(id, pkt)
+	}
+	src := addrFrom(id.RemoteAddress)
+	s.pendingMu.Lock()
+	if _, dup := s.pendingIDs[id]; dup {
+		// A retransmitted SYN while we dial: the forwarder holds the
+		// request (our entry outlives its one) and ignores it too.
+		s.pendingMu.Unlock()
+		return true
+	}
+	if !s.pending.Acquire(src) {
+		s.pendingMu.Unlock()
+		s.stats.Drops[ReasonShare].Add(1)
+		return true
+	}
+	s.pendingIDs[id] = struct{}{}
+	s.pendingMu.Unlock()
+	// The forwarder starts a request unless the segment is malformed: its
+	// own map has no entry for id (ours is added before and removed after
+	// its one), and it holds no more requests than we do.
+	if !s.fwd.HandlePacket(id, pkt) {
+		s.releasePending(id, src)
+		return false
+	}
+	return true
+}
+
+func (s *Stack) releasePending(id stack.TransportEndpointID, src netip.Addr) {
+	s.pendingMu.Lock()
+	delete(s.pendingIDs, id)
+	s.pendingMu.Unlock()
+	s.pending.Release(src)
+}
+
+// Pending returns the pending handshakes src holds and the total, for
+// tests and metrics.
+func (s *Stack) Pending(src netip.Addr) (held, total int) { return s.pending.Held(src) }
 
 // Stats returns the live counters.
 func (s *Stack) Stats() *Stats { return &s.stats }
@@ -473,6 +609,7 @@ func (s *Stack) writeVnet(pkt *stack.PacketBuffer) bool {
 		// device: those are not drops.
 		if s.ctx.Err() == nil {
 			s.stats.Drops[ReasonOverload].Add(1)
+			s.stats.OutboundDrops.Add(1)
 		}
 		return false
 	}
@@ -554,6 +691,7 @@ func (s *Stack) writeLoop() {
 			// A failed write of one batch is not the end of the link:
 			// TCP retransmits. Count it and keep going.
 			s.stats.Drops[ReasonOverload].Add(uint64(n))
+			s.stats.OutboundDrops.Add(uint64(n))
 			continue
 		}
 		s.stats.PacketsOut.Add(uint64(n))
@@ -587,6 +725,9 @@ type TCPRequest struct {
 
 	r    *tcp.ForwarderRequest
 	done atomic.Bool
+	// complete runs once after the forwarder request completed; accepted
+	// reports a completed handshake.
+	complete func(accepted bool)
 }
 
 // ErrCompleted is returned by Accept when the request was already accepted
@@ -602,27 +743,54 @@ func (r *TCPRequest) Accept() (net.Conn, error) {
 		return nil, ErrCompleted
 	}
 	var wq waiter.Queue
+	// CreateEndpoint sends the SYN-ACK and blocks until the handshake
+	// completes or fails, waiting for a writable event on wq. A spurious
+	// one after handshakeTimeout makes it look, find the endpoint not
+	// connected, close it and return: the slot is free again.
+	timer := time.AfterFunc(handshakeTimeout, func() { wq.Notify(waiter.WritableEvents) })
 	ep, err := r.r.CreateEndpoint(&wq)
+	timer.Stop()
 	if err != nil {
 		r.r.Complete(true)
+		r.finish(false)
 		return nil, fmt.Errorf("netstack: tcp handshake: %s", err)
 	}
 	r.r.Complete(false)
-	// Keepalive finds workstations that vanished without a FIN, so their
-	// flows (and Tor streams) do not linger forever.
+	r.finish(true)
+	// Keepalive finds workstations that vanished without a FIN, or whose
+	// FIN or RST was lost (a full TUN queue when thousands of flows close
+	// at once), so their flows leave the caps: probes start after 60 s of
+	// silence and a dead peer is declared after 3 more at 10 s, 90 s in
+	// all. (It was 2 min + 4 x 30 s, the 4-minute "established" tail
+	// measured 2026-12.) 10k idle flows cost ~170 probes/s on the TUN,
+	// never anything on Tor.
 	ep.SocketOptions().SetKeepAlive(true)
-	idle := tcpip.KeepaliveIdleOption(2 * time.Minute)
+	idle := tcpip.KeepaliveIdleOption(keepaliveIdle)
 	ep.SetSockOpt(&idle)
-	intvl := tcpip.KeepaliveIntervalOption(30 * time.Second)
+	intvl := tcpip.KeepaliveIntervalOption(keepaliveInterval)
 	ep.SetSockOpt(&intvl)
-	ep.SetSockOptInt(tcpip.KeepaliveCountOption, 4)
+	ep.SetSockOptInt(tcpip.KeepaliveCountOption, keepaliveCount)
 	return newConn(&wq, ep), nil
+}
+
+// Keepalive on accepted endpoints (see Accept).
+const (
+	keepaliveIdle     = 60 * time.Second
+	keepaliveInterval = 10 * time.Second
+	keepaliveCount    = 3
+)
+
+func (r *TCPRequest) finish(accepted bool) {
+	if r.complete != nil {
+		r.complete(accepted)
+	}
 }
 
 // Reject answers the SYN with a RST: the client sees connection refused.
 func (r *TCPRequest) Reject() {
 	if r.done.CompareAndSwap(false, true) {
 		r.r.Complete(true)
+		r.finish(false)
 	}
 }
 
@@ -633,6 +801,12 @@ func (s *Stack) forwardTCP(fr *tcp.ForwarderRequest) {
 		Src: netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort),
 		Dst: netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort),
 		r:   fr,
+	}
+	req.complete = func(accepted bool) {
+		if accepted {
+			s.proof.Mark(req.Src.Addr())
+		}
+		s.releasePending(id, req.Src.Addr())
 	}
 	if s.ctx.Err() != nil {
 		req.Reject()

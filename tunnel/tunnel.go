@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/torgate/torgate/internal/fair"
 	"github.com/torgate/torgate/socks"
 )
 
@@ -84,16 +85,28 @@ type Config struct {
 	// MaxFlows caps open flows (including dials in progress). Default 16384.
 	MaxFlows int
 	// MaxFlowsPerSource caps one source's open flows so that it cannot
-	// starve others. Default 1024.
+	// starve others. Default 1024. The last quarter of MaxFlows is a
+	// reserve: once the rest is taken, only sources holding fewer than
+	// MaxFlows/128 flows get a new one, so a few sources at their cap
+	// leave every other one its share (internal/fair). Spoofed sources
+	// never get that far: netstack's pending-handshake pool holds them.
 	MaxFlowsPerSource int
 	// MaxDialsPerSource caps one source's SOCKS dials in progress, which
-	// hold circuits being built. Default 128.
+	// hold circuits being built. Default 128. All dials together are
+	// bounded by netstack's pending handshakes (each dial holds one), whose
+	// pool keeps a reserve for proven sources.
 	MaxDialsPerSource int
 	// ForbiddenDestinations are prefixes, beyond the built-in list of
 	// Forbidden, that no flow may reach: the router passes the gateway's
 	// own addresses and networks and the DNS virtual pools. A flow to one
 	// gets a RST (flows_refused_total{reason="forbidden"}). Must be valid.
 	ForbiddenDestinations []netip.Prefix
+	// FreeMemory, if set, is called (on its own goroutine, at most once a
+	// minute) 5 s after open flows fell by half and by at least 1,000
+	// since their peak: in production debug.FreeOSMemory, so that the memory of
+	// a peak goes back to the system instead of waiting for the
+	// background scavenger (see README limits).
+	FreeMemory func()
 	// LogDestinations logs destinations in debug logs. Off by default:
 	// where a workstation goes is private.
 	LogDestinations bool
@@ -135,6 +148,9 @@ type Tunnel struct {
 	flows      *flow         // guarded by mu; open flows, a list through flow.next
 	sweep      *time.Timer   // guarded by mu; the idle sweep, while flows are open
 	sweepEvery time.Duration // idle sweep period
+	flowShare  fair.Limits   // MaxFlows and its per-source shares
+	peak       int           // guarded by mu; most flows open since the last FreeMemory
+	lastFree   time.Time     // guarded by mu
 
 	wg    sync.WaitGroup // open flows
 	pumps pumpPool
@@ -230,6 +246,7 @@ func New(cfg Config) (*Tunnel, error) {
 	for i, l := range endHowLabels {
 		t.ended[i] = t.endedVec.WithLabelValues(l)
 	}
+	t.flowShare = fair.Default(cfg.MaxFlows, cfg.MaxFlowsPerSource)
 	t.gen, t.genStop = context.WithCancel(context.Background())
 	t.sweepEvery = sweepInterval(cfg.IdleTimeout, cfg.HalfCloseTimeout)
 	t.pumps = newPumpPool()
@@ -398,7 +415,9 @@ func (t *Tunnel) admit(src netip.Addr) (context.Context, bool) {
 		st = &sourceState{}
 		t.sources[src] = st
 	}
-	if t.total >= t.cfg.MaxFlows || st.open >= t.cfg.MaxFlowsPerSource || st.dialing >= t.cfg.MaxDialsPerSource {
+	// Every source counts as proven here: a flow reaches the tunnel only
+	// through netstack's pending pool, where spoofed sources are held.
+	if !t.flowShare.Admit(t.total, st.open, true) || st.dialing >= t.cfg.MaxDialsPerSource {
 		if st.open == 0 && st.dialing == 0 {
 			delete(t.sources, src)
 		}
@@ -407,6 +426,7 @@ func (t *Tunnel) admit(src netip.Addr) (context.Context, bool) {
 	st.open++
 	st.dialing++
 	t.total++
+	t.peak = max(t.peak, t.total)
 	return t.gen, true
 }
 
@@ -431,8 +451,29 @@ func (t *Tunnel) release(src netip.Addr) {
 	if st.open == 0 && st.dialing == 0 {
 		delete(t.sources, src)
 	}
+	free := t.cfg.FreeMemory != nil && t.peak-t.total >= freeMemoryDrop && t.total <= t.peak/2 &&
+		time.Since(t.lastFree) >= freeMemoryEvery
+	if free {
+		t.peak, t.lastFree = t.total, time.Now()
+	}
 	t.mu.Unlock()
+	if free {
+		// Later, so that the rest of a mass close has ended too.
+		time.AfterFunc(freeMemoryDelay, t.cfg.FreeMemory)
+	}
 }
+
+// After a peak of flows ends, gVisor's endpoints and buffers are garbage,
+// but an idle router allocates too little to start a GC soon, and the
+// runtime returns freed pages slowly: RSS stayed at 80-118 MiB after a
+// 10k-flow peak (measured 2026-12). FreeMemory (a forced GC and scavenge,
+// some ms of CPU) runs freeMemoryDelay after open flows fell by
+// freeMemoryDrop and by half, at most every freeMemoryEvery.
+const (
+	freeMemoryDrop  = 1000
+	freeMemoryDelay = 5 * time.Second
+	freeMemoryEvery = time.Minute
+)
 
 // HandleTCP forwards one flow: dial upstream first, then complete the
 // client's handshake, then start the relay. On any failure before the
