@@ -441,6 +441,11 @@ func (t *Tor) SocksAddr() string {
 	return ep.address
 }
 
+// SwitchesUser reports whether the managed tor runs as another user than
+// torgate (Config.User): then every restart needs CAP_SETUID and
+// CAP_SETGID, and stopping it CAP_KILL.
+func (t *Tor) SwitchesUser() bool { return t.runAs != nil }
+
 // PID returns the managed tor's process ID, or 0 when none runs (or in
 // attach mode).
 func (t *Tor) PID() int { return int(t.pid.Load()) }

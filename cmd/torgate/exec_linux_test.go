@@ -24,11 +24,15 @@ import (
 	"github.com/torgate/torgate/socks/sockstest"
 )
 
-// buildTorgate compiles the command once per test binary.
+// buildTorgate compiles the command once per test binary, without cgo
+// as a release is built (capabilities can only be dropped on every thread
+// without cgo: internal/privs).
 func buildTorgate(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "torgate")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	bin := filepath.Join(reachableTempDir(t), "torgate")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
