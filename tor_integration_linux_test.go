@@ -8,6 +8,9 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/user"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -206,7 +209,15 @@ func TestTorIntegration(t *testing.T) {
 	nstest.RequireRoot(t, "curl", "dig")
 	requireTor(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
-	n, err := testnet.Start(ctx, testnet.Config{Dir: t.TempDir(), Onion: true, Logger: logger(t, slog.LevelWarn)})
+	// Reachable: the managed tor (Managed) runs as debian-tor and reads
+	// the network's files.
+	netDir := t.TempDir()
+	for _, d := range []string{filepath.Dir(netDir), netDir} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := testnet.Start(ctx, testnet.Config{Dir: netDir, Onion: true, Logger: logger(t, slog.LevelWarn)})
 	cancel()
 	if err != nil {
 		t.Fatalf("testnet: %v", err)
@@ -241,12 +252,22 @@ func TestTorIntegration(t *testing.T) {
 
 	t.Run("Managed", func(t *testing.T) {
 		lines := append(n.ClientTorrc(), "MapAddress "+mapIP)
+		// The testnet's directory is reachable (above): tor runs as
+		// Debian's tor user, as torgate runs it by default as root.
 		g := newGateway(t, torctl.Config{
-			DataDir:    t.TempDir() + "/tor",
+			DataDir:    filepath.Join(netDir, "managed-tor"),
+			User:       "debian-tor",
 			TorrcLines: lines,
 			// Long enough to look at the gateway while tor is down.
 			RestartBackoff: 3 * time.Second,
 		})
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", g.tor.PID()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u, err := user.Lookup("debian-tor"); err != nil || !regexp.MustCompile(`(?m)^Uid:\s+`+u.Uid+`\s`).Match(st) {
+			t.Fatalf("managed tor is not debian-tor (%v):\n%s", err, st)
+		}
 		checkFetches(t, g, n)
 		t.Run("FailClosed", func(t *testing.T) { checkFailClosed(t, g, n) })
 	})

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -58,10 +60,16 @@ func findTor(path string) (string, error) {
 	return "", ErrTorNotFound
 }
 
+// runSuffix names the directory beside DataDir that torgate and tor
+// share: the sockets, the cookie and the generated torrc. It is not inside
+// DataDir because DataDir must be 0700 and owned by the tor user, and
+// torgate, after dropping CAP_DAC_OVERRIDE, could not reach into it.
+const runSuffix = "-run"
+
 // torrcPath is the generated torrc; defaultsPath an empty defaults file,
 // so that a system /etc/tor/torrc-defaults does not leak in.
-func (t *Tor) torrcPath() string    { return filepath.Join(t.cfg.DataDir, "torrc") }
-func (t *Tor) defaultsPath() string { return filepath.Join(t.cfg.DataDir, "torrc-defaults") }
+func (t *Tor) torrcPath() string    { return filepath.Join(t.runDir, "torrc") }
+func (t *Tor) defaultsPath() string { return filepath.Join(t.runDir, "torrc-defaults") }
 
 // torrc returns the generated torrc: the operator's file and lines.
 // torctl's own settings go on the command line, which overrides them.
@@ -85,40 +93,222 @@ func (t *Tor) torrc() string {
 // replace every line of the same option in the torrc.
 func (t *Tor) args() []string {
 	sock := t.socks.Load()
+	// IsolateSOCKSAuth keeps each source's credentials on its own circuits
+	// (also Tor's default; stated so that a torrc cannot drop it),
+	// KeepAliveIsolateSOCKSAuth keeps a source's circuit alive while it
+	// has streams, ExtendedErrors gives onion-service reply codes.
+	socksFlags := " IsolateSOCKSAuth KeepAliveIsolateSOCKSAuth ExtendedErrors"
+	ctlFlags := ""
+	groupRead := "0"
+	if t.runAs != nil {
+		// tor runs as another user: torgate reaches the sockets and the
+		// cookie through their group (see prepareDirs), not as root.
+		socksFlags += " GroupWritable"
+		ctlFlags = " GroupWritable"
+		groupRead = "1"
+	}
 	return []string{
 		"-f", t.torrcPath(),
 		"--defaults-torrc", t.defaultsPath(),
 		"--DataDirectory", t.cfg.DataDir,
-		// IsolateSOCKSAuth keeps each source's credentials on its own
-		// circuits (also Tor's default; stated so that a torrc cannot
-		// drop it), KeepAliveIsolateSOCKSAuth keeps a source's circuit
-		// alive while it has streams, ExtendedErrors gives onion-service
-		// reply codes.
-		"--SocksPort", "unix:" + sock.address + " IsolateSOCKSAuth KeepAliveIsolateSOCKSAuth ExtendedErrors",
-		"--ControlSocket", t.control.address,
+		"--SocksPort", "unix:" + sock.address + socksFlags,
+		"--ControlSocket", "unix:" + t.control.address + ctlFlags,
 		"--CookieAuthentication", "1",
+		"--CookieAuthFile", filepath.Join(t.runDir, "control.authcookie"),
+		"--CookieAuthFileGroupReadable", groupRead,
 		// A safety net behind TAKEOWNERSHIP for the moments before it:
-		// tor exits when this process is gone.
+		// tor exits when this process is gone. tor polls kill(pid, 0) and
+		// counts only ESRCH as gone, so the EPERM it gets as another user
+		// reads as alive (tor src/lib/evloop/procmon.c).
 		"--__OwningControllerProcess", strconv.Itoa(os.Getpid()),
 		"--Log", "notice stdout",
 		"--RunAsDaemon", "0",
 	}
 }
 
-// prepareManaged creates the data directory, writes the torrc and checks
-// the configuration with tor --verify-config.
-func (t *Tor) prepareManaged(ctx context.Context) ([]string, error) {
-	if err := os.MkdirAll(t.cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("tor data directory: %w", err)
+// runAs is the user the managed tor runs as when it is not torgate's own.
+type runAs struct {
+	name     string
+	uid, gid int
+}
+
+// lookupRunAs resolves Config.User. It returns nil when that is torgate's
+// own user: nothing changes.
+func lookupRunAs(name string) (*runAs, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return nil, fmt.Errorf("torctl: User: %w", err)
+	}
+	uid, err1 := strconv.Atoi(u.Uid)
+	gid, err2 := strconv.Atoi(u.Gid)
+	if err1 != nil || err2 != nil {
+		return nil, fmt.Errorf("torctl: User %q: uid %q or gid %q is not a number", name, u.Uid, u.Gid)
+	}
+	if uid == os.Geteuid() {
+		return nil, nil
+	}
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("torctl: User %q: starting tor as another user needs root, and torgate runs as uid %d", name, os.Geteuid())
+	}
+	return &runAs{name: name, uid: uid, gid: gid}, nil
+}
+
+// owner returns the uid and gid tor runs as.
+func (t *Tor) owner() (uid, gid int) {
+	if t.runAs != nil {
+		return t.runAs.uid, t.runAs.gid
+	}
+	return os.Geteuid(), os.Getegid()
+}
+
+// prepareDirs creates DataDir and the run directory beside it, owned and
+// moded as tor checks them when it runs as User:
+//
+//   - DataDir: 0700, owned by User (tor refuses anything else). One left
+//     by an earlier version, where tor ran as root, is handed over
+//     (chown -R), so guards and the consensus cache survive the upgrade.
+//   - DataDir+"-run": owned by User, group torgate's (root's, 0), mode
+//     2750. tor creates its sockets and cookie there; the setgid bit gives
+//     them torgate's group, and GroupWritable / CookieAuthFileGroupReadable
+//     make them 0660 / 0640, so torgate reaches them as a group member and
+//     needs no CAP_DAC_OVERRIDE. tor accepts a socket directory whose group
+//     is its own or 0 (measured with tor 0.4.9.11, 2026-12-02).
+//   - Every directory above must be searchable by User. The parent (the
+//     state directory, which torgate creates 0700) gets o+x if torgate
+//     owns it: others may then pass through but not list it.
+func (t *Tor) prepareDirs() error {
+	data := t.cfg.DataDir
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return fmt.Errorf("tor data directory: %w", err)
 	}
 	// Tor refuses a DataDirectory others can read.
-	if err := os.Chmod(t.cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("tor data directory: %w", err)
+	if err := os.Chmod(data, 0o700); err != nil {
+		return fmt.Errorf("tor data directory: %w", err)
 	}
-	if err := os.WriteFile(t.torrcPath(), []byte(t.torrc()), 0o600); err != nil {
+	if err := os.MkdirAll(t.runDir, 0o700); err != nil {
+		return fmt.Errorf("tor run directory: %w", err)
+	}
+	// The layout before the run directory kept these in DataDir.
+	for _, name := range []string{"torrc", "torrc-defaults", "control.sock", "socks.sock"} {
+		os.Remove(filepath.Join(data, name))
+	}
+	uid, gid := t.owner()
+	if os.Geteuid() == 0 {
+		n, err := chownTree(data, uid, gid)
+		if err != nil {
+			return fmt.Errorf("tor data directory: give it to uid %d: %w", uid, err)
+		}
+		if n > 0 {
+			t.log.Info("tor data directory handed to tor's user", "dir", data, "uid", uid, "files", n)
+		}
+	}
+	if t.runAs == nil {
+		if os.Geteuid() == 0 {
+			if err := os.Lchown(t.runDir, uid, gid); err != nil {
+				return fmt.Errorf("tor run directory: %w", err)
+			}
+		}
+		if err := os.Chmod(t.runDir, 0o700); err != nil {
+			return fmt.Errorf("tor run directory: %w", err)
+		}
+		return nil
+	}
+	if err := t.reachable(filepath.Dir(data)); err != nil {
+		return err
+	}
+	if err := os.Lchown(t.runDir, uid, os.Getegid()); err != nil {
+		return fmt.Errorf("tor run directory: %w", err)
+	}
+	if err := os.Chmod(t.runDir, 0o750|os.ModeSetgid); err != nil {
+		return fmt.Errorf("tor run directory: %w", err)
+	}
+	return nil
+}
+
+// reachable checks that tor's user can search dir and every directory
+// above it. dir itself, if torgate owns it, is made searchable (o+x).
+func (t *Tor) reachable(dir string) error {
+	uid, gid := t.owner()
+	for d, first := dir, true; ; d, first = filepath.Dir(d), false {
+		fi, err := os.Stat(d)
+		if err != nil {
+			return fmt.Errorf("tor data directory: %w", err)
+		}
+		duid, dgid := fileOwner(fi)
+		if !searchable(fi.Mode(), duid, dgid, uid, gid) {
+			if !first || duid != os.Geteuid() {
+				return fmt.Errorf("tor runs as %s, who cannot reach %s (mode %v, owner %d): make it searchable (chmod o+x %s) or choose another state directory",
+					t.runAs.name, d, fi.Mode().Perm(), duid, d)
+			}
+			if err := os.Chmod(d, fi.Mode().Perm()|0o001); err != nil {
+				return fmt.Errorf("tor data directory: make %s searchable: %w", d, err)
+			}
+			t.log.Info("state directory made searchable for tor's user (o+x, not listable)", "dir", d)
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
+}
+
+// searchable reports whether uid/gid (with no supplementary groups, as
+// tor runs) may search a directory with mode m owned by duid/dgid.
+func searchable(m os.FileMode, duid, dgid, uid, gid int) bool {
+	switch {
+	case duid == uid:
+		return m&0o100 != 0
+	case dgid == gid:
+		return m&0o010 != 0
+	}
+	return m&0o001 != 0
+}
+
+// chownTree gives root and everything below it to uid:gid, counting the
+// entries it changed.
+func chownTree(root string, uid, gid int) (int, error) {
+	n := 0
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if fu, fg := fileOwner(fi); fu == uid && fg == gid {
+			return nil
+		}
+		n++
+		return os.Lchown(p, uid, gid)
+	})
+	return n, err
+}
+
+// writeFile writes a file and sets its mode, also when it existed.
+func writeFile(path string, data []byte, mode os.FileMode) error {
+	if err := os.WriteFile(path, data, mode); err != nil {
+		return err
+	}
+	return os.Chmod(path, mode)
+}
+
+// prepareManaged creates the directories, writes the torrc and checks
+// the configuration with tor --verify-config, as the user tor runs as (so
+// that an operator's torrc tor cannot read fails here).
+func (t *Tor) prepareManaged(ctx context.Context) ([]string, error) {
+	if err := t.prepareDirs(); err != nil {
+		return nil, err
+	}
+	// tor reads these as its user; in the run directory (2750) no one
+	// else reaches them.
+	mode := os.FileMode(0o600)
+	if t.runAs != nil {
+		mode = 0o644
+	}
+	if err := writeFile(t.torrcPath(), []byte(t.torrc()), mode); err != nil {
 		return nil, fmt.Errorf("write torrc: %w", err)
 	}
-	if err := os.WriteFile(t.defaultsPath(), nil, 0o600); err != nil {
+	if err := writeFile(t.defaultsPath(), nil, mode); err != nil {
 		return nil, fmt.Errorf("write torrc: %w", err)
 	}
 	args := t.args()
@@ -127,9 +317,15 @@ func (t *Tor) prepareManaged(ctx context.Context) ([]string, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, verifyTimeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, t.torPath, append([]string{"--verify-config"}, args...)...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, t.torPath, append([]string{"--verify-config"}, args...)...)
+	cmd.SysProcAttr = sysProcAttr(t.runAs)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return nil, fmt.Errorf("%w (%s --verify-config: %v):\n%s", ErrBadTorrc, t.torPath, err, problemLines(string(out)))
+		user := ""
+		if t.runAs != nil {
+			user = " as " + t.runAs.name
+		}
+		return nil, fmt.Errorf("%w (%s --verify-config%s: %v):\n%s", ErrBadTorrc, t.torPath, user, err, problemLines(string(out)))
 	}
 	return args, nil
 }
@@ -151,14 +347,14 @@ func problemLines(out string) string {
 
 // startTor starts tor through bine's process package. Cancelling ctx
 // sends SIGTERM, then SIGKILL after stopGrace.
-func startTor(ctx context.Context, path string, args []string, out io.Writer) (proc, error) {
+func startTor(ctx context.Context, path string, args []string, out io.Writer, ra *runAs) (proc, error) {
 	var cmd *exec.Cmd
 	creator := process.CmdCreatorFunc(func(ctx context.Context, args ...string) (*exec.Cmd, error) {
 		cmd = exec.CommandContext(ctx, path, args...)
 		cmd.Stdout, cmd.Stderr = out, out
 		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 		cmd.WaitDelay = stopGrace
-		cmd.SysProcAttr = sysProcAttr()
+		cmd.SysProcAttr = sysProcAttr(ra)
 		return cmd, nil
 	})
 	p, err := creator.New(ctx, args...)
@@ -202,7 +398,9 @@ func (t *Tor) superviseLoop(ctx context.Context, args []string) {
 func (t *Tor) runOnce(ctx context.Context, args []string, out io.Writer) error {
 	start := t.cfg.start
 	if start == nil {
-		start = startTor
+		start = func(ctx context.Context, path string, args []string, out io.Writer) (proc, error) {
+			return startTor(ctx, path, args, out, t.runAs)
+		}
 	}
 	pctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -212,7 +410,8 @@ func (t *Tor) runOnce(ctx context.Context, args []string, out io.Writer) error {
 	}
 	t.pid.Store(int64(p.Pid()))
 	defer t.pid.Store(0)
-	t.log.Info("tor started", "pid", p.Pid(), "data_dir", t.cfg.DataDir)
+	uid, _ := t.owner()
+	t.log.Info("tor started", "pid", p.Pid(), "uid", uid, "data_dir", t.cfg.DataDir)
 	exited := make(chan error, 1)
 	go func() { exited <- p.Wait() }()
 

@@ -2,6 +2,11 @@
 
 package torctl
 
-import "syscall"
+import (
+	"os"
+	"syscall"
+)
 
-func sysProcAttr() *syscall.SysProcAttr { return nil }
+func sysProcAttr(*runAs) *syscall.SysProcAttr { return nil }
+
+func fileOwner(os.FileInfo) (uid, gid int) { return -1, -1 }

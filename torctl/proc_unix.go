@@ -2,9 +2,28 @@
 
 package torctl
 
-import "syscall"
+import (
+	"os"
+	"syscall"
+)
 
 // sysProcAttr puts tor in its own process group, so that a Ctrl-C on
 // torgate's terminal reaches torgate, which then stops tor in order,
 // rather than both at once (which would look like a crash to restart).
-func sysProcAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setpgid: true} }
+// With ra, tor starts as that user with its primary group and no
+// supplementary groups: it never runs as root (see the package doc).
+func sysProcAttr(ra *runAs) *syscall.SysProcAttr {
+	a := &syscall.SysProcAttr{Setpgid: true}
+	if ra != nil {
+		a.Credential = &syscall.Credential{Uid: uint32(ra.uid), Gid: uint32(ra.gid), Groups: []uint32{}}
+	}
+	return a
+}
+
+// fileOwner returns a file's uid and gid.
+func fileOwner(fi os.FileInfo) (uid, gid int) {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return int(st.Uid), int(st.Gid)
+	}
+	return -1, -1
+}

@@ -34,11 +34,21 @@ type Config struct {
 	// a managed Tor's SocksPort is torctl's own.
 	SocksAddr string
 
-	// DataDir is the managed Tor's DataDirectory (created 0700). Its
-	// control socket, SOCKS socket and generated torrc live in it, so its
-	// path must leave room for "/control.sock" within the 107 bytes a unix
-	// socket path may have. Required in managed mode.
+	// DataDir is the managed Tor's DataDirectory (created 0700, owned by
+	// User). Its control socket, SOCKS socket, cookie and generated torrc
+	// live beside it in DataDir+"-run", so its path must leave room for
+	// "-run/control.sock" within the 107 bytes a unix socket path may
+	// have. Required in managed mode.
 	DataDir string
+	// User is the account the managed Tor runs as, from the user database
+	// (Debian's is "debian-tor"). torctl starts tor with that uid, its
+	// primary gid and no supplementary groups, which needs CAP_SETUID and
+	// CAP_SETGID at every (re)start; torgate needs CAP_KILL to stop it.
+	// DataDir is given to User (chown -R, also migrating one left by an
+	// earlier Tor run as root) and every directory above it must be
+	// searchable by User. Empty, or the caller's own user: no change.
+	// Managed mode only.
+	User string
 	// TorPath is the tor binary. Empty: "tor" from $PATH, then /usr/sbin
 	// and /usr/bin (Debian installs tor in /usr/sbin). Managed mode only.
 	TorPath string
@@ -137,6 +147,8 @@ type Tor struct {
 	managed bool
 	control endpoint // attach: where to dial; managed: the control socket
 	torPath string   // managed
+	runDir  string   // managed: sockets, cookie and torrc (DataDir+"-run")
+	runAs   *runAs   // managed: the user tor runs as; nil for torgate's own
 
 	ready atomic.Bool              // mirrors st.Ready(); read per flow
 	socks atomic.Pointer[endpoint] // nil until known
@@ -205,8 +217,8 @@ func (t *Tor) validate() error {
 
 func (t *Tor) validateAttach() error {
 	c := &t.cfg
-	if c.DataDir != "" || c.TorPath != "" || c.TorrcFile != "" || len(c.TorrcLines) > 0 {
-		return errors.New("torctl: DataDir, TorPath, TorrcFile and TorrcLines are for managed mode; attach mode (ControlAddr) uses the Tor that runs")
+	if c.DataDir != "" || c.TorPath != "" || c.TorrcFile != "" || len(c.TorrcLines) > 0 || c.User != "" {
+		return errors.New("torctl: DataDir, TorPath, TorrcFile, TorrcLines and User are for managed mode; attach mode (ControlAddr) uses the Tor that runs")
 	}
 	ep, err := parseEndpoint(c.ControlAddr)
 	if err != nil {
@@ -229,6 +241,13 @@ func (t *Tor) validateManaged() error {
 	if c.SocksAddr != "" || c.ControlPassword != "" {
 		return errors.New("torctl: SocksAddr and ControlPassword are for attach mode (ControlAddr); a managed Tor uses its own sockets")
 	}
+	if c.User != "" {
+		ra, err := lookupRunAs(c.User)
+		if err != nil {
+			return err
+		}
+		t.runAs = ra
+	}
 	if c.DataDir == "" {
 		return errors.New("torctl: DataDir is required in managed mode")
 	}
@@ -241,10 +260,11 @@ func (t *Tor) validateManaged() error {
 	if strings.ContainsAny(dir, " \t\r\n\"\\'#%") {
 		return fmt.Errorf("torctl: DataDir %q: use a path without spaces, quotes, '#' or '%%'", dir)
 	}
-	if len(dir)+len("/control.sock") > maxUnixPath {
-		return fmt.Errorf("torctl: DataDir %q is too long for a unix socket path inside it (at most %d bytes)", dir, maxUnixPath-len("/control.sock"))
+	if len(dir)+len(runSuffix+"/control.sock") > maxUnixPath {
+		return fmt.Errorf("torctl: DataDir %q is too long for a unix socket path beside it (at most %d bytes)", dir, maxUnixPath-len(runSuffix+"/control.sock"))
 	}
 	c.DataDir = dir
+	t.runDir = dir + runSuffix
 	if c.TorrcFile != "" {
 		if c.TorrcFile, err = filepath.Abs(c.TorrcFile); err != nil {
 			return fmt.Errorf("torctl: TorrcFile: %w", err)
@@ -268,8 +288,8 @@ func (t *Tor) validateManaged() error {
 	} else {
 		t.torPath = c.TorPath
 	}
-	t.control = endpoint{"unix", filepath.Join(dir, "control.sock")}
-	t.socks.Store(&endpoint{"unix", filepath.Join(dir, "socks.sock")})
+	t.control = endpoint{"unix", filepath.Join(t.runDir, "control.sock")}
+	t.socks.Store(&endpoint{"unix", filepath.Join(t.runDir, "socks.sock")})
 	return nil
 }
 
@@ -420,6 +440,11 @@ func (t *Tor) SocksAddr() string {
 	}
 	return ep.address
 }
+
+// SwitchesUser reports whether the managed tor runs as another user than
+// torgate (Config.User): then every restart needs CAP_SETUID and
+// CAP_SETGID, and stopping it CAP_KILL.
+func (t *Tor) SwitchesUser() bool { return t.runAs != nil }
 
 // PID returns the managed tor's process ID, or 0 when none runs (or in
 // attach mode).

@@ -16,6 +16,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/torgate/torgate"
+	"github.com/torgate/torgate/internal/privs"
 )
 
 // runtimeDir holds state that must outlive a torgate process but not a
@@ -136,6 +137,12 @@ func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device
 		})
 	}
 	log.Info("tor mode", "mode", link.modeText())
+	if dev == nil { // run: set-up is done; exec drops once its command runs (privs.go)
+		if err := dropPrivileges(log, f.tor.keepPrivileges, privs.SetOf(privs.CapNetAdmin)|torKeeps(link.tor)); err != nil {
+			a.close()
+			return nil, err
+		}
+	}
 	return a, nil
 }
 

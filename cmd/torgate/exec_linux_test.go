@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,15 +22,21 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"github.com/torgate/torgate/internal/nstest"
+	"github.com/torgate/torgate/internal/privs"
+	"github.com/torgate/torgate/internal/testnet"
 	"github.com/torgate/torgate/socks"
 	"github.com/torgate/torgate/socks/sockstest"
 )
 
-// buildTorgate compiles the command once per test binary.
+// buildTorgate compiles the command once per test binary, without cgo
+// as a release is built (capabilities can only be dropped on every thread
+// without cgo: internal/privs).
 func buildTorgate(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "torgate")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	bin := filepath.Join(reachableTempDir(t), "torgate")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
@@ -356,4 +364,132 @@ func waitFile(path string) bool {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return false
+}
+
+// guardLines returns the entry guards in a Tor state file, as "rsa_id
+// nickname sampled_on": the same lines after a second run mean its Tor
+// kept the guards it sampled in the first.
+func guardLines(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for l := range strings.Lines(string(b)) {
+		if !strings.HasPrefix(l, "Guard ") {
+			continue
+		}
+		var keep []string
+		for _, f := range strings.Fields(l) {
+			if strings.HasPrefix(f, "rsa_id=") || strings.HasPrefix(f, "nickname=") || strings.HasPrefix(f, "sampled_on=") {
+				keep = append(keep, f)
+			}
+		}
+		out = append(out, strings.Join(keep, " "))
+	}
+	return out
+}
+
+// TestExecKeepsTorState runs "torgate exec" with a managed Tor on the
+// private test network: its Tor runs as debian-tor and the exec keeps
+// only CAP_KILL, CAP_SETUID and CAP_SETGID once its command runs; a
+// second exec at the same time runs its own Tor in a private copy of the
+// state, with a notice; a later exec reuses the persistent state: the
+// consensus cache and the same entry guards.
+func TestExecKeepsTorState(t *testing.T) {
+	nstest.RequireRoot(t, "tor")
+	u, err := user.Lookup(defaultTorUser)
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true and no %s user: %v", defaultTorUser, err)
+		}
+		t.Skipf("no %s user", defaultTorUser)
+	}
+	bin := buildTorgate(t)
+	sctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
+	n, err := testnet.Start(sctx, testnet.Config{Dir: reachableTempDir(t), Logger: slog.New(slog.DiscardHandler)})
+	cancel()
+	if err != nil {
+		t.Fatalf("testnet: %v", err)
+	}
+	t.Cleanup(func() { n.Close() })
+	state := reachableTempDir(t)
+	torrc := filepath.Join(state, "net.torrc")
+	if err := os.WriteFile(torrc, []byte(strings.Join(n.ClientTorrc(), "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	work := t.TempDir()
+	execArgs := func(cmd ...string) []string {
+		return append([]string{"exec", "--state-dir", state, "--torrc", torrc, "--wait", "90s", "--"}, cmd...)
+	}
+
+	// A: holds the persistent state until told to stop.
+	var logA syncBuffer
+	a := exec.Command(bin, execArgs("sh", "-c", "touch "+work+"/a; while [ ! -e "+work+"/stop ]; do sleep 0.1; done")...)
+	a.Stdout, a.Stderr = &logA, &logA
+	beganA := time.Now()
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		os.WriteFile(filepath.Join(work, "stop"), nil, 0o644)
+		a.Process.Kill()
+		a.Wait()
+	})
+	for {
+		if _, err := os.Stat(filepath.Join(work, "a")); err == nil {
+			break
+		}
+		if time.Since(beganA) > 100*time.Second {
+			t.Fatalf("first exec's command did not start:\n%s", logA.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	firstReady := time.Since(beganA)
+	time.Sleep(200 * time.Millisecond) // the drop follows the command's start
+	caps := readSets(t, a.Process.Pid)
+	if want := privs.SetOf(privs.CapKill, privs.CapSetUID, privs.CapSetGID); caps.Effective != want || caps.Bounding != want {
+		t.Errorf("exec's capabilities while its command runs: %+v, want %v\n%s", caps, want, logA.String())
+	}
+	pid := torPID(t, logA.String())
+	if uid := strings.Fields(procStatus(t, pid)["Uid"]); uid[0] != u.Uid {
+		t.Errorf("exec's tor runs as uid %v, want %s", uid, u.Uid)
+	}
+	t.Logf("first exec: command started %v after launch; CapEff %016x; tor uid %s", firstReady.Round(time.Millisecond), uint64(caps.Effective), u.Uid)
+
+	// B, at the same time: a private copy, and a notice.
+	began := time.Now()
+	out, err := exec.Command(bin, execArgs("true")...).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "private copy") {
+		t.Fatalf("concurrent exec: %v, want success with a notice:\n%s", err, out)
+	}
+	t.Logf("concurrent exec (private copy): done in %v", time.Since(began).Round(time.Millisecond))
+
+	os.WriteFile(filepath.Join(work, "stop"), nil, 0o644)
+	if err := a.Wait(); err != nil {
+		t.Fatalf("first exec: %v\n%s", err, logA.String())
+	}
+	persistent := filepath.Join(state, "exec-tor")
+	if _, err := os.Stat(filepath.Join(persistent, "cached-microdesc-consensus")); err != nil {
+		t.Fatalf("no consensus cache kept: %v", err)
+	}
+	guards := guardLines(t, filepath.Join(persistent, "state"))
+	if len(guards) == 0 {
+		t.Fatal("no guards in the persistent state")
+	}
+
+	// C, after A: the persistent state again.
+	began = time.Now()
+	out, err = exec.Command(bin, execArgs("true")...).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "private copy") {
+		t.Fatalf("second exec: %v, want success on the persistent state:\n%s", err, out)
+	}
+	second := time.Since(began)
+	t.Logf("sequential exec on the kept state: done in %v (first: command started after %v)", second.Round(time.Millisecond), firstReady.Round(time.Millisecond))
+	after := guardLines(t, filepath.Join(persistent, "state"))
+	if strings.Join(after, "\n") != strings.Join(guards, "\n") {
+		t.Errorf("guards changed between runs:\nbefore %q\nafter  %q", guards, after)
+	}
+	t.Logf("guards kept: %d (%s...)", len(after), after[0])
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -57,7 +59,7 @@ func TestRunManagedTor(t *testing.T) {
 		t.Skipf("tor not installed: %v", err)
 	}
 	sctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
-	n, err := testnet.Start(sctx, testnet.Config{Dir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	n, err := testnet.Start(sctx, testnet.Config{Dir: reachableTempDir(t), Logger: slog.New(slog.DiscardHandler)})
 	cancel()
 	if err != nil {
 		t.Fatalf("testnet: %v", err)
@@ -67,9 +69,11 @@ func TestRunManagedTor(t *testing.T) {
 	var rnd [3]byte
 	rand.Read(rnd[:])
 	tunName := "tgrun" + hex.EncodeToString(rnd[:])
-	state := t.TempDir()
+	// The managed tor runs as debian-tor (torgate's default as root): it
+	// must reach its DataDirectory and read the --torrc file.
+	state := reachableTempDir(t)
 	torrc := filepath.Join(state, "extra.torrc")
-	if err := os.WriteFile(torrc, []byte(strings.Join(n.ClientTorrc(), "\n")+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(torrc, []byte(strings.Join(n.ClientTorrc(), "\n")+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	adminSock := filepath.Join(state, "admin.sock")
@@ -111,6 +115,7 @@ func TestRunManagedTor(t *testing.T) {
 		}
 	}
 	t.Logf("ready %v after torgate run started", time.Since(began).Round(time.Millisecond))
+	checkTorUser(t, logs.String())
 	if !strings.Contains(logs.String(), "tor bootstrap") || !strings.Contains(logs.String(), "progress=100") {
 		t.Errorf("no bootstrap progress lines in the log")
 	}
@@ -145,15 +150,68 @@ func TestRunManagedTor(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("torgate run did not stop")
 	}
-	m := regexp.MustCompile(`msg="tor started".* pid=(\d+)`).FindStringSubmatch(logs.String())
-	if m == nil {
-		t.Fatal("no tor PID in the log")
-	}
-	pid, _ := strconv.Atoi(m[1])
+	pid := torPID(t, logs.String())
 	if err := syscall.Kill(pid, 0); err == nil {
 		t.Fatalf("tor %d still runs after torgate run returned", pid)
 	}
 	if !strings.Contains(stdout.String(), "new identity for 10.152.152.11") || !strings.Contains(stdout.String(), "new identity for every source") {
 		t.Errorf("newnym output %q", stdout.String())
 	}
+}
+
+// reachableTempDir is a t.TempDir that another user (the managed tor's)
+// can pass through: t.TempDir and its parent are 0700.
+func reachableTempDir(t *testing.T) string {
+	d := t.TempDir()
+	for _, p := range []string{filepath.Dir(d), d} {
+		if err := os.Chmod(p, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return d
+}
+
+// torPID finds the managed tor's PID in torgate's log (the first start).
+func torPID(t *testing.T, logs string) int {
+	t.Helper()
+	m := regexp.MustCompile(`msg="tor started".* pid=(\d+)`).FindStringSubmatch(logs)
+	if m == nil {
+		t.Fatal("no tor PID in the log")
+	}
+	pid, _ := strconv.Atoi(m[1])
+	return pid
+}
+
+// procStatus returns the fields of /proc/PID/status by name.
+func procStatus(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	for l := range strings.Lines(string(b)) {
+		k, v, _ := strings.Cut(l, ":")
+		m[k] = strings.TrimSpace(v)
+	}
+	return m
+}
+
+// checkTorUser: torgate, as root, runs its managed tor as debian-tor.
+func checkTorUser(t *testing.T, logs string) {
+	t.Helper()
+	u, err := user.Lookup(defaultTorUser)
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true and no %s user: %v", defaultTorUser, err)
+		}
+		t.Logf("no %s user: tor's uid not checked", defaultTorUser)
+		return
+	}
+	pid := torPID(t, logs)
+	uid := strings.Fields(procStatus(t, pid)["Uid"])
+	if len(uid) != 4 || uid[0] != u.Uid || uid[1] != u.Uid || uid[2] != u.Uid {
+		t.Fatalf("managed tor %d runs as Uid %v, want %s (%s) throughout", pid, uid, u.Uid, defaultTorUser)
+	}
+	t.Logf("managed tor %d runs as uid %s (%s)", pid, u.Uid, defaultTorUser)
 }

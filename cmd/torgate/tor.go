@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -33,15 +34,24 @@ const (
 	// defaultStateDir holds the managed Tor's DataDirectory (and the
 	// automap table) when --state-dir is not given.
 	defaultStateDir = "/var/lib/torgate"
+	// defaultTorUser is the account Debian's tor package creates for tor.
+	defaultTorUser = "debian-tor"
 )
 
 // torFlags are the flags that choose and configure Tor. The mode follows
 // from them: --tor-control attaches to a running Tor; --socks alone is a
 // plain SOCKS5 upstream with no control port; neither starts a managed Tor.
+//
+// They also hold the privilege flags (--tor-user, --keep-privileges),
+// which are about the managed Tor and torgate's own capabilities.
 type torFlags struct {
 	control, password, passwordFile string
-	torPath, torrc                  string
+	torPath, torrc, user            string
 	admin                           string
+	keepPrivileges                  bool
+	// dataDir, if set, replaces STATE_DIR/tor as the managed Tor's
+	// DataDirectory (exec's persistent one). Not a flag.
+	dataDir string
 }
 
 func (f *torFlags) register(fs *flag.FlagSet) {
@@ -50,6 +60,8 @@ func (f *torFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.passwordFile, "tor-control-password-file", "", "file whose first line is the password for --tor-control")
 	fs.StringVar(&f.torPath, "tor-path", "", "managed Tor: the tor binary (default: tor from PATH, then /usr/sbin/tor)")
 	fs.StringVar(&f.torrc, "torrc", "", "managed Tor: file of extra torrc lines, e.g. bridges and pluggable transports (UseBridges, Bridge, ClientTransportPlugin)")
+	fs.StringVar(&f.user, "tor-user", "", "managed Tor: run tor as this user (default: "+defaultTorUser+" when torgate runs as root and that user exists, else torgate's own user; \"root\" keeps it as root)")
+	fs.BoolVar(&f.keepPrivileges, "keep-privileges", false, "debugging: keep every capability after set-up instead of only those still needed (CAP_NET_ADMIN, and CAP_SETUID/SETGID/KILL to restart a managed Tor as --tor-user)")
 	fs.StringVar(&f.admin, "admin", defaultAdmin, "admin endpoint (metrics, /readyz, POST /newnym): loopback IP:port, /path or unix:/path; empty disables it")
 }
 
@@ -76,8 +88,8 @@ func (f *torFlags) mode(socksAddr string) torMode {
 // nil for a plain SOCKS upstream.
 func (f *torFlags) torConfig(socksAddr, stateDir string) (*torctl.Config, error) {
 	mode := f.mode(socksAddr)
-	if mode != modeManaged && (f.torPath != "" || f.torrc != "") {
-		return nil, errors.New("--tor-path and --torrc configure the Tor torgate starts; they do not go with --socks or --tor-control")
+	if mode != modeManaged && (f.torPath != "" || f.torrc != "" || f.user != "") {
+		return nil, errors.New("--tor-path, --torrc and --tor-user configure the Tor torgate starts; they do not go with --socks or --tor-control")
 	}
 	if mode != modeAttach && (f.password != "" || f.passwordFile != "") {
 		return nil, errors.New("--tor-control-password(-file) needs --tor-control")
@@ -106,11 +118,29 @@ func (f *torFlags) torConfig(socksAddr, stateDir string) (*torctl.Config, error)
 	if stateDir == "" {
 		stateDir = defaultStateDir
 	}
+	dataDir := f.dataDir
+	if dataDir == "" {
+		dataDir = filepath.Join(stateDir, "tor")
+	}
 	return &torctl.Config{
-		DataDir:   filepath.Join(stateDir, "tor"),
+		DataDir:   dataDir,
 		TorPath:   f.torPath,
 		TorrcFile: f.torrc,
+		User:      torUser(f.user),
 	}, nil
+}
+
+// torUser picks the managed Tor's user: the flag's, else Debian's tor
+// user when torgate is root and that user exists (tor warns against
+// running as root, and nothing it does needs root), else torgate's own.
+func torUser(flag string) string {
+	if flag != "" || os.Geteuid() != 0 {
+		return flag
+	}
+	if _, err := user.Lookup(defaultTorUser); err == nil {
+		return defaultTorUser
+	}
+	return ""
 }
 
 // torLink is the Tor side of a running router: torctl (nil for plain

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -22,6 +23,12 @@ func TestTorConfig(t *testing.T) {
 	if err := os.WriteFile(pwFile, []byte("s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The default user depends on the machine: debian-tor as root where
+	// it exists, else none.
+	auto := ""
+	if _, err := user.Lookup(defaultTorUser); err == nil && os.Geteuid() == 0 {
+		auto = defaultTorUser
+	}
 	for _, tc := range []struct {
 		name     string
 		f        torFlags
@@ -30,9 +37,12 @@ func TestTorConfig(t *testing.T) {
 		want     *torctl.Config // nil: plain SOCKS
 		err      string
 	}{
-		{name: "managed default", want: &torctl.Config{DataDir: "/var/lib/torgate/tor"}},
+		{name: "managed default", want: &torctl.Config{DataDir: "/var/lib/torgate/tor", User: auto}},
 		{name: "managed state dir", stateDir: "/srv/tg", f: torFlags{torrc: "/etc/torgate/torrc", torPath: "/opt/tor"},
-			want: &torctl.Config{DataDir: "/srv/tg/tor", TorrcFile: "/etc/torgate/torrc", TorPath: "/opt/tor"}},
+			want: &torctl.Config{DataDir: "/srv/tg/tor", TorrcFile: "/etc/torgate/torrc", TorPath: "/opt/tor", User: auto}},
+		{name: "managed tor user", f: torFlags{user: "alice"}, want: &torctl.Config{DataDir: "/var/lib/torgate/tor", User: "alice"}},
+		{name: "exec data dir", f: torFlags{dataDir: "/var/lib/torgate/exec-tor"}, want: &torctl.Config{DataDir: "/var/lib/torgate/exec-tor", User: auto}},
+		{name: "tor user with socks", f: torFlags{user: "alice"}, socks: "127.0.0.1:9050", err: "--tor-user"},
 		{name: "plain socks", socks: "127.0.0.1:9050"},
 		{name: "attach", f: torFlags{control: "127.0.0.1:9051"}, want: &torctl.Config{ControlAddr: "127.0.0.1:9051"}},
 		{name: "attach with socks", f: torFlags{control: "/run/tor/control"}, socks: "unix:/run/tor/socks",

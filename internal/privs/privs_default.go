@@ -1,0 +1,14 @@
+//go:build !linux
+
+package privs
+
+// Keep returns ErrUnsupported: there is nothing to drop outside Linux.
+func Keep(Set) error { return ErrUnsupported }
+
+// Sets are a process's capability sets.
+type Sets struct {
+	Effective, Permitted, Inheritable, Bounding, Ambient Set
+}
+
+// Read returns ErrUnsupported.
+func Read(int) (Sets, error) { return Sets{}, ErrUnsupported }
