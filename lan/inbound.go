@@ -171,9 +171,8 @@ func (p *port) arp(f *frame) {
 }
 
 func (p *port) writeARPReply(ethDst mac, ours netip.Addr, tha mac, tpa netip.Addr) {
-	if p.writeFrame(buildARP(arpOpReply, ethDst, p.mac, ours, tha, tpa)) {
-		p.dev.stats.Sent[sentARPReply].Add(1)
-	}
+	p.dev.stats.Sent[sentARPReply].Add(1)
+	p.writeFrame(buildARP(arpOpReply, ethDst, p.mac, ours, tha, tpa))
 }
 
 // ndp handles a validated NS or NA.
@@ -233,9 +232,8 @@ func (p *port) ndp(f *frame) {
 }
 
 func (p *port) writeNA(ethDst mac, dst, target netip.Addr, flags uint8) {
-	if p.writeFrame(buildNDP(icmp6NA, flags, ethDst, p.mac, target, dst, target)) {
-		p.dev.stats.Sent[sentNA].Add(1)
-	}
+	p.dev.stats.Sent[sentNA].Add(1)
+	p.writeFrame(buildNDP(icmp6NA, flags, ethDst, p.mac, target, dst, target))
 }
 
 // solicit asks for a's MAC: broadcast ARP / multicast NS when unicast is
@@ -250,9 +248,8 @@ func (p *port) solicit(a netip.Addr, unicast *mac) {
 		if unicast != nil {
 			dst = *unicast
 		}
-		if p.writeFrame(buildARP(arpOpRequest, dst, p.mac, src, mac{}, a)) {
-			p.dev.stats.Sent[sentARPRequest].Add(1)
-		}
+		p.dev.stats.Sent[sentARPRequest].Add(1)
+		p.writeFrame(buildARP(arpOpRequest, dst, p.mac, src, mac{}, a))
 		return
 	}
 	ipDst := solicitedNode(a)
@@ -260,7 +257,6 @@ func (p *port) solicit(a netip.Addr, unicast *mac) {
 	if unicast != nil {
 		ipDst, ethDst = a, *unicast
 	}
-	if p.writeFrame(buildNDP(icmp6NS, 0, ethDst, p.mac, p.source6(a), ipDst, a)) {
-		p.dev.stats.Sent[sentNS].Add(1)
-	}
+	p.dev.stats.Sent[sentNS].Add(1)
+	p.writeFrame(buildNDP(icmp6NS, 0, ethDst, p.mac, p.source6(a), ipDst, a))
 }

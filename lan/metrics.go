@@ -83,7 +83,7 @@ var (
 	descFramesIn  = prometheus.NewDesc("lan_frames_in_total", "Ethernet frames read from the LAN interfaces.", nil, nil)
 	descFramesOut = prometheus.NewDesc("lan_frames_out_total", "Ethernet frames written to the LAN interfaces.", nil, nil)
 	descDrops     = prometheus.NewDesc("lan_drops_total", "Frames and packets the LAN link layer dropped, by reason.", []string{"reason"}, nil)
-	descSent      = prometheus.NewDesc("lan_control_sent_total", "ARP and neighbour discovery frames the gateway sent, by kind.", []string{"kind"}, nil)
+	descSent      = prometheus.NewDesc("lan_control_sent_total", "ARP and neighbour discovery frames the gateway sent, by kind (a failed write also counts as a write_error drop).", []string{"kind"}, nil)
 	descNeigh     = prometheus.NewDesc("lan_neighbours", "Neighbour table entries, by state.", []string{"state"}, nil)
 )
 
