@@ -72,19 +72,18 @@ type frame struct {
 	l3     []byte
 
 	// kindARP
-	arpOp      uint16
-	arpSHA     mac
-	arpSPA     netip.Addr
-	arpTHA     mac
-	arpTPA     netip.Addr
-	ip6Src     netip.Addr // kindIPv4/kindIPv6/kindNDP: the IP source
-	ip6Dst     netip.Addr // kindIPv4/kindIPv6/kindNDP: the IP destination
-	ndpType    uint8      // icmp6NS or icmp6NA
-	ndpFlags   uint8      // NA flags
-	ndpTarget  netip.Addr
-	ndpLLA     mac // source (NS) or target (NA) link-layer option
-	ndpHasLLA  bool
-	ethIsBcast bool
+	arpOp     uint16
+	arpSHA    mac
+	arpSPA    netip.Addr
+	arpTHA    mac
+	arpTPA    netip.Addr
+	ip6Src    netip.Addr // kindIPv4/kindIPv6/kindNDP: the IP source
+	ip6Dst    netip.Addr // kindIPv4/kindIPv6/kindNDP: the IP destination
+	ndpType   uint8      // icmp6NS or icmp6NA
+	ndpFlags  uint8      // NA flags
+	ndpTarget netip.Addr
+	ndpLLA    mac // source (NS) or target (NA) link-layer option
+	ndpHasLLA bool
 }
 
 // parseFrame decodes an inbound frame without allocating. It checks
