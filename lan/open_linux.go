@@ -104,6 +104,18 @@ func inspect(iface string) (*plan, error) {
 		return nil, fmt.Errorf("lan: interface %s is not Ethernet", iface)
 	}
 	p := &plan{iface: iface, link: l, tapName: TapName(iface)}
+	all, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("lan: list links: %w", err)
+	}
+	for _, o := range all {
+		switch o.Type() {
+		case "macvlan", "macvtap", "ipvlan", "ipvtap":
+			if o.Attrs().ParentIndex == a.Index && o.Attrs().Name != p.tapName {
+				return nil, fmt.Errorf("lan: interface %s already carries %s %s; torgate needs it alone (ip link del %s)", iface, o.Type(), o.Attrs().Name, o.Attrs().Name)
+			}
+		}
+	}
 	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("lan: addresses of %s: %w", iface, err)
@@ -178,6 +190,14 @@ func Open(cfg Config) (*Device, error) {
 		plans = append(plans, p)
 	}
 
+	// Ready is called from any thread: a handle whose sockets live in
+	// this network namespace keeps it asking the right one.
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return fail(fmt.Errorf("lan: netlink: %w", err))
+	}
+	unlocks = append(unlocks, func() error { h.Close(); return nil })
+
 	// Changes from here on; undo is the reverse of what was done.
 	var undo []func()
 	var links []Link
@@ -205,7 +225,7 @@ func Open(cfg Config) (*Device, error) {
 		if err != nil {
 			return rollback(fmt.Errorf("lan: %s: %w", p.iface, err))
 		}
-		l, created, err := p.attach()
+		l, created, err := p.attach(h)
 		if created != nil {
 			undo = append(undo, func() { netlink.LinkDel(created) })
 		}
@@ -225,7 +245,7 @@ func Open(cfg Config) (*Device, error) {
 
 // attach creates (if needed), opens and brings up the macvtap of p. It
 // returns the macvtap it created, for the caller to undo.
-func (p *plan) attach() (Link, netlink.Link, error) {
+func (p *plan) attach(h *netlink.Handle) (Link, netlink.Link, error) {
 	var created netlink.Link
 	tap := netlink.Link(p.tap)
 	if p.tap == nil {
@@ -238,7 +258,9 @@ func (p *plan) attach() (Link, netlink.Link, error) {
 		// Created down: a down passthru macvtap drops what it is given,
 		// so nothing reaches any stack until the descriptor is open.
 		if err := netlink.LinkAdd(mv); err != nil {
-			if errors.Is(err, unix.EBUSY) {
+			// EBUSY: another receive handler (bridge, bond, team);
+			// EINVAL: other macvlans on it.
+			if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EINVAL) {
 				return Link{}, nil, fmt.Errorf("lan: interface %s already has a receive handler (a bridge, bond, macvlan or macvtap is attached); torgate needs it alone", p.iface)
 			}
 			return Link{}, nil, fmt.Errorf("lan: create macvtap %s on %s: %w", p.tapName, p.iface, err)
@@ -285,11 +307,11 @@ func (p *plan) attach() (Link, netlink.Link, error) {
 		MTU:    a.MTU,
 		Frames: f,
 		Ready: func() error {
-			t, err := netlink.LinkByIndex(tapIndex)
+			t, err := h.LinkByIndex(tapIndex)
 			if err != nil || t.Attrs().Name != TapName(iface) {
 				return fmt.Errorf("lan %s: macvtap %s gone (interface re-created? restart torgate)", iface, TapName(iface))
 			}
-			l, err := netlink.LinkByName(iface)
+			l, err := h.LinkByName(iface)
 			if err != nil {
 				return fmt.Errorf("lan %s: interface gone", iface)
 			}
