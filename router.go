@@ -266,6 +266,13 @@ func New(cfg Config) (*Router, error) {
 	if ld, ok := dev.(*lan.Device); ok {
 		r.lan = ld
 		mtu, _ = ld.MTU()
+		for _, p := range ld.Prefixes() {
+			if cfg.DNSPool4.Overlaps(p) || cfg.DNSPool6.Overlaps(p) {
+				dev.Close()
+				ds.Close()
+				return nil, fmt.Errorf("config: LAN prefix %s overlaps a DNS virtual pool (change --dns-pool4/--dns-pool6)", p)
+			}
+		}
 	}
 	st, err := netstack.New(netstack.Config{
 		Device: dev,

@@ -22,6 +22,12 @@
 // one whose prefix holds the destination; the neighbour table gives the
 // MAC, or the packet waits (bounded) while the neighbour is solicited, or
 // it is dropped. A frame is never sent to any other destination.
+//
+// Limit: IPv4 limited broadcast (255.255.255.255) and IPv4 multicast
+// frames also reach the interface's own stack, and the kernel delivers
+// them to local sockets without consulting policy rules: the gateway must
+// run no broadcast or multicast service (DHCP server, mDNS) on a LAN
+// interface.
 package lan
 
 import (

@@ -23,6 +23,11 @@ down   removes what "torgate run --lan IFACE" leaves in place on purpose
 guard  installs only the guard rules, which match by name and so work
        before IFACE exists: for a boot-time unit ordered before
        network-pre.target, so the LAN is closed from the start.
+
+The guards stop what the kernel would route or deliver from IFACE, but
+IPv4 limited broadcast (255.255.255.255) and IPv4 multicast bypass policy
+rules and still reach local sockets: run no broadcast or multicast
+service (DHCP server, mDNS) on the gateway's LAN interface.
 `
 
 // cmdLAN runs "torgate lan down|guard".
