@@ -278,10 +278,10 @@ func New(cfg Config) (*Router, error) {
 		Device: dev,
 		MTU:    mtu,
 		HandleTCP: func(req *netstack.TCPRequest) {
-			if r.lan != nil && r.lan.IsOwn(req.Dst.Addr()) {
-				// The gateway's own LAN address is no destination to
-				// forward to Tor; it only serves DNS (port 53, handled
-				// before this).
+			if r.lan != nil && r.lan.Refuse(req.Dst.Addr()) {
+				// The gateway itself and the LANs are no destinations
+				// to send to Tor; the gateway only serves DNS (port 53,
+				// handled before this).
 				req.Reject()
 				return
 			}

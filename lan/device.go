@@ -239,6 +239,27 @@ func (d *Device) Addrs() []netip.Addr {
 	return out
 }
 
+// Refuse reports whether a flow to dst must be refused rather than sent
+// to Tor: dst is the gateway's own address or lies on a LAN (a
+// workstation talking to another one through the gateway, or to an IPv6
+// link-local address). Each refusal is counted.
+func (d *Device) Refuse(dst netip.Addr) bool {
+	dst = dst.Unmap()
+	for _, p := range d.ports {
+		if p.isOurs(dst) || p.in4(dst) || dst.IsLinkLocalUnicast() {
+			d.stats.Refused.Add(1)
+			return true
+		}
+		for _, pr := range p.v6 {
+			if pr.Contains(dst) {
+				d.stats.Refused.Add(1)
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // IsOwn reports whether a is one of the gateway's LAN addresses.
 func (d *Device) IsOwn(a netip.Addr) bool {
 	a = a.Unmap()

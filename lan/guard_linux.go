@@ -131,6 +131,9 @@ func localRule(family, prio int) *netlink.Rule {
 func ensureGuards(names []string) (added []*netlink.Rule, err error) {
 	for _, fam := range families {
 		rs, err := listRules(fam)
+		if errors.Is(err, unix.EAFNOSUPPORT) {
+			continue // IPv6 disabled in the kernel: nothing to guard
+		}
 		if err != nil {
 			return added, err
 		}
@@ -167,6 +170,9 @@ func removeGuards(names []string) error {
 	var errs []error
 	for _, fam := range families {
 		rs, err := listRules(fam)
+		if errors.Is(err, unix.EAFNOSUPPORT) {
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -188,6 +194,9 @@ func removeGuards(names []string) error {
 // remains in family.
 func restoreLocal(fam int) error {
 	rs, err := listRules(fam)
+	if errors.Is(err, unix.EAFNOSUPPORT) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}

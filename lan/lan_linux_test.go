@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -360,6 +361,52 @@ func TestOpenLinux(t *testing.T) {
 	sendUDP(t, n.ws, "udp4", "198.18.0.1:9", []byte("again"))
 	awaitPayload(t, pkts, []byte("again"))
 
+	// The LAN link goes down: writes are counted drops, Ready says so;
+	// back up, traffic flows again without a restart.
+	ipc(t, "-n", n.gw, "link", "set", "eth1", "down")
+	write(t, d, udp4(netip.MustParseAddrPort("198.18.0.1:9"), netip.MustParseAddrPort("10.152.152.11:5555"), []byte("lost")))
+	if err := d.Ready(); err == nil || !strings.Contains(err.Error(), "down") {
+		t.Fatalf("Ready with eth1 down: %v", err)
+	}
+	ipc(t, "-n", n.gw, "link", "set", "eth1", "up")
+	deadline := time.Now().Add(15 * time.Second)
+	for d.Ready() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("Ready after eth1 up: %v", d.Ready())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ipc(t, "-n", n.ws, "neigh", "flush", "all")
+	for i := 0; ; i++ {
+		// The veth may take a moment to carry again; resend until seen.
+		sendUDP(t, n.ws, "udp4", "198.18.0.1:9", []byte("after flap"))
+		select {
+		case p := <-pkts:
+			if bytes.HasSuffix(p, []byte("after flap")) {
+				i = -1
+			}
+		case <-time.After(time.Second):
+		}
+		if i < 0 {
+			break
+		}
+		if i > 15 {
+			t.Fatal("no traffic after the link came back")
+		}
+	}
+	write(t, d, udp4(netip.MustParseAddrPort("198.18.0.1:9"), netip.MustParseAddrPort("10.152.152.11:5555"), msg))
+	uc.SetReadDeadline(time.Now().Add(15 * time.Second))
+	for {
+		k, _, err := uc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("workstation after flap: %v", err)
+		}
+		if bytes.Equal(buf[:k], msg) {
+			break
+		}
+	}
+	t.Logf("drops after the flap: write_error=%d no_neighbour=%d", d.Stats().Drop("write_error"), d.Stats().Drop("no_neighbour"))
+
 	// torgate gone (descriptor closed, macvtap up, kernel would take
 	// over): the gateway's own services and the route beyond stay shut.
 	// Static neighbours make sure the frames reach the gateway.
@@ -472,5 +519,45 @@ func TestGuardBeforeInterface(t *testing.T) {
 	}
 	if got := rules(t, n.gw, false); got[0] != "0: from all lookup local" || len(got) != 3 {
 		t.Fatalf("rules after down: %v", got)
+	}
+}
+
+// TestOpenTapPrivateNode: when /dev has no node with the macvtap's device
+// number (ifindexes repeat across namespaces), openTap makes a private
+// node, opens it and leaves nothing behind.
+func TestOpenTapPrivateNode(t *testing.T) {
+	n := newLANNet(t)
+	emptyDev := t.TempDir()
+	err := inGateway(n.gw, func() error {
+		ipcErr := exec.Command("ip", "link", "add", "link", "eth1", "name", "tg-eth1", "type", "macvtap", "mode", "passthru").Run()
+		if ipcErr != nil {
+			return ipcErr
+		}
+		l, err := net.InterfaceByName("tg-eth1")
+		if err != nil {
+			return err
+		}
+		f, err := openTap("tg-eth1", l.Index, emptyDev)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		target, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+		if err != nil {
+			return err
+		}
+		if !strings.HasSuffix(target, "(deleted)") {
+			return fmt.Errorf("descriptor points at %q, want a deleted private node", target)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(emptyDev); len(ents) != 0 {
+		t.Fatalf("left %v in the device directory", ents)
+	}
+	if m, _ := filepath.Glob(os.TempDir() + "/torgate-tap*"); len(m) != 0 {
+		t.Fatalf("left %v behind", m)
 	}
 }

@@ -290,7 +290,7 @@ func (p *plan) attach(h *netlink.Handle) (Link, netlink.Link, error) {
 	if err := netlink.LinkSetAllmulticastOn(tap); err != nil {
 		return Link{}, created, fmt.Errorf("lan: set %s allmulticast: %w", p.tapName, err)
 	}
-	f, err := openTap(p.tapName, tap.Attrs().Index)
+	f, err := openTap(p.tapName, tap.Attrs().Index, "/dev")
 	if err != nil {
 		return Link{}, created, err
 	}
@@ -330,7 +330,7 @@ func (p *plan) attach(h *netlink.Handle) (Link, netlink.Link, error) {
 // /dev/tapN is named after the ifindex, and ifindexes repeat across
 // network namespaces: use it only if its device number is the one sysfs
 // gives for this macvtap, else make a private node.
-func openTap(name string, index int) (*os.File, error) {
+func openTap(name string, index int, devDir string) (*os.File, error) {
 	sys := "/sys/class/net/" + name
 	b, err := os.ReadFile(sys + "/ifindex")
 	if err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(index) {
@@ -347,7 +347,7 @@ func openTap(name string, index int) (*os.File, error) {
 		return nil, fmt.Errorf("lan: bad device number %q for %s", b, name)
 	}
 	devnum := unix.Mkdev(uint32(maj), uint32(mnr))
-	path := fmt.Sprintf("/dev/tap%d", index)
+	path := filepath.Join(devDir, fmt.Sprintf("tap%d", index))
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != devnum {
 		dir, err := os.MkdirTemp("", "torgate-tap")
