@@ -683,3 +683,55 @@ func tableLen(d *Device) int {
 	defer p.mu.Unlock()
 	return len(p.neigh)
 }
+
+// TestTableFullOfLearned: a table filled by ARP from made-up senders
+// still takes a new workstation once those entries have gone quiet.
+func TestTableFullOfLearned(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d, w := testDevice(t)
+		w.discard = true
+		base := netip.MustParseAddr("10.152.160.0").As4()
+		for i := range maxNeighbours {
+			a := base
+			a[2] += byte(i >> 8)
+			a[3] = byte(i)
+			w.send(arpFrame(header.ARPRequest, broadcastMAC, ws2MAC, netip.AddrFrom4(a), mac{}, gw4.Addr()))
+			if i%32 == 0 {
+				synctest.Wait()
+			}
+		}
+		synctest.Wait()
+		if n := tableLen(d); n != maxNeighbours {
+			t.Fatalf("table has %d entries", n)
+		}
+		write(t, d, ipv4(other, ws4))
+		synctest.Wait()
+		if got := d.Stats().Drop("table_full"); got != 1 {
+			t.Fatalf("table_full %d, want 1 while the entries are fresh", got)
+		}
+		time.Sleep(staleAfter)
+		write(t, d, ipv4(other, ws4))
+		synctest.Wait()
+		if got := d.Stats().Drop("table_full"); got != 1 {
+			t.Fatalf("table_full %d: a quiet entry should have made room", got)
+		}
+	})
+}
+
+// TestOwnMACNotLearned: a frame claiming the gateway's own MAC as a
+// workstation's teaches nothing.
+func TestOwnMACNotLearned(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d, w := testDevice(t)
+		w.send(arpFrame(header.ARPRequest, broadcastMAC, gwMAC, ws4, mac{}, gw4.Addr()))
+		synctest.Wait()
+		for len(w.fromDev) > 0 {
+			<-w.fromDev
+		}
+		write(t, d, ipv4(other, ws4))
+		synctest.Wait()
+		if r := decodeARP(t, w.next(t)); r.op != header.ARPRequest {
+			t.Fatalf("want a request, got %+v", r)
+		}
+	})
+}

@@ -58,21 +58,27 @@ type neigh struct {
 // p.mu must be held.
 func (p *port) lookupLocked(a netip.Addr) *neigh { return p.neigh[a] }
 
-// newEntryLocked adds an entry for a, evicting a failed one when the
-// table is full; nil if there is no room. p.mu must be held.
+// newEntryLocked adds an entry for a; when the table is full it evicts a
+// failed entry, else one unused for staleAfter (so a flood of ARP from
+// made-up senders cannot lock out a real workstation for long); nil if
+// there is no room. p.mu must be held.
 func (p *port) newEntryLocked(a netip.Addr) *neigh {
 	if len(p.neigh) >= maxNeighbours {
-		evicted := false
+		now := time.Now()
+		var victim netip.Addr
 		for k, e := range p.neigh {
 			if e.state == stateFailed {
-				delete(p.neigh, k)
-				evicted = true
+				victim = k
 				break
 			}
+			if !victim.IsValid() && e.state == stateReachable && now.Sub(e.used) >= staleAfter && now.Sub(e.confirmed) >= staleAfter {
+				victim = k
+			}
 		}
-		if !evicted {
+		if !victim.IsValid() {
 			return nil
 		}
+		delete(p.neigh, victim)
 	}
 	e := &neigh{}
 	p.neigh[a] = e
@@ -83,7 +89,7 @@ func (p *port) newEntryLocked(a netip.Addr) *neigh {
 // set (the neighbour talked to us); otherwise updates an existing one.
 // Queued packets are flushed to the caller's frames.
 func (p *port) confirm(a netip.Addr, m mac, create bool) {
-	if m.isMulticast() || m.isZero() || !a.IsValid() {
+	if m.isMulticast() || m.isZero() || m == p.mac || !a.IsValid() {
 		return
 	}
 	now := time.Now()
@@ -116,7 +122,7 @@ func (p *port) confirm(a netip.Addr, m mac, create bool) {
 // update records a MAC change announced by gratuitous ARP for a known
 // neighbour: used, but to be confirmed by a probe.
 func (p *port) update(a netip.Addr, m mac) {
-	if m.isMulticast() || m.isZero() {
+	if m.isMulticast() || m.isZero() || m == p.mac {
 		return
 	}
 	p.mu.Lock()
