@@ -448,7 +448,11 @@ func (d *Device) route(dst netip.Addr) *port {
 	var best *port
 	bits := -1
 	for _, p := range d.ports {
-		for _, a := range slices.Concat(p.v4, p.v6) {
+		prefixes := p.v6
+		if dst.Is4() {
+			prefixes = p.v4
+		}
+		for _, a := range prefixes {
 			if a.Contains(dst) && a.Bits() > bits {
 				best, bits = p, a.Bits()
 			}

@@ -89,7 +89,7 @@ func (w *wire) setWriteErr(err error) {
 func (w *wire) send(f []byte) { w.toDev <- f }
 
 // testDevice is a Device on one wire with the gateway's addresses.
-func testDevice(t *testing.T) (*Device, *wire) {
+func testDevice(t testing.TB) (*Device, *wire) {
 	t.Helper()
 	w := newWire()
 	d, err := NewDevice([]Link{{
