@@ -2,9 +2,11 @@ package lan
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"testing"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -14,18 +16,21 @@ import (
 // from our MAC, ARP or IPv6 (neighbour discovery) only, never IPv4 out of
 // an inbound frame.
 type checkWire struct {
-	t      *testing.T
 	closed chan struct{}
+	bad    atomic.Pointer[string] // the first violation
 }
 
-func (w checkWire) Read([]byte) (int, error) { <-w.closed; return 0, os.ErrClosed }
-func (w checkWire) Close() error             { close(w.closed); return nil }
-func (w checkWire) Write(b []byte) (int, error) {
+func (w *checkWire) Read([]byte) (int, error) { <-w.closed; return 0, os.ErrClosed }
+func (w *checkWire) Close() error             { close(w.closed); return nil }
+func (w *checkWire) Write(b []byte) (int, error) {
+	var bad string
 	if len(b) < ethHeaderLen || mac(b[6:12]) != gwMAC {
-		w.t.Fatalf("frame not from our MAC: % x", b)
+		bad = fmt.Sprintf("frame not from our MAC: % x", b)
+	} else if et := binary.BigEndian.Uint16(b[12:14]); et != ethTypeARP && et != ethTypeIPv6 {
+		bad = fmt.Sprintf("answer of ethertype %#x", et)
 	}
-	if et := binary.BigEndian.Uint16(b[12:14]); et != ethTypeARP && et != ethTypeIPv6 {
-		w.t.Fatalf("answer of ethertype %#x", et)
+	if bad != "" {
+		w.bad.CompareAndSwap(nil, &bad)
 	}
 	return len(b), nil
 }
@@ -41,16 +46,22 @@ func FuzzFrame(f *testing.F) {
 	f.Add(ethFrame(gwMAC, wsMAC, header.IPv4ProtocolNumber, ipv4(ws4, other)))
 	f.Add(ethFrame(gwMAC, wsMAC, header.IPv6ProtocolNumber, ipv6(ws6, gw6.Addr(), 6, 64, make([]byte, 20))))
 	f.Add(ethFrame(gwMAC, wsMAC, 0x8100, make([]byte, 50)))
+	// One Device for the whole run: its neighbour table carries state
+	// from input to input, as on a real LAN, and the fuzzer stays fast.
+	w := &checkWire{closed: make(chan struct{})}
+	d, err := NewDevice([]Link{{Name: "f", MAC: net.HardwareAddr(gwMAC[:]), Addrs: []netip.Prefix{gw4, gw6}, Frames: w}}, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { d.Close() })
+	p := d.ports[0]
 	f.Fuzz(func(t *testing.T, b []byte) {
-		d, err := NewDevice([]Link{{Name: "f", MAC: net.HardwareAddr(gwMAC[:]), Addrs: []netip.Prefix{gw4, gw6}, Frames: checkWire{t, make(chan struct{})}}}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer d.Close()
-		p := d.ports[0]
 		var fr frame
 		parseFrame(b, &fr)
 		l3 := p.inbound(&fr)
+		if bad := w.bad.Load(); bad != nil {
+			t.Fatal(*bad)
+		}
 		if l3 == nil {
 			return
 		}

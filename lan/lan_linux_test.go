@@ -70,8 +70,12 @@ func newLANNet(t *testing.T) *lanNet {
 	} {
 		ipc(t, c...)
 	}
-	if out, err := exec.Command("ip", "netns", "exec", n.gw, "sysctl", "-qw", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
-		t.Fatalf("ip_forward: %v %s", err, out)
+	// /proc/sys/net belongs to the network namespace of the thread that
+	// opens it.
+	if err := netns.Do(n.gw, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0)
+	}); err != nil {
+		t.Fatalf("ip_forward: %v", err)
 	}
 	return n
 }
