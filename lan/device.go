@@ -66,9 +66,21 @@ type Link struct {
 	// socket in tests). Closed by Device.Close.
 	Frames io.ReadWriteCloser
 	// Ready, if set, reports whether the link can carry traffic (macvtap
-	// present, interface up); it backs Device.Ready.
+	// present, interface up); it backs Device.Ready. An error wrapping
+	// ErrGone means Frames is dead for good.
 	Ready func() error
+	// Reattach, if set, is called every reattachInterval while Ready
+	// reports ErrGone, for frames from a re-created device (a USB NIC
+	// plugged back in); the old Frames is then closed.
+	Reattach func() (io.ReadWriteCloser, error)
 }
+
+// ErrGone means a link's device disappeared (the interface or its macvtap
+// was deleted). Not fatal: Link.Reattach may bring it back.
+var ErrGone = errors.New("device gone")
+
+// reattachInterval paces attempts to re-attach a gone link.
+const reattachInterval = 2 * time.Second
 
 // Device is a tun.Device whose packets come from and go to Ethernet LANs.
 type Device struct {
@@ -109,8 +121,16 @@ type port struct {
 	mu    sync.Mutex
 	neigh map[netip.Addr]*neigh // guarded by mu
 
+	// frames is the current Link.Frames; Reattach replaces it. swapMu
+	// orders a replacement against Close.
+	frames atomic.Pointer[framesBox]
+	swapMu sync.Mutex
+
 	readErr atomic.Pointer[error] // last read error; nil once reads work
 }
+
+// framesBox holds a Link.Frames for atomic replacement.
+type framesBox struct{ io.ReadWriteCloser }
 
 // inQueueLen bounds packets read from the links but not yet taken by
 // Read; a full queue makes the readLoops wait, and the kernel's queue in
@@ -160,6 +180,11 @@ func NewDevice(links []Link, log *slog.Logger) (*Device, error) {
 		d.wg.Go(p.readLoop)
 	}
 	d.wg.Go(d.timerLoop)
+	for _, p := range d.ports {
+		if p.link.Reattach != nil {
+			d.wg.Go(p.watchLoop)
+		}
+	}
 	return d, nil
 }
 
@@ -171,6 +196,7 @@ func newPort(d *Device, l Link) (*port, error) {
 		return nil, fmt.Errorf("lan: link %s: MAC %v is not Ethernet", l.Name, l.MAC)
 	}
 	p := &port{dev: d, link: l, mtu: l.MTU, neigh: map[netip.Addr]*neigh{}}
+	p.frames.Store(&framesBox{l.Frames})
 	copy(p.mac[:], l.MAC)
 	if p.mac.isMulticast() || p.mac.isZero() {
 		return nil, fmt.Errorf("lan: link %s: MAC %v is not unicast", l.Name, l.MAC)
@@ -470,7 +496,9 @@ func (d *Device) Close() error {
 		close(d.closed)
 		var errs []error
 		for _, p := range d.ports {
-			errs = append(errs, p.link.Frames.Close())
+			p.swapMu.Lock()
+			errs = append(errs, p.frames.Load().Close())
+			p.swapMu.Unlock()
 		}
 		d.wg.Wait()
 		for _, p := range d.ports {
@@ -508,13 +536,17 @@ func (p *port) readLoop() {
 	var lastLog time.Time
 	for {
 		pk := d.pool.Get().(*inPacket)
-		n, err := p.link.Frames.Read(pk.buf)
+		box := p.frames.Load()
+		n, err := box.Read(pk.buf)
 		if err != nil {
 			d.pool.Put(pk)
 			select {
 			case <-d.closed:
 				return
 			default:
+			}
+			if p.frames.Load() != box {
+				continue // re-attached: read the new device
 			}
 			if errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
 				p.readErr.Store(&err)
@@ -553,9 +585,48 @@ func (p *port) readLoop() {
 	}
 }
 
+// watchLoop re-attaches the link while its device is gone.
+func (p *port) watchLoop() {
+	d := p.dev
+	t := time.NewTicker(reattachInterval)
+	defer t.Stop()
+	var lastLog time.Time
+	for {
+		select {
+		case <-d.closed:
+			return
+		case <-t.C:
+		}
+		if err := p.link.Ready(); err == nil || !errors.Is(err, ErrGone) {
+			continue
+		}
+		f, err := p.link.Reattach()
+		if err != nil {
+			if time.Since(lastLog) > time.Minute {
+				lastLog = time.Now()
+				d.log.Warn("lan device gone; cannot re-attach yet", "interface", p.link.Name, "err", err)
+			}
+			continue
+		}
+		p.swapMu.Lock()
+		select {
+		case <-d.closed:
+			p.swapMu.Unlock()
+			f.Close()
+			return
+		default:
+		}
+		old := p.frames.Swap(&framesBox{f})
+		p.swapMu.Unlock()
+		old.Close()
+		p.readErr.Store(nil)
+		d.log.Info("lan re-attached", "interface", p.link.Name)
+	}
+}
+
 // writeFrame writes one complete frame; a failure is a counted drop.
 func (p *port) writeFrame(fr []byte) bool {
-	if _, err := p.link.Frames.Write(fr); err != nil {
+	if _, err := p.frames.Load().Write(fr); err != nil {
 		p.dev.drop(reasonWriteError, 1)
 		return false
 	}

@@ -541,7 +541,12 @@ func TestOpenTapPrivateNode(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		f, err := openTap("tg-eth1", l.Index, emptyDev)
+		sys, err := os.Open(sysClassNet)
+		if err != nil {
+			return err
+		}
+		defer sys.Close()
+		f, err := openTap(sys, "tg-eth1", l.Index, emptyDev)
 		if err != nil {
 			return err
 		}
@@ -563,5 +568,67 @@ func TestOpenTapPrivateNode(t *testing.T) {
 	}
 	if m, _ := filepath.Glob(os.TempDir() + "/torgate-tap*"); len(m) != 0 {
 		t.Fatalf("left %v behind", m)
+	}
+}
+
+// TestReattach: the LAN interface disappears (USB NIC unplugged, which
+// takes the macvtap with it) and comes back with the same MAC: the guards
+// hold meanwhile, Ready says gone, then the Device re-attaches by itself
+// and traffic flows again without a restart.
+func TestReattach(t *testing.T) {
+	n := newLANNet(t)
+	d, err := openIn(t, n.gw, "eth1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkts := reader(d)
+	sendUDP(t, n.ws, "udp4", "198.18.0.1:9", []byte("before"))
+	awaitPayload(t, pkts, []byte("before"))
+
+	gwLink := ipc(t, "-n", n.gw, "link", "show", "eth1")
+	mac := strings.Fields(gwLink[strings.Index(gwLink, "link/ether"):])[1]
+	ipc(t, "-n", n.gw, "link", "del", "eth1") // takes veth-ws and tg-eth1 too
+	deadline := time.Now().Add(10 * time.Second)
+	for err := d.Ready(); !errors.Is(err, ErrGone); err = d.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatalf("Ready after unplug: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	checkGuardOrder(t, n.gw)
+
+	ipc(t, "link", "add", "veth-ws", "netns", n.ws, "type", "veth", "peer", "name", "eth1", "netns", n.gw)
+	for _, c := range [][]string{
+		{"-n", n.gw, "link", "set", "eth1", "address", mac},
+		{"-n", n.gw, "link", "set", "eth1", "up"},
+		{"-n", n.ws, "addr", "add", "10.152.152.11/18", "dev", "veth-ws"},
+		{"-n", n.ws, "link", "set", "veth-ws", "up"},
+		{"-n", n.ws, "route", "add", "default", "via", "10.152.152.10"},
+	} {
+		ipc(t, c...)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for d.Ready() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("no re-attach: %v", d.Ready())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(ipc(t, "-n", n.gw, "-d", "link", "show", "tg-eth1"), "passthru") {
+		t.Fatal("no new macvtap")
+	}
+	for i := 0; ; i++ {
+		sendUDP(t, n.ws, "udp4", "198.18.0.1:9", []byte("after replug"))
+		select {
+		case p := <-pkts:
+			if bytes.HasSuffix(p, []byte("after replug")) {
+				checkGuardOrder(t, n.gw)
+				return
+			}
+		case <-time.After(time.Second):
+		}
+		if i > 15 {
+			t.Fatal("no traffic after the re-attach")
+		}
 	}
 }

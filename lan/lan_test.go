@@ -3,10 +3,13 @@ package lan
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"testing/synctest"
@@ -732,6 +735,57 @@ func TestOwnMACNotLearned(t *testing.T) {
 		synctest.Wait()
 		if r := decodeARP(t, w.next(t)); r.op != header.ARPRequest {
 			t.Fatalf("want a request, got %+v", r)
+		}
+	})
+}
+
+// TestReattachSwapsFrames: while Ready reports ErrGone the Device asks
+// Reattach for new frames, closes the old ones and carries on with the
+// new, neighbour table intact.
+func TestReattachSwapsFrames(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		oldW, newW := newWire(), newWire()
+		var gone atomic.Bool
+		d, err := NewDevice([]Link{{
+			Name: "eth1", MAC: net.HardwareAddr(gwMAC[:]), Addrs: []netip.Prefix{gw4}, Frames: oldW,
+			Ready: func() error {
+				if gone.Load() {
+					return fmt.Errorf("macvtap: %w", ErrGone)
+				}
+				return nil
+			},
+			Reattach: func() (io.ReadWriteCloser, error) {
+				gone.Store(false)
+				return newW, nil
+			},
+		}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		oldW.send(arpFrame(header.ARPRequest, broadcastMAC, wsMAC, ws4, mac{}, gw4.Addr()))
+		synctest.Wait()
+		oldW.next(t)
+		gone.Store(true)
+		time.Sleep(reattachInterval + time.Millisecond)
+		synctest.Wait()
+		select {
+		case <-oldW.closed:
+		default:
+			t.Fatal("old frames not closed")
+		}
+		if err := d.Ready(); err != nil {
+			t.Fatalf("Ready after re-attach: %v", err)
+		}
+		write(t, d, ipv4(other, ws4))
+		synctest.Wait()
+		if f := newW.next(t); ethDst(f) != wsMAC {
+			t.Fatal("packet not on the new frames")
+		}
+		newW.send(ethFrame(gwMAC, wsMAC, header.IPv4ProtocolNumber, pkt2()))
+		synctest.Wait()
+		if got := readPacket(t, d); !bytes.Equal(got, pkt2()) {
+			t.Fatal("no packet read from the new frames")
 		}
 	})
 }

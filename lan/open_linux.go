@@ -1,15 +1,18 @@
 package lan
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -23,6 +26,21 @@ type Config struct {
 	Interfaces []string
 	// Logger; nil discards.
 	Logger *slog.Logger
+}
+
+// sysClassNet lists the network namespace's links (the one sysfs was
+// mounted in).
+const sysClassNet = "/sys/class/net"
+
+// readAt reads a small file below dir.
+func readAt(dir *os.File, name string) ([]byte, error) {
+	fd, err := unix.Openat(int(dir.Fd()), name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, 4096))
 }
 
 // tapQueueLen sizes the macvtap's receive ring (frames waiting for
@@ -72,19 +90,21 @@ func lock(iface string) (release func() error, err error) {
 // plan is one interface checked and ready to be set up.
 type plan struct {
 	iface   string
-	link    netlink.Link
+	link0   netlink.Link // the LAN interface
 	tapName string
 	tap     *netlink.Macvtap // existing macvtap, nil to create
 	addrs   []netip.Prefix
 	unlock  func() error
 }
 
-// inspect checks iface without changing anything.
-func inspect(iface string) (*plan, error) {
+// inspect checks iface without changing anything; needAddr requires a
+// gateway address on it (not for a re-attach: torgate keeps the addresses
+// it started with).
+func inspect(h *netlink.Handle, iface string, needAddr bool) (*plan, error) {
 	if err := checkName(iface); err != nil {
 		return nil, err
 	}
-	l, err := netlink.LinkByName(iface)
+	l, err := h.LinkByName(iface)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
@@ -103,8 +123,8 @@ func inspect(iface string) (*plan, error) {
 	if len(a.HardwareAddr) != 6 {
 		return nil, fmt.Errorf("lan: interface %s is not Ethernet", iface)
 	}
-	p := &plan{iface: iface, link: l, tapName: TapName(iface)}
-	all, err := netlink.LinkList()
+	p := &plan{iface: iface, link0: l, tapName: TapName(iface)}
+	all, err := h.LinkList()
 	if err != nil {
 		return nil, fmt.Errorf("lan: list links: %w", err)
 	}
@@ -116,7 +136,7 @@ func inspect(iface string) (*plan, error) {
 			}
 		}
 	}
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+	addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("lan: addresses of %s: %w", iface, err)
 	}
@@ -133,10 +153,10 @@ func inspect(iface string) (*plan, error) {
 			global = true
 		}
 	}
-	if !global {
+	if !global && needAddr {
 		return nil, fmt.Errorf("lan: interface %s has no gateway address for workstations; add one first, e.g. ip addr add 10.152.152.10/18 dev %s", iface, iface)
 	}
-	if tl, err := netlink.LinkByName(p.tapName); err == nil {
+	if tl, err := h.LinkByName(p.tapName); err == nil {
 		mv, ok := tl.(*netlink.Macvtap)
 		if !ok || mv.Mode != netlink.MACVLAN_MODE_PASSTHRU || mv.ParentIndex != a.Index {
 			return nil, fmt.Errorf("lan: a link named %s exists but is not torgate's passthru macvtap on %s; remove it (ip link del %s)", p.tapName, iface, p.tapName)
@@ -169,6 +189,19 @@ func Open(cfg Config) (*Device, error) {
 		}
 		return nil, err
 	}
+	// Ready and Reattach run later on any thread: a netlink handle whose
+	// sockets live in this network namespace, and this namespace's sysfs
+	// held open, keep them looking at the right one.
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return nil, fmt.Errorf("lan: netlink: %w", err)
+	}
+	unlocks = append(unlocks, func() error { h.Close(); return nil })
+	sys, err := os.Open(sysClassNet)
+	if err != nil {
+		return fail(fmt.Errorf("lan: %s: %w", sysClassNet, err))
+	}
+	unlocks = append(unlocks, sys.Close)
 	for _, iface := range cfg.Interfaces {
 		if seen[iface] {
 			return fail(fmt.Errorf("lan: interface %s given twice", iface))
@@ -182,21 +215,13 @@ func Open(cfg Config) (*Device, error) {
 			return fail(err)
 		}
 		unlocks = append(unlocks, u)
-		p, err := inspect(iface)
+		p, err := inspect(h, iface, true)
 		if err != nil {
 			return fail(err)
 		}
 		p.unlock = u
 		plans = append(plans, p)
 	}
-
-	// Ready is called from any thread: a handle whose sockets live in
-	// this network namespace keeps it asking the right one.
-	h, err := netlink.NewHandle()
-	if err != nil {
-		return fail(fmt.Errorf("lan: netlink: %w", err))
-	}
-	unlocks = append(unlocks, func() error { h.Close(); return nil })
 
 	// Changes from here on; undo is the reverse of what was done.
 	var undo []func()
@@ -225,14 +250,14 @@ func Open(cfg Config) (*Device, error) {
 		if err != nil {
 			return rollback(fmt.Errorf("lan: %s: %w", p.iface, err))
 		}
-		l, created, err := p.attach(h)
+		f, tapIndex, created, err := p.attach(h, sys)
 		if created != nil {
-			undo = append(undo, func() { netlink.LinkDel(created) })
+			undo = append(undo, func() { h.LinkDel(created) })
 		}
 		if err != nil {
 			return rollback(err)
 		}
-		links = append(links, l)
+		links = append(links, p.link(h, sys, f, tapIndex))
 	}
 	d, err := NewDevice(links, log)
 	if err != nil {
@@ -244,8 +269,9 @@ func Open(cfg Config) (*Device, error) {
 }
 
 // attach creates (if needed), opens and brings up the macvtap of p. It
-// returns the macvtap it created, for the caller to undo.
-func (p *plan) attach(h *netlink.Handle) (Link, netlink.Link, error) {
+// returns the tap descriptor, the macvtap's ifindex, and the macvtap it
+// created, for the caller to undo.
+func (p *plan) attach(h *netlink.Handle, sys *os.File) (*os.File, int, netlink.Link, error) {
 	var created netlink.Link
 	tap := netlink.Link(p.tap)
 	if p.tap == nil {
@@ -253,63 +279,74 @@ func (p *plan) attach(h *netlink.Handle) (Link, netlink.Link, error) {
 		// IFLA_TXQLEN 0, and the tap's receive ring is sized from it: a
 		// ring of 0 drops every frame (measured 2026-12-02, kernel 6.18).
 		attrs := netlink.NewLinkAttrs()
-		attrs.Name, attrs.ParentIndex, attrs.TxQLen = p.tapName, p.link.Attrs().Index, tapQueueLen
+		attrs.Name, attrs.ParentIndex, attrs.TxQLen = p.tapName, p.link0.Attrs().Index, tapQueueLen
 		mv := &netlink.Macvtap{Macvlan: netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_PASSTHRU}}
 		// Created down: a down passthru macvtap drops what it is given,
 		// so nothing reaches any stack until the descriptor is open.
-		if err := netlink.LinkAdd(mv); err != nil {
+		if err := h.LinkAdd(mv); err != nil {
 			// EBUSY: another receive handler (bridge, bond, team);
 			// EINVAL: other macvlans on it.
 			if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EINVAL) {
-				return Link{}, nil, fmt.Errorf("lan: interface %s already has a receive handler (a bridge, bond, macvlan or macvtap is attached); torgate needs it alone", p.iface)
+				return nil, 0, nil, fmt.Errorf("lan: interface %s already has a receive handler (a bridge, bond, macvlan or macvtap is attached); torgate needs it alone", p.iface)
 			}
-			return Link{}, nil, fmt.Errorf("lan: create macvtap %s on %s: %w", p.tapName, p.iface, err)
+			return nil, 0, nil, fmt.Errorf("lan: create macvtap %s on %s: %w", p.tapName, p.iface, err)
 		}
-		l, err := netlink.LinkByName(p.tapName)
+		l, err := h.LinkByName(p.tapName)
 		if err != nil {
-			netlink.LinkDel(mv)
-			return Link{}, nil, fmt.Errorf("lan: find new macvtap %s: %w", p.tapName, err)
+			h.LinkDel(mv)
+			return nil, 0, nil, fmt.Errorf("lan: find new macvtap %s: %w", p.tapName, err)
 		}
 		tap, created = l, l
 	}
 	if tap.Attrs().TxQLen <= 0 {
 		// A macvtap made elsewhere with txqueuelen 0 drops every frame.
-		if err := netlink.LinkSetTxQLen(tap, tapQueueLen); err != nil {
-			return Link{}, created, fmt.Errorf("lan: set txqueuelen of %s: %w", p.tapName, err)
+		if err := h.LinkSetTxQLen(tap, tapQueueLen); err != nil {
+			return nil, 0, created, fmt.Errorf("lan: set txqueuelen of %s: %w", p.tapName, err)
 		}
 	}
 	// The macvtap's own IPv6 would autoconfigure a link-local address and
-	// send RS/DAD/MLD on the LAN.
+	// send RS/DAD/MLD on the LAN. (/proc/sys/net answers for the calling
+	// thread's network namespace: on a re-attach from another thread in
+	// a test's borrowed namespace this may not exist; the guards hold
+	// either way.)
 	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+p.tapName+"/disable_ipv6", []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return Link{}, created, fmt.Errorf("lan: disable IPv6 on %s: %w", p.tapName, err)
+		return nil, 0, created, fmt.Errorf("lan: disable IPv6 on %s: %w", p.tapName, err)
 	}
 	// Multicast reaches a macvlan only through its own multicast filter,
 	// even in passthru mode: without allmulticast the workstations'
 	// neighbour solicitations (to solicited-node groups) never arrive
 	// (measured 2026-12-02, kernel 6.18).
-	if err := netlink.LinkSetAllmulticastOn(tap); err != nil {
-		return Link{}, created, fmt.Errorf("lan: set %s allmulticast: %w", p.tapName, err)
+	if err := h.LinkSetAllmulticastOn(tap); err != nil {
+		return nil, 0, created, fmt.Errorf("lan: set %s allmulticast: %w", p.tapName, err)
 	}
-	f, err := openTap(p.tapName, tap.Attrs().Index, "/dev")
+	f, err := openTap(sys, p.tapName, tap.Attrs().Index, "/dev")
 	if err != nil {
-		return Link{}, created, err
+		return nil, 0, created, err
 	}
-	if err := netlink.LinkSetUp(tap); err != nil {
+	if err := h.LinkSetUp(tap); err != nil {
 		f.Close()
-		return Link{}, created, fmt.Errorf("lan: set %s up: %w", p.tapName, err)
+		return nil, 0, created, fmt.Errorf("lan: set %s up: %w", p.tapName, err)
 	}
-	a := p.link.Attrs()
-	tapIndex, iface := tap.Attrs().Index, p.iface
+	return f, tap.Attrs().Index, created, nil
+}
+
+// link describes p's attached macvtap as a Link, with the readiness check
+// and the re-attach for a re-created interface.
+func (p *plan) link(h *netlink.Handle, sys *os.File, f *os.File, tapIndex int) Link {
+	a := p.link0.Attrs()
+	iface, tapName, mac := p.iface, p.tapName, a.HardwareAddr
+	var index atomic.Int64
+	index.Store(int64(tapIndex))
 	return Link{
-		Name:   p.iface,
-		MAC:    a.HardwareAddr,
+		Name:   iface,
+		MAC:    mac,
 		Addrs:  p.addrs,
 		MTU:    a.MTU,
 		Frames: f,
 		Ready: func() error {
-			t, err := h.LinkByIndex(tapIndex)
-			if err != nil || t.Attrs().Name != TapName(iface) {
-				return fmt.Errorf("lan %s: macvtap %s gone (interface re-created? restart torgate)", iface, TapName(iface))
+			t, err := h.LinkByIndex(int(index.Load()))
+			if err != nil || t.Attrs().Name != tapName {
+				return fmt.Errorf("lan %s: macvtap %s: %w (interface removed?)", iface, tapName, ErrGone)
 			}
 			l, err := h.LinkByName(iface)
 			if err != nil {
@@ -320,7 +357,28 @@ func (p *plan) attach(h *netlink.Handle) (Link, netlink.Link, error) {
 			}
 			return nil
 		},
-	}, created, nil
+		// The interface came back (USB NIC re-plugged): the kernel
+		// deleted the macvtap with it; the guards held meanwhile. Put a
+		// new one on, if it is the same NIC.
+		Reattach: func() (io.ReadWriteCloser, error) {
+			q, err := inspect(h, iface, false)
+			if err != nil {
+				return nil, err
+			}
+			if !bytes.Equal(q.link0.Attrs().HardwareAddr, mac) {
+				return nil, fmt.Errorf("lan: interface %s came back with MAC %s, not %s; restart torgate to serve it", iface, q.link0.Attrs().HardwareAddr, mac)
+			}
+			f, idx, created, err := q.attach(h, sys)
+			if err != nil {
+				if created != nil {
+					h.LinkDel(created)
+				}
+				return nil, err
+			}
+			index.Store(int64(idx))
+			return f, nil
+		},
+	}
 }
 
 // openTap opens the macvtap's character device as a plain tap: one
@@ -330,13 +388,12 @@ func (p *plan) attach(h *netlink.Handle) (Link, netlink.Link, error) {
 // /dev/tapN is named after the ifindex, and ifindexes repeat across
 // network namespaces: use it only if its device number is the one sysfs
 // gives for this macvtap, else make a private node.
-func openTap(name string, index int, devDir string) (*os.File, error) {
-	sys := "/sys/class/net/" + name
-	b, err := os.ReadFile(sys + "/ifindex")
+func openTap(sys *os.File, name string, index int, devDir string) (*os.File, error) {
+	b, err := readAt(sys, name+"/ifindex")
 	if err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(index) {
-		return nil, fmt.Errorf("lan: /sys does not show this network namespace's %s (mount a sysfs for the namespace, as ip netns exec does)", name)
+		return nil, fmt.Errorf("lan: %s does not show this network namespace's %s (mount a sysfs for the namespace, as ip netns exec does)", sysClassNet, name)
 	}
-	b, err = os.ReadFile(fmt.Sprintf("%s/macvtap/tap%d/dev", sys, index))
+	b, err = readAt(sys, fmt.Sprintf("%s/macvtap/tap%d/dev", name, index))
 	if err != nil {
 		return nil, fmt.Errorf("lan: macvtap device number of %s: %w", name, err)
 	}
