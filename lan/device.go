@@ -445,7 +445,7 @@ func (d *Device) send(frame []byte) {
 		d.drop(reasonTooBig, 1)
 		return
 	}
-	if et == ethTypeIPv4 && p.isBroadcast4(dst) {
+	if et == ethTypeIPv4 && p.isBroadcast4(dst) || p.isOurs(dst) {
 		d.drop(reasonNoRoute, 1)
 		return
 	}

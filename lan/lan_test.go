@@ -408,7 +408,7 @@ func TestIPv6Resolution(t *testing.T) {
 func TestOutboundNoRoute(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		d, w := testDevice(t)
-		for _, dst := range []string{"192.0.2.7", "2001:db8::7", "10.152.191.255", "ff02::1", "224.0.0.1"} {
+		for _, dst := range []string{"192.0.2.7", "2001:db8::7", "10.152.191.255", "ff02::1", "224.0.0.1", "10.152.152.10", "fd19:7a2b::1"} {
 			a := netip.MustParseAddr(dst)
 			if a.Is4() {
 				write(t, d, ipv4(gw4.Addr(), a))
@@ -419,7 +419,7 @@ func TestOutboundNoRoute(t *testing.T) {
 		write(t, d, []byte{0x45, 0})
 		synctest.Wait()
 		w.none(t)
-		if d.Stats().Drop("no_route") != 5 || d.Stats().Drop("malformed") != 1 {
+		if d.Stats().Drop("no_route") != 7 || d.Stats().Drop("malformed") != 1 {
 			t.Fatalf("no_route %d malformed %d", d.Stats().Drop("no_route"), d.Stats().Drop("malformed"))
 		}
 	})
