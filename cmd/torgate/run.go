@@ -29,7 +29,7 @@ type runFlags struct {
 
 func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.tunName, "tun", "torgate0", "name of the TUN device to create")
-	fs.Var(&f.lan, "lan", "be the gateway of this Ethernet interface (repeatable): a passthru macvtap takes all its frames, ARP/NDP answered by torgate, the kernel never routes a LAN packet; the interface must carry the gateway address (e.g. 10.152.152.10/18). Replaces --tun/--addr/--addr6/--mtu")
+	fs.Var(&f.lan, "lan", "be the gateway of the Ethernet interface `IFACE` (repeatable): a passthru macvtap takes all its frames, ARP/NDP answered by torgate, the kernel never routes a LAN packet; the interface must carry the gateway address (e.g. 10.152.152.10/18). Replaces --tun/--addr/--addr6/--mtu")
 	fs.IntVar(&f.tunFD, "tun-fd", 0, "use this already open TUN file descriptor instead of creating one")
 	fs.IntVar(&f.mtu, "mtu", 1500, "MTU of the TUN device")
 	fs.StringVar(&f.addr4, "addr", "10.152.152.10/18", "gateway IPv4 address/prefix on a created TUN (empty: none)")
