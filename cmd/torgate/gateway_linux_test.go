@@ -265,14 +265,18 @@ func (g *gwNet) startGatewayService() {
 // startSocks starts the SOCKS server on the gateway's loopback. It plays
 // Tor and serves everything itself; it dials nothing: port 80 gets an
 // HTTP server over an in-memory pipe, port 7 an echo, private addresses
-// are refused as Tor's exit policy refuses them, the rest is refused.
+// (the LAN's, the gateway's) are refused as Tor's exit policy refuses
+// them, other ports are refused.
 func (g *gwNet) startSocks() {
 	pl := newPipeListener()
 	srv := &http.Server{Handler: http.HandlerFunc(serveMarker)}
 	go srv.Serve(pl)
 	g.t.Cleanup(func() { srv.Close(); pl.Close() })
 	connect := func(req sockstest.Request) (socks.Reply, net.Conn) {
-		if req.Dst.IP.IsValid() && (req.Dst.IP.IsPrivate() || req.Dst.IP.IsLoopback() || req.Dst.IP.IsLinkLocalUnicast()) {
+		// The test's "Internet" over IPv6 is a ULA, which real Tor would
+		// refuse too; every other private address is refused.
+		ip := req.Dst.IP
+		if ip.IsValid() && (ip.IsPrivate() && !upPrefix6.Contains(ip) || ip.IsLoopback() || ip.IsLinkLocalUnicast()) {
 			return socks.ReplyNotAllowed, nil
 		}
 		switch req.Dst.Port {
@@ -617,9 +621,9 @@ func hasRule(rules string, words ...string) bool {
 }
 
 // socksSaw reports whether the SOCKS server got a CONNECT to dst.
-func (g *gwNet) socksSaw(dst netip.AddrPort) bool {
+func (g *gwNet) socksSaw(dst socks.Addr) bool {
 	for _, r := range g.socks.Requests() {
-		if r.Command == socks.CmdConnect && r.Dst.IP == dst.Addr() && r.Dst.Port == dst.Port() {
+		if r.Command == socks.CmdConnect && r.Dst == dst {
 			return true
 		}
 	}
@@ -632,11 +636,14 @@ func (g *gwNet) phase1() {
 	g.mustFetch(url4)
 	g.mustFetch(url6)
 	for _, dst := range []string{inetAddr4 + ":80", "[" + inetAddr6 + "]:80"} {
-		if !g.socksSaw(netip.MustParseAddrPort(dst)) {
+		if !g.socksSaw(socks.AddrFromAddrPort(netip.MustParseAddrPort(dst))) {
 			g.t.Errorf("the SOCKS server got no CONNECT %s: %v", dst, g.socks.Requests())
 		}
 	}
 	g.mustFetch("http://web.example.test/")
+	if !g.socksSaw(socks.HostPort("web.example.test", 80)) {
+		g.t.Errorf("fetch by name: no CONNECT web.example.test:80 reached the SOCKS server")
+	}
 	for _, server := range []string{gwLAN4, gwLAN6, inetAddr4} {
 		g.dig(server, "web.example.test")
 	}
@@ -845,6 +852,7 @@ func (g *gwNet) runCheck() {
 	if err := os.WriteFile(bin, b, 0o755); err != nil {
 		g.t.Fatal(err)
 	}
+	const onion = "torgatecheckxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx.onion"
 	nobody := []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"}
 	for _, c := range []struct {
 		name     string
@@ -853,7 +861,7 @@ func (g *gwNet) runCheck() {
 		wantSkip bool // the ICMP check skips: no privilege
 	}{
 		{name: "root", url: url4},
-		{name: "root, .onion", url: "http://torgatecheckxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx.onion/"},
+		{name: "root, .onion", url: "http://" + onion + "/"},
 		{name: "nobody", prefix: nobody, url: url4, wantSkip: true},
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -865,6 +873,9 @@ func (g *gwNet) runCheck() {
 			g.t.Errorf("torgate check (%s) in the workstation: %v", c.name, err)
 		}
 		checkLines(g.t, c.name, out, c.wantSkip)
+	}
+	if !g.socksSaw(socks.HostPort(onion, 80)) {
+		g.t.Errorf("torgate check --url http://%s/: no CONNECT %s:80 reached the SOCKS server", onion, onion)
 	}
 	// With ping_group_range open to nobody, the ICMP check runs.
 	mustRun(g.t, "ip", "netns", "exec", g.ws, "sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647")
