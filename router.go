@@ -34,6 +34,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/torgate/torgate/dns"
+	"github.com/torgate/torgate/lan"
 	"github.com/torgate/torgate/netstack"
 	"github.com/torgate/torgate/socks"
 	"github.com/torgate/torgate/tunnel"
@@ -48,6 +49,11 @@ type Config struct {
 	Device  tun.Device
 	TUNFD   int
 	TUNName string
+	// LAN makes torgate the gateway of these Ethernet interfaces
+	// (package lan: a passthru macvtap each, guard rules, ARP/NDP in
+	// userspace) instead of using a TUN. Mutually exclusive with Device,
+	// TUNFD and TUNName; MTU and Addr4/Addr6 come from the interfaces.
+	LAN []string
 	// MTU of the TUN. Default 1500.
 	MTU int
 	// Addr4 and Addr6 are the gateway-side addresses assigned to a TUN
@@ -103,6 +109,7 @@ type Router struct {
 	tunnel *tunnel.Tunnel
 	dns    *dns.Server
 	dialer *socks.Dialer
+	lan    *lan.Device // nil unless Config.LAN
 
 	closeOnce sync.Once
 	closeErr  error
@@ -150,8 +157,11 @@ func (c *Config) validate() error {
 	if c.TUNName != "" {
 		n++
 	}
+	if len(c.LAN) > 0 {
+		n++
+	}
 	if n != 1 {
-		return errors.New("config: exactly one of Device, TUNFD and TUNName must be set")
+		return errors.New("config: exactly one of Device, TUNFD, TUNName and LAN must be set")
 	}
 	if c.TUNFD < 0 {
 		return errors.New("config: TUNFD negative")
@@ -252,10 +262,22 @@ func New(cfg Config) (*Router, error) {
 		ds.Close()
 		return nil, err
 	}
+	mtu := cfg.MTU
+	if ld, ok := dev.(*lan.Device); ok {
+		r.lan = ld
+		mtu, _ = ld.MTU()
+	}
 	st, err := netstack.New(netstack.Config{
 		Device: dev,
-		MTU:    cfg.MTU,
+		MTU:    mtu,
 		HandleTCP: func(req *netstack.TCPRequest) {
+			if r.lan != nil && r.lan.IsOwn(req.Dst.Addr()) {
+				// The gateway's own LAN address is no destination to
+				// forward to Tor; it only serves DNS (port 53, handled
+				// before this).
+				req.Reject()
+				return
+			}
 			tn.HandleTCP(req.Src, req.Dst, req)
 		},
 		DNS:             ds,
@@ -292,11 +314,26 @@ func (r *Router) Metrics() []prometheus.Collector {
 	cs := r.tunnel.Metrics()
 	cs = append(cs, r.dns.Metrics()...)
 	cs = append(cs, newStackCollector(r.stack))
+	if r.lan != nil {
+		cs = append(cs, r.lan.Metrics()...)
+	}
 	return cs
 }
 
 // Stack returns the network stack, for its counters.
 func (r *Router) Stack() *netstack.Stack { return r.stack }
+
+// LAN returns the LAN link layer, nil unless Config.LAN is set.
+func (r *Router) LAN() *lan.Device { return r.lan }
+
+// LANReady reports whether every LAN interface can carry traffic
+// (macvtap attached, interface up, frames readable); nil without LAN.
+func (r *Router) LANReady() error {
+	if r.lan == nil {
+		return nil
+	}
+	return r.lan.Ready()
+}
 
 // Tunnel returns the flow layer, for new identity and EndAll.
 func (r *Router) Tunnel() *tunnel.Tunnel { return r.tunnel }

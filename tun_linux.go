@@ -3,12 +3,15 @@ package torgate
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/torgate/torgate/lan"
 )
 
 // openTUN creates (or adopts) the TUN device described by cfg.
@@ -16,6 +19,12 @@ func openTUN(cfg *Config) (tun.Device, error) {
 	switch {
 	case cfg.Device != nil:
 		return cfg.Device, nil
+	case len(cfg.LAN) > 0:
+		log := cfg.Logger
+		if log == nil {
+			log = slog.New(slog.DiscardHandler)
+		}
+		return lan.Open(lan.Config{Interfaces: cfg.LAN, Logger: log.With("component", "lan")})
 	case cfg.TUNFD > 0:
 		// Unmonitored: the TUN handed over may live in another network
 		// namespace (a container's, a workstation's), where netlink from

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/BurntSushi/toml"
 )
@@ -45,6 +46,21 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 		if onCommandLine[key] {
 			continue
 		}
+		if arr, ok := raw[key].([]any); ok {
+			if _, rep := f.Value.(repeatable); !rep {
+				return fmt.Errorf("config %s: field %q: want a string, number or boolean, got an array", path, key)
+			}
+			for _, v := range arr {
+				val, err := tomlScalar(v)
+				if err != nil {
+					return fmt.Errorf("config %s: field %q: %w", path, key, err)
+				}
+				if err := fs.Set(key, val); err != nil {
+					return fmt.Errorf("config %s: field %q: %w", path, key, err)
+				}
+			}
+			continue
+		}
 		val, err := tomlScalar(raw[key])
 		if err != nil {
 			return fmt.Errorf("config %s: field %q: %w", path, key, err)
@@ -69,3 +85,20 @@ func tomlScalar(v any) (string, error) {
 	}
 	return "", fmt.Errorf("want a string, number or boolean, got %T", v)
 }
+
+// repeatable marks a flag that may be given several times; its config key
+// takes an array.
+type repeatable interface{ repeatable() }
+
+// stringList is a repeatable string flag ("--lan eth1 --lan eth2").
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+func (l *stringList) Set(s string) error {
+	if s == "" {
+		return errors.New("empty value")
+	}
+	*l = append(*l, s)
+	return nil
+}
+func (l *stringList) repeatable() {}

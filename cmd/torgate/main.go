@@ -60,6 +60,7 @@ commands:
   check    self-test from a workstation: route, DNS, a fetch through Tor, no leaks
   exec     run one command in a fresh network namespace whose only way out is Tor
   newnym   new identity for one workstation (SOURCE) or all, through the admin endpoint
+  lan      remove (lan down IFACE) or pre-install (lan guard IFACE...) a LAN's guard rules
   version  print the version
 
 "torgate <command> -h" lists a command's flags.
@@ -86,6 +87,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdCheck(ctx, args[1:], stdout, stderr)
 	case "newnym":
 		return cmdNewnym(ctx, args[1:], stdout, stderr)
+	case "lan":
+		return cmdLAN(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "torgate", version())
 		return nil

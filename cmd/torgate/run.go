@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -22,11 +23,13 @@ type runFlags struct {
 	maxFlows, maxPerSource                       int
 	logDest, icmpUnreach                         bool
 	configFile                                   string
+	lan                                          stringList
 	tor                                          torFlags
 }
 
 func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.tunName, "tun", "torgate0", "name of the TUN device to create")
+	fs.Var(&f.lan, "lan", "be the gateway of this Ethernet interface (repeatable): a passthru macvtap takes all its frames, ARP/NDP answered by torgate, the kernel never routes a LAN packet; the interface must carry the gateway address (e.g. 10.152.152.10/18). Replaces --tun/--addr/--addr6/--mtu")
 	fs.IntVar(&f.tunFD, "tun-fd", 0, "use this already open TUN file descriptor instead of creating one")
 	fs.IntVar(&f.mtu, "mtu", 1500, "MTU of the TUN device")
 	fs.StringVar(&f.addr4, "addr", "10.152.152.10/18", "gateway IPv4 address/prefix on a created TUN (empty: none)")
@@ -51,9 +54,15 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 func (f *runFlags) config() (torgate.Config, error) {
 	var c torgate.Config
 	var err error
-	if f.tunFD > 0 {
+	switch {
+	case len(f.lan) > 0:
+		if f.tunFD > 0 {
+			return c, errors.New("--lan and --tun-fd exclude each other")
+		}
+		c.LAN = f.lan
+	case f.tunFD > 0:
 		c.TUNFD = f.tunFD
-	} else {
+	default:
 		c.TUNName = f.tunName
 		if c.Addr4, err = parseOptPrefix(f.addr4); err != nil {
 			return c, fmt.Errorf("--addr: %w", err)
@@ -104,5 +113,6 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer a.close()
+	logLANReady(a.log, a.router.LAN())
 	return a.router.Run(ctx)
 }

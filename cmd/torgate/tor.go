@@ -237,6 +237,9 @@ func serveAdmin(addr string, r *torgate.Router, l *torLink, gatherer prometheus.
 			if err := r.Healthy(); err != nil {
 				return err
 			}
+			if err := r.LANReady(); err != nil {
+				return err
+			}
 			return l.ready()
 		},
 		Healthy: r.Healthy,

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+
+	"github.com/torgate/torgate/lan"
+)
+
+const lanUsage = `usage: torgate lan down IFACE
+       torgate lan guard IFACE...
+
+down   removes what "torgate run --lan IFACE" leaves in place on purpose
+       when it stops: the macvtap tg-IFACE and the guard policy rules
+       (iif IFACE / iif tg-IFACE blackhole, before the local table); the
+       local table rule returns to priority 0 once no guard is left.
+       Refused while a torgate serves IFACE. After it, the kernel routes
+       IFACE's traffic again as its own configuration says.
+guard  installs only the guard rules, which match by name and so work
+       before IFACE exists: for a boot-time unit ordered before
+       network-pre.target, so the LAN is closed from the start.
+`
+
+// cmdLAN runs "torgate lan down|guard".
+func cmdLAN(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, lanUsage)
+		return flag.ErrHelp
+	}
+	switch args[0] {
+	case "down":
+		if len(args) != 2 {
+			fmt.Fprint(stderr, lanUsage)
+			return fmt.Errorf("lan down: want one interface, got %d", len(args)-1)
+		}
+		if err := lan.Down(args[1]); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: macvtap %s and guard rules removed\n", args[1], lan.TapName(args[1]))
+		return nil
+	case "guard":
+		if len(args) < 2 {
+			fmt.Fprint(stderr, lanUsage)
+			return fmt.Errorf("lan guard: want at least one interface")
+		}
+		if err := lan.Guard(args[1:]...); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "guard rules in place for %s\n", strings.Join(args[1:], ", "))
+		return nil
+	}
+	fmt.Fprint(stderr, lanUsage)
+	return fmt.Errorf("lan: unknown subcommand %q", args[0])
+}
+
+// logLANReady tells the operator what workstations must be configured
+// with: the gateway addresses, as default gateway and nameserver.
+func logLANReady(log *slog.Logger, d *lan.Device) {
+	if d == nil {
+		return
+	}
+	var v4, v6 []string
+	for _, a := range d.Addrs() {
+		switch {
+		case a.Is4():
+			v4 = append(v4, a.String())
+		case !a.IsLinkLocalUnicast():
+			v6 = append(v6, a.String())
+		}
+	}
+	var prefixes []string
+	for _, p := range d.Prefixes() {
+		prefixes = append(prefixes, p.String())
+	}
+	var ll []string
+	for _, a := range d.Addrs() {
+		if a.Is6() && a.IsLinkLocalUnicast() && a != (netip.Addr{}) {
+			ll = append(ll, a.String())
+		}
+	}
+	log.Info("lan ready",
+		"interfaces", strings.Join(d.Interfaces(), ","),
+		"gateway_ipv4", strings.Join(v4, ","),
+		"gateway_ipv6", strings.Join(v6, ","),
+		"gateway_link_local", strings.Join(ll, ","),
+		"workstation_prefixes", strings.Join(prefixes, ","),
+		"hint", "workstations use the gateway address as default gateway and nameserver")
+}

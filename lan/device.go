@@ -1,0 +1,536 @@
+// Package lan makes torgate the gateway of an Ethernet LAN without the
+// kernel ever routing a LAN packet. On Linux, Open puts a passthru macvtap
+// on each LAN interface, so every unicast frame reaching the interface
+// lands in torgate's file descriptor instead of the kernel's IP stack, and
+// installs guard policy rules that blackhole whatever still reaches the
+// kernel from that interface (before torgate starts, after it crashes).
+//
+// The Device is a small link layer in userspace: it answers ARP and IPv6
+// neighbour solicitations for the gateway's addresses, resolves the
+// workstations' MAC addresses, and turns Ethernet frames into the L3
+// packets netstack understands, through wireguard's tun.Device interface.
+//
+// Inbound flow (one readLoop per link):
+//
+//	frame -> parseFrame -> not our MAC, VLAN, other ethertype: drop
+//	      -> ARP / NS for our address: reply, learn the asker
+//	      -> NA: confirm; RS/RA/redirect/MLD: drop
+//	      -> IP to our MAC from a source in the LAN's prefixes:
+//	         queue for Device.Read (netstack)
+//
+// Outbound flow (Device.Write, from netstack's writeLoop): the link is the
+// one whose prefix holds the destination; the neighbour table gives the
+// MAC, or the packet waits (bounded) while the neighbour is solicited, or
+// it is dropped. A frame is never sent to any other destination.
+package lan
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// Link is one LAN as the Device sees it: the interface's MAC and
+// addresses, and a channel of whole Ethernet frames.
+type Link struct {
+	// Name of the LAN interface, for errors and readiness.
+	Name string
+	// MAC is the gateway's Ethernet address on this LAN.
+	MAC net.HardwareAddr
+	// Addrs are the gateway's addresses on this LAN with the LAN's prefix
+	// length (10.152.152.10/18, fd00::1/64). IPv6 link-local addresses
+	// may be included; if none is, one is derived from MAC (EUI-64).
+	// At least one IPv4 or non-link-local IPv6 address is required.
+	Addrs []netip.Prefix
+	// MTU of the link (largest IP packet); 0 means 1500.
+	MTU int
+	// Frames carries one Ethernet frame per Read and per Write (a tap
+	// file descriptor without a virtio-net header, a SOCK_SEQPACKET
+	// socket in tests). Closed by Device.Close.
+	Frames io.ReadWriteCloser
+	// Ready, if set, reports whether the link can carry traffic (macvtap
+	// present, interface up); it backs Device.Ready.
+	Ready func() error
+}
+
+// Device is a tun.Device whose packets come from and go to Ethernet LANs.
+type Device struct {
+	ports  []*port
+	mtu    int
+	log    *slog.Logger
+	stats  Stats
+	queued atomic.Int64 // packets held for resolution, all links
+
+	in     chan *inPacket // readLoops -> Read
+	pool   sync.Pool      // *inPacket
+	events chan tun.Event
+	closed chan struct{}
+	wg     sync.WaitGroup
+
+	closeOnce sync.Once
+	onClose   []func() error // run after the links close (locks)
+}
+
+var _ tun.Device = (*Device)(nil)
+
+// inPacket is one L3 packet on its way to Read; buf holds the frame.
+type inPacket struct {
+	buf      []byte
+	off, len int
+}
+
+// port is one Link in use.
+type port struct {
+	dev  *Device
+	link Link
+	mac  mac
+	mtu  int
+	v4   []netip.Prefix // our IPv4 addresses with their prefix
+	v6   []netip.Prefix // our global/ULA IPv6 addresses with their prefix
+	ll   netip.Addr     // our link-local address
+
+	mu    sync.Mutex
+	neigh map[netip.Addr]*neigh // guarded by mu
+
+	readErr atomic.Pointer[error] // last read error; nil once reads work
+}
+
+// inQueueLen bounds packets read from the links but not yet taken by
+// Read; a full queue makes the readLoops wait, and the kernel's queue in
+// front of the tap drops.
+const inQueueLen = 256
+
+// BatchSize is the most packets one Read returns.
+const BatchSize = 32
+
+// NewDevice starts a Device on links (which it owns from now on, also on
+// error). log may be nil.
+func NewDevice(links []Link, log *slog.Logger) (*Device, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	closeAll := func() {
+		for _, l := range links {
+			if l.Frames != nil {
+				l.Frames.Close()
+			}
+		}
+	}
+	if len(links) == 0 {
+		closeAll()
+		return nil, errors.New("lan: no links")
+	}
+	d := &Device{
+		log:    log,
+		in:     make(chan *inPacket, inQueueLen),
+		events: make(chan tun.Event, 1),
+		closed: make(chan struct{}),
+	}
+	for _, l := range links {
+		p, err := newPort(d, l)
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		if d.mtu == 0 || p.mtu < d.mtu {
+			d.mtu = p.mtu
+		}
+		d.ports = append(d.ports, p)
+	}
+	d.pool.New = func() any { return &inPacket{buf: make([]byte, ethHeaderLen+4+d.maxMTU())} }
+	d.events <- tun.EventUp
+	for _, p := range d.ports {
+		d.wg.Go(p.readLoop)
+	}
+	d.wg.Go(d.timerLoop)
+	return d, nil
+}
+
+func newPort(d *Device, l Link) (*port, error) {
+	if l.Frames == nil {
+		return nil, fmt.Errorf("lan: link %s: nil Frames", l.Name)
+	}
+	if len(l.MAC) != 6 {
+		return nil, fmt.Errorf("lan: link %s: MAC %v is not Ethernet", l.Name, l.MAC)
+	}
+	p := &port{dev: d, link: l, mtu: l.MTU, neigh: map[netip.Addr]*neigh{}}
+	copy(p.mac[:], l.MAC)
+	if p.mac.isMulticast() || p.mac.isZero() {
+		return nil, fmt.Errorf("lan: link %s: MAC %v is not unicast", l.Name, l.MAC)
+	}
+	if p.mtu == 0 {
+		p.mtu = 1500
+	}
+	if p.mtu < 1280 || p.mtu > 65535 {
+		return nil, fmt.Errorf("lan: link %s: MTU %d out of range 1280-65535", l.Name, p.mtu)
+	}
+	for _, a := range l.Addrs {
+		a = netip.PrefixFrom(a.Addr().Unmap(), a.Bits())
+		switch {
+		case !a.IsValid():
+			return nil, fmt.Errorf("lan: link %s: invalid address %v", l.Name, a)
+		case a.Addr().Is4():
+			p.v4 = append(p.v4, a)
+		case a.Addr().IsLinkLocalUnicast():
+			if !p.ll.IsValid() {
+				p.ll = a.Addr()
+			}
+		default:
+			p.v6 = append(p.v6, a)
+		}
+	}
+	if len(p.v4) == 0 && len(p.v6) == 0 {
+		return nil, fmt.Errorf("lan: interface %s has no IPv4 or global IPv6 address for workstations to use as gateway (add one, e.g. ip addr add 10.152.152.10/18 dev %s)", l.Name, l.Name)
+	}
+	if !p.ll.IsValid() {
+		p.ll = linkLocalFromMAC(p.mac)
+	}
+	return p, nil
+}
+
+func (d *Device) maxMTU() int {
+	m := 0
+	for _, p := range d.ports {
+		m = max(m, p.mtu)
+	}
+	return m
+}
+
+// Prefixes returns the LANs' prefixes (masked), IPv4 then IPv6, without
+// link-local: the workstations' source addresses lie in these.
+func (d *Device) Prefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range d.ports {
+		for _, a := range slices.Concat(p.v4, p.v6) {
+			out = append(out, a.Masked())
+		}
+	}
+	return out
+}
+
+// Addrs returns the gateway's own LAN addresses (IPv4, global IPv6 and
+// link-local): what workstations use as default gateway and nameserver,
+// and what the router must never treat as a destination to forward to.
+func (d *Device) Addrs() []netip.Addr {
+	var out []netip.Addr
+	for _, p := range d.ports {
+		for _, a := range slices.Concat(p.v4, p.v6) {
+			out = append(out, a.Addr())
+		}
+		out = append(out, p.ll)
+	}
+	return out
+}
+
+// IsOwn reports whether a is one of the gateway's LAN addresses.
+func (d *Device) IsOwn(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range d.ports {
+		if p.isOurs(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// Interfaces names the LAN interfaces.
+func (d *Device) Interfaces() []string {
+	var out []string
+	for _, p := range d.ports {
+		out = append(out, p.link.Name)
+	}
+	return out
+}
+
+// Ready reports whether every link can carry traffic: reads work and the
+// link's own check (interface up, macvtap attached) passes.
+func (d *Device) Ready() error {
+	select {
+	case <-d.closed:
+		return errors.New("lan: closed")
+	default:
+	}
+	var errs []error
+	for _, p := range d.ports {
+		if e := p.readErr.Load(); e != nil {
+			errs = append(errs, fmt.Errorf("lan %s: read: %w", p.link.Name, *e))
+		}
+		if p.link.Ready != nil {
+			if err := p.link.Ready(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Stats returns the live counters.
+func (d *Device) Stats() *Stats { return &d.stats }
+
+// Metrics returns the link layer's collectors (counters copied at scrape
+// time; labels are drop reasons, frame kinds and neighbour states).
+func (d *Device) Metrics() []prometheus.Collector { return []prometheus.Collector{collector{d}} }
+
+func (d *Device) drop(r reason, n uint64) { d.stats.Drops[r].Add(n) }
+
+// File returns nil: there is no single descriptor (and netstack must not
+// treat the device as a TUN).
+func (d *Device) File() *os.File { return nil }
+
+// MTU is the smallest link MTU.
+func (d *Device) MTU() (int, error) { return d.mtu, nil }
+
+// Name names the device after its interfaces.
+func (d *Device) Name() (string, error) {
+	s := "lan"
+	for _, p := range d.ports {
+		s += ":" + p.link.Name
+	}
+	return s, nil
+}
+
+// Events delivers EventUp once; link state shows in Ready instead.
+func (d *Device) Events() <-chan tun.Event { return d.events }
+
+// BatchSize is the most packets one Read returns.
+func (d *Device) BatchSize() int { return BatchSize }
+
+// Read blocks for at least one inbound packet and returns up to len(bufs)
+// of them, each at bufs[i][offset:], its length in sizes[i]. A packet that
+// does not fit its buffer is dropped (too_big). After Close it returns
+// os.ErrClosed.
+func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	var pk *inPacket
+	select {
+	case pk = <-d.in:
+	case <-d.closed:
+		return 0, os.ErrClosed
+	}
+	n := 0
+	for {
+		if n < len(bufs) && pk.len <= len(bufs[n])-offset {
+			copy(bufs[n][offset:], pk.buf[pk.off:pk.off+pk.len])
+			sizes[n] = pk.len
+			n++
+		} else {
+			d.drop(reasonTooBig, 1)
+		}
+		d.pool.Put(pk)
+		if n == len(bufs) {
+			return n, nil
+		}
+		select {
+		case pk = <-d.in:
+		default:
+			return n, nil
+		}
+	}
+}
+
+// Write sends each packet at bufs[i][offset:] to its LAN. When offset is at
+// least 14 the Ethernet header goes into the headroom in place (netstack
+// leaves 16 bytes). Packets that cannot be sent are counted drops, never
+// errors: the write loop must go on. After Close it returns os.ErrClosed.
+func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
+	select {
+	case <-d.closed:
+		return 0, os.ErrClosed
+	default:
+	}
+	for _, b := range bufs {
+		if offset > len(b) {
+			d.drop(reasonMalformed, 1)
+			continue
+		}
+		var frame []byte
+		if offset >= ethHeaderLen {
+			frame = b[offset-ethHeaderLen:]
+		} else {
+			frame = make([]byte, ethHeaderLen+len(b)-offset)
+			copy(frame[ethHeaderLen:], b[offset:])
+		}
+		d.send(frame)
+	}
+	return len(bufs), nil
+}
+
+// send routes one frame whose IP packet starts at frame[14:].
+func (d *Device) send(frame []byte) {
+	pkt := frame[ethHeaderLen:]
+	var dst netip.Addr
+	var et uint16
+	switch {
+	case len(pkt) >= ipv4MinHeader && pkt[0]>>4 == 4:
+		dst, et = netip.AddrFrom4([4]byte(pkt[16:20])), ethTypeIPv4
+	case len(pkt) >= ipv6HeaderLen && pkt[0]>>4 == 6:
+		dst, et = netip.AddrFrom16([16]byte(pkt[24:40])), ethTypeIPv6
+	default:
+		d.drop(reasonMalformed, 1)
+		return
+	}
+	if dst.IsMulticast() || !dst.IsGlobalUnicast() && !dst.IsLinkLocalUnicast() {
+		d.drop(reasonNoRoute, 1)
+		return
+	}
+	p := d.route(dst)
+	if p == nil {
+		d.drop(reasonNoRoute, 1)
+		return
+	}
+	if len(pkt) > p.mtu {
+		d.drop(reasonTooBig, 1)
+		return
+	}
+	if et == ethTypeIPv4 && p.isBroadcast4(dst) {
+		d.drop(reasonNoRoute, 1)
+		return
+	}
+	putEth(frame, mac{}, p.mac, et)
+	p.resolve(dst, frame)
+}
+
+// route picks the link for dst: the longest prefix holding it; for a
+// link-local destination, the link that knows it as a neighbour (or the
+// only link).
+func (d *Device) route(dst netip.Addr) *port {
+	if dst.Is6() && dst.IsLinkLocalUnicast() {
+		if len(d.ports) == 1 {
+			return d.ports[0]
+		}
+		for _, p := range d.ports {
+			p.mu.Lock()
+			e := p.neigh[dst]
+			p.mu.Unlock()
+			if e != nil {
+				return p
+			}
+		}
+		return nil
+	}
+	var best *port
+	bits := -1
+	for _, p := range d.ports {
+		for _, a := range slices.Concat(p.v4, p.v6) {
+			if a.Contains(dst) && a.Bits() > bits {
+				best, bits = p, a.Bits()
+			}
+		}
+	}
+	return best
+}
+
+// Close stops the readers, closes the links' frame channels and releases
+// the locks. It never touches the macvtap or the guard rules: the LAN
+// stays closed while torgate is down.
+func (d *Device) Close() error {
+	var err error
+	d.closeOnce.Do(func() {
+		close(d.closed)
+		var errs []error
+		for _, p := range d.ports {
+			errs = append(errs, p.link.Frames.Close())
+		}
+		d.wg.Wait()
+		for _, p := range d.ports {
+			p.dropQueues()
+		}
+		for _, f := range d.onClose {
+			errs = append(errs, f())
+		}
+		close(d.events)
+		err = errors.Join(errs...)
+	})
+	return err
+}
+
+// timerLoop drives the neighbour tables' timers.
+func (d *Device) timerLoop() {
+	t := time.NewTicker(tickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.closed:
+			return
+		case now := <-t.C:
+			for _, p := range d.ports {
+				p.tick(now)
+			}
+		}
+	}
+}
+
+// readLoop reads the link's frames until Close.
+func (p *port) readLoop() {
+	d := p.dev
+	var f frame
+	var lastLog time.Time
+	for {
+		pk := d.pool.Get().(*inPacket)
+		n, err := p.link.Frames.Read(pk.buf)
+		if err != nil {
+			d.pool.Put(pk)
+			select {
+			case <-d.closed:
+				return
+			default:
+			}
+			if errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
+				p.readErr.Store(&err)
+				return
+			}
+			// Transient (link flapping): count, report in Ready, retry.
+			p.readErr.Store(&err)
+			if time.Since(lastLog) > time.Minute {
+				lastLog = time.Now()
+				d.log.Warn("lan read failed", "interface", p.link.Name, "err", err)
+			}
+			select {
+			case <-d.closed:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		if p.readErr.Load() != nil {
+			p.readErr.Store(nil)
+		}
+		d.stats.FramesIn.Add(1)
+		parseFrame(pk.buf[:n], &f)
+		if l3 := p.inbound(&f); l3 != nil {
+			pk.off = ethHeaderLen
+			pk.len = len(l3)
+			select {
+			case d.in <- pk:
+				continue
+			case <-d.closed:
+				d.pool.Put(pk)
+				return
+			}
+		}
+		d.pool.Put(pk)
+	}
+}
+
+// writeFrame writes one complete frame; a failure is a counted drop.
+func (p *port) writeFrame(fr []byte) bool {
+	if _, err := p.link.Frames.Write(fr); err != nil {
+		p.dev.drop(reasonWriteError, 1)
+		return false
+	}
+	p.dev.stats.FramesOut.Add(1)
+	return true
+}
+
+// putEthDst fills the destination MAC of a frame built by send.
+func putEthDst(fr []byte, m mac) { copy(fr[0:6], m[:]) }

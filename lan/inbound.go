@@ -1,0 +1,266 @@
+package lan
+
+import (
+	"net/netip"
+)
+
+// inbound handles one parsed frame: answers and learns from ARP and NDP,
+// and returns the L3 packet to hand to netstack, or nil.
+func (p *port) inbound(f *frame) []byte {
+	d := p.dev
+	if f.kind == kindDrop {
+		d.drop(f.reason, 1)
+		return nil
+	}
+	// IFACE is promiscuous (passthru): unicast frames between two
+	// workstations show up here too.
+	if !f.dst.isMulticast() && f.dst != p.mac {
+		d.drop(reasonNotForUs, 1)
+		return nil
+	}
+	switch f.kind {
+	case kindARP:
+		p.arp(f)
+		return nil
+	case kindNDP:
+		p.ndp(f)
+		return nil
+	}
+	if f.dst.isMulticast() {
+		d.drop(reasonMulticastIP, 1)
+		return nil
+	}
+	if !p.validSource(f.ip6Src) {
+		d.drop(reasonSpoofedSource, 1)
+		return nil
+	}
+	if len(f.l3) > p.mtu {
+		d.drop(reasonTooBig, 1)
+		return nil
+	}
+	return f.l3
+}
+
+// validSource reports whether a workstation may send from a: inside one of
+// the LAN's prefixes (or IPv6 link-local), and not the gateway's own or
+// the subnet's broadcast address.
+func (p *port) validSource(a netip.Addr) bool {
+	if p.isOurs(a) {
+		return false
+	}
+	if a.Is4() {
+		return p.in4(a) && !p.isBroadcast4(a)
+	}
+	if a.IsLinkLocalUnicast() {
+		return true
+	}
+	for _, pr := range p.v6 {
+		if pr.Contains(a) {
+			return !a.IsMulticast()
+		}
+	}
+	return false
+}
+
+func (p *port) in4(a netip.Addr) bool {
+	for _, pr := range p.v4 {
+		if pr.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// isBroadcast4 reports a network or directed-broadcast address of one of
+// the IPv4 prefixes (for prefixes shorter than /31).
+func (p *port) isBroadcast4(a netip.Addr) bool {
+	if !a.Is4() {
+		return false
+	}
+	for _, pr := range p.v4 {
+		if pr.Bits() >= 31 || !pr.Contains(a) {
+			continue
+		}
+		if a == pr.Masked().Addr() {
+			return true
+		}
+		b := a.As4()
+		host := 32 - pr.Bits()
+		all := true
+		for i := 31; i >= 32-host; i-- {
+			if b[i/8]&(1<<(7-uint(i%8))) == 0 {
+				all = false
+				break
+			}
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+// isOurs reports one of the gateway's addresses on this link.
+func (p *port) isOurs(a netip.Addr) bool {
+	if a == p.ll {
+		return true
+	}
+	for _, pr := range p.v4 {
+		if pr.Addr() == a {
+			return true
+		}
+	}
+	for _, pr := range p.v6 {
+		if pr.Addr() == a {
+			return true
+		}
+	}
+	return false
+}
+
+// source4 returns our IPv4 address on the prefix holding a.
+func (p *port) source4(a netip.Addr) (netip.Addr, bool) {
+	for _, pr := range p.v4 {
+		if pr.Contains(a) {
+			return pr.Addr(), true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// source6 returns our IPv6 address to solicit a from: the one on a's
+// prefix, else the link-local.
+func (p *port) source6(a netip.Addr) netip.Addr {
+	for _, pr := range p.v6 {
+		if pr.Contains(a) {
+			return pr.Addr()
+		}
+	}
+	return p.ll
+}
+
+// arp answers requests for our addresses and learns from what is
+// addressed to us (RFC 826, minus merging entries for strangers).
+func (p *port) arp(f *frame) {
+	d := p.dev
+	forUs := p.isOurs(f.arpTPA) && f.arpTPA.Is4()
+	senderOK := p.in4(f.arpSPA) && !p.isOurs(f.arpSPA) && !p.isBroadcast4(f.arpSPA) && !f.arpSHA.isMulticast() && !f.arpSHA.isZero()
+	switch {
+	case f.arpOp == arpOpRequest && forUs:
+		if f.arpSPA.IsUnspecified() {
+			// An ARP probe (RFC 5227) for our address: defend it, to the
+			// whole LAN as the RFC's conflict detection expects.
+			p.writeARPReply(broadcastMAC, f.arpTPA, f.arpSHA, f.arpSPA)
+			return
+		}
+		if !senderOK {
+			d.drop(reasonARPIgnored, 1)
+			return
+		}
+		p.confirm(f.arpSPA, f.arpSHA, true)
+		p.writeARPReply(f.arpSHA, f.arpTPA, f.arpSHA, f.arpSPA)
+	case f.arpOp == arpOpReply && forUs && f.arpTHA == p.mac && senderOK:
+		p.confirm(f.arpSPA, f.arpSHA, true)
+	case f.arpSPA == f.arpTPA && senderOK:
+		// Gratuitous ARP: a known workstation moved (new NIC, failover);
+		// never creates an entry.
+		p.update(f.arpSPA, f.arpSHA)
+	default:
+		d.drop(reasonARPIgnored, 1)
+	}
+}
+
+func (p *port) writeARPReply(ethDst mac, ours netip.Addr, tha mac, tpa netip.Addr) {
+	if p.writeFrame(buildARP(arpOpReply, ethDst, p.mac, ours, tha, tpa)) {
+		p.dev.stats.Sent[sentARPReply].Add(1)
+	}
+}
+
+// ndp handles a validated NS or NA.
+func (p *port) ndp(f *frame) {
+	d := p.dev
+	src := f.ip6Src
+	srcOK := !src.IsUnspecified() && p.validSource(src)
+	switch f.ndpType {
+	case icmp6NS:
+		if !p.isOurs(f.ndpTarget) || f.ndpTarget.Is4() {
+			d.drop(reasonNDPIgnored, 1)
+			return
+		}
+		// Multicast NS must go to the target's solicited-node group.
+		if f.ip6Dst.IsMulticast() && f.ip6Dst != solicitedNode(f.ndpTarget) {
+			d.drop(reasonNDPInvalid, 1)
+			return
+		}
+		if src.IsUnspecified() {
+			// DAD for our address: defend it to all nodes (RFC 4861 7.2.4).
+			all := netip.MustParseAddr("ff02::1")
+			p.writeNA(multicastMAC6(all), all, f.ndpTarget, naFlagRouter|naFlagOverr)
+			return
+		}
+		if !srcOK {
+			d.drop(reasonSpoofedSource, 1)
+			return
+		}
+		to := f.src
+		if f.ndpHasLLA {
+			to = f.ndpLLA
+			p.confirm(src, f.ndpLLA, true)
+		}
+		if to.isMulticast() {
+			d.drop(reasonNDPInvalid, 1)
+			return
+		}
+		p.writeNA(to, src, f.ndpTarget, naFlagRouter|naFlagSolic|naFlagOverr)
+	case icmp6NA:
+		t := f.ndpTarget
+		if !t.IsLinkLocalUnicast() && !p.validSource(t) || p.isOurs(t) {
+			d.drop(reasonNDPIgnored, 1)
+			return
+		}
+		m := f.src
+		if f.ndpHasLLA {
+			m = f.ndpLLA
+		}
+		if f.ndpFlags&naFlagSolic != 0 && f.dst == p.mac {
+			// The answer to our solicitation or probe.
+			p.confirm(t, m, false)
+		} else {
+			// Unsolicited: updates a known neighbour, creates nothing.
+			p.update(t, m)
+		}
+	}
+}
+
+func (p *port) writeNA(ethDst mac, dst, target netip.Addr, flags uint8) {
+	if p.writeFrame(buildNDP(icmp6NA, flags, ethDst, p.mac, target, dst, target)) {
+		p.dev.stats.Sent[sentNA].Add(1)
+	}
+}
+
+// solicit asks for a's MAC: broadcast ARP / multicast NS when unicast is
+// nil, else a unicast probe to the MAC we have.
+func (p *port) solicit(a netip.Addr, unicast *mac) {
+	if a.Is4() {
+		src, ok := p.source4(a)
+		if !ok {
+			return
+		}
+		dst := broadcastMAC
+		if unicast != nil {
+			dst = *unicast
+		}
+		if p.writeFrame(buildARP(arpOpRequest, dst, p.mac, src, mac{}, a)) {
+			p.dev.stats.Sent[sentARPRequest].Add(1)
+		}
+		return
+	}
+	ipDst := solicitedNode(a)
+	ethDst := multicastMAC6(ipDst)
+	if unicast != nil {
+		ipDst, ethDst = a, *unicast
+	}
+	if p.writeFrame(buildNDP(icmp6NS, 0, ethDst, p.mac, p.source6(a), ipDst, a)) {
+		p.dev.stats.Sent[sentNS].Add(1)
+	}
+}

@@ -1,0 +1,28 @@
+//go:build !linux
+
+package lan
+
+import (
+	"errors"
+	"log/slog"
+)
+
+// Config configures Open.
+type Config struct {
+	Interfaces []string
+	Logger     *slog.Logger
+}
+
+// ErrBusy means another torgate serves the interface.
+var ErrBusy = errors.New("another torgate serves this LAN")
+
+var errNotLinux = errors.New("lan: LAN interfaces need Linux (macvtap)")
+
+// Open needs Linux.
+func Open(Config) (*Device, error) { return nil, errNotLinux }
+
+// Down needs Linux.
+func Down(string) error { return errNotLinux }
+
+// Guard needs Linux.
+func Guard(...string) error { return errNotLinux }
