@@ -739,13 +739,16 @@ func TestGatewayBridge(t *testing.T) {
 func (g *gwNet) restart(after string) {
 	g.t.Helper()
 	began := time.Now()
-	g.startTorgate()
+	ready := g.startTorgate()
+	took := map[string]time.Duration{}
 	for _, u := range []string{url4, url6} {
 		if _, err := g.waitFetch(u, 20*time.Second); err != nil {
 			g.t.Errorf("restart after %s: %v", after, err)
 		}
+		took[u] = time.Since(began)
 	}
-	g.t.Logf("restart after %s: service back (IPv4 and IPv6 fetched) %v after the start", after, time.Since(began).Round(time.Millisecond))
+	g.t.Logf("restart after %s: ready %v, IPv4 fetched %v, IPv6 fetched %v after the start", after,
+		ready.Round(time.Millisecond), took[url4].Round(time.Millisecond), took[url6].Round(time.Millisecond))
 	g.serviceUnreachable()
 }
 
