@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -13,12 +12,14 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/dns/dnsmessage"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 
 	"github.com/torgate/torgate/admin"
 )
@@ -29,12 +30,14 @@ import (
 const outsideProbe = "198.51.100.53"
 
 // cmdCheck is a self-test run from a workstation (inside "torgate exec",
-// a namespace, a VM behind the gateway). It prints one PASS/FAIL line per
-// check and fails if any check fails.
+// a namespace, a VM behind the gateway), as root or as a normal user. It
+// prints one PASS/FAIL/SKIP line per check and fails if any check fails; a
+// check skips (with the reason) only when this user lacks a privilege the
+// check needs, never because of what it found.
 func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("torgate check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	target := fs.String("url", "http://check.torproject.org/", "URL fetched through Tor")
+	target := fs.String("url", "http://check.torproject.org/", "URL fetched through Tor (an .onion URL works: its name is resolved by the nameserver in /etc/resolv.conf, which must be torgate)")
 	adminAddr := fs.String("admin", "", "torgate's admin endpoint (loopback or unix socket) to ask whether Tor is bootstrapped; optional")
 	timeout := fs.Duration("timeout", 60*time.Second, "time limit for the fetch (Tor circuits take seconds)")
 	dnsName := fs.String("dns-name", "", "name to look up (default: the URL's host, or check.torproject.org when that is an address)")
@@ -60,67 +63,135 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	ns := resolvConfServer()
 	c.run("dns", func() (string, error) {
-		_, msg, err := checkDNS(ns, name)
+		_, _, msg, err := checkDNS(ns, name)
 		return msg, err
 	})
 	c.run("dns-intercept", func() (string, error) {
 		// Any answer at all from an address where no resolver exists
 		// (SERVFAIL included) can only come from torgate.
-		rcode, _, err := checkDNS(outsideProbe, name)
+		rcode, _, _, err := checkDNS(outsideProbe, name)
 		if rcode < 0 {
 			return "", fmt.Errorf("query to %s (a resolver that does not exist) got no answer: port 53 is not intercepted: %w", outsideProbe, err)
 		}
 		return fmt.Sprintf("a query to %s, where no resolver exists, was answered (%s): port 53 is intercepted", outsideProbe, dnsmessage.RCode(rcode)), nil
 	})
-	c.run("fetch", func() (string, error) { return checkFetch(ctx, *target, *timeout) })
+	c.run("fetch", func() (string, error) { return checkFetch(ctx, *target, ns, *timeout) })
 	c.run("udp-blocked", checkUDPBlocked)
 	c.run("icmp-blocked", checkICMPBlocked)
 
-	if c.failed > 0 {
+	switch {
+	case c.failed > 0:
 		fmt.Fprintf(stdout, "%d of %d checks failed\n", c.failed, c.total)
 		return exitError{code: 1}
+	case c.skipped > 0:
+		fmt.Fprintf(stdout, "%d of %d checks passed, %d skipped, none failed\n", c.total-c.skipped, c.total, c.skipped)
+		return nil
 	}
 	fmt.Fprintf(stdout, "all %d checks passed\n", c.total)
 	return nil
 }
 
+// skipError is returned by a check that cannot run as this user; the
+// reason says what would let it run.
+type skipError struct{ reason string }
+
+func (e skipError) Error() string { return e.reason }
+
 type checker struct {
-	out           io.Writer
-	total, failed int
+	out                    io.Writer
+	total, failed, skipped int
 }
 
 func (c *checker) run(name string, f func() (string, error)) {
 	c.total++
 	msg, err := f()
-	if err != nil {
+	var skip skipError
+	switch {
+	case errors.As(err, &skip):
+		c.skipped++
+		fmt.Fprintf(c.out, "SKIP %-13s %s\n", name, skip.reason)
+	case err != nil:
 		c.failed++
 		fmt.Fprintf(c.out, "FAIL %-13s %v\n", name, err)
-		return
+	default:
+		fmt.Fprintf(c.out, "PASS %-13s %s\n", name, msg)
 	}
-	fmt.Fprintf(c.out, "PASS %-13s %s\n", name, msg)
 }
 
-// checkRoute looks for an IPv4 default route through a TUN device.
+// checkRoute accepts the two shapes a workstation behind torgate has: a
+// default route into a TUN (torgate exec, a container given torgate's TUN)
+// or a default route via a gateway address on the link (a workstation
+// behind "torgate run --lan"). From the workstation nothing can prove that
+// the gateway is torgate: the dns-intercept, udp and icmp checks do that.
+// An IPv6 default route, if any, must have one of the same shapes.
 func checkRoute() (string, error) {
-	f, err := os.Open("/proc/net/route")
+	v4, err := defaultRoute(netlink.FAMILY_V4)
 	if err != nil {
 		return "", err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 8 || fields[1] != "00000000" || fields[7] != "00000000" {
-			continue
-		}
-		dev := fields[0]
-		// Ask netlink, not /sys: sysfs may belong to another namespace.
-		if link, err := netlink.LinkByName(dev); err != nil || link.Type() != "tuntap" {
-			return "", fmt.Errorf("default route via %s, which is not a TUN device: traffic may bypass torgate", dev)
-		}
-		return "default route via TUN " + dev, nil
+	if v4 == "" {
+		return "", errors.New("no IPv4 default route (is this a workstation behind torgate?)")
 	}
-	return "", errors.New("no IPv4 default route (is this a workstation behind torgate?)")
+	v6, err := defaultRoute(netlink.FAMILY_V6)
+	if err != nil {
+		return "", err
+	}
+	if v6 == "" {
+		return "default route " + v4, nil
+	}
+	return "default route " + v4 + "; IPv6 " + v6, nil
+}
+
+// defaultRoute describes the main table's default route of family ("via
+// TUN tg0", "via gateway 10.152.152.10 on eth0"), "" if there is none, or
+// an error if the route can bypass torgate. Netlink, not /proc or /sys:
+// sysfs may belong to another namespace, and it needs no privilege.
+func defaultRoute(family int) (string, error) {
+	routes, err := netlink.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return "", fmt.Errorf("list routes: %w", err)
+	}
+	var def *netlink.Route
+	for i, r := range routes {
+		if r.Dst != nil {
+			if ones, _ := r.Dst.Mask.Size(); ones != 0 {
+				continue
+			}
+		}
+		if r.Type != unix.RTN_UNICAST {
+			continue // an unreachable or blackhole default sends nothing anywhere
+		}
+		if def == nil || r.Priority < def.Priority {
+			def = &routes[i]
+		}
+	}
+	if def == nil {
+		return "", nil
+	}
+	link, err := netlink.LinkByIndex(def.LinkIndex)
+	if err != nil {
+		return "", fmt.Errorf("default route's device (index %d): %w", def.LinkIndex, err)
+	}
+	dev := link.Attrs().Name
+	if link.Type() == "tuntap" {
+		return "via TUN " + dev, nil
+	}
+	if def.Gw == nil {
+		return "", fmt.Errorf("default route via %s, which is neither a TUN device nor a gateway: traffic may bypass torgate", dev)
+	}
+	if def.Gw.IsLinkLocalUnicast() || def.Flags&unix.RTNH_F_ONLINK != 0 {
+		return fmt.Sprintf("via gateway %s on %s", def.Gw, dev), nil
+	}
+	addrs, err := netlink.AddrList(link, family)
+	if err != nil {
+		return "", fmt.Errorf("addresses of %s: %w", dev, err)
+	}
+	for _, a := range addrs {
+		if a.IPNet != nil && a.IPNet.Contains(def.Gw) {
+			return fmt.Sprintf("via gateway %s on %s", def.Gw, dev), nil
+		}
+	}
+	return "", fmt.Errorf("default route via %s on %s, which is on none of %s's networks", def.Gw, dev, dev)
 }
 
 // checkReady asks the admin endpoint's /readyz.
@@ -160,15 +231,15 @@ func resolvConfServer() string {
 }
 
 // checkDNS sends one A query over UDP to server and describes the answer.
-// rcode is -1 when no valid answer arrived.
-func checkDNS(server, name string) (rcode int, msg string, err error) {
+// rcode is -1 when no valid answer arrived; addr is the first address.
+func checkDNS(server, name string) (rcode int, addr netip.Addr, msg string, err error) {
 	rcode = -1
 	if server == "" {
-		return rcode, "", errors.New("no nameserver in /etc/resolv.conf")
+		return rcode, addr, "", errors.New("no nameserver in /etc/resolv.conf")
 	}
 	q, err := dnsmessage.NewName(strings.TrimSuffix(name, ".") + ".")
 	if err != nil {
-		return rcode, "", err
+		return rcode, addr, "", err
 	}
 	query := dnsmessage.Message{
 		Header:    dnsmessage.Header{ID: 0x7467, RecursionDesired: true},
@@ -176,50 +247,67 @@ func checkDNS(server, name string) (rcode int, msg string, err error) {
 	}
 	b, err := query.Pack()
 	if err != nil {
-		return rcode, "", err
+		return rcode, addr, "", err
 	}
 	conn, err := net.Dial("udp", net.JoinHostPort(server, "53"))
 	if err != nil {
-		return rcode, "", err
+		return rcode, addr, "", err
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := conn.Write(b); err != nil {
-		return rcode, "", err
+		return rcode, addr, "", err
 	}
 	buf := make([]byte, 1500)
 	n, err := conn.Read(buf)
 	if err != nil {
-		return rcode, "", fmt.Errorf("no answer from %s: %w", server, err)
+		return rcode, addr, "", fmt.Errorf("no answer from %s: %w", server, err)
 	}
 	var resp dnsmessage.Message
 	if err := resp.Unpack(buf[:n]); err != nil {
-		return rcode, "", fmt.Errorf("bad answer from %s: %w", server, err)
+		return rcode, addr, "", fmt.Errorf("bad answer from %s: %w", server, err)
 	}
 	rcode = int(resp.RCode)
 	switch resp.RCode {
 	case dnsmessage.RCodeSuccess:
 	case dnsmessage.RCodeServerFailure:
-		return rcode, "", fmt.Errorf("SERVFAIL from %s: torgate answers SERVFAIL while Tor is down or not bootstrapped", server)
+		return rcode, addr, "", fmt.Errorf("SERVFAIL from %s: torgate answers SERVFAIL while Tor is down or not bootstrapped", server)
 	default:
-		return rcode, "", fmt.Errorf("%s answered %s", server, resp.RCode)
+		return rcode, addr, "", fmt.Errorf("%s answered %s", server, resp.RCode)
 	}
 	for _, a := range resp.Answers {
 		if r, ok := a.Body.(*dnsmessage.AResource); ok {
-			return rcode, fmt.Sprintf("%s -> %s (from %s)", name, netip.AddrFrom4(r.A), server), nil
+			addr = netip.AddrFrom4(r.A)
+			return rcode, addr, fmt.Sprintf("%s -> %s (from %s)", name, addr, server), nil
 		}
 	}
-	return rcode, "", fmt.Errorf("%s gave no address for %s", server, name)
+	return rcode, addr, "", fmt.Errorf("%s gave no address for %s", server, name)
 }
 
-func checkFetch(ctx context.Context, target string, timeout time.Duration) (string, error) {
+// checkFetch fetches target through the system's route. Go's resolver
+// refuses .onion names (RFC 7686, golang.org/issue/13705), so an .onion
+// host is looked up at nameserver ns, which behind torgate answers with a
+// virtual address that torgate turns back into the name for Tor.
+func checkFetch(ctx context.Context, target, ns string, timeout time.Duration) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, "GET", target, nil)
 	if err != nil {
 		return "", err
 	}
-	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
+	var d net.Dialer
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil || !isOnion(host) {
+			return d.DialContext(ctx, network, addr)
+		}
+		_, ip, _, err := checkDNS(ns, host)
+		if err != nil {
+			return nil, fmt.Errorf("resolve %s: %w", host, err)
+		}
+		return d.DialContext(ctx, network, net.JoinHostPort(ip.String(), port))
+	}
+	client := &http.Client{Transport: &http.Transport{Proxy: nil, DialContext: dial}}
 	resp, err := client.Do(req)
 	if err != nil {
 		if strings.Contains(err.Error(), "connection refused") {
@@ -233,6 +321,10 @@ func checkFetch(ctx context.Context, target string, timeout time.Duration) (stri
 		return "", fmt.Errorf("%s answered %s", target, resp.Status)
 	}
 	return fmt.Sprintf("%s: %s, %d bytes", target, resp.Status, n), nil
+}
+
+func isOnion(host string) bool {
+	return strings.HasSuffix(strings.ToLower(strings.TrimSuffix(host, ".")), ".onion")
 }
 
 // checkUDPBlocked sends a datagram to a non-DNS port and expects silence.
@@ -250,22 +342,28 @@ func checkUDPBlocked() (string, error) {
 	return "UDP to " + outsideProbe + ":443 got no answer", nil
 }
 
-// checkICMPBlocked pings and expects silence (no fake replies either).
+// checkICMPBlocked pings and expects silence (no fake replies either). It
+// uses a raw ICMP socket when it may (root, CAP_NET_RAW), else an
+// unprivileged ICMP datagram socket, which Linux allows to the groups in
+// net.ipv4.ping_group_range; with neither it skips.
 func checkICMPBlocked() (string, error) {
-	network, laddr := "udp4", "0.0.0.0"
-	if os.Geteuid() == 0 {
-		network = "ip4:icmp"
+	c, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+	raw := err == nil
+	if !raw {
+		c, err = icmp.ListenPacket("udp4", "0.0.0.0")
 	}
-	c, err := icmp.ListenPacket(network, laddr)
 	if err != nil {
+		if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
+			return "", skipError{reason: noICMPReason()}
+		}
 		return "", fmt.Errorf("open ICMP socket: %w", err)
 	}
 	defer c.Close()
 	msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: os.Getpid() & 0xffff, Seq: 1, Data: []byte("torgate check")}}
 	b, _ := msg.Marshal(nil)
-	var dst net.Addr = &net.IPAddr{IP: net.ParseIP(outsideProbe)}
-	if network == "udp4" {
-		dst = &net.UDPAddr{IP: net.ParseIP(outsideProbe)}
+	var dst net.Addr = &net.UDPAddr{IP: net.ParseIP(outsideProbe)}
+	if raw {
+		dst = &net.IPAddr{IP: net.ParseIP(outsideProbe)}
 	}
 	if _, err := c.WriteTo(b, dst); err != nil {
 		return "dropped (no route at all)", nil
@@ -282,4 +380,11 @@ func checkICMPBlocked() (string, error) {
 			return "", fmt.Errorf("ping %s got a reply: ICMP leaves this machine (or is faked)", outsideProbe)
 		}
 	}
+}
+
+// noICMPReason says why neither ICMP socket opened and what would allow one.
+func noICMPReason() string {
+	r, _ := os.ReadFile("/proc/sys/net/ipv4/ping_group_range")
+	return fmt.Sprintf("no ICMP socket for uid %d gid %d: not root, and net.ipv4.ping_group_range (%s) does not include gid %d (run as root, or widen ping_group_range)",
+		os.Getuid(), os.Getgid(), strings.Join(strings.Fields(string(r)), " "), os.Getgid())
 }
