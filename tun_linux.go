@@ -51,6 +51,10 @@ func openTUN(cfg *Config) (tun.Device, error) {
 	}
 }
 
+// tunQueueLen is the txqueuelen of a TUN torgate creates: room for every
+// flow's closing RST at once, up to the default cap on open flows.
+const tunQueueLen = 16384
+
 // configureLink assigns the gateway addresses and brings the link up,
 // through netlink (no ip(8) needed).
 func configureLink(dev tun.Device, addrs ...netip.Prefix) error {
@@ -75,6 +79,14 @@ func configureLink(dev tun.Device, addrs ...netip.Prefix) error {
 		if err := netlink.AddrAdd(link, a); err != nil && !errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("add address %s to %s: %w", p, name, err)
 		}
+	}
+	// txqueuelen sizes the ring of packets the kernel holds for torgate
+	// to read. At the default 500, closing 10k flows at once dropped 52k
+	// of the workstation's packets (its FINs, ACKs and RSTs) before
+	// torgate could read them (issue 11, measured 2026-12-02); a lost
+	// RST is never sent again.
+	if err := netlink.LinkSetTxQLen(link, tunQueueLen); err != nil {
+		return fmt.Errorf("set txqueuelen of %s: %w", name, err)
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set %s up: %w", name, err)

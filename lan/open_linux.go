@@ -304,6 +304,15 @@ func (p *plan) attach(h *netlink.Handle, sys *os.File) (*os.File, int, netlink.L
 			return nil, 0, created, fmt.Errorf("lan: set txqueuelen of %s: %w", p.tapName, err)
 		}
 	}
+	// Linux removes an interface's IPv6 addresses when its link goes
+	// down (keep_addr_on_down 0, the default), IPv4 ones it keeps: after
+	// a LAN flap a restarted torgate would find no IPv6 gateway address
+	// and the LAN's IPv6 would stay dark (TestGatewayDeployment, measured
+	// 2026-12-02, kernel 6.18). The addresses are the operator's
+	// configuration; keep them.
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+p.iface+"/keep_addr_on_down", []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, 0, created, fmt.Errorf("lan: keep IPv6 addresses of %s on link down: %w", p.iface, err)
+	}
 	// The macvtap's own IPv6 would autoconfigure a link-local address and
 	// send RS/DAD/MLD on the LAN. (/proc/sys/net answers for the calling
 	// thread's network namespace: on a re-attach from another thread in
