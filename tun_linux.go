@@ -9,6 +9,7 @@ import (
 	"os"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/torgate/torgate/lan"
@@ -40,7 +41,12 @@ func openTUN(cfg *Config) (tun.Device, error) {
 			return nil, fmt.Errorf("create tun %q: /dev/net/tun missing (modprobe tun, or pass the device into the container): %w", cfg.TUNName, err)
 		}
 		dev, err := tun.CreateTUN(cfg.TUNName, cfg.MTU)
-		if err != nil {
+		switch {
+		case errors.Is(err, unix.EBUSY):
+			return nil, fmt.Errorf("create tun %q: the name is taken by a TUN another process holds open (another torgate?); stop it or choose another --tun", cfg.TUNName)
+		case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EEXIST):
+			return nil, fmt.Errorf("create tun %q: %w (a link of another kind has that name; choose another --tun)", cfg.TUNName, err)
+		case err != nil:
 			return nil, fmt.Errorf("create tun %q: %w (creating a TUN needs CAP_NET_ADMIN; or hand one over with --tun-fd)", cfg.TUNName, err)
 		}
 		if err := configureLink(dev, cfg.Addr4, cfg.Addr6); err != nil {
