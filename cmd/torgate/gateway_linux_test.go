@@ -7,7 +7,7 @@ package main
 //	eth0 10.152.152.11/18 --- eth1 10.152.152.10/18
 //	     fd52:7b2a:1e00::11        fd52:7b2a:1e00::10
 //	                               eth0 198.18.1.1/24 ------------ eth0 198.18.1.2/24
-//	                                    fd52:7b2a:1e01::1               fd52:7b2a:1e01::2
+//	                                    2001:db8:1e01::1               2001:db8:1e01::2
 //	                               lo: SOCKS server (plays Tor)    HTTP :80, capture on eth0
 //	                               0.0.0.0:2222, [::]:2222
 //
@@ -53,8 +53,8 @@ const (
 	gwLAN6    = "fd52:7b2a:1e00::10"
 	gwUp4     = "198.18.1.1"
 	inetAddr4 = "198.18.1.2"
-	gwUp6     = "fd52:7b2a:1e01::1"
-	inetAddr6 = "fd52:7b2a:1e01::2"
+	gwUp6     = "2001:db8:1e01::1"
+	inetAddr6 = "2001:db8:1e01::2"
 	// gwMarker fills every body the SOCKS server serves: if one byte of
 	// it shows up on the uplink, LAN traffic leaked.
 	gwMarker = "tg-socks-served-7f3a9c"
@@ -69,7 +69,7 @@ const (
 var (
 	lanPrefix4 = netip.MustParsePrefix("10.152.152.0/18").Masked() // 10.152.128.0/18
 	lanPrefix6 = netip.MustParsePrefix("fd52:7b2a:1e00::/64")
-	upPrefix6  = netip.MustParsePrefix("fd52:7b2a:1e01::/64")
+	upPrefix6  = netip.MustParsePrefix("2001:db8:1e01::/64")
 )
 
 // gwNet is the three-namespace deployment.
@@ -273,10 +273,12 @@ func (g *gwNet) startSocks() {
 	go srv.Serve(pl)
 	g.t.Cleanup(func() { srv.Close(); pl.Close() })
 	connect := func(req sockstest.Request) (socks.Reply, net.Conn) {
-		// The test's "Internet" over IPv6 is a ULA, which real Tor would
-		// refuse too; every other private address is refused.
+		// Private addresses are refused, as a Tor exit would. (torgate
+		// refuses them itself before they get here: tunnel/dest.go. The
+		// test's "Internet" is 198.18.1.0/24 and 2001:db8:1e01::/64, which
+		// exist only inside its namespaces.)
 		ip := req.Dst.IP
-		if ip.IsValid() && (ip.IsPrivate() && !upPrefix6.Contains(ip) || ip.IsLoopback() || ip.IsLinkLocalUnicast()) {
+		if ip.IsValid() && (ip.IsPrivate() || ip.IsLoopback() || ip.IsLinkLocalUnicast()) {
 			return socks.ReplyNotAllowed, nil
 		}
 		switch req.Dst.Port {
