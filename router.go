@@ -405,6 +405,10 @@ func (r *Router) Tunnel() *tunnel.Tunnel { return r.tunnel }
 // DNS returns the DNS server.
 func (r *Router) DNS() *dns.Server { return r.dns }
 
+// shutdownDrain bounds how long Close waits for the resets of the flows
+// it ended to leave through the TUN.
+const shutdownDrain = time.Second
+
 // stateSaveInterval bounds what a crash loses of the automap table.
 const stateSaveInterval = 5 * time.Minute
 
@@ -495,8 +499,11 @@ func (r *Router) Close() error {
 			r.stop()
 		}
 		r.bg.Wait()
-		err1 := r.stack.Close()
+		// Flows first, while the stack can still send their RSTs; then
+		// let the RSTs reach the workstations before the TUN closes.
 		err2 := r.tunnel.Close()
+		r.stack.Drain(shutdownDrain)
+		err1 := r.stack.Close()
 		err3 := r.dns.Close()
 		r.closeErr = errors.Join(err1, err2, err3)
 	})

@@ -154,6 +154,13 @@ func (e *linkEndpoint) dequeue(ctx context.Context, out []*stack.PacketBuffer) i
 	}
 }
 
+// queued reports the packets waiting for writeLoop.
+func (e *linkEndpoint) queued() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.n
+}
+
 // MTU implements stack.LinkEndpoint.
 func (e *linkEndpoint) MTU() uint32 { return e.mtu }
 

@@ -433,6 +433,33 @@ func (s *Stack) Start() {
 
 // Close stops the loops, closes the TUN and the gVisor stack, and waits.
 // Established flows see their connections fail.
+// Drain waits, at most timeout, until what gVisor sends has reached the
+// TUN: the outbound queue has been empty for drainSettle (gVisor sends an
+// aborted endpoint's RST from its own goroutine, a moment after Abort
+// returns). Call it before Close after ending flows (shutdown), or their
+// RSTs die in the queue and workstations wait for their own timeouts.
+func (s *Stack) Drain(timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	empty := time.Time{}
+	for now := time.Now(); now.Before(deadline); now = time.Now() {
+		if s.ep.queued() > 0 {
+			empty = time.Time{}
+		} else if empty.IsZero() {
+			empty = now
+		} else if now.Sub(empty) >= drainSettle {
+			return
+		}
+		time.Sleep(drainPoll)
+	}
+}
+
+// Drain's pacing: the queue must stay empty for drainSettle, polled every
+// drainPoll.
+const (
+	drainSettle = 50 * time.Millisecond
+	drainPoll   = 5 * time.Millisecond
+)
+
 func (s *Stack) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
