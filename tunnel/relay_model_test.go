@@ -1,3 +1,5 @@
+//go:build linux
+
 package tunnel
 
 // The relay's randomized model test. Many flows run at once through the
@@ -306,6 +308,8 @@ type modelConfig struct {
 	seed   uint64
 	flows  int
 	events bool // EndAllBecause mid-flight
+	// setup, if set, runs on tunnel A before the first flow.
+	setup func(tn *Tunnel)
 	// fault, if set, runs once mid-flight on tunnel A and reports the
 	// labels that flows open at that moment may then end with.
 	fault func(tn *Tunnel) []endHow
@@ -354,6 +358,9 @@ func runModel(t *testing.T, mc modelConfig) modelResult {
 	var ready atomic.Bool
 	ready.Store(true)
 	tnA := newModelTunnel(t, connect, func(c *Config) { c.Ready = ready.Load })
+	if mc.setup != nil {
+		mc.setup(tnA)
+	}
 	// Tunnel B: short limits, for the idle sweep. Its flows do nothing
 	// else, so a slow machine cannot turn another script into an idle end.
 	tnB := newModelTunnel(t, connect, func(c *Config) {
