@@ -117,6 +117,10 @@ type script struct {
 	wAbortAt int        // workstation resets after this many bytes (kindWSAbort)
 	tAbortAt int        // Tor's side resets after this many bytes (kindTorAbort)
 	upFailAt int        // upstream writes fail past this many bytes (kindUpWriteErr)
+	// kindIdle: the side that half-closed resets a moment later, a RST
+	// after a FIN, which the relay notices only if it is still reading
+	// that side (it stopped at the FIN) or writes to it.
+	wAbortAfterClose, tAbortAfterClose bool
 	startIn  time.Duration
 	seed     uint64 // the peers' own choices (chunk sizes, pauses)
 }
@@ -185,8 +189,10 @@ func genScript(r *rand.Rand, i int) script {
 		switch r.IntN(3) {
 		case 1:
 			s.wClose = true
+			s.wAbortAfterClose = r.IntN(2) == 0
 		case 2:
 			s.tClose = true
+			s.tAbortAfterClose = r.IntN(2) == 0
 		}
 	}
 	return s
@@ -229,6 +235,11 @@ type modelFlow struct {
 	closeHow   atomic.Int32
 	closeSeq   atomic.Int64 // run sequence number of the first close call
 	rejected   atomic.Bool
+	// acceptFailed: the workstation reset during the handshake.
+	acceptFailed atomic.Bool
+	// notEnded: the scripts finished, but the relay never closed the
+	// workstation's connection.
+	notEnded bool
 	dialSeq    int64 // sequence number once the workstation's dial returned
 
 	wGot, tGot   []byte
@@ -270,6 +281,7 @@ type recFlow struct {
 func (f recFlow) Accept() (net.Conn, error) {
 	c, err := f.r.Accept()
 	if err != nil {
+		f.m.acceptFailed.Store(true)
 		return nil, err
 	}
 	return &recConn{Conn: c.(*netstack.Conn), m: f.m, seq: f.seq}, nil
@@ -531,6 +543,11 @@ func runFlow(ws *modelWorkstation, m *modelFlow, seq *atomic.Int64) {
 			wep.Abort()
 		case s.wClose:
 			w.CloseWrite()
+			if s.wAbortAfterClose {
+				time.Sleep(time.Duration(r.IntN(50)) * time.Millisecond)
+				m.wAborted.Store(true)
+				wep.Abort()
+			}
 		}
 	})
 	// Tor writes.
@@ -558,13 +575,18 @@ func runFlow(ws *modelWorkstation, m *modelFlow, seq *atomic.Int64) {
 			if tor.CloseWrite() == nil {
 				m.tWroteAll = true
 			}
+			if s.tAbortAfterClose {
+				time.Sleep(time.Duration(r2.IntN(50)) * time.Millisecond)
+				tor.SetLinger(0)
+				tor.Close()
+			}
 		}
 	})
 	// Both read until the end.
 	wg.Go(func() { m.wGot, m.wEnd, m.wErr = readAll(w, s.rChunk, &m.wAborted) })
 	var never atomic.Bool
 	wg.Go(func() {
-		if s.kind == kindTorAbort {
+		if s.kind == kindTorAbort || s.tAbortAfterClose {
 			// Its reads end when it resets itself.
 			m.tGot, m.tEnd, m.tErr = readAll(tor, s.rChunk, &never)
 			if m.tEnd != endTimeout {
@@ -575,6 +597,15 @@ func runFlow(ws *modelWorkstation, m *modelFlow, seq *atomic.Int64) {
 		m.tGot, m.tEnd, m.tErr = readAll(tor, s.rChunk, &never)
 	})
 	wg.Wait()
+	// Every script ends its flow without help: wait for the relay to
+	// close the workstation's connection before the deferred Close does.
+	for m.closeCalls.Load() == 0 && !m.acceptFailed.Load() {
+		if time.Now().After(deadline) {
+			m.notEnded = true
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func readAll(c net.Conn, chunk int, self *atomic.Bool) ([]byte, readEnd, error) {
@@ -651,9 +682,12 @@ func checkModel(t *testing.T, mc modelConfig, flows []*modelFlow, events []globa
 			}
 			continue
 		}
-		if m.closeCalls.Load() == 0 && s.kind == kindWSAbort && m.wEnd == endSelf && len(m.tGot) == 0 {
+		if m.acceptFailed.Load() {
 			// The workstation reset before the router finished the
 			// handshake: Accept failed, and the flow was refused.
+			if !m.wAborted.Load() || m.closeCalls.Load() != 0 || len(m.tGot) != 0 {
+				fail("Accept failed, but the workstation did not reset")
+			}
 			handshake[tun]++
 			continue
 		}
@@ -664,7 +698,7 @@ func checkModel(t *testing.T, mc modelConfig, flows []*modelFlow, events []globa
 		if !bytes.HasPrefix(s.down, m.wGot) {
 			fail("the workstation read bytes Tor did not send (or out of order)")
 		}
-		if m.wEnd == endTimeout || m.tEnd == endTimeout {
+		if m.wEnd == endTimeout || m.tEnd == endTimeout || m.notEnded {
 			fail("hung")
 			continue
 		}
@@ -711,6 +745,13 @@ func checkModel(t *testing.T, mc modelConfig, flows []*modelFlow, events []globa
 			}
 		case kindIdle:
 			own = endIdle
+			// A RST after a FIN may be noticed first.
+			if s.wAbortAfterClose {
+				global = append(global, endClientError)
+			}
+			if s.tAbortAfterClose {
+				global = append(global, endUpstreamError)
+			}
 		}
 		if fin && own != endFIN {
 			fail("ended with a FIN, but the script (%s) cannot", kindNames[s.kind])
