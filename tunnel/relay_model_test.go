@@ -121,8 +121,8 @@ type script struct {
 	// after a FIN, which the relay notices only if it is still reading
 	// that side (it stopped at the FIN) or writes to it.
 	wAbortAfterClose, tAbortAfterClose bool
-	startIn  time.Duration
-	seed     uint64 // the peers' own choices (chunk sizes, pauses)
+	startIn                            time.Duration
+	seed                               uint64 // the peers' own choices (chunk sizes, pauses)
 }
 
 func genScript(r *rand.Rand, i int) script {
@@ -240,7 +240,7 @@ type modelFlow struct {
 	// notEnded: the scripts finished, but the relay never closed the
 	// workstation's connection.
 	notEnded bool
-	dialSeq    int64 // sequence number once the workstation's dial returned
+	dialSeq  int64 // sequence number once the workstation's dial returned
 
 	wGot, tGot   []byte
 	wEnd, tEnd   readEnd
@@ -439,8 +439,10 @@ func runModel(t *testing.T, mc modelConfig) modelResult {
 	}
 
 	// Every flow released once, with nothing left behind in the tunnel.
-	for _, tn := range []*Tunnel{tnA, tnB} {
-		waitFor(t, func() bool { return tn.openFlows() == 0 })
+	for i, tn := range []*Tunnel{tnA, tnB} {
+		if !eventually(func() bool { return tn.openFlows() == 0 }) {
+			t.Errorf("tunnel %c: %d flows still open after the run", 'A'+i, tn.openFlows())
+		}
 		tn.mu.Lock()
 		nsrc, listed := len(tn.sources), tn.flows != nil
 		tn.mu.Unlock()
@@ -459,7 +461,9 @@ func runModel(t *testing.T, mc modelConfig) modelResult {
 			}
 		}
 		// Idle pump workers linger pumpPool.keep (2 s), then exit.
-		waitFor(t, func() bool { return tn.pumps.idle.Load() == 0 })
+		if !eventually(func() bool { return tn.pumps.idle.Load() == 0 }) {
+			t.Errorf("tunnel %c: %d idle pump workers left", 'A'+i, tn.pumps.idle.Load())
+		}
 	}
 
 	res := modelResult{ended: map[string]int{}}
@@ -810,6 +814,18 @@ func newModelTunnel(t *testing.T, connect func(context.Context, socks.Addr, sock
 		t.Fatal(err)
 	}
 	return tn
+}
+
+// eventually polls cond for up to 10 s.
+func eventually(cond func() bool) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
 }
 
 // countFDs is the number of open descriptors of this process.
