@@ -117,12 +117,13 @@ type script struct {
 	wAbortAt int        // workstation resets after this many bytes (kindWSAbort)
 	tAbortAt int        // Tor's side resets after this many bytes (kindTorAbort)
 	upFailAt int        // upstream writes fail past this many bytes (kindUpWriteErr)
+	startIn  time.Duration
+	seed     uint64 // the peers' own choices (chunk sizes, pauses)
+
 	// kindIdle: the side that half-closed resets a moment later, a RST
 	// after a FIN, which the relay notices only if it is still reading
 	// that side (it stopped at the FIN) or writes to it.
 	wAbortAfterClose, tAbortAfterClose bool
-	startIn                            time.Duration
-	seed                               uint64 // the peers' own choices (chunk sizes, pauses)
 }
 
 func genScript(r *rand.Rand, i int) script {
