@@ -1,10 +1,13 @@
 package tunnel
 
 import (
+	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -16,22 +19,39 @@ import (
 // parked in the runtime's poller, so waiting costs no thread either. The
 // runtime's own poller cannot be asked "tell me when" without a goroutine
 // blocked per socket, which is what an idle flow must not cost.
+//
+// If the set fails (epoll_wait errs, or its descriptor is closed under
+// it), the poller fails for good: every registered source is kicked and
+// its next read returns errPollerFailed, so each flow waiting on the set
+// ends with a RST instead of waiting for a notification that cannot come;
+// new flows then wait with a goroutine per direction (Tunnel.socketSource).
 type poller struct {
-	f    *os.File
-	rc   syscall.RawConn
-	epfd int // f's descriptor; f.Fd() would switch it to blocking mode
+	f   *os.File
+	rc  syscall.RawConn
+	log *slog.Logger
+
+	// epollCtl is unix.EpollCtl. A test may replace it before the first
+	// flow to inject errors (relay_fault_test.go); nothing else does.
+	epollCtl func(epfd, op, fd int, ev *unix.EpollEvent) error
 
 	mu   sync.Mutex
 	fns  map[uint64]func() // guarded by mu; registration id -> kick
 	next uint64            // guarded by mu
 
-	events []unix.EpollEvent // owned by loop
-	n      int               // owned by loop
-	waitFn func(fd uintptr) bool
-	done   chan struct{}
+	events  []unix.EpollEvent // owned by loop
+	n       int               // owned by loop
+	waitErr error             // owned by loop
+	waitFn  func(fd uintptr) bool
+	done    chan struct{}
+
+	failed  atomic.Bool // the set failed or was closed; see fail
+	closing atomic.Bool // close was called: a failure is expected
 }
 
-func newPoller() (*poller, error) {
+// errPollerFailed is what a source reads once its poller has failed.
+var errPollerFailed = errors.New("tunnel: epoll set failed")
+
+func newPoller(log *slog.Logger) (*poller, error) {
 	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -47,7 +67,7 @@ func newPoller() (*poller, error) {
 		f.Close()
 		return nil, err
 	}
-	p := &poller{f: f, rc: rc, epfd: fd, fns: make(map[uint64]func()), events: make([]unix.EpollEvent, 128), done: make(chan struct{})}
+	p := &poller{f: f, rc: rc, log: log, epollCtl: unix.EpollCtl, fns: make(map[uint64]func()), events: make([]unix.EpollEvent, 128), done: make(chan struct{})}
 	p.waitFn = p.wait
 	go p.loop()
 	return p, nil
@@ -61,7 +81,13 @@ func (p *poller) wait(fd uintptr) bool {
 		if err == unix.EINTR {
 			continue
 		}
-		p.n = max(n, 0) // an error (the set was closed) reads as no events
+		if err != nil {
+			// Parking would wait for a readiness that never comes.
+			p.waitErr = os.NewSyscallError("epoll_wait", err)
+			p.n = 0
+			return true
+		}
+		p.n = n
 		return n > 0
 	}
 }
@@ -69,8 +95,13 @@ func (p *poller) wait(fd uintptr) bool {
 func (p *poller) loop() {
 	defer close(p.done)
 	for {
-		if err := p.rc.Read(p.waitFn); err != nil {
-			return // closed
+		err := p.rc.Read(p.waitFn)
+		if err == nil {
+			err = p.waitErr
+		}
+		if err != nil {
+			p.fail(err)
+			return
 		}
 		for _, ev := range p.events[:p.n] {
 			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
@@ -84,7 +115,27 @@ func (p *poller) loop() {
 	}
 }
 
+// fail marks the poller failed and kicks every registered source, whose
+// pumps then read errPollerFailed and end their flows. A source
+// registered later fails at its first arm or read.
+func (p *poller) fail(err error) {
+	p.failed.Store(true)
+	if !p.closing.Load() {
+		p.log.Error("epoll set failed: resetting the flows waiting on it; new flows wait with a goroutine each", "err", err)
+	}
+	p.mu.Lock()
+	kicks := make([]func(), 0, len(p.fns))
+	for _, kick := range p.fns {
+		kicks = append(kicks, kick)
+	}
+	p.mu.Unlock()
+	for _, kick := range kicks {
+		kick()
+	}
+}
+
 func (p *poller) close() {
+	p.closing.Store(true)
 	p.f.Close()
 	<-p.done
 }
@@ -103,15 +154,29 @@ func (p *poller) remove(id uint64) {
 	p.mu.Unlock()
 }
 
-// ctl changes fd's registration. It runs inside RawConn.Control, so the
-// descriptor cannot be closed (and its number reused) meanwhile.
-func (p *poller) ctl(op, fd int, id uint64) error {
-	ev := unix.EpollEvent{
+// ctlOnce applies s's pending registration change (s.op on s.fd) to the
+// epoll set whose descriptor is epfd. The caller holds s.mu and runs
+// inside the socket's RawConn.Control, and this inside the set's, so
+// neither descriptor can be closed (and its number reused) meanwhile.
+func (s *socketSource) ctlOnce(epfd uintptr) {
+	s.ev = unix.EpollEvent{
 		Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT,
-		Fd:     int32(uint32(id)),
-		Pad:    int32(uint32(id >> 32)),
+		Fd:     int32(uint32(s.id)),
+		Pad:    int32(uint32(s.id >> 32)),
 	}
-	return unix.EpollCtl(p.epfd, op, fd, &ev)
+	s.ctlErr = s.p.epollCtl(int(epfd), s.op, s.fd, &s.ev)
+}
+
+// ctl changes s's registration (op on fd); the caller holds s.mu.
+func (s *socketSource) ctl(op, fd int) error {
+	if s.p.failed.Load() {
+		return errPollerFailed
+	}
+	s.op, s.fd = op, fd
+	if err := s.p.rc.Control(s.ctlFn); err != nil {
+		return errPollerFailed // the set's descriptor was closed
+	}
+	return s.ctlErr
 }
 
 // socketSource drives an upstream socket: non-blocking reads through
@@ -124,6 +189,12 @@ type socketSource struct {
 	mu      sync.Mutex // serializes arm and stop
 	added   bool       // guarded by mu
 	stopped bool       // guarded by mu
+	// ctl's arguments and result, guarded by mu; ctlFn is ctlOnce, made
+	// once so that arming allocates nothing.
+	op, fd int
+	ev     unix.EpollEvent
+	ctlErr error
+	ctlFn  func(epfd uintptr)
 
 	// Read state, owned by the running pump.
 	buf    []byte
@@ -141,12 +212,13 @@ func (t *Tunnel) socketSource(c net.Conn, kick func()) source {
 		return nil
 	}
 	p := t.poller()
-	if p == nil {
+	if p == nil || p.failed.Load() {
 		return nil
 	}
 	s := &socketSource{p: p, rc: rc, id: p.add(kick)}
 	s.readFn = s.readOnce
 	s.armFn = s.armOnce
+	s.ctlFn = s.ctlOnce
 	return s
 }
 
@@ -162,6 +234,16 @@ func (s *socketSource) readOnce(fd uintptr) bool {
 }
 
 func (s *socketSource) tryRead(b []byte) (int, bool, error) {
+	// A failed registration or set: nothing would announce more data,
+	// so end the flow rather than spin or wait forever. armErr is set by
+	// arm, which ran before this pump started (on this goroutine, or
+	// before the kick that started it).
+	if s.armErr != nil {
+		return 0, false, s.armErr
+	}
+	if s.p.failed.Load() {
+		return 0, false, errPollerFailed
+	}
 	s.buf = b
 	err := s.rc.Read(s.readFn)
 	s.buf = nil
@@ -184,10 +266,11 @@ func (s *socketSource) armOnce(fd uintptr) {
 	if !s.added {
 		op = unix.EPOLL_CTL_ADD
 	}
-	s.armErr = s.p.ctl(op, int(fd), s.id)
-	if s.armErr == nil {
-		s.added = true
+	if err := s.ctl(op, int(fd)); err != nil {
+		s.armErr = os.NewSyscallError("epoll_ctl", err)
+		return
 	}
+	s.added = true
 }
 
 func (s *socketSource) arm() bool {
@@ -197,7 +280,8 @@ func (s *socketSource) arm() bool {
 		return true // let the pump read and see the end
 	}
 	if err := s.rc.Control(s.armFn); err != nil || s.armErr != nil {
-		// Closed, or epoll refused: read now and meet the error.
+		// Closed, or epoll refused: read now and meet the error
+		// (tryRead returns armErr).
 		return true
 	}
 	return false
@@ -211,7 +295,7 @@ func (s *socketSource) stop() {
 	}
 	s.stopped = true
 	if s.added {
-		s.rc.Control(func(fd uintptr) { s.p.ctl(unix.EPOLL_CTL_DEL, int(fd), s.id) })
+		s.rc.Control(func(fd uintptr) { s.ctl(unix.EPOLL_CTL_DEL, int(fd)) })
 	}
 	s.p.remove(s.id)
 }
@@ -222,7 +306,7 @@ func (*socketSource) drainedOnShort() bool { return true }
 // unavailable (the relay then waits with a goroutine per direction).
 func (t *Tunnel) poller() *poller {
 	t.pollOnce.Do(func() {
-		p, err := newPoller()
+		p, err := newPoller(t.log)
 		if err != nil {
 			t.log.Warn("epoll unavailable; idle flows hold goroutines", "err", err)
 			return

@@ -134,16 +134,24 @@ type waitSource struct {
 	c    net.Conn
 	w    readWaiter
 	kick func()
+	// err is what the last wait met (a RST it consumed): the next read's
+	// result.
+	err atomic.Pointer[error]
 }
 
 func (s *waitSource) tryRead(b []byte) (int, bool, error) {
+	if err := s.err.Load(); err != nil {
+		return 0, false, *err
+	}
 	n, err := s.c.Read(b)
 	return n, false, err
 }
 
 func (s *waitSource) arm() bool {
 	go func() {
-		s.w.WaitRead()
+		if err := s.w.WaitRead(); err != nil {
+			s.err.Store(&err)
+		}
 		s.kick()
 	}()
 	return false

@@ -4,6 +4,7 @@ package tunnel
 
 import (
 	"net"
+	"os"
 	"syscall"
 )
 
@@ -16,6 +17,7 @@ type socketWaiter struct {
 	rc   syscall.RawConn
 	peek func(fd uintptr) bool
 	b    [1]byte
+	err  error // set by peekOnce, returned by WaitRead
 }
 
 // newSocketWaiter returns a waiter for c if it is a socket, else nil.
@@ -30,8 +32,17 @@ func newSocketWaiter(c net.Conn) *socketWaiter {
 }
 
 // WaitRead blocks until a Read on the socket would not block. Closing the
-// socket ends the wait with an error.
-func (w *socketWaiter) WaitRead() error { return w.rc.Read(w.peek) }
+// socket ends the wait with an error, and so does a pending socket error
+// (a RST): on Linux the peek consumes it, and the Read after would see a
+// clean end of stream instead (tcp_recvmsg clears sk_err even with
+// MSG_PEEK), so the caller must treat it as the read's result.
+func (w *socketWaiter) WaitRead() error {
+	w.err = nil
+	if err := w.rc.Read(w.peek); err != nil {
+		return err
+	}
+	return w.err
+}
 
 // peekOnce reports whether the socket is readable now. false makes the
 // poller wait for readability and call again; the peek is non-blocking,
@@ -39,5 +50,12 @@ func (w *socketWaiter) WaitRead() error { return w.rc.Read(w.peek) }
 // because readiness is edge-triggered and reset on entry.
 func (w *socketWaiter) peekOnce(fd uintptr) bool {
 	_, _, err := syscall.Recvfrom(int(fd), w.b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	return err != syscall.EAGAIN
+	switch err {
+	case syscall.EAGAIN:
+		return false
+	case nil, syscall.EINTR:
+	default:
+		w.err = os.NewSyscallError("recvfrom", err)
+	}
+	return true
 }
