@@ -26,7 +26,6 @@ import (
 	"net/netip"
 	"path/filepath"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +34,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/torgate/torgate/dns"
+	"github.com/torgate/torgate/internal/endpoint"
 	"github.com/torgate/torgate/lan"
 	"github.com/torgate/torgate/netstack"
 	"github.com/torgate/torgate/socks"
@@ -154,18 +154,14 @@ func (r *Router) saveState() {
 	}
 }
 
-// ParseSocksAddr turns "host:port", "/path" or "unix:/path" into a dialer.
-func ParseSocksAddr(s string) (*socks.Dialer, error) {
-	switch {
-	case s == "":
-		return nil, errors.New("empty SOCKS address")
-	case strings.HasPrefix(s, "unix:"):
-		return socks.NewDialer("unix", strings.TrimPrefix(s, "unix:"))
-	case strings.HasPrefix(s, "/"):
-		return socks.NewDialer("unix", s)
-	default:
-		return socks.NewDialer("tcp", s)
+// socksDialer turns SocksAddr ("IP:port", "/path" or "unix:/path") into
+// a dialer.
+func socksDialer(s string) (*socks.Dialer, error) {
+	ep, err := endpoint.Parse(s)
+	if err != nil {
+		return nil, err
 	}
+	return socks.NewDialer(ep.Network, ep.Address)
 }
 
 func (c *Config) validate() error {
@@ -201,7 +197,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("config: Addr6 %s is not IPv6", c.Addr6)
 	}
 	if c.Upstream == nil {
-		d, err := ParseSocksAddr(c.SocksAddr)
+		d, err := socksDialer(c.SocksAddr)
 		if err != nil {
 			return fmt.Errorf("config: SocksAddr: %w", err)
 		}
