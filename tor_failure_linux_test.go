@@ -19,7 +19,6 @@ import (
 	"github.com/torgate/torgate/internal/nstest"
 	"github.com/torgate/torgate/internal/testnet"
 	"github.com/torgate/torgate/socks"
-	"github.com/torgate/torgate/torctl"
 )
 
 // Bounds of the failure checks: generous for a loaded 2-core box; the
@@ -222,7 +221,7 @@ func checkFailures(t *testing.T, n *testnet.Network) {
 		}
 		return err == nil
 	})
-	g := newGateway(t, torctl.Config{ControlAddr: o.control})
+	g := newGateway(t, torgate.Config{AttachedTor: &torgate.AttachedTor{ControlAddr: o.control}})
 	var report []string
 
 	t.Run("Stopped", func(t *testing.T) {
