@@ -1,0 +1,8 @@
+// Package netconf configures network links over netlink (no ip(8)
+// needed): the one place torgate assigns addresses, sets a link's
+// transmit queue, brings it up and adds on-link routes. The router's TUN
+// (tun_linux.go) and torgate exec's namespace use it. Package lan keeps
+// what only a LAN gateway does (macvtap links, its guard rules).
+//
+// Linux only.
+package netconf
