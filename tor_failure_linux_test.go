@@ -17,6 +17,7 @@ import (
 
 	"github.com/torgate/torgate"
 	"github.com/torgate/torgate/internal/nstest"
+	"github.com/torgate/torgate/internal/testlog"
 	"github.com/torgate/torgate/internal/testnet"
 	"github.com/torgate/torgate/socks"
 )
@@ -276,7 +277,7 @@ func checkFailures(t *testing.T, n *testnet.Network) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := torgate.New(torgate.Config{Device: ws.Dev, Upstream: up, Logger: logger(t, slog.LevelInfo)})
+		r, err := torgate.New(torgate.Config{Device: ws.Dev, Upstream: up, Logger: testlog.New(t, slog.LevelInfo)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/torgate/torgate"
 	"github.com/torgate/torgate/internal/nstest"
+	"github.com/torgate/torgate/internal/testlog"
 	"github.com/torgate/torgate/internal/testnet"
 	"github.com/torgate/torgate/torctl"
 )
@@ -45,29 +46,6 @@ const (
 	readyWithin = 90 * time.Second
 )
 
-// requireTor skips without tor, except under CI=true.
-func requireTor(t *testing.T) {
-	t.Helper()
-	if _, _, err := testnet.Binaries(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true and tor is missing: %v", err)
-		}
-		t.Skipf("tor not installed: %v", err)
-	}
-}
-
-// testLog writes slog records to t.Log.
-type testLog struct{ t testing.TB }
-
-func (w testLog) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-func logger(t testing.TB, level slog.Level) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: level}))
-}
-
 // gateway is torgate on a workstation namespace, with its Tor (managed
 // or attached) run by the Router, as an embedder runs it.
 type gateway struct {
@@ -85,7 +63,7 @@ func newGateway(t *testing.T, cfg torgate.Config) *gateway {
 	g := &gateway{t: t, reg: prometheus.NewRegistry()}
 	g.ws = nstest.New(t, nstest.Options{Nameserver: gatewayDNS})
 	cfg.Device = g.ws.Dev
-	cfg.Logger = logger(t, slog.LevelInfo)
+	cfg.Logger = testlog.New(t, slog.LevelInfo)
 	cfg.Registerer = g.reg
 	began := time.Now()
 	r, err := torgate.NewContext(t.Context(), cfg)
@@ -203,7 +181,7 @@ func checkFetches(t *testing.T, g *gateway, n *testnet.Network) {
 // tor joining the network).
 func TestTorIntegration(t *testing.T) {
 	nstest.RequireRoot(t, "curl", "dig")
-	requireTor(t)
+	testnet.Require(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
 	// Reachable: the managed tor (Managed) runs as debian-tor and reads
 	// the network's files.
@@ -213,7 +191,7 @@ func TestTorIntegration(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	n, err := testnet.Start(ctx, testnet.Config{Dir: netDir, Onion: true, Logger: logger(t, slog.LevelWarn)})
+	n, err := testnet.Start(ctx, testnet.Config{Dir: netDir, Onion: true, Logger: testlog.New(t, slog.LevelWarn)})
 	cancel()
 	if err != nil {
 		t.Fatalf("testnet: %v", err)
@@ -272,7 +250,7 @@ func TestTorIntegration(t *testing.T) {
 		// Example_managedTor's runGateway, on a workstation namespace
 		// instead of a TUN by name and with the test network's torrc.
 		ws := nstest.New(t, nstest.Options{Nameserver: gatewayDNS})
-		var logs syncBuffer
+		var logs testlog.Buffer
 		ctx, stop := context.WithCancel(t.Context())
 		defer stop()
 		done := make(chan error, 1)
