@@ -164,7 +164,11 @@ func (a *app) waitReady(ctx context.Context, wait time.Duration) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("tor not ready after %v: %s", wait, a.router.Diagnosis())
+		what := "tor"
+		if a.router.Mode() == torgate.ModeSocks {
+			what = "the SOCKS upstream"
+		}
+		return fmt.Errorf("%s not ready after %v: %s", what, wait, a.router.Diagnosis())
 	}
 	return nil
 }
