@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
 
 	wgnet "golang.zx2c4.com/wireguard/tun/netstack"
 
@@ -57,6 +61,42 @@ func Example() {
 	// Output:
 	// hello
 	// <nil>
+}
+
+// Example_managedTor is a router image's gateway: torgate creates the
+// TUN, starts its own tor (as Debian's tor user), refuses flows and DNS
+// until tor has bootstrapped, ends every flow when tor goes away and
+// restarts it. It needs root and tor; the test TestTorIntegration/Example
+// runs runGateway against a private Tor network.
+func Example_managedTor() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := runGateway(ctx, torgate.Config{
+		TUNName:    "torgate0",
+		Addr4:      netip.MustParsePrefix("10.152.152.10/18"),
+		ManagedTor: &torgate.ManagedTor{DataDir: "/var/lib/torgate/tor", User: "debian-tor"},
+		StateDir:   "/var/lib/torgate",
+		Logger:     slog.Default(),
+	})
+	if err != nil {
+		slog.Error("torgate stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+// runGateway is the embedder's whole gateway: build, announce readiness,
+// run until ctx is done or a part (the TUN, tor's supervisor) fails.
+func runGateway(ctx context.Context, cfg torgate.Config) error {
+	r, err := torgate.NewContext(ctx, cfg) // starts tor, checks its torrc
+	if err != nil {
+		return err
+	}
+	go func() {
+		if r.WaitReady(ctx) == nil {
+			cfg.Logger.Info("tor bootstrapped: forwarding", "mode", r.Mode())
+		}
+	}()
+	return r.Run(ctx) // closes r, and stops tor, at the end
 }
 
 // startEchoSOCKS serves SOCKS5 on loopback: any auth, CONNECT to anything

@@ -1,14 +1,12 @@
 package torgate_test
 
 import (
-	"bytes"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,33 +17,16 @@ import (
 
 	"github.com/torgate/torgate"
 	"github.com/torgate/torgate/dns"
+	"github.com/torgate/torgate/internal/testlog"
 	"github.com/torgate/torgate/netstack"
 	"github.com/torgate/torgate/socks"
 	"github.com/torgate/torgate/socks/sockstest"
 )
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestDestinationsNotLogged runs refused flows, named flows and DNS
 // queries with debug logging and checks no destination appears.
 func TestDestinationsNotLogged(t *testing.T) {
-	var logs syncBuffer
+	var logs testlog.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	f := newFixture(t, sockstest.Config{Connect: sockstest.Refuse(socks.ReplyHostUnreachable)}, func(c *torgate.Config) {
 		c.Logger = log

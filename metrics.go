@@ -27,7 +27,7 @@ func newStackCollector(s *netstack.Stack) *stackCollector {
 		twReclaim: prometheus.NewDesc("tcp_timewait_reclaimed_total", "SYNs that reused a 4-tuple in TIME_WAIT and got a fresh flow.", nil, nil),
 		dnsQ:      prometheus.NewDesc("dns_messages_total", "DNS messages intercepted (UDP and TCP).", nil, nil),
 		gvTCP: prometheus.NewDesc("gvisor_tcp_events_total",
-			"gVisor's own TCP counters, read at scrape time (see gvisor.dev/gvisor/pkg/tcpip TCPStats).", []string{"event"}, nil),
+			"gVisor's own TCP counters, read at scrape time (netstack.Stack.TCPCounters; gvisor.dev/gvisor/pkg/tcpip TCPStats).", []string{"event"}, nil),
 		gvEstablished: prometheus.NewDesc("gvisor_tcp_established", "TCP endpoints gVisor holds in ESTABLISHED or CLOSE-WAIT.", nil, nil),
 	}
 }
@@ -52,27 +52,9 @@ func (c *stackCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(c.twReclaim, st.TimeWaitReclaimed.Load())
 	counter(c.dnsQ, st.DNSQueries.Load())
-	tcp := c.s.GVisorStats().TCP
-	for _, e := range []struct {
-		name string
-		v    uint64
-	}{
-		{"passive_open", tcp.PassiveConnectionOpenings.Value()},
-		{"failed_attempt", tcp.FailedConnectionAttempts.Value()},
-		{"established_reset", tcp.EstablishedResets.Value()},
-		{"established_timeout", tcp.EstablishedTimedout.Value()},
-		{"segment_received", tcp.ValidSegmentsReceived.Value()},
-		{"segment_invalid", tcp.InvalidSegmentsReceived.Value()},
-		{"segment_sent", tcp.SegmentsSent.Value()},
-		{"segment_send_error", tcp.SegmentSendErrors.Value()},
-		{"reset_sent", tcp.ResetsSent.Value()},
-		{"reset_received", tcp.ResetsReceived.Value()},
-		{"retransmit", tcp.Retransmits.Value()},
-		{"timeout", tcp.Timeouts.Value()},
-		{"checksum_error", tcp.ChecksumErrors.Value()},
-		{"forward_max_inflight_drop", tcp.ForwardMaxInFlightDrop.Value()},
-	} {
-		counter(c.gvTCP, e.v, e.name)
+	tcp, established := c.s.TCPCounters()
+	for _, e := range tcp {
+		counter(c.gvTCP, e.Value, e.Name)
 	}
-	ch <- prometheus.MustNewConstMetric(c.gvEstablished, prometheus.GaugeValue, float64(tcp.CurrentEstablished.Value()))
+	ch <- prometheus.MustNewConstMetric(c.gvEstablished, prometheus.GaugeValue, float64(established))
 }

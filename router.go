@@ -5,17 +5,21 @@
 // by torgate itself, through Tor; UDP and ICMP are dropped. Nothing leaves
 // except through Tor.
 //
-// Embedding:
+// Embedding: a gateway with a Tor of its own (see Example_managedTor):
 //
-//	r, err := torgate.New(torgate.Config{
-//		TUNName:   "torgate0",
-//		Addr4:     netip.MustParsePrefix("10.152.152.10/18"),
-//		SocksAddr: "127.0.0.1:9050",
+//	r, err := torgate.NewContext(ctx, torgate.Config{
+//		TUNName:    "torgate0",
+//		Addr4:      netip.MustParsePrefix("10.152.152.10/18"),
+//		ManagedTor: &torgate.ManagedTor{DataDir: "/var/lib/torgate/tor"},
 //	})
 //	if err != nil { ... }
-//	err = r.Run(ctx) // until ctx is done
+//	err = r.Run(ctx) // until ctx is done, or a part fails
 //
-// cmd/torgate is a thin layer of flags over this package.
+// The Router owns the whole fail-closed policy: it starts (or attaches
+// to) Tor, refuses flows and DNS until Tor is bootstrapped, ends every
+// flow when Tor goes away, and offers readiness (Ready, WaitReady), new
+// identities (NewIdentity, NewIdentityAll) and metrics. cmd/torgate is a
+// thin layer of flags, logging and signals over this package.
 package torgate
 
 import (
@@ -26,7 +30,6 @@ import (
 	"net/netip"
 	"path/filepath"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,9 +38,11 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/torgate/torgate/dns"
+	"github.com/torgate/torgate/internal/endpoint"
 	"github.com/torgate/torgate/lan"
 	"github.com/torgate/torgate/netstack"
 	"github.com/torgate/torgate/socks"
+	"github.com/torgate/torgate/torctl"
 	"github.com/torgate/torgate/tunnel"
 )
 
@@ -61,12 +66,21 @@ type Config struct {
 	// created by name (optional; not used with Device or TUNFD).
 	Addr4, Addr6 netip.Prefix
 
-	// SocksAddr is the upstream SOCKS5 endpoint: "host:port", or a unix
-	// socket path (absolute, or prefixed "unix:"). Required unless Upstream
-	// is set.
+	// The upstream: exactly one of ManagedTor (torgate starts and
+	// supervises its own tor), AttachedTor (a running Tor's control port),
+	// SocksAddr or Upstream (plain SOCKS5: no control port, so readiness
+	// rests on the SOCKS port answering).
+	ManagedTor  *ManagedTor
+	AttachedTor *AttachedTor
+	// SocksAddr is a plain SOCKS5 upstream: "IP:port", "/path" or
+	// "unix:/path".
 	SocksAddr string
-	// Upstream replaces SocksAddr with a ready dialer.
+	// Upstream is a plain SOCKS5 upstream as a ready dialer.
 	Upstream *socks.Dialer
+	// OnTorProgress is called when a managed or attached Tor's bootstrap
+	// phase changes, in order, one call at a time (for a progress view).
+	// It must not block or call Close. Optional.
+	OnTorProgress func(torctl.Bootstrap)
 
 	// Isolation decides which flows share circuits. Default per source.
 	Isolation tunnel.IsolationMode
@@ -88,12 +102,14 @@ type Config struct {
 	// there). Unset without a StateDir, each run starts at a random epoch.
 	DNSEpochFile string
 
-	// Ready reports whether Tor can carry traffic; while false new flows
-	// get a RST and DNS SERVFAIL. Nil means plain SOCKS: readiness then
-	// comes from the router's own evidence, a periodic connect and SOCKS
-	// greeting to the upstream and the outcome of real dials (see
-	// upstream_watch.go). Either way a SOCKS port that stops answering
-	// greetings makes the router not ready.
+	// Ready, if set, is one more readiness condition (for an embedder
+	// that watches Tor itself); while false new flows get a RST and DNS
+	// SERVFAIL. With ManagedTor or AttachedTor the router follows Tor's
+	// bootstrap and liveness itself. With plain SOCKS and no Ready,
+	// readiness comes from the router's own evidence: a periodic connect
+	// and SOCKS greeting to the upstream and the outcome of real dials
+	// (upstream_watch.go). In every mode a SOCKS port that stops
+	// answering greetings makes the router not ready.
 	Ready func() bool
 
 	// Flow limits; zero takes tunnel's defaults.
@@ -112,7 +128,8 @@ type Config struct {
 
 	// ICMPUnreachable answers dropped UDP with ICMP port unreachable.
 	ICMPUnreachable bool
-	// LogDestinations lets debug logs name destinations. Off by default.
+	// LogDestinations lets debug logs name destinations (tunnel's and
+	// dns's). Off by default.
 	LogDestinations bool
 	// Logger; nil discards.
 	Logger *slog.Logger
@@ -132,6 +149,7 @@ type Router struct {
 	stop   context.CancelFunc // ends the watch loop; set by Start
 	bg     sync.WaitGroup
 	lan    *lan.Device // nil unless Config.LAN
+	tor    *torSide
 
 	closeOnce sync.Once
 	closeErr  error
@@ -154,18 +172,14 @@ func (r *Router) saveState() {
 	}
 }
 
-// ParseSocksAddr turns "host:port", "/path" or "unix:/path" into a dialer.
-func ParseSocksAddr(s string) (*socks.Dialer, error) {
-	switch {
-	case s == "":
-		return nil, errors.New("empty SOCKS address")
-	case strings.HasPrefix(s, "unix:"):
-		return socks.NewDialer("unix", strings.TrimPrefix(s, "unix:"))
-	case strings.HasPrefix(s, "/"):
-		return socks.NewDialer("unix", s)
-	default:
-		return socks.NewDialer("tcp", s)
+// socksDialer turns SocksAddr ("IP:port", "/path" or "unix:/path") into
+// a dialer.
+func socksDialer(s string) (*socks.Dialer, error) {
+	ep, err := endpoint.Parse(s)
+	if err != nil {
+		return nil, err
 	}
+	return socks.NewDialer(ep.Network, ep.Address)
 }
 
 func (c *Config) validate() error {
@@ -200,8 +214,17 @@ func (c *Config) validate() error {
 	if c.Addr6.IsValid() && !c.Addr6.Addr().Is6() {
 		return fmt.Errorf("config: Addr6 %s is not IPv6", c.Addr6)
 	}
-	if c.Upstream == nil {
-		d, err := ParseSocksAddr(c.SocksAddr)
+	n = 0
+	for _, set := range []bool{c.ManagedTor != nil, c.AttachedTor != nil, c.SocksAddr != "", c.Upstream != nil} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return errors.New("config: exactly one of ManagedTor, AttachedTor, SocksAddr and Upstream must be set")
+	}
+	if c.SocksAddr != "" {
+		d, err := socksDialer(c.SocksAddr)
 		if err != nil {
 			return fmt.Errorf("config: SocksAddr: %w", err)
 		}
@@ -221,23 +244,43 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// New validates cfg and builds the router. It opens the TUN; call Run to
-// start forwarding and Close (or cancel Run's context) to stop.
+// New is NewContext with a context that is never done.
 func New(cfg Config) (*Router, error) {
+	return NewContext(context.Background(), cfg)
+}
+
+// NewContext validates cfg and builds the router: it opens the TUN and
+// starts the managed Tor (checking its torrc) or makes the first
+// connection to the attached one; ctx bounds only that, not the Router's
+// life. Call Run to forward, and Close (or cancel Run's context) to stop;
+// Close also stops the managed Tor. The Router refuses flows and DNS
+// until Tor is bootstrapped (see Ready, WaitReady).
+func NewContext(ctx context.Context, cfg Config) (*Router, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	r := &Router{cfg: cfg, log: log}
+	log := cfg.Logger
+	r := &Router{log: log}
+	ts, err := newTorSide(&cfg, cfg.OnTorProgress, r.endFlowsTorDown)
+	if err != nil {
+		return nil, err
+	}
+	r.tor = ts
+	r.cfg = cfg
 	// Every dial goes through the liveness watch; readiness needs both
 	// the caller's (Tor's) and the watch's.
-	r.watch = newUpstreamWatch(cfg.Upstream.Dial, cfg.Ready == nil, log.With("component", "upstream"))
+	r.watch = newUpstreamWatch(cfg.Upstream.Dial, cfg.Ready == nil && ts.tor == nil, log.With("component", "upstream"))
 	r.dialer = &socks.Dialer{Dial: r.watch.Dial}
 	ready := r.watch.ok
-	if cfg.Ready != nil {
+	switch t := ts.tor; {
+	case t != nil && cfg.Ready != nil:
+		ready = func() bool { return t.Ready() && cfg.Ready() && r.watch.ok() }
+	case t != nil:
+		ready = func() bool { return t.Ready() && r.watch.ok() }
+	case cfg.Ready != nil:
 		ready = func() bool { return cfg.Ready() && r.watch.ok() }
 	}
 
@@ -280,15 +323,16 @@ func New(cfg Config) (*Router, error) {
 		epochFile = filepath.Join(cfg.StateDir, "automap.epoch")
 	}
 	ds, err := dns.New(dns.Config{
-		Mode:      cfg.DNSMode,
-		Pool4:     cfg.DNSPool4,
-		Pool6:     cfg.DNSPool6,
-		StateFile: stateFile,
-		EpochFile: epochFile,
-		Resolver:  tn.Resolver(),
-		Forbidden: tn.Forbidden,
-		Ready:     ready,
-		Logger:    log.With("component", "dns"),
+		Mode:            cfg.DNSMode,
+		Pool4:           cfg.DNSPool4,
+		Pool6:           cfg.DNSPool6,
+		StateFile:       stateFile,
+		EpochFile:       epochFile,
+		Resolver:        tn.Resolver(),
+		Forbidden:       tn.Forbidden,
+		Ready:           ready,
+		LogDestinations: cfg.LogDestinations,
+		Logger:          log.With("component", "dns"),
 	})
 	if err != nil {
 		return nil, err
@@ -351,6 +395,21 @@ func New(cfg Config) (*Router, error) {
 			}
 		}
 	}
+	if t := ts.tor; t != nil {
+		// Last: OnDown may end flows from now on.
+		if err := t.Start(ctx); err != nil {
+			t.Close()
+			st.Close()
+			tn.Close()
+			ds.Close()
+			return nil, err
+		}
+		if ts.mode == ModeManaged {
+			log.Info("starting tor", "mode", ts.mode, "data_dir", cfg.ManagedTor.DataDir, "socks", t.SocksAddr())
+		} else {
+			log.Info("attached to tor", "mode", ts.mode, "control", cfg.AttachedTor.ControlAddr, "socks", t.SocksAddr())
+		}
+	}
 	return r, nil
 }
 
@@ -378,6 +437,7 @@ func (r *Router) Metrics() []prometheus.Collector {
 	cs = append(cs, r.dns.Metrics()...)
 	cs = append(cs, newStackCollector(r.stack))
 	cs = append(cs, r.watch.metrics()...)
+	cs = append(cs, r.tor.metrics(r.Ready)...)
 	if r.lan != nil {
 		cs = append(cs, r.lan.Metrics()...)
 	}
@@ -399,7 +459,7 @@ func (r *Router) LANReady() error {
 	return r.lan.Ready()
 }
 
-// Tunnel returns the flow layer, for new identity and EndAll.
+// Tunnel returns the flow layer, for its isolator and EndAll.
 func (r *Router) Tunnel() *tunnel.Tunnel { return r.tunnel }
 
 // DNS returns the DNS server.
@@ -451,10 +511,11 @@ func (r *Router) Start() {
 // is deleted) ends Run within about this long.
 const failPoll = 200 * time.Millisecond
 
-// Run forwards until ctx is done or the packet loop fails, then closes
-// the router. It returns nil after ctx is done and the loop's error
-// (for example netstack's "tun read" after the TUN was deleted)
-// otherwise: a router that cannot forward must not stay up looking
+// Run forwards until ctx is done or a part fails, then closes the
+// router. The parts are the packet loop and the Tor supervisor. It
+// returns nil after ctx is done, and the failure otherwise (for example
+// netstack's "tun read" after the TUN was deleted, or a Tor supervisor
+// that stopped): a router that cannot forward must not stay up looking
 // healthy.
 func (r *Router) Run(ctx context.Context) error {
 	if !r.started.Load() {
@@ -465,14 +526,24 @@ func (r *Router) Run(ctx context.Context) error {
 }
 
 // Wait blocks until ctx is done (nil) or the started router stops
-// forwarding (its error).
+// forwarding (its error): the packet loop failed or the Tor supervisor
+// stopped.
 func (r *Router) Wait(ctx context.Context) error {
 	tick := time.NewTicker(failPoll)
 	defer tick.Stop()
+	var torDone <-chan struct{} // nil with plain SOCKS: never ready
+	if t := r.tor.tor; t != nil {
+		torDone = t.Done()
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-torDone:
+			if r.closed.Load() {
+				return nil
+			}
+			return fmt.Errorf("router: %w", errTorStopped)
 		case <-tick.C:
 		}
 		if err := r.stack.Err(); err != nil {
@@ -484,8 +555,9 @@ func (r *Router) Wait(ctx context.Context) error {
 	}
 }
 
-// Close stops forwarding, ends all flows, saves DNS state and closes the
-// TUN. It is safe to call more than once.
+// Close stops forwarding, ends all flows, saves DNS state, closes the
+// TUN and stops the managed Tor (or leaves the attached one). It is safe
+// to call more than once.
 func (r *Router) Close() error {
 	r.closeOnce.Do(func() {
 		r.closed.Store(true)
@@ -505,7 +577,11 @@ func (r *Router) Close() error {
 		r.stack.Drain(shutdownDrain)
 		err1 := r.stack.Close()
 		err3 := r.dns.Close()
-		r.closeErr = errors.Join(err1, err2, err3)
+		var err4 error
+		if t := r.tor.tor; t != nil {
+			err4 = t.Close()
+		}
+		r.closeErr = errors.Join(err1, err2, err3, err4)
 	})
 	return r.closeErr
 }

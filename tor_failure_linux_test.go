@@ -17,9 +17,9 @@ import (
 
 	"github.com/torgate/torgate"
 	"github.com/torgate/torgate/internal/nstest"
+	"github.com/torgate/torgate/internal/testlog"
 	"github.com/torgate/torgate/internal/testnet"
 	"github.com/torgate/torgate/socks"
-	"github.com/torgate/torgate/torctl"
 )
 
 // Bounds of the failure checks: generous for a loaded 2-core box; the
@@ -222,7 +222,7 @@ func checkFailures(t *testing.T, n *testnet.Network) {
 		}
 		return err == nil
 	})
-	g := newGateway(t, torctl.Config{ControlAddr: o.control})
+	g := newGateway(t, torgate.Config{AttachedTor: &torgate.AttachedTor{ControlAddr: o.control}})
 	var report []string
 
 	t.Run("Stopped", func(t *testing.T) {
@@ -277,7 +277,7 @@ func checkFailures(t *testing.T, n *testnet.Network) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := torgate.New(torgate.Config{Device: ws.Dev, Upstream: up, Logger: logger(t, slog.LevelInfo)})
+		r, err := torgate.New(torgate.Config{Device: ws.Dev, Upstream: up, Logger: testlog.New(t, slog.LevelInfo)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -13,17 +13,17 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/torgate/torgate"
 	"github.com/torgate/torgate/internal/nstest"
+	"github.com/torgate/torgate/internal/testlog"
 	"github.com/torgate/torgate/internal/testnet"
-	"github.com/torgate/torgate/socks"
 	"github.com/torgate/torgate/torctl"
-	"github.com/torgate/torgate/tunnel"
 )
 
 // The integration tests below run torgate against real Tor: a private Tor
@@ -46,83 +46,57 @@ const (
 	readyWithin = 90 * time.Second
 )
 
-// requireTor skips without tor, except under CI=true.
-func requireTor(t *testing.T) {
-	t.Helper()
-	if _, _, err := testnet.Binaries(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true and tor is missing: %v", err)
-		}
-		t.Skipf("tor not installed: %v", err)
-	}
-}
-
-// testLog writes slog records to t.Log.
-type testLog struct{ t testing.TB }
-
-func (w testLog) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-func logger(t testing.TB, level slog.Level) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: level}))
-}
-
-// gateway is torgate on a workstation namespace, driven by torctl the way
-// cmd/torgate wires it.
+// gateway is torgate on a workstation namespace, with its Tor (managed
+// or attached) run by the Router, as an embedder runs it.
 type gateway struct {
 	t      *testing.T
 	ws     *nstest.Workstation
-	tor    *torctl.Tor
+	tor    *torctl.Tor // the Router's
 	router *torgate.Router
-	downs  atomic.Int32
+	reg    *prometheus.Registry
 }
 
-// newGateway starts torctl with tc, then a router whose upstream is that
-// Tor, on a fresh workstation namespace, and waits until Tor is ready.
-func newGateway(t *testing.T, tc torctl.Config) *gateway {
+// newGateway builds a router with cfg's upstream on a fresh workstation
+// namespace and waits until its Tor is ready.
+func newGateway(t *testing.T, cfg torgate.Config) *gateway {
 	t.Helper()
-	g := &gateway{t: t}
+	g := &gateway{t: t, reg: prometheus.NewRegistry()}
 	g.ws = nstest.New(t, nstest.Options{Nameserver: gatewayDNS})
-	var router atomic.Pointer[torgate.Router]
-	tc.OnDown = func() {
-		g.downs.Add(1)
-		if r := router.Load(); r != nil {
-			r.Tunnel().EndAllBecause(tunnel.EndTorDown)
-		}
-	}
-	tc.Logger = logger(t, slog.LevelInfo).With("component", "torctl")
-	tor, err := torctl.New(tc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg.Device = g.ws.Dev
+	cfg.Logger = testlog.New(t, slog.LevelInfo)
+	cfg.Registerer = g.reg
 	began := time.Now()
-	if err := tor.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tor.Close() })
-	g.tor = tor
-	r, err := torgate.New(torgate.Config{
-		Device:   g.ws.Dev,
-		Upstream: &socks.Dialer{Dial: tor.DialSocks},
-		Ready:    tor.Ready,
-		Logger:   logger(t, slog.LevelWarn),
-	})
+	r, err := torgate.NewContext(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	router.Store(r)
 	r.Start()
 	t.Cleanup(func() { r.Close() })
-	g.router = r
+	g.router, g.tor = r, r.Tor()
 	ctx, cancel := context.WithTimeout(t.Context(), readyWithin)
 	defer cancel()
-	if err := tor.WaitReady(ctx); err != nil {
+	if err := r.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("tor ready %v after Start", time.Since(began).Round(time.Millisecond))
+	t.Logf("tor ready %v after NewContext", time.Since(began).Round(time.Millisecond))
 	return g
+}
+
+// downs is the router's tor_down_total: how often it saw Tor go away
+// and ended every flow.
+func (g *gateway) downs() float64 {
+	g.t.Helper()
+	mfs, err := g.reg.Gather()
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "tor_down_total" {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	g.t.Fatal("no tor_down_total")
+	return 0
 }
 
 // curl runs curl in the namespace and returns its output and exit code.
@@ -207,7 +181,7 @@ func checkFetches(t *testing.T, g *gateway, n *testnet.Network) {
 // tor joining the network).
 func TestTorIntegration(t *testing.T) {
 	nstest.RequireRoot(t, "curl", "dig")
-	requireTor(t)
+	testnet.Require(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
 	// Reachable: the managed tor (Managed) runs as debian-tor and reads
 	// the network's files.
@@ -217,7 +191,7 @@ func TestTorIntegration(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	n, err := testnet.Start(ctx, testnet.Config{Dir: netDir, Onion: true, Logger: logger(t, slog.LevelWarn)})
+	n, err := testnet.Start(ctx, testnet.Config{Dir: netDir, Onion: true, Logger: testlog.New(t, slog.LevelWarn)})
 	cancel()
 	if err != nil {
 		t.Fatalf("testnet: %v", err)
@@ -242,7 +216,7 @@ func TestTorIntegration(t *testing.T) {
 		if _, err := ctl.Do(t.Context(), "MAPADDRESS "+strings.Replace(mapIP, " ", "=", 1)); err != nil {
 			t.Fatal(err)
 		}
-		g := newGateway(t, torctl.Config{ControlAddr: n.ControlAddr})
+		g := newGateway(t, torgate.Config{AttachedTor: &torgate.AttachedTor{ControlAddr: n.ControlAddr}})
 		if got := g.tor.SocksAddr(); got != n.SocksAddr {
 			t.Fatalf("SocksPort read from tor = %q, want %q", got, n.SocksAddr)
 		}
@@ -254,13 +228,13 @@ func TestTorIntegration(t *testing.T) {
 		lines := append(n.ClientTorrc(), "MapAddress "+mapIP)
 		// The testnet's directory is reachable (above): tor runs as
 		// Debian's tor user, as torgate runs it by default as root.
-		g := newGateway(t, torctl.Config{
+		g := newGateway(t, torgate.Config{ManagedTor: &torgate.ManagedTor{
 			DataDir:    filepath.Join(netDir, "managed-tor"),
 			User:       "debian-tor",
 			TorrcLines: lines,
 			// Long enough to look at the gateway while tor is down.
 			RestartBackoff: 3 * time.Second,
-		})
+		}})
 		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", g.tor.PID()))
 		if err != nil {
 			t.Fatal(err)
@@ -270,6 +244,51 @@ func TestTorIntegration(t *testing.T) {
 		}
 		checkFetches(t, g, n)
 		t.Run("FailClosed", func(t *testing.T) { checkFailClosed(t, g, n) })
+	})
+
+	t.Run("Example", func(t *testing.T) {
+		// Example_managedTor's runGateway, on a workstation namespace
+		// instead of a TUN by name and with the test network's torrc.
+		ws := nstest.New(t, nstest.Options{Nameserver: gatewayDNS})
+		var logs testlog.Buffer
+		ctx, stop := context.WithCancel(t.Context())
+		defer stop()
+		done := make(chan error, 1)
+		go func() {
+			done <- runGateway(ctx, torgate.Config{
+				Device: ws.Dev,
+				ManagedTor: &torgate.ManagedTor{
+					DataDir:    filepath.Join(netDir, "example-tor"),
+					User:       "debian-tor",
+					TorrcLines: append(n.ClientTorrc(), "MapAddress "+mapIP),
+				},
+				Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+			})
+		}()
+		waitUntil(t, readyWithin, "the example's ready log", func() bool {
+			select {
+			case err := <-done:
+				t.Fatalf("runGateway ended early: %v\n%s", err, logs.String())
+			default:
+			}
+			return strings.Contains(logs.String(), "tor bootstrapped: forwarding")
+		})
+		g := &gateway{t: t, ws: ws}
+		if body := g.fetch(t.Context(), webURL(n, "/")); body != testnet.WebBody {
+			t.Fatalf("body %q", body)
+		}
+		if body := g.fetch(t.Context(), ipURL(n, "/")); body != testnet.WebBody {
+			t.Fatalf("by IP: body %q", body)
+		}
+		stop()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("runGateway after cancel: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("runGateway still running 30s after cancel")
+		}
 	})
 
 	// Last: it stops and kills tors of its own on the shared network.
@@ -340,7 +359,7 @@ func checkIsolation(t *testing.T, g *gateway, n *testnet.Network, ctl *testnet.C
 		t.Errorf("two sources share circuit %s", a1)
 	}
 
-	g.router.Tunnel().Isolator().NewIdentity(netip.MustParseAddr(sourceA))
+	g.router.NewIdentity(netip.MustParseAddr(sourceA))
 	a3u, a3 := get(sourceA)
 	b2u, b2 := get(sourceB)
 	t.Logf("after new identity for A: A %s, B %s", a3, b2)
@@ -373,7 +392,7 @@ func checkFailClosed(t *testing.T, g *gateway, n *testnet.Network) {
 	time.Sleep(2 * time.Second) // the transfer is under way
 
 	pid := g.tor.PID()
-	downsBefore := g.downs.Load()
+	downsBefore := g.downs()
 	killed := time.Now()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -412,8 +431,8 @@ func checkFailClosed(t *testing.T, g *gateway, n *testnet.Network) {
 		big.Process.Kill()
 		<-bigDone
 	}
-	if g.downs.Load() == downsBefore {
-		t.Errorf("OnDown was not called")
+	if g.downs() == downsBefore {
+		t.Errorf("tor_down_total did not grow: the router did not see tor go away")
 	}
 
 	wctx, cancel := context.WithTimeout(ctx, readyWithin)

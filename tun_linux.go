@@ -4,14 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/torgate/torgate/internal/netconf"
 	"github.com/torgate/torgate/lan"
 )
 
@@ -61,41 +60,16 @@ func openTUN(cfg *Config) (tun.Device, error) {
 // flow's closing RST at once, up to the default cap on open flows.
 const tunQueueLen = 16384
 
-// configureLink assigns the gateway addresses and brings the link up,
-// through netlink (no ip(8) needed).
+// configureLink assigns the gateway addresses and brings the link up.
 func configureLink(dev tun.Device, addrs ...netip.Prefix) error {
 	name, err := dev.Name()
 	if err != nil {
 		return fmt.Errorf("tun name: %w", err)
-	}
-	link, err := netlink.LinkByName(name)
-	if err != nil {
-		return fmt.Errorf("find link %s: %w", name, err)
-	}
-	for _, p := range addrs {
-		if !p.IsValid() {
-			continue
-		}
-		a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
-		if p.Addr().Is6() {
-			// No duplicate address detection on a point-to-point TUN:
-			// it would hold the address "tentative" for a second.
-			a.Flags = 0x80 // IFA_F_NODAD
-		}
-		if err := netlink.AddrAdd(link, a); err != nil && !errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("add address %s to %s: %w", p, name, err)
-		}
 	}
 	// txqueuelen sizes the ring of packets the kernel holds for torgate
 	// to read. At the default 500, closing 10k flows at once dropped 52k
 	// of the workstation's packets (its FINs, ACKs and RSTs) before
 	// torgate could read them (issue 11, measured 2026-12-02); a lost
 	// RST is never sent again.
-	if err := netlink.LinkSetTxQLen(link, tunQueueLen); err != nil {
-		return fmt.Errorf("set txqueuelen of %s: %w", name, err)
-	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("set %s up: %w", name, err)
-	}
-	return nil
+	return netconf.Configure(name, netconf.Link{Addrs: addrs, TxQueueLen: tunQueueLen})
 }

@@ -17,6 +17,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/torgate/torgate/internal/endpoint"
 )
 
 // Config wires the endpoints to the router. Nil funcs disable their
@@ -113,54 +115,58 @@ var ErrNotLocal = errors.New("admin: address must be loopback (127.0.0.0/8, ::1,
 // socket given as an absolute path or "unix:PATH" (a stale socket file is
 // replaced; the socket is made 0600).
 func Listen(addr string) (net.Listener, error) {
-	if path, ok := unixPath(addr); ok {
-		os.Remove(path)
-		ln, err := net.Listen("unix", path)
+	ep, err := parse(addr)
+	if err != nil {
+		return nil, err
+	}
+	if ep.Network == "unix" {
+		os.Remove(ep.Address)
+		ln, err := net.Listen("unix", ep.Address)
 		if err != nil {
-			return nil, fmt.Errorf("admin: listen %s: %w", path, err)
+			return nil, fmt.Errorf("admin: listen %s: %w", ep.Address, err)
 		}
-		if err := os.Chmod(path, 0o600); err != nil {
+		if err := os.Chmod(ep.Address, 0o600); err != nil {
 			ln.Close()
-			return nil, fmt.Errorf("admin: chmod %s: %w", path, err)
+			return nil, fmt.Errorf("admin: chmod %s: %w", ep.Address, err)
 		}
 		return ln, nil
 	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, fmt.Errorf("admin: %q: %w", addr, err)
+	if !netip.MustParseAddrPort(ep.Address).Addr().IsLoopback() {
+		return nil, ErrNotLocal
 	}
-	if host != "localhost" {
-		ip, err := netip.ParseAddr(host)
-		if err != nil || !ip.IsLoopback() {
-			return nil, ErrNotLocal
-		}
-	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := net.Listen("tcp", ep.Address)
 	if err != nil {
-		return nil, fmt.Errorf("admin: listen %s: %w", addr, err)
+		return nil, fmt.Errorf("admin: listen %s: %w", ep.Address, err)
 	}
 	return ln, nil
 }
 
-func unixPath(addr string) (string, bool) {
-	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
-		return p, true
+// parse reads addr in torgate's endpoint syntax, where "localhost:PORT"
+// stands for 127.0.0.1:PORT (without a name lookup).
+func parse(addr string) (endpoint.Endpoint, error) {
+	if port, ok := strings.CutPrefix(addr, "localhost:"); ok {
+		addr = "127.0.0.1:" + port
 	}
-	if strings.HasPrefix(addr, "/") {
-		return addr, true
+	ep, err := endpoint.Parse(addr)
+	if err != nil {
+		return ep, fmt.Errorf("admin: %w", err)
 	}
-	return "", false
+	return ep, nil
 }
 
 // Client talks to a running torgate's admin endpoint (for "torgate
 // newnym").
 func Client(addr string) (*http.Client, string, error) {
-	if path, ok := unixPath(addr); ok {
+	ep, err := parse(addr)
+	if err != nil {
+		return nil, "", err
+	}
+	if ep.Network == "unix" {
 		tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
+			return d.DialContext(ctx, "unix", ep.Address)
 		}}
 		return &http.Client{Transport: tr}, "http://torgate", nil
 	}
-	return &http.Client{}, "http://" + addr, nil
+	return &http.Client{}, "http://" + ep.Address, nil
 }

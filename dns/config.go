@@ -214,9 +214,9 @@ type Config struct {
 	// Logger receives setup, state-file and rate-limited warning messages,
 	// never one per query above Debug. nil discards.
 	Logger *slog.Logger
-	// UnsafeLogging lets Debug messages include queried names and resolver
+	// LogDestinations lets Debug messages include queried names and resolver
 	// error texts. Off by default: names are destinations.
-	UnsafeLogging bool
+	LogDestinations bool
 	// Now is the clock (for tests). Default time.Now.
 	Now func() time.Time
 }

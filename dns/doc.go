@@ -153,7 +153,7 @@
 // A Server is safe for concurrent use by any number of goroutines. The
 // automap path takes one mutex for a map lookup and allocates nothing for a
 // name already mapped. Names are destinations and are never logged unless
-// Config.UnsafeLogging is set, and then only at Debug; nothing is logged
+// Config.LogDestinations is set, and then only at Debug; nothing is logged
 // per query above Debug. Stats returns counters by query kind and result,
 // and Metrics exports them to Prometheus with bounded labels only.
 package dns

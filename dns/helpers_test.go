@@ -1,7 +1,6 @@
 package dns
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -11,6 +10,8 @@ import (
 	"testing"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/torgate/torgate/internal/testlog"
 )
 
 var (
@@ -223,26 +224,8 @@ type notFound struct{ name string }
 func (e notFound) Error() string  { return "resolve " + e.name + ": host unreachable" }
 func (e notFound) NotFound() bool { return true }
 
-// logBuffer is a concurrency-safe log sink.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // debugLogger returns a Debug-level logger writing to the returned buffer.
-func debugLogger() (*slog.Logger, *logBuffer) {
-	var lb logBuffer
+func debugLogger() (*slog.Logger, *testlog.Buffer) {
+	var lb testlog.Buffer
 	return slog.New(slog.NewTextHandler(&lb, &slog.HandlerOptions{Level: slog.LevelDebug})), &lb
 }

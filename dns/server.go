@@ -108,7 +108,7 @@ func New(cfg Config) (*Server, error) {
 		resolveSem:     make(chan struct{}, cfg.MaxResolves),
 		ready:          cfg.Ready,
 		log:            cfg.Logger,
-		unsafeLog:      cfg.UnsafeLogging,
+		unsafeLog:      cfg.LogDestinations,
 		now:            cfg.Now,
 		stateFile:      cfg.StateFile,
 		epochFile:      cfg.EpochFile,

@@ -635,10 +635,10 @@ func TestNamesNotLogged(t *testing.T) {
 	}
 
 	log2, lb2 := debugLogger()
-	s2 := newServer(t, Config{Mode: ModeResolve, Resolver: fr, Logger: log2, UnsafeLogging: true})
+	s2 := newServer(t, Config{Mode: ModeResolve, Resolver: fr, Logger: log2, LogDestinations: true})
 	askName(t, s2, srcA, "secret-destination.example.", dnsmessage.TypeA)
 	if !strings.Contains(lb2.String(), "secret-destination") {
-		t.Errorf("UnsafeLogging did not log the name:\n%s", lb2.String())
+		t.Errorf("LogDestinations did not log the name:\n%s", lb2.String())
 	}
 }
 

@@ -12,14 +12,14 @@ import (
 
 	"golang.org/x/net/nettest"
 
-	"github.com/torgate/torgate/bench"
+	"github.com/torgate/torgate/internal/wstest"
 	"github.com/torgate/torgate/netstack"
 )
 
-// connPair joins a bench.Workstation to a Stack whose HandleTCP hands
+// connPair joins a wstest workstation to a Stack whose HandleTCP hands
 // every accepted flow to the test.
 type connPair struct {
-	ws    *bench.Workstation
+	ws    *wstest.Workstation
 	st    *netstack.Stack
 	conns chan net.Conn
 	port  atomic.Uint32
@@ -27,14 +27,12 @@ type connPair struct {
 
 func newConnPair(t *testing.T) *connPair {
 	t.Helper()
-	ws, err := bench.NewWorkstation(netip.MustParseAddr("10.152.152.11"), 1500)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &connPair{ws: ws, conns: make(chan net.Conn, 1)}
+	hub, ws := wstest.New(t, 1500, netip.MustParseAddr("10.152.152.11"))
+	p := &connPair{ws: ws[0], conns: make(chan net.Conn, 1)}
 	p.port.Store(1000)
+	var err error
 	p.st, err = netstack.New(netstack.Config{
-		Device: ws.Link(),
+		Device: hub,
 		HandleTCP: func(r *netstack.TCPRequest) {
 			c, err := r.Accept()
 			if err != nil {
@@ -47,10 +45,7 @@ func newConnPair(t *testing.T) *connPair {
 		t.Fatal(err)
 	}
 	p.st.Start()
-	t.Cleanup(func() {
-		p.st.Close()
-		ws.Close()
-	})
+	t.Cleanup(func() { p.st.Close() })
 	return p
 }
 
@@ -59,7 +54,7 @@ func (p *connPair) pair() (stackEnd, wsEnd net.Conn, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	dst := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(p.port.Add(1)))
-	w, err := p.ws.Dial(ctx, dst)
+	w, err := p.ws.Net.DialContextTCPAddrPort(ctx, dst)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -2,35 +2,15 @@ package netstack
 
 import (
 	"context"
-	"encoding/binary"
-	"errors"
-	"io"
 	"net/netip"
-	"os"
-	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-)
 
-// DNS over TCP limits: a workstation's resolver opens a connection per
-// query or pipelines a few; anything longer-lived is holding a slot.
-const (
-	// dnsTCPIdle closes a connection with no query for this long (RFC
-	// 7766 6.2.3 suggests seconds).
-	dnsTCPIdle = 10 * time.Second
-	// dnsTCPMaxLife closes a connection this long after it opened, however
-	// busy: a query every few seconds must not hold a slot for good.
-	dnsTCPMaxLife = 2 * time.Minute
-	// dnsTCPMaxQueries answered per connection; then the connection ends
-	// with a FIN after the last answer.
-	dnsTCPMaxQueries = 256
-	// dnsTCPLinger bounds how long a closing connection waits for the
-	// client to read the last answers and close its side.
-	dnsTCPLinger = 5 * time.Second
+	"github.com/torgate/torgate/dns"
 )
 
 // dnsUDP answers a UDP/53 datagram to any destination. The answer comes
@@ -63,13 +43,8 @@ func (s *Stack) dnsUDP(p *Packet, pkt []byte, csumOK bool) {
 		if version == 6 {
 			hdr = header.IPv6MinimumSize
 		}
-		if hdr+header.UDPMinimumSize+len(resp) > s.mtu {
-			// Too big for one packet: tell the client to retry over
-			// TCP with the header alone, TC set and no sections.
-			resp = resp[:12]
-			resp[2] |= 0x02
-			clear(resp[4:12])
-		}
+		// Too big for one packet: the client retries over TCP.
+		resp = dns.Truncate(resp, s.mtu-hdr-header.UDPMinimumSize)
 		s.sendUDP(version, dst, src, resp)
 	})
 }
@@ -136,7 +111,7 @@ func (s *Stack) sendUDP(version uint8, src, dst netip.AddrPort, payload []byte) 
 	pkb.DecRef()
 }
 
-// dnsTCP serves DNS over TCP (RFC 7766 framing) on an intercepted port-53
+// dnsTCP serves DNS over TCP (dns.ServeTCP) on an intercepted port-53
 // connection, answered locally: it never goes to the TCP handler. The
 // connection holds a slot of its source's share of the TCP/53 pool, never
 // a UDP worker.
@@ -160,57 +135,12 @@ func (s *Stack) dnsTCP(req *TCPRequest) {
 	defer conn.Close()
 	stop := context.AfterFunc(s.ctx, func() { conn.Close() })
 	defer stop()
-
-	msg := make([]byte, 65535)
-	scratch := make([]byte, 0, 4096)
-	frame := make([]byte, 0, 2+4096)
-	end := time.Now().Add(dnsTCPMaxLife)
-	for range dnsTCPMaxQueries {
-		deadline := time.Now().Add(dnsTCPIdle)
-		if deadline.After(end) {
-			deadline = end
-		}
-		conn.SetReadDeadline(deadline)
-		if _, err := io.ReadFull(conn, msg[:2]); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) && time.Now().After(end) {
-				s.finishDNSTCP(conn, msg)
-			}
-			return
-		}
-		n := int(binary.BigEndian.Uint16(msg[:2]))
-		if _, err := io.ReadFull(conn, msg[:n]); err != nil {
-			return
-		}
+	// dns frames the messages and bounds the connection (RFC 7766); the
+	// stack counts and times each answer.
+	dns.ServeTCP(conn, func(query, scratch []byte) ([]byte, error) {
 		s.stats.DNSQueries.Add(1)
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DNSTimeout)
-		out, err := s.cfg.DNS.Handle(ctx, src, msg[:n], false, scratch[:0])
-		cancel()
-		if err != nil || len(out) < 12 || len(out) > 65535 {
-			s.finishDNSTCP(conn, msg)
-			return
-		}
-		frame = binary.BigEndian.AppendUint16(frame[:0], uint16(len(out)))
-		frame = append(frame, out...)
-		conn.SetWriteDeadline(time.Now().Add(dnsTCPIdle))
-		if _, err := conn.Write(frame); err != nil {
-			return
-		}
-	}
-	s.finishDNSTCP(conn, msg)
-}
-
-// finishDNSTCP ends a DNS connection that may have unread pipelined
-// queries without losing the answers already written: closing a socket
-// with unread data sends a RST, and a RST makes the client discard what
-// it has not read yet. So: FIN after the last answer, then read and
-// discard until the client closes (it resends the unanswered queries on a
-// new connection, RFC 7766 6.2.1) or dnsTCPLinger passes; only then close.
-func (s *Stack) finishDNSTCP(conn *Conn, buf []byte) {
-	conn.CloseWrite()
-	conn.SetReadDeadline(time.Now().Add(dnsTCPLinger))
-	for {
-		if _, err := conn.Read(buf); err != nil {
-			return
-		}
-	}
+		defer cancel()
+		return s.cfg.DNS.Handle(ctx, src, query, false, scratch)
+	})
 }

@@ -403,9 +403,6 @@ func (s *Stack) Pending(src netip.Addr) (held, total int) { return s.pending.Hel
 // Stats returns the live counters.
 func (s *Stack) Stats() *Stats { return &s.stats }
 
-// GVisorStats returns gVisor's own counters, for scrape-time metrics.
-func (s *Stack) GVisorStats() tcpip.Stats { return s.stack.Stats() }
-
 // MTU returns the link MTU in use.
 func (s *Stack) MTU() int { return s.mtu }
 
@@ -698,7 +695,7 @@ func (s *Stack) writeLoop() {
 			size := pkt.Size()
 			if size <= s.mtu {
 				b := store[n][:headroom+size]
-				CopyPacket(b[headroom:], pkt)
+				copyPacket(b[headroom:], pkt)
 				bufs[n] = b
 				n++
 				bytes += uint64(size)
@@ -726,9 +723,9 @@ func (s *Stack) writeLoop() {
 	}
 }
 
-// CopyPacket flattens pkt into dst, which must be pkt.Size() long, without
+// copyPacket flattens pkt into dst, which must be pkt.Size() long, without
 // allocating.
-func CopyPacket(dst []byte, pkt *stack.PacketBuffer) {
+func copyPacket(dst []byte, pkt *stack.PacketBuffer) {
 	vl, off := pkt.AsViewList()
 	for v := vl.Front(); v != nil && len(dst) > 0; v = v.Next() {
 		b := v.AsSlice()

@@ -48,7 +48,7 @@ func BenchmarkCopyPacket(b *testing.B) {
 	b.SetBytes(int64(pkt.Size()))
 	b.ReportAllocs()
 	for b.Loop() {
-		CopyPacket(dst[headroom:headroom+pkt.Size()], pkt)
+		copyPacket(dst[headroom:headroom+pkt.Size()], pkt)
 	}
 }
 

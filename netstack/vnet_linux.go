@@ -151,7 +151,7 @@ func (v *vnetTUN) write(pkt *stack.PacketBuffer) error {
 			if cap(v.flat) < size {
 				v.flat = make([]byte, maxIPPacket)
 			}
-			CopyPacket(v.flat[:size], pkt)
+			copyPacket(v.flat[:size], pkt)
 			v.iov = append(v.iov[:1], iovec(v.flat[:size]))
 			break
 		}

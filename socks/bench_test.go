@@ -28,6 +28,9 @@ func (c *scriptConn) SetDeadline(time.Time) error      { return nil }
 func (c *scriptConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *scriptConn) SetWriteDeadline(time.Time) error { return nil }
 
+// okReply is a successful CONNECT reply in Tor's layout.
+const okReply = "\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+
 // scriptDialer returns a Dialer whose every Dial replays script.
 func scriptDialer(script string) *socks.Dialer {
 	c := &scriptConn{script: []byte(script)}

@@ -5,7 +5,9 @@
 // Dial function; the package has no global dialer and never opens any other
 // connection. [Dialer.Connect] runs the CONNECT handshake and hands back the
 // raw connection (a *net.TCPConn or *net.UnixConn, never a wrapper) so that
-// io.Copy can use splice(2) and ReadFrom. [Dialer.Resolve] and
+// its user can reach the socket itself: torgate's relay (package tunnel)
+// drives the descriptor through its own epoll set and half-closes it.
+// [Dialer.Resolve] and
 // [Dialer.ResolvePTR] use Tor's RESOLVE (0xF0) and RESOLVE_PTR (0xF1) commands
 // and close the connection after the reply.
 //

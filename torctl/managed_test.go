@@ -12,19 +12,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// requireTor skips without a tor binary, except under CI=true, where it
-// fails.
-func requireTor(t *testing.T) {
-	t.Helper()
-	if _, err := findTor(""); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true and tor is missing: %v", err)
-		}
-		t.Skip("tor not installed")
-	}
-}
+	"github.com/torgate/torgate/internal/testnet"
+)
 
 // offlineTorrc keeps a real tor off every network (DisableNetwork) and
 // skips loading the GeoIP files.
@@ -72,7 +62,7 @@ func TestConfigErrors(t *testing.T) {
 }
 
 func TestBadTorrc(t *testing.T) {
-	requireTor(t)
+	testnet.Require(t)
 	torrc := filepath.Join(t.TempDir(), "torrc")
 	if err := os.WriteFile(torrc, []byte("NoSuchOption 1\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -93,7 +83,7 @@ func TestBadTorrc(t *testing.T) {
 // takes ownership; Tor is not ready (it cannot bootstrap); a killed tor is
 // restarted with a new PID; Close leaves no tor behind.
 func TestManagedRealTor(t *testing.T) {
-	requireTor(t)
+	testnet.Require(t)
 	var downs atomic.Int32
 	tor, err := New(Config{
 		DataDir:        filepath.Join(t.TempDir(), "tor"),
@@ -194,7 +184,7 @@ func procIDs(t *testing.T, pid int) (uid, gid string) {
 // and cookie through the run directory's group, and restarts it as the
 // same user after a SIGKILL.
 func TestManagedRealTorAsUser(t *testing.T) {
-	requireTor(t)
+	testnet.Require(t)
 	u := requireTorUser(t)
 	data := filepath.Join(reachableTempDir(t), "tor")
 	// The layout of an earlier version: tor ran as root, with its state

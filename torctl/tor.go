@@ -7,13 +7,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/torgate/torgate/internal/endpoint"
 )
 
 // Config configures a Tor. Field comments are the reference; the zero
@@ -132,12 +133,8 @@ const (
 // that one crash is barely noticed.
 const firstRestart = 200 * time.Millisecond
 
-// maxUnixPath is the longest unix socket path Linux accepts (sun_path is
-// 108 bytes with the terminating NUL).
-const maxUnixPath = 107
-
-// endpoint is a dialable address.
-type endpoint struct{ network, address string }
+// maxUnixPath is the longest unix socket path Linux accepts.
+const maxUnixPath = endpoint.MaxUnixPath
 
 // Tor is a managed or attached Tor. Its methods are safe for concurrent
 // use.
@@ -145,14 +142,14 @@ type Tor struct {
 	cfg     Config
 	log     *slog.Logger
 	managed bool
-	control endpoint // attach: where to dial; managed: the control socket
-	torPath string   // managed
-	runDir  string   // managed: sockets, cookie and torrc (DataDir+"-run")
-	runAs   *runAs   // managed: the user tor runs as; nil for torgate's own
+	control endpoint.Endpoint // attach: where to dial; managed: the control socket
+	torPath string            // managed
+	runDir  string            // managed: sockets, cookie and torrc (DataDir+"-run")
+	runAs   *runAs            // managed: the user tor runs as; nil for torgate's own
 
-	ready atomic.Bool              // mirrors st.Ready(); read per flow
-	socks atomic.Pointer[endpoint] // nil until known
-	pid   atomic.Int64             // managed tor's PID, 0 when none
+	ready atomic.Bool                       // mirrors st.Ready(); read per flow
+	socks atomic.Pointer[endpoint.Endpoint] // nil until known
+	pid   atomic.Int64                      // managed tor's PID, 0 when none
 
 	mu         sync.Mutex
 	st         Status        // guarded by mu
@@ -220,13 +217,13 @@ func (t *Tor) validateAttach() error {
 	if c.DataDir != "" || c.TorPath != "" || c.TorrcFile != "" || len(c.TorrcLines) > 0 || c.User != "" {
 		return errors.New("torctl: DataDir, TorPath, TorrcFile, TorrcLines and User are for managed mode; attach mode (ControlAddr) uses the Tor that runs")
 	}
-	ep, err := parseEndpoint(c.ControlAddr)
+	ep, err := endpoint.Parse(c.ControlAddr)
 	if err != nil {
 		return fmt.Errorf("torctl: ControlAddr: %w", err)
 	}
 	t.control = ep
 	if c.SocksAddr != "" {
-		ep, err := parseEndpoint(c.SocksAddr)
+		ep, err := endpoint.Parse(c.SocksAddr)
 		if err != nil {
 			return fmt.Errorf("torctl: SocksAddr: %w", err)
 		}
@@ -288,8 +285,8 @@ func (t *Tor) validateManaged() error {
 	} else {
 		t.torPath = c.TorPath
 	}
-	t.control = endpoint{"unix", filepath.Join(t.runDir, "control.sock")}
-	t.socks.Store(&endpoint{"unix", filepath.Join(t.runDir, "socks.sock")})
+	t.control = endpoint.Endpoint{Network: "unix", Address: filepath.Join(t.runDir, "control.sock")}
+	t.socks.Store(&endpoint.Endpoint{Network: "unix", Address: filepath.Join(t.runDir, "socks.sock")})
 	return nil
 }
 
@@ -298,25 +295,6 @@ func setDefault[T comparable](p *T, def T) {
 	if *p == zero {
 		*p = def
 	}
-}
-
-// parseEndpoint reads "IP:port", "/path" or "unix:/path". No name lookup:
-// torgate must not depend on DNS to find Tor.
-func parseEndpoint(s string) (endpoint, error) {
-	if p, ok := strings.CutPrefix(s, "unix:"); ok || strings.HasPrefix(s, "/") {
-		if !ok {
-			p = s
-		}
-		if p == "" || len(p) > maxUnixPath || strings.IndexByte(p, 0) >= 0 {
-			return endpoint{}, fmt.Errorf("unix socket path %q is empty, too long or contains NUL", p)
-		}
-		return endpoint{"unix", p}, nil
-	}
-	ap, err := netip.ParseAddrPort(s)
-	if err != nil || ap.Port() == 0 {
-		return endpoint{}, fmt.Errorf("%q is not IP:port or a unix socket path", s)
-	}
-	return endpoint{"tcp", ap.String()}, nil
 }
 
 // Start starts the managed Tor, or makes the first connection to the
@@ -425,20 +403,16 @@ func (t *Tor) DialSocks(ctx context.Context) (net.Conn, error) {
 		return nil, ErrNoSocksPort
 	}
 	var d net.Dialer
-	return d.DialContext(ctx, ep.network, ep.address)
+	return d.DialContext(ctx, ep.Network, ep.Address)
 }
 
 // SocksAddr returns the SocksPort in use ("unix:/path" or "IP:port"), or
 // "" while it is unknown.
 func (t *Tor) SocksAddr() string {
-	ep := t.socks.Load()
-	switch {
-	case ep == nil:
-		return ""
-	case ep.network == "unix":
-		return "unix:" + ep.address
+	if ep := t.socks.Load(); ep != nil {
+		return ep.String()
 	}
-	return ep.address
+	return ""
 }
 
 // SwitchesUser reports whether the managed tor runs as another user than
@@ -504,7 +478,7 @@ func (t *Tor) dialControl(ctx context.Context) (net.Conn, error) {
 		return t.cfg.dial(ctx)
 	}
 	var d net.Dialer
-	return d.DialContext(ctx, t.control.network, t.control.address)
+	return d.DialContext(ctx, t.control.Network, t.control.Address)
 }
 
 // open dials the control port and sets the connection up: authenticate,
@@ -516,7 +490,7 @@ func (t *Tor) open(ctx context.Context) (*ctlConn, error) {
 	defer cancel()
 	nc, err := t.dialControl(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("connect to tor control port %s: %w", t.control.address, err)
+		return nil, fmt.Errorf("connect to tor control port %s: %w", t.control.Address, err)
 	}
 	var c *ctlConn
 	c = newCtlConn(nc, func(ev event) { t.onEvent(c, ev) })
@@ -529,7 +503,7 @@ func (t *Tor) open(ctx context.Context) (*ctlConn, error) {
 
 func (t *Tor) setup(ctx context.Context, c *ctlConn) error {
 	if err := c.authenticate(ctx, t.cfg.ControlPassword); err != nil {
-		return fmt.Errorf("tor control port %s: %w", t.control.address, err)
+		return fmt.Errorf("tor control port %s: %w", t.control.Address, err)
 	}
 	if t.managed {
 		// Tor exits when this connection closes, so it never outlives
@@ -550,10 +524,10 @@ func (t *Tor) setup(ctx context.Context, c *ctlConn) error {
 		if err != nil {
 			return err
 		}
-		if old := t.socks.Load(); old == nil || *old != (endpoint{n, a}) {
+		if old := t.socks.Load(); old == nil || *old != (endpoint.Endpoint{Network: n, Address: a}) {
 			t.log.Info("tor socks port", "network", n, "address", a)
 		}
-		t.socks.Store(&endpoint{n, a})
+		t.socks.Store(&endpoint.Endpoint{Network: n, Address: a})
 	}
 	t.mu.Lock()
 	t.cur = c

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -35,12 +34,11 @@ func parseRunFlags(fs *flag.FlagSet, f *runFlags, args []string) error {
 	return nil
 }
 
-// app is what "torgate run" and "torgate exec" share: logging, Tor, the
-// router, metrics and the admin endpoint.
+// app is what "torgate run" and "torgate exec" share: logging, the
+// router (with its Tor), metrics and the admin endpoint.
 type app struct {
 	log    *slog.Logger
 	view   *progressView
-	link   *torLink
 	router *torgate.Router
 	reg    *prometheus.Registry
 	stop   []func()
@@ -72,11 +70,7 @@ func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device
 	if dev != nil {
 		cfg.TUNName, cfg.TUNFD, cfg.Device = "", 0, dev
 	}
-	tc, err := f.tor.torConfig(f.socks, f.stateDir)
-	if err != nil {
-		return nil, err
-	}
-	if tc != nil && tc.ControlAddr == "" && cfg.StateDir == "" {
+	if cfg.ManagedTor != nil && cfg.StateDir == "" {
 		cfg.StateDir = defaultStateDir
 	}
 	if cfg.StateDir == "" {
@@ -102,23 +96,15 @@ func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device
 	if f.logDest {
 		log.Warn("destination logging is on: logs will name the sites workstations visit")
 	}
-	link, err := startTor(ctx, tc, &cfg, log, view.update)
+	cfg.OnTorProgress = view.update
+	r, err := torgate.NewContext(ctx, cfg)
 	if err != nil {
-		return nil, err
-	}
-	a.link = link
-	a.stop = append(a.stop, link.close)
-	r, err := torgate.New(cfg)
-	if err != nil {
-		a.close()
 		return nil, err
 	}
 	a.router = r
-	link.setRouter(r)
 	a.stop = append(a.stop, func() { r.Close() })
-	cfg.Registerer.MustRegister(link.metrics(r)...)
 	if f.tor.admin != "" {
-		stop, wait, err := serveAdmin(f.tor.admin, r, link, a.reg, log)
+		stop, wait, err := serveAdmin(f.tor.admin, r, a.reg, log)
 		if err != nil {
 			a.close()
 			return nil, err
@@ -126,19 +112,9 @@ func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device
 		a.stop = append(a.stop, stop)
 		a.tasks = append(a.tasks, wait)
 	}
-	if t := link.tor; t != nil {
-		a.tasks = append(a.tasks, func(ctx context.Context) error {
-			select {
-			case <-t.Done():
-				return errors.New("tor supervisor stopped")
-			case <-ctx.Done():
-				return nil
-			}
-		})
-	}
-	log.Info("tor mode", "mode", link.modeText())
+	log.Info("tor mode", "mode", modeText(r))
 	if dev == nil { // run: set-up is done; exec drops once its command runs (privs.go)
-		if err := dropPrivileges(log, f.tor.keepPrivileges, privs.SetOf(privs.CapNetAdmin)|torKeeps(link.tor)); err != nil {
+		if err := dropPrivileges(log, f.tor.keepPrivileges, privs.SetOf(privs.CapNetAdmin)|torKeeps(r.Tor())); err != nil {
 			a.close()
 			return nil, err
 		}
@@ -146,8 +122,8 @@ func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device
 	return a, nil
 }
 
-// run forwards until ctx is done or a part fails: the router's packet
-// loop, the admin endpoint, the Tor supervisor. The first failure ends
+// run forwards until ctx is done or a part fails: the router (its packet
+// loop and Tor supervisor) and the admin endpoint. The first failure ends
 // them all and is returned, so the process exits non-zero rather than
 // stay up unable to forward. The router is started if it was not.
 func (a *app) run(ctx context.Context) error {
@@ -182,27 +158,17 @@ func (a *app) close() {
 // the time is up. In plain SOCKS mode it waits for the upstream to
 // answer.
 func (a *app) waitReady(ctx context.Context, wait time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, wait)
+	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	if a.link.tor != nil {
-		if err := a.link.tor.WaitReady(ctx); err != nil {
-			if errors.Is(err, context.Canceled) {
-				return err
-			}
-			return fmt.Errorf("tor not ready after %v: %s", wait, a.link.diagnosis())
+	if err := a.router.WaitReady(wctx); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
-	}
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for a.router.UpstreamErr() != nil {
-		select {
-		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.Canceled) {
-				return ctx.Err()
-			}
-			return fmt.Errorf("not ready after %v: %v", wait, a.router.UpstreamErr())
-		case <-tick.C:
+		what := "tor"
+		if a.router.Mode() == torgate.ModeSocks {
+			what = "the SOCKS upstream"
 		}
+		return fmt.Errorf("%s not ready after %v: %s", what, wait, a.router.Diagnosis())
 	}
 	return nil
 }

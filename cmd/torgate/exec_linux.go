@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -17,10 +16,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/torgate/torgate/internal/netconf"
 	"github.com/torgate/torgate/internal/privs"
 )
 
@@ -155,7 +154,7 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	// The command runs: from now on exec only signals it and Tor (privs.go).
-	if err := dropPrivileges(a.log, f.tor.keepPrivileges, privs.SetOf(privs.CapKill)|torKeeps(a.link.tor)); err != nil {
+	if err := dropPrivileges(a.log, f.tor.keepPrivileges, privs.SetOf(privs.CapKill)|torKeeps(a.router.Tor())); err != nil {
 		child.Process.Kill()
 		child.Wait()
 		return err
@@ -323,40 +322,19 @@ func (ns *execNetns) release() {
 }
 
 func configureNamespace(dev tun.Device) error {
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
-		return fmt.Errorf("exec: lo: %w", err)
-	}
-	if err := netlink.LinkSetUp(lo); err != nil {
-		return fmt.Errorf("exec: lo up: %w", err)
+	if err := netconf.Configure("lo", netconf.Link{}); err != nil {
+		return fmt.Errorf("exec: %w", err)
 	}
 	name, err := dev.Name()
 	if err != nil {
 		return err
 	}
-	link, err := netlink.LinkByName(name)
+	err = netconf.Configure(name, netconf.Link{
+		Addrs:  []netip.Prefix{execAddr4, execAddr6},
+		Routes: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
+	})
 	if err != nil {
-		return fmt.Errorf("exec: find %s: %w", name, err)
-	}
-	for _, p := range []netip.Prefix{execAddr4, execAddr6} {
-		a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
-		if p.Addr().Is6() {
-			a.Flags = unix.IFA_F_NODAD
-		}
-		if err := netlink.AddrAdd(link, a); err != nil {
-			return fmt.Errorf("exec: address %s: %w", p, err)
-		}
-	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("exec: %s up: %w", name, err)
-	}
-	for _, dst := range []*net.IPNet{
-		{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)},
-		{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)},
-	} {
-		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK}); err != nil {
-			return fmt.Errorf("exec: default route %s: %w", dst, err)
-		}
+		return fmt.Errorf("exec: %w", err)
 	}
 	return nil
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/torgate/torgate/internal/nstest"
 	"github.com/torgate/torgate/internal/privs"
+	"github.com/torgate/torgate/internal/testlog"
 	"github.com/torgate/torgate/internal/testnet"
 	"github.com/torgate/torgate/socks"
 	"github.com/torgate/torgate/socks/sockstest"
@@ -425,7 +426,7 @@ func TestExecKeepsTorState(t *testing.T) {
 	}
 
 	// A: holds the persistent state until told to stop.
-	var logA syncBuffer
+	var logA testlog.Buffer
 	a := exec.Command(bin, execArgs("sh", "-c", "touch "+work+"/a; while [ ! -e "+work+"/stop ]; do sleep 0.1; done")...)
 	a.Stdout, a.Stderr = &logA, &logA
 	beganA := time.Now()

@@ -41,6 +41,7 @@ import (
 
 	"github.com/torgate/torgate/internal/netns"
 	"github.com/torgate/torgate/internal/nstest"
+	"github.com/torgate/torgate/internal/testlog"
 	"github.com/torgate/torgate/socks"
 	"github.com/torgate/torgate/socks/sockstest"
 )
@@ -376,7 +377,7 @@ func (pipeAddr) String() string  { return "pipe" }
 // tgProc is one torgate run in the gateway.
 type tgProc struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testlog.Buffer
 	done chan struct{}
 	err  error
 }
@@ -388,7 +389,7 @@ func (g *gwNet) startTorgate() time.Duration {
 	if g.tg != nil {
 		g.t.Fatal("torgate already running")
 	}
-	p := &tgProc{out: &syncBuffer{}, done: make(chan struct{})}
+	p := &tgProc{out: &testlog.Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command("ip", "netns", "exec", g.gw, g.bin, "run", "--lan", g.lan,
 		"--socks", g.socks.Addr(), "--admin", gwAdmin, "--state-dir", g.stateDir, "--log-level", "debug")
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
@@ -689,7 +690,7 @@ func TestGatewayDeployment(t *testing.T) {
 	g.checkClean("phase 4 (restarted)")
 
 	// 5. SIGKILL mid-download: the same.
-	var dl syncBuffer
+	var dl testlog.Buffer
 	cmd := g.wsStart(&dl, "curl", "-sS", "-o", "/dev/null", "--max-time", "30", "http://"+inetAddr4+"/stream?s=20")
 	time.Sleep(2 * time.Second)
 	g.stopTorgate(syscall.SIGKILL)
@@ -774,7 +775,7 @@ func (g *gwNet) closedWhileDown(when string) {
 // (disable_ipv6 would remove its address: a different fault.)
 func (g *gwNet) faultNeighbours() {
 	g.t.Helper()
-	var out4, out6 syncBuffer
+	var out4, out6 testlog.Buffer
 	d4 := g.wsStart(&out4, "curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "40", "http://"+inetAddr4+"/stream?s=20")
 	d6 := g.wsStart(&out6, "curl", "-sS", "-g", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "40", "http://["+inetAddr6+"]/stream?s=20")
 	time.Sleep(2 * time.Second)
@@ -798,7 +799,7 @@ func (g *gwNet) faultNeighbours() {
 // download, then up.
 func (g *gwNet) faultLinkDown() {
 	g.t.Helper()
-	var out4, out6 syncBuffer
+	var out4, out6 testlog.Buffer
 	d4 := g.wsStart(&out4, "curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "30", "http://"+inetAddr4+"/stream?s=12")
 	d6 := g.wsStart(&out6, "curl", "-sS", "-g", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "30", "http://["+inetAddr6+"]/stream?s=12")
 	time.Sleep(2 * time.Second)

@@ -14,14 +14,15 @@ import (
 
 	"github.com/torgate/torgate/internal/nstest"
 	"github.com/torgate/torgate/internal/privs"
+	"github.com/torgate/torgate/internal/testlog"
 )
 
 // startRun starts "torgate run" in a network namespace of its own
 // (unshare -n execs it, so the PID is torgate's) and waits for want in
 // its log. The process is killed at cleanup.
-func startRun(t *testing.T, bin string, want string, args ...string) (*exec.Cmd, *syncBuffer) {
+func startRun(t *testing.T, bin string, want string, args ...string) (*exec.Cmd, *testlog.Buffer) {
 	t.Helper()
-	var logs syncBuffer
+	var logs testlog.Buffer
 	cmd := exec.Command("unshare", append([]string{"-n", bin, "run", "--tun", "tgpriv0", "--addr", "", "--admin", ""}, args...)...)
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {

@@ -72,7 +72,9 @@ func (f *runFlags) config() (torgate.Config, error) {
 		}
 	}
 	c.MTU = f.mtu
-	c.SocksAddr = f.socks
+	if err := f.tor.upstream(&c, f.socks, f.stateDir); err != nil {
+		return c, err
+	}
 	if c.Isolation, err = tunnel.ParseIsolationMode(f.isolation); err != nil {
 		return c, fmt.Errorf("--isolation: %w", err)
 	}

@@ -14,33 +14,15 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/torgate/torgate/admin"
 	"github.com/torgate/torgate/internal/nstest"
+	"github.com/torgate/torgate/internal/testlog"
 	"github.com/torgate/torgate/internal/testnet"
 )
-
-// syncBuffer is a bytes.Buffer safe for the logger and the test at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestRunManagedTor drives "torgate run" as a user would, in managed
 // mode: it starts its own tor, which joins a private Tor network through
@@ -52,12 +34,7 @@ func (s *syncBuffer) String() string {
 // it gets no address and no route, and carries nothing.
 func TestRunManagedTor(t *testing.T) {
 	nstest.RequireRoot(t, "curl")
-	if _, _, err := testnet.Binaries(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true and tor is missing: %v", err)
-		}
-		t.Skipf("tor not installed: %v", err)
-	}
+	testnet.Require(t)
 	sctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
 	n, err := testnet.Start(sctx, testnet.Config{Dir: reachableTempDir(t), Logger: slog.New(slog.DiscardHandler)})
 	cancel()
@@ -80,7 +57,7 @@ func TestRunManagedTor(t *testing.T) {
 
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
-	var logs syncBuffer
+	var logs testlog.Buffer
 	done := make(chan error, 1)
 	began := time.Now()
 	go func() {

@@ -11,14 +11,16 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/torgate/torgate"
 	"github.com/torgate/torgate/torctl"
 )
 
-func TestTorConfig(t *testing.T) {
+func TestTorUpstream(t *testing.T) {
 	pwFile := filepath.Join(t.TempDir(), "pw")
 	if err := os.WriteFile(pwFile, []byte("s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -29,26 +31,32 @@ func TestTorConfig(t *testing.T) {
 	if _, err := user.Lookup(defaultTorUser); err == nil && os.Geteuid() == 0 {
 		auto = defaultTorUser
 	}
+	type (
+		M = torgate.ManagedTor
+		A = torgate.AttachedTor
+	)
 	for _, tc := range []struct {
-		name     string
-		f        torFlags
-		socks    string
-		stateDir string
-		want     *torctl.Config // nil: plain SOCKS
-		err      string
+		name      string
+		f         torFlags
+		socks     string
+		stateDir  string
+		managed   *M
+		attached  *A
+		wantSocks string // plain SOCKS
+		err       string
 	}{
-		{name: "managed default", want: &torctl.Config{DataDir: "/var/lib/torgate/tor", User: auto}},
+		{name: "managed default", managed: &M{DataDir: "/var/lib/torgate/tor", User: auto}},
 		{name: "managed state dir", stateDir: "/srv/tg", f: torFlags{torrc: "/etc/torgate/torrc", torPath: "/opt/tor"},
-			want: &torctl.Config{DataDir: "/srv/tg/tor", TorrcFile: "/etc/torgate/torrc", TorPath: "/opt/tor", User: auto}},
-		{name: "managed tor user", f: torFlags{user: "alice"}, want: &torctl.Config{DataDir: "/var/lib/torgate/tor", User: "alice"}},
-		{name: "exec data dir", f: torFlags{dataDir: "/var/lib/torgate/exec-tor"}, want: &torctl.Config{DataDir: "/var/lib/torgate/exec-tor", User: auto}},
+			managed: &M{DataDir: "/srv/tg/tor", TorrcFile: "/etc/torgate/torrc", TorPath: "/opt/tor", User: auto}},
+		{name: "managed tor user", f: torFlags{user: "alice"}, managed: &M{DataDir: "/var/lib/torgate/tor", User: "alice"}},
+		{name: "exec data dir", f: torFlags{dataDir: "/var/lib/torgate/exec-tor"}, managed: &M{DataDir: "/var/lib/torgate/exec-tor", User: auto}},
 		{name: "tor user with socks", f: torFlags{user: "alice"}, socks: "127.0.0.1:9050", err: "--tor-user"},
-		{name: "plain socks", socks: "127.0.0.1:9050"},
-		{name: "attach", f: torFlags{control: "127.0.0.1:9051"}, want: &torctl.Config{ControlAddr: "127.0.0.1:9051"}},
+		{name: "plain socks", socks: "127.0.0.1:9050", wantSocks: "127.0.0.1:9050"},
+		{name: "attach", f: torFlags{control: "127.0.0.1:9051"}, attached: &A{ControlAddr: "127.0.0.1:9051"}},
 		{name: "attach with socks", f: torFlags{control: "/run/tor/control"}, socks: "unix:/run/tor/socks",
-			want: &torctl.Config{ControlAddr: "/run/tor/control", SocksAddr: "unix:/run/tor/socks"}},
+			attached: &A{ControlAddr: "/run/tor/control", SocksAddr: "unix:/run/tor/socks"}},
 		{name: "attach password file", f: torFlags{control: "127.0.0.1:9051", passwordFile: pwFile},
-			want: &torctl.Config{ControlAddr: "127.0.0.1:9051", ControlPassword: "s3cret"}},
+			attached: &A{ControlAddr: "127.0.0.1:9051", ControlPassword: "s3cret"}},
 		{name: "torrc with socks", f: torFlags{torrc: "/x"}, socks: "127.0.0.1:9050", err: "--torrc"},
 		{name: "torrc with control", f: torFlags{torrc: "/x", control: "127.0.0.1:9051"}, err: "--torrc"},
 		{name: "password without control", f: torFlags{password: "x"}, err: "needs --tor-control"},
@@ -56,7 +64,8 @@ func TestTorConfig(t *testing.T) {
 		{name: "missing password file", f: torFlags{control: "127.0.0.1:9051", passwordFile: "/nonexistent"}, err: "--tor-control-password-file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := tc.f.torConfig(tc.socks, tc.stateDir)
+			var got torgate.Config
+			err := tc.f.upstream(&got, tc.socks, tc.stateDir)
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("err = %v, want one containing %q", err, tc.err)
@@ -66,8 +75,9 @@ func TestTorConfig(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if (got == nil) != (tc.want == nil) || (got != nil && fmt.Sprintf("%+v", *got) != fmt.Sprintf("%+v", *tc.want)) {
-				t.Fatalf("torConfig = %+v, want %+v", got, tc.want)
+			if !reflect.DeepEqual(got.ManagedTor, tc.managed) || !reflect.DeepEqual(got.AttachedTor, tc.attached) || got.SocksAddr != tc.wantSocks {
+				t.Fatalf("upstream = managed %+v attached %+v socks %q; want %+v %+v %q",
+					got.ManagedTor, got.AttachedTor, got.SocksAddr, tc.managed, tc.attached, tc.wantSocks)
 			}
 		})
 	}

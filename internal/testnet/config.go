@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"testing"
 	"time"
 )
 
@@ -222,4 +223,16 @@ func validName(name string) bool {
 		}
 	}
 	return true
+}
+
+// Require skips tb when tor or tor-gencert is missing, except under
+// CI=true, where a missing tor is a failure.
+func Require(tb testing.TB) {
+	tb.Helper()
+	if _, _, err := Binaries(); err != nil {
+		if os.Getenv("CI") == "true" {
+			tb.Fatalf("CI=true and tor is missing: %v", err)
+		}
+		tb.Skipf("tor not installed: %v", err)
+	}
 }

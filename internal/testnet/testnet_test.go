@@ -20,26 +20,16 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// requireTor skips when tor is not installed, except under CI=true, where
-// a missing tor is a failure.
-func requireTor(t *testing.T) {
-	t.Helper()
-	if _, _, err := Binaries(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true and tor is missing: %v", err)
-		}
-		t.Skipf("tor not installed: %v", err)
-	}
-}
+	"github.com/torgate/torgate/internal/testlog"
+)
 
 // TestNetwork starts a full network with an onion service and checks,
 // through the client's SocksPort: exit-resolved and IP-literal HTTP, the
 // onion service, SOCKS RESOLVE, stream isolation, and that Close leaves
 // no tor running.
 func TestNetwork(t *testing.T) {
-	requireTor(t)
+	Require(t)
 	goroutines := runtime.NumGoroutine()
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Second)
 	defer cancel()
@@ -48,7 +38,7 @@ func TestNetwork(t *testing.T) {
 	if testing.Verbose() {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: level}))
+	log := slog.New(slog.NewTextHandler(testlog.Writer{TB: t}, &slog.HandlerOptions{Level: level}))
 	n, err := Start(ctx, Config{Dir: t.TempDir(), Logger: log, Onion: true})
 	if err != nil {
 		t.Fatalf("Start: %v", err)
@@ -282,14 +272,6 @@ func testClientTorrc(ctx context.Context, t *testing.T, n *Network) {
 	if err != nil || body != WebBody {
 		t.Fatalf("GET through second client = %q, %v", body, err)
 	}
-}
-
-// tWriter sends slog output to t.Log.
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
 }
 
 // --- a minimal SOCKS5 client with tor's RESOLVE extension ---

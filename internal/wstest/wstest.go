@@ -2,6 +2,18 @@
 // complete gVisor stack from wireguard's tun/netstack with its own
 // address, and a Hub joins them into the single tun.Device the router
 // reads, as a LAN behind a gateway would.
+//
+// The repository has three workstation fakes, one per job, and no other
+// fake TUN: wstest for hermetic tests (several hosts with full TCP stacks
+// behind one device, per-destination delivery counts, packet injection);
+// bench.Link with bench.Workstation and bench.RawPeer for benchmarks (a
+// bounded queue of preallocated buffers, nothing allocates, so that what
+// a benchmark measures is the router); and internal/nstest for
+// integration tests (a real kernel TUN in a network namespace, for real
+// tools such as curl and dig). wstest favours convenience over
+// allocation (it copies every packet), which is why benchmarks do not
+// use it, and bench.Link has one far end, which is why tests with several
+// workstations do not use it.
 package wstest
 
 import (

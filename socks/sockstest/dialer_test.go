@@ -1,4 +1,8 @@
-package socks_test
+package sockstest_test
+
+// The socks Dialer's tests against the scripted server. They live here,
+// not in package socks, so that no test of socks imports sockstest (which
+// imports socks): the package graph has no test-only back edge.
 
 import (
 	"bytes"
@@ -38,14 +42,6 @@ func newServer(t *testing.T, cfg sockstest.Config) *sockstest.Server {
 		}
 	})
 	return srv
-}
-
-// testCtx returns a context with a deadline generous enough for a loaded
-// machine; it only exists so that a bug fails the test instead of hanging.
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	t.Cleanup(cancel)
-	return ctx
 }
 
 // echoRoundTrip writes msg on c and expects it back.
