@@ -108,7 +108,7 @@ func TestIntegrationLAN(t *testing.T) {
 		out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ws, name}, args...)...).CombinedOutput()
 		return string(out), err
 	}
-	for _, url := range []string{"http://192.0.2.10/", "http://[fd20::10]/"} {
+	for _, url := range []string{"http://192.0.2.10/", "http://[2001:db8:20::10]/"} {
 		out, err := run("curl", "-sS", "--max-time", "10", url)
 		if err != nil || !strings.Contains(out, "hello over the LAN") {
 			t.Fatalf("curl %s: %v\n%s", url, err, out)

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/torgate/torgate/tunnel"
+	"github.com/torgate/torgate/dest"
 )
 
 // Mode selects how A and AAAA queries for ordinary (non-.onion) names are
@@ -196,14 +196,14 @@ type Config struct {
 	// MaxResolves caps Resolver calls in flight. Default DefaultMaxResolves.
 	MaxResolves int
 
-	// Forbidden classifies a destination address (tunnel.Forbidden's
+	// Forbidden classifies a destination address (dest.Forbidden's
 	// classes). A query for a name that is an IP address literal ("127.1",
 	// "::ffff:10.0.0.1", "2130706433") is answered here, never automapped
 	// or resolved: with the literal itself if Forbidden allows it, else
 	// NXDOMAIN, counted by reason (Stats.Forbidden). A resolve-mode answer
 	// it forbids is SERVFAIL. The router passes (*tunnel.Tunnel).Forbidden,
-	// which adds the gateway's own networks; nil means tunnel.Forbidden.
-	Forbidden func(netip.Addr) tunnel.DestReason
+	// which adds the gateway's own networks; nil means dest.Forbidden.
+	Forbidden func(netip.Addr) dest.Reason
 
 	// Ready reports whether Tor is usable. While it returns false every
 	// well-formed query gets SERVFAIL, automapped ones too: fail closed.
@@ -347,7 +347,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.Forbidden == nil {
-		cfg.Forbidden = tunnel.Forbidden
+		cfg.Forbidden = dest.Forbidden
 	}
 	return cfg, nil
 }

@@ -12,9 +12,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/torgate/torgate/dest"
 	"golang.org/x/net/dns/dnsmessage"
-
-	"github.com/torgate/torgate/tunnel"
 )
 
 var updateCorpus = flag.Bool("update-corpus", false, "rewrite testdata/fuzz/FuzzHandle from fuzzSeeds")
@@ -322,7 +321,7 @@ func checkHandle(t *testing.T, s *Server, query []byte, udp bool) {
 		}
 		// An automap answer is virtual, loopback (localhost) or the
 		// question's own literal, which must then be allowed.
-		lit, isLit := tunnel.ParseLiteral(m.Questions[0].Name.String())
+		lit, isLit := dest.ParseLiteral(m.Questions[0].Name.String())
 		var ip netip.Addr
 		switch body := m.Answers[0].Body.(type) {
 		case *dnsmessage.AResource:
@@ -333,7 +332,7 @@ func checkHandle(t *testing.T, s *Server, query []byte, udp bool) {
 		switch {
 		case !ip.IsValid():
 		case isLit:
-			if ip != lit.Unmap() || tunnel.Forbidden(ip) != tunnel.ReasonAllowed || s.IsVirtual(ip) {
+			if ip != lit.Unmap() || dest.Forbidden(ip) != dest.ReasonAllowed || s.IsVirtual(ip) {
 				t.Fatalf("literal %v answered %v", lit, ip)
 			}
 		case s.mode == ModeAutomap && !s.IsVirtual(ip) && !ip.IsLoopback():

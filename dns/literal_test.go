@@ -4,42 +4,41 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/torgate/torgate/dest"
 	"golang.org/x/net/dns/dnsmessage"
-
-	"github.com/torgate/torgate/tunnel"
 )
 
 // literalTests are names that are IP address literals, in the spellings
 // resolvers and libc accept, and what A and AAAA queries for them get.
 var literalTests = []struct {
 	name   string
-	reason tunnel.DestReason // forbidden: NXDOMAIN for both types
-	a      string            // allowed: the A answer ("" = NODATA)
-	aaaa   string            // allowed: the AAAA answer ("" = NODATA)
+	reason dest.Reason // forbidden: NXDOMAIN for both types
+	a      string      // allowed: the A answer ("" = NODATA)
+	aaaa   string      // allowed: the AAAA answer ("" = NODATA)
 }{
-	{name: "127.0.0.1.", reason: tunnel.ReasonLoopback},
-	{name: "127.1.", reason: tunnel.ReasonLoopback},
-	{name: "0x7f.0.0.1.", reason: tunnel.ReasonLoopback},
-	{name: "0177.0.0.1.", reason: tunnel.ReasonLoopback},
-	{name: "2130706433.", reason: tunnel.ReasonLoopback},
-	{name: "0.", reason: tunnel.ReasonUnspecified},
-	{name: "10.99.0.2.", reason: tunnel.ReasonPrivate},
-	{name: "192.168.1.1.", reason: tunnel.ReasonPrivate},
-	{name: "10.192.0.5.", reason: tunnel.ReasonPrivate}, // a virtual address
-	{name: "169.254.169.254.", reason: tunnel.ReasonMetadata},
-	{name: "169.254.1.1.", reason: tunnel.ReasonLinkLocal},
-	{name: "224.0.0.251.", reason: tunnel.ReasonMulticast},
-	{name: "255.255.255.255.", reason: tunnel.ReasonBroadcast},
-	{name: "240.1.2.3.", reason: tunnel.ReasonReserved},
-	{name: "::1.", reason: tunnel.ReasonLoopback},
-	{name: "[::1].", reason: tunnel.ReasonLoopback},
-	{name: "::127.0.0.1.", reason: tunnel.ReasonReserved},
-	{name: "::ffff:127.0.0.1.", reason: tunnel.ReasonLoopback},
-	{name: "::ffff:10.0.0.1.", reason: tunnel.ReasonPrivate},
-	{name: "fe80::1.", reason: tunnel.ReasonLinkLocal},
-	{name: "fd00:ec2::254.", reason: tunnel.ReasonMetadata},
-	{name: "fd9d:7a2b:5c1e::ac0:5.", reason: tunnel.ReasonPrivate}, // virtual
-	{name: "64:ff9b::7f00:1.", reason: tunnel.ReasonEmbedded},
+	{name: "127.0.0.1.", reason: dest.ReasonLoopback},
+	{name: "127.1.", reason: dest.ReasonLoopback},
+	{name: "0x7f.0.0.1.", reason: dest.ReasonLoopback},
+	{name: "0177.0.0.1.", reason: dest.ReasonLoopback},
+	{name: "2130706433.", reason: dest.ReasonLoopback},
+	{name: "0.", reason: dest.ReasonUnspecified},
+	{name: "10.99.0.2.", reason: dest.ReasonPrivate},
+	{name: "192.168.1.1.", reason: dest.ReasonPrivate},
+	{name: "10.192.0.5.", reason: dest.ReasonPrivate}, // a virtual address
+	{name: "169.254.169.254.", reason: dest.ReasonMetadata},
+	{name: "169.254.1.1.", reason: dest.ReasonLinkLocal},
+	{name: "224.0.0.251.", reason: dest.ReasonMulticast},
+	{name: "255.255.255.255.", reason: dest.ReasonBroadcast},
+	{name: "240.1.2.3.", reason: dest.ReasonReserved},
+	{name: "::1.", reason: dest.ReasonLoopback},
+	{name: "[::1].", reason: dest.ReasonLoopback},
+	{name: "::127.0.0.1.", reason: dest.ReasonReserved},
+	{name: "::ffff:127.0.0.1.", reason: dest.ReasonLoopback},
+	{name: "::ffff:10.0.0.1.", reason: dest.ReasonPrivate},
+	{name: "fe80::1.", reason: dest.ReasonLinkLocal},
+	{name: "fd00:ec2::254.", reason: dest.ReasonMetadata},
+	{name: "fd9d:7a2b:5c1e::ac0:5.", reason: dest.ReasonPrivate}, // virtual
+	{name: "64:ff9b::7f00:1.", reason: dest.ReasonEmbedded},
 
 	{name: "192.0.2.1.", a: "192.0.2.1"},
 	{name: "3221225985.", a: "192.0.2.1"},
@@ -56,11 +55,11 @@ func TestLiteralNames(t *testing.T) {
 		t.Run(mode.String(), func(t *testing.T) {
 			fr := &fakeResolver{t: t}
 			s := newServer(t, Config{Mode: mode, Resolver: fr})
-			var want [tunnel.NumDestReasons]uint64
+			var want [dest.NumReasons]uint64
 			for _, tt := range literalTests {
 				for _, qt := range []dnsmessage.Type{dnsmessage.TypeA, dnsmessage.TypeAAAA} {
 					m := askName(t, s, srcA, tt.name, qt)
-					if tt.reason != tunnel.ReasonAllowed {
+					if tt.reason != dest.ReasonAllowed {
 						want[tt.reason]++
 						if m.Header.RCode != dnsmessage.RCodeNameError || len(m.Answers) != 0 {
 							t.Errorf("%s %v: rcode %v, %d answers; want NXDOMAIN", tt.name, qt, m.Header.RCode, len(m.Answers))
@@ -99,14 +98,14 @@ func TestLiteralNames(t *testing.T) {
 // applies to literals and to resolve-mode answers.
 func TestForbiddenInjected(t *testing.T) {
 	lan := netip.MustParsePrefix("198.51.100.0/24")
-	policy := func(ip netip.Addr) tunnel.DestReason {
-		if r := tunnel.Forbidden(ip); r != tunnel.ReasonAllowed {
+	policy := func(ip netip.Addr) dest.Reason {
+		if r := dest.Forbidden(ip); r != dest.ReasonAllowed {
 			return r
 		}
 		if lan.Contains(ip.Unmap()) {
-			return tunnel.ReasonOperator
+			return dest.ReasonOperator
 		}
-		return tunnel.ReasonAllowed
+		return dest.ReasonAllowed
 	}
 	fr := &fakeResolver{t: t, addr: func(name string) (netip.Addr, error) {
 		switch name {
@@ -128,7 +127,7 @@ func TestForbiddenInjected(t *testing.T) {
 		t.Errorf("ok.example = %v", got)
 	}
 	st := s.Stats()
-	if st.Forbidden[tunnel.ReasonOperator] != 2 || st.Forbidden[tunnel.ReasonPrivate] != 1 || st.Forbidden[tunnel.ReasonMetadata] != 1 {
+	if st.Forbidden[dest.ReasonOperator] != 2 || st.Forbidden[dest.ReasonPrivate] != 1 || st.Forbidden[dest.ReasonMetadata] != 1 {
 		t.Errorf("Forbidden = %v", st.Forbidden)
 	}
 }

@@ -34,9 +34,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/torgate/torgate/dest"
 	"golang.org/x/net/dns/dnsmessage"
-
-	"github.com/torgate/torgate/tunnel"
 )
 
 // UDP payload limits (RFC 1035 §4.2.1, RFC 6891 §6.2.5). maxUDP is what we
@@ -69,7 +68,7 @@ type Server struct {
 	now            func() time.Time
 	stateFile      string
 	epochFile      string
-	forbidden      func(netip.Addr) tunnel.DestReason
+	forbidden      func(netip.Addr) dest.Reason
 
 	tab   *table
 	stats counters
@@ -380,7 +379,7 @@ func (s *Server) address(ctx context.Context, src netip.Addr, r *reply) {
 
 // literal answers a question whose name is an IP address literal, in any
 // spelling a resolver library or Tor might read as an address (see
-// tunnel.ParseLiteral), and reports whether it did. Such a name is never
+// dest.ParseLiteral), and reports whether it did. Such a name is never
 // automapped or resolved: a virtual address for "127.0.0.1" would leave
 // later as CONNECT "127.0.0.1", an address by another road. An allowed
 // literal is its own answer (A for IPv4, AAAA for IPv6, NODATA for the
@@ -399,15 +398,15 @@ func (s *Server) literal(r *reply) bool {
 	if c := n.Data[0]; !(c >= '0' && c <= '9') && bytes.IndexByte(n.Data[:l], ':') < 0 {
 		return false
 	}
-	ip, ok := tunnel.ParseLiteral(string(n.Data[:l]))
+	ip, ok := dest.ParseLiteral(string(n.Data[:l]))
 	if !ok {
 		return false
 	}
 	why := s.forbidden(ip)
-	if why == tunnel.ReasonAllowed && s.IsVirtual(ip) {
-		why = tunnel.ReasonOperator // a pool outside the built-in ranges
+	if why == dest.ReasonAllowed && s.IsVirtual(ip) {
+		why = dest.ReasonOperator // a pool outside the built-in ranges
 	}
-	if why != tunnel.ReasonAllowed {
+	if why != dest.ReasonAllowed {
 		s.stats.forbidden[why].Add(1)
 		r.set(dnsmessage.RCodeNameError, ResultNXDomain)
 		return true
@@ -467,10 +466,10 @@ func (s *Server) resolve(ctx context.Context, src netip.Addr, key []byte, r *rep
 	}
 	ip = ip.WithZone("").Unmap()
 	why := s.forbidden(ip)
-	if why == tunnel.ReasonAllowed && s.IsVirtual(ip) {
-		why = tunnel.ReasonOperator
+	if why == dest.ReasonAllowed && s.IsVirtual(ip) {
+		why = dest.ReasonOperator
 	}
-	if why != tunnel.ReasonAllowed {
+	if why != dest.ReasonAllowed {
 		// An exit must not point a name at our own virtual addresses
 		// (that would hand the flow to another name's mapping), at the
 		// workstation's or the gateway's networks, or at anything else

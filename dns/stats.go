@@ -5,9 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/torgate/torgate/dest"
 	"golang.org/x/net/dns/dnsmessage"
-
-	"github.com/torgate/torgate/tunnel"
 )
 
 // Kind classifies a query by its question type, for counting. It is a
@@ -81,7 +80,7 @@ type counters struct {
 	truncated     atomic.Uint64
 	resolveErrors atomic.Uint64
 	resolveBusy   atomic.Uint64
-	forbidden     [tunnel.NumDestReasons]atomic.Uint64
+	forbidden     [dest.NumReasons]atomic.Uint64
 }
 
 func (c *counters) count(k Kind, r Result) {
@@ -103,7 +102,7 @@ type Stats struct {
 	// Forbidden counts queries for IP literal names answered NXDOMAIN, and
 	// resolve-mode answers refused, because the address is forbidden
 	// (Config.Forbidden), by reason.
-	Forbidden [tunnel.NumDestReasons]uint64
+	Forbidden [dest.NumReasons]uint64
 	// Recycled counts automap entries evicted to make room (LRU).
 	Recycled uint64
 	// Exhausted counts automap allocations refused because every entry was
@@ -199,7 +198,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descTruncated, st.Truncated)
 	counter(descResolveErrors, st.ResolveErrors)
 	counter(descResolveBusy, st.ResolveBusy)
-	for r := tunnel.ReasonAllowed + 1; r < tunnel.NumDestReasons; r++ {
+	for r := dest.ReasonAllowed + 1; r < dest.NumReasons; r++ {
 		ch <- prometheus.MustNewConstMetric(descForbidden, prometheus.CounterValue,
 			float64(st.Forbidden[r]), r.String())
 	}

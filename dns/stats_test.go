@@ -7,9 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/torgate/torgate/dest"
 	"golang.org/x/net/dns/dnsmessage"
-
-	"github.com/torgate/torgate/tunnel"
 )
 
 func TestMetrics(t *testing.T) {
@@ -25,7 +24,7 @@ func TestMetrics(t *testing.T) {
 	if err != nil || len(problems) != 0 {
 		t.Errorf("lint: %v, %v", problems, err)
 	}
-	if n := testutil.CollectAndCount(s.Metrics()[0]); n != int(numKinds)*int(numResults)+7+int(tunnel.NumDestReasons)-1 {
+	if n := testutil.CollectAndCount(s.Metrics()[0]); n != int(numKinds)*int(numResults)+7+int(dest.NumReasons)-1 {
 		t.Errorf("%d metrics", n)
 	}
 	want := `

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/torgate/torgate/dest"
 	"github.com/torgate/torgate/internal/fair"
 	"github.com/torgate/torgate/socks"
 )
@@ -387,8 +388,8 @@ func (t *Tunnel) target(src netip.Addr, dst netip.AddrPort) (a socks.Addr, host 
 			// Defence in depth: the DNS server never maps a literal, but
 			// a name that reads as an address must go out as that
 			// address, and only if it is allowed.
-			if ip, lit := ParseLiteral(name); lit {
-				if t.Forbidden(ip) != ReasonAllowed {
+			if ip, lit := dest.ParseLiteral(name); lit {
+				if t.Forbidden(ip) != dest.ReasonAllowed {
 					rel()
 					return socks.Addr{}, "", nil, refuseForbid
 				}
@@ -399,7 +400,7 @@ func (t *Tunnel) target(src netip.Addr, dst netip.AddrPort) (a socks.Addr, host 
 		}
 	}
 	ip := dst.Addr().WithZone("").Unmap()
-	if t.Forbidden(ip) != ReasonAllowed {
+	if t.Forbidden(ip) != dest.ReasonAllowed {
 		return socks.Addr{}, "", nil, refuseForbid
 	}
 	a = socks.AddrFromAddrPort(netip.AddrPortFrom(ip, dst.Port()))
