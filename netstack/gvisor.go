@@ -22,8 +22,9 @@ import (
 // gvisor_test.go whose failure names the assumption:
 //
 //	G1 TIME_WAIT reclaim              abortTimeWait        TestGVisorTimeWaitReclaim
+//	                                                       (TestGVisorTimeWaitStillDropped logs whether it is still needed)
 //	G2 Abort sends a RST, then Close  abortEndpoint        TestGVisorAbortSendsRST
-//	G3 our queueing discipline        createNIC            TestGVisorQDiscInForce
+//	G3 our queueing discipline        createNIC            TestGVisorQDiscInForce, TestGVisorQueuedPacketsUnchanged
 //	G4 GRO driven by hand             initGRO              TestGVisorGRODispatch
 //	G5 NIC-level checksum trust       rxChecksumOffload    TestGVisorChecksumTrust
 //	G6 host GSO options               vnetGSOHeader        TestGVisorGSORoundTrip
@@ -91,12 +92,12 @@ type nicEndpoint interface {
 
 // G3. createNIC creates the NIC with ep as its own queueing discipline.
 //
-// Assumptions (stack/nic.go, newNIC and writeRawPacket):
+// Assumptions (stack/nic.go, newNIC and writePacket):
 //   - With NICOptions.QDisc set, gVisor sends every outbound packet
 //     through QDisc.WritePacket, on the sending goroutine, instead of its
-//     default discipline (link/qdisc/fifo), which would wrap each packet
-//     in a one-element PacketBufferList (an allocation per packet) and
-//     call LinkWriter.WritePackets from goroutines of its own.
+//     default, delegatingQueueingDiscipline, which wraps each packet in a
+//     one-element PacketBufferList (an allocation per packet) and calls
+//     LinkWriter.WritePackets.
 //   - gVisor TCP never calls LinkEndpoint.WritePackets directly.
 //   - A packet handed to WritePacket is not modified afterwards, so the
 //     endpoint may keep it by reference (IncRef) until writeLoop copies it.
@@ -109,10 +110,10 @@ func createNIC(st *stack.Stack, ep nicEndpoint) tcpip.Error {
 // Attach).
 //
 // Assumptions (stack/gro/gro.go):
-//   - gro.GRO works outside the NIC it was written for: Init(true) turns
-//     it on and its exported Dispatcher field is where Enqueue and Flush
-//     deliver (handlePacket); gVisor's own NIC-level GRO stays off (the
-//     NIC's GROTimeout is zero).
+//   - gro.GRO is driven by the link endpoint, as gVisor's own fdbased
+//     endpoint drives it (link/fdbased/packet_dispatchers.go): Init(true)
+//     turns it on and its exported Dispatcher field, set directly, is
+//     where Enqueue and Flush deliver (handlePacket).
 //   - Enqueue takes whole IP packets in pkt.Data() with
 //     NetworkProtocolNumber set, merges in-order segments of one flow
 //     (same ACK, flags, options) into one packet, and holds its own

@@ -77,16 +77,51 @@ type gvHarness struct {
 	out chan gvOut
 }
 
-// newGVHarness builds a Stack with handle as HandleTCP. With gso, the link
-// endpoint offers host GSO, as on the offload path.
-func newGVHarness(t *testing.T, handle func(*TCPRequest), gso bool) *gvHarness {
+// How a harness takes gVisor's packets.
+type linkMode int
+
+const (
+	// direct: copied as WritePacket is called (the offload path's hook).
+	direct linkMode = iota
+	// hostGSO: direct, and the endpoint offers host GSO.
+	hostGSO
+	// ring: queued by reference on the endpoint's ring and copied later
+	// by a drain goroutine, as writeLoop does.
+	ring
+)
+
+// newGVHarness builds a Stack with handle as HandleTCP.
+func newGVHarness(t *testing.T, handle func(*TCPRequest), mode linkMode) *gvHarness {
 	t.Helper()
 	s, err := New(Config{Device: newScriptDev(), HandleTCP: handle})
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := &gvHarness{s: s, out: make(chan gvOut, 4096)}
-	if gso {
+	if mode == ring {
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			pkts := make([]*stack.PacketBuffer, 64)
+			for {
+				k := s.ep.dequeue(s.ctx, pkts)
+				if k == 0 {
+					return
+				}
+				for _, pkt := range pkts[:k] {
+					o := gvOut{b: make([]byte, pkt.Size())}
+					CopyPacket(o.b, pkt)
+					pkt.DecRef()
+					select {
+					case h.out <- o:
+					default:
+					}
+				}
+			}
+		})
+		t.Cleanup(func() { s.Close(); wg.Wait() })
+		return h
+	}
+	if mode == hostGSO {
 		s.ep.gsoMax = vnetDefaultGSOMaxLen
 	}
 	s.ep.writeDirect = func(pkt *stack.PacketBuffer) bool {
@@ -312,7 +347,7 @@ func TestGVisorTimeWaitReclaim(t *testing.T) {
 	for _, fam := range families {
 		t.Run(fam.name, func(t *testing.T) {
 			handle, conns := acceptAll()
-			h := newGVHarness(t, handle, false)
+			h := newGVHarness(t, handle, direct)
 			// A TIME_WAIT that outlasts a stalled test machine.
 			h.s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, ptr(tcpip.TCPTimeWaitTimeoutOption(time.Minute)))
 			f, _ := enterTimeWait(t, h, conns, fam, 40001)
@@ -346,7 +381,7 @@ func TestGVisorTimeWaitReclaim(t *testing.T) {
 // forwarder, reclaimTimeWait may go, and the log says so.
 func TestGVisorTimeWaitStillDropped(t *testing.T) {
 	handle, conns := acceptAll()
-	h := newGVHarness(t, handle, false)
+	h := newGVHarness(t, handle, direct)
 	h.s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, ptr(tcpip.TCPTimeWaitTimeoutOption(time.Minute)))
 	f, _ := enterTimeWait(t, h, conns, families[0], 40002)
 	iss := f.seq + 1<<20
@@ -368,7 +403,7 @@ func TestGVisorAbortSendsRST(t *testing.T) {
 		for _, afterFIN := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/afterFIN=%v", fam.name, afterFIN), func(t *testing.T) {
 				handle, conns := acceptAll()
-				h := newGVHarness(t, handle, false)
+				h := newGVHarness(t, handle, direct)
 				f := &flow{h: h, src: netip.AddrPortFrom(fam.src, 40003), dst: netip.AddrPortFrom(fam.dst, 443)}
 				f.handshake(t, 5000)
 				c := recvConn(t, conns)
@@ -525,7 +560,7 @@ func TestGVisorGRODispatch(t *testing.T) {
 		})
 		t.Run(fam.name+"/stack", func(t *testing.T) {
 			handle, conns := acceptAll()
-			h := newGVHarness(t, handle, false)
+			h := newGVHarness(t, handle, direct)
 			initGRO(&h.s.gro, *h.s.ep.dispatcher.Load()) // as Start does
 			f := &flow{h: h, src: netip.AddrPortFrom(fam.src, 40006), dst: netip.AddrPortFrom(fam.dst, 443)}
 			f.handshake(t, 9000)
@@ -577,7 +612,7 @@ func TestGVisorChecksumTrust(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			reqs := make(chan *TCPRequest, 1)
-			h := newGVHarness(t, func(r *TCPRequest) { reqs <- r; r.Reject() }, false)
+			h := newGVHarness(t, func(r *TCPRequest) { reqs <- r; r.Reject() }, direct)
 			p := buildTCP(netip.MustParseAddrPort("10.152.152.11:40007"), netip.MustParseAddrPort("192.0.2.1:443"), 1, 0, header.TCPFlagSyn, nil, nil)
 			tc.corrupt(p)
 			pk := Classify(p)
@@ -591,6 +626,62 @@ func TestGVisorChecksumTrust(t *testing.T) {
 	}
 }
 
+// receiveStream plays the receiving workstation of a flow whose router
+// side writes data: it takes the data segments, checks each with check,
+// acknowledges them and returns the bytes reassembled. id names the
+// assumption a stall would break.
+func receiveStream(t *testing.T, h *gvHarness, f *flow, n int, id string, check func(seg)) []byte {
+	t.Helper()
+	got := make([]byte, n)
+	base := f.ack
+	recvd := 0
+	for recvd < n {
+		sg, ok := h.quiet(gvWait, func(sg seg) bool { return f.mine(sg) && len(sg.payload) > 0 })
+		if !ok {
+			broken(t, id, "gVisor stopped sending after %d of %d bytes", recvd, n)
+		}
+		check(sg)
+		off := int(sg.seq - base)
+		if off < 0 || off+len(sg.payload) > n {
+			t.Fatalf("segment at offset %d", off)
+		}
+		copy(got[off:], sg.payload)
+		recvd = max(recvd, off+len(sg.payload))
+		f.ack = max(f.ack, sg.seq+uint32(len(sg.payload)))
+		f.send(header.TCPFlagAck, nil) // acknowledge all received
+	}
+	return got
+}
+
+func testData(n int) []byte {
+	data := make([]byte, n)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	return data
+}
+
+// TestGVisorQueuedPacketsUnchanged (G3): packets the endpoint keeps by
+// reference on its ring, drained later as writeLoop does, still hold what
+// gVisor sent: valid checksums, and together the bytes written.
+func TestGVisorQueuedPacketsUnchanged(t *testing.T) {
+	handle, conns := acceptAll()
+	h := newGVHarness(t, handle, ring)
+	f := &flow{h: h, src: netip.MustParseAddrPort("10.152.152.11:40012"), dst: netip.MustParseAddrPort("192.0.2.1:443")}
+	f.handshake(t, 3000)
+	c := recvConn(t, conns)
+	data := testData(256 << 10)
+	go c.Write(data)
+	got := receiveStream(t, h, f, len(data), "G3", func(sg seg) {
+		if !tcpChecksumValid(sg.out.b, header.IPv4MinimumSize) {
+			broken(t, "G3", "a queued packet's checksum no longer matches its bytes: gVisor changed it after WritePacket")
+		}
+	})
+	if !bytes.Equal(got, data) {
+		broken(t, "G3", "the queued packets do not hold the bytes written: gVisor changed them after WritePacket")
+	}
+}
+
 // TestGVisorGSORoundTrip (G6, G7 on real packets): with host GSO offered,
 // gVisor's TCP sends super-packets whose GSO options, turned into a
 // virtio-net header, let the kernel finish the checksum and cut MSS-sized
@@ -599,14 +690,11 @@ func TestGVisorGSORoundTrip(t *testing.T) {
 	for _, fam := range families {
 		t.Run(fam.name, func(t *testing.T) {
 			handle, conns := acceptAll()
-			h := newGVHarness(t, handle, true)
+			h := newGVHarness(t, handle, hostGSO)
 			f := &flow{h: h, src: netip.AddrPortFrom(fam.src, 40008), dst: netip.AddrPortFrom(fam.dst, 443)}
 			f.handshake(t, 7000)
 			c := recvConn(t, conns)
-			data := make([]byte, 64<<10)
-			for i := range data {
-				data[i] = byte(i * 7)
-			}
+			data := testData(64 << 10)
 			go c.Write(data)
 			l3 := header.IPv4MinimumSize
 			wantType := stack.GSOTCPv4
@@ -614,14 +702,8 @@ func TestGVisorGSORoundTrip(t *testing.T) {
 			if fam.src.Is6() {
 				l3, wantType, wantVnet = header.IPv6MinimumSize, stack.GSOTCPv6, vnetGSOTCPv6
 			}
-			got := make([]byte, len(data))
-			base := f.ack
-			recvd, supers := 0, 0
-			for recvd < len(data) {
-				sg, ok := h.quiet(gvWait, func(sg seg) bool { return f.mine(sg) && len(sg.payload) > 0 })
-				if !ok {
-					broken(t, "G6", "gVisor stopped sending after %d of %d bytes with host GSO offered", recvd, len(data))
-				}
+			supers := 0
+			got := receiveStream(t, h, f, len(data), "G6", func(sg seg) {
 				o := sg.out
 				gso := o.gso
 				if gso.Type != wantType {
@@ -639,13 +721,13 @@ func TestGVisorGSORoundTrip(t *testing.T) {
 				}
 				// The virtio-net header, as the kernel reads it.
 				vh := decodeVnet(o.vnet[:])
-				le := func(i int) int { return int(binary.NativeEndian.Uint16(o.vnet[i:])) }
-				if !vh.needsCsum || le(6) != l3 || le(8) != 16 || le(2) != l3+thLen {
+				field := func(i int) int { return int(binary.NativeEndian.Uint16(o.vnet[i:])) }
+				if !vh.needsCsum || field(6) != l3 || field(8) != 16 || field(2) != l3+thLen {
 					broken(t, "G6", "virtio header %x does not carry the checksum and header positions", o.vnet)
 				}
 				if len(sg.payload) > int(gso.MSS) {
 					supers++
-					if vh.gsoType != wantVnet || le(4) != int(gso.MSS) {
+					if vh.gsoType != wantVnet || field(4) != int(gso.MSS) {
 						broken(t, "G6", "virtio header %x for a %d-byte super-packet, want type %d size %d", o.vnet, len(sg.payload), wantVnet, gso.MSS)
 					}
 				} else if vh.gsoType != vnetGSONone {
@@ -658,15 +740,7 @@ func TestGVisorGSORoundTrip(t *testing.T) {
 				if !tcpChecksumValid(p, l3) {
 					broken(t, "G6", "the partial checksum gVisor left does not complete to a valid TCP checksum")
 				}
-				off := int(sg.seq - base)
-				if off < 0 || off+len(sg.payload) > len(data) {
-					t.Fatalf("segment at offset %d", off)
-				}
-				copy(got[off:], sg.payload)
-				recvd = max(recvd, off+len(sg.payload))
-				f.ack = max(f.ack, sg.seq+uint32(len(sg.payload)))
-				f.send(header.TCPFlagAck, nil) // acknowledge all received
-			}
+			})
 			if !bytes.Equal(got, data) {
 				broken(t, "G7", "the bytes gVisor sent are not the bytes written")
 			}
@@ -748,7 +822,7 @@ func TestGVisorForwarderInFlight(t *testing.T) {
 		reqs <- r
 		<-release
 		r.Reject()
-	}, false)
+	}, direct)
 	f := &flow{h: h, src: netip.MustParseAddrPort("10.152.152.11:40009"), dst: netip.MustParseAddrPort("192.0.2.1:443")}
 	done := make(chan struct{})
 	go func() { f.syn(100); close(done) }()
@@ -822,7 +896,7 @@ func TestGVisorHandshakeTimeout(t *testing.T) {
 		}
 		r.r.Complete(true)
 		r.finish(false)
-	}, false)
+	}, direct)
 	f := &flow{h: h, src: netip.MustParseAddrPort("10.152.152.11:40011"), dst: netip.MustParseAddrPort("192.0.2.1:443")}
 	f.syn(100)
 	h.next(t, "SYN-ACK", func(sg seg) bool { return f.mine(sg) && sg.flags == header.TCPFlagSyn|header.TCPFlagAck })
