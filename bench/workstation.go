@@ -60,7 +60,9 @@ func NewWorkstation(addr netip.Addr, mtu int) (*Workstation, error) {
 	st.SetTransportProtocolOption(tcp.ProtocolNumber, &tw)
 	// The endpoint is its own queueing discipline: gVisor's default one
 	// allocates a list per packet, which would show in the benchmarks'
-	// allocation counts as if it were the router's.
+	// allocation counts as if it were the router's. The router relies on
+	// the same gVisor behaviour; netstack/gvisor.go (G3) states it and
+	// TestGVisorQDiscInForce holds gVisor to it.
 	if err := st.CreateNICWithOptions(1, w.ep, stack.NICOptions{QDisc: w.ep}); err != nil {
 		return nil, fmt.Errorf("bench: workstation nic: %v", err)
 	}

@@ -229,10 +229,8 @@ func (c *Conn) Close() error {
 // reads and writes.
 func (c *Conn) Abort() error {
 	c.StopNotifyRead()
-	// gVisor's Abort resets a connected endpoint (even one whose FIN was
-	// already sent) but does not free it; Close does.
-	c.ep.Abort()
-	c.ep.Close()
+	// A RST even after our FIN, then release (gvisor.go G2).
+	abortEndpoint(c.ep)
 	return nil
 }
 

@@ -50,4 +50,30 @@
 //
 // gVisor types stop at this package's edge: flows leave as net.Conn plus
 // netip.AddrPort.
+//
+// # gVisor
+//
+// Everything this package relies on in gVisor beyond its documented API
+// lives in gvisor.go, nine behaviours (G1-G9): the TIME_WAIT reclaim,
+// Abort's RST, our endpoint as the NIC's queueing discipline, GRO driven
+// by hand, the NIC-level checksum trust, host GSO options, packet views,
+// the forwarder's in-flight table and the handshake wait. Each states
+// what it assumes and where in gVisor that comes from, and has a test in
+// gvisor_test.go whose failure names it. After changing the version, run
+// `go test -run GVisor ./netstack` first, then bench's TestForwardAllocs.
+//
+// Version: gvisor.dev/gvisor v0.0.0-20260905035102-160fafc42237 (commit
+// 160fafc42237 of gVisor's go branch, 2026-09-05), taken 2026-12-02 in
+// place of v0.0.0-20250503011706-39ed1f5ac29c (2025-05-03). It was the
+// newest the module proxy served that day: the proxy refused the branch
+// query `go get gvisor.dev/gvisor@go` (403, "not available"), and @latest
+// resolved to it, the last entry of its version list. It took no source
+// change: torgate built as it was, G1-G9 held, TestForwardAllocs stayed
+// at 0 allocations per packet both ways, and netstack, bench, lan, the
+// root package and cmd/torgate passed as root, but for
+// TestIntegrationLAN, which failed the same way on the old version
+// (curl to [fd20::10] refused). go mod tidy raised golang.org/x/time
+// v0.7.0 -> v0.15.0 and added golang.org/x/exp, both gVisor's
+// requirements. The SYN on a TIME_WAIT 4-tuple is still dropped without
+// a listener (TestGVisorTimeWaitStillDropped), so G1 stays.
 package netstack

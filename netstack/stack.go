@@ -320,9 +320,10 @@ func (s *Stack) build() error {
 	// gVisor takes a packet's checksum state from the NIC, not from the
 	// packet: with this capability it checks none, and inbound checks
 	// every one the kernel did not vouch for (checksumsValid) before GRO,
-	// so each packet is summed once.
-	s.ep.caps = stack.CapabilityRXChecksumOffload
-	if err := st.CreateNICWithOptions(nicID, s.ep, stack.NICOptions{QDisc: s.ep}); err != nil {
+	// so each packet is summed once (gvisor.go G5). The endpoint is also
+	// the NIC's queueing discipline (G3).
+	s.ep.caps = rxChecksumOffload
+	if err := createNIC(st, s.ep); err != nil {
 		return fmt.Errorf("netstack: create nic: %v", err)
 	}
 	// Promiscuous mode accepts packets to any destination address, and
@@ -362,7 +363,7 @@ func setDefault(p *int, def int) {
 func (s *Stack) handleSYN(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
 	th := header.TCP(pkt.TransportHeader().Slice())
 	if len(th) < header.TCPMinimumSize || th.Flags()&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn {
-		return s.fwd.HandlePacket(id, pkt)
+		return forwardSYN(s.fwd, id, pkt)
 	}
 	src := addrFrom(id.RemoteAddress)
 	s.pendingMu.Lock()
@@ -381,8 +382,8 @@ func (s *Stack) handleSYN(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 	s.pendingMu.Unlock()
 	// The forwarder starts a request unless the segment is malformed: its
 	// own map has no entry for id (ours is added before and removed after
-	// its one), and it holds no more requests than we do.
-	if !s.fwd.HandlePacket(id, pkt) {
+	// its one), and it holds no more requests than we do (gvisor.go G8).
+	if !forwardSYN(s.fwd, id, pkt) {
 		s.releasePending(id, src)
 		return false
 	}
@@ -414,10 +415,9 @@ func (s *Stack) Start() {
 		// and TCP see them (as ts gro_default.go does); the offload path
 		// gets such super-packets from the kernel and needs none. Set up
 		// here, before the loops start, so that readLoop (or a test
-		// playing it) finds it ready.
-		s.gro.Init(true)
-		if d := s.ep.dispatcher.Load(); d != nil {
-			s.gro.Dispatcher = *d
+		// playing it) finds it ready (gvisor.go G4).
+		if d := s.ep.dispatcher.Load(); d != nil && *d != nil {
+			initGRO(&s.gro, *d)
 		}
 		if s.vnet != nil {
 			s.wg.Go(s.readLoopVnet)
@@ -646,9 +646,8 @@ func (s *Stack) writeVnet(pkt *stack.PacketBuffer) bool {
 // in TIME_WAIT. gVisor hands such a SYN only to a listening endpoint; the
 // forwarder is not one, so the SYN would vanish and a client reconnecting
 // fast to one destination would see connect timeouts. Aborting the old
-// endpoint first lets the SYN reach the forwarder as a new flow. The RST
-// the abort emits carries the old connection's numbers; a client in
-// SYN-SENT discards it (RFC 9293 3.10.7.3).
+// endpoint first lets the SYN reach the forwarder as a new flow
+// (abortTimeWait, gvisor.go G1).
 func (s *Stack) reclaimTimeWait(p *Packet) {
 	netProto := header.IPv4ProtocolNumber
 	if p.Version == 6 {
@@ -660,12 +659,7 @@ func (s *Stack) reclaimTimeWait(p *Packet) {
 		RemotePort:    p.Src.Port(),
 		RemoteAddress: tcpip.AddrFromSlice(p.Src.Addr().AsSlice()),
 	}
-	ep := s.stack.FindTransportEndpoint(netProto, tcp.ProtocolNumber, id, nicID)
-	if ep == nil {
-		return
-	}
-	if te, ok := ep.(*tcp.Endpoint); ok && tcp.EndpointState(te.State()) == tcp.StateTimeWait {
-		te.Abort()
+	if abortTimeWait(s.stack, netProto, id) {
 		s.stats.TimeWaitReclaimed.Add(1)
 	}
 }
@@ -723,22 +717,6 @@ func (s *Stack) writeLoop() {
 	}
 }
 
-// copyPacket flattens pkt into dst, which must be pkt.Size() long, without
-// allocating.
-func copyPacket(dst []byte, pkt *stack.PacketBuffer) {
-	vl, off := pkt.AsViewList()
-	for v := vl.Front(); v != nil && len(dst) > 0; v = v.Next() {
-		b := v.AsSlice()
-		if off >= len(b) {
-			off -= len(b)
-			continue
-		}
-		b = b[off:]
-		off = 0
-		dst = dst[copy(dst, b):]
-	}
-}
-
 // TCPRequest is one TCP connection attempt from a workstation. The
 // handshake is held (the SYN is not answered) until Accept or Reject.
 type TCPRequest struct {
@@ -767,13 +745,9 @@ func (r *TCPRequest) Accept() (net.Conn, error) {
 		return nil, ErrCompleted
 	}
 	var wq waiter.Queue
-	// CreateEndpoint sends the SYN-ACK and blocks until the handshake
-	// completes or fails, waiting for a writable event on wq. A spurious
-	// one after handshakeTimeout makes it look, find the endpoint not
-	// connected, close it and return: the slot is free again.
-	timer := time.AfterFunc(handshakeTimeout, func() { wq.Notify(waiter.WritableEvents) })
-	ep, err := r.r.CreateEndpoint(&wq)
-	timer.Stop()
+	// Sends the SYN-ACK and waits for the ACK, at most handshakeTimeout
+	// (gvisor.go G9); on failure the slot is free again.
+	ep, err := createEndpoint(r.r, &wq, handshakeTimeout)
 	if err != nil {
 		r.r.Complete(true)
 		r.finish(false)

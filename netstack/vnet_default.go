@@ -14,6 +14,7 @@ import (
 
 const (
 	vnetHdrLen           = 10
+	vnetFlagNeedsCsum    = 1
 	vnetGSONone          = 0
 	vnetGSOTCPv4         = 1
 	vnetGSOTCPv6         = 4

@@ -1,7 +1,6 @@
 package netstack
 
 import (
-	"encoding/binary"
 	"errors"
 	"os"
 	"sync"
@@ -107,44 +106,15 @@ func decodeVnet(b []byte) vnetHeader {
 }
 
 // write sends one packet from gVisor with the virtio-net header that
-// describes its GSO and checksum state, gathering its views with writev.
+// describes its GSO and checksum state (vnetGSOHeader, gvisor.go G6),
+// gathering its views (G7) with writev.
 func (v *vnetTUN) write(pkt *stack.PacketBuffer) error {
 	v.wmu.Lock()
 	defer v.wmu.Unlock()
-	clear(v.hdr[:])
-	if gso := pkt.GSOOptions; gso.Type != stack.GSONone {
-		// As gVisor's fdbased endpoint does: the TCP checksum holds only
-		// the pseudo-header sum, the kernel completes it, and segments the
-		// packet into MSS-sized ones if it is longer than that.
-		binary.NativeEndian.PutUint16(v.hdr[2:4], uint16(pkt.HeaderSize()))
-		if gso.NeedsCsum {
-			v.hdr[0] = vnetFlagNeedsCsum
-			binary.NativeEndian.PutUint16(v.hdr[6:8], gso.L3HdrLen)
-			binary.NativeEndian.PutUint16(v.hdr[8:10], gso.CsumOffset)
-		}
-		if pkt.Data().Size() > int(gso.MSS) {
-			switch gso.Type {
-			case stack.GSOTCPv4:
-				v.hdr[1] = vnetGSOTCPv4
-			case stack.GSOTCPv6:
-				v.hdr[1] = vnetGSOTCPv6
-			}
-			binary.NativeEndian.PutUint16(v.hdr[4:6], gso.MSS)
-		}
-	}
+	vnetGSOHeader(&v.hdr, pkt)
 	v.iov = append(v.iov[:0], iovec(v.hdr[:]))
-	vl, off := pkt.AsViewList()
-	for view := vl.Front(); view != nil; view = view.Next() {
-		b := view.AsSlice()
-		if off >= len(b) {
-			off -= len(b)
-			continue
-		}
-		b = b[off:]
-		off = 0
-		if len(b) == 0 {
-			continue
-		}
+	it := packetViews(pkt)
+	for b := it.next(); b != nil; b = it.next() {
 		if len(v.iov) == cap(v.iov) {
 			// Rare: more views than iovecs. Flatten the packet instead.
 			size := pkt.Size()
