@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/torgate/torgate/torctl"
 )
 
@@ -38,7 +36,7 @@ type progressView struct {
 func newProgressView(stderr io.Writer, logFormat string) *progressView {
 	p := &progressView{w: stderr, last: -1, began: time.Now()}
 	if f, ok := stderr.(*os.File); ok && logFormat == "text" {
-		if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
+		if isTerminal(int(f.Fd())) {
 			p.tty, p.fd = true, int(f.Fd())
 		}
 	}
@@ -47,11 +45,10 @@ func newProgressView(stderr io.Writer, logFormat string) *progressView {
 
 // width is the terminal's width in columns (80 if unknown).
 func (p *progressView) width() int {
-	ws, err := unix.IoctlGetWinsize(p.fd, unix.TIOCGWINSZ)
-	if err != nil || ws.Col == 0 {
-		return 80
+	if cols := terminalColumns(p.fd); cols > 0 {
+		return cols
 	}
-	return int(ws.Col)
+	return 80
 }
 
 // Write writes log output above the bar.

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package netns runs code inside a named network namespace (one created
 // with "ip netns add") from a dedicated OS thread, for tests and the
 // benchmark harness that open TUN devices inside namespaces.

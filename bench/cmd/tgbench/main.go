@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command tgbench is torgate's system benchmark: it measures a TUN-to-SOCKS
 // router against the kernel's own forwarding path, in network namespaces
 // built for the run, and prints a Markdown table of ratios plus a JSON
