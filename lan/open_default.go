@@ -4,6 +4,7 @@ package lan
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 )
 
@@ -16,7 +17,7 @@ type Config struct {
 // ErrBusy means another torgate serves the interface.
 var ErrBusy = errors.New("another torgate serves this LAN")
 
-var errNotLinux = errors.New("lan: LAN interfaces need Linux (macvtap)")
+var errNotLinux = fmt.Errorf("lan: LAN interfaces need Linux (macvtap): %w", errors.ErrUnsupported)
 
 // Open needs Linux.
 func Open(Config) (*Device, error) { return nil, errNotLinux }

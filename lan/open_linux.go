@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -50,18 +49,6 @@ const tapQueueLen = 500
 // ErrBusy means another torgate serves the interface in this network
 // namespace. Fatal for Open and Down.
 var ErrBusy = errors.New("another torgate serves this LAN")
-
-// TapName is the name of the macvtap torgate puts on iface: "tg-IFACE",
-// or for names too long for IFNAMSIZ "tg-" plus a prefix and a hash.
-func TapName(iface string) string {
-	n := "tg-" + iface
-	if len(n) <= unix.IFNAMSIZ-1 {
-		return n
-	}
-	h := fnv.New32a()
-	h.Write([]byte(iface))
-	return fmt.Sprintf("tg-%.4s%08x", iface, h.Sum32())
-}
 
 func checkName(iface string) error {
 	if iface == "" || len(iface) >= unix.IFNAMSIZ || strings.ContainsAny(iface, "/ \t\n") {
