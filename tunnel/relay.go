@@ -502,7 +502,20 @@ func (f *flow) expired(now int64) bool {
 // ends it, or EndAll. A clean EOF one way half-closes the other side. end
 // is called once everything is closed.
 func (t *Tunnel) relay(gen context.Context, client, up net.Conn, end func()) {
+	// Close waits on wg once it has set shut: a flow that reaches this
+	// point after that (its dial raced the shutdown) is reset here and
+	// never joins wg, whose Add must not race that Wait.
+	t.mu.Lock()
+	if t.shut {
+		t.mu.Unlock()
+		t.ended[endShutdown].Inc()
+		reset(client)
+		up.Close()
+		end()
+		return
+	}
 	t.wg.Add(1)
+	t.mu.Unlock()
 	f := &flow{t: t, client: client, up: up, end: end}
 	// One reference for the flow, one for this setup, so that nothing
 	// ends it before every field is set.

@@ -146,6 +146,7 @@ type Tunnel struct {
 	genStop context.CancelFunc          // guarded by mu
 	lastEnd endHow                      // guarded by mu; why gen was last cancelled
 
+	shut       bool          // guarded by mu; set by Close: no flow joins wg after it
 	flows      *flow         // guarded by mu; open flows, a list through flow.next
 	sweep      *time.Timer   // guarded by mu; the idle sweep, while flows are open
 	sweepEvery time.Duration // idle sweep period
@@ -347,6 +348,9 @@ func (t *Tunnel) Close() error {
 	if t.closed.Swap(true) {
 		return nil
 	}
+	t.mu.Lock()
+	t.shut = true
+	t.mu.Unlock()
 	t.EndAllBecause(EndShutdown)
 	t.wg.Wait()
 	t.mu.Lock()
