@@ -34,6 +34,10 @@ type Conn struct {
 	wrReady   chan struct{}     // guarded by writeMu; nil until a write waited
 	rd, wd    deadline          // read and write deadlines
 
+	// poke makes the workstation answer after Abort (see
+	// Stack.pokeAfterReset); nil for conns not made by a Stack.
+	poke func()
+
 	notifyMu  sync.Mutex
 	notify    waiter.Entry // guarded by notifyMu
 	notifying bool         // guarded by notifyMu
@@ -231,6 +235,9 @@ func (c *Conn) Abort() error {
 	c.StopNotifyRead()
 	// A RST even after our FIN, then release (gvisor.go G2).
 	abortEndpoint(c.ep)
+	if c.poke != nil {
+		c.poke()
+	}
 	return nil
 }
 

@@ -726,6 +726,7 @@ type TCPRequest struct {
 	Dst netip.AddrPort
 
 	r    *tcp.ForwarderRequest
+	s    *Stack
 	done atomic.Bool
 	// complete runs once after the forwarder request completed; accepted
 	// reports a completed handshake.
@@ -768,7 +769,10 @@ func (r *TCPRequest) Accept() (net.Conn, error) {
 	intvl := tcpip.KeepaliveIntervalOption(keepaliveInterval)
 	ep.SetSockOpt(&intvl)
 	ep.SetSockOptInt(tcpip.KeepaliveCountOption, keepaliveCount)
-	return newConn(&wq, ep), nil
+	c := newConn(&wq, ep)
+	src, dst, s := r.Src, r.Dst, r.s
+	c.poke = func() { s.pokeAfterReset(dst, src) }
+	return c, nil
 }
 
 // Keepalive on accepted endpoints (see Accept).
@@ -799,6 +803,7 @@ func (s *Stack) forwardTCP(fr *tcp.ForwarderRequest) {
 		Src: netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort),
 		Dst: netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort),
 		r:   fr,
+		s:   s,
 	}
 	req.complete = func(accepted bool) {
 		if accepted {
