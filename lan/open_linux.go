@@ -402,7 +402,7 @@ func openTap(sys *os.File, name string, index int, devDir string) (*os.File, err
 	devnum := unix.Mkdev(uint32(maj), uint32(mnr))
 	path := filepath.Join(devDir, fmt.Sprintf("tap%d", index))
 	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != devnum {
+	if err := unix.Stat(path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR || uint64(st.Rdev) != devnum {
 		dir, err := os.MkdirTemp("", "torgate-tap")
 		if err != nil {
 			return nil, fmt.Errorf("lan: node for %s: %w", name, err)
