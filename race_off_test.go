@@ -1,0 +1,5 @@
+//go:build !race
+
+package torgate_test
+
+const raceEnabled = false
