@@ -4,11 +4,9 @@ import (
 	"context"
 	"net/netip"
 
-	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/torgate/torgate/dns"
 )
@@ -61,36 +59,8 @@ func udpChecksumOK(p *Packet, pkt []byte, udp header.UDP) bool {
 
 // sendUDP builds an IP/UDP packet from src to dst and queues it for the TUN.
 func (s *Stack) sendUDP(version uint8, src, dst netip.AddrPort, payload []byte) {
-	hdr := header.IPv4MinimumSize
-	proto := header.IPv4ProtocolNumber
-	if version == 6 {
-		hdr = header.IPv6MinimumSize
-		proto = header.IPv6ProtocolNumber
-	}
-	total := hdr + header.UDPMinimumSize + len(payload)
-	b := make([]byte, total)
-	srcA := tcpip.AddrFromSlice(src.Addr().AsSlice())
-	dstA := tcpip.AddrFromSlice(dst.Addr().AsSlice())
-	if version == 4 {
-		ip := header.IPv4(b)
-		ip.Encode(&header.IPv4Fields{
-			TotalLength: uint16(total),
-			TTL:         64,
-			Protocol:    uint8(header.UDPProtocolNumber),
-			SrcAddr:     srcA,
-			DstAddr:     dstA,
-		})
-		ip.SetChecksum(^ip.CalculateChecksum())
-	} else {
-		header.IPv6(b).Encode(&header.IPv6Fields{
-			PayloadLength:     uint16(header.UDPMinimumSize + len(payload)),
-			TransportProtocol: header.UDPProtocolNumber,
-			HopLimit:          64,
-			SrcAddr:           srcA,
-			DstAddr:           dstA,
-		})
-	}
-	u := header.UDP(b[hdr:])
+	b, off, proto, srcA, dstA := rawPacket(version == 6, src.Addr(), dst.Addr(), header.UDPProtocolNumber, header.UDPMinimumSize+len(payload))
+	u := header.UDP(b[off:])
 	u.Encode(&header.UDPFields{
 		SrcPort: src.Port(),
 		DstPort: dst.Port(),
@@ -100,15 +70,7 @@ func (s *Stack) sendUDP(version uint8, src, dst netip.AddrPort, payload []byte) 
 	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, srcA, dstA, u.Length())
 	xsum = checksum.Checksum(payload, xsum)
 	u.SetChecksum(^u.CalculateChecksum(xsum))
-
-	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(b)})
-	pkb.NetworkProtocolNumber = proto
-	var list stack.PacketBufferList
-	list.PushBack(pkb)
-	if _, err := s.ep.WritePackets(list); err != nil {
-		s.stats.Drops[ReasonOverload].Add(1)
-	}
-	pkb.DecRef()
+	s.queueRaw(b, proto)
 }
 
 // dnsTCP serves DNS over TCP (dns.ServeTCP) on an intercepted port-53

@@ -4,10 +4,7 @@ import (
 	"net/netip"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/buffer"
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
 // A RST that the workstation drops. gVisor's Abort sends its RST with
@@ -60,35 +57,9 @@ func (s *Stack) poke(local, remote netip.AddrPort) {
 // sendTCPAck queues a bare ACK (no payload, window 0) from local to
 // remote with sequence number seq.
 func (s *Stack) sendTCPAck(local, remote netip.AddrPort, seq uint32) {
-	hdr := header.IPv4MinimumSize
-	proto := header.IPv4ProtocolNumber
-	if local.Addr().Is6() && !local.Addr().Is4In6() {
-		hdr = header.IPv6MinimumSize
-		proto = header.IPv6ProtocolNumber
-	}
-	b := make([]byte, hdr+header.TCPMinimumSize)
-	srcA := tcpip.AddrFromSlice(local.Addr().Unmap().AsSlice())
-	dstA := tcpip.AddrFromSlice(remote.Addr().Unmap().AsSlice())
-	if proto == header.IPv4ProtocolNumber {
-		ip := header.IPv4(b)
-		ip.Encode(&header.IPv4Fields{
-			TotalLength: uint16(len(b)),
-			TTL:         64,
-			Protocol:    uint8(header.TCPProtocolNumber),
-			SrcAddr:     srcA,
-			DstAddr:     dstA,
-		})
-		ip.SetChecksum(^ip.CalculateChecksum())
-	} else {
-		header.IPv6(b).Encode(&header.IPv6Fields{
-			PayloadLength:     header.TCPMinimumSize,
-			TransportProtocol: header.TCPProtocolNumber,
-			HopLimit:          64,
-			SrcAddr:           srcA,
-			DstAddr:           dstA,
-		})
-	}
-	t := header.TCP(b[hdr:])
+	v6 := !local.Addr().Unmap().Is4()
+	b, off, proto, srcA, dstA := rawPacket(v6, local.Addr().Unmap(), remote.Addr().Unmap(), header.TCPProtocolNumber, header.TCPMinimumSize)
+	t := header.TCP(b[off:])
 	t.Encode(&header.TCPFields{
 		SrcPort:    local.Port(),
 		DstPort:    remote.Port(),
@@ -98,13 +69,5 @@ func (s *Stack) sendTCPAck(local, remote netip.AddrPort, seq uint32) {
 	})
 	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, srcA, dstA, header.TCPMinimumSize)
 	t.SetChecksum(^t.CalculateChecksum(xsum))
-
-	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(b)})
-	pkb.NetworkProtocolNumber = proto
-	var list stack.PacketBufferList
-	list.PushBack(pkb)
-	if _, err := s.ep.WritePackets(list); err != nil {
-		s.stats.Drops[ReasonOverload].Add(1)
-	}
-	pkb.DecRef()
+	s.queueRaw(b, proto)
 }
