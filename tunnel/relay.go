@@ -342,23 +342,11 @@ func (d *direction) errHow(read bool) endHow {
 	return endClientError
 }
 
-// upstreamEOFGrace is how long an end of stream from the upstream waits
-// before it is passed on as a FIN. When Tor dies, the kernel closes its
-// sockets and the relay reads a clean EOF, indistinguishable from a
-// stream the exit ended; passing it on at once would make a download
-// whose length the end of the connection delimits (HTTP/1.0, no
-// Content-Length) look complete. torctl notices the death within
-// milliseconds (the process exits, or the control connection reads EOF)
-// and ends every flow with a RST; holding the FIN this long lets that
-// win. The cost is this much delay on the FIN of a stream the upstream
-// ends, and nothing on the data before it. Measured on 2026-12-02 on
-// the private Tor network: readiness fell within a few ms of SIGKILL.
-const upstreamEOFGrace = 250 * time.Millisecond
-
 // finish ends a direction whose source reached EOF. An end of stream
-// from the upstream is held for upstreamEOFGrace, then passed on as a
-// FIN if Tor is still ready and the flow was not cut off meanwhile, and
-// as a RST otherwise.
+// from the upstream is a RST if the upstream is gone (Config.UpstreamGone)
+// or Tor is not ready, and otherwise a FIN, after Config.EOFGrace if set
+// (and then only if Tor is still ready and the flow was not cut off
+// meanwhile).
 func (d *direction) finish() {
 	d.src.stop()
 	if d != &d.f.dirs[1] {
@@ -366,11 +354,24 @@ func (d *direction) finish() {
 		return
 	}
 	f := d.f
+	if gone := f.t.cfg.UpstreamGone; gone != nil && gone() {
+		f.abort(endTorDown)
+		return
+	}
+	grace := f.t.cfg.EOFGrace
+	if grace == 0 {
+		if !f.t.ready() {
+			f.abort(endTorDown)
+			return
+		}
+		d.finishNow()
+		return
+	}
 	// The timer keeps the flow referenced until it has decided.
 	if !f.hold() {
 		return
 	}
-	time.AfterFunc(upstreamEOFGrace, func() {
+	time.AfterFunc(grace, func() {
 		defer f.unhold()
 		if !f.t.ready() {
 			f.abort(endTorDown)

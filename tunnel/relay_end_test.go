@@ -28,6 +28,8 @@ func TestRelayEndDecision(t *testing.T) {
 		end     func(tn *Tunnel, ready *atomic.Bool, clRemote, upRemote net.Conn)
 		wantRST bool
 		how     string
+		grace   time.Duration // Config.EOFGrace
+		gone    bool          // Config.UpstreamGone's answer
 	}{
 		{
 			name: "upstream EOF after client EOF",
@@ -62,10 +64,41 @@ func TestRelayEndDecision(t *testing.T) {
 		{
 			name: "upstream EOF while tor not ready",
 			end: func(_ *Tunnel, ready *atomic.Bool, _, up net.Conn) {
-				up.(*net.TCPConn).CloseWrite()
 				ready.Store(false)
+				up.(*net.TCPConn).CloseWrite()
 			},
 			wantRST: true, how: "rst_tor_down",
+		},
+		{
+			// An attached Tor: readiness falls a moment after its sockets
+			// close, within the grace.
+			name: "upstream EOF, tor not ready within the grace",
+			end: func(_ *Tunnel, ready *atomic.Bool, _, up net.Conn) {
+				up.(*net.TCPConn).CloseWrite()
+				time.Sleep(20 * time.Millisecond)
+				ready.Store(false)
+			},
+			wantRST: true, how: "rst_tor_down", grace: 250 * time.Millisecond,
+		},
+		{
+			name: "upstream EOF, tor ready through the grace",
+			end: func(_ *Tunnel, _ *atomic.Bool, cl, up net.Conn) {
+				up.(*net.TCPConn).CloseWrite()
+				go func() {
+					io.Copy(io.Discard, cl)
+					cl.(*net.TCPConn).CloseWrite()
+				}()
+			},
+			how: "fin", grace: 50 * time.Millisecond,
+		},
+		{
+			// A managed Tor whose process is exiting: readiness has not
+			// fallen yet, the process check says so.
+			name: "upstream EOF from a dying tor",
+			end: func(_ *Tunnel, _ *atomic.Bool, _, up net.Conn) {
+				up.(*net.TCPConn).CloseWrite()
+			},
+			wantRST: true, how: "rst_tor_down", gone: true,
 		},
 		{
 			name:    "EndAll",
@@ -104,6 +137,8 @@ func TestRelayEndDecision(t *testing.T) {
 			ready.Store(true)
 			tn := newTunnel(t, up, func(c *Config) {
 				c.Ready = ready.Load
+				c.EOFGrace = tc.grace
+				c.UpstreamGone = func() bool { return tc.gone }
 				if tc.how == "rst_idle" {
 					c.IdleTimeout = 200 * time.Millisecond
 				}

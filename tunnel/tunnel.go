@@ -72,6 +72,25 @@ type Config struct {
 	// Ready reports whether Tor can carry traffic. While false, new flows
 	// get a RST. Nil means always ready.
 	Ready func() bool
+	// When Tor dies, the kernel closes its sockets and the relay reads a
+	// clean end of stream, indistinguishable from one the exit ended:
+	// passed on as a FIN, it would make a download that the end of the
+	// connection delimits (HTTP/1.0, no Content-Length) look complete.
+	// UpstreamGone and EOFGrace tell the two apart; with neither set, an
+	// end of stream from the upstream is passed on at once, as a FIN if
+	// Ready holds and a RST if not.
+	//
+	// UpstreamGone, if set, is asked at each end of stream from the
+	// upstream: true means the upstream is dying or gone (a managed Tor's
+	// process is exiting: torctl.Tor.Exiting), and the flow is reset. It
+	// must be cheap and must not block.
+	UpstreamGone func() bool
+	// EOFGrace holds an end of stream from the upstream this long before
+	// passing it on, so that Ready can fall first when the upstream died
+	// and readiness learns of it within that time (an attached Tor's
+	// control connection closes too). It delays the FIN of every stream
+	// the upstream ends by this much, and nothing else.
+	EOFGrace time.Duration
 	// DialTimeout bounds the SOCKS handshake including Tor building a
 	// circuit, which takes seconds and, for onion services, tens of
 	// seconds. Default 90s (the client's SYN retries run about 2 min).
@@ -183,7 +202,7 @@ func New(cfg Config) (*Tunnel, error) {
 	if cfg.Isolator == nil {
 		return nil, errors.New("tunnel: nil Isolator")
 	}
-	for _, d := range []*time.Duration{&cfg.DialTimeout, &cfg.IdleTimeout, &cfg.HalfCloseTimeout} {
+	for _, d := range []*time.Duration{&cfg.DialTimeout, &cfg.IdleTimeout, &cfg.HalfCloseTimeout, &cfg.EOFGrace} {
 		if *d < 0 {
 			return nil, errors.New("tunnel: negative timeout")
 		}
