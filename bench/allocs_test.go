@@ -94,11 +94,19 @@ func TestForwardAllocs(t *testing.T) {
 // whole allocations and pins GOMAXPROCS to 1, which would serialize the
 // router's goroutines behind the measuring one).
 func allocsPerPacket(n int, forward func()) float64 {
+	return allocsPerOp(n, func() {
+		for range n {
+			forward()
+		}
+	})
+}
+
+// allocsPerOp runs run, which performs n operations, and returns the
+// process's allocations per operation.
+func allocsPerOp(n int, run func()) float64 {
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	for range n {
-		forward()
-	}
+	run()
 	runtime.ReadMemStats(&after)
 	return float64(after.Mallocs-before.Mallocs) / float64(n)
 }

@@ -68,6 +68,7 @@ func newRawFlow(p *RawPeer) *RawFlow {
 	f := &RawFlow{
 		peer:        p,
 		acked:       make(chan struct{}, 1),
+		ended:       make(chan struct{}, 1),
 		segs:        make(chan struct{}, linkQueueLen),
 		established: make(chan struct{}),
 	}
@@ -101,6 +102,7 @@ type RawFlow struct {
 	estOnce     sync.Once
 	reset       atomic.Bool
 	finRcvd     atomic.Bool
+	ended       chan struct{} // a token when a FIN or RST arrives
 }
 
 // ErrReset is returned when the router reset the flow.
@@ -209,6 +211,38 @@ func (f *RawFlow) Write(ctx context.Context, payload []byte) error {
 	return nil
 }
 
+// Close sends a FIN and waits until the router's FIN arrives (the peer
+// acknowledges it as it does every segment), retransmitting the FIN every
+// second; then it forgets the flow. The router closes its side once the
+// SOCKS sink has: with the echo sink, right after our FIN reached it.
+func (f *RawFlow) Close(ctx context.Context) error {
+	fin := f.sndNxt.Load()
+	f.sndNxt.Store(fin + 1)
+	defer func() {
+		f.peer.mu.Lock()
+		delete(f.peer.flows, f.src.Port())
+		f.peer.mu.Unlock()
+	}()
+	for {
+		f.send(fin, f.rcvNxt.Load(), header.TCPFlagFin|header.TCPFlagAck, nil)
+		f.wait.Reset(time.Second)
+		select {
+		case <-f.ended:
+		case <-f.wait.C:
+		case <-ctx.Done():
+		}
+		f.wait.Stop()
+		switch {
+		case f.reset.Load():
+			return ErrReset
+		case f.finRcvd.Load():
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		}
+	}
+}
+
 // Ended reports whether the router ended the flow (FIN or RST).
 func (f *RawFlow) Ended() bool { return f.finRcvd.Load() || f.reset.Load() }
 
@@ -294,6 +328,7 @@ func (p *RawPeer) deliver(pkt []byte) {
 	if flags&header.TCPFlagRst != 0 {
 		f.reset.Store(true)
 		f.estOnce.Do(func() { close(f.established) })
+		f.signalEnd()
 		return
 	}
 	if flags&(header.TCPFlagSyn|header.TCPFlagAck) == header.TCPFlagSyn|header.TCPFlagAck {
@@ -346,4 +381,14 @@ func (p *RawPeer) deliver(pkt []byte) {
 	// Acknowledge every segment, in order or not (a duplicate ACK asks for
 	// the missing one).
 	f.send(f.sndNxt.Load(), f.rcvNxt.Load(), header.TCPFlagAck, nil)
+	if fin {
+		f.signalEnd()
+	}
+}
+
+func (f *RawFlow) signalEnd() {
+	select {
+	case f.ended <- struct{}{}:
+	default:
+	}
 }
