@@ -7,9 +7,13 @@
 # back to back in namespaces it creates (see bench/README.md). Everything it
 # creates is removed on exit, interrupts included. Examples:
 #
-#   bench/run.sh                                  # full run, ~15 min
+#   bench/run.sh                                  # full run, torgate alone, ~15 min
 #   bench/run.sh -repeat 1 -iperf-time 3s -load-time 3s -mtus 1500
-#   bench/run.sh -router '/usr/local/bin/tun2socks -device {tun} -proxy socks5://{socks}'
+#   # the comparison table: torgate against the peers, by name (build them
+#   # as bench/README.md says, "Peers: building and naming them")
+#   bench/run.sh -router torgate -router hev=/tmp/peers/hev-socks5-tunnel -router tun2socks=/tmp/peers/tun2socks
+#   # any other router: a command template (the contract in bench/README.md)
+#   bench/run.sh -router 'other=/path/to/router --tun-fd {tunfd} --socks {socks}'
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "run.sh: needs root (network namespaces, TUN)" >&2; exit 1; fi

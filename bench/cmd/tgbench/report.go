@@ -59,6 +59,9 @@ type Row struct {
 	// add up exactly).
 	KernelPerConn *PerConn `json:"kernel_us_per_conn,omitempty"`
 	RouterPerConn *PerConn `json:"router_us_per_conn,omitempty"`
+	// RouterGo is the peak over the runs of what the router's /metrics
+	// reported (routers with {metrics}: torgate), per field.
+	RouterGo *GoPeak `json:"router_go_peak,omitempty"`
 }
 
 // Sample is one run of one test on one path.
@@ -67,7 +70,10 @@ type Sample struct {
 	CPU    float64     `json:"cpu_s,omitempty"`
 	RSSMiB float64     `json:"peak_rss_mib,omitempty"`
 	Load   *LoadResult `json:"load,omitempty"`
-	Err    string      `json:"error,omitempty"`
+	// Go is the peak of the router's /metrics over the run, for a router
+	// that serves them ({metrics}).
+	Go  *GoPeak `json:"go_peak,omitempty"`
+	Err string  `json:"error,omitempty"`
 	// Rig is the CPU the rest of the rig and the machine used in this run.
 	Rig RigCPU `json:"rig_cpu"`
 }
@@ -98,7 +104,7 @@ func finish(rows []Row) []Row {
 		r := &rows[i]
 		r.Unit = unitOf(r.Test)
 		var kv, rv, cpu, kp, rp []float64
-		r.KernelFailures, r.RouterFailures, r.Errors, r.RouterPeakRSS = 0, 0, 0, 0
+		r.KernelFailures, r.RouterFailures, r.Errors, r.RouterPeakRSS, r.RouterGo = 0, 0, 0, 0, nil
 		for _, s := range r.KernelRuns {
 			if s.Err != "" {
 				r.Errors++
@@ -118,6 +124,13 @@ func finish(rows []Row) []Row {
 			rv = append(rv, s.Value)
 			cpu = append(cpu, s.CPU)
 			r.RouterPeakRSS = max(r.RouterPeakRSS, s.RSSMiB)
+			if s.Go != nil {
+				if r.RouterGo == nil {
+					r.RouterGo = &GoPeak{}
+				}
+				r.RouterGo.raise(*s.Go)
+				r.RouterGo.Scrapes += s.Go.Scrapes
+			}
 			if s.Load != nil {
 				rp = append(rp, s.Load.P99)
 				r.RouterFailures += s.Load.Failures
@@ -142,12 +155,18 @@ func (rep *Report) Markdown() string {
 		rep.Date, orDash(rep.Commit), rep.CPUs, rep.Kernel, rep.Repeat, rep.IperfS, rep.LoadS, rep.Workers)
 	for _, r := range rep.Routers {
 		fmt.Fprintf(&b, "Router %s: `%s`\n\n", r.Name, r.Template)
+		if r.Config != "" {
+			// Indented: a code block in Markdown.
+			fmt.Fprintf(&b, "with {config}:\n\n    %s\n\n", strings.ReplaceAll(strings.TrimSpace(r.Config), "\n", "\n    "))
+		}
 	}
 	if rep.Note != "" {
 		fmt.Fprintf(&b, "Settings: %s\n\n", rep.Note)
 	}
-	b.WriteString("| MTU | test | router | kernel | router | ratio | router CPU s | router peak RSS MiB | p99 ms kernel / router | failures kernel / router | machine CPU s kernel / router |\n")
-	b.WriteString("| --: | --- | --- | --: | --: | --: | --: | --: | --: | --: | --: |\n")
+	b.WriteString("Router CPU s: median per run. µs/conn: router CPU per completed connection (short-connection tests; by part in the table below). " +
+		"Peak RSS: VmHWM, the highest over the runs. Peak heap / goroutines: the highest go_memstats_heap_inuse_bytes / go_goroutines scraped from the router's /metrics each second (routers that serve them).\n\n")
+	b.WriteString("| MTU | test | router | kernel | router | ratio | router CPU s | router µs/conn | router peak RSS MiB | router peak heap MiB | router peak goroutines | p99 ms kernel / router | failures kernel / router | machine CPU s kernel / router |\n")
+	b.WriteString("| --: | --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |\n")
 	for _, r := range rep.Rows {
 		p99, fails := "", ""
 		if !strings.HasPrefix(r.Test, "tcp-") {
@@ -158,8 +177,15 @@ func (rep *Report) Markdown() string {
 		if r.Errors > 0 {
 			errs = fmt.Sprintf(" (%d runs failed)", r.Errors)
 		}
-		fmt.Fprintf(&b, "| %d | %s%s | %s | %.0f %s | %.0f %s | %.2f | %.1f | %.1f | %s | %s | %.1f / %.1f |\n",
-			r.MTU, r.Test, errs, r.Router, r.KernelMedian, r.Unit, r.RouterMedian, r.Unit, r.Ratio, r.RouterCPU, r.RouterPeakRSS, p99, fails,
+		usConn, heap, goroutines := "-", "-", "-"
+		if r.RouterPerConn != nil {
+			usConn = fmt.Sprintf("%.0f", r.RouterPerConn.Router)
+		}
+		if r.RouterGo != nil {
+			heap, goroutines = fmt.Sprintf("%.1f", r.RouterGo.HeapInuseMiB), fmt.Sprintf("%.0f", r.RouterGo.Goroutines)
+		}
+		fmt.Fprintf(&b, "| %d | %s%s | %s | %.0f %s | %.0f %s | %.2f | %.1f | %s | %.1f | %s | %s | %s | %s | %.1f / %.1f |\n",
+			r.MTU, r.Test, errs, r.Router, r.KernelMedian, r.Unit, r.RouterMedian, r.Unit, r.Ratio, r.RouterCPU, usConn, r.RouterPeakRSS, heap, goroutines, p99, fails,
 			r.KernelRig.Machine, r.RouterRig.Machine)
 	}
 	rep.perConnTable(&b)

@@ -25,13 +25,20 @@ import (
 //	{tunfd}    in fd mode: the number of an open TUN file descriptor (3)
 //	           that the harness created inside the workstation namespace
 //	           and passes to the router
-//	{socks}    the SOCKS5 server's host:port (127.0.0.1:1080)
+//	{socks}    the SOCKS5 server's host:port (127.0.0.1:1080); {sockshost}
+//	           and {socksport} are its two halves
 //	{socksunix} the path of a unix socket served by the same SOCKS5
 //	           server (a short path under the temporary directory, removed
 //	           at exit), for routers that reach Tor that way in production:
 //	           torgate's managed Tor is a unix SocksPort, so
 //	           "--socks unix:{socksunix}" measures that path
 //	{mtu}      the MTU under test
+//	{metrics}  an admin endpoint, unix:PATH (a socket in the harness's
+//	           temporary directory), where a Go router serves Prometheus
+//	           /metrics; the harness scrapes it each second of a run and
+//	           records the peaks (metrics.go)
+//	{config}   the path of the file the harness wrote from the spec's
+//	           Config (named peers that read a config file: hev)
 //	{torgate}  the torgate binary given with --torgate
 //	{tgbench}  this binary (its "router" subcommand is torgate with pprof)
 //

@@ -68,8 +68,12 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := flag.NewFlagSet("tgbench run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var f runFlags
-	fs.Func("router", "router command template, [NAME=]TEMPLATE (see the contract in bench/README.md); placeholders {tun} or {tunfd}, {socks} (the SOCKS5 server's host:port), {socksunix} (the same server's unix socket path, for e.g. --socks unix:{socksunix}), {mtu}, {torgate}, {tgbench}. Repeat the flag to measure several routers (or settings) in one sitting, each right after the kernel path (default: torgate)", func(v string) error {
-		f.routers = append(f.routers, parseRouterSpec(v, len(f.routers)))
+	fs.Func("router", "router under test: a known peer, NAME or NAME=PATH (PATH its binary), or a command template, [NAME=]TEMPLATE (see the contract in bench/README.md); placeholders {tun} or {tunfd}, {socks} (the SOCKS5 server's host:port), {sockshost}, {socksport}, {socksunix} (the same server's unix socket path, for e.g. --socks unix:{socksunix}), {mtu}, {metrics} (an admin endpoint, unix:PATH, whose /metrics the harness scrapes each second), {torgate}, {tgbench}. Repeat the flag to measure several routers (or settings) in one sitting, each right after the kernel path (default: torgate). Known peers (NAME may carry a -suffix):"+peersUsage(), func(v string) error {
+		spec, err := parseRouterSpec(v, len(f.routers))
+		if err != nil {
+			return err
+		}
+		f.routers = append(f.routers, spec)
 		return nil
 	})
 	fs.StringVar(&f.torgate, "torgate", "", "torgate binary for {torgate}")
@@ -105,20 +109,11 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return fmt.Errorf("--mtus: %q", f.mtus)
 	}
 	if len(f.routers) == 0 {
-		f.routers = []routerSpec{{Name: "torgate", Template: defaultRouter}}
+		torgate, _ := findPeer("torgate")
+		f.routers = []routerSpec{torgate.spec("torgate", "")}
 	}
-	names := map[string]bool{}
-	for _, r := range f.routers {
-		if strings.Contains(r.Template, "{torgate}") && f.torgate == "" {
-			return errors.New("--torgate is needed by the router template")
-		}
-		if !strings.Contains(r.Template, "{tun}") && !strings.Contains(r.Template, "{tunfd}") {
-			return fmt.Errorf("--router %q must contain {tun} or {tunfd}", r.Template)
-		}
-		if names[r.Name] {
-			return fmt.Errorf("two routers named %q", r.Name)
-		}
-		names[r.Name] = true
+	if err := checkRouters(f.routers, f.torgate); err != nil {
+		return err
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -204,28 +199,43 @@ func kernelRelease() string {
 	return string(b)
 }
 
-// defaultRouter is torgate in name mode, reaching the SOCKS server over a
-// unix socket as it reaches its managed Tor in production. Other routers
-// (and torgate for a like-for-like row) use {socks}, the TCP endpoint.
-const defaultRouter = "{torgate} run --tun {tun} --addr '' --admin '' --socks unix:{socksunix} --mtu {mtu}"
+// checkRouters validates the routers before anything starts.
+func checkRouters(routers []routerSpec, torgate string) error {
+	names := map[string]bool{}
+	for _, r := range routers {
+		if r.uses("torgate") && torgate == "" {
+			return fmt.Errorf("-router %s: -torgate is needed by the template", r.Name)
+		}
+		if !r.uses("tun") && !r.uses("tunfd") {
+			return fmt.Errorf("-router %s: %q must contain {tun} or {tunfd}", r.Name, r.Template)
+		}
+		if names[r.Name] {
+			return fmt.Errorf("two routers named %q", r.Name)
+		}
+		names[r.Name] = true
+	}
+	return nil
+}
 
-// routerSpec is one router under test.
+// routerSpec is one router under test. Without -router it is the torgate
+// peer: name mode, the SOCKS server over a unix socket as torgate reaches
+// its managed Tor in production. Other routers (and torgate for a
+// like-for-like row) use {socks}, the TCP endpoint.
 type routerSpec struct {
 	Name     string `json:"name"`
 	Template string `json:"template"`
+	// Peer is the known peer the template came from (peers.go), if any.
+	Peer string `json:"peer,omitempty"`
+	// Config, if set, is written (placeholders filled) to a file for each
+	// start of the router, whose path is {config}.
+	Config string `json:"config,omitempty"`
 }
 
-// parseRouterSpec splits "NAME=TEMPLATE"; a template whose first word has
-// no '=' before it gets the name "router<i>" ("torgate" for the first).
-func parseRouterSpec(v string, i int) routerSpec {
-	if eq := strings.IndexByte(v, '='); eq > 0 && !strings.ContainsAny(v[:eq], " \t{/") {
-		return routerSpec{Name: v[:eq], Template: v[eq+1:]}
-	}
-	name := fmt.Sprintf("router%d", i)
-	if i == 0 {
-		name = "torgate"
-	}
-	return routerSpec{Name: name, Template: v}
+// uses reports whether the template or the config file has placeholder
+// {name}.
+func (r routerSpec) uses(name string) bool {
+	ph := "{" + name + "}"
+	return strings.Contains(r.Template, ph) || strings.Contains(r.Config, ph)
 }
 
 // routerInst is a router in this sitting: its own TUN and workstation
@@ -235,6 +245,9 @@ type routerInst struct {
 	tun  string
 	ws   string
 	proc *routerProc
+	// metrics is the admin endpoint given as {metrics} (unix:PATH), ""
+	// when the template does not serve one.
+	metrics string
 }
 
 // env is one sitting: the namespaces, the servers and the routers.
@@ -254,6 +267,26 @@ type env struct {
 	sockDir string
 }
 
+// makeSockDir makes a short private directory for the unix sockets: the
+// SOCKS server's and the routers' metrics endpoints (the output directory
+// may be too long a path for sun_path). Unix socket paths are not per
+// network namespace, so a router in the gateway namespace reaches the
+// SOCKS server there like the TCP endpoint, and the harness scrapes the
+// routers' metrics from outside their namespace.
+func (e *env) makeSockDir() error {
+	dir, err := os.MkdirTemp("", e.id+"-")
+	if err != nil {
+		return err
+	}
+	e.sockDir = dir
+	for _, r := range e.routers {
+		if r.spec.uses("metrics") {
+			r.metrics = "unix:" + filepath.Join(dir, "metrics-"+r.tun+".sock")
+		}
+	}
+	return nil
+}
+
 // socksUnix is the path of the SOCKS server's unix socket ({socksunix}).
 func (e *env) socksUnix() string { return filepath.Join(e.sockDir, socksSock) }
 
@@ -263,6 +296,9 @@ func (e *env) logf(format string, args ...any) {
 
 // setup creates the namespaces, the kernel path and the servers.
 func (e *env) setup(ctx context.Context) error {
+	if err := e.makeSockDir(); err != nil {
+		return err
+	}
 	nss := []string{e.gw, e.wsK}
 	for _, r := range e.routers {
 		nss = append(nss, r.ws)
@@ -288,15 +324,6 @@ func (e *env) setup(ctx context.Context) error {
 	); err != nil {
 		return err
 	}
-	// A short private directory for the SOCKS server's unix socket (the
-	// output directory may be too long a path for sun_path). Unix socket
-	// paths are not per network namespace, so a router in the gateway
-	// namespace reaches it like the TCP endpoint.
-	dir, err := os.MkdirTemp("", e.id+"-")
-	if err != nil {
-		return err
-	}
-	e.sockDir = dir
 	// Servers in the gateway namespace: the SOCKS server the router uses
 	// (TCP and unix socket, one process), the short-connection target and
 	// iperf3.
@@ -416,18 +443,29 @@ func (e *env) teardown() {
 // startRouter starts one router for one MTU and wires its TUN into its
 // workstation namespace.
 func (e *env) startRouter(ctx context.Context, r *routerInst, mtu int) error {
+	host, port, _ := net.SplitHostPort(socksListen)
 	vars := map[string]string{
 		"tun":       r.tun,
 		"tunfd":     "3",
 		"socks":     socksListen,
+		"sockshost": host,
+		"socksport": port,
 		"socksunix": e.socksUnix(),
 		"mtu":       strconv.Itoa(mtu),
+		"metrics":   r.metrics,
 		"torgate":   e.f.torgate,
 		"tgbench":   e.self,
 	}
+	if r.spec.Config != "" {
+		path := filepath.Join(e.f.out, "router-"+r.spec.Name+".conf")
+		if err := os.WriteFile(path, []byte(expandRouter(r.spec.Config, vars)), 0o644); err != nil {
+			return fmt.Errorf("router %s config: %w", r.spec.Name, err)
+		}
+		vars["config"] = shellQuote(path)
+	}
 	command := expandRouter(r.spec.Template, vars)
 	logPath := filepath.Join(e.f.out, "router-"+r.spec.Name+".log")
-	fdMode := strings.Contains(r.spec.Template, "{tunfd}")
+	fdMode := r.spec.uses("tunfd")
 	var extra []*os.File
 	if fdMode {
 		tf, err := openTUNIn(r.ws, r.tun, e.f.vnetHdr)
@@ -569,7 +607,11 @@ func (e *env) measureLogged(ctx context.Context, r *routerInst, mtu, run int, te
 		e.logf("mtu %d run %d %s %s: %v", mtu, run+1, test, name, err)
 		s.Err = err.Error()
 	} else {
-		e.logf("mtu %d run %d %-11s %-8s %10.1f %s  cpu %.2fs rss %.1fMiB%s  %s", mtu, run+1, test, name, s.Value, unitOf(test), s.CPU, s.RSSMiB, s.extra(), s.Rig)
+		goPeak := ""
+		if s.Go != nil {
+			goPeak = fmt.Sprintf(" heap %.1fMiB goroutines %.0f", s.Go.HeapInuseMiB, s.Go.Goroutines)
+		}
+		e.logf("mtu %d run %d %-11s %-8s %10.1f %s  cpu %.2fs rss %.1fMiB%s%s  %s", mtu, run+1, test, name, s.Value, unitOf(test), s.CPU, s.RSSMiB, goPeak, s.extra(), s.Rig)
 	}
 	return s
 }
@@ -578,9 +620,16 @@ func (e *env) measureLogged(ctx context.Context, r *routerInst, mtu, run int, te
 func (e *env) measure(ctx context.Context, r *routerInst, test string) (Sample, error) {
 	ns := e.wsK
 	var u routerUsage
+	var scr *scraper
 	if r != nil {
 		ns = r.ws
 		u = beginUsage(r.proc.pid)
+		if r.metrics != "" {
+			var err error
+			if scr, err = startScrape(ctx, r.metrics); err != nil {
+				e.logf("router %s: metrics: %v", r.spec.Name, err)
+			}
+		}
 	}
 	rig := e.rigBegin()
 	var s Sample
@@ -616,6 +665,14 @@ func (e *env) measure(ctx context.Context, r *routerInst, test string) (Sample, 
 	}
 	if r != nil {
 		s.CPU, s.RSSMiB = u.end()
+	}
+	if scr != nil {
+		// A missing scrape costs the run its Go figures, not its result.
+		if g, err := scr.stop(ctx); err != nil {
+			e.logf("router %s: metrics: %v", r.spec.Name, err)
+		} else {
+			s.Go = &g
+		}
 	}
 	s.Rig = e.rigEnd(rig, client)
 	return s, err
