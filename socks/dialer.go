@@ -102,19 +102,29 @@ func NewDialer(network, address string) (*Dialer, error) {
 	default:
 		return nil, fmt.Errorf("socks dialer: unsupported network %q, want \"tcp\" or \"unix\"", network)
 	}
-	var nd net.Dialer
 	return &Dialer{Dial: func(ctx context.Context) (net.Conn, error) {
-		c, err := nd.DialContext(ctx, network, address)
-		if uc, ok := c.(*net.UnixConn); ok {
-			// Best effort: the default (wmem_default, 208 KiB) is all a
-			// unix stream socket may hold in flight, which stalls a bulk
-			// upload between two context switches; a loopback TCP socket
-			// auto-tunes to megabytes. Kernel memory is charged only for
-			// bytes actually queued, so an idle stream costs nothing.
-			uc.SetWriteBuffer(unixSendBuffer)
-		}
-		return c, err
+		return Dial(ctx, network, address)
 	}}, nil
+}
+
+// Dial connects to a SOCKS server at address on network ("tcp" or
+// "unix") the way a stream to Tor wants: no TCP keepalive (the server is
+// local; Go's default would cost three setsockopt calls per stream) and,
+// on a unix socket, a send buffer of unixSendBuffer. NewDialer's
+// connections and torctl's (a managed or attached Tor's SocksPort) are
+// made here.
+func Dial(ctx context.Context, network, address string) (net.Conn, error) {
+	nd := net.Dialer{KeepAlive: -1}
+	c, err := nd.DialContext(ctx, network, address)
+	if uc, ok := c.(*net.UnixConn); ok {
+		// Best effort: the default (wmem_default, 208 KiB) is all a
+		// unix stream socket may hold in flight, which stalls a bulk
+		// upload between two context switches; a loopback TCP socket
+		// auto-tunes to megabytes. Kernel memory is charged only for
+		// bytes actually queued, so an idle stream costs nothing.
+		uc.SetWriteBuffer(unixSendBuffer)
+	}
+	return c, err
 }
 
 // unixSendBuffer is SO_SNDBUF for a unix-socket SOCKS connection. One

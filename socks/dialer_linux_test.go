@@ -59,3 +59,29 @@ func wmemMax(t *testing.T) int {
 	}
 	return v / 2
 }
+
+// TestDialNoKeepalive: a stream to a local SOCKS server carries no TCP
+// keepalive (Go turns it on by default, at three setsockopt calls per
+// connection).
+func TestDialNoKeepalive(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := Dial(t.Context(), "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ka int
+	var gerr error
+	rc.Control(func(fd uintptr) { ka, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE) })
+	if gerr != nil || ka != 0 {
+		t.Fatalf("SO_KEEPALIVE = %d (%v), want 0", ka, gerr)
+	}
+}

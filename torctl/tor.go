@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/torgate/torgate/internal/endpoint"
+	"github.com/torgate/torgate/socks"
 )
 
 // Config configures a Tor. Field comments are the reference; the zero
@@ -402,8 +403,7 @@ func (t *Tor) DialSocks(ctx context.Context) (net.Conn, error) {
 	if ep == nil {
 		return nil, ErrNoSocksPort
 	}
-	var d net.Dialer
-	return d.DialContext(ctx, ep.Network, ep.Address)
+	return socks.Dial(ctx, ep.Network, ep.Address)
 }
 
 // SocksAddr returns the SocksPort in use ("unix:/path" or "IP:port"), or
