@@ -113,18 +113,35 @@ func NewDialer(network, address string) (*Dialer, error) {
 // on a unix socket, a send buffer of unixSendBuffer. NewDialer's
 // connections and torctl's (a managed or attached Tor's SocksPort) are
 // made here.
+//
+// An IP:port address is dialed as such (DialTCP), without the resolver's
+// address-list machinery that DialContext runs for every string: a dozen
+// allocations per stream.
 func Dial(ctx context.Context, network, address string) (net.Conn, error) {
 	nd := net.Dialer{KeepAlive: -1}
-	c, err := nd.DialContext(ctx, network, address)
-	if uc, ok := c.(*net.UnixConn); ok {
+	switch network {
+	case "tcp", "tcp4", "tcp6":
+		if ap, err := netip.ParseAddrPort(address); err == nil {
+			c, err := nd.DialTCP(ctx, network, netip.AddrPort{}, ap)
+			if err != nil {
+				return nil, err // not a typed nil in an interface
+			}
+			return c, nil
+		}
+	case "unix":
+		c, err := nd.DialUnix(ctx, network, nil, &net.UnixAddr{Name: address, Net: network})
+		if err != nil {
+			return nil, err
+		}
 		// Best effort: the default (wmem_default, 208 KiB) is all a
 		// unix stream socket may hold in flight, which stalls a bulk
 		// upload between two context switches; a loopback TCP socket
 		// auto-tunes to megabytes. Kernel memory is charged only for
 		// bytes actually queued, so an idle stream costs nothing.
-		uc.SetWriteBuffer(unixSendBuffer)
+		c.SetWriteBuffer(unixSendBuffer)
+		return c, nil
 	}
-	return c, err
+	return nd.DialContext(ctx, network, address)
 }
 
 // unixSendBuffer is SO_SNDBUF for a unix-socket SOCKS connection. One

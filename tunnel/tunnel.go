@@ -55,7 +55,7 @@ type Names interface {
 // implements it.
 type Flow interface {
 	// Accept completes the client's handshake and returns the connection,
-	// which must implement CloseWrite (and should implement CloseRead).
+	// which must implement CloseWrite.
 	Accept() (net.Conn, error)
 	// Reject answers with a RST.
 	Reject()
@@ -427,7 +427,11 @@ func (t *Tunnel) target(src netip.Addr, dst netip.AddrPort) (a socks.Addr, host 
 		return socks.Addr{}, "", nil, refuseForbid
 	}
 	a = socks.AddrFromAddrPort(netip.AddrPortFrom(ip, dst.Port()))
-	return a, ip.String(), func() {}, ""
+	if t.cfg.Isolator.Mode() == IsolateDestination {
+		// Only this mode reads the host; the text costs an allocation.
+		host = ip.String()
+	}
+	return a, host, func() {}, ""
 }
 
 // admit reserves a dial slot for src, or reports false if a cap is hit.

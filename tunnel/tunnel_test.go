@@ -60,6 +60,14 @@ func TestIsolatorAuth(t *testing.T) {
 	if iso.Auth(srcA, "x") == a3 || iso.Auth(srcB, "x") == b {
 		t.Error("global new identity must rotate every source")
 	}
+	// A source's credentials are cached: the same as derived, and free.
+	a4 := iso.Auth(srcA, "x")
+	if d := iso.derive(srcA, "x", iso.epochs[srcA], iso.global); d != a4 {
+		t.Errorf("cached %v, derived %v", a4, d)
+	}
+	if n := testing.AllocsPerRun(100, func() { iso.Auth(srcA, "x") }); n != 0 {
+		t.Errorf("Auth of a known source allocates %v times", n)
+	}
 }
 
 func TestIsolatorModes(t *testing.T) {
