@@ -291,13 +291,18 @@ func (s *Stack) build() error {
 		ptr(tcpip.TCPRecovery(0)),
 		// A TIME_WAIT endpoint protects against old duplicates on a path
 		// with real delay and re-acknowledges a retransmitted FIN; on the
-		// TUN link the RTT is microseconds and a retransmission comes
-		// within the peer's minimum RTO (200 ms on Linux), so 1 s covers
-		// both. Every endpoint in TIME_WAIT holds ~5 KiB: at 1,600
-		// flows/s, 5 s of them cost 30 MiB of peak RSS, 1 s 6 MiB
-		// (bench/README.md). SYNs that reuse a 4-tuple within it are
-		// handled by reclaimTimeWait.
-		ptr(tcpip.TCPTimeWaitTimeoutOption(time.Second)),
+		// TUN link (and a LAN) the RTT is microseconds to a millisecond,
+		// and a workstation retransmits a FIN whose ACK was lost after its
+		// minimum RTO (200 ms on Linux): 500 ms re-acknowledges that
+		// first retransmission. Were the ACK lost twice, the third FIN
+		// gets a RST, which ends the workstation's LAST_ACK as well. Every
+		// endpoint in TIME_WAIT holds ~3 KiB (measured in process,
+		// 2026-12-02), and torgate closes first whenever the destination
+		// does (web servers): at 1,800 conn/s, 1 s of them was ~5 MiB of
+		// live heap, and peak RSS under 16 closed-loop workers fell from
+		// 34.7 to 29.2 MiB with 500 ms (bench/README.md). SYNs that reuse
+		// a 4-tuple within it are handled by reclaimTimeWait.
+		ptr(tcpip.TCPTimeWaitTimeoutOption(timeWait)),
 		// Receive-buffer auto-tuning grows windows for bulk flows and
 		// keeps idle flows small (memory per idle flow).
 		ptr(tcpip.TCPModerateReceiveBufferOption(true)),
@@ -774,6 +779,10 @@ func (r *TCPRequest) Accept() (net.Conn, error) {
 	c.poke = func() { s.pokeAfterReset(dst, src) }
 	return c, nil
 }
+
+// timeWait is how long an endpoint that closed first stays in TIME_WAIT
+// (see build).
+const timeWait = 500 * time.Millisecond
 
 // Keepalive on accepted endpoints (see Accept).
 const (

@@ -21,10 +21,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 )
 
 func main() {
+	setGCPercent(os.Getenv("GOGC"))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -34,6 +36,24 @@ func main() {
 			fmt.Fprintln(os.Stderr, "torgate:", err)
 		}
 		os.Exit(exitCode(err))
+	}
+}
+
+// defaultGCPercent is torgate's GOGC unless the environment sets one.
+// The router's live heap is small and mostly short-lived (endpoints in
+// TIME_WAIT, pools): with Go's default of 100 the heap grows to twice it
+// between collections, while the collector costs ~1 % of the router's
+// CPU. Measured 2026-12-02 (bench/README.md, 16 closed-loop workers,
+// ~1,800 conn/s): peak RSS 50.7 MiB at 100, 39.5 MiB at 25, router CPU per
+// connection unchanged within the noise (456 / 434 µs); 10 gained
+// nothing more (the rest is live).
+const defaultGCPercent = 25
+
+// setGCPercent applies defaultGCPercent when env (GOGC) is empty; an
+// operator's GOGC (or GOMEMLIMIT alongside it) is the runtime's to read.
+func setGCPercent(env string) {
+	if env == "" {
+		debug.SetGCPercent(defaultGCPercent)
 	}
 }
 
