@@ -65,3 +65,13 @@ func TestProcExiting(t *testing.T) {
 		t.Error("a reaped process does not read as gone")
 	}
 }
+
+// BenchmarkProcExiting is the cost the process check adds to each stream a
+// managed Tor ends.
+func BenchmarkProcExiting(b *testing.B) {
+	pid := os.Getpid()
+	b.ReportAllocs()
+	for b.Loop() {
+		procExiting(pid)
+	}
+}
