@@ -27,16 +27,7 @@ func TestUnixSendBuffer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	rc, err := c.(syscall.Conn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got int
-	var gerr error
-	rc.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF) })
-	if gerr != nil {
-		t.Fatal(gerr)
-	}
+	got := sockopt(t, c, unix.SOL_SOCKET, unix.SO_SNDBUF)
 	// The kernel caps the request at net.core.wmem_max (often 208 KiB,
 	// 4 MiB on this machine), so compare with what was possible; the
 	// default without the request is wmem_default, half of that.
@@ -74,14 +65,23 @@ func TestDialNoKeepalive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	if ka := sockopt(t, c, unix.SOL_SOCKET, unix.SO_KEEPALIVE); ka != 0 {
+		t.Fatalf("SO_KEEPALIVE = %d, want 0", ka)
+	}
+}
+
+// sockopt reads an integer socket option of c.
+func sockopt(t *testing.T, c net.Conn, level, opt int) int {
+	t.Helper()
 	rc, err := c.(syscall.Conn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ka int
+	var v int
 	var gerr error
-	rc.Control(func(fd uintptr) { ka, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE) })
-	if gerr != nil || ka != 0 {
-		t.Fatalf("SO_KEEPALIVE = %d (%v), want 0", ka, gerr)
+	rc.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), level, opt) })
+	if gerr != nil {
+		t.Fatal(gerr)
 	}
+	return v
 }
