@@ -42,11 +42,13 @@ func main() {
 // defaultGCPercent is torgate's GOGC unless the environment sets one.
 // The router's live heap is small and mostly short-lived (endpoints in
 // TIME_WAIT, pools): with Go's default of 100 the heap grows to twice it
-// between collections, while the collector costs ~1 % of the router's
-// CPU. Measured 2026-12-02 (bench/README.md, 16 closed-loop workers,
-// ~1,800 conn/s): peak RSS 50.7 MiB at 100, 39.5 MiB at 25, router CPU per
-// connection unchanged within the noise (456 / 434 µs); 10 gained
-// nothing more (the rest is live).
+// between collections. Measured 2026-12-02 (bench/README.md, release
+// build, 16 closed-loop workers, ~1,800 conn/s, medians of 4): peak RSS
+// 28.9 MiB at 25, 33.0 at 50, 38.2 at 100; router CPU per connection
+// 452 / 421 / 437 µs there, and up to 17 % more at 25 than at 100 in
+// other sittings. A soft limit instead (GOMEMLIMIT=16MiB) made the
+// collector run constantly. Operators with memory to spare can set
+// GOGC=100.
 const defaultGCPercent = 25
 
 // setGCPercent applies defaultGCPercent when env (GOGC) is empty; an
