@@ -1,0 +1,5 @@
+//go:build !race
+
+package torctl
+
+const raceEnabled = false
