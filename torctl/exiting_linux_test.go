@@ -25,7 +25,7 @@ func TestStatExiting(t *testing.T) {
 		{"garbage", false},
 		{"", false},
 	} {
-		if got := statExiting([]byte(tc.stat)); got != tc.want {
+		if got, _ := statExiting([]byte(tc.stat)); got != tc.want {
 			t.Errorf("statExiting(%q) = %v, want %v", tc.stat, got, tc.want)
 		}
 	}
@@ -40,14 +40,18 @@ func TestProcExiting(t *testing.T) {
 	}
 	pid := cmd.Process.Pid
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	if procExiting(pid) {
-		t.Fatal("a running process reads as exiting")
+	check := func(what string, wantExiting bool) {
+		t.Helper()
+		if exiting, known := procState(pid); exiting != wantExiting || !known {
+			t.Errorf("%s: procState = %v, %v; want %v, true", what, exiting, known, wantExiting)
+		}
 	}
-	if procExiting(os.Getpid()) {
-		t.Fatal("this process reads as exiting")
+	check("running", false)
+	if exiting, known := procState(os.Getpid()); exiting || !known {
+		t.Errorf("this process: procState = %v, %v", exiting, known)
 	}
-	if n := testing.AllocsPerRun(100, func() { procExiting(pid) }); n != 0 && !raceEnabled {
-		t.Errorf("procExiting allocates %v times", n)
+	if n := testing.AllocsPerRun(100, func() { procState(pid) }); n != 0 && !raceEnabled {
+		t.Errorf("procState allocates %v times", n)
 	}
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -57,12 +61,22 @@ func TestProcExiting(t *testing.T) {
 	if err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil); err != nil {
 		t.Fatalf("waitid: %v", err)
 	}
-	if !procExiting(pid) {
-		t.Error("a killed, unreaped process does not read as exiting")
-	}
+	check("killed, not reaped", true)
 	cmd.Wait()
-	if !procExiting(pid) {
-		t.Error("a reaped process does not read as gone")
+	check("reaped", true)
+}
+
+// TestProcStateHidden: a process /proc does not show but that exists
+// (hidepid hides another user's processes) is not known to be gone; the
+// router then waits for readiness instead of resetting every stream. A
+// PID past pid_max stands for the hidden one's /proc entry, and this
+// process for its kill(pid, 0) answer.
+func TestProcStateHidden(t *testing.T) {
+	if gone, known := absent(os.Getpid()); gone || known {
+		t.Errorf("an existing process without /proc entry: gone %v, known %v; want neither", gone, known)
+	}
+	if gone, known := absent(1 << 30); !gone || !known {
+		t.Errorf("no such process: gone %v, known %v; want both", gone, known)
 	}
 }
 
@@ -72,6 +86,6 @@ func BenchmarkProcExiting(b *testing.B) {
 	pid := os.Getpid()
 	b.ReportAllocs()
 	for b.Loop() {
-		procExiting(pid)
+		procState(pid)
 	}
 }

@@ -2,5 +2,5 @@
 
 package torctl
 
-// procExiting has no evidence to offer outside Linux.
-func procExiting(int) bool { return false }
+// procState has no evidence to offer outside Linux.
+func procState(int) (exiting, known bool) { return false, false }

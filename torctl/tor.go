@@ -424,18 +424,24 @@ func (t *Tor) SwitchesUser() bool { return t.runAs != nil }
 // attach mode).
 func (t *Tor) PID() int { return int(t.pid.Load()) }
 
-// Exiting reports whether the managed tor is known to be exiting or gone
-// right now: none runs, or its process is exiting (PF_EXITING) or a
-// zombie. It answers from the process itself, not from the supervisor's
-// view, so a stream that a dying tor closed can be told from one the exit
-// ended at the moment its end is read (see tunnel.Config.UpstreamGone).
-// In attach mode it reports false: the process is not ours to inspect.
-func (t *Tor) Exiting() bool {
+// ProcessState reports whether the managed tor is exiting or gone right
+// now (none runs, or its process is exiting, PF_EXITING, or a zombie),
+// and whether it knows: it answers from the process itself, not from the
+// supervisor's view, so a stream that a dying tor closed can be told from
+// one the exit ended at the moment its end is read (see
+// tunnel.Config.UpstreamState). known is false in attach mode (the
+// process is not ours to inspect) and when /proc hides tor's process
+// (hidepid, with tor running as another user): then callers must find
+// their evidence elsewhere.
+func (t *Tor) ProcessState() (exiting, known bool) {
 	if !t.managed {
-		return false
+		return false, false
 	}
 	pid := t.PID()
-	return pid == 0 || procExiting(pid)
+	if pid == 0 {
+		return true, true
+	}
+	return procState(pid)
 }
 
 // NewNymWait returns how long until Tor accepts the next NEWNYM (0: now).

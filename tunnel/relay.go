@@ -342,9 +342,10 @@ func (d *direction) errHow(read bool) endHow {
 }
 
 // finish ends a direction whose source reached EOF. An end of stream
-// from the upstream is a RST if the upstream is gone (Config.UpstreamGone)
-// or Tor is not ready, and otherwise a FIN, after Config.EOFGrace if set
-// (and then only if Tor is still ready and the flow was not cut off
+// from the upstream is a RST if the upstream is known to be gone
+// (Config.UpstreamState) or Tor is not ready, and otherwise a FIN: at once
+// when the upstream is known to be alive, else after Config.EOFGrace if
+// set (and then only if Tor is still ready and the flow was not cut off
 // meanwhile).
 func (d *direction) finish() {
 	d.src.stop()
@@ -353,11 +354,17 @@ func (d *direction) finish() {
 		return
 	}
 	f := d.f
-	if gone := f.t.cfg.UpstreamGone; gone != nil && gone() {
-		f.abort(endTorDown)
-		return
-	}
 	grace := f.t.cfg.EOFGrace
+	if state := f.t.cfg.UpstreamState; state != nil {
+		gone, known := state()
+		if known && gone {
+			f.abort(endTorDown)
+			return
+		}
+		if known {
+			grace = 0
+		}
+	}
 	if grace == 0 {
 		if !f.t.ready() {
 			f.abort(endTorDown)

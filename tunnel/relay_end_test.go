@@ -29,7 +29,8 @@ func TestRelayEndDecision(t *testing.T) {
 		wantRST bool
 		how     string
 		grace   time.Duration // Config.EOFGrace
-		gone    bool          // Config.UpstreamGone's answer
+		gone    bool          // Config.UpstreamState's answer: gone
+		known   bool          // Config.UpstreamState's answer: known
 	}{
 		{
 			name: "upstream EOF after client EOF",
@@ -98,7 +99,21 @@ func TestRelayEndDecision(t *testing.T) {
 			end: func(_ *Tunnel, _ *atomic.Bool, _, up net.Conn) {
 				up.(*net.TCPConn).CloseWrite()
 			},
-			wantRST: true, how: "rst_tor_down", gone: true,
+			wantRST: true, how: "rst_tor_down", gone: true, known: true,
+		},
+		{
+			// A managed Tor whose process is alive: the end passes at
+			// once, whatever the grace (which would outlast the client's
+			// 10 s read deadline).
+			name: "upstream EOF from a live tor, no wait",
+			end: func(_ *Tunnel, _ *atomic.Bool, cl, up net.Conn) {
+				up.(*net.TCPConn).CloseWrite()
+				go func() {
+					io.Copy(io.Discard, cl)
+					cl.(*net.TCPConn).CloseWrite()
+				}()
+			},
+			how: "fin", known: true, grace: time.Minute,
 		},
 		{
 			name:    "EndAll",
@@ -138,7 +153,7 @@ func TestRelayEndDecision(t *testing.T) {
 			tn := newTunnel(t, up, func(c *Config) {
 				c.Ready = ready.Load
 				c.EOFGrace = tc.grace
-				c.UpstreamGone = func() bool { return tc.gone }
+				c.UpstreamState = func() (bool, bool) { return tc.gone, tc.known }
 				if tc.how == "rst_idle" {
 					c.IdleTimeout = 200 * time.Millisecond
 				}

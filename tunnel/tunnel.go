@@ -76,20 +76,22 @@ type Config struct {
 	// clean end of stream, indistinguishable from one the exit ended:
 	// passed on as a FIN, it would make a download that the end of the
 	// connection delimits (HTTP/1.0, no Content-Length) look complete.
-	// UpstreamGone and EOFGrace tell the two apart; with neither set, an
+	// UpstreamState and EOFGrace tell the two apart; with neither set, an
 	// end of stream from the upstream is passed on at once, as a FIN if
 	// Ready holds and a RST if not.
 	//
-	// UpstreamGone, if set, is asked at each end of stream from the
-	// upstream: true means the upstream is dying or gone (a managed Tor's
-	// process is exiting: torctl.Tor.Exiting), and the flow is reset. It
-	// must be cheap and must not block.
-	UpstreamGone func() bool
-	// EOFGrace holds an end of stream from the upstream this long before
-	// passing it on, so that Ready can fall first when the upstream died
-	// and readiness learns of it within that time (an attached Tor's
-	// control connection closes too). It delays the FIN of every stream
-	// the upstream ends by this much, and nothing else.
+	// UpstreamState, if set, is asked at each end of stream from the
+	// upstream whether the upstream is dying or gone, and whether it knows
+	// (torctl.Tor.ProcessState: a managed Tor's process). Known and gone:
+	// the flow is reset at once; known and alive: the end passes at once;
+	// not known: EOFGrace applies. It must be cheap and must not block.
+	UpstreamState func() (gone, known bool)
+	// EOFGrace holds an end of stream from the upstream, when
+	// UpstreamState does not know, this long before passing it on, so
+	// that Ready can fall first when the upstream died and readiness
+	// learns of it within that time (an attached Tor's control connection
+	// closes too). It delays the FIN of every such stream by this much,
+	// and nothing else.
 	EOFGrace time.Duration
 	// DialTimeout bounds the SOCKS handshake including Tor building a
 	// circuit, which takes seconds and, for onion services, tens of
