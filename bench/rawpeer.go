@@ -218,11 +218,7 @@ func (f *RawFlow) Write(ctx context.Context, payload []byte) error {
 func (f *RawFlow) Close(ctx context.Context) error {
 	fin := f.sndNxt.Load()
 	f.sndNxt.Store(fin + 1)
-	defer func() {
-		f.peer.mu.Lock()
-		delete(f.peer.flows, f.src.Port())
-		f.peer.mu.Unlock()
-	}()
+	defer f.forget()
 	for {
 		f.send(fin, f.rcvNxt.Load(), header.TCPFlagFin|header.TCPFlagAck, nil)
 		f.wait.Reset(time.Second)
@@ -249,6 +245,11 @@ func (f *RawFlow) Ended() bool { return f.finRcvd.Load() || f.reset.Load() }
 // Reset aborts the flow with a RST.
 func (f *RawFlow) Reset() {
 	f.send(f.sndNxt.Load(), 0, header.TCPFlagRst, nil)
+	f.forget()
+}
+
+// forget removes the flow from the peer's table.
+func (f *RawFlow) forget() {
 	f.peer.mu.Lock()
 	delete(f.peer.flows, f.src.Port())
 	f.peer.mu.Unlock()

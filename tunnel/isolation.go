@@ -125,29 +125,28 @@ func (i *Isolator) Auth(src netip.Addr, host string) socks.Auth {
 		src = netip.Addr{} // one identity for all
 	}
 	i.mu.Lock()
-	global := i.global
-	epoch := i.epochs[src]
-	if c, ok := i.cache[src]; ok && c.epoch == epoch && c.global == global && i.mode != IsolateDestination {
-		i.mu.Unlock()
+	global, epoch := i.global, i.epochs[src]
+	c, ok := i.cache[src]
+	i.mu.Unlock()
+	if i.mode == IsolateDestination {
+		return i.derive(src, host, epoch, global) // per host: not cached
+	}
+	if ok && c.epoch == epoch && c.global == global {
 		return c.auth
 	}
-	i.mu.Unlock()
 	auth := i.derive(src, host, epoch, global)
-	if i.mode != IsolateDestination {
-		i.mu.Lock()
-		if len(i.cache) >= maxCachedAuth {
-			clear(i.cache)
-		}
-		i.cache[src] = cachedAuth{epoch: epoch, global: global, auth: auth}
-		i.mu.Unlock()
+	i.mu.Lock()
+	if len(i.cache) >= maxCachedAuth {
+		clear(i.cache)
 	}
+	i.cache[src] = cachedAuth{epoch: epoch, global: global, auth: auth}
+	i.mu.Unlock()
 	return auth
 }
 
 // derive computes the credentials: an HMAC of mode, source, epochs and (in
 // IsolateDestination) host.
 func (i *Isolator) derive(src netip.Addr, host string, epoch, global uint64) socks.Auth {
-
 	var buf [16 + 8 + 8 + 1]byte
 	b := buf[:0]
 	b = append(b, byte(i.mode))

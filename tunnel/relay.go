@@ -366,11 +366,7 @@ func (d *direction) finish() {
 		}
 	}
 	if grace == 0 {
-		if !f.t.ready() {
-			f.abort(endTorDown)
-			return
-		}
-		d.finishNow()
+		d.passEOF()
 		return
 	}
 	// The timer keeps the flow referenced until it has decided.
@@ -379,12 +375,18 @@ func (d *direction) finish() {
 	}
 	time.AfterFunc(grace, func() {
 		defer f.unhold()
-		if !f.t.ready() {
-			f.abort(endTorDown)
-			return
-		}
-		d.finishNow()
+		d.passEOF()
 	})
+}
+
+// passEOF passes the upstream's end of stream on: a FIN while Tor is
+// ready, a RST once it is not.
+func (d *direction) passEOF() {
+	if !d.f.t.ready() {
+		d.f.abort(endTorDown)
+		return
+	}
+	d.finishNow()
 }
 
 // finishNow half-closes the other side, and ends the flow once both
