@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -44,6 +45,13 @@ type Row struct {
 	// Router resource use: median CPU seconds per run, peak RSS over all.
 	RouterCPU     float64 `json:"router_cpu_s"`
 	RouterPeakRSS float64 `json:"router_peak_rss_mib"`
+	// The medians of the runs' user and system parts of RouterCPU.
+	RouterCPUUser float64 `json:"router_cpu_user_s,omitempty"`
+	RouterCPUSys  float64 `json:"router_cpu_sys_s,omitempty"`
+	// RouterCtxPerSec is the median over runs of the router's context
+	// switches per second of the run, for every test (the per-connection
+	// figure is in RouterPerConn).
+	RouterCtxPerSec float64 `json:"router_ctx_switches_per_s,omitempty"`
 	// Short-connection tests: median p99 latency, total failures.
 	KernelP99      float64 `json:"kernel_p99_ms,omitempty"`
 	RouterP99      float64 `json:"router_p99_ms,omitempty"`
@@ -66,10 +74,18 @@ type Row struct {
 
 // Sample is one run of one test on one path.
 type Sample struct {
-	Value  float64     `json:"value"`
-	CPU    float64     `json:"cpu_s,omitempty"`
-	RSSMiB float64     `json:"peak_rss_mib,omitempty"`
-	Load   *LoadResult `json:"load,omitempty"`
+	Value float64 `json:"value"`
+	// The router's CPU seconds over the run (utime+stime, all threads),
+	// and the same split into user (utime) and system (stime) time.
+	CPU     float64 `json:"cpu_s,omitempty"`
+	CPUUser float64 `json:"cpu_user_s,omitempty"`
+	CPUSys  float64 `json:"cpu_sys_s,omitempty"`
+	// CtxSwitches is the router's context switches over the run,
+	// voluntary and involuntary, summed over its live threads (see
+	// ctxSwitches).
+	CtxSwitches int64       `json:"ctx_switches,omitempty"`
+	RSSMiB      float64     `json:"peak_rss_mib,omitempty"`
+	Load        *LoadResult `json:"load,omitempty"`
 	// Go is the peak of the router's /metrics over the run, for a router
 	// that serves them ({metrics}).
 	Go  *GoPeak `json:"go_peak,omitempty"`
@@ -103,7 +119,7 @@ func finish(rows []Row) []Row {
 	for i := range rows {
 		r := &rows[i]
 		r.Unit = unitOf(r.Test)
-		var kv, rv, cpu, kp, rp []float64
+		var kv, rv, cpu, cpuUser, cpuSys, kp, rp, csw []float64
 		r.KernelFailures, r.RouterFailures, r.Errors, r.RouterPeakRSS, r.RouterGo = 0, 0, 0, 0, nil
 		for _, s := range r.KernelRuns {
 			if s.Err != "" {
@@ -122,7 +138,10 @@ func finish(rows []Row) []Row {
 				continue
 			}
 			rv = append(rv, s.Value)
-			cpu = append(cpu, s.CPU)
+			cpu, cpuUser, cpuSys = append(cpu, s.CPU), append(cpuUser, s.CPUUser), append(cpuSys, s.CPUSys)
+			if s.CtxSwitches > 0 && s.Rig.Wall > 0 {
+				csw = append(csw, float64(s.CtxSwitches)/s.Rig.Wall)
+			}
 			r.RouterPeakRSS = max(r.RouterPeakRSS, s.RSSMiB)
 			if s.Go != nil {
 				if r.RouterGo == nil {
@@ -140,7 +159,8 @@ func finish(rows []Row) []Row {
 		if r.KernelMedian > 0 {
 			r.Ratio = r.RouterMedian / r.KernelMedian
 		}
-		r.RouterCPU = median(cpu)
+		r.RouterCPU, r.RouterCPUUser, r.RouterCPUSys = median(cpu), median(cpuUser), median(cpuSys)
+		r.RouterCtxPerSec = math.Round(median(csw))
 		r.KernelP99, r.RouterP99 = median(kp), median(rp)
 		r.KernelRig, r.RouterRig = medianRig(r.KernelRuns), medianRig(r.RouterRuns)
 		r.KernelPerConn, r.RouterPerConn = medianPerConn(r.KernelRuns), medianPerConn(r.RouterRuns)
@@ -206,33 +226,43 @@ func (rep *Report) perConnTable(b *strings.Builder) {
 	}
 	fmt.Fprintf(b, "\nCPU per completed connection, µs (medians over runs of CPU s / connections; %d CPUs). "+
 		"Machine: busy time of all CPUs (/proc/stat). Target + load: the short-connection server and the load generator. "+
-		"Other: machine minus every process measured (softirq not charged to them, the harness, anything else running).\n\n", rep.CPUs)
-	b.WriteString("| MTU | test | path | conn/s | machine | router | SOCKS server | target + load | other |\n")
-	b.WriteString("| --: | --- | --- | --: | --: | --: | --: | --: | --: |\n")
-	line := func(r Row, path string, value float64, p *PerConn, router string) {
+		"Other: machine minus every process measured (softirq not charged to them, the harness, anything else running). "+
+		"User / sys: the router's and the SOCKS server's CPU split into utime and stime (/proc/PID/stat). "+
+		"Ctx sw/conn: context switches per connection (a count, not µs), voluntary and involuntary, summed over the process's threads (/proc/PID/task/*/status; threads that exit during a run are not counted).\n\n", rep.CPUs)
+	b.WriteString("| MTU | test | path | conn/s | machine | router | SOCKS server | target + load | other | router user / sys | router ctx sw/conn | SOCKS user / sys | SOCKS ctx sw/conn |\n")
+	b.WriteString("| --: | --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |\n")
+	line := func(r Row, path string, value float64, p *PerConn, router bool) {
 		if p == nil {
-			fmt.Fprintf(b, "| %d | %s | %s | %.0f | - | - | - | - | - |\n", r.MTU, r.Test, path, value)
+			fmt.Fprintf(b, "| %d | %s | %s | %.0f | - | - | - | - | - | - | - | - | - |\n", r.MTU, r.Test, path, value)
 			return
 		}
-		fmt.Fprintf(b, "| %d | %s | %s | %.0f | %.0f | %s | %.0f | %.0f | %.0f |\n",
-			r.MTU, r.Test, path, value, p.Machine, router, p.Socks, p.Target+p.Load, p.Other)
+		ro, roSplit, roCtx := "-", "-", "-"
+		if router {
+			ro = fmt.Sprintf("%.0f", p.Router)
+			roSplit = userSys(p.RouterUser, p.RouterSys)
+			roCtx = fmt.Sprintf("%.1f", p.RouterCtxSw)
+		}
+		fmt.Fprintf(b, "| %d | %s | %s | %.0f | %.0f | %s | %.0f | %.0f | %.0f | %s | %s | %s | %.1f |\n",
+			r.MTU, r.Test, path, value, p.Machine, ro, p.Socks, p.Target+p.Load, p.Other,
+			roSplit, roCtx, userSys(p.SocksUser, p.SocksSys), p.SocksCtxSw)
 	}
 	for i, r := range rows {
 		if i == 0 || rows[i-1].MTU != r.MTU || rows[i-1].Test != r.Test {
-			line(r, "kernel", r.KernelMedian, r.KernelPerConn, "-")
+			line(r, "kernel", r.KernelMedian, r.KernelPerConn, false)
 		}
-		router := "-"
-		if r.RouterPerConn != nil {
-			router = fmt.Sprintf("%.0f", r.RouterPerConn.Router)
-		}
-		line(r, r.Router, r.RouterMedian, r.RouterPerConn, router)
+		line(r, r.Router, r.RouterMedian, r.RouterPerConn, true)
 	}
+}
+
+// userSys renders a user / system split in µs.
+func userSys(user, sys float64) string {
+	return fmt.Sprintf("%.0f / %.0f", user, sys)
 }
 
 // String is the run's rig CPU for the log.
 func (r RigCPU) String() string {
-	return fmt.Sprintf("rig cpu: socks %.2fs target %.2fs iperf3-server %.2fs client %.2fs machine %.2fs in %.1fs",
-		r.Socks, r.Target, r.IperfServer, r.Client, r.Machine, r.Wall)
+	return fmt.Sprintf("rig cpu: socks %.2fs (user %.2f sys %.2f, ctxsw %d) target %.2fs iperf3-server %.2fs client %.2fs machine %.2fs in %.1fs",
+		r.Socks, r.SocksUser, r.SocksSys, r.SocksCtxSwitches, r.Target, r.IperfServer, r.Client, r.Machine, r.Wall)
 }
 
 func orDash(s string) string {

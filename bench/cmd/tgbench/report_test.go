@@ -13,12 +13,14 @@ import (
 )
 
 // TestPerConn: CPU per connection is each run's CPU over its completed
-// connections, the median is taken per field, and the Markdown gets the
-// kernel path once per test and a line per router.
+// connections, as are its user and system parts and the context switches,
+// the median is taken per field, and the Markdown gets the kernel path
+// once per test and a line per router.
 func TestPerConn(t *testing.T) {
-	kernel := Sample{Value: 1000, Load: &LoadResult{OK: 1000}, Rig: RigCPU{Target: 0.1, Client: 0.1, Machine: 0.25}}
+	kernel := Sample{Value: 1000, Load: &LoadResult{OK: 1000}, Rig: RigCPU{Target: 0.1, Client: 0.1, Machine: 0.25, Wall: 1}}
 	router := func(cpu float64) Sample {
-		return Sample{Value: 500, CPU: cpu, Load: &LoadResult{OK: 500}, Rig: RigCPU{Socks: 0.1, Target: 0.05, Client: 0.05, Machine: 0.5}}
+		return Sample{Value: 500, CPU: cpu, CPUUser: cpu * 0.4, CPUSys: cpu * 0.6, CtxSwitches: int64(cpu * 10000), Load: &LoadResult{OK: 500},
+			Rig: RigCPU{Socks: 0.1, SocksUser: 0.03, SocksSys: 0.07, SocksCtxSwitches: 1500, Target: 0.05, Client: 0.05, Machine: 0.5, Wall: 1}}
 	}
 	failed := Sample{Err: "load: boom"}
 	rows := finish([]Row{
@@ -42,6 +44,16 @@ func TestPerConn(t *testing.T) {
 	near("router socks", r.Socks, 200)
 	near("router target+load", r.Target+r.Load, 200)
 	near("router machine", r.Machine, 1000)
+	near("router user", r.RouterUser, 180) // 0.4 of 450
+	near("router sys", r.RouterSys, 270)
+	near("router ctx sw/conn", r.RouterCtxSw, 4.5) // median of 2000 and 2500 over 500
+	near("socks user", r.SocksUser, 60)
+	near("socks sys", r.SocksSys, 140)
+	near("socks ctx sw/conn", r.SocksCtxSw, 3)
+	near("kernel router ctx sw/conn", k.RouterCtxSw, 0)
+	near("router ctx sw/s", rows[0].RouterCtxPerSec, 2250)
+	near("router cpu user s", rows[0].RouterCPUUser, 0.09)
+	near("router rig socks ctx sw", float64(rows[0].RouterRig.SocksCtxSwitches), 1500)
 	near("router rig machine s", rows[0].RouterRig.Machine, 0.5)
 	if rows[2].KernelPerConn != nil || rows[2].RouterPerConn != nil {
 		t.Error("iperf row has per-connection figures")
@@ -50,9 +62,10 @@ func TestPerConn(t *testing.T) {
 
 	md := (&Report{CPUs: 2, Rows: rows}).Markdown()
 	for _, want := range []string{
-		"| 1500 | conn-closed | kernel | 1000 | 250 | - | 0 | 200 | 50 |",
-		"| 1500 | conn-closed | a | 500 | 1000 | 450 | 200 | 200 | 150 |",
-		"| 1500 | conn-closed | b | 500 | 1000 | 200 | 200 | 200 | 400 |",
+		"| MTU | test | path | conn/s | machine | router | SOCKS server | target + load | other | router user / sys | router ctx sw/conn | SOCKS user / sys | SOCKS ctx sw/conn |\n",
+		"| 1500 | conn-closed | kernel | 1000 | 250 | - | 0 | 200 | 50 | - | - | 0 / 0 | 0.0 |\n",
+		"| 1500 | conn-closed | a | 500 | 1000 | 450 | 200 | 200 | 150 | 180 / 270 | 4.5 | 60 / 140 | 3.0 |\n",
+		"| 1500 | conn-closed | b | 500 | 1000 | 200 | 200 | 200 | 400 | 80 / 120 | 2.0 | 60 / 140 | 3.0 |\n",
 		"| 2.0 / 3.0 |",
 	} {
 		if !strings.Contains(md, want) {

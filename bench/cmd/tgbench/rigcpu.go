@@ -24,9 +24,15 @@ type RigCPU struct {
 	// Socks, Target and IperfServer are the servers in the gateway
 	// namespace: the SOCKS server (idle on the kernel path), the
 	// short-connection target and the iperf3 server.
-	Socks       float64 `json:"socks_s"`
-	Target      float64 `json:"target_s"`
-	IperfServer float64 `json:"iperf_server_s"`
+	Socks float64 `json:"socks_s"`
+	// SocksUser and SocksSys split Socks into user (utime) and system
+	// (stime) time; SocksCtxSwitches is the SOCKS server's context
+	// switches, summed over its live threads (see ctxSwitches).
+	SocksUser        float64 `json:"socks_user_s,omitempty"`
+	SocksSys         float64 `json:"socks_sys_s,omitempty"`
+	SocksCtxSwitches int64   `json:"socks_ctx_switches,omitempty"`
+	Target           float64 `json:"target_s"`
+	IperfServer      float64 `json:"iperf_server_s"`
 	// Client is what ran in the workstation namespace: the load generator
 	// or the iperf3 client (from its rusage when it exited).
 	Client float64 `json:"client_s"`
@@ -49,6 +55,17 @@ type PerConn struct {
 	// target, iperf3 server, load generator): kernel work charged to no one
 	// of them (softirq on idle CPUs), the harness, anything else running.
 	Other float64 `json:"other_us"`
+	// The user (utime) and system (stime) parts of Router and Socks.
+	RouterUser float64 `json:"router_user_us,omitempty"`
+	RouterSys  float64 `json:"router_sys_us,omitempty"`
+	SocksUser  float64 `json:"socks_user_us,omitempty"`
+	SocksSys   float64 `json:"socks_sys_us,omitempty"`
+	// Context switches per completed connection (not µs), voluntary and
+	// involuntary, of the router's and the SOCKS server's threads: where
+	// a switch is dear (a guest with pti=on) they explain CPU that the
+	// user/system split alone does not.
+	RouterCtxSw float64 `json:"router_ctx_switches,omitempty"`
+	SocksCtxSw  float64 `json:"socks_ctx_switches,omitempty"`
 }
 
 // perConn divides one run's CPU by its completed connections; ok is false
@@ -61,58 +78,87 @@ func perConn(s Sample) (PerConn, bool) {
 	r := s.Rig
 	procs := s.CPU + r.Socks + r.Target + r.IperfServer + r.Client
 	return PerConn{
-		Machine: r.Machine * us,
-		Router:  s.CPU * us,
-		Socks:   r.Socks * us,
-		Target:  r.Target * us,
-		Load:    r.Client * us,
-		Other:   (r.Machine - procs) * us,
+		Machine:     r.Machine * us,
+		Router:      s.CPU * us,
+		Socks:       r.Socks * us,
+		Target:      r.Target * us,
+		Load:        r.Client * us,
+		Other:       (r.Machine - procs) * us,
+		RouterUser:  s.CPUUser * us,
+		RouterSys:   s.CPUSys * us,
+		SocksUser:   r.SocksUser * us,
+		SocksSys:    r.SocksSys * us,
+		RouterCtxSw: float64(s.CtxSwitches) / float64(s.Load.OK),
+		SocksCtxSw:  float64(r.SocksCtxSwitches) / float64(s.Load.OK),
 	}, true
 }
 
 // medianPerConn is the per-field median over the runs that have one; nil
 // when none has.
 func medianPerConn(samples []Sample) *PerConn {
-	var m, ro, so, ta, lo, ot []float64
+	var ps []PerConn
 	for _, s := range samples {
-		p, ok := perConn(s)
-		if !ok {
-			continue
+		if p, ok := perConn(s); ok {
+			ps = append(ps, p)
 		}
-		m, ro, so = append(m, p.Machine), append(ro, p.Router), append(so, p.Socks)
-		ta, lo, ot = append(ta, p.Target), append(lo, p.Load), append(ot, p.Other)
 	}
-	if len(m) == 0 {
+	if len(ps) == 0 {
 		return nil
 	}
-	return &PerConn{Machine: median(m), Router: median(ro), Socks: median(so), Target: median(ta), Load: median(lo), Other: median(ot)}
+	m := func(field func(PerConn) float64) float64 {
+		xs := make([]float64, len(ps))
+		for i, p := range ps {
+			xs[i] = field(p)
+		}
+		return median(xs)
+	}
+	return &PerConn{
+		Machine:     m(func(p PerConn) float64 { return p.Machine }),
+		Router:      m(func(p PerConn) float64 { return p.Router }),
+		Socks:       m(func(p PerConn) float64 { return p.Socks }),
+		Target:      m(func(p PerConn) float64 { return p.Target }),
+		Load:        m(func(p PerConn) float64 { return p.Load }),
+		Other:       m(func(p PerConn) float64 { return p.Other }),
+		RouterUser:  m(func(p PerConn) float64 { return p.RouterUser }),
+		RouterSys:   m(func(p PerConn) float64 { return p.RouterSys }),
+		SocksUser:   m(func(p PerConn) float64 { return p.SocksUser }),
+		SocksSys:    m(func(p PerConn) float64 { return p.SocksSys }),
+		RouterCtxSw: m(func(p PerConn) float64 { return p.RouterCtxSw }),
+		SocksCtxSw:  m(func(p PerConn) float64 { return p.SocksCtxSw }),
+	}
 }
 
 // medianRig is the per-field median over the runs without error.
 func medianRig(samples []Sample) RigCPU {
-	var so, ta, ip, cl, ma, wa []float64
+	var so, su, ss, sc, ta, ip, cl, ma, wa []float64
 	for _, s := range samples {
 		if s.Err != "" {
 			continue
 		}
 		r := s.Rig
-		so, ta, ip = append(so, r.Socks), append(ta, r.Target), append(ip, r.IperfServer)
+		so, su, ss, sc = append(so, r.Socks), append(su, r.SocksUser), append(ss, r.SocksSys), append(sc, float64(r.SocksCtxSwitches))
+		ta, ip = append(ta, r.Target), append(ip, r.IperfServer)
 		cl, ma, wa = append(cl, r.Client), append(ma, r.Machine), append(wa, r.Wall)
 	}
-	return RigCPU{Socks: median(so), Target: median(ta), IperfServer: median(ip), Client: median(cl), Machine: median(ma), Wall: median(wa)}
+	return RigCPU{
+		Socks: median(so), SocksUser: median(su), SocksSys: median(ss), SocksCtxSwitches: int64(math.Round(median(sc))),
+		Target: median(ta), IperfServer: median(ip), Client: median(cl), Machine: median(ma), Wall: median(wa),
+	}
 }
 
 // rigSnapshot holds the counters read when a run starts.
 type rigSnapshot struct {
-	socks, target, iperf float64
-	machine              float64
-	start                time.Time
+	socks         procSnap
+	target, iperf float64
+	machine       float64
+	start         time.Time
 }
 
-// rigBegin reads the servers' and the machine's CPU counters.
+// rigBegin reads the servers' and the machine's CPU counters, and the
+// SOCKS server's context switches.
 func (e *env) rigBegin() rigSnapshot {
 	var s rigSnapshot
-	s.socks, _ = cpuSeconds(e.socksPID)
+	s.socks = readProc(e.socksPID)
 	s.target, _ = cpuSeconds(e.targetPID)
 	s.iperf, _ = cpuSeconds(e.iperfPID)
 	s.machine, _ = machineBusySeconds()
@@ -122,17 +168,20 @@ func (e *env) rigBegin() rigSnapshot {
 
 // rigEnd reads them again; client is the client's own CPU seconds.
 func (e *env) rigEnd(s rigSnapshot, client float64) RigCPU {
-	socks, _ := cpuSeconds(e.socksPID)
+	socks, socksCtx := readProc(e.socksPID).since(s.socks)
 	target, _ := cpuSeconds(e.targetPID)
 	iperf, _ := cpuSeconds(e.iperfPID)
 	machine, _ := machineBusySeconds()
 	return RigCPU{
-		Socks:       roundUS(socks - s.socks),
-		Target:      roundUS(target - s.target),
-		IperfServer: roundUS(iperf - s.iperf),
-		Client:      roundUS(client),
-		Machine:     roundUS(machine - s.machine),
-		Wall:        roundUS(time.Since(s.start).Seconds()),
+		Socks:            roundUS(socks.user + socks.sys),
+		SocksUser:        socks.user,
+		SocksSys:         socks.sys,
+		SocksCtxSwitches: socksCtx,
+		Target:           roundUS(target - s.target),
+		IperfServer:      roundUS(iperf - s.iperf),
+		Client:           roundUS(client),
+		Machine:          roundUS(machine - s.machine),
+		Wall:             roundUS(time.Since(s.start).Seconds()),
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -117,28 +118,141 @@ func (p *routerProc) stop() {
 	p.log.Close()
 }
 
+// procCPU is a process's CPU time so far, all threads (children
+// excluded), in seconds: user is utime, sys is stime.
+type procCPU struct{ user, sys float64 }
+
 // cpuSeconds is the process's user+system CPU time so far, all threads.
 func cpuSeconds(pid int) (float64, error) {
+	c, err := readCPU(pid)
+	return c.user + c.sys, err
+}
+
+// readCPU reads pid's utime and stime from /proc/PID/stat.
+func readCPU(pid int) (procCPU, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return procCPU{}, err
 	}
-	// Fields after the parenthesised command name; utime and stime are
+	return parseStatCPU(b)
+}
+
+// parseStatCPU takes utime and stime from the text of a /proc/PID/stat.
+func parseStatCPU(b []byte) (procCPU, error) {
+	// Fields after the parenthesised command name (which may itself hold
+	// spaces and parentheses, hence the last ')'); utime and stime are
 	// fields 14 and 15 (1-based) of the whole line.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, errors.New("malformed /proc stat")
+		return procCPU{}, errors.New("malformed /proc stat")
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 13 {
-		return 0, errors.New("short /proc stat")
+		return procCPU{}, errors.New("short /proc stat")
 	}
 	ut, err1 := strconv.ParseFloat(f[11], 64)
 	st, err2 := strconv.ParseFloat(f[12], 64)
 	if err := errors.Join(err1, err2); err != nil {
+		return procCPU{}, err
+	}
+	return procCPU{user: ut / clockTicks, sys: st / clockTicks}, nil
+}
+
+// ctxSwitches is the number of context switches of pid so far: the sum
+// over its threads of voluntary_ctxt_switches (it blocked: a read with
+// nothing to read, a futex wait) and nonvoluntary_ctxt_switches (it was
+// preempted) from /proc/PID/task/TID/status. /proc/PID/status alone
+// counts only the main thread. Only live threads are counted: a thread
+// that exits between two readings takes its switches with it (the kernel
+// adds them to the process's rusage, which only the process itself or its
+// parent can read), so a difference undercounts a process whose threads
+// come and go. Go runtimes rarely end threads and hev runs one, so for the
+// routers measured here the loss is small.
+func ctxSwitches(pid int) (int64, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
 		return 0, err
 	}
-	return (ut + st) / clockTicks, nil
+	var sum int64
+	read := 0
+	for _, t := range tasks {
+		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "status"))
+		if err != nil {
+			continue // the thread exited after the listing
+		}
+		vol, nonvol, err := parseCtxtSwitches(b)
+		if err != nil {
+			return 0, fmt.Errorf("%s/%s/status: %w", dir, t.Name(), err)
+		}
+		sum += vol + nonvol
+		read++
+	}
+	if read == 0 {
+		return 0, fmt.Errorf("%s: no thread readable", dir)
+	}
+	return sum, nil
+}
+
+// parseCtxtSwitches takes the voluntary and involuntary context switch
+// counts from the text of a /proc status file.
+func parseCtxtSwitches(status []byte) (vol, nonvol int64, err error) {
+	var haveVol, haveNonvol bool
+	for line := range strings.SplitSeq(string(status), "\n") {
+		key, val, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		var dst *int64
+		switch key {
+		case "voluntary_ctxt_switches":
+			dst, haveVol = &vol, true
+		case "nonvoluntary_ctxt_switches":
+			dst, haveNonvol = &nonvol, true
+		default:
+			continue
+		}
+		// Unsigned in the kernel; 63 bits so that the count fits an int64.
+		n, err := strconv.ParseUint(strings.TrimSpace(val), 10, 63)
+		if err != nil {
+			return 0, 0, fmt.Errorf("%s: %w", key, err)
+		}
+		*dst = int64(n)
+	}
+	if !haveVol || !haveNonvol {
+		return 0, 0, errors.New("no ctxt_switches lines")
+	}
+	return vol, nonvol, nil
+}
+
+// procSnap is one reading of a process's CPU and context switches; ok
+// says which of the two could be read.
+type procSnap struct {
+	cpu          procCPU
+	ctxSw        int64
+	cpuOK, ctxOK bool
+}
+
+func readProc(pid int) procSnap {
+	var s procSnap
+	var err error
+	s.cpu, err = readCPU(pid)
+	s.cpuOK = err == nil
+	s.ctxSw, err = ctxSwitches(pid)
+	s.ctxOK = err == nil
+	return s
+}
+
+// since is what the process used from s0 to s. A figure that could not
+// be read at either end is zero rather than a difference with a zero.
+func (s procSnap) since(s0 procSnap) (cpu procCPU, ctxSw int64) {
+	if s.cpuOK && s0.cpuOK {
+		cpu = procCPU{user: roundUS(s.cpu.user - s0.cpu.user), sys: roundUS(s.cpu.sys - s0.cpu.sys)}
+	}
+	if s.ctxOK && s0.ctxOK {
+		ctxSw = s.ctxSw - s0.ctxSw
+	}
+	return cpu, ctxSw
 }
 
 // clockTicks is sysconf(_SC_CLK_TCK), 100 on every Linux this runs on.
@@ -167,21 +281,22 @@ func peakRSSMiB(pid int) (float64, error) {
 	return 0, errors.New("no VmHWM")
 }
 
-// routerUsage is a router's CPU and peak memory over one measurement.
+// routerUsage is a router's CPU, context switches and peak memory over
+// one measurement.
 type routerUsage struct {
-	pid   int
-	cpu0  float64
-	start time.Time
+	pid int
+	p0  procSnap
 }
 
 func beginUsage(pid int) routerUsage {
 	resetPeakRSS(pid)
-	c, _ := cpuSeconds(pid)
-	return routerUsage{pid: pid, cpu0: c, start: time.Now()}
+	return routerUsage{pid: pid, p0: readProc(pid)}
 }
 
-func (u routerUsage) end() (cpu, rss float64) {
-	c, _ := cpuSeconds(u.pid)
-	rss, _ = peakRSSMiB(u.pid)
-	return c - u.cpu0, rss
+// end reads the counters again and fills in s's router figures.
+func (u routerUsage) end(s *Sample) {
+	cpu, ctxSw := readProc(u.pid).since(u.p0)
+	s.CPU, s.CPUUser, s.CPUSys = roundUS(cpu.user+cpu.sys), cpu.user, cpu.sys
+	s.CtxSwitches = ctxSw
+	s.RSSMiB, _ = peakRSSMiB(u.pid)
 }

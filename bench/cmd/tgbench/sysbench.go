@@ -611,7 +611,7 @@ func (e *env) measureLogged(ctx context.Context, r *routerInst, mtu, run int, te
 		if s.Go != nil {
 			goPeak = fmt.Sprintf(" heap %.1fMiB goroutines %.0f", s.Go.HeapInuseMiB, s.Go.Goroutines)
 		}
-		e.logf("mtu %d run %d %-11s %-8s %10.1f %s  cpu %.2fs rss %.1fMiB%s%s  %s", mtu, run+1, test, name, s.Value, unitOf(test), s.CPU, s.RSSMiB, goPeak, s.extra(), s.Rig)
+		e.logf("mtu %d run %d %-11s %-8s %10.1f %s  cpu %.2fs (user %.2f sys %.2f) ctxsw %d rss %.1fMiB%s%s  %s", mtu, run+1, test, name, s.Value, unitOf(test), s.CPU, s.CPUUser, s.CPUSys, s.CtxSwitches, s.RSSMiB, goPeak, s.extra(), s.Rig)
 	}
 	return s
 }
@@ -664,7 +664,7 @@ func (e *env) measure(ctx context.Context, r *routerInst, test string) (Sample, 
 		return s, fmt.Errorf("unknown test %q", test)
 	}
 	if r != nil {
-		s.CPU, s.RSSMiB = u.end()
+		u.end(&s)
 	}
 	if scr != nil {
 		// A missing scrape costs the run its Go figures, not its result.
