@@ -354,6 +354,14 @@ func (d *direction) finish() {
 		return
 	}
 	f := d.f
+	// A write towards Tor may have met Tor's RST first and taken the
+	// error with it (tcpClosed); then this end of stream is a reset.
+	// upShut is set before the upstream half-close, so a socket closed
+	// by an orderly exchange of FINs is not taken for one.
+	if !f.upShut.Load() && tcpClosed(f.up) {
+		f.abort(endUpstreamError)
+		return
+	}
 	grace := f.t.cfg.EOFGrace
 	if state := f.t.cfg.UpstreamState; state != nil {
 		gone, known := state()
@@ -395,13 +403,16 @@ func (d *direction) finishNow() {
 	if d.f.aborted.Load() {
 		return
 	}
+	f := d.f
+	if d == &f.dirs[0] {
+		f.upShut.Store(true) // before the FIN: see finish
+	}
 	if cw, ok := d.dst.(closeWriter); ok {
 		cw.CloseWrite()
 	}
 	// The source needs no CloseRead: it has read its EOF, and for a
 	// socket a shutdown(SHUT_RD) would be one more system call per flow
 	// for nothing.
-	f := d.f
 	if f.halfDone.Add(1) == 2 {
 		f.abort(endFIN)
 		return
@@ -420,6 +431,9 @@ type flow struct {
 	// last is the time of the last byte either way, in UnixNano.
 	last     atomic.Int64
 	halfDone atomic.Int32
+	// upShut is set when the upstream direction is about to half-close
+	// the upstream (finishNow); see finish.
+	upShut atomic.Bool
 	// refs counts the flow itself (until abort) and running pumps; the
 	// last one out ends the flow.
 	refs    atomic.Int32

@@ -25,7 +25,9 @@ package tunnel
 //     the run.
 //
 // Replay a failure with the seed it prints: go test -run RelayModel
-// -relay.seed=N ./tunnel. Run longer with -relay.iterations.
+// ./tunnel -relay.seed=N (the flag after the package: before it, go test
+// takes the package for an argument of the test binary). Run longer with
+// -relay.iterations.
 
 import (
 	"bytes"
@@ -84,7 +86,7 @@ func TestRelayModel(t *testing.T) {
 			t.Logf("seed %d: %d flows, ended %v", s, n, res.ended)
 		})
 		if !ok {
-			t.Fatalf("replay with: go test -race -run 'RelayModel' -relay.seed=%d -relay.iterations=1 ./tunnel", s)
+			t.Fatalf("replay with: go test -race -run RelayModel ./tunnel -relay.seed=%d -relay.iterations=1", s)
 		}
 	}
 }
