@@ -57,6 +57,11 @@ type ctlConn struct {
 	cmdActive atomic.Bool   // a command is between its write and its reply
 	cmdDone   chan struct{} // cap 1; poked when a command ends
 	inflight  sync.WaitGroup
+	// addMu orders inflight.Add before the close of closing: a command
+	// adds only while closing is open, and every Wait starts after it is
+	// closed, so no Add from zero can race a Wait (the WaitGroup rule the
+	// race detector enforces: TestManagedRestart tripped it once).
+	addMu sync.Mutex
 
 	events chan control.Event // bine relays here; drained by eventLoop
 
@@ -92,11 +97,15 @@ func newCtlConn(nc net.Conn, onEvent func(event)) *ctlConn {
 func (c *ctlConn) do(ctx context.Context, f func() error) error {
 	c.cmdMu.Lock()
 	defer c.cmdMu.Unlock()
+	c.addMu.Lock()
 	select {
 	case <-c.closing:
+		c.addMu.Unlock()
 		return c.closedErr()
 	default:
 	}
+	c.inflight.Add(1)
+	c.addMu.Unlock()
 	c.cmdActive.Store(true)
 	defer func() {
 		c.cmdActive.Store(false)
@@ -106,7 +115,6 @@ func (c *ctlConn) do(ctx context.Context, f func() error) error {
 		}
 	}()
 	res := make(chan error, 1)
-	c.inflight.Add(1)
 	go func() {
 		defer c.inflight.Done()
 		res <- f()
@@ -295,7 +303,9 @@ func (c *ctlConn) fail(err error) {
 	}
 	c.errMu.Unlock()
 	c.closeOnce.Do(func() {
+		c.addMu.Lock()
 		close(c.closing)
+		c.addMu.Unlock()
 		c.nc.Close()
 	})
 }
