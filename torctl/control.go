@@ -53,24 +53,18 @@ type ctlConn struct {
 	bc      *control.Conn
 	onEvent func(event)
 
-	cmdMu     sync.Mutex    // serialises commands
-	cmdActive atomic.Bool   // a command is between its write and its reply
-	cmdDone   chan struct{} // cap 1; poked when a command ends
-	inflight  sync.WaitGroup
-	// addMu orders inflight.Add before the close of closing: a command
-	// adds only while closing is open, and every Wait starts after it is
-	// closed, so no Add from zero can race a Wait (the WaitGroup rule the
-	// race detector enforces: TestManagedRestart tripped it once).
-	addMu sync.Mutex
+	cmdMu     sync.Mutex     // serialises commands
+	cmdActive atomic.Bool    // a command is between its write and its reply
+	cmdDone   chan struct{}  // cap 1; poked when a command ends
+	inflight  sync.WaitGroup // commands running; Add only under errMu, see fail
 
 	events chan control.Event // bine relays here; drained by eventLoop
 
-	closing   chan struct{} // closed by close
-	closeOnce sync.Once
-	loopDone  chan struct{} // closed when eventLoop has returned
-	started   bool          // eventLoop was started; set once by subscribe
-	errMu     sync.Mutex
-	err       error // why the connection ended; guarded by errMu
+	closing  chan struct{} // closed by fail, under errMu
+	loopDone chan struct{} // closed when eventLoop has returned
+	started  bool          // eventLoop was started; set once by subscribe
+	errMu    sync.Mutex
+	err      error // why the connection ended; guarded by errMu
 }
 
 // errConnClosed is returned by commands on a connection that has ended.
@@ -97,15 +91,13 @@ func newCtlConn(nc net.Conn, onEvent func(event)) *ctlConn {
 func (c *ctlConn) do(ctx context.Context, f func() error) error {
 	c.cmdMu.Lock()
 	defer c.cmdMu.Unlock()
-	c.addMu.Lock()
-	select {
-	case <-c.closing:
-		c.addMu.Unlock()
+	c.errMu.Lock()
+	if c.err != nil {
+		c.errMu.Unlock()
 		return c.closedErr()
-	default:
 	}
 	c.inflight.Add(1)
-	c.addMu.Unlock()
+	c.errMu.Unlock()
 	c.cmdActive.Store(true)
 	defer func() {
 		c.cmdActive.Store(false)
@@ -295,19 +287,22 @@ func (c *ctlConn) deliver(ev control.Event) {
 	}
 }
 
-// fail ends the connection, recording the first reason.
+// fail ends the connection, recording the first reason (err is never
+// nil). closing is closed under errMu, and do adds to inflight under it
+// only while no reason is recorded, so every Add happens before every
+// Wait (which starts after closing is closed): an Add from zero racing a
+// Wait breaks WaitGroup's rule, and the race detector caught it in
+// TestManagedRestart (1 run in 40).
 func (c *ctlConn) fail(err error) {
 	c.errMu.Lock()
-	if c.err == nil {
-		c.err = err
+	if c.err != nil {
+		c.errMu.Unlock()
+		return
 	}
+	c.err = err
+	close(c.closing)
 	c.errMu.Unlock()
-	c.closeOnce.Do(func() {
-		c.addMu.Lock()
-		close(c.closing)
-		c.addMu.Unlock()
-		c.nc.Close()
-	})
+	c.nc.Close()
 }
 
 // closedErr reports why the connection ended.

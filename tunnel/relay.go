@@ -420,10 +420,8 @@ func (d *direction) finishNow() {
 	}
 	// The source needs no CloseRead: it has read its EOF, and for a
 	// socket a shutdown(SHUT_RD) would be one more system call per flow
-	// for nothing.
-
-	// First direction done: from now on the other direction must make
-	// progress within the (shorter) half-close limit.
+	// for nothing. This was the first direction done: from now on the
+	// other must make progress within the (shorter) half-close limit.
 	f.last.Store(time.Now().UnixNano())
 }
 

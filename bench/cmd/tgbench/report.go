@@ -102,6 +102,7 @@ func (s Sample) extra() string {
 	return fmt.Sprintf("  p50 %.2fms p99 %.2fms failures %d port_busy %d late %d", l.P50, l.P99, l.Failures, l.PortBusy, l.Late)
 }
 
+// median is the median of xs, 0 for none.
 func median(xs []float64) float64 {
 	if len(xs) == 0 {
 		return 0
@@ -112,6 +113,15 @@ func median(xs []float64) float64 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// medianBy is the median of field over xs.
+func medianBy[T any](xs []T, field func(T) float64) float64 {
+	vs := make([]float64, len(xs))
+	for i, x := range xs {
+		vs[i] = field(x)
+	}
+	return median(vs)
 }
 
 // finish computes the medians and totals of each row.

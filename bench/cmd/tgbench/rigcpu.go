@@ -105,13 +105,7 @@ func medianPerConn(samples []Sample) *PerConn {
 	if len(ps) == 0 {
 		return nil
 	}
-	m := func(field func(PerConn) float64) float64 {
-		xs := make([]float64, len(ps))
-		for i, p := range ps {
-			xs[i] = field(p)
-		}
-		return median(xs)
-	}
+	m := func(field func(PerConn) float64) float64 { return medianBy(ps, field) }
 	return &PerConn{
 		Machine:     m(func(p PerConn) float64 { return p.Machine }),
 		Router:      m(func(p PerConn) float64 { return p.Router }),
@@ -130,19 +124,23 @@ func medianPerConn(samples []Sample) *PerConn {
 
 // medianRig is the per-field median over the runs without error.
 func medianRig(samples []Sample) RigCPU {
-	var so, su, ss, sc, ta, ip, cl, ma, wa []float64
+	var rs []RigCPU
 	for _, s := range samples {
-		if s.Err != "" {
-			continue
+		if s.Err == "" {
+			rs = append(rs, s.Rig)
 		}
-		r := s.Rig
-		so, su, ss, sc = append(so, r.Socks), append(su, r.SocksUser), append(ss, r.SocksSys), append(sc, float64(r.SocksCtxSwitches))
-		ta, ip = append(ta, r.Target), append(ip, r.IperfServer)
-		cl, ma, wa = append(cl, r.Client), append(ma, r.Machine), append(wa, r.Wall)
 	}
+	m := func(field func(RigCPU) float64) float64 { return medianBy(rs, field) }
 	return RigCPU{
-		Socks: median(so), SocksUser: median(su), SocksSys: median(ss), SocksCtxSwitches: int64(math.Round(median(sc))),
-		Target: median(ta), IperfServer: median(ip), Client: median(cl), Machine: median(ma), Wall: median(wa),
+		Socks:            m(func(r RigCPU) float64 { return r.Socks }),
+		SocksUser:        m(func(r RigCPU) float64 { return r.SocksUser }),
+		SocksSys:         m(func(r RigCPU) float64 { return r.SocksSys }),
+		SocksCtxSwitches: int64(math.Round(m(func(r RigCPU) float64 { return float64(r.SocksCtxSwitches) }))),
+		Target:           m(func(r RigCPU) float64 { return r.Target }),
+		IperfServer:      m(func(r RigCPU) float64 { return r.IperfServer }),
+		Client:           m(func(r RigCPU) float64 { return r.Client }),
+		Machine:          m(func(r RigCPU) float64 { return r.Machine }),
+		Wall:             m(func(r RigCPU) float64 { return r.Wall }),
 	}
 }
 
