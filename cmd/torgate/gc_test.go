@@ -1,7 +1,6 @@
 package main
 
 import (
-	"runtime"
 	"runtime/debug"
 	"testing"
 )
@@ -18,20 +17,5 @@ func TestGCPercentDefault(t *testing.T) {
 	setGCPercent("")
 	if got := debug.SetGCPercent(100); got != defaultGCPercent {
 		t.Errorf("without GOGC, GC percent %d, want %d", got, defaultGCPercent)
-	}
-}
-
-// TestMaxProcsDefault: the binary's GOMAXPROCS default applies only when
-// the environment sets none.
-func TestMaxProcsDefault(t *testing.T) {
-	old := runtime.GOMAXPROCS(3)
-	defer runtime.GOMAXPROCS(old)
-	setMaxProcs("3") // the runtime read GOMAXPROCS=3 itself
-	if got := runtime.GOMAXPROCS(0); got != 3 {
-		t.Errorf("with GOMAXPROCS set, it changed to %d", got)
-	}
-	setMaxProcs("")
-	if got := runtime.GOMAXPROCS(0); got != defaultMaxProcs {
-		t.Errorf("without GOMAXPROCS, %d, want %d", got, defaultMaxProcs)
 	}
 }

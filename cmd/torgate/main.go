@@ -21,14 +21,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime"
 	"runtime/debug"
 	"syscall"
 )
 
 func main() {
 	setGCPercent(os.Getenv("GOGC"))
-	setMaxProcs(os.Getenv("GOMAXPROCS"))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -58,30 +56,6 @@ const defaultGCPercent = 25
 func setGCPercent(env string) {
 	if env == "" {
 		debug.SetGCPercent(defaultGCPercent)
-	}
-}
-
-// defaultMaxProcs is torgate's GOMAXPROCS unless the environment sets
-// one: the router runs its Go code on one CPU at a time. Behind Tor the
-// router is never the bottleneck on one core (measured 2026-12-02,
-// bench/README.md, 2 cores, one sitting: 5.7 Gbit/s for one stream up,
-// 6.8 down, ~1,600 short connections a second, where a Tor circuit
-// carries megabits), and it costs less on one: with a second P the
-// runtime hands goroutines between threads and wakes idle ones, and
-// those context switches are most of the difference. Against
-// GOMAXPROCS=2 in that sitting: router CPU per short connection 542 ->
-// 411 µs, context switches 4.9 -> 3.8 per connection, one stream up
-// 0.39 -> 0.45 and down 0.46 -> 0.55 of the kernel path, eight streams
-// 0.46 -> 0.47 and 0.67 -> 0.73, peak RSS lower in every test. The other
-// CPUs stay with Tor, which shares the gateway. Benchmarks of the router
-// alone on many cores can set GOMAXPROCS; a library user's process
-// keeps its own.
-const defaultMaxProcs = 1
-
-// setMaxProcs applies defaultMaxProcs when env (GOMAXPROCS) is empty.
-func setMaxProcs(env string) {
-	if env == "" {
-		runtime.GOMAXPROCS(defaultMaxProcs)
 	}
 }
 
