@@ -214,10 +214,32 @@ func restoreLocal(fam int) error {
 	return nil
 }
 
-// Guard installs only the guard rules for the LAN interfaces ifaces (and
-// their macvtaps), before the local table. It needs no interface to exist:
-// the rules match by name. For a boot-time unit ordered before
-// network-pre.target, so the LAN is closed before any interface comes up.
+// hasGuards reports whether any guard rule for names exists.
+func hasGuards(names []string) (bool, error) {
+	for _, fam := range families {
+		rs, err := listRules(fam)
+		if errors.Is(err, unix.EAFNOSUPPORT) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		for _, name := range names {
+			if hasRule(rs, func(r ruleInfo) bool { return r.isGuard() && r.iif == name }) {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
+
+// Guard closes the LAN interfaces ifaces for a boot-time unit ordered
+// before network-pre.target: it installs the guard rules (which match by
+// name, so they hold for an interface that does not exist yet) and pins
+// each interface's LAN namespace from the host's mount namespace, so that
+// a torgate in a private one (a hardened unit) can use it. An interface
+// that already exists with a gateway address is taken from the kernel at
+// once, as torgate run would. It needs the host's mount namespace.
 func Guard(ifaces ...string) error {
 	var names []string
 	for _, i := range ifaces {
@@ -226,6 +248,39 @@ func Guard(ifaces ...string) error {
 		}
 		names = append(names, i, TapName(i))
 	}
-	_, err := ensureGuards(names)
-	return err
+	if _, err := ensureGuards(names); err != nil {
+		return err
+	}
+	host, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("lan: netlink: %w", err)
+	}
+	defer host.Close()
+	for _, iface := range ifaces {
+		if err := guardOne(host, iface); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func guardOne(host *netlink.Handle, iface string) error {
+	unlock, err := lock(iface)
+	if errors.Is(err, ErrBusy) {
+		return nil // a torgate serves it: taken already
+	}
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	ns, _, err := openNS(iface)
+	if err != nil {
+		return err
+	}
+	defer ns.close()
+	p, err := inspect(host, ns, iface, true)
+	if err != nil || p.inNS {
+		return nil // not there yet, or no address yet: torgate run takes it
+	}
+	return p.takeover()
 }

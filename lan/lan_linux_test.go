@@ -28,6 +28,7 @@ import (
 // host beyond the gateway that the LAN must never reach).
 type lanNet struct {
 	ws, gw, far string
+	lan         string // the LAN namespace Open makes for the gateway's eth1
 }
 
 func ipc(t *testing.T, args ...string) string {
@@ -51,6 +52,19 @@ func newLANNet(t *testing.T) *lanNet {
 		t.Cleanup(func() { exec.Command("ip", "netns", "delete", ns).Run() })
 		ipc(t, "-n", ns, "link", "set", "lo", "up")
 	}
+	var st unix.Stat_t
+	if err := unix.Stat("/run/netns/"+n.gw, &st); err != nil {
+		t.Fatal(err)
+	}
+	n.lan = fmt.Sprintf("tg-eth1-%d", st.Ino)
+	// Every LAN namespace Open made for this gateway, whatever the
+	// interface.
+	t.Cleanup(func() {
+		pins, _ := filepath.Glob(fmt.Sprintf("/run/netns/tg-*-%d", st.Ino))
+		for _, p := range pins {
+			exec.Command("ip", "netns", "delete", filepath.Base(p)).Run()
+		}
+	})
 	ipc(t, "link", "add", "veth-ws", "netns", n.ws, "type", "veth", "peer", "name", "eth1", "netns", n.gw)
 	ipc(t, "link", "add", "veth-far", "netns", n.far, "type", "veth", "peer", "name", "eth2", "netns", n.gw)
 	for _, c := range [][]string{
@@ -318,7 +332,7 @@ func TestOpenLinux(t *testing.T) {
 	if src := netip.AddrFrom16([16]byte(p[8:24])); src != ws6 {
 		t.Fatalf("IPv6 source %v", src)
 	}
-	gwMACs := ipc(t, "-n", n.gw, "link", "show", "eth1")
+	gwMACs := ipc(t, "-n", n.lan, "link", "show", "eth1")
 	for _, six := range []string{"-4", "-6"} {
 		out := ipc(t, "-n", n.ws, six, "neigh", "show", "dev", "veth-ws")
 		if !strings.Contains(out, "lladdr") || !strings.Contains(gwMACs, strings.Fields(out[strings.Index(out, "lladdr"):])[1]) {
@@ -367,12 +381,12 @@ func TestOpenLinux(t *testing.T) {
 
 	// The LAN link goes down: writes are counted drops, Ready says so;
 	// back up, traffic flows again without a restart.
-	ipc(t, "-n", n.gw, "link", "set", "eth1", "down")
+	ipc(t, "-n", n.lan, "link", "set", "eth1", "down")
 	write(t, d, udp4(netip.MustParseAddrPort("198.18.0.1:9"), netip.MustParseAddrPort("10.152.152.11:5555"), []byte("lost")))
 	if err := d.Ready(); err == nil || !strings.Contains(err.Error(), "down") {
 		t.Fatalf("Ready with eth1 down: %v", err)
 	}
-	ipc(t, "-n", n.gw, "link", "set", "eth1", "up")
+	ipc(t, "-n", n.lan, "link", "set", "eth1", "up")
 	deadline := time.Now().Add(15 * time.Second)
 	for d.Ready() != nil {
 		if time.Now().After(deadline) {
@@ -424,7 +438,7 @@ func TestOpenLinux(t *testing.T) {
 		}
 	}
 	checkGuardOrder(t, n.gw)
-	if !strings.Contains(ipc(t, "-n", n.gw, "-d", "link", "show", "tg-eth1"), "passthru") {
+	if !strings.Contains(ipc(t, "-n", n.lan, "-d", "link", "show", "tg-eth1"), "passthru") {
 		t.Fatal("macvtap gone after Close")
 	}
 
@@ -438,8 +452,11 @@ func TestOpenLinux(t *testing.T) {
 			t.Fatalf("rules after down:\n%s", strings.Join(r, "\n"))
 		}
 	}
-	if out, err := exec.Command("ip", "-n", n.gw, "link", "show", "tg-eth1").CombinedOutput(); err == nil {
-		t.Fatalf("macvtap still there: %s", out)
+	if out, err := exec.Command("ip", "-n", n.lan, "link").CombinedOutput(); err == nil {
+		t.Fatalf("LAN namespace %s still there: %s", n.lan, out)
+	}
+	if out := ipc(t, "-n", n.gw, "addr", "show", "eth1"); !strings.Contains(out, "10.152.152.10/18") || !strings.Contains(out, "fd19:7a2b::1/64") || strings.Contains(out, "torgate") {
+		t.Fatalf("eth1 after down:\n%s", out)
 	}
 	if err := connect(n.ws, "10.152.152.10:2222"); err != nil {
 		t.Fatalf("after down the gateway's kernel should answer again: %v", err)
@@ -585,9 +602,9 @@ func TestReattach(t *testing.T) {
 	sendUDP(t, n.ws, "udp4", "198.18.0.1:9", []byte("before"))
 	awaitPayload(t, pkts, []byte("before"))
 
-	gwLink := ipc(t, "-n", n.gw, "link", "show", "eth1")
+	gwLink := ipc(t, "-n", n.lan, "link", "show", "eth1")
 	mac := strings.Fields(gwLink[strings.Index(gwLink, "link/ether"):])[1]
-	ipc(t, "-n", n.gw, "link", "del", "eth1") // takes veth-ws and tg-eth1 too
+	ipc(t, "-n", n.lan, "link", "del", "eth1") // takes veth-ws and tg-eth1 too
 	deadline := time.Now().Add(10 * time.Second)
 	for err := d.Ready(); !errors.Is(err, ErrGone); err = d.Ready() {
 		if time.Now().After(deadline) {
@@ -614,7 +631,7 @@ func TestReattach(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if !strings.Contains(ipc(t, "-n", n.gw, "-d", "link", "show", "tg-eth1"), "passthru") {
+	if !strings.Contains(ipc(t, "-n", n.lan, "-d", "link", "show", "tg-eth1"), "passthru") {
 		t.Fatal("no new macvtap")
 	}
 	for i := 0; ; i++ {

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"net"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -74,25 +75,71 @@ func lock(iface string) (release func() error, err error) {
 	return func() error { return unix.Close(fd) }, nil
 }
 
+// aliasPrefix marks the interface alias (IFLA_IFALIAS) in which torgate
+// keeps the gateway's addresses while the interface carries none: the
+// record travels with the interface between namespaces and survives
+// torgate, so a restart and "torgate lan down" find them.
+const aliasPrefix = "torgate-lan"
+
+// maxAlias is the kernel's bound on an interface alias (IFALIASZ - 1).
+const maxAlias = 255
+
+func encodeAlias(addrs []netip.Prefix) (string, error) {
+	s := aliasPrefix
+	for _, a := range addrs {
+		s += " " + a.String()
+	}
+	if len(s) > maxAlias {
+		return "", fmt.Errorf("lan: %d addresses do not fit the interface alias (255 bytes); give the LAN fewer addresses", len(addrs))
+	}
+	return s, nil
+}
+
+// decodeAlias returns the addresses of a torgate alias; ok is false for
+// any other alias.
+func decodeAlias(s string) (addrs []netip.Prefix, ok bool) {
+	f := strings.Fields(s)
+	if len(f) == 0 || f[0] != aliasPrefix {
+		return nil, false
+	}
+	for _, w := range f[1:] {
+		p, err := netip.ParsePrefix(w)
+		if err != nil {
+			return nil, false
+		}
+		addrs = append(addrs, p)
+	}
+	return addrs, true
+}
+
 // plan is one interface checked and ready to be set up.
 type plan struct {
 	iface   string
-	link0   netlink.Link // the LAN interface
+	ns      *lanNS
+	created bool            // ns was made by this run
+	host    *netlink.Handle // the gateway's own namespace
+	hostNS  *os.File        // the gateway's own namespace, to move back into
+	link0   netlink.Link    // the LAN interface
+	inNS    bool            // link0 is in ns already (a restart)
 	tapName string
-	tap     *netlink.Macvtap // existing macvtap, nil to create
+	tap     *netlink.Macvtap // torgate's macvtap in ns, nil to create
+	oldTap  *netlink.Macvtap // a macvtap an earlier version left beside the interface
 	addrs   []netip.Prefix
 	unlock  func() error
 }
 
 // inspect checks iface without changing anything; needAddr requires a
-// gateway address on it (not for a re-attach: torgate keeps the addresses
-// it started with).
-func inspect(h *netlink.Handle, iface string, needAddr bool) (*plan, error) {
+// gateway address (on it, or recorded in its alias by an earlier run).
+func inspect(host *netlink.Handle, ns *lanNS, iface string, needAddr bool) (*plan, error) {
 	if err := checkName(iface); err != nil {
 		return nil, err
 	}
-	l, err := h.LinkByName(iface)
-	if err != nil {
+	p := &plan{iface: iface, ns: ns, host: host, tapName: TapName(iface)}
+	h := host
+	l, err := ns.h.LinkByName(iface)
+	if err == nil {
+		p.inNS, h = true, ns.h
+	} else if l, err = host.LinkByName(iface); err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
 			return nil, fmt.Errorf("lan: interface %s not found (see ip link)", iface)
@@ -110,7 +157,7 @@ func inspect(h *netlink.Handle, iface string, needAddr bool) (*plan, error) {
 	if len(a.HardwareAddr) != 6 {
 		return nil, fmt.Errorf("lan: interface %s is not Ethernet", iface)
 	}
-	p := &plan{iface: iface, link0: l, tapName: TapName(iface)}
+	p.link0 = l
 	all, err := h.LinkList()
 	if err != nil {
 		return nil, fmt.Errorf("lan: list links: %w", err)
@@ -123,30 +170,43 @@ func inspect(h *netlink.Handle, iface string, needAddr bool) (*plan, error) {
 			}
 		}
 	}
-	addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
-	if err != nil {
-		return nil, fmt.Errorf("lan: addresses of %s: %w", iface, err)
+	if recorded, ok := decodeAlias(a.Alias); ok {
+		p.addrs = recorded
+	} else {
+		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			return nil, fmt.Errorf("lan: addresses of %s: %w", iface, err)
+		}
+		for _, ad := range addrs {
+			if ip, ok := netip.AddrFromSlice(ad.IP); ok {
+				ones, _ := ad.Mask.Size()
+				p.addrs = append(p.addrs, netip.PrefixFrom(ip.Unmap(), ones))
+			}
+		}
 	}
 	global := false
-	for _, ad := range addrs {
-		ip, ok := netip.AddrFromSlice(ad.IP)
-		if !ok {
-			continue
-		}
-		ones, _ := ad.Mask.Size()
-		ip = ip.Unmap()
-		p.addrs = append(p.addrs, netip.PrefixFrom(ip, ones))
-		if ip.Is4() || !ip.IsLinkLocalUnicast() {
+	for _, pr := range p.addrs {
+		if pr.Addr().Is4() || !pr.Addr().IsLinkLocalUnicast() {
 			global = true
 		}
 	}
 	if !global && needAddr {
 		return nil, fmt.Errorf("lan: interface %s has no gateway address for workstations; add one first, e.g. ip addr add 10.152.152.10/18 dev %s", iface, iface)
 	}
-	if tl, err := h.LinkByName(p.tapName); err == nil {
+	if tl, err := host.LinkByName(p.tapName); err == nil {
+		// The design before the LAN namespace left its macvtap here:
+		// takeover removes it. Anything else by that name would sit
+		// behind the guard rule for it.
 		mv, ok := tl.(*netlink.Macvtap)
-		if !ok || mv.Mode != netlink.MACVLAN_MODE_PASSTHRU || mv.ParentIndex != a.Index {
+		if !ok || mv.Mode != netlink.MACVLAN_MODE_PASSTHRU || p.inNS || mv.ParentIndex != a.Index {
 			return nil, fmt.Errorf("lan: a link named %s exists but is not torgate's passthru macvtap on %s; remove it (ip link del %s)", p.tapName, iface, p.tapName)
+		}
+		p.oldTap = mv
+	}
+	if tl, err := ns.h.LinkByName(p.tapName); err == nil {
+		mv, ok := tl.(*netlink.Macvtap)
+		if !ok || mv.Mode != netlink.MACVLAN_MODE_PASSTHRU {
+			return nil, fmt.Errorf("lan: a link named %s in namespace %s is not torgate's passthru macvtap; remove it (ip -n %s link del %s)", p.tapName, ns.name, ns.name, p.tapName)
 		}
 		p.tap = mv
 	}
@@ -154,11 +214,12 @@ func inspect(h *netlink.Handle, iface string, needAddr bool) (*plan, error) {
 }
 
 // Open makes torgate the gateway of the interfaces in cfg: it checks all
-// of them first, then for each installs the guard rules, puts a passthru
-// macvtap on it (or adopts torgate's from a previous run), opens it and
-// returns a Device serving them all. A failure leaves nothing behind that
-// this call added. Close keeps the macvtap and the guards; Down removes
-// them.
+// of them first, then for each installs the guard rules, takes the
+// interface away from the gateway's kernel into its LAN namespace (see
+// netns_linux.go), puts a passthru macvtap on it there (or adopts
+// torgate's from a previous run), opens it and returns a Device serving
+// them all. A failure leaves nothing behind that this call added. Close
+// keeps the namespace, the macvtap and the guards; Down removes them.
 func Open(cfg Config) (*Device, error) {
 	log := cfg.Logger
 	if log == nil {
@@ -171,24 +232,24 @@ func Open(cfg Config) (*Device, error) {
 	var plans []*plan
 	var unlocks []func() error
 	fail := func(err error) (*Device, error) {
-		for _, u := range unlocks {
-			u()
+		for i := len(unlocks) - 1; i >= 0; i-- {
+			unlocks[i]()
 		}
 		return nil, err
 	}
-	// Ready and Reattach run later on any thread: a netlink handle whose
-	// sockets live in this network namespace, and this namespace's sysfs
-	// held open, keep them looking at the right one.
+	// Ready and Reattach run later on any thread: netlink handles whose
+	// sockets live in the right namespaces, and the namespaces held open,
+	// keep them looking at the right ones.
 	h, err := netlink.NewHandle()
 	if err != nil {
 		return nil, fmt.Errorf("lan: netlink: %w", err)
 	}
 	unlocks = append(unlocks, func() error { h.Close(); return nil })
-	sys, err := os.Open(sysClassNet)
+	hostNS, err := os.Open("/proc/thread-self/ns/net")
 	if err != nil {
-		return fail(fmt.Errorf("lan: %s: %w", sysClassNet, err))
+		return fail(fmt.Errorf("lan: own network namespace: %w", err))
 	}
-	unlocks = append(unlocks, sys.Close)
+	unlocks = append(unlocks, hostNS.Close)
 	for _, iface := range cfg.Interfaces {
 		if seen[iface] {
 			return fail(fmt.Errorf("lan: interface %s given twice", iface))
@@ -202,11 +263,19 @@ func Open(cfg Config) (*Device, error) {
 			return fail(err)
 		}
 		unlocks = append(unlocks, u)
-		p, err := inspect(h, iface, true)
+		ns, created, err := openNS(iface)
 		if err != nil {
 			return fail(err)
 		}
-		p.unlock = u
+		unlocks = append(unlocks, func() error { ns.close(); return nil })
+		p, err := inspect(h, ns, iface, true)
+		if err != nil {
+			if created {
+				unpinNS(filepath.Join(netnsDir, ns.name))
+			}
+			return fail(err)
+		}
+		p.created, p.hostNS, p.unlock = created, hostNS, u
 		plans = append(plans, p)
 	}
 
@@ -237,14 +306,24 @@ func Open(cfg Config) (*Device, error) {
 		if err != nil {
 			return rollback(fmt.Errorf("lan: %s: %w", p.iface, err))
 		}
-		f, tapIndex, created, err := p.attach(h, sys)
+		if p.created {
+			undo = append(undo, func() { unpinNS(filepath.Join(netnsDir, p.ns.name)) })
+		}
+		if !p.inNS {
+			if err := p.takeover(); err != nil {
+				return rollback(err)
+			}
+			undo = append(undo, func() { p.giveBack() })
+		}
+		f, tapIndex, created, err := p.attach()
 		if created != nil {
-			undo = append(undo, func() { h.LinkDel(created) })
+			undo = append(undo, func() { p.ns.h.LinkDel(created) })
 		}
 		if err != nil {
 			return rollback(err)
 		}
-		links = append(links, p.link(h, sys, f, tapIndex))
+		links = append(links, p.link(f, tapIndex))
+		log.Info("lan interface taken from the kernel", "interface", p.iface, "namespace", p.ns.name, "moved", p.inNS)
 	}
 	d, err := NewDevice(links, log)
 	if err != nil {
@@ -255,12 +334,115 @@ func Open(cfg Config) (*Device, error) {
 	return d, nil
 }
 
-// attach creates (if needed), opens and brings up the macvtap of p. It
-// returns the tap descriptor, the macvtap's ifindex, and the macvtap it
-// created, for the caller to undo.
-func (p *plan) attach(h *netlink.Handle, sys *os.File) (*os.File, int, netlink.Link, error) {
+// takeover takes p's interface away from the gateway's kernel: its
+// addresses are recorded in its alias, then it moves into the LAN
+// namespace (which removes them and leaves it with IPv6 off and nothing
+// to answer from). An interface that cannot leave its namespace (a
+// bridge) stays, stripped instead: no address, IPv6 and ARP off; its
+// macvtap still moves, so that unicast frames, the ones the kernel could
+// answer or forward, never reach the gateway's stack (see Limits in the
+// package doc for what still does).
+func (p *plan) takeover() error {
+	alias, err := encodeAlias(p.addrs)
+	if err != nil {
+		return err
+	}
+	if p.oldTap != nil {
+		if err := p.host.LinkDel(p.oldTap); err != nil {
+			return fmt.Errorf("lan: remove the old macvtap %s: %w", p.tapName, err)
+		}
+	}
+	if err := p.host.LinkSetAlias(p.link0, alias); err != nil {
+		return fmt.Errorf("lan: record the addresses of %s: %w", p.iface, err)
+	}
+	if err := p.host.LinkSetNsFd(p.link0, int(p.ns.fd.Fd())); err == nil {
+		l, err := p.ns.h.LinkByName(p.iface)
+		if err != nil {
+			return fmt.Errorf("lan: %s after the move: %w", p.iface, err)
+		}
+		p.link0, p.inNS = l, true
+	} else if !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("lan: move %s into namespace %s: %w", p.iface, p.ns.name, err)
+	} else {
+		// NETIF_F_NETNS_LOCAL (a bridge): strip it where it is.
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+p.iface+"/disable_ipv6", []byte("1"), 0); err != nil {
+			return fmt.Errorf("lan: disable IPv6 on %s: %w", p.iface, err)
+		}
+		addrs, err := p.host.AddrList(p.link0, netlink.FAMILY_V4)
+		if err != nil {
+			return fmt.Errorf("lan: addresses of %s: %w", p.iface, err)
+		}
+		for _, a := range addrs {
+			if err := p.host.AddrDel(p.link0, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+				return fmt.Errorf("lan: remove %s from %s: %w", a.IPNet, p.iface, err)
+			}
+		}
+	}
+	h := p.handle()
+	if err := h.LinkSetARPOff(p.link0); err != nil {
+		return fmt.Errorf("lan: arp off on %s: %w", p.iface, err)
+	}
+	if err := h.LinkSetUp(p.link0); err != nil {
+		return fmt.Errorf("lan: set %s up: %w", p.iface, err)
+	}
+	return nil
+}
+
+// handle is the netlink handle of the namespace link0 is in.
+func (p *plan) handle() *netlink.Handle {
+	if p.inNS {
+		return p.ns.h
+	}
+	return p.host
+}
+
+// giveBack returns p's interface to the gateway's kernel with its
+// addresses, as the operator had it before torgate: the undo of takeover,
+// and the heart of Down.
+func (p *plan) giveBack() error {
+	var errs []error
+	if p.tap != nil {
+		errs = append(errs, p.ns.h.LinkDel(p.tap))
+	} else if tl, err := p.ns.h.LinkByName(p.tapName); err == nil {
+		if _, ok := tl.(*netlink.Macvtap); ok {
+			errs = append(errs, p.ns.h.LinkDel(tl))
+		}
+	}
+	if p.inNS {
+		if err := p.ns.h.LinkSetNsFd(p.link0, int(p.hostNS.Fd())); err != nil {
+			return fmt.Errorf("lan: move %s back: %w", p.iface, err)
+		}
+		l, err := p.host.LinkByName(p.iface)
+		if err != nil {
+			return fmt.Errorf("lan: %s after the move back: %w", p.iface, err)
+		}
+		p.link0, p.inNS = l, false
+	}
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+p.iface+"/disable_ipv6", []byte("0"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	errs = append(errs, p.host.LinkSetARPOn(p.link0))
+	for _, a := range p.addrs {
+		ad := &netlink.Addr{IPNet: &net.IPNet{IP: a.Addr().AsSlice(), Mask: net.CIDRMask(a.Bits(), a.Addr().BitLen())}}
+		if a.Addr().Is6() {
+			ad.Flags = unix.IFA_F_NODAD // the address was the gateway's a moment ago
+		}
+		if err := p.host.AddrAdd(p.link0, ad); err != nil && !errors.Is(err, unix.EEXIST) {
+			errs = append(errs, fmt.Errorf("lan: restore %s on %s: %w", a, p.iface, err))
+		}
+	}
+	errs = append(errs, p.host.LinkSetAlias(p.link0, ""))
+	errs = append(errs, p.host.LinkSetUp(p.link0))
+	return errors.Join(errs...)
+}
+
+// attach creates (if needed), opens and brings up the macvtap of p in its
+// LAN namespace. It returns the tap descriptor, the macvtap's ifindex
+// there, and the macvtap it created, for the caller to undo.
+func (p *plan) attach() (*os.File, int, netlink.Link, error) {
 	var created netlink.Link
 	tap := netlink.Link(p.tap)
+	ns := p.ns
 	if p.tap == nil {
 		// NewLinkAttrs, not a literal: a zero TxQLen would be sent as
 		// IFLA_TXQLEN 0, and the tap's receive ring is sized from it: a
@@ -270,6 +452,9 @@ func (p *plan) attach(h *netlink.Handle, sys *os.File) (*os.File, int, netlink.L
 		mv := &netlink.Macvtap{Macvlan: netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_PASSTHRU}}
 		// Created down: a down passthru macvtap drops what it is given,
 		// so nothing reaches any stack until the descriptor is open.
+		// Created where the interface is, then moved (a bridge stays in
+		// the gateway's namespace, its macvtap does not).
+		h := p.handle()
 		if err := h.LinkAdd(mv); err != nil {
 			// EBUSY: another receive handler (bridge, bond, team);
 			// EINVAL: other macvlans on it.
@@ -278,7 +463,13 @@ func (p *plan) attach(h *netlink.Handle, sys *os.File) (*os.File, int, netlink.L
 			}
 			return nil, 0, nil, fmt.Errorf("lan: create macvtap %s on %s: %w", p.tapName, p.iface, err)
 		}
-		l, err := h.LinkByName(p.tapName)
+		if !p.inNS {
+			if err := h.LinkSetNsFd(mv, int(ns.fd.Fd())); err != nil {
+				h.LinkDel(mv)
+				return nil, 0, nil, fmt.Errorf("lan: move macvtap %s into namespace %s: %w", p.tapName, ns.name, err)
+			}
+		}
+		l, err := ns.h.LinkByName(p.tapName)
 		if err != nil {
 			h.LinkDel(mv)
 			return nil, 0, nil, fmt.Errorf("lan: find new macvtap %s: %w", p.tapName, err)
@@ -287,39 +478,25 @@ func (p *plan) attach(h *netlink.Handle, sys *os.File) (*os.File, int, netlink.L
 	}
 	if tap.Attrs().TxQLen <= 0 {
 		// A macvtap made elsewhere with txqueuelen 0 drops every frame.
-		if err := h.LinkSetTxQLen(tap, tapQueueLen); err != nil {
+		if err := ns.h.LinkSetTxQLen(tap, tapQueueLen); err != nil {
 			return nil, 0, created, fmt.Errorf("lan: set txqueuelen of %s: %w", p.tapName, err)
 		}
 	}
-	// Linux removes an interface's IPv6 addresses when its link goes
-	// down (keep_addr_on_down 0, the default), IPv4 ones it keeps: after
-	// a LAN flap a restarted torgate would find no IPv6 gateway address
-	// and the LAN's IPv6 would stay dark (TestGatewayDeployment, measured
-	// 2026-12-02, kernel 6.18). The addresses are the operator's
-	// configuration; keep them.
-	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+p.iface+"/keep_addr_on_down", []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, 0, created, fmt.Errorf("lan: keep IPv6 addresses of %s on link down: %w", p.iface, err)
-	}
-	// The macvtap's own IPv6 would autoconfigure a link-local address and
-	// send RS/DAD/MLD on the LAN. (/proc/sys/net answers for the calling
-	// thread's network namespace: on a re-attach from another thread in
-	// a test's borrowed namespace this may not exist; the guards hold
-	// either way.)
-	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+p.tapName+"/disable_ipv6", []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, 0, created, fmt.Errorf("lan: disable IPv6 on %s: %w", p.tapName, err)
+	if err := ns.h.LinkSetARPOff(tap); err != nil {
+		return nil, 0, created, fmt.Errorf("lan: arp off on %s: %w", p.tapName, err)
 	}
 	// Multicast reaches a macvlan only through its own multicast filter,
 	// even in passthru mode: without allmulticast the workstations'
 	// neighbour solicitations (to solicited-node groups) never arrive
 	// (measured 2026-12-02, kernel 6.18).
-	if err := h.LinkSetAllmulticastOn(tap); err != nil {
+	if err := ns.h.LinkSetAllmulticastOn(tap); err != nil {
 		return nil, 0, created, fmt.Errorf("lan: set %s allmulticast: %w", p.tapName, err)
 	}
-	f, err := openTap(sys, p.tapName, tap.Attrs().Index, "/dev")
+	f, err := openTap(ns.sys, p.tapName, tap.Attrs().Index, "/dev")
 	if err != nil {
 		return nil, 0, created, err
 	}
-	if err := h.LinkSetUp(tap); err != nil {
+	if err := ns.h.LinkSetUp(tap); err != nil {
 		f.Close()
 		return nil, 0, created, fmt.Errorf("lan: set %s up: %w", p.tapName, err)
 	}
@@ -328,9 +505,9 @@ func (p *plan) attach(h *netlink.Handle, sys *os.File) (*os.File, int, netlink.L
 
 // link describes p's attached macvtap as a Link, with the readiness check
 // and the re-attach for a re-created interface.
-func (p *plan) link(h *netlink.Handle, sys *os.File, f *os.File, tapIndex int) Link {
+func (p *plan) link(f *os.File, tapIndex int) Link {
 	a := p.link0.Attrs()
-	iface, tapName, mac := p.iface, p.tapName, a.HardwareAddr
+	iface, tapName, mac, ns := p.iface, p.tapName, a.HardwareAddr, p.ns
 	var index atomic.Int64
 	index.Store(int64(tapIndex))
 	return Link{
@@ -340,11 +517,14 @@ func (p *plan) link(h *netlink.Handle, sys *os.File, f *os.File, tapIndex int) L
 		MTU:    a.MTU,
 		Frames: f,
 		Ready: func() error {
-			t, err := h.LinkByIndex(int(index.Load()))
+			t, err := ns.h.LinkByIndex(int(index.Load()))
 			if err != nil || t.Attrs().Name != tapName {
 				return fmt.Errorf("lan %s: macvtap %s: %w (interface removed?)", iface, tapName, ErrGone)
 			}
-			l, err := h.LinkByName(iface)
+			l, err := ns.h.LinkByName(iface)
+			if err != nil {
+				l, err = p.host.LinkByName(iface) // a bridge stays
+			}
 			if err != nil {
 				return fmt.Errorf("lan %s: interface gone", iface)
 			}
@@ -354,20 +534,27 @@ func (p *plan) link(h *netlink.Handle, sys *os.File, f *os.File, tapIndex int) L
 			return nil
 		},
 		// The interface came back (USB NIC re-plugged): the kernel
-		// deleted the macvtap with it; the guards held meanwhile. Put a
-		// new one on, if it is the same NIC.
+		// deleted the macvtap with it, and the new one appears in the
+		// gateway's namespace (the guards hold it meanwhile). Take it
+		// again, if it is the same NIC.
 		Reattach: func() (io.ReadWriteCloser, error) {
-			q, err := inspect(h, iface, false)
+			q, err := inspect(p.host, ns, iface, false)
 			if err != nil {
 				return nil, err
 			}
 			if !bytes.Equal(q.link0.Attrs().HardwareAddr, mac) {
 				return nil, fmt.Errorf("lan: interface %s came back with MAC %s, not %s; restart torgate to serve it", iface, q.link0.Attrs().HardwareAddr, mac)
 			}
-			f, idx, created, err := q.attach(h, sys)
+			q.addrs, q.hostNS = p.addrs, p.hostNS
+			if !q.inNS {
+				if err := q.takeover(); err != nil {
+					return nil, err
+				}
+			}
+			f, idx, created, err := q.attach()
 			if err != nil {
 				if created != nil {
-					h.LinkDel(created)
+					ns.h.LinkDel(created)
 				}
 				return nil, err
 			}
@@ -430,10 +617,12 @@ func openTap(sys *os.File, name string, index int, devDir string) (*os.File, err
 	return os.NewFile(uintptr(fd), name), nil
 }
 
-// Down removes what Open installed for iface: its macvtap and its guard
-// rules, and puts the local table rule back at priority 0 once no guard
-// remains. It refuses while a torgate serves iface. iface need not exist
-// any more.
+// Down gives iface back to the gateway's kernel as the operator had it
+// before torgate: it removes the macvtap, moves the interface back out of
+// its LAN namespace with its recorded addresses, removes the namespace
+// and the guard rules, and puts the local table rule back at priority 0
+// once no guard remains. It refuses while a torgate serves iface, and
+// when nothing of torgate's is there for iface (a typo).
 func Down(iface string) error {
 	if err := checkName(iface); err != nil {
 		return err
@@ -443,15 +632,77 @@ func Down(iface string) error {
 		return err
 	}
 	defer unlock()
+	name, err := NamespaceName(iface)
+	if err != nil {
+		return err
+	}
+	found := false
+	var errs []error
+	if _, err := os.Stat(filepath.Join(netnsDir, name)); err == nil {
+		found = true
+		if err := down(iface); err != nil {
+			return err
+		}
+	}
+	// The design before the LAN namespace left its macvtap here.
 	tapName := TapName(iface)
 	if tl, err := netlink.LinkByName(tapName); err == nil {
 		mv, ok := tl.(*netlink.Macvtap)
 		if !ok || mv.Mode != netlink.MACVLAN_MODE_PASSTHRU {
 			return fmt.Errorf("lan: %s is not torgate's macvtap; not removing it", tapName)
 		}
+		found = true
 		if err := netlink.LinkDel(tl); err != nil {
 			return fmt.Errorf("lan: delete %s: %w", tapName, err)
 		}
 	}
-	return removeGuards([]string{iface, tapName})
+	had, err := hasGuards([]string{iface, tapName})
+	if err != nil {
+		return err
+	}
+	if !found && !had {
+		return fmt.Errorf("lan: nothing of torgate's for %s here (no namespace %s, no macvtap, no guard rules): %w", iface, name, ErrNotFound)
+	}
+	errs = append(errs, removeGuards([]string{iface, tapName}))
+	return errors.Join(errs...)
+}
+
+// ErrNotFound means torgate has set nothing up for the interface named.
+var ErrNotFound = errors.New("no such LAN")
+
+// down gives the interface in iface's LAN namespace back and removes the
+// namespace.
+func down(iface string) error {
+	ns, _, err := openNS(iface)
+	if err != nil {
+		return err
+	}
+	defer ns.close()
+	host, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("lan: netlink: %w", err)
+	}
+	defer host.Close()
+	hostNS, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		return fmt.Errorf("lan: own network namespace: %w", err)
+	}
+	defer hostNS.Close()
+	p, err := inspect(host, ns, iface, false)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if _, e := ns.h.LinkByName(iface); errors.As(e, &nf) {
+			if _, e := host.LinkByName(iface); errors.As(e, &nf) {
+				// The interface is gone (unplugged): only the
+				// namespace is left to remove.
+				return unpinNS(filepath.Join(netnsDir, ns.name))
+			}
+		}
+		return err
+	}
+	p.hostNS = hostNS
+	if err := p.giveBack(); err != nil {
+		return err
+	}
+	return unpinNS(filepath.Join(netnsDir, ns.name))
 }
