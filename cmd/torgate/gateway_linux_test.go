@@ -78,6 +78,7 @@ type gwNet struct {
 	t              *testing.T
 	ws, gw, inet   string // namespace names
 	lan            string // the gateway's LAN interface (eth1 or br-tor)
+	lanNS          string // the namespace torgate moves it (or its macvtap) into
 	bin            string // torgate binary
 	stateDir       string
 	socks          *sockstest.Server
@@ -111,6 +112,7 @@ func newGwNet(t *testing.T, bin string, o gwOptions) *gwNet {
 		mustRun(t, "ip", "netns", "add", ns)
 		t.Cleanup(func() { killNamespace(ns) })
 	}
+	g.lanNS = lanNamespace(t, g.gw, g.lan)
 	wsEtc := "/etc/netns/" + g.ws
 	if err := os.MkdirAll(wsEtc, 0o755); err != nil {
 		t.Fatal(err)
@@ -172,6 +174,27 @@ func newGwNet(t *testing.T, bin string, o gwOptions) *gwNet {
 	g.startSocks()
 	t.Cleanup(g.stopBackground)
 	return g
+}
+
+// lanNamespace is the name of the namespace torgate pins for iface when it
+// runs in gw (lan.NamespaceName), removed in Cleanup whatever happens.
+func lanNamespace(t *testing.T, gw, iface string) string {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat("/run/netns/"+gw, &st); err != nil {
+		t.Fatal(err)
+	}
+	name := fmt.Sprintf("tg-%s-%d", iface, st.Ino)
+	t.Cleanup(func() { killNamespace(name) })
+	return name
+}
+
+// tgCommand runs the torgate binary in gw's network namespace but in the
+// host's mount namespace (nsenter, not ip netns exec, whose private mount
+// namespace would hide the LAN namespace's pin from the host, so that it
+// would vanish with torgate).
+func tgCommand(gw, bin string, args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=/run/netns/" + gw, bin}, args...)...)
 }
 
 // killNamespace kills what the test left running inside ns (only this
@@ -390,7 +413,7 @@ func (g *gwNet) startTorgate() time.Duration {
 		g.t.Fatal("torgate already running")
 	}
 	p := &tgProc{out: &testlog.Buffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command("ip", "netns", "exec", g.gw, g.bin, "run", "--lan", g.lan,
+	p.cmd = tgCommand(g.gw, g.bin, "run", "--lan", g.lan,
 		"--socks", g.socks.Addr(), "--admin", gwAdmin, "--state-dir", g.stateDir, "--log-level", "debug")
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	began := time.Now()
@@ -605,7 +628,7 @@ func (g *gwNet) guardInPlace(when string) {
 			}
 		}
 	}
-	if out, err := exec.Command("ip", "-n", g.gw, "link", "show", "tg-"+g.lan).CombinedOutput(); err != nil {
+	if out, err := exec.Command("ip", "-n", g.lanNS, "link", "show", "tg-"+g.lan).CombinedOutput(); err != nil {
 		g.t.Errorf("%s: tg-%s gone: %s", when, g.lan, out)
 	}
 }
@@ -707,7 +730,7 @@ func TestGatewayDeployment(t *testing.T) {
 
 	// 7. "torgate lan down" restores the gateway.
 	g.stopTorgate(syscall.SIGTERM)
-	out, err := exec.Command("ip", "netns", "exec", g.gw, bin, "lan", "down", g.lan).CombinedOutput()
+	out, err := tgCommand(g.gw, bin, "lan", "down", g.lan).CombinedOutput()
 	if err != nil {
 		t.Errorf("torgate lan down %s: %v\n%s", g.lan, err, out)
 	}
@@ -717,8 +740,11 @@ func TestGatewayDeployment(t *testing.T) {
 			t.Errorf("after lan down: %s rules not restored:\n%s", fam, rules)
 		}
 	}
-	if out, err := exec.Command("ip", "-n", g.gw, "link", "show", "tg-"+g.lan).CombinedOutput(); err == nil {
-		t.Errorf("after lan down: tg-%s still there: %s", g.lan, out)
+	if out, err := exec.Command("ip", "-n", g.lanNS, "link").CombinedOutput(); err == nil {
+		t.Errorf("after lan down: namespace %s still there: %s", g.lanNS, out)
+	}
+	if out := mustRun(t, "ip", "-n", g.gw, "addr", "show", g.lan); !strings.Contains(out, gwLAN4+"/18") || !strings.Contains(out, gwLAN6+"/64") {
+		t.Errorf("after lan down: %s has not its addresses back:\n%s", g.lan, out)
 	}
 	g.checkClean("phase 7 (lan down)")
 	t.Logf("whole deployment test: %v", time.Since(began).Round(time.Second))
@@ -734,7 +760,9 @@ func TestGatewayBridge(t *testing.T) {
 	g.phase1()
 	g.checkClean("phase 1 (service on br-tor)")
 	g.stopTorgate(syscall.SIGTERM)
-	exec.Command("ip", "netns", "exec", g.gw, bin, "lan", "down", g.lan).Run()
+	if out, err := tgCommand(g.gw, bin, "lan", "down", g.lan).CombinedOutput(); err != nil {
+		t.Errorf("torgate lan down %s: %v\n%s", g.lan, err, out)
+	}
 }
 
 // restart starts torgate again and wants service back within 20 s with no
@@ -779,7 +807,6 @@ func (g *gwNet) faultNeighbours() {
 	d4 := g.wsStart(&out4, "curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "40", "http://"+inetAddr4+"/stream?s=20")
 	d6 := g.wsStart(&out6, "curl", "-sS", "-g", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "40", "http://["+inetAddr6+"]/stream?s=20")
 	time.Sleep(2 * time.Second)
-	mustRun(g.t, "ip", "-n", g.gw, "neigh", "flush", "dev", g.lan)
 	mustRun(g.t, "ip", "-n", g.ws, "link", "set", "eth0", "arp", "off")
 	time.Sleep(12 * time.Second)
 	mustRun(g.t, "ip", "-n", g.ws, "link", "set", "eth0", "arp", "on")
@@ -803,9 +830,9 @@ func (g *gwNet) faultLinkDown() {
 	d4 := g.wsStart(&out4, "curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "30", "http://"+inetAddr4+"/stream?s=12")
 	d6 := g.wsStart(&out6, "curl", "-sS", "-g", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "30", "http://["+inetAddr6+"]/stream?s=12")
 	time.Sleep(2 * time.Second)
-	mustRun(g.t, "ip", "-n", g.gw, "link", "set", g.lan, "down")
+	mustRun(g.t, "ip", "-n", g.lanNS, "link", "set", g.lan, "down")
 	time.Sleep(5 * time.Second)
-	mustRun(g.t, "ip", "-n", g.gw, "link", "set", g.lan, "up")
+	mustRun(g.t, "ip", "-n", g.lanNS, "link", "set", g.lan, "up")
 	for _, u := range []string{url4, url6} {
 		took, err := g.waitFetch(u, 20*time.Second)
 		if err != nil {
