@@ -32,12 +32,14 @@ func BenchmarkInbound(b *testing.B) {
 	// Fix the IPv4 total length for the padded payload.
 	fr[14+2], fr[14+3] = byte(1500>>8), byte(1500&0xff)
 	p := d.ports[0]
+	bindForTest(p, ws4, wsMAC)
+	pk := d.pool.Get().(*inPacket)
 	var f frame
 	b.ReportAllocs()
 	b.SetBytes(int64(len(fr)))
 	for b.Loop() {
 		parseFrame(fr, &f)
-		if p.inbound(&f) == nil {
+		if l3, _ := p.inbound(&f, pk); l3 == nil {
 			b.Fatal("dropped")
 		}
 	}

@@ -88,7 +88,10 @@ type Device struct {
 	mtu    int
 	log    *slog.Logger
 	stats  Stats
-	queued atomic.Int64 // packets held for resolution, all links
+	queued atomic.Int64 // outbound packets waiting for resolution, all links
+	held   atomic.Int64 // inbound packets waiting for their source's proof, all links
+
+	lastConflictLog atomic.Int64 // unix nanoseconds
 
 	in     chan *inPacket // readLoops -> Read
 	pool   sync.Pool      // *inPacket
@@ -118,8 +121,15 @@ type port struct {
 	v6   []netip.Prefix // our global/ULA IPv6 addresses with their prefix
 	ll   netip.Addr     // our link-local address
 
-	mu    sync.Mutex
-	neigh map[netip.Addr]*neigh // guarded by mu
+	idx int // position among the Device's ports
+
+	mu      sync.Mutex
+	neigh   map[netip.Addr]*neigh // guarded by mu
+	pending int                   // incomplete entries; guarded by mu
+	boundN  int                   // bound entries; guarded by mu
+	perMAC  map[mac]int           // bound entries per MAC; guarded by mu
+
+	lastDefend atomic.Int64 // unix nanoseconds of our last announcement
 
 	// frames is the current Link.Frames; Reattach replaces it. swapMu
 	// orders a replacement against Close.
@@ -195,7 +205,7 @@ func newPort(d *Device, l Link) (*port, error) {
 	if len(l.MAC) != 6 {
 		return nil, fmt.Errorf("lan: link %s: MAC %v is not Ethernet", l.Name, l.MAC)
 	}
-	p := &port{dev: d, link: l, mtu: l.MTU, neigh: map[netip.Addr]*neigh{}}
+	p := &port{dev: d, link: l, mtu: l.MTU, idx: len(d.ports), neigh: map[netip.Addr]*neigh{}, perMAC: map[mac]int{}}
 	p.frames.Store(&framesBox{l.Frames})
 	copy(p.mac[:], l.MAC)
 	if p.mac.isMulticast() || p.mac.isZero() {
@@ -570,20 +580,62 @@ func (p *port) readLoop() {
 		}
 		d.stats.FramesIn.Add(1)
 		parseFrame(pk.buf[:n], &f)
-		if l3 := p.inbound(&f); l3 != nil {
-			pk.off = ethHeaderLen
-			pk.len = len(l3)
-			select {
-			case d.in <- pk:
-				continue
-			case <-d.closed:
-				d.pool.Put(pk)
+		switch l3, holding := p.inbound(&f, pk); {
+		case holding:
+			// Waits for its source's proof (neigh.go).
+		case l3 != nil:
+			if !d.deliver(pk) {
 				return
 			}
+		default:
+			d.pool.Put(pk)
 		}
-		d.pool.Put(pk)
 	}
 }
+
+// deliver queues pk (pk.off and pk.len set) for Read; false once closed.
+func (d *Device) deliver(pk *inPacket) bool {
+	select {
+	case d.in <- pk:
+		return true
+	case <-d.closed:
+		d.pool.Put(pk)
+		return false
+	}
+}
+
+// Identity returns the machine that sent from a: an address in the
+// discard-only prefix 100::/64 (RFC 6666), made of the link and the MAC
+// that a is bound to (neigh.go), so that a machine's IPv4, IPv6 and
+// link-local addresses are one workstation for isolation, names, fair
+// shares and new identity, and no identity can ever be mistaken for a
+// packet's address. ok is false while a is bound to no MAC.
+func (d *Device) Identity(a netip.Addr) (id netip.Addr, ok bool) {
+	a = a.Unmap()
+	for _, p := range d.ports {
+		if m, ok := p.identity(a); ok {
+			return MachineID(p.idx, m[:]), true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// MachineID is the identity of the machine with Ethernet address hw on
+// the link at index link (see Device.Identity).
+func MachineID(link int, hw []byte) netip.Addr {
+	var b [16]byte
+	b[0], b[1] = 0x01, 0x00 // 100::/64
+	b[8], b[9] = byte(link>>8), byte(link)
+	copy(b[10:], hw)
+	return netip.AddrFrom16(b)
+}
+
+// IsMachineID reports whether a is a machine identity (100::/64).
+func IsMachineID(a netip.Addr) bool {
+	return discardPrefix.Contains(a)
+}
+
+var discardPrefix = netip.MustParsePrefix("100::/64")
 
 // watchLoop re-attaches the link while its device is gone.
 func (p *port) watchLoop() {

@@ -58,7 +58,11 @@ func FuzzFrame(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var fr frame
 		parseFrame(b, &fr)
-		l3 := p.inbound(&fr)
+		pk := d.pool.Get().(*inPacket)
+		l3, holding := p.inbound(&fr, pk)
+		if !holding {
+			d.pool.Put(pk)
+		}
 		if bad := w.bad.Load(); bad != nil {
 			t.Fatal(*bad)
 		}

@@ -315,3 +315,34 @@ func write(t *testing.T, d *Device, pkt []byte) {
 func ethDst(f []byte) mac { return mac(f[0:6]) }
 
 func be16(b []byte) uint16 { return binary.BigEndian.Uint16(b) }
+
+// bindForTest binds a to m on p as a workstation answering torgate's own
+// solicitation would.
+func bindForTest(p *port, a netip.Addr, m mac) {
+	p.claim(a, m)
+	p.confirm(a, m)
+}
+
+// answer plays the workstation at m answering torgate's own request for a.
+func answer(t *testing.T, w *wire, a netip.Addr, m mac) {
+	t.Helper()
+	r := decodeARP(t, w.next(t))
+	if r.op != header.ARPRequest || r.tpa != a {
+		t.Fatalf("want torgate's request for %v, got %+v", a, r)
+	}
+	w.send(arpFrame(header.ARPReply, gwMAC, m, a, gwMAC, gw4.Addr()))
+}
+
+// awaitBound waits (bounded) until a is bound to a MAC.
+func awaitBound(t *testing.T, d *Device, a netip.Addr) {
+	t.Helper()
+	for i := 0; ; i++ {
+		if _, ok := d.Identity(a); ok {
+			return
+		}
+		if i > 1000 {
+			t.Fatalf("%v never bound", a)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

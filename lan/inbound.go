@@ -1,44 +1,53 @@
 package lan
 
 import (
+	"net"
 	"net/netip"
+	"time"
 )
 
-// inbound handles one parsed frame: answers and learns from ARP and NDP,
-// and returns the L3 packet to hand to netstack, or nil.
-func (p *port) inbound(f *frame) []byte {
+// inbound handles one parsed frame in pk: answers and learns from ARP and
+// NDP, and returns the L3 packet to hand to netstack, or nil. holding
+// reports that pk waits for its source's proof and is no longer the
+// caller's.
+func (p *port) inbound(f *frame, pk *inPacket) (l3 []byte, holding bool) {
 	d := p.dev
 	if f.kind == kindDrop {
 		d.drop(f.reason, 1)
-		return nil
+		return nil, false
 	}
 	// IFACE is promiscuous (passthru): unicast frames between two
 	// workstations show up here too.
 	if !f.dst.isMulticast() && f.dst != p.mac {
 		d.drop(reasonNotForUs, 1)
-		return nil
+		return nil, false
 	}
 	switch f.kind {
 	case kindARP:
 		p.arp(f)
-		return nil
+		return nil, false
 	case kindNDP:
 		p.ndp(f)
-		return nil
+		return nil, false
 	}
 	if f.dst.isMulticast() {
 		d.drop(reasonMulticastIP, 1)
-		return nil
+		return nil, false
 	}
 	if !p.validSource(f.ip6Src) {
 		d.drop(reasonSpoofedSource, 1)
-		return nil
+		return nil, false
 	}
 	if len(f.l3) > p.mtu {
 		d.drop(reasonTooBig, 1)
-		return nil
+		return nil, false
 	}
-	return f.l3
+	pk.off, pk.len = ethHeaderLen, len(f.l3)
+	pass, holding := p.admit(f.ip6Src, f.src, pk)
+	if !pass {
+		return nil, holding
+	}
+	return f.l3, false
 }
 
 // validSource reports whether a workstation may send from a: inside one of
@@ -139,12 +148,19 @@ func (p *port) source6(a netip.Addr) netip.Addr {
 	return p.ll
 }
 
-// arp answers requests for our addresses and learns from what is
-// addressed to us (RFC 826, minus merging entries for strangers).
+// arp answers requests for our addresses. What a station says about its
+// own address never binds it (neigh.go): a request makes torgate resolve
+// the sender itself, a gratuitous announcement for a bound address makes
+// it probe the MAC it has; only a reply to torgate's own request binds.
 func (p *port) arp(f *frame) {
 	d := p.dev
 	forUs := p.isOurs(f.arpTPA) && f.arpTPA.Is4()
 	senderOK := p.in4(f.arpSPA) && !p.isOurs(f.arpSPA) && !p.isBroadcast4(f.arpSPA) && !f.arpSHA.isMulticast() && !f.arpSHA.isZero()
+	if p.isOurs(f.arpSPA) && f.arpSHA != p.mac {
+		// Another station claims the gateway's address.
+		p.conflict(f.arpSPA, f.arpSHA)
+		return
+	}
 	switch {
 	case f.arpOp == arpOpRequest && forUs:
 		if f.arpSPA.IsUnspecified() {
@@ -157,18 +173,46 @@ func (p *port) arp(f *frame) {
 			d.drop(reasonARPIgnored, 1)
 			return
 		}
-		p.confirm(f.arpSPA, f.arpSHA, true)
 		p.writeARPReply(f.arpSHA, f.arpTPA, f.arpSHA, f.arpSPA)
+		p.claim(f.arpSPA, f.arpSHA)
 	case f.arpOp == arpOpReply && forUs && f.arpTHA == p.mac && senderOK:
-		p.confirm(f.arpSPA, f.arpSHA, true)
+		p.confirm(f.arpSPA, f.arpSHA)
 	case f.arpSPA == f.arpTPA && senderOK:
-		// Gratuitous ARP: a known workstation moved (new NIC, failover);
-		// never creates an entry.
-		p.update(f.arpSPA, f.arpSHA)
+		// Gratuitous ARP: never binds.
+		p.claim(f.arpSPA, f.arpSHA)
 	default:
 		d.drop(reasonARPIgnored, 1)
 	}
 }
+
+// conflictLogEvery rate-limits the log line for address conflicts.
+const conflictLogEvery = time.Minute
+
+// conflict counts and logs another station's claim to our address a, and
+// defends a with an announcement to the whole LAN (RFC 5227 2.4 (c)), at
+// most once per defendEvery, so the workstations' caches point back at
+// the gateway.
+func (p *port) conflict(a netip.Addr, m mac) {
+	d := p.dev
+	d.drop(reasonConflict, 1)
+	now := time.Now().UnixNano()
+	if last := d.lastConflictLog.Load(); now-last >= int64(conflictLogEvery) && d.lastConflictLog.CompareAndSwap(last, now) {
+		d.log.Warn("another station claims the gateway's LAN address (another gateway on this LAN, or a hostile workstation)",
+			"interface", p.link.Name, "address", a.String(), "mac", net.HardwareAddr(m[:]).String())
+	}
+	if last := p.lastDefend.Load(); now-last < int64(defendEvery) || !p.lastDefend.CompareAndSwap(last, now) {
+		return
+	}
+	if a.Is4() {
+		p.writeFrame(buildARP(arpOpReply, broadcastMAC, p.mac, a, broadcastMAC, a))
+		return
+	}
+	all := netip.MustParseAddr("ff02::1")
+	p.writeNA(multicastMAC6(all), all, a, naFlagRouter|naFlagOverr)
+}
+
+// defendEvery is RFC 5227's DEFEND_INTERVAL.
+const defendEvery = 10 * time.Second
 
 func (p *port) writeARPReply(ethDst mac, ours netip.Addr, tha mac, tpa netip.Addr) {
 	p.dev.stats.Sent[sentARPReply].Add(1)
@@ -204,29 +248,33 @@ func (p *port) ndp(f *frame) {
 		to := f.src
 		if f.ndpHasLLA {
 			to = f.ndpLLA
-			p.confirm(src, f.ndpLLA, true)
 		}
 		if to.isMulticast() {
 			d.drop(reasonNDPInvalid, 1)
 			return
 		}
 		p.writeNA(to, src, f.ndpTarget, naFlagRouter|naFlagSolic|naFlagOverr)
+		p.claim(src, to)
 	case icmp6NA:
 		t := f.ndpTarget
-		if !t.IsLinkLocalUnicast() && !p.validSource(t) || p.isOurs(t) {
-			d.drop(reasonNDPIgnored, 1)
-			return
-		}
 		m := f.src
 		if f.ndpHasLLA {
 			m = f.ndpLLA
 		}
+		if p.isOurs(t) && m != p.mac {
+			p.conflict(t, m)
+			return
+		}
+		if !t.IsLinkLocalUnicast() && !p.validSource(t) {
+			d.drop(reasonNDPIgnored, 1)
+			return
+		}
 		if f.ndpFlags&naFlagSolic != 0 && f.dst == p.mac {
 			// The answer to our solicitation or probe.
-			p.confirm(t, m, false)
+			p.confirm(t, m)
 		} else {
-			// Unsolicited: updates a known neighbour, creates nothing.
-			p.update(t, m)
+			// Unsolicited: never binds.
+			p.claim(t, m)
 		}
 	}
 }

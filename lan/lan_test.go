@@ -38,7 +38,10 @@ func TestARPReply(t *testing.T) {
 			if r != want {
 				t.Fatalf("reply %+v, want %+v", r, want)
 			}
-			// The asker was learned: a packet to it goes out at once.
+			// The asker is not learned from its request: torgate asks
+			// it itself, and its answer binds ws4 to wsMAC.
+			answer(t, w, ws4, wsMAC)
+			awaitBound(t, d, ws4)
 			write(t, d, ipv4(other, ws4))
 			if f := w.next(t); ethDst(f) != wsMAC || be16(f[12:14]) != ethTypeIPv4 {
 				t.Fatalf("packet went to %x type %#x", ethDst(f), be16(f[12:14]))
@@ -86,13 +89,50 @@ func TestGratuitousARP(t *testing.T) {
 		if f := w.next(t); ethDst(f) != wsMAC {
 			t.Fatalf("queued packet to %x", ethDst(f))
 		}
-		// Known sender moves to a new MAC: the entry follows.
+		// Another MAC claims the address: the entry stays with the MAC
+		// that answered torgate, which is probed (unicast).
+		time.Sleep(2 * probeInterval)
 		w.send(arpFrame(header.ARPReply, broadcastMAC, ws2MAC, ws4, broadcastMAC, ws4))
 		synctest.Wait()
 		write(t, d, ipv4(other, ws4))
+		time.Sleep(300 * time.Millisecond)
 		synctest.Wait()
-		if f := w.next(t); ethDst(f) != ws2MAC {
-			t.Fatalf("after gratuitous ARP the packet went to %x, want %x", ethDst(f), ws2MAC)
+		sawPacket, sawProbe := false, false
+		for range 2 {
+			f := w.next(t)
+			if ethDst(f) != wsMAC {
+				t.Fatalf("after gratuitous ARP a frame went to %x, want %x", ethDst(f), wsMAC)
+			}
+			if be16(f[12:14]) == ethTypeIPv4 {
+				sawPacket = true
+				continue
+			}
+			if r := decodeARP(t, f); r.op == header.ARPRequest && r.tpa == ws4 {
+				sawProbe = true
+			}
+		}
+		if !sawPacket || !sawProbe {
+			t.Fatalf("packet %v, unicast probe %v: want both", sawPacket, sawProbe)
+		}
+		// A packet from ws4 sent from ws2MAC is spoofed.
+		w.send(ethFrame(gwMAC, ws2MAC, header.IPv4ProtocolNumber, ipv4(ws4, other)))
+		synctest.Wait()
+		if got := d.Stats().Drop("spoofed_source"); got != 1 {
+			t.Fatalf("spoofed_source %d, want 1", got)
+		}
+		// The bound MAC stays silent: the address is free again, and
+		// the next resolution binds whoever answers.
+		time.Sleep(maxProbes*probeInterval + time.Second)
+		synctest.Wait()
+		for len(w.fromDev) > 0 {
+			<-w.fromDev
+		}
+		w.send(ethFrame(gwMAC, ws2MAC, header.IPv4ProtocolNumber, ipv4(ws4, other)))
+		synctest.Wait()
+		answer(t, w, ws4, ws2MAC)
+		synctest.Wait()
+		if got := readPacket(t, d); !bytes.Equal(got, ipv4(ws4, other)) {
+			t.Fatalf("held packet % x", got)
 		}
 		// A reply not addressed to us (another THA) teaches nothing.
 		w.send(arpFrame(header.ARPReply, broadcastMAC, wsMAC, ws4b, ws2MAC, gw4.Addr()))
@@ -201,6 +241,9 @@ func TestInbound(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d, w := testDevice(t)
+			for _, a := range []netip.Addr{ws4, ws6, wsLL} {
+				bindForTest(d.ports[0], a, wsMAC)
+			}
 			w.send(tt.frame)
 			if tt.deliver != nil {
 				if got := readPacket(t, d); !bytes.Equal(got, tt.deliver) {
@@ -316,6 +359,8 @@ func TestProbeSilentWorkstation(t *testing.T) {
 		w.send(arpFrame(header.ARPRequest, broadcastMAC, wsMAC, ws4, mac{}, gw4.Addr()))
 		synctest.Wait()
 		w.next(t) // our reply
+		answer(t, w, ws4, wsMAC)
+		synctest.Wait()
 		time.Sleep(staleAfter + time.Second)
 		write(t, d, ipv4(other, ws4))
 		synctest.Wait()
@@ -355,6 +400,8 @@ func TestProbeAnswered(t *testing.T) {
 		w.send(arpFrame(header.ARPRequest, broadcastMAC, wsMAC, ws4, mac{}, gw4.Addr()))
 		synctest.Wait()
 		w.next(t)
+		answer(t, w, ws4, wsMAC)
+		synctest.Wait()
 		time.Sleep(staleAfter + time.Second)
 		write(t, d, ipv4(other, ws4))
 		time.Sleep(300 * time.Millisecond)
@@ -437,11 +484,13 @@ func TestTableBound(t *testing.T) {
 			write(t, d, ipv4(other, netip.AddrFrom4(a)))
 		}
 		synctest.Wait()
-		if n := tableLen(d); n != maxNeighbours {
-			t.Fatalf("table has %d entries, want %d", n, maxNeighbours)
+		// Resolutions in flight are bounded apart from bound entries:
+		// the newest push out the oldest.
+		if n := tableLen(d); n != maxPending {
+			t.Fatalf("table has %d entries, want %d", n, maxPending)
 		}
-		if got := d.Stats().Drop("table_full"); got != 10 {
-			t.Fatalf("table_full %d, want 10", got)
+		if got := d.Stats().Drop("table_full"); got != maxNeighbours+10-maxPending {
+			t.Fatalf("table_full %d, want %d", got, maxNeighbours+10-maxPending)
 		}
 		if q := d.queued.Load(); q > maxQueuedTotal {
 			t.Fatalf("queued %d above the global bound", q)
@@ -464,6 +513,8 @@ func TestWriteErrorSurvives(t *testing.T) {
 	d, w := testDevice(t)
 	w.send(arpFrame(header.ARPRequest, broadcastMAC, wsMAC, ws4, mac{}, gw4.Addr()))
 	w.next(t)
+	answer(t, w, ws4, wsMAC)
+	awaitBound(t, d, ws4)
 	w.setWriteErr(syscall.ENETDOWN)
 	for range 3 {
 		b := make([]byte, 16+40)
@@ -488,6 +539,10 @@ func TestReadWriteOffsets(t *testing.T) {
 	d, w := testDevice(t)
 	w.send(arpFrame(header.ARPRequest, broadcastMAC, wsMAC, ws4, mac{}, gw4.Addr()))
 	w.next(t)
+	answer(t, w, ws4, wsMAC)
+	awaitBound(t, d, ws4)
+	bindForTest(d.ports[0], ws6, wsMAC)
+	<-w.fromDev // its solicitation
 	pkt := ipv4(other, ws4)
 	if _, err := d.Write([][]byte{append([]byte(nil), pkt...)}, 0); err != nil {
 		t.Fatal(err)
@@ -644,6 +699,14 @@ func TestSocketpair(t *testing.T) {
 	if r := decodeARP(t, buf[:n]); r.op != header.ARPReply || r.sha != gwMAC {
 		t.Fatalf("reply %+v", r)
 	}
+	if n, err = ws.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	if r := decodeARP(t, buf[:n]); r.op != header.ARPRequest || r.tpa != ws4 {
+		t.Fatalf("want torgate's request for %v, got %+v", ws4, r)
+	}
+	ws.Write(arpFrame(header.ARPReply, gwMAC, wsMAC, ws4, gwMAC, gw4.Addr()))
+	awaitBound(t, d, ws4)
 	ws.Write(ethFrame(gwMAC, wsMAC, header.IPv4ProtocolNumber, pkt2()))
 	if got := readPacket(t, d); !bytes.Equal(got, pkt2()) {
 		t.Fatalf("Read % x", got)
@@ -658,6 +721,8 @@ func TestMetrics(t *testing.T) {
 	d, w := testDevice(t)
 	w.send(arpFrame(header.ARPRequest, broadcastMAC, wsMAC, ws4, mac{}, gw4.Addr()))
 	w.next(t)
+	answer(t, w, ws4, wsMAC)
+	awaitBound(t, d, ws4)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(d.Metrics()...)
 	if n, err := testutil.GatherAndCount(reg); err != nil || n != 3+int(numReasons)+int(numSent)+int(numStates) {
@@ -671,7 +736,7 @@ func TestMetrics(t *testing.T) {
 # HELP lan_control_sent_total ARP and neighbour discovery frames the gateway sent, by kind (a failed write also counts as a write_error drop).
 # TYPE lan_control_sent_total counter
 lan_control_sent_total{kind="arp_reply"} 1
-lan_control_sent_total{kind="arp_request"} 0
+lan_control_sent_total{kind="arp_request"} 1
 lan_control_sent_total{kind="na"} 0
 lan_control_sent_total{kind="ns"} 0
 `
@@ -693,6 +758,9 @@ func TestTableFullOfLearned(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		d, w := testDevice(t)
 		w.discard = true
+		bindForTest(d.ports[0], ws4, wsMAC)
+		// A flood of requests from made-up senders that never answer
+		// torgate's own requests.
 		base := netip.MustParseAddr("10.152.160.0").As4()
 		for i := range maxNeighbours {
 			a := base
@@ -704,19 +772,16 @@ func TestTableFullOfLearned(t *testing.T) {
 			}
 		}
 		synctest.Wait()
-		if n := tableLen(d); n != maxNeighbours {
-			t.Fatalf("table has %d entries", n)
+		if n := tableLen(d); n != maxPending+1 {
+			t.Fatalf("table has %d entries, want %d resolving and one bound", n, maxPending)
 		}
-		write(t, d, ipv4(other, ws4))
-		synctest.Wait()
-		if got := d.Stats().Drop("table_full"); got != 1 {
-			t.Fatalf("table_full %d, want 1 while the entries are fresh", got)
+		// The bound machine keeps its address; a newcomer still gets in.
+		if _, ok := d.Identity(ws4); !ok {
+			t.Fatal("the flood unbound a machine")
 		}
-		time.Sleep(staleAfter)
-		write(t, d, ipv4(other, ws4))
-		synctest.Wait()
-		if got := d.Stats().Drop("table_full"); got != 1 {
-			t.Fatalf("table_full %d: a quiet entry should have made room", got)
+		bindForTest(d.ports[0], ws4b, ws2MAC)
+		if _, ok := d.Identity(ws4b); !ok {
+			t.Fatal("a newcomer was locked out")
 		}
 	})
 }
@@ -766,6 +831,8 @@ func TestReattachSwapsFrames(t *testing.T) {
 		oldW.send(arpFrame(header.ARPRequest, broadcastMAC, wsMAC, ws4, mac{}, gw4.Addr()))
 		synctest.Wait()
 		oldW.next(t)
+		answer(t, oldW, ws4, wsMAC)
+		synctest.Wait()
 		gone.Store(true)
 		time.Sleep(reattachInterval + time.Millisecond)
 		synctest.Wait()

@@ -25,6 +25,8 @@ const (
 	reasonQueueFull                   // outbound packet while resolution queue full
 	reasonTableFull                   // neighbour table at its bound
 	reasonWriteError                  // the link refused the frame (down, gone)
+	reasonUnproven                    // inbound from a source whose resolution failed or had no room
+	reasonConflict                    // another MAC claimed a bound address, or the gateway's own
 	numReasons
 )
 
@@ -44,6 +46,8 @@ var reasonNames = [numReasons]string{
 	reasonQueueFull:     "queue_full",
 	reasonTableFull:     "table_full",
 	reasonWriteError:    "write_error",
+	reasonUnproven:      "unproven_source",
+	reasonConflict:      "address_conflict",
 }
 
 func (r reason) String() string { return reasonNames[r] }

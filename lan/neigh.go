@@ -6,30 +6,55 @@ import (
 )
 
 // Neighbour resolution, per link (Linux's neighbour state machine, cut to
-// what a gateway that only ever answers needs):
+// what a gateway that only ever answers needs), and the one thing that
+// binds an address to a machine:
 //
 //	incomplete: solicited up to maxProbes times probeInterval apart,
-//	            holding up to queuePerNeighbour packets; no answer -> failed
-//	reachable:  confirmed (an ARP reply or request for us, an NA, an NS)
-//	            within staleAfter; used as is
-//	probing:    still used, but confirmation is older than staleAfter and
-//	            packets went to it since: unicast probes, maxProbes
+//	            holding up to queuePerNeighbour packets each way; no
+//	            answer -> failed
+//	reachable:  bound: the MAC answered our own solicitation (an ARP
+//	            reply to our request, a solicited NA to our MAC) within
+//	            staleAfter; used as is
+//	probing:    still bound and used, but confirmation is older than
+//	            staleAfter and packets went to it since, or another MAC
+//	            claimed the address: unicast probes, maxProbes
 //	            unanswered -> failed
 //	failed:     packets dropped (no_neighbour) for failedHold, then the
-//	            entry goes and the next packet resolves again
+//	            entry goes and the next packet resolves again; a packet
+//	            from the address starts a new resolution at once
 //
-// A workstation that stops answering thus loses its packets, counted;
-// they are never sent anywhere else.
+// An address is bound to a MAC only by torgate's own resolution, never by
+// what a station announces (a request, a gratuitous ARP, an unsolicited
+// NA): an announcement from another MAC only makes torgate probe the MAC
+// it has, and the address moves only when that one stops answering. A
+// packet from an address that is not bound waits (inbound queue, bounded)
+// until its resolution answers from the packet's own MAC: nothing reaches
+// the stack, let alone Tor, from a source that has not shown it receives
+// our frames. A packet from an address bound to another MAC is a counted
+// drop (spoofed_source).
+//
+// Bounds: at most maxPending incomplete entries (a new one pushes out the
+// oldest, so a flood of made-up senders holds each slot for moments while
+// a real station answers in a LAN round trip), at most maxNeighbours
+// bound ones, which only an entry idle for protectedIdle makes room for
+// (a flood never evicts a machine that worked in the last hour), and at
+// most maxAddrsPerMachine bound addresses per MAC (a machine answering
+// for hundreds of addresses recycles its own).
 const (
-	probeInterval     = time.Second
-	maxProbes         = 3
-	staleAfter        = 30 * time.Second
-	failedHold        = 20 * time.Second
-	idleExpiry        = 5 * time.Minute // unused reachable entries go
-	queuePerNeighbour = 3               // Linux unres_qlen_bytes ~ 3 packets
-	maxQueuedTotal    = 1024            // all links, MTU-sized: ~1.5 MiB
-	maxNeighbours     = 4096            // per link
-	tickInterval      = 250 * time.Millisecond
+	probeInterval      = time.Second
+	maxProbes          = 3
+	staleAfter         = 30 * time.Second
+	failedHold         = 20 * time.Second
+	idleExpiry         = time.Hour // unused bound entries go
+	protectedIdle      = time.Hour // a bound entry used more recently is never evicted
+	queuePerNeighbour  = 3         // Linux unres_qlen_bytes ~ 3 packets
+	maxQueuedTotal     = 1024      // all links, MTU-sized: ~1.5 MiB
+	heldPerNeighbour   = 4         // inbound packets waiting for their source's proof
+	maxHeldTotal       = 256       // all links: ~400 KiB
+	maxNeighbours      = 4096      // bound entries, per link
+	maxPending         = 512       // incomplete entries, per link
+	maxAddrsPerMachine = 32        // bound addresses of one MAC (v4, v6, temporary v6)
+	tickInterval       = 250 * time.Millisecond
 )
 
 type neighState uint8
@@ -46,69 +71,164 @@ var stateNames = [numStates]string{"incomplete", "reachable", "probing", "failed
 
 type neigh struct {
 	state     neighState
-	mac       mac
+	mac       mac       // bound MAC (reachable, probing)
+	created   time.Time // incomplete: when resolution started
 	confirmed time.Time // last confirmation
-	used      time.Time // last packet sent to it
+	used      time.Time // last packet sent to or accepted from it
 	probes    int       // solicitations sent in this state
 	next      time.Time // next probe (incomplete, probing) or expiry (failed)
 	queue     [][]byte  // incomplete: frames with room for the Ethernet header
+	held      []held    // incomplete: inbound packets waiting for proof
 }
+
+// held is an inbound packet from a source being resolved, and the MAC it
+// came from: it goes to the stack only if that MAC is the one that answers.
+type held struct {
+	pk  *inPacket
+	mac mac
+}
+
+func (e *neigh) bound() bool { return e.state == stateReachable || e.state == stateProbing }
 
 // lookupLocked returns the neighbour entry for a, or nil.
 // p.mu must be held.
 func (p *port) lookupLocked(a netip.Addr) *neigh { return p.neigh[a] }
 
-// newEntryLocked adds an entry for a; when the table is full it evicts a
-// failed entry, else one unused for staleAfter (so a flood of ARP from
-// made-up senders cannot lock out a real workstation for long); nil if
-// there is no room. p.mu must be held.
-func (p *port) newEntryLocked(a netip.Addr) *neigh {
-	if len(p.neigh) >= maxNeighbours {
-		now := time.Now()
+// newPendingLocked adds an incomplete entry for a, pushing out the oldest
+// incomplete one when maxPending are resolving. p.mu must be held.
+func (p *port) newPendingLocked(a netip.Addr, now time.Time) *neigh {
+	if p.pending >= maxPending {
 		var victim netip.Addr
+		var oldest time.Time
 		for k, e := range p.neigh {
-			if e.state == stateFailed {
-				victim = k
-				break
-			}
-			if !victim.IsValid() && e.state == stateReachable && now.Sub(e.used) >= staleAfter && now.Sub(e.confirmed) >= staleAfter {
-				victim = k
+			if e.state == stateIncomplete && (!victim.IsValid() || e.created.Before(oldest)) {
+				victim, oldest = k, e.created
 			}
 		}
-		if !victim.IsValid() {
-			return nil
+		if victim.IsValid() {
+			p.removeLocked(victim, p.neigh[victim])
+			p.dev.drop(reasonTableFull, 1)
 		}
-		delete(p.neigh, victim)
 	}
-	e := &neigh{}
+	e := &neigh{state: stateIncomplete, created: now, probes: 1, next: now.Add(probeInterval)}
 	p.neigh[a] = e
+	p.pending++
 	return e
 }
 
-// confirm records that a is at m. Only creates an entry when create is
-// set (the neighbour talked to us); otherwise updates an existing one.
-// Queued packets are flushed to the caller's frames.
-func (p *port) confirm(a netip.Addr, m mac, create bool) {
+// removeLocked deletes a's entry and drops what it holds. p.mu must be held.
+func (p *port) removeLocked(a netip.Addr, e *neigh) {
+	p.setStateLocked(a, e, stateFailed)
+	delete(p.neigh, a)
+	p.dropHeldLocked(e)
+	if n := len(e.queue); n > 0 {
+		p.dev.queued.Add(int64(-n))
+		p.dev.drop(reasonNoNeighbour, uint64(n))
+		e.queue = nil
+	}
+}
+
+// setStateLocked moves e to state, keeping the pending and per-machine
+// counts. p.mu must be held.
+func (p *port) setStateLocked(a netip.Addr, e *neigh, state neighState) {
+	if e.state == stateIncomplete && state != stateIncomplete {
+		p.pending--
+	}
+	if state == stateIncomplete && e.state != stateIncomplete {
+		p.pending++
+	}
+	if e.bound() && !(state == stateReachable || state == stateProbing) {
+		p.boundN--
+		if p.perMAC[e.mac]--; p.perMAC[e.mac] <= 0 {
+			delete(p.perMAC, e.mac)
+		}
+	}
+	e.state = state
+}
+
+// dropHeldLocked drops e's inbound packets. p.mu must be held.
+func (p *port) dropHeldLocked(e *neigh) {
+	for _, h := range e.held {
+		p.dev.pool.Put(h.pk)
+	}
+	if n := len(e.held); n > 0 {
+		p.dev.held.Add(int64(-n))
+		p.dev.drop(reasonUnproven, uint64(n))
+	}
+	e.held = nil
+}
+
+// bindLocked binds a to m: e was resolving and m answered. It makes room
+// among the bound entries (an idle one, or m's own least recently used
+// address) or reports false. p.mu must be held.
+func (p *port) bindLocked(a netip.Addr, e *neigh, m mac, now time.Time) bool {
+	if p.perMAC[m] >= maxAddrsPerMachine {
+		var victim netip.Addr
+		var lru time.Time
+		for k, o := range p.neigh {
+			if o.bound() && o.mac == m && (!victim.IsValid() || o.used.Before(lru)) {
+				victim, lru = k, o.used
+			}
+		}
+		if victim.IsValid() {
+			p.removeLocked(victim, p.neigh[victim])
+		}
+	}
+	if p.boundN >= maxNeighbours {
+		var victim netip.Addr
+		for k, o := range p.neigh {
+			if o.bound() && now.Sub(o.used) >= protectedIdle && now.Sub(o.confirmed) >= protectedIdle {
+				victim = k
+				break
+			}
+		}
+		if !victim.IsValid() {
+			return false
+		}
+		p.removeLocked(victim, p.neigh[victim])
+	}
+	p.setStateLocked(a, e, stateReachable)
+	e.mac, e.confirmed, e.used, e.probes = m, now, now, 0
+	p.boundN++
+	p.perMAC[m]++
+	return true
+}
+
+// confirm records that a answered our solicitation from m. An entry
+// resolving a is bound to m; a bound entry is confirmed if m is its MAC,
+// and another MAC's answer is a conflict that changes nothing (the bound
+// MAC still answers). Queued frames go out; held packets from m go to the
+// stack, others are dropped.
+func (p *port) confirm(a netip.Addr, m mac) {
 	if m.isMulticast() || m.isZero() || m == p.mac || !a.IsValid() {
 		return
 	}
 	now := time.Now()
 	p.mu.Lock()
 	e := p.lookupLocked(a)
-	if e == nil {
-		if !create {
+	switch {
+	case e == nil, e.state == stateFailed:
+		p.mu.Unlock()
+		return
+	case e.bound():
+		if e.mac != m {
 			p.mu.Unlock()
+			p.dev.drop(reasonConflict, 1)
 			return
 		}
-		if e = p.newEntryLocked(a); e == nil {
-			p.mu.Unlock()
-			p.dev.drop(reasonTableFull, 1)
-			return
-		}
+		p.setStateLocked(a, e, stateReachable)
+		e.confirmed, e.probes = now, 0
+		p.mu.Unlock()
+		return
 	}
-	e.state, e.mac, e.confirmed, e.probes = stateReachable, m, now, 0
-	q := e.queue
-	e.queue = nil
+	if !p.bindLocked(a, e, m, now) {
+		p.removeLocked(a, e)
+		p.mu.Unlock()
+		p.dev.drop(reasonTableFull, 1)
+		return
+	}
+	q, hs := e.queue, e.held
+	e.queue, e.held = nil, nil
 	p.mu.Unlock()
 	if len(q) > 0 {
 		p.dev.queued.Add(int64(-len(q)))
@@ -117,24 +237,102 @@ func (p *port) confirm(a netip.Addr, m mac, create bool) {
 			p.writeFrame(fr)
 		}
 	}
+	if len(hs) > 0 {
+		p.dev.held.Add(int64(-len(hs)))
+		for _, h := range hs {
+			if h.mac != m {
+				p.dev.pool.Put(h.pk)
+				p.dev.drop(reasonSpoofedSource, 1)
+				continue
+			}
+			p.dev.deliver(h.pk)
+		}
+	}
 }
 
-// update records a MAC change announced by gratuitous ARP for a known
-// neighbour: used, but to be confirmed by a probe.
-func (p *port) update(a netip.Addr, m mac) {
-	if m.isMulticast() || m.isZero() || m == p.mac {
+// claim handles another station's word that a is at m (a request from a,
+// a gratuitous ARP, an unsolicited NA): an unknown address is resolved
+// (torgate asks, the owner answers); a bound one is probed if m is not
+// its MAC. It never binds.
+func (p *port) claim(a netip.Addr, m mac) {
+	if m.isMulticast() || m.isZero() || m == p.mac || !a.IsValid() {
 		return
 	}
+	now := time.Now()
+	p.mu.Lock()
+	e := p.lookupLocked(a)
+	switch {
+	case e == nil:
+		p.newPendingLocked(a, now)
+		p.mu.Unlock()
+		p.solicit(a, nil)
+		return
+	case e.bound() && e.mac != m:
+		p.contestLocked(a, e, now)
+	}
+	p.mu.Unlock()
+}
+
+// contestLocked starts probing e's MAC now, unless it answered within the
+// last probeInterval: another MAC says it has the address. p.mu must be
+// held.
+func (p *port) contestLocked(a netip.Addr, e *neigh, now time.Time) {
+	if e.state == stateReachable && now.Sub(e.confirmed) >= probeInterval {
+		p.setStateLocked(a, e, stateProbing)
+		e.probes, e.next = 0, now
+	}
+}
+
+// admit decides an inbound packet from a that came from MAC m: pass (a is
+// bound to m), hold (a is resolving: the packet waits, the caller must not
+// reuse pk), or drop (bound to another MAC, or no room to wait).
+func (p *port) admit(a netip.Addr, m mac, pk *inPacket) (pass, holding bool) {
+	now := time.Now()
+	p.mu.Lock()
+	e := p.lookupLocked(a)
+	if e != nil && e.bound() {
+		if e.mac == m {
+			e.used = now
+			p.mu.Unlock()
+			return true, false
+		}
+		p.contestLocked(a, e, now)
+		p.mu.Unlock()
+		p.dev.drop(reasonSpoofedSource, 1)
+		return false, false
+	}
+	start := false
+	if e == nil || e.state == stateFailed {
+		if e != nil {
+			p.removeLocked(a, e)
+		}
+		e = p.newPendingLocked(a, now)
+		start = true
+	}
+	ok := len(e.held) < heldPerNeighbour && p.dev.held.Add(1) <= maxHeldTotal
+	if ok {
+		e.held = append(e.held, held{pk: pk, mac: m})
+	} else if len(e.held) < heldPerNeighbour {
+		p.dev.held.Add(-1)
+	}
+	p.mu.Unlock()
+	if start {
+		p.solicit(a, nil)
+	}
+	if !ok {
+		p.dev.drop(reasonUnproven, 1)
+	}
+	return false, ok
+}
+
+// Identity returns the machine that a is bound to on this link, if any.
+func (p *port) identity(a netip.Addr) (mac, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	e := p.lookupLocked(a)
-	if e == nil || e.state == stateIncomplete {
-		return
+	if e := p.lookupLocked(a); e != nil && e.bound() {
+		return e.mac, true
 	}
-	if e.mac != m || e.state == stateFailed {
-		e.mac = m
-		e.state, e.probes, e.next = stateProbing, 0, time.Now()
-	}
+	return mac{}, false
 }
 
 // resolve sends frame (Ethernet header at frame[:14], destination to be
@@ -144,12 +342,7 @@ func (p *port) resolve(a netip.Addr, frame []byte) {
 	p.mu.Lock()
 	e := p.lookupLocked(a)
 	if e == nil {
-		if e = p.newEntryLocked(a); e == nil {
-			p.mu.Unlock()
-			p.dev.drop(reasonTableFull, 1)
-			return
-		}
-		e.state, e.probes, e.next = stateIncomplete, 1, now.Add(probeInterval)
+		e = p.newPendingLocked(a, now)
 		ok := p.enqueueLocked(e, frame)
 		p.mu.Unlock()
 		if !ok {
@@ -199,7 +392,6 @@ func (p *port) tick(now time.Time) {
 		unicast *mac
 	}
 	var probes []probe
-	dropped, unqueued := 0, 0
 	p.mu.Lock()
 	for a, e := range p.neigh {
 		switch e.state {
@@ -208,10 +400,7 @@ func (p *port) tick(now time.Time) {
 				continue
 			}
 			if e.probes >= maxProbes {
-				dropped += len(e.queue)
-				unqueued += len(e.queue)
-				e.queue = nil
-				e.state, e.next = stateFailed, now.Add(failedHold)
+				p.failLocked(a, e, now)
 				continue
 			}
 			e.probes++
@@ -224,18 +413,19 @@ func (p *port) tick(now time.Time) {
 			if !e.used.After(e.confirmed) {
 				// Unused since confirmed: nothing to probe for.
 				if now.Sub(e.confirmed) >= idleExpiry {
-					delete(p.neigh, a)
+					p.removeLocked(a, e)
 				}
 				continue
 			}
-			e.state, e.probes, e.next = stateProbing, 0, now
+			p.setStateLocked(a, e, stateProbing)
+			e.probes, e.next = 0, now
 			fallthrough
 		case stateProbing:
 			if now.Before(e.next) {
 				continue
 			}
 			if e.probes >= maxProbes {
-				e.state, e.next = stateFailed, now.Add(failedHold)
+				p.failLocked(a, e, now)
 				continue
 			}
 			e.probes++
@@ -249,13 +439,22 @@ func (p *port) tick(now time.Time) {
 		}
 	}
 	p.mu.Unlock()
-	if unqueued > 0 {
-		p.dev.queued.Add(int64(-unqueued))
-		p.dev.drop(reasonNoNeighbour, uint64(dropped))
-	}
 	for _, pr := range probes {
 		p.solicit(pr.a, pr.unicast)
 	}
+}
+
+// failLocked marks e failed: its queued and held packets are dropped, and
+// the address is bound to nobody. p.mu must be held.
+func (p *port) failLocked(a netip.Addr, e *neigh, now time.Time) {
+	if n := len(e.queue); n > 0 {
+		p.dev.queued.Add(int64(-n))
+		p.dev.drop(reasonNoNeighbour, uint64(n))
+		e.queue = nil
+	}
+	p.dropHeldLocked(e)
+	p.setStateLocked(a, e, stateFailed)
+	e.next = now.Add(failedHold)
 }
 
 // countStates adds the table's entries by state to counts.
@@ -267,13 +466,14 @@ func (p *port) countStates(counts *[numStates]int) {
 	p.mu.Unlock()
 }
 
-// dropQueues forgets every queued packet (on Close).
+// dropQueues forgets every queued and held packet (on Close).
 func (p *port) dropQueues() {
 	p.mu.Lock()
 	n := 0
 	for _, e := range p.neigh {
 		n += len(e.queue)
 		e.queue = nil
+		p.dropHeldLocked(e)
 	}
 	p.mu.Unlock()
 	p.dev.queued.Add(int64(-n))
