@@ -41,6 +41,7 @@ func TestIntegrationLAN(t *testing.T) {
 		ip("netns", "add", ns)
 		t.Cleanup(func() { exec.Command("ip", "netns", "delete", ns).Run() })
 	}
+	nstest.RemoveLANNamespaces(t, gw, "eth1")
 	ip("link", "add", "veth-ws", "netns", ws, "type", "veth", "peer", "name", "eth1", "netns", gw)
 	for _, c := range [][]string{
 		{"-n", ws, "link", "set", "lo", "up"},

@@ -367,8 +367,10 @@ func NewContext(ctx context.Context, cfg Config) (*Router, error) {
 		return nil, err
 	}
 	mtu := cfg.MTU
+	var identify func(netip.Addr) (netip.Addr, bool)
 	if ld, ok := dev.(*lan.Device); ok {
 		r.lan = ld
+		identify = ld.Identity
 		mtu, _ = ld.MTU()
 		for _, p := range ld.Prefixes() {
 			if cfg.DNSPool4.Overlaps(p) || cfg.DNSPool6.Overlaps(p) {
@@ -389,9 +391,12 @@ func NewContext(ctx context.Context, cfg Config) (*Router, error) {
 				req.Reject()
 				return
 			}
-			tn.HandleTCP(req.Src, req.Dst, req)
+			// The workstation, not the address, is what isolation,
+			// names and shares are keyed by (on a LAN: the machine).
+			tn.HandleTCP(netip.AddrPortFrom(req.Who, req.Src.Port()), req.Dst, req)
 		},
 		DNS:                  ds,
+		Identify:             identify,
 		MaxInFlight:          cfg.MaxInFlight,
 		MaxInFlightPerSource: cfg.MaxInFlightPerSource,
 		DNSWorkers:           cfg.DNSWorkers,

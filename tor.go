@@ -218,12 +218,27 @@ func (r *Router) Diagnosis() string {
 	return ""
 }
 
-// NewIdentity gives src new circuits: its next flows use new isolation
-// credentials; other sources keep theirs, and open flows their circuit.
-func (r *Router) NewIdentity(src netip.Addr) {
-	r.tunnel.Isolator().NewIdentity(src)
+// NewIdentity gives the workstation that uses address src new circuits:
+// its next flows use new isolation credentials; other workstations keep
+// theirs, and open flows their circuit. On a LAN the workstation is the
+// machine src is bound to (all its addresses get new circuits), and an
+// address no machine holds is ErrUnknownWorkstation.
+func (r *Router) NewIdentity(src netip.Addr) error {
+	who := src.Unmap()
+	if r.lan != nil {
+		id, ok := r.lan.Identity(who)
+		if !ok {
+			return fmt.Errorf("%w: no machine on the LAN holds %s", ErrUnknownWorkstation, src)
+		}
+		who = id
+	}
+	r.tunnel.Isolator().NewIdentity(who)
 	r.tor.newnym.WithLabelValues("source").Inc()
+	return nil
 }
+
+// ErrUnknownWorkstation means no workstation uses the address named.
+var ErrUnknownWorkstation = errors.New("unknown workstation")
 
 // NewIdentityAll gives every source new credentials and, with a control
 // port, sends Tor NEWNYM (new circuits, DNS cache cleared). Within Tor's

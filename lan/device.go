@@ -129,6 +129,9 @@ type port struct {
 	boundN  int                   // bound entries; guarded by mu
 	perMAC  map[mac]int           // bound entries per MAC; guarded by mu
 
+	machineTokens   int       // new machines admissible now; guarded by mu
+	machineTokensAt time.Time // when machineTokens was last refilled; guarded by mu
+
 	lastDefend atomic.Int64 // unix nanoseconds of our last announcement
 
 	// frames is the current Link.Frames; Reattach replaces it. swapMu

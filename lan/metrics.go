@@ -27,6 +27,7 @@ const (
 	reasonWriteError                  // the link refused the frame (down, gone)
 	reasonUnproven                    // inbound from a source whose resolution failed or had no room
 	reasonConflict                    // another MAC claimed a bound address, or the gateway's own
+	reasonMachineBudget               // a new MAC answered, beyond the new-machine rate
 	numReasons
 )
 
@@ -48,6 +49,7 @@ var reasonNames = [numReasons]string{
 	reasonWriteError:    "write_error",
 	reasonUnproven:      "unproven_source",
 	reasonConflict:      "address_conflict",
+	reasonMachineBudget: "machine_budget",
 }
 
 func (r reason) String() string { return reasonNames[r] }

@@ -54,7 +54,15 @@ const (
 	maxNeighbours      = 4096      // bound entries, per link
 	maxPending         = 512       // incomplete entries, per link
 	maxAddrsPerMachine = 32        // bound addresses of one MAC (v4, v6, temporary v6)
-	tickInterval       = 250 * time.Millisecond
+	// New machines (a MAC with no bound address) a link admits: a burst
+	// of newMachineBurst, then one per newMachineEvery. A station that
+	// forges MACs and answers for each can otherwise be any number of
+	// workstations, each with its own circuits and shares; at this rate
+	// it makes at most 60 new circuits' worth of identities a minute, and
+	// machines already admitted never wait for it.
+	newMachineBurst = 64
+	newMachineEvery = time.Second
+	tickInterval    = 250 * time.Millisecond
 )
 
 type neighState uint8
@@ -162,6 +170,10 @@ func (p *port) dropHeldLocked(e *neigh) {
 // among the bound entries (an idle one, or m's own least recently used
 // address) or reports false. p.mu must be held.
 func (p *port) bindLocked(a netip.Addr, e *neigh, m mac, now time.Time) bool {
+	if p.perMAC[m] == 0 && !p.admitMachineLocked(now) {
+		p.dev.drop(reasonMachineBudget, 1)
+		return false
+	}
 	if p.perMAC[m] >= maxAddrsPerMachine {
 		var victim netip.Addr
 		var lru time.Time
@@ -183,6 +195,7 @@ func (p *port) bindLocked(a netip.Addr, e *neigh, m mac, now time.Time) bool {
 			}
 		}
 		if !victim.IsValid() {
+			p.dev.drop(reasonTableFull, 1)
 			return false
 		}
 		p.removeLocked(victim, p.neigh[victim])
@@ -191,6 +204,22 @@ func (p *port) bindLocked(a netip.Addr, e *neigh, m mac, now time.Time) bool {
 	e.mac, e.confirmed, e.used, e.probes = m, now, now, 0
 	p.boundN++
 	p.perMAC[m]++
+	return true
+}
+
+// admitMachineLocked takes a token for a new machine. p.mu must be held.
+func (p *port) admitMachineLocked(now time.Time) bool {
+	if p.machineTokensAt.IsZero() {
+		p.machineTokens, p.machineTokensAt = newMachineBurst, now
+	}
+	if add := int(now.Sub(p.machineTokensAt) / newMachineEvery); add > 0 {
+		p.machineTokens = min(newMachineBurst, p.machineTokens+add)
+		p.machineTokensAt = p.machineTokensAt.Add(time.Duration(add) * newMachineEvery)
+	}
+	if p.machineTokens == 0 {
+		return false
+	}
+	p.machineTokens--
 	return true
 }
 
@@ -224,7 +253,6 @@ func (p *port) confirm(a netip.Addr, m mac) {
 	if !p.bindLocked(a, e, m, now) {
 		p.removeLocked(a, e)
 		p.mu.Unlock()
-		p.dev.drop(reasonTableFull, 1)
 		return
 	}
 	q, hs := e.queue, e.held

@@ -33,6 +33,7 @@ const (
 	ReasonOverload               // DNS worker pool or outbound queue full
 	ReasonTooManySegments        // tun.ErrTooManySegments from the device
 	ReasonShare                  // SYN, DNS query or TCP/53 connection over its source's share
+	ReasonUnidentified           // SYN or DNS from a source Config.Identify knows no workstation for
 	numReasons
 )
 
@@ -48,6 +49,7 @@ var reasonNames = [numReasons]string{
 	ReasonOverload:        "overload",
 	ReasonTooManySegments: "too_many_segments",
 	ReasonShare:           "source_share",
+	ReasonUnidentified:    "unidentified_source",
 }
 
 // String returns the reason as a stable metric label.

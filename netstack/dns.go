@@ -20,7 +20,12 @@ func (s *Stack) dnsUDP(p *Packet, pkt []byte, csumOK bool) {
 		s.stats.Drops[ReasonMalformed].Add(1)
 		return
 	}
-	if !s.dnsUDPs.Acquire(p.Src.Addr()) {
+	who, ok := s.identify(p.Src.Addr())
+	if !ok {
+		s.stats.Drops[ReasonUnidentified].Add(1)
+		return
+	}
+	if !s.dnsUDPs.Acquire(who) {
 		s.stats.Drops[ReasonShare].Add(1)
 		return
 	}
@@ -30,10 +35,10 @@ func (s *Stack) dnsUDP(p *Packet, pkt []byte, csumOK bool) {
 	src, dst := p.Src, p.Dst
 	version := p.Version
 	s.wg.Go(func() {
-		defer s.dnsUDPs.Release(src.Addr())
+		defer s.dnsUDPs.Release(who)
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DNSTimeout)
 		defer cancel()
-		resp, err := s.cfg.DNS.Handle(ctx, src.Addr(), query, true, nil)
+		resp, err := s.cfg.DNS.Handle(ctx, who, query, true, nil)
 		if err != nil || len(resp) < 12 {
 			return
 		}
@@ -82,7 +87,7 @@ func (s *Stack) dnsTCP(req *TCPRequest) {
 		req.Reject()
 		return
 	}
-	src := req.Src.Addr()
+	src := req.Who
 	if !s.dnsTCPs.Acquire(src) {
 		s.stats.Drops[ReasonShare].Add(1)
 		req.Reject()

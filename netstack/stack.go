@@ -47,8 +47,16 @@ type Config struct {
 	// It runs on its own goroutine and must call Accept or Reject. Required.
 	HandleTCP func(*TCPRequest)
 	// DNS answers UDP and TCP port 53 to any destination. Nil drops DNS
-	// (counted as ReasonNoHandler) and resets TCP/53.
+	// (counted as ReasonNoHandler) and resets TCP/53. Its src is the
+	// workstation (Identify), not the packet's address.
 	DNS DNSHandler
+	// Identify maps a packet's source address to the workstation that
+	// sent it: the key of every per-workstation share below, TCPRequest.Who
+	// and the DNS handler's source. On a LAN a workstation is a machine
+	// (lan.Device.Identity: its IPv4 and IPv6 addresses are one). ok false
+	// drops the SYN or query (ReasonUnidentified). Nil: each address is a
+	// workstation of its own.
+	Identify func(src netip.Addr) (who netip.Addr, ok bool)
 	// MaxInFlight caps pending handshakes: SYNs held while HandleTCP
 	// decides (that is, SOCKS dials in progress) and then while the
 	// handshake completes, across all sources. Default 1024.
@@ -171,7 +179,7 @@ type Stack struct {
 	// pendingIDs holds the 4-tuples of admitted SYNs until their request
 	// completes, so that a retransmitted SYN is not counted twice.
 	pendingMu  sync.Mutex
-	pendingIDs map[stack.TransportEndpointID]struct{} // guarded by pendingMu
+	pendingIDs map[stack.TransportEndpointID]netip.Addr // the workstation; guarded by pendingMu
 
 	ctx    context.Context // alive until Close
 	cancel context.CancelFunc
@@ -249,7 +257,7 @@ func New(cfg Config) (*Stack, error) {
 		pending:    pools[0],
 		dnsUDPs:    pools[1],
 		dnsTCPs:    pools[2],
-		pendingIDs: make(map[stack.TransportEndpointID]struct{}),
+		pendingIDs: make(map[stack.TransportEndpointID]netip.Addr),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.build(); err != nil {
@@ -370,11 +378,21 @@ func (s *Stack) handleSYN(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 	if len(th) < header.TCPMinimumSize || th.Flags()&(header.TCPFlagSyn|header.TCPFlagAck) != header.TCPFlagSyn {
 		return forwardSYN(s.fwd, id, pkt)
 	}
-	src := addrFrom(id.RemoteAddress)
 	s.pendingMu.Lock()
 	if _, dup := s.pendingIDs[id]; dup {
 		// A retransmitted SYN while we dial: the forwarder holds the
 		// request (our entry outlives its one) and ignores it too.
+		s.pendingMu.Unlock()
+		return true
+	}
+	s.pendingMu.Unlock()
+	src, ok := s.identify(addrFrom(id.RemoteAddress))
+	if !ok {
+		s.stats.Drops[ReasonUnidentified].Add(1)
+		return true
+	}
+	s.pendingMu.Lock()
+	if _, dup := s.pendingIDs[id]; dup {
 		s.pendingMu.Unlock()
 		return true
 	}
@@ -383,7 +401,7 @@ func (s *Stack) handleSYN(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 		s.stats.Drops[ReasonShare].Add(1)
 		return true
 	}
-	s.pendingIDs[id] = struct{}{}
+	s.pendingIDs[id] = src
 	s.pendingMu.Unlock()
 	// The forwarder starts a request unless the segment is malformed: its
 	// own map has no entry for id (ours is added before and removed after
@@ -395,6 +413,14 @@ func (s *Stack) handleSYN(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 	return true
 }
 
+// identify returns the workstation that sent from src (Config.Identify).
+func (s *Stack) identify(src netip.Addr) (netip.Addr, bool) {
+	if s.cfg.Identify == nil {
+		return src, true
+	}
+	return s.cfg.Identify(src)
+}
+
 func (s *Stack) releasePending(id stack.TransportEndpointID, src netip.Addr) {
 	s.pendingMu.Lock()
 	delete(s.pendingIDs, id)
@@ -402,8 +428,8 @@ func (s *Stack) releasePending(id stack.TransportEndpointID, src netip.Addr) {
 	s.pending.Release(src)
 }
 
-// Pending returns the pending handshakes src holds and the total, for
-// tests and metrics.
+// Pending returns the pending handshakes workstation src holds and the
+// total, for tests and metrics.
 func (s *Stack) Pending(src netip.Addr) (held, total int) { return s.pending.Held(src) }
 
 // Stats returns the live counters.
@@ -727,6 +753,9 @@ func (s *Stack) writeLoop() {
 type TCPRequest struct {
 	// Src is the workstation's address and port.
 	Src netip.AddrPort
+	// Who is the workstation (Config.Identify): the key of its shares,
+	// circuits and names. Src.Addr() without an Identify.
+	Who netip.Addr
 	// Dst is the original destination the workstation asked for.
 	Dst netip.AddrPort
 
@@ -808,17 +837,27 @@ func (r *TCPRequest) Reject() {
 // forwardTCP runs on the forwarder's per-request goroutine.
 func (s *Stack) forwardTCP(fr *tcp.ForwarderRequest) {
 	id := fr.ID()
+	s.pendingMu.Lock()
+	who, ok := s.pendingIDs[id]
+	s.pendingMu.Unlock()
 	req := &TCPRequest{
 		Src: netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort),
 		Dst: netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort),
+		Who: who,
 		r:   fr,
 		s:   s,
 	}
 	req.complete = func(accepted bool) {
 		if accepted {
-			s.proof.Mark(req.Src.Addr())
+			s.proof.Mark(req.Who)
 		}
-		s.releasePending(id, req.Src.Addr())
+		s.releasePending(id, req.Who)
+	}
+	if !ok {
+		// No admitted SYN behind it (gvisor.go G8 says the forwarder
+		// starts none without one): refuse rather than guess.
+		req.Reject()
+		return
 	}
 	if s.ctx.Err() != nil {
 		req.Reject()

@@ -34,10 +34,7 @@ func serveAdmin(addr string, r *torgate.Router, gatherer prometheus.Gatherer, lo
 		Ready:    r.Ready,
 		Healthy:  r.Healthy,
 		Mode:     modeText(r),
-		NewIdentity: func(src netip.Addr) error {
-			r.NewIdentity(src)
-			return nil
-		},
+		NewIdentity: r.NewIdentity,
 		NewIdentityAll: func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
 			defer cancel()
