@@ -30,10 +30,10 @@ func serveAdmin(addr string, r *torgate.Router, gatherer prometheus.Gatherer, lo
 		return nil, nil, fmt.Errorf("--admin: %w", err)
 	}
 	h := admin.Handler(admin.Config{
-		Gatherer: gatherer,
-		Ready:    r.Ready,
-		Healthy:  r.Healthy,
-		Mode:     modeText(r),
+		Gatherer:    gatherer,
+		Ready:       r.Ready,
+		Healthy:     r.Healthy,
+		Mode:        modeText(r),
 		NewIdentity: r.NewIdentity,
 		NewIdentityAll: func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
