@@ -37,11 +37,52 @@ import (
 //
 // Shares. The table holds at most max entries; each source at most
 // perSource. A source at its cap recycles its own least recently used
-// entry. When the whole table is full, the entry recycled is the least
-// recently used one of the source with the most recyclable (unpinned)
-// entries, so a source is never made to give way while another holds more
-// than it: one workstation's flood of names recycles its own entries only.
-// Entries pinned by a flow (Acquire) are never recycled.
+// entry. When a share is full, the entry recycled is the least recently
+// used one of the source with the most recyclable (unpinned) entries, so a
+// source is never made to give way while another holds more than it: one
+// workstation's flood of names recycles its own entries only. Entries
+// pinned by a flow (Acquire) are never recycled.
+//
+// Proof (issue 19). One workstation can ask from thousands of made-up
+// source addresses that never receive an answer; with the shares alone,
+// every real workstation then gives way to them. So every source is in one
+// of three classes (Config.Proven decides):
+//
+//   - unproven: has not shown that it receives our packets. Unproven
+//     sources together hold at most unprovenCap entries (default 1/8 of
+//     the table), and recycle only each other's entries: a flood of
+//     spoofed sources turns over its own share, never anyone else's.
+//   - proven: has shown it. Proven and restored sources together hold at
+//     most max-unprovenCap entries, and recycle only each other's: a
+//     proven source's new name recycles a restored source's entry first
+//     (the source holding the most), then a proven one's.
+//   - restored: loaded from the state file, and not heard from since.
+//     Save writes proven sources only, so they were proven when saved
+//     (files of earlier versions hold anyone's). They are in the proven
+//     share, out of unproven sources' reach, but give way first. A
+//     restored source that asks for a new name before it is proven again
+//     recycles its own least recently used entry: it keeps its room but
+//     can neither grow nor take anyone else's.
+//
+// The unproven share is a reservation as well as a cap: proven sources
+// never take its room or its entries, even when they have filled their
+// own. A workstation's first query comes before its proof (in TUN mode the
+// proof is a TCP handshake, and the query is for the address to connect
+// to), and entries never expire, so a long-running gateway's table is
+// always full: if proven sources could recycle unproven entries, they
+// would, and a new workstation would find neither room nor an unproven
+// entry to recycle, on every query, for good.
+//
+// A source moves only upwards, to proven: when it asks while Proven reports
+// true, or when it is about to lose an entry as an unproven or restored
+// source and Proven now reports true. Never down: a proven workstation that
+// has been quiet for a while (TUN mode's proof is recent) keeps its
+// entries out of the flood's reach, and a spoofer asking in its name cannot
+// demote it. A promotion out of the unproven class moves entries into the
+// proven share; if that puts it over its cap, its largest holders give
+// entries back (trim) so the reservation holds. A source's class is
+// forgotten with its last entry. Without Config.Proven every source is
+// proven and unprovenCap is 0: the rules above reduce to the plain shares.
 //
 // Entries live in a slab of slots, linked by index into one LRU list per
 // source. Pinned entries are off their list while pinned, so a list's tail
@@ -58,13 +99,25 @@ type slot struct {
 
 const nilSlot = -1
 
+// class is what the table knows about a source's proof (see Proof above).
+type class uint8
+
+const (
+	classUnproven class = iota
+	classRestored
+	classProven
+	numClasses
+)
+
 // source is one workstation's share of the table.
 type source struct {
 	addr       netip.Addr
 	n          int   // entries, pinned ones included
 	unpinned   int   // entries on the LRU list
 	head, tail int32 // LRU list: most and least recently used unpinned
-	hidx       int   // index in table.heap
+	class      class
+	hidx       int  // index in table.heaps[class]
+	save       bool // scratch for marshalState: proven at save time
 }
 
 // nameKey looks up a source's entry for a name. A pointer to the source
@@ -81,27 +134,42 @@ type table struct {
 	byName  map[nameKey]int32
 	byOff   map[uint32]int32 // Pool4 offset -> slot
 	sources map[netip.Addr]*source
-	heap    sourceHeap // every source, most unpinned entries first
-	slots   []slot     // grows to max, then slots are recycled
-	free    []int32    // slots emptied but not reused
-	pinned  int        // slots with pins > 0
+	heaps   [numClasses]sourceHeap // each class's sources, most unpinned entries first
+	held    [numClasses]int        // entries by their source's class, pinned ones included
+	slots   []slot                 // grows to max, then slots are recycled
+	free    []int32                // slots emptied but not reused
+	pinned  int                    // slots with pins > 0
 	max     int
 	perSrc  int
+	// unprovenCap is what unproven sources hold together at most, and
+	// the room proven and restored sources leave them (Config.
+	// MaxUnprovenEntries; 0 without proven).
+	unprovenCap int
+	// proven is Config.Proven: nil means every source is proven. The
+	// table calls it, under mu, about a source it is about to recycle
+	// from and, in Save, about every source.
+	proven func(netip.Addr) bool
 
 	alloc allocator
 
-	recycled  uint64 // entries evicted to make room
-	exhausted uint64 // allocations refused: every candidate pinned, or epoch not saved
+	recycled        uint64 // entries evicted to make room
+	exhausted       uint64 // allocations refused: every candidate pinned, or epoch not saved
+	unprovenRefused uint64 // allocations refused to unproven sources: no room, nothing of theirs to recycle
 }
 
-func newTable(a allocator, max, perSrc int) *table {
+func newTable(a allocator, max, perSrc, unprovenCap int, proven func(netip.Addr) bool) *table {
+	if proven == nil {
+		unprovenCap = 0
+	}
 	return &table{
-		byName:  make(map[nameKey]int32),
-		byOff:   make(map[uint32]int32),
-		sources: make(map[netip.Addr]*source),
-		max:     max,
-		perSrc:  perSrc,
-		alloc:   a,
+		byName:      make(map[nameKey]int32),
+		byOff:       make(map[uint32]int32),
+		sources:     make(map[netip.Addr]*source),
+		max:         max,
+		perSrc:      perSrc,
+		unprovenCap: unprovenCap,
+		proven:      proven,
+		alloc:       a,
 	}
 }
 
@@ -116,6 +184,13 @@ func usableOff(off uint32) bool {
 
 // len returns the number of entries. t.mu must be held.
 func (t *table) len() int { return len(t.slots) - len(t.free) }
+
+// provenHeld returns the entries of the proven share: proven and restored
+// sources'. t.mu must be held.
+func (t *table) provenHeld() int { return t.held[classProven] + t.held[classRestored] }
+
+// provenCap is the size of the proven share. t.mu must be held.
+func (t *table) provenCap() int { return t.max - t.unprovenCap }
 
 // unlink takes slot i off its source's LRU list. t.mu must be held.
 func (t *table) unlink(i int32) {
@@ -175,14 +250,18 @@ func (t *table) touch(i int32) {
 	t.pushFront(i)
 }
 
-// source returns the share of addr, creating it if create is set.
-// t.mu must be held.
-func (t *table) source(addr netip.Addr, create bool) *source {
+// fix restores src's place in its class heap after its unpinned count
+// changed. t.mu must be held.
+func (t *table) fix(src *source) { heap.Fix(&t.heaps[src.class], src.hidx) }
+
+// source returns the share of addr, creating it in class c if create is
+// set. t.mu must be held.
+func (t *table) source(addr netip.Addr, create bool, c class) *source {
 	src := t.sources[addr]
 	if src == nil && create {
-		src = &source{addr: addr, head: nilSlot, tail: nilSlot}
+		src = &source{addr: addr, head: nilSlot, tail: nilSlot, class: c}
 		t.sources[addr] = src
-		heap.Push(&t.heap, src)
+		heap.Push(&t.heaps[c], src)
 	}
 	return src
 }
@@ -191,7 +270,7 @@ func (t *table) source(addr netip.Addr, create bool) *source {
 func (t *table) dropIfEmpty(src *source) {
 	if src.n == 0 {
 		delete(t.sources, src.addr)
-		heap.Remove(&t.heap, src.hidx)
+		heap.Remove(&t.heaps[src.class], src.hidx)
 	}
 }
 
@@ -204,45 +283,175 @@ func (t *table) evict(src *source) int32 {
 	delete(t.byName, nameKey{src, s.name})
 	delete(t.byOff, s.off)
 	src.n--
+	t.held[src.class]--
 	*s = slot{prev: nilSlot, next: nilSlot}
 	t.recycled++
+	t.fix(src)
 	return i
 }
 
+// recycle evicts the least recently used unpinned entry of victim for a
+// new entry of asker and returns the emptied slot. t.mu must be held.
+func (t *table) recycle(victim, asker *source) int32 {
+	i := t.evict(victim)
+	if victim != asker {
+		t.dropIfEmpty(victim)
+	}
+	return i
+}
+
+// promote moves src to the proven class, and then brings the proven share
+// back within its cap if src came from the unproven one, so that the
+// unproven share keeps its room. keep is a source not to forget if it
+// loses its last entry (the asker of a query, whose entry is about to be
+// inserted). t.mu must be held.
+func (t *table) promote(src, keep *source) {
+	from := src.class
+	if from == classProven {
+		return
+	}
+	heap.Remove(&t.heaps[from], src.hidx)
+	t.held[from] -= src.n
+	src.class = classProven
+	t.held[classProven] += src.n
+	heap.Push(&t.heaps[classProven], src)
+	if from == classUnproven {
+		t.trim(keep)
+	}
+}
+
+// trim recycles entries of the proven share, restored sources' first,
+// until it is within its cap again, and leaves their slots free for the
+// unproven share. Only a promotion puts the proven share over its cap;
+// trim stops early only if every entry of the share is pinned, and then
+// the next release or proven query goes on with it. keep may be nil.
+// t.mu must be held.
+func (t *table) trim(keep *source) {
+	for t.provenHeld() > t.provenCap() {
+		v, promoted := t.top(classRestored, keep)
+		if promoted {
+			continue
+		}
+		if v == nil {
+			v, _ = t.top(classProven, keep)
+		}
+		if v == nil {
+			return // every entry pinned
+		}
+		t.free = append(t.free, t.recycle(v, keep))
+	}
+}
+
+// top returns the source of class c to recycle from: the one with the most
+// unpinned entries, or nil if every entry of the class is pinned. An
+// unproven or restored candidate other than asker (whose proof the caller
+// just checked) is asked about first, and if it is proven now, top
+// promotes it instead and returns promoted: the shares have changed, and
+// the caller decides again. That keeps a workstation that proved itself
+// without asking for a name since (its first query came before its
+// handshake; it came back after a restart) from losing entries as if it
+// had not. t.mu must be held.
+func (t *table) top(c class, asker *source) (v *source, promoted bool) {
+	h := t.heaps[c]
+	if len(h) == 0 || h[0].unpinned == 0 {
+		return nil, false
+	}
+	v = h[0]
+	if c == classProven || v == asker || t.proven == nil || !t.proven(v.addr) {
+		return v, false
+	}
+	t.promote(v, asker)
+	return nil, true
+}
+
+// refusal says why a new entry could not be made.
+type refusal uint8
+
+const (
+	refusedNone     refusal = iota
+	refusedPinned           // every entry that could be recycled is pinned by a flow
+	refusedEpoch            // the epoch file could not be written
+	refusedUnproven         // unproven source: its share is full and every entry of it is pinned (or it has none)
+)
+
+// String returns the log spelling of r.
+func (r refusal) String() string {
+	switch r {
+	case refusedPinned:
+		return "pinned"
+	case refusedEpoch:
+		return "epoch_file"
+	case refusedUnproven:
+		return "unproven"
+	}
+	return "none"
+}
+
 // newSlot returns an empty slot for a new entry of src, recycling an entry
-// if src or the table is at its cap. ok is false if the entry to recycle
-// would have to be a pinned one. t.mu must be held.
-func (t *table) newSlot(src *source) (int32, bool) {
+// if src or its share is at its cap (see Shares and Proof above).
+// t.mu must be held.
+func (t *table) newSlot(src *source) (int32, refusal) {
 	switch {
 	case src.n >= t.perSrc:
-		// Over its share: the source recycles its own entries only.
+		// Over its own cap: the source recycles its own entries only.
 		if src.tail == nilSlot {
-			return 0, false
+			return 0, refusedPinned
 		}
-		i := t.evict(src)
-		heap.Fix(&t.heap, src.hidx)
-		return i, true
-	case t.len() >= t.max:
-		// The table is full: the source with the most recyclable
-		// entries gives one up.
-		victim := t.heap[0]
-		if victim.tail == nilSlot {
-			return 0, false // every entry of every source is pinned
+		return t.evict(src), refusedNone
+	case src.class == classRestored:
+		// Asking, and not proven (assign promotes a proven asker): it
+		// may not grow in the proven share until it is.
+		if src.tail == nilSlot {
+			return 0, refusedUnproven
 		}
-		i := t.evict(victim)
-		heap.Fix(&t.heap, victim.hidx)
-		if victim != src {
-			t.dropIfEmpty(victim)
-		}
-		return i, true
+		return t.evict(src), refusedNone
 	}
+	// Each pass that goes round again has promoted a source out of the
+	// unproven or restored class, for good: the loop ends.
+decide:
+	for {
+		if src.class == classUnproven {
+			if t.held[classUnproven] < t.unprovenCap && t.len() < t.max {
+				return t.freeSlot(), refusedNone
+			}
+			// Only from its own kind: the source holding the most
+			// gives way.
+			v, promoted := t.top(classUnproven, src)
+			switch {
+			case promoted:
+				continue
+			case v == nil:
+				return 0, refusedUnproven
+			}
+			return t.recycle(v, src), refusedNone
+		}
+		t.trim(src)
+		if t.provenHeld() < t.provenCap() && t.len() < t.max {
+			return t.freeSlot(), refusedNone
+		}
+		// Never from unproven sources: their share is reserved.
+		for _, c := range [...]class{classRestored, classProven} {
+			v, promoted := t.top(c, src)
+			if promoted {
+				continue decide
+			}
+			if v != nil {
+				return t.recycle(v, src), refusedNone
+			}
+		}
+		return 0, refusedPinned
+	}
+}
+
+// freeSlot returns an empty slot that no entry uses. t.mu must be held.
+func (t *table) freeSlot() int32 {
 	if n := len(t.free); n > 0 {
 		i := t.free[n-1]
 		t.free = t.free[:n-1]
-		return i, true
+		return i
 	}
 	t.slots = append(t.slots, slot{prev: nilSlot, next: nilSlot})
-	return int32(len(t.slots) - 1), true
+	return int32(len(t.slots) - 1)
 }
 
 // insert fills the empty slot i with an entry and links it. t.mu must be
@@ -252,36 +461,50 @@ func (t *table) insert(i int32, src *source, name string, off uint32, front bool
 	t.byName[nameKey{src, name}] = i
 	t.byOff[off] = i
 	src.n++
+	t.held[src.class]++
 	if front {
 		t.pushFront(i)
 	} else {
 		t.pushBack(i)
 	}
-	heap.Fix(&t.heap, src.hidx)
+	t.fix(src)
 }
 
 // assign returns the offset mapped to key for the source addr, mapping it
-// first if needed. ok is false if no entry could be made (see newSlot and
+// first if needed. proven is Config.Proven's word on addr (true without
+// one). r is refusedNone unless no entry could be made (see newSlot and
 // allocator.next).
-func (t *table) assign(addr netip.Addr, key []byte) (off uint32, ok bool) {
+func (t *table) assign(addr netip.Addr, proven bool, key []byte) (off uint32, r refusal) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if src := t.sources[addr]; src != nil {
+		if proven && src.class != classProven {
+			// Before the lookup: the promotion may trim entries.
+			t.promote(src, src)
+		}
 		// string(key) in a map index of a composite key does not
 		// allocate: the cached answer stays allocation-free.
 		if i, hit := t.byName[nameKey{src, string(key)}]; hit {
 			t.touch(i)
-			return t.slots[i].off, true
+			return t.slots[i].off, refusedNone
 		}
 	}
-	src := t.source(addr, true)
-	i, ok := t.newSlot(src)
-	if !ok {
-		t.exhausted++
-		t.dropIfEmpty(src)
-		return 0, false
+	c := classUnproven
+	if proven {
+		c = classProven
 	}
-	off, ok = t.alloc.next(func(off uint32) bool {
+	src := t.source(addr, true, c)
+	i, r := t.newSlot(src)
+	if r != refusedNone {
+		if r == refusedUnproven {
+			t.unprovenRefused++
+		} else {
+			t.exhausted++
+		}
+		t.dropIfEmpty(src)
+		return 0, r
+	}
+	off, ok := t.alloc.next(func(off uint32) bool {
 		_, used := t.byOff[off]
 		return !used
 	})
@@ -289,10 +512,10 @@ func (t *table) assign(addr netip.Addr, key []byte) (off uint32, ok bool) {
 		t.free = append(t.free, i)
 		t.exhausted++
 		t.dropIfEmpty(src)
-		return 0, false
+		return 0, refusedEpoch
 	}
 	t.insert(i, src, string(key), off, true)
-	return off, true
+	return off, refusedNone
 }
 
 // find returns the slot mapped to off for the source addr. t.mu must be
@@ -329,7 +552,7 @@ func (t *table) acquire(addr netip.Addr, off uint32) (string, int32, bool) {
 	s := &t.slots[i]
 	if s.pins == 0 {
 		t.unlink(i)
-		heap.Fix(&t.heap, s.src.hidx)
+		t.fix(s.src)
 		t.pinned++
 	}
 	s.pins++
@@ -347,7 +570,13 @@ func (t *table) release(i int32) {
 	if s.pins--; s.pins == 0 {
 		t.pinned--
 		t.pushFront(i)
-		heap.Fix(&t.heap, s.src.hidx)
+		t.fix(s.src)
+		if t.provenHeld() > t.provenCap() {
+			// A trim stopped by pinned entries: finish it now, so the
+			// unproven share gets its room back without waiting for a
+			// proven query.
+			t.trim(nil)
+		}
 	}
 }
 

@@ -209,7 +209,7 @@ func TestMemoryPerEntry(t *testing.T) {
 	for i := range DefaultMaxEntries {
 		copy(key[5:12], strconv.Itoa(1000000+i))
 		src := netip.AddrFrom4([4]byte{10, 152, 152, byte(i % 16)}) // 16 workstations, 4096 names each
-		if _, ok := s.tab.assign(src, key); !ok {
+		if _, r := s.tab.assign(src, true, key); r != refusedNone {
 			t.Fatal("assign failed")
 		}
 	}

@@ -127,6 +127,10 @@ const (
 	// connection to Tor; beyond the cap, queries get SERVFAIL at once.
 	DefaultMaxResolves = 256
 
+	// unprovenShare is the default MaxUnprovenEntries as a divisor of
+	// MaxEntries: see Config.MaxUnprovenEntries for why 1/8.
+	unprovenShare = 8
+
 	// maxTTL keeps answers from outliving the map by much.
 	maxTTL = time.Hour
 	// maxMaxEntries keeps slot indexes in an int32.
@@ -153,7 +157,8 @@ type Config struct {
 	// MaxEntries bounds the automap table, all workstations together
 	// (memory: about 170 bytes per entry, measured 2026-12-02 by TestMemoryPerEntry). When it is full, the least
 	// recently used unpinned entry of the workstation holding the most
-	// unpinned entries is recycled. Entries a flow has pinned (Acquire) are
+	// unpinned entries is recycled (among unproven or among proven
+	// workstations only, with Proven). Entries a flow has pinned (Acquire) are
 	// never recycled. Default DefaultMaxEntries, or half the usable size of
 	// Pool4 if that is smaller; an explicit value larger than the usable
 	// size of Pool4 is an error.
@@ -164,16 +169,47 @@ type Config struct {
 	// recycles another's. Default: a quarter of MaxEntries, but at least
 	// min(MaxEntries, 1024); at most MaxEntries.
 	MaxEntriesPerSource int
+	// Proven reports whether the workstation src has shown that it
+	// receives our packets: in LAN mode, torgate's own ARP/ND bound it;
+	// in TUN mode, it completed a TCP handshake recently. A made-up
+	// source address (a spoofed query, whose answer goes nowhere) is
+	// never proven. The automap never gives a proven workstation's
+	// entries to an unproven one, keeps unproven workstations within
+	// MaxUnprovenEntries together, and saves only the entries of
+	// workstations proven at the time (issue 19; see the package doc).
+	//
+	// src is an opaque key: the source passed to Handle, Lookup and
+	// Acquire, with any zone dropped and an IPv4-mapped address unmapped.
+	// Proven is called on every automapped query, and with the table
+	// locked when the table is about to recycle an unproven or restored
+	// workstation's entry and, in Save, once per workstation in the
+	// table: it must be cheap (a map lookup), safe for concurrent use,
+	// and must not call the Server. nil means every source counts as
+	// proven, and MaxUnprovenEntries does not apply.
+	Proven func(src netip.Addr) bool
+	// MaxUnprovenEntries is the share of MaxEntries that unproven sources
+	// (see Proven) hold together at most, and also the room kept for
+	// them: proven workstations never take it, so a new workstation,
+	// whose first query comes before its proof, always finds room, and a
+	// flood of made-up sources only ever recycles its own entries.
+	// Default MaxEntries/8 (at least 1): 8192 of the default 65536,
+	// thousands of times what a real workstation resolves before its
+	// first handshake, and an eighth of the table is all a flood can
+	// cost the proven ones. It must be less than MaxEntries. Ignored
+	// when Proven is nil.
+	MaxUnprovenEntries int
 	// TTL of every positive answer, between 1s and 1h. Default DefaultTTL.
 	TTL time.Duration
 
 	// StateFile, if set, is where the automap table is persisted, so that
 	// virtual addresses cached by workstations survive a restart. New loads
-	// it (a missing, unreadable, truncated or corrupt file is logged and
-	// ignored whole) and fails if its directory is not writable; Save and
-	// Close write it atomically (temporary file, fsync, rename, directory
-	// fsync) with mode 0600 and a CRC-32C. It lists every mapped hostname
-	// and the workstation that asked: keep it on storage as private as the
+	// it (a missing, unreadable, truncated or corrupt file, or one that is
+	// not a regular file (NotRegularError), is logged and ignored whole)
+	// and fails if its directory is not writable; Save and Close write it
+	// atomically (temporary file, fsync, rename, directory fsync) with
+	// mode 0600 and a CRC-32C. It lists the hostnames mapped for every
+	// workstation Proven reports at the time of the save, and which
+	// workstation asked: keep it on storage as private as the
 	// workstations' browsing history, or leave it unset.
 	StateFile string
 	// EpochFile, if set, keeps the address epoch across restarts (see the
@@ -184,9 +220,13 @@ type Config struct {
 	// pools smaller than /22, which have no room for epochs). New fails if
 	// it cannot be written. It holds one number, no names: put it in the
 	// state directory, or on a runtime file system (/run/torgate/) without
-	// one. Unset, each run starts at a random epoch: a 1 in 64 chance
-	// (default pool) of meeting the previous run's epoch, and even then an
-	// address is reused only if the new run's permutation picks it.
+	// one. New also fails, at once, if the path is anything but a regular
+	// file or a symbolic link to one (*NotRegularError: a FIFO there
+	// would block a reader for ever), or if it cannot be read within 10s
+	// (ErrReadTimeout). Unset, each run starts at a random epoch: a 1 in
+	// 64 chance (default pool) of meeting the previous run's epoch, and
+	// even then an address is reused only if the new run's permutation
+	// picks it.
 	EpochFile string
 
 	// Resolver is used in ModeResolve and required there.
@@ -318,6 +358,17 @@ func (cfg Config) withDefaults() (Config, error) {
 	case cfg.MaxEntriesPerSource > cfg.MaxEntries:
 		return cfg, &ConfigError{"MaxEntriesPerSource", strconv.Itoa(cfg.MaxEntriesPerSource) +
 			" exceeds MaxEntries " + strconv.Itoa(cfg.MaxEntries)}
+	}
+	switch {
+	case cfg.MaxUnprovenEntries < 0:
+		return cfg, &ConfigError{"MaxUnprovenEntries", "negative"}
+	case cfg.MaxUnprovenEntries == 0:
+		// Below MaxEntries, so that proven sources have room too; a
+		// one-entry table leaves unproven ones none.
+		cfg.MaxUnprovenEntries = min(max(cfg.MaxEntries/unprovenShare, 1), cfg.MaxEntries-1)
+	case cfg.MaxUnprovenEntries >= cfg.MaxEntries:
+		return cfg, &ConfigError{"MaxUnprovenEntries", strconv.Itoa(cfg.MaxUnprovenEntries) +
+			" is not less than MaxEntries " + strconv.Itoa(cfg.MaxEntries) + " (proven workstations need room too)"}
 	}
 	switch {
 	case cfg.TTL == 0:

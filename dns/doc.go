@@ -78,6 +78,20 @@
 // because a flow is using them, are never recycled; if a source's
 // candidates are all pinned, its new names get SERVFAIL (Stats.Exhausted).
 //
+// One workstation can also ask from thousands of made-up source addresses
+// (issue 19). With Config.Proven, which tells a source that has shown it
+// receives our packets (LAN: bound by torgate's ARP/ND; TUN: a recent TCP
+// handshake) from one that has not, unproven sources together hold at
+// most Config.MaxUnprovenEntries (default an eighth of the table) and
+// recycle only each other's entries; if they can recycle none (all
+// pinned), their new names get SERVFAIL (Stats.UnprovenRefused). Proven
+// sources keep the rest, and never take the unproven share's room or
+// entries either: a workstation's first query comes before its proof, so
+// a new one must always find room. A source becomes proven for good (while
+// it has entries) once Proven says so. Sources restored from the state
+// file count with the proven ones but give way to them first, until they
+// prove themselves again.
+//
 // No reuse, within a run or across restarts: Pool4 is split into epochs
 // (64 for the default pool); each run starts in the next epoch, persisted
 // in Config.EpochFile before the first answer, and moves on (persisting
@@ -86,8 +100,10 @@
 // names) or 64 restarts, so a workstation's cached answer never reaches
 // another name, even after a SIGKILL. The entries themselves survive a
 // restart if Config.StateFile is set (see Save); the file lists every
-// mapped name and who asked for it, and is checksummed: a damaged or
-// truncated file is discarded whole.
+// name mapped for a workstation proven at the time of the save, and who
+// asked for it, and is checksummed: a damaged or truncated file is
+// discarded whole. Neither file is read unless it is a regular file, and
+// never without a time limit.
 //
 // # What each query gets
 //

@@ -69,6 +69,7 @@ type Server struct {
 	stateFile      string
 	epochFile      string
 	forbidden      func(netip.Addr) dest.Reason
+	proven         func(netip.Addr) bool // nil: every source proven
 
 	tab   *table
 	stats counters
@@ -87,7 +88,10 @@ type Server struct {
 // (wrapping the file system's), so a bad state directory shows at start.
 // If cfg.StateFile exists, the table is loaded from it; a missing, corrupt
 // or unreadable file is logged and leaves the table empty, never an error.
-// Configuration errors are *ConfigError.
+// Neither file is opened unless it is a regular file, and reading either
+// is bounded in time: New does not block on a FIFO or a hung file system
+// (see NotRegularError, ErrReadTimeout). Configuration errors are
+// *ConfigError.
 func New(cfg Config) (*Server, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -112,8 +116,9 @@ func New(cfg Config) (*Server, error) {
 		stateFile:      cfg.StateFile,
 		epochFile:      cfg.EpochFile,
 		forbidden:      cfg.Forbidden,
+		proven:         cfg.Proven,
 		tab: newTable(allocator{offBits: offBits, epochBits: epochBits},
-			cfg.MaxEntries, cfg.MaxEntriesPerSource),
+			cfg.MaxEntries, cfg.MaxEntriesPerSource, cfg.MaxUnprovenEntries, cfg.Proven),
 	}
 	s.exhaustedLog.every = time.Minute
 	s.resolveLog.every = time.Minute
@@ -145,6 +150,7 @@ func New(cfg Config) (*Server, error) {
 		slog.String("pool6", s.pool6.String()),
 		slog.Int("max_entries", cfg.MaxEntries),
 		slog.Int("max_entries_per_source", cfg.MaxEntriesPerSource),
+		slog.Int("max_unproven_entries", s.tab.unprovenCap),
 		slog.Duration("ttl", cfg.TTL),
 		slog.Int("epoch", int(epoch)),
 		slog.Int("epochs", 1<<epochBits),
@@ -417,11 +423,19 @@ func (s *Server) literal(r *reply) bool {
 
 // automap answers A or AAAA for key from src's share of the table.
 func (s *Server) automap(src netip.Addr, key []byte, r *reply) {
-	off, ok := s.tab.assign(srcKey(src), key)
-	if !ok {
+	src = srcKey(src)
+	// Asked here, outside the table lock: this is the common call.
+	proven := s.proven == nil || s.proven(src)
+	off, why := s.tab.assign(src, proven, key)
+	if why != refusedNone {
+		// reason pinned: every entry that could be recycled is pinned by
+		// a flow; epoch_file: the epoch file cannot be written;
+		// unproven: an unproven source, its share full, every unproven
+		// entry pinned.
 		if s.exhaustedLog.allow(s.now()) {
-			s.log.Warn("dns automap entry refused: every entry that could be recycled is pinned by a flow, or the epoch file cannot be written",
-				slog.Int("max_entries", s.tab.max), slog.Int("max_entries_per_source", s.tab.perSrc))
+			s.log.Warn("dns automap entry refused", slog.String("reason", why.String()),
+				slog.Int("max_entries", s.tab.max), slog.Int("max_entries_per_source", s.tab.perSrc),
+				slog.Int("max_unproven_entries", s.tab.unprovenCap))
 		}
 		r.set(dnsmessage.RCodeServerFailure, ResultServFail)
 		return

@@ -27,13 +27,21 @@ package dns
 //
 // Each entry is its address, the workstation it belongs to and the name;
 // pinned entries come first, then each source's entries from most to
-// least recently used. Both files end in a CRC-32C of every byte before
-// the checksum line. A file that fails the checksum (truncated, cut inside
-// a name, bit rot), is written for other pools, or has any line that could
-// not have come from this table is discarded whole with a warning: a
-// half-trusted table is worse than an empty one, which only costs the
-// workstations a lookup. Both are written atomically (temporary file,
-// fsync, rename, fsync of the directory) with mode 0600.
+// least recently used, proven sources before restored ones. Only
+// workstations proven at the time of the save are written (Config.Proven;
+// issue 19); the format is unchanged by that, so files of either version
+// load in the other. Loaded entries are restored ones (see automap.go)
+// and fill at most the proven share. Both files end in a CRC-32C of every
+// byte before the checksum line. A file that fails the checksum
+// (truncated, cut inside a name, bit rot), is written for other pools, or
+// has any line that could not have come from this table is discarded
+// whole with a warning: a half-trusted table is worse than an empty one,
+// which only costs the workstations a lookup. Both are written atomically
+// (temporary file, fsync, rename, fsync of the directory) with mode 0600.
+//
+// Both are read only if they are regular files (issue 19: a FIFO at the
+// epoch path hung start-up): looked at before they are opened, opened
+// without blocking, looked at again, and read within stateReadTimeout.
 //
 // Why an address saved in the state file cannot have changed hands after
 // the save: within one run an address is handed out at most once per pass
@@ -53,6 +61,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 const (
@@ -96,14 +105,68 @@ func verifyChecksum(data []byte) ([]byte, error) {
 	return body, nil
 }
 
-// readBounded reads at most limit bytes of path; a longer file is corrupt.
-func readBounded(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
+// stateReadTimeout bounds reading the state or the epoch file, open
+// included. The largest state file (about 23 MB at the default
+// MaxEntries) reads in well under a second from any local disk; a read
+// still going after this long is a hung network or FUSE file system, and
+// start-up should say so rather than wait for ever: New takes no context,
+// so nothing, SIGTERM included, could end the wait (issue 19).
+const stateReadTimeout = 10 * time.Second
+
+// NotRegularError reports a StateFile or EpochFile path that names
+// something other than a regular file: a named pipe, a device, a
+// directory, a socket, or a symbolic link to one of these. torgate
+// refuses to read it (issue 19: a FIFO at automap.epoch hung start-up,
+// and a device might never end or act on being opened) and never opens a
+// path that is not a regular file when it looks. For EpochFile it is
+// fatal: New fails. For StateFile it is logged and the table starts
+// empty, as for any unreadable state file. The fix is to remove whatever
+// is at Path: torgate writes its own files there.
+type NotRegularError struct {
+	Path string
+	Mode fs.FileMode // type bits of what is there, e.g. fs.ModeNamedPipe
+}
+
+var _ error = (*NotRegularError)(nil)
+
+func (e *NotRegularError) Error() string {
+	what := "not a regular file"
+	switch t := e.Mode.Type(); {
+	case t&fs.ModeNamedPipe != 0:
+		what = "a named pipe (FIFO)"
+	case t&fs.ModeCharDevice != 0:
+		what = "a character device"
+	case t&fs.ModeDevice != 0:
+		what = "a block device"
+	case t&fs.ModeDir != 0:
+		what = "a directory"
+	case t&fs.ModeSocket != 0:
+		what = "a socket"
 	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	return "dns: " + e.Path + " is " + what + ", not a regular file (remove it: torgate writes its own)"
+}
+
+// ErrReadTimeout means reading a state or epoch file took longer than
+// stateReadTimeout; the error wrapping it names the file. Like
+// NotRegularError, it is fatal for EpochFile and logged for StateFile.
+var ErrReadTimeout = errors.New("dns: state directory read timed out")
+
+// readBounded reads at most limit bytes of path, which must be a regular
+// file (see openRegular), within stateReadTimeout. A longer file is
+// corrupt.
+func readBounded(path string, limit int64) ([]byte, error) {
+	data, err := within(stateReadTimeout, func() ([]byte, error) {
+		f, err := openRegular(path)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		return io.ReadAll(io.LimitReader(f, limit+1))
+	})
+	if errors.Is(err, ErrReadTimeout) {
+		return nil, fmt.Errorf("%w: %s: no answer within %v (a hung network or FUSE file system?)",
+			ErrReadTimeout, path, stateReadTimeout)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -111,6 +174,39 @@ func readBounded(path string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%w: longer than %d bytes", errCorrupt, limit)
 	}
 	return data, nil
+}
+
+// within runs read and returns its result, or ErrReadTimeout once timeout
+// has passed. A read that does not return is left behind: a system call
+// stuck in a hung file system cannot be interrupted, and it ends (and
+// closes its file) whenever the file system answers. The channel is
+// buffered so that it can.
+func within(timeout time.Duration, read func() ([]byte, error)) ([]byte, error) {
+	type result struct {
+		data []byte
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		data, err := read()
+		done <- result{data, err}
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case r := <-done:
+		return r.data, r.err
+	case <-t.C:
+		return nil, ErrReadTimeout
+	}
+}
+
+// checkRegular returns a *NotRegularError unless fi is a regular file.
+func checkRegular(path string, fi fs.FileInfo) error {
+	if !fi.Mode().IsRegular() {
+		return &NotRegularError{Path: path, Mode: fi.Mode().Type()}
+	}
+	return nil
 }
 
 // checkWritable fails unless a file can be created in dir: New calls it
@@ -127,8 +223,11 @@ func checkWritable(dir string) error {
 }
 
 // Save writes the table to Config.StateFile atomically. Without a
-// StateFile it does nothing. Save may run while queries are being
-// answered; the table is locked only to copy it.
+// StateFile it does nothing. Only the entries of workstations that
+// Config.Proven reports proven at the time are written (issue 19), so a
+// flood from made-up sources does not come back at the next start. Save
+// may run while queries are being answered; the table is locked only to
+// copy it.
 func (s *Server) Save() error {
 	if s.stateFile == "" {
 		return nil
@@ -160,14 +259,27 @@ func (s *Server) marshalState() []byte {
 		buf = append(buf, sl.name...)
 		buf = append(buf, '\n')
 	}
+	// Only the entries of workstations proven now (issue 19): a flood
+	// from made-up sources must not come back with the next start, nor
+	// be kept over restarts by workstations that never return.
+	for _, src := range t.sources {
+		src.save = t.proven == nil || t.proven(src.addr)
+	}
 	for i := range t.slots {
-		if sl := &t.slots[i]; sl.pins > 0 {
+		if sl := &t.slots[i]; sl.pins > 0 && sl.src.save {
 			entry(sl)
 		}
 	}
-	for _, src := range t.heap {
-		for i := src.head; i != nilSlot; i = t.slots[i].next {
-			entry(&t.slots[i])
+	// Proven sources first: fill keeps the head of the file if the
+	// table shrank.
+	for _, c := range [...]class{classProven, classRestored, classUnproven} {
+		for _, src := range t.heaps[c] {
+			if !src.save {
+				continue
+			}
+			for i := src.head; i != nilSlot; i = t.slots[i].next {
+				entry(&t.slots[i])
+			}
 		}
 	}
 	t.mu.Unlock()
@@ -311,17 +423,23 @@ func (s *Server) parseState(data []byte) ([]stateRecord, error) {
 }
 
 // fill inserts validated records into the empty table, in file order
-// (most recent first), skipping those beyond MaxEntries or a source's
-// share if the limits shrank. It returns the number inserted.
+// (most recent first), skipping those beyond the proven share (MaxEntries
+// less the unproven share) or a source's share if the limits shrank. It
+// returns the number inserted. The sources are restored ones (see
+// automap.go): proven when saved, not yet since.
 func (s *Server) fill(recs []stateRecord) int {
 	t := s.tab
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	c := classRestored
+	if t.proven == nil {
+		c = classProven
+	}
 	for _, r := range recs {
-		if t.len() >= t.max {
+		if t.len() >= t.provenCap() {
 			break
 		}
-		src := t.source(r.src, true)
+		src := t.source(r.src, true, c)
 		if src.n >= t.perSrc {
 			continue
 		}
@@ -344,6 +462,10 @@ func (s *Server) loadEpoch() (uint32, error) {
 	}
 	data, err := readBounded(s.epochFile, 256)
 	switch {
+	case errors.As(err, new(*NotRegularError)), errors.Is(err, ErrReadTimeout):
+		// Not a file torgate wrote, and writing ours would replace it
+		// without a word: the operator should look.
+		return 0, err
 	case errors.Is(err, fs.ErrNotExist):
 		s.log.Info("dns epoch file absent; starting at a random epoch", slog.String("file", s.epochFile))
 	case err != nil:

@@ -105,11 +105,18 @@ type Stats struct {
 	Forbidden [dest.NumReasons]uint64
 	// Recycled counts automap entries evicted to make room (LRU).
 	Recycled uint64
-	// Exhausted counts automap allocations refused because every entry was
-	// pinned.
+	// Exhausted counts automap allocations refused because every entry
+	// that could be recycled was pinned, or the epoch file could not be
+	// written.
 	Exhausted uint64
-	// Entries and Pinned describe the automap table now.
-	Entries, Pinned int
+	// UnprovenRefused counts automap allocations refused to unproven
+	// sources (Config.Proven): their share was full and every entry they
+	// may recycle was pinned.
+	UnprovenRefused uint64
+	// Entries and Pinned describe the automap table now; Unproven is the
+	// part of Entries held by unproven sources (at most
+	// Config.MaxUnprovenEntries).
+	Entries, Pinned, Unproven int
 }
 
 // Total returns the number of queries with result r, over all kinds.
@@ -136,8 +143,8 @@ func (s *Server) Stats() Stats {
 		st.Forbidden[r] = s.stats.forbidden[r].Load()
 	}
 	s.tab.mu.Lock()
-	st.Recycled, st.Exhausted = s.tab.recycled, s.tab.exhausted
-	st.Entries, st.Pinned = s.tab.len(), s.tab.pinned
+	st.Recycled, st.Exhausted, st.UnprovenRefused = s.tab.recycled, s.tab.exhausted, s.tab.unprovenRefused
+	st.Entries, st.Pinned, st.Unproven = s.tab.len(), s.tab.pinned, s.tab.held[classUnproven]
 	s.tab.mu.Unlock()
 	return st
 }
@@ -165,11 +172,15 @@ var (
 	descRecycled = prometheus.NewDesc("dns_automap_recycled_total",
 		"Automap entries evicted to make room.", nil, nil)
 	descExhausted = prometheus.NewDesc("dns_automap_exhausted_total",
-		"Automap allocations refused because every entry was pinned.", nil, nil)
+		"Automap allocations refused because every entry that could be recycled was pinned, or the epoch file could not be written.", nil, nil)
+	descUnprovenRefused = prometheus.NewDesc("dns_automap_unproven_refused_total",
+		"Automap allocations refused to unproven sources: their share full, every entry they may recycle pinned.", nil, nil)
 	descEntries = prometheus.NewDesc("dns_automap_entries",
 		"Entries in the automap table.", nil, nil)
 	descPinned = prometheus.NewDesc("dns_automap_pinned",
 		"Automap entries pinned by flows.", nil, nil)
+	descUnproven = prometheus.NewDesc("dns_automap_unproven",
+		"Automap entries held by sources not proven to receive our packets.", nil, nil)
 )
 
 // collector exports Stats.
@@ -179,7 +190,8 @@ var _ prometheus.Collector = (*collector)(nil)
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descQueries, descTruncated, descResolveErrors,
-		descResolveBusy, descForbidden, descRecycled, descExhausted, descEntries, descPinned} {
+		descResolveBusy, descForbidden, descRecycled, descExhausted, descUnprovenRefused,
+		descEntries, descPinned, descUnproven} {
 		ch <- d
 	}
 }
@@ -204,8 +216,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descRecycled, st.Recycled)
 	counter(descExhausted, st.Exhausted)
+	counter(descUnprovenRefused, st.UnprovenRefused)
 	ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(st.Entries))
 	ch <- prometheus.MustNewConstMetric(descPinned, prometheus.GaugeValue, float64(st.Pinned))
+	ch <- prometheus.MustNewConstMetric(descUnproven, prometheus.GaugeValue, float64(st.Unproven))
 }
 
 // rateLimit lets one event through per interval; for warnings that a busy

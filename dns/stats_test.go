@@ -24,7 +24,7 @@ func TestMetrics(t *testing.T) {
 	if err != nil || len(problems) != 0 {
 		t.Errorf("lint: %v, %v", problems, err)
 	}
-	if n := testutil.CollectAndCount(s.Metrics()[0]); n != int(numKinds)*int(numResults)+7+int(dest.NumReasons)-1 {
+	if n := testutil.CollectAndCount(s.Metrics()[0]); n != int(numKinds)*int(numResults)+9+int(dest.NumReasons)-1 {
 		t.Errorf("%d metrics", n)
 	}
 	want := `
