@@ -261,6 +261,14 @@ func TestAutomapSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
 	f := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, func(c *torgate.Config) { c.StateDir = dir }, ws1)
 	va := firstAddr(query(t, f, ws1, netip.MustParseAddr("10.152.152.10"), false, "kept.example.", dnsmessage.TypeA))
+	// A completed handshake proves the workstation; the names of
+	// sources never proven are not saved (issue 19: a spoofer's flood
+	// must not come back after a restart).
+	c0, err := f.dial(t, ws1, netip.AddrPortFrom(va, 80))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c0.Close()
 	if err := f.r.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -343,8 +343,18 @@ func NewContext(ctx context.Context, cfg Config) (*Router, error) {
 		stateFile = filepath.Join(cfg.StateDir, "automap.state")
 		epochFile = filepath.Join(cfg.StateDir, "automap.epoch")
 	}
+	// Which workstations are proven: in a TUN, those that completed a
+	// TCP handshake recently (the DNS table keeps its room for them); on
+	// a LAN every source that reaches the stack was proven by torgate's
+	// own ARP/ND and is a machine identity.
+	proof := netstack.NewProof()
+	proven := proof.Has
+	if len(cfg.LAN) > 0 {
+		proven = lan.IsMachineID
+	}
 	ds, err := dns.New(dns.Config{
 		Mode:            cfg.DNSMode,
+		Proven:          proven,
 		Pool4:           cfg.DNSPool4,
 		Pool6:           cfg.DNSPool6,
 		StateFile:       stateFile,
@@ -397,6 +407,7 @@ func NewContext(ctx context.Context, cfg Config) (*Router, error) {
 		},
 		DNS:                  ds,
 		Identify:             identify,
+		Proof:                proof,
 		MaxInFlight:          cfg.MaxInFlight,
 		MaxInFlightPerSource: cfg.MaxInFlightPerSource,
 		DNSWorkers:           cfg.DNSWorkers,

@@ -57,6 +57,11 @@ type Config struct {
 	// drops the SYN or query (ReasonUnidentified). Nil: each address is a
 	// workstation of its own.
 	Identify func(src netip.Addr) (who netip.Addr, ok bool)
+	// Proof records the workstations that completed a TCP handshake
+	// (NewProof), which the fair shares' reserve goes to; pass one to
+	// share that evidence with another part (the DNS table). Nil: the
+	// Stack makes its own.
+	Proof *fair.Proof
 	// MaxInFlight caps pending handshakes: SYNs held while HandleTCP
 	// decides (that is, SOCKS dials in progress) and then while the
 	// handshake completes, across all sources. Default 1024.
@@ -216,7 +221,10 @@ func New(cfg Config) (*Stack, error) {
 	setDefault(&cfg.DNSWorkersPerSource, min(defaultDNSWorkersPerSource, cfg.DNSWorkers))
 	setDefault(&cfg.DNSTCPConns, defaultDNSTCPConns)
 	setDefault(&cfg.DNSTCPConnsPerSource, min(defaultDNSTCPConnsPerSource, cfg.DNSTCPConns))
-	proof := fair.NewProof(proofTTL, proofMax, nil)
+	proof := cfg.Proof
+	if proof == nil {
+		proof = NewProof()
+	}
 	var pools [3]*fair.Pool
 	for i, l := range [][2]int{
 		{cfg.MaxInFlight, cfg.MaxInFlightPerSource},
@@ -412,6 +420,10 @@ func (s *Stack) handleSYN(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 	}
 	return true
 }
+
+// NewProof returns the record of proven workstations a Stack keeps
+// (Config.Proof): a completed handshake proves a workstation for proofTTL.
+func NewProof() *fair.Proof { return fair.NewProof(proofTTL, proofMax, nil) }
 
 // identify returns the workstation that sent from src (Config.Identify).
 func (s *Stack) identify(src netip.Addr) (netip.Addr, bool) {

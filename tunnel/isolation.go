@@ -12,6 +12,8 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/torgate/torgate/socks"
 )
@@ -76,9 +78,35 @@ type Isolator struct {
 	pool   sync.Pool // of hash.Hash (HMAC state)
 
 	mu     sync.Mutex
-	global uint64                    // guarded by mu
-	epochs map[netip.Addr]uint64     // guarded by mu
-	cache  map[netip.Addr]cachedAuth // guarded by mu; not in IsolateDestination
+	global uint64                     // guarded by mu
+	epochs map[netip.Addr]uint64      // guarded by mu
+	cache  map[netip.Addr]cachedAuth  // guarded by mu; not in IsolateDestination
+	hosts  map[netip.Addr]*hostBudget // guarded by mu; IsolateDestination only
+	now    func() time.Time
+
+	overflow atomic.Uint64 // hosts beyond a source's budget (hostBudget)
+}
+
+// In IsolateDestination every (workstation, host) pair is a circuit of its
+// own, so a workstation that names many hosts makes Tor build a circuit
+// for each: hundreds a second from one hostile workstation (issue 19,
+// measured 2026-12-04: 1,502 distinct credentials in 10 s). A workstation
+// gets newHostBurst hosts at once, then one per newHostEvery; past that,
+// its flows to hosts it has not used yet share one more set of credentials
+// of its own (its circuits, never another workstation's), counted as
+// isolation_overflow. A host once granted keeps its circuit while the
+// workstation's record lives (maxHostsPerSource).
+const (
+	newHostBurst      = 64
+	newHostEvery      = time.Second
+	maxHostsPerSource = 1024
+)
+
+// hostBudget is one workstation's record of granted hosts.
+type hostBudget struct {
+	tokens  int
+	at      time.Time // last refill
+	granted map[string]struct{}
 }
 
 // cachedAuth is a source's credentials as of its epoch and the global
@@ -108,7 +136,8 @@ func NewIsolator(mode IsolationMode, secret []byte) (*Isolator, error) {
 	if len(secret) < 16 {
 		return nil, errors.New("tunnel: isolation secret shorter than 16 bytes")
 	}
-	i := &Isolator{mode: mode, secret: secret, epochs: make(map[netip.Addr]uint64), cache: make(map[netip.Addr]cachedAuth)}
+	i := &Isolator{mode: mode, secret: secret, epochs: make(map[netip.Addr]uint64), cache: make(map[netip.Addr]cachedAuth),
+		hosts: make(map[netip.Addr]*hostBudget), now: time.Now}
 	i.pool.New = func() any { return hmac.New(sha256.New, i.secret) }
 	return i, nil
 }
@@ -129,6 +158,9 @@ func (i *Isolator) Auth(src netip.Addr, host string) socks.Auth {
 	c, ok := i.cache[src]
 	i.mu.Unlock()
 	if i.mode == IsolateDestination {
+		if !i.grant(src, host) {
+			host = "" // the workstation's overflow credentials
+		}
 		return i.derive(src, host, epoch, global) // per host: not cached
 	}
 	if ok && c.epoch == epoch && c.global == global {
@@ -143,6 +175,44 @@ func (i *Isolator) Auth(src netip.Addr, host string) socks.Auth {
 	i.mu.Unlock()
 	return auth
 }
+
+// grant reports whether src may have host's own credentials (see
+// newHostBurst).
+func (i *Isolator) grant(src netip.Addr, host string) bool {
+	host = strings.ToLower(host)
+	now := i.now()
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	b := i.hosts[src]
+	if b == nil {
+		if len(i.hosts) >= maxCachedAuth {
+			clear(i.hosts) // everyone starts over with a full budget
+		}
+		b = &hostBudget{tokens: newHostBurst, at: now, granted: make(map[string]struct{})}
+		i.hosts[src] = b
+	}
+	if _, ok := b.granted[host]; ok {
+		return true
+	}
+	if add := int(now.Sub(b.at) / newHostEvery); add > 0 {
+		b.tokens = min(newHostBurst, b.tokens+add)
+		b.at = b.at.Add(time.Duration(add) * newHostEvery)
+	}
+	if b.tokens == 0 {
+		i.overflow.Add(1)
+		return false
+	}
+	b.tokens--
+	if len(b.granted) >= maxHostsPerSource {
+		clear(b.granted)
+	}
+	b.granted[host] = struct{}{}
+	return true
+}
+
+// Overflow counts flows and lookups that went on a workstation's
+// overflow credentials (newHostBurst).
+func (i *Isolator) Overflow() uint64 { return i.overflow.Load() }
 
 // derive computes the credentials: an HMAC of mode, source, epochs and (in
 // IsolateDestination) host.

@@ -188,6 +188,7 @@ type Tunnel struct {
 	setupSeconds prometheus.Histogram
 	bytes        *prometheus.CounterVec
 	endedVec     *prometheus.CounterVec
+	overflow     prometheus.CounterFunc
 	ended        [numEndHow]prometheus.Counter // endedVec's, resolved once
 	closed       atomic.Bool
 }
@@ -262,6 +263,11 @@ func New(cfg Config) (*Tunnel, error) {
 	for _, r := range []string{refuseNotReady, refuseLimit, refuseUnmapped, refuseHandshk, refuseForbid} {
 		t.refused.WithLabelValues(r)
 	}
+	iso := cfg.Isolator
+	t.overflow = prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "isolation_overflow_total",
+		Help: "Flows and lookups to a host beyond a workstation's budget of new hosts (per-destination isolation), sent on that workstation's overflow credentials.",
+	}, func() float64 { return float64(iso.Overflow()) })
 	t.endedVec = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flows_ended_total",
 		Help: "Relayed flows ended, by how: fin (both peers finished) or the reason torgate reset the workstation's connection.",
@@ -285,7 +291,7 @@ func setDefault[T comparable](p *T, def T) {
 
 // Metrics returns the tunnel's collectors for the caller's registry.
 func (t *Tunnel) Metrics() []prometheus.Collector {
-	return []prometheus.Collector{t.flowsTotal, t.flowsActive, t.refused, t.socksErrors, t.setupSeconds, t.bytes, t.endedVec}
+	return []prometheus.Collector{t.flowsTotal, t.flowsActive, t.refused, t.socksErrors, t.setupSeconds, t.bytes, t.endedVec, t.overflow}
 }
 
 // Isolator returns the isolator, for new-identity requests.
