@@ -39,6 +39,7 @@ import (
 
 	"github.com/torgate/torgate/dns"
 	"github.com/torgate/torgate/internal/endpoint"
+	"github.com/torgate/torgate/internal/ownaddr"
 	"github.com/torgate/torgate/lan"
 	"github.com/torgate/torgate/netstack"
 	"github.com/torgate/torgate/socks"
@@ -311,6 +312,9 @@ func NewContext(ctx context.Context, cfg Config) (*Router, error) {
 		// Never a destination: the virtual pools (a flow to one is its
 		// name or a RST) and the gateway's own networks.
 		ForbiddenDestinations: forbiddenPrefixes(cfg.DNSPool4, cfg.DNSPool6, cfg.Addr4, cfg.Addr6),
+		// And the gateway's own addresses on every interface (its
+		// uplink's too), as they are at the moment of each flow.
+		OwnAddress: ownaddr.New().Contains,
 	}
 	// An end of stream from Tor: a managed Tor's process says at once
 	// whether Tor is dying (checked per end of stream, ~8 µs, no

@@ -42,6 +42,7 @@ const (
 	ReasonReserved           // 0/8, 240/4, ::/96 (IPv4-compatible), 64:ff9b:1::/48
 	ReasonEmbedded           // NAT64, 6to4 or Teredo address embedding a forbidden IPv4
 	ReasonOperator           // Config.ForbiddenDestinations (the gateway's own networks, the virtual pools)
+	ReasonGateway            // one of the gateway's own addresses, on any of its interfaces
 	NumReasons
 )
 
@@ -57,6 +58,7 @@ var destReasonNames = [NumReasons]string{
 	ReasonReserved:    "reserved",
 	ReasonEmbedded:    "embedded",
 	ReasonOperator:    "operator",
+	ReasonGateway:     "gateway",
 }
 
 // String returns the reason as a stable metric label.

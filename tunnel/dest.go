@@ -20,5 +20,8 @@ func (t *Tunnel) Forbidden(ip netip.Addr) dest.Reason {
 			return dest.ReasonOperator
 		}
 	}
+	if t.cfg.OwnAddress != nil && t.cfg.OwnAddress(ip) {
+		return dest.ReasonGateway
+	}
 	return dest.ReasonAllowed
 }

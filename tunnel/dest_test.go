@@ -27,15 +27,18 @@ func TestForbiddenFlows(t *testing.T) {
 	}}
 	gw := netip.MustParsePrefix("198.51.100.0/24") // the gateway's own LAN
 	names := fakeNames{
-		netip.MustParseAddr("10.192.0.5"): "127.0.0.1",
-		netip.MustParseAddr("10.192.0.6"): "0x7f.1",
-		netip.MustParseAddr("10.192.0.7"): "169.254.169.254",
-		netip.MustParseAddr("10.192.0.8"): "198.51.100.9",
-		netip.MustParseAddr("10.192.0.9"): "192.0.2.8", // allowed: goes out as the address
+		netip.MustParseAddr("10.192.0.5"):  "127.0.0.1",
+		netip.MustParseAddr("10.192.0.6"):  "0x7f.1",
+		netip.MustParseAddr("10.192.0.7"):  "169.254.169.254",
+		netip.MustParseAddr("10.192.0.8"):  "198.51.100.9",
+		netip.MustParseAddr("10.192.0.9"):  "192.0.2.8",    // allowed: goes out as the address
+		netip.MustParseAddr("10.192.0.10"): "203.0.113.77", // the gateway's uplink, as a literal name
 	}
+	uplink4, uplink6 := netip.MustParseAddr("203.0.113.77"), netip.MustParseAddr("2001:db8:1e01::1")
 	tn := newTunnel(t, up, func(c *Config) {
 		c.Names = names
 		c.ForbiddenDestinations = []netip.Prefix{gw}
+		c.OwnAddress = func(a netip.Addr) bool { return a == uplink4 || a == uplink6 }
 	})
 	var dsts []netip.Addr
 	// One of each class package dest forbids (its own tests cover the
@@ -52,7 +55,8 @@ func TestForbiddenFlows(t *testing.T) {
 		}
 		dsts = append(dsts, ip)
 	}
-	dsts = append(dsts, netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("::ffff:198.51.100.1"))
+	dsts = append(dsts, netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("::ffff:198.51.100.1"),
+		uplink4, netip.AddrFrom16(uplink4.As16()), uplink6)
 	for ip := range names {
 		if ip != netip.MustParseAddr("10.192.0.9") {
 			dsts = append(dsts, ip)
@@ -77,6 +81,9 @@ func TestForbiddenFlows(t *testing.T) {
 	}
 	if r := tn.Forbidden(netip.MustParseAddr("198.51.100.200")); r != dest.ReasonOperator {
 		t.Errorf("operator prefix: %v", r)
+	}
+	if r := tn.Forbidden(uplink6); r != dest.ReasonGateway {
+		t.Errorf("the gateway's own address: %v", r)
 	}
 	if _, err := New(Config{Upstream: up, Isolator: tn.Isolator(), ForbiddenDestinations: []netip.Prefix{{}}}); err == nil {
 		t.Error("invalid ForbiddenDestinations accepted")

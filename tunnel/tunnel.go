@@ -123,6 +123,13 @@ type Config struct {
 	// own addresses and networks and the DNS virtual pools. A flow to one
 	// gets a RST (flows_refused_total{reason="forbidden"}). Must be valid.
 	ForbiddenDestinations []netip.Prefix
+	// OwnAddress, if set, reports the gateway's own addresses on any of
+	// its interfaces as they are now (an uplink's address may change):
+	// never a destination, whether a workstation names it or an exit
+	// would reach it (through Tor it would reach the gateway's own
+	// services from outside, and confirm the gateway's address). A flow
+	// to one gets a RST (reason forbidden, dest reason gateway).
+	OwnAddress func(netip.Addr) bool
 	// FreeMemory, if set, is called (on its own goroutine, at most once a
 	// minute) 5 s after open flows fell by half and by at least 1,000
 	// since their peak: in production debug.FreeOSMemory, so that the memory of
