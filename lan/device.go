@@ -91,7 +91,8 @@ type Device struct {
 	queued atomic.Int64 // outbound packets waiting for resolution, all links
 	held   atomic.Int64 // inbound packets waiting for their source's proof, all links
 
-	lastConflictLog atomic.Int64 // unix nanoseconds
+	lastConflictLog atomic.Int64        // unix nanoseconds
+	conflictMAC     atomic.Pointer[mac] // the last station that claimed a gateway address
 
 	in     chan *inPacket // readLoops -> Read
 	pool   sync.Pool      // *inPacket
@@ -605,6 +606,48 @@ func (d *Device) deliver(pk *inPacket) bool {
 		d.pool.Put(pk)
 		return false
 	}
+}
+
+// ErrAddressInUse means another station answers for one of the gateway's
+// LAN addresses: another gateway on the LAN (a second torgate), or a
+// hostile workstation. Fatal for Open: two gateways answering for one
+// address would each get some of the workstations' traffic.
+var ErrAddressInUse = errors.New("another station answers for the gateway's address")
+
+// conflictWait is how long CheckAddresses listens for another claim
+// (RFC 5227 waits 1-2 s; a LAN answers in well under a millisecond, and a
+// restart should not cost seconds).
+const conflictWait = 300 * time.Millisecond
+
+// CheckAddresses asks the LANs whether anybody else has the gateway's
+// addresses (an ARP probe, RFC 5227, and duplicate address detection,
+// RFC 4862) and reports ErrAddressInUse, naming the station, if one
+// answers within conflictWait. A torgate already serving the LAN defends
+// its addresses, so a second one refuses to start.
+func (d *Device) CheckAddresses() error {
+	before := d.stats.Drops[reasonConflict].Load()
+	for _, p := range d.ports {
+		for _, a := range p.v4 {
+			p.writeFrame(buildARP(arpOpRequest, broadcastMAC, p.mac, netip.IPv4Unspecified(), mac{}, a.Addr()))
+		}
+		for _, a := range p.v6 {
+			sn := solicitedNode(a.Addr())
+			p.writeFrame(buildNDP(icmp6NS, 0, multicastMAC6(sn), p.mac, netip.IPv6Unspecified(), sn, a.Addr()))
+		}
+	}
+	select {
+	case <-time.After(conflictWait):
+	case <-d.closed:
+		return errors.New("lan: closed")
+	}
+	if d.stats.Drops[reasonConflict].Load() == before {
+		return nil
+	}
+	who := "?"
+	if m := d.conflictMAC.Load(); m != nil {
+		who = net.HardwareAddr(m[:]).String()
+	}
+	return fmt.Errorf("lan: %w (MAC %s): another gateway on this LAN? stop it, or find the station", ErrAddressInUse, who)
 }
 
 // Identity returns the machine that sent from a: an address in the

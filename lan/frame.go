@@ -306,14 +306,19 @@ func buildARP(op uint16, ethDst, sha mac, spa netip.Addr, tha mac, tpa netip.Add
 }
 
 // buildNDP returns an NS (with source link-layer option) or an NA (with
-// target link-layer option) in an Ethernet frame, hop limit 255.
+// target link-layer option) in an Ethernet frame, hop limit 255. An NS
+// from the unspecified address (duplicate address detection) carries no
+// option (RFC 4861 7.1.1).
 func buildNDP(typ uint8, flags uint8, ethDst, ethSrc mac, src, dst, target netip.Addr) []byte {
-	const msgLen = ndpMsgLen + 8
+	msgLen := ndpMsgLen + 8
+	if typ == icmp6NS && src.IsUnspecified() {
+		msgLen = ndpMsgLen
+	}
 	b := make([]byte, ethHeaderLen+ipv6HeaderLen+msgLen)
 	putEth(b, ethDst, ethSrc, ethTypeIPv6)
 	ip := b[ethHeaderLen:]
 	ip[0] = 6 << 4
-	binary.BigEndian.PutUint16(ip[4:6], msgLen)
+	binary.BigEndian.PutUint16(ip[4:6], uint16(msgLen))
 	ip[6], ip[7] = protoICMPv6, ndpHopLimit
 	s, d, t := src.As16(), dst.As16(), target.As16()
 	copy(ip[8:24], s[:])
@@ -322,12 +327,14 @@ func buildNDP(typ uint8, flags uint8, ethDst, ethSrc mac, src, dst, target netip
 	m[0] = typ
 	m[4] = flags
 	copy(m[8:24], t[:])
-	m[24] = ndpOptSLLA
-	if typ == icmp6NA {
-		m[24] = ndpOptTLLA
+	if msgLen > ndpMsgLen {
+		m[24] = ndpOptSLLA
+		if typ == icmp6NA {
+			m[24] = ndpOptTLLA
+		}
+		m[25] = 1
+		copy(m[26:32], ethSrc[:])
 	}
-	m[25] = 1
-	copy(m[26:32], ethSrc[:])
 	binary.BigEndian.PutUint16(m[2:4], icmp6Checksum(ip[8:24], ip[24:40], m))
 	return b
 }

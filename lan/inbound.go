@@ -195,6 +195,7 @@ const conflictLogEvery = time.Minute
 func (p *port) conflict(a netip.Addr, m mac) {
 	d := p.dev
 	d.drop(reasonConflict, 1)
+	d.conflictMAC.Store(&m)
 	now := time.Now().UnixNano()
 	if last := d.lastConflictLog.Load(); now-last >= int64(conflictLogEvery) && d.lastConflictLog.CompareAndSwap(last, now) {
 		d.log.Warn("another station claims the gateway's LAN address (another gateway on this LAN, or a hostile workstation)",

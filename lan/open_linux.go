@@ -330,6 +330,11 @@ func Open(cfg Config) (*Device, error) {
 		links = nil // NewDevice closed them
 		return rollback(err)
 	}
+	if err := d.CheckAddresses(); err != nil {
+		d.Close()
+		links = nil
+		return rollback(err)
+	}
 	d.onClose = unlocks
 	return d, nil
 }

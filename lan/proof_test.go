@@ -2,7 +2,9 @@ package lan
 
 import (
 	"bytes"
+	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -213,4 +215,29 @@ func TestGatewayAddressClaimed(t *testing.T) {
 		}
 		w.none(t) // once per defendEvery
 	})
+}
+
+// TestCheckAddresses: a gateway whose address another station defends
+// (a torgate already serving the LAN) refuses to start, naming the
+// station; on a quiet LAN it starts.
+func TestCheckAddresses(t *testing.T) {
+	d, w := testDevice(t)
+	if err := d.CheckAddresses(); err != nil {
+		t.Fatalf("quiet LAN: %v", err)
+	}
+	for range 2 { // the probes: ARP and DAD
+		w.next(t)
+	}
+	go func() {
+		r := decodeARP(t, w.next(t))
+		if r.op != header.ARPRequest || !r.spa.IsUnspecified() || r.tpa != gw4.Addr() {
+			t.Errorf("want an ARP probe for %v, got %+v", gw4.Addr(), r)
+		}
+		// The other gateway defends its address (RFC 5227).
+		w.send(arpFrame(header.ARPReply, broadcastMAC, ws2MAC, gw4.Addr(), broadcastMAC, gw4.Addr()))
+	}()
+	err := d.CheckAddresses()
+	if !errors.Is(err, ErrAddressInUse) || !strings.Contains(err.Error(), "02:00:00:00:00:12") {
+		t.Fatalf("CheckAddresses with the address defended elsewhere: %v", err)
+	}
 }
