@@ -1,33 +1,45 @@
 // Package lan makes torgate the gateway of an Ethernet LAN without the
-// kernel ever routing a LAN packet. On Linux, Open puts a passthru macvtap
-// on each LAN interface, so every unicast frame reaching the interface
-// lands in torgate's file descriptor instead of the kernel's IP stack, and
-// installs guard policy rules that blackhole whatever still reaches the
-// kernel from that interface (before torgate starts, after it crashes).
+// gateway's kernel ever processing a LAN frame. On Linux, Open moves each
+// LAN interface into a network namespace of its own (netns_linux.go: no
+// address, no route, IPv6 and ARP off, pinned so that it outlives
+// torgate) and puts a passthru macvtap on it there, so every frame from
+// the LAN lands in torgate's file descriptor, and whatever reaches a
+// kernel stack meanwhile (torgate stopped, multicast) reaches one that
+// has nothing to answer from and no route to send by. Guard policy rules
+// in the gateway's own namespace stay as a second wall for the moments
+// the interface is there (boot, a re-plugged NIC).
 //
 // The Device is a small link layer in userspace: it answers ARP and IPv6
 // neighbour solicitations for the gateway's addresses, resolves the
-// workstations' MAC addresses, and turns Ethernet frames into the L3
-// packets netstack understands, through wireguard's tun.Device interface.
+// workstations' MAC addresses, binds each workstation address to the MAC
+// that answered torgate's own resolution (neigh.go), and turns Ethernet
+// frames into the L3 packets netstack understands, through wireguard's
+// tun.Device interface. A workstation is a machine: Identity names the
+// MAC behind an address.
 //
 // Inbound flow (one readLoop per link):
 //
 //	frame -> parseFrame -> not our MAC, VLAN, other ethertype: drop
-//	      -> ARP / NS for our address: reply, learn the asker
-//	      -> NA: confirm; RS/RA/redirect/MLD: drop
+//	      -> ARP / NS for our address: reply; resolve the asker
+//	      -> ARP reply / NA to our request: bind the address to the MAC
+//	      -> claims to the gateway's address: address_conflict, defend
 //	      -> IP to our MAC from a source in the LAN's prefixes:
-//	         queue for Device.Read (netstack)
+//	         bound to this MAC: queue for Device.Read (netstack)
+//	         bound to another MAC: spoofed_source
+//	         not bound: wait (bounded) while torgate resolves it
 //
 // Outbound flow (Device.Write, from netstack's writeLoop): the link is the
 // one whose prefix holds the destination; the neighbour table gives the
 // MAC, or the packet waits (bounded) while the neighbour is solicited, or
 // it is dropped. A frame is never sent to any other destination.
 //
-// Limit: IPv4 limited broadcast (255.255.255.255) and IPv4 multicast
-// frames also reach the interface's own stack, and the kernel delivers
-// them to local sockets without consulting policy rules: the gateway must
-// run no broadcast or multicast service (DHCP server, mDNS) on a LAN
-// interface.
+// Limit: a LAN interface that cannot leave the gateway's namespace (a
+// bridge: the VM-host recipe) stays there without addresses, IPv6 or ARP;
+// only its macvtap moves. Unicast frames then still never reach the
+// gateway's stack, but broadcast and multicast frames do, and IPv4
+// limited broadcast and multicast reach local sockets (the kernel never
+// sends an ICMP error for those nor forwards them): such a gateway must
+// run no broadcast or multicast service (DHCP server, mDNS).
 package lan
 
 import (

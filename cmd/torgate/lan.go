@@ -14,20 +14,25 @@ import (
 const lanUsage = `usage: torgate lan down IFACE
        torgate lan guard IFACE...
 
-down   removes what "torgate run --lan IFACE" leaves in place on purpose
-       when it stops: the macvtap tg-IFACE and the guard policy rules
-       (iif IFACE / iif tg-IFACE blackhole, before the local table); the
-       local table rule returns to priority 0 once no guard is left.
-       Refused while a torgate serves IFACE. After it, the kernel routes
-       IFACE's traffic again as its own configuration says.
-guard  installs only the guard rules, which match by name and so work
-       before IFACE exists: for a boot-time unit ordered before
-       network-pre.target, so the LAN is closed from the start.
+"torgate run --lan IFACE" takes IFACE away from the gateway's kernel: it
+records IFACE's addresses in the interface's alias, moves IFACE into a
+network namespace of its own (tg-IFACE; ip netns shows it) where it has
+no address, no route, no IPv6 and no ARP, and puts the macvtap tg-IFACE
+on it there. A bridge cannot move: it stays, stripped, and only its
+macvtap moves. All of this stays when torgate stops, so the LAN stays
+closed.
 
-The guards stop what the kernel would route or deliver from IFACE, but
-IPv4 limited broadcast (255.255.255.255) and IPv4 multicast bypass policy
-rules and still reach local sockets: run no broadcast or multicast
-service (DHCP server, mDNS) on the gateway's LAN interface.
+down   gives IFACE back to the kernel as it was before torgate: removes
+       the macvtap, moves IFACE back with its addresses, removes the
+       namespace and the guard policy rules (iif IFACE / iif tg-IFACE
+       blackhole, before the local table; the local table rule returns
+       to priority 0 once no guard is left). Refused while a torgate
+       serves IFACE, and for an IFACE torgate never took.
+guard  for a boot-time unit ordered before network-pre.target: installs
+       the guard rules, which match by name and so work before IFACE
+       exists, makes the namespace (from the host's mount namespace, so
+       that a torgate in a hardened unit can use it) and, if IFACE is
+       already there with its address, takes it at once.
 `
 
 // cmdLAN runs "torgate lan down|guard".
@@ -45,7 +50,7 @@ func cmdLAN(args []string, stdout, stderr io.Writer) error {
 		if err := lan.Down(args[1]); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "%s: macvtap %s and guard rules removed\n", args[1], lan.TapName(args[1]))
+		fmt.Fprintf(stdout, "%s: given back to the kernel with its addresses; macvtap %s, LAN namespace and guard rules removed\n", args[1], lan.TapName(args[1]))
 		return nil
 	case "guard":
 		if len(args) < 2 {
@@ -55,7 +60,7 @@ func cmdLAN(args []string, stdout, stderr io.Writer) error {
 		if err := lan.Guard(args[1:]...); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "guard rules in place for %s\n", strings.Join(args[1:], ", "))
+		fmt.Fprintf(stdout, "guard rules and LAN namespaces in place for %s\n", strings.Join(args[1:], ", "))
 		return nil
 	}
 	fmt.Fprint(stderr, lanUsage)
