@@ -519,3 +519,30 @@ func (s *Server) saveEpoch(epoch uint32) error {
 	}
 	return nil
 }
+
+// openRegular opens path for reading if it is a regular file (a symbolic
+// link to one is fine), and returns a *NotRegularError otherwise. It looks
+// before it opens, so a device is never opened (opening some acts:
+// /dev/watchdog arms the watchdog), opens with openFlags, and checks again
+// what it opened.
+func openRegular(path string) (*os.File, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkRegular(path, fi); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|openFlags, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err = f.Stat(); err == nil {
+		err = checkRegular(path, fi)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}

@@ -282,5 +282,8 @@ func guardOne(host *netlink.Handle, iface string) error {
 	if err != nil || p.inNS {
 		return nil // not there yet, or no address yet: torgate run takes it
 	}
-	return p.takeover()
+	if err := p.takeover(); err != nil {
+		return err
+	}
+	return p.blackholeLAN()
 }

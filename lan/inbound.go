@@ -189,9 +189,14 @@ func (p *port) arp(f *frame) {
 const conflictLogEvery = time.Minute
 
 // conflict counts and logs another station's claim to our address a, and
-// defends a with an announcement to the whole LAN (RFC 5227 2.4 (c)), at
-// most once per defendEvery, so the workstations' caches point back at
-// the gateway.
+// answers it at once with an announcement to the whole LAN, so the
+// workstations' caches, which took the claim, point back at the gateway
+// (a gratuitous announcement overrides a fresh entry, where a plain reply
+// would wait out Linux's one-second locktime). RFC 5227 2.4 (c) defends
+// once per 10 s, to stop two hosts that both want an address from
+// flooding the LAN; a gateway under a hostile claim must answer every
+// claim, and a second torgate on the LAN refuses to start
+// (CheckAddresses), so the only bound is defendEvery against a flood.
 func (p *port) conflict(a netip.Addr, m mac) {
 	d := p.dev
 	d.drop(reasonConflict, 1)
@@ -212,8 +217,9 @@ func (p *port) conflict(a netip.Addr, m mac) {
 	p.writeNA(multicastMAC6(all), all, a, naFlagRouter|naFlagOverr)
 }
 
-// defendEvery is RFC 5227's DEFEND_INTERVAL.
-const defendEvery = 10 * time.Second
+// defendEvery bounds the gateway's announcements under a flood of claims
+// to ten a second per link.
+const defendEvery = 100 * time.Millisecond
 
 func (p *port) writeARPReply(ethDst mac, ours netip.Addr, tha mac, tpa netip.Addr) {
 	p.dev.stats.Sent[sentARPReply].Add(1)

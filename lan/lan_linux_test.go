@@ -319,6 +319,13 @@ func TestOpenLinux(t *testing.T) {
 	if err := d.Ready(); err != nil {
 		t.Fatalf("Ready: %v", err)
 	}
+	// The gateway's namespace routes nothing to the LAN any more, and
+	// drops it without an ICMP error.
+	for _, want := range []string{"blackhole 10.152.128.0/18", "blackhole fd19:7a2b::/64"} {
+		if out := ipc(t, "-n", n.gw, "route", "show", "table", "main", "proto", "116") + ipc(t, "-n", n.gw, "-6", "route", "show", "proto", "116"); !strings.Contains(out, want) {
+			t.Fatalf("no %q in the gateway's routes:\n%s", want, out)
+		}
+	}
 	pkts := reader(d)
 
 	// IPv4 and IPv6 from the workstation arrive through Read.
@@ -454,6 +461,9 @@ func TestOpenLinux(t *testing.T) {
 	}
 	if out, err := exec.Command("ip", "-n", n.lan, "link").CombinedOutput(); err == nil {
 		t.Fatalf("LAN namespace %s still there: %s", n.lan, out)
+	}
+	if out := ipc(t, "-n", n.gw, "route", "show", "proto", "116") + ipc(t, "-n", n.gw, "-6", "route", "show", "proto", "116"); out != "" {
+		t.Fatalf("blackhole routes left after down:\n%s", out)
 	}
 	if out := ipc(t, "-n", n.gw, "addr", "show", "eth1"); !strings.Contains(out, "10.152.152.10/18") || !strings.Contains(out, "fd19:7a2b::1/64") || strings.Contains(out, "torgate") {
 		t.Fatalf("eth1 after down:\n%s", out)

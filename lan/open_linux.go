@@ -315,6 +315,9 @@ func Open(cfg Config) (*Device, error) {
 			}
 			undo = append(undo, func() { p.giveBack() })
 		}
+		if err := p.blackholeLAN(); err != nil {
+			return rollback(err)
+		}
 		f, tapIndex, created, err := p.attach()
 		if created != nil {
 			undo = append(undo, func() { p.ns.h.LinkDel(created) })
@@ -423,6 +426,7 @@ func (p *plan) giveBack() error {
 		}
 		p.link0, p.inNS = l, false
 	}
+	errs = append(errs, p.removeBlackholes())
 	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+p.iface+"/disable_ipv6", []byte("0"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
@@ -438,6 +442,57 @@ func (p *plan) giveBack() error {
 	}
 	errs = append(errs, p.host.LinkSetAlias(p.link0, ""))
 	errs = append(errs, p.host.LinkSetUp(p.link0))
+	return errors.Join(errs...)
+}
+
+// routeProto marks the routes torgate owns ("proto 116" in ip route):
+// iproute2's rt_protos gives the number no other name.
+const routeProto = netlink.RouteProtocol(116)
+
+// lanRoutes are the blackhole routes for p's LAN prefixes in the
+// gateway's namespace (link-local excluded: the uplink has its own).
+func (p *plan) lanRoutes() []*netlink.Route {
+	var out []*netlink.Route
+	for _, a := range p.addrs {
+		if a.Addr().IsLinkLocalUnicast() {
+			continue
+		}
+		pr := a.Masked()
+		out = append(out, &netlink.Route{
+			Dst:      &net.IPNet{IP: pr.Addr().AsSlice(), Mask: net.CIDRMask(pr.Bits(), pr.Addr().BitLen())},
+			Type:     unix.RTN_BLACKHOLE,
+			Protocol: routeProto,
+			Family:   map[bool]int{true: unix.AF_INET, false: unix.AF_INET6}[pr.Addr().Is4()],
+		})
+	}
+	return out
+}
+
+// blackholeLAN makes the gateway's namespace drop, silently, whatever it
+// would route to the LAN: once the interface has left, its connected
+// routes are gone, and with forwarding on a packet from the Internet to a
+// workstation's address would go back out of the uplink with an ICMP
+// redirect, and the gateway's own processes would send LAN-bound packets
+// to its default route (the hostile suite's recipe 3, measured
+// 2026-12-04). A blackhole sends no ICMP error, where unreachable or
+// prohibit would. They stay when torgate stops; Down removes them.
+func (p *plan) blackholeLAN() error {
+	for _, r := range p.lanRoutes() {
+		if err := p.host.RouteReplace(r); err != nil {
+			return fmt.Errorf("lan: blackhole route %s: %w", r.Dst, err)
+		}
+	}
+	return nil
+}
+
+// removeBlackholes deletes the routes blackholeLAN added.
+func (p *plan) removeBlackholes() error {
+	var errs []error
+	for _, r := range p.lanRoutes() {
+		if err := p.host.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("lan: remove blackhole route %s: %w", r.Dst, err))
+		}
+	}
 	return errors.Join(errs...)
 }
 

@@ -214,6 +214,12 @@ func TestGatewayAddressClaimed(t *testing.T) {
 			t.Fatalf("want the gateway's announcement, got %+v", r)
 		}
 		w.none(t) // once per defendEvery
+		time.Sleep(defendEvery)
+		w.send(arpFrame(header.ARPReply, broadcastMAC, ws2MAC, gw4.Addr(), broadcastMAC, gw4.Addr()))
+		synctest.Wait()
+		if r := decodeARP(t, w.next(t)); r.spa != gw4.Addr() || r.sha != gwMAC {
+			t.Fatalf("want the gateway's announcement again, got %+v", r)
+		}
 	})
 }
 
