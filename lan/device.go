@@ -145,7 +145,7 @@ type port struct {
 	machineTokens   int       // new machines admissible now; guarded by mu
 	machineTokensAt time.Time // when machineTokens was last refilled; guarded by mu
 
-	lastDefend atomic.Int64 // unix nanoseconds of our last announcement
+	lastDefend map[netip.Addr]int64 // per gateway address, unix nanoseconds of its last announcement; readLoop only
 
 	// frames is the current Link.Frames; Reattach replaces it. swapMu
 	// orders a replacement against Close.
@@ -221,7 +221,7 @@ func newPort(d *Device, l Link) (*port, error) {
 	if len(l.MAC) != 6 {
 		return nil, fmt.Errorf("lan: link %s: MAC %v is not Ethernet", l.Name, l.MAC)
 	}
-	p := &port{dev: d, link: l, mtu: l.MTU, idx: len(d.ports), neigh: map[netip.Addr]*neigh{}, perMAC: map[mac]int{}}
+	p := &port{dev: d, link: l, mtu: l.MTU, idx: len(d.ports), neigh: map[netip.Addr]*neigh{}, perMAC: map[mac]int{}, lastDefend: map[netip.Addr]int64{}}
 	p.frames.Store(&framesBox{l.Frames})
 	copy(p.mac[:], l.MAC)
 	if p.mac.isMulticast() || p.mac.isZero() {

@@ -206,11 +206,20 @@ func (p *port) conflict(a netip.Addr, m mac) {
 		d.log.Warn("another station claims the gateway's LAN address (another gateway on this LAN, or a hostile workstation)",
 			"interface", p.link.Name, "address", a.String(), "mac", net.HardwareAddr(m[:]).String())
 	}
-	if last := p.lastDefend.Load(); now-last < int64(defendEvery) || !p.lastDefend.CompareAndSwap(last, now) {
+	// Only the link's readLoop calls conflict: lastDefend needs no lock.
+	if now-p.lastDefend[a] < int64(defendEvery) {
 		return
 	}
+	p.lastDefend[a] = now
 	if a.Is4() {
-		p.writeFrame(buildARP(arpOpReply, broadcastMAC, p.mac, a, broadcastMAC, a))
+		// Gratuitous in Linux's sense (arp_is_garp), which overrides an
+		// entry within its locktime: a request with sender = target, and
+		// a reply whose target MAC is its sender MAC. A reply to the
+		// broadcast MAC would wait out the second A's claim started.
+		p.dev.stats.Sent[sentARPRequest].Add(1)
+		p.writeFrame(buildARP(arpOpRequest, broadcastMAC, p.mac, a, mac{}, a))
+		p.dev.stats.Sent[sentARPReply].Add(1)
+		p.writeFrame(buildARP(arpOpReply, broadcastMAC, p.mac, a, p.mac, a))
 		return
 	}
 	all := netip.MustParseAddr("ff02::1")

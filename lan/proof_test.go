@@ -209,11 +209,26 @@ func TestGatewayAddressClaimed(t *testing.T) {
 		if got := d.Stats().Drop("address_conflict"); got != 3 {
 			t.Fatalf("address_conflict %d, want 3", got)
 		}
-		r := decodeARP(t, w.next(t))
-		if r.ethDst != broadcastMAC || r.sha != gwMAC || r.spa != gw4.Addr() {
-			t.Fatalf("want the gateway's announcement, got %+v", r)
+		if got := d.Stats().Sent[sentARPRequest].Load(); got != 1 {
+			t.Fatalf("%d requests sent, want one gratuitous request", got)
+		}
+		// Gratuitous as Linux defines it, so that it overrides the
+		// claim at once: a request with sender = target, and a reply
+		// whose target MAC is its sender's.
+		req, rep := decodeARP(t, w.next(t)), decodeARP(t, w.next(t))
+		if req.op != header.ARPRequest || req.ethDst != broadcastMAC || req.sha != gwMAC || req.spa != gw4.Addr() || req.tpa != gw4.Addr() {
+			t.Fatalf("want the gateway's gratuitous request, got %+v", req)
+		}
+		if rep.op != header.ARPReply || rep.ethDst != broadcastMAC || rep.sha != gwMAC || rep.tha != gwMAC || rep.spa != gw4.Addr() || rep.tpa != gw4.Addr() {
+			t.Fatalf("want the gateway's gratuitous reply, got %+v", rep)
 		}
 		w.none(t) // once per defendEvery
+		// The IPv6 address is defended on its own.
+		w.send(naFrame(mcastMAC(netip.MustParseAddr("ff02::1")), ws2MAC, gw6.Addr(), netip.MustParseAddr("ff02::1"), gw6.Addr(), naFlagOverr, &ws2MAC))
+		synctest.Wait()
+		if f := w.next(t); be16(f[12:14]) != ethTypeIPv6 {
+			t.Fatalf("want the gateway's NA, got ethertype %#x", be16(f[12:14]))
+		}
 		time.Sleep(defendEvery)
 		w.send(arpFrame(header.ARPReply, broadcastMAC, ws2MAC, gw4.Addr(), broadcastMAC, gw4.Addr()))
 		synctest.Wait()
