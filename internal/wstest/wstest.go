@@ -100,7 +100,12 @@ func (h *Hub) pump(w *Workstation) {
 		select {
 		case h.in <- pkt:
 		case <-h.done:
-			return
+			// Keep reading, and dropping, until Close has closed the
+			// workstation's device (Read then fails): a workstation
+			// stack whose outbound queue is full blocks, holding an
+			// endpoint's lock, and closing that stack waits for the
+			// lock (a deadlock TestConnNettest met once in CI,
+			// 2026-12-04).
 		}
 	}
 }
