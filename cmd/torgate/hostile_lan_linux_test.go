@@ -948,9 +948,7 @@ func (h *hostileNet) testKernel(t *testing.T) {
 				h.script(t, h.hosts["A"], "ipopt4.py", "eth0", h.gwMAC, gwLAN4, "1000", "500", inetAddr4)
 				h.checkUplink(t, "recipe 2 ("+ph.name+")")
 			})
-			if ph.name != "restarted" {
-				t.Run("3-internet-to-lan", func(t *testing.T) { h.internetToLAN(t, ph.name, bcap, &accepts) })
-			}
+			t.Run("3-internet-to-lan", func(t *testing.T) { h.internetToLAN(t, ph.name, bcap, &accepts) })
 			if ph.running {
 				h.mustServe(t, B, "after the recipes ("+ph.name+")", url4)
 			}
