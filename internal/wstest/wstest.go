@@ -45,7 +45,6 @@ type Hub struct {
 	ws     map[netip.Addr]*Workstation
 	done   chan struct{}
 	once   sync.Once
-	wg     sync.WaitGroup
 
 	// Delivered counts packets written towards each workstation.
 	mu        sync.Mutex
@@ -78,7 +77,7 @@ func New(tb testing.TB, mtu int, addrs ...netip.Addr) (*Hub, []*Workstation) {
 		w := &Workstation{Addr: a, Net: n, dev: dev}
 		h.ws[a] = w
 		list = append(list, w)
-		h.wg.Go(func() { h.pump(w) })
+		go h.pump(w)
 	}
 	tb.Cleanup(func() { h.Close() })
 	return h, list
@@ -100,12 +99,7 @@ func (h *Hub) pump(w *Workstation) {
 		select {
 		case h.in <- pkt:
 		case <-h.done:
-			// Keep reading, and dropping, until Close has closed the
-			// workstation's device (Read then fails): a workstation
-			// stack whose outbound queue is full blocks, holding an
-			// endpoint's lock, and closing that stack waits for the
-			// lock (a deadlock TestConnNettest met once in CI,
-			// 2026-12-04).
+			return
 		}
 	}
 }
@@ -194,14 +188,16 @@ func (h *Hub) Events() <-chan tun.Event { return h.events }
 // BatchSize implements tun.Device.
 func (h *Hub) BatchSize() int { return 64 }
 
-// Close implements tun.Device. It closes the workstations too.
+// Close implements tun.Device. It stops the hub; the workstations'
+// stacks are left to the garbage of the test binary, not closed:
+// wireguard's tun/netstack cannot close a stack that still sends. Its
+// Close waits for every endpoint's lock, which a stack goroutine holds
+// while it blocks handing a packet to a reader that is gone (a deadlock
+// TestConnNettest met in CI, 2026-12-04); with a reader that keeps
+// draining, the channel Close closes races with that goroutine's send
+// (the race detector's report in the next CI run). A handful of idle
+// goroutines per test is the price.
 func (h *Hub) Close() error {
-	h.once.Do(func() {
-		close(h.done)
-		for _, w := range h.ws {
-			w.dev.Close()
-		}
-		h.wg.Wait()
-	})
+	h.once.Do(func() { close(h.done) })
 	return nil
 }
