@@ -1,6 +1,7 @@
 package lan
 
 import (
+	"net/netip"
 	"testing"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -11,9 +12,8 @@ import (
 // write.
 func BenchmarkWrite(b *testing.B) {
 	d, w := testDevice(b)
-	w.send(arpFrame(header.ARPRequest, broadcastMAC, wsMAC, ws4, mac{}, gw4.Addr()))
-	<-w.fromDev
 	w.discard = true
+	bindForTest(d.ports[0], ws4, wsMAC)
 	pkt := make([]byte, 16+1500)
 	copy(pkt[16:], ipv4(other, ws4))
 	bufs := [][]byte{pkt}
@@ -42,5 +42,32 @@ func BenchmarkInbound(b *testing.B) {
 		if l3, _ := p.inbound(&f, pk); l3 == nil {
 			b.Fatal("dropped")
 		}
+	}
+}
+
+// BenchmarkMadeUpSenders: an ARP request from a sender never seen before,
+// with the resolutions in flight at their bound (a flood of made-up
+// senders): each costs a reply, a request and an eviction of the oldest
+// resolution, in constant time.
+func BenchmarkMadeUpSenders(b *testing.B) {
+	d, w := testDevice(b)
+	w.discard = true
+	p := d.ports[0]
+	base := netip.MustParseAddr("10.152.160.0").As4()
+	frames := make([][]byte, 16*maxPending)
+	for i := range frames {
+		a := base
+		a[2] += byte(i >> 8)
+		a[3] = byte(i)
+		frames[i] = arpFrame(header.ARPRequest, broadcastMAC, ws2MAC, netip.AddrFrom4(a), mac{}, gw4.Addr())
+	}
+	pk := d.pool.Get().(*inPacket)
+	var f frame
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		parseFrame(frames[i%len(frames)], &f)
+		p.inbound(&f, pk)
+		i++
 	}
 }

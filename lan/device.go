@@ -136,11 +136,13 @@ type port struct {
 
 	idx int // position among the Device's ports
 
-	mu      sync.Mutex
-	neigh   map[netip.Addr]*neigh // guarded by mu
-	pending int                   // incomplete entries; guarded by mu
-	boundN  int                   // bound entries; guarded by mu
-	perMAC  map[mac]int           // bound entries per MAC; guarded by mu
+	mu       sync.Mutex
+	neigh    map[netip.Addr]*neigh // guarded by mu
+	pending  int                   // incomplete entries; guarded by mu
+	pendingQ []pendingRef          // resolutions by start, oldest first; guarded by mu
+	seq      uint64                // resolutions started; guarded by mu
+	boundN   int                   // bound entries; guarded by mu
+	perMAC   map[mac]int           // bound entries per MAC; guarded by mu
 
 	machineTokens   int       // new machines admissible now; guarded by mu
 	machineTokensAt time.Time // when machineTokens was last refilled; guarded by mu

@@ -80,7 +80,7 @@ var stateNames = [numStates]string{"incomplete", "reachable", "probing", "failed
 type neigh struct {
 	state     neighState
 	mac       mac       // bound MAC (reachable, probing)
-	created   time.Time // incomplete: when resolution started
+	seq       uint64    // incomplete: which resolution of the link this is (pendingQ)
 	confirmed time.Time // last confirmation
 	used      time.Time // last packet sent to or accepted from it
 	probes    int       // solicitations sent in this state
@@ -103,25 +103,43 @@ func (e *neigh) bound() bool { return e.state == stateReachable || e.state == st
 func (p *port) lookupLocked(a netip.Addr) *neigh { return p.neigh[a] }
 
 // newPendingLocked adds an incomplete entry for a, pushing out the oldest
-// incomplete one when maxPending are resolving. p.mu must be held.
+// incomplete one when maxPending are resolving, in constant time per
+// entry (a flood of made-up senders must not buy a scan of the table
+// each). p.mu must be held.
 func (p *port) newPendingLocked(a netip.Addr, now time.Time) *neigh {
-	if p.pending >= maxPending {
-		var victim netip.Addr
-		var oldest time.Time
-		for k, e := range p.neigh {
-			if e.state == stateIncomplete && (!victim.IsValid() || e.created.Before(oldest)) {
-				victim, oldest = k, e.created
-			}
-		}
-		if victim.IsValid() {
-			p.removeLocked(victim, p.neigh[victim])
+	for p.pending >= maxPending && len(p.pendingQ) > 0 {
+		// The oldest resolution still in flight. The queue keeps
+		// addresses whose resolution ended since (lazy removal): an
+		// address counts only if its entry is still the one queued.
+		q := p.pendingQ[0]
+		p.pendingQ = p.pendingQ[1:]
+		if e := p.neigh[q.a]; e != nil && e.state == stateIncomplete && e.seq == q.seq {
+			p.removeLocked(q.a, e)
 			p.dev.drop(reasonTableFull, 1)
 		}
 	}
-	e := &neigh{state: stateIncomplete, created: now, probes: 1, next: now.Add(probeInterval)}
+	if len(p.pendingQ) >= 2*maxPending {
+		// Mostly finished resolutions: keep the live ones.
+		live := p.pendingQ[:0]
+		for _, q := range p.pendingQ {
+			if e := p.neigh[q.a]; e != nil && e.state == stateIncomplete && e.seq == q.seq {
+				live = append(live, q)
+			}
+		}
+		p.pendingQ = append(make([]pendingRef, 0, maxPending), live...)
+	}
+	p.seq++
+	e := &neigh{state: stateIncomplete, seq: p.seq, probes: 1, next: now.Add(probeInterval)}
 	p.neigh[a] = e
 	p.pending++
+	p.pendingQ = append(p.pendingQ, pendingRef{a: a, seq: p.seq})
 	return e
+}
+
+// pendingRef is a resolution in the order it started.
+type pendingRef struct {
+	a   netip.Addr
+	seq uint64 // neigh.seq of the entry it was queued for
 }
 
 // removeLocked deletes a's entry and drops what it holds. p.mu must be held.
