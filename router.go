@@ -39,11 +39,11 @@ import (
 
 	"github.com/torgate/torgate/dns"
 	"github.com/torgate/torgate/internal/endpoint"
+	"github.com/torgate/torgate/internal/lan"
 	"github.com/torgate/torgate/internal/ownaddr"
-	"github.com/torgate/torgate/lan"
+	"github.com/torgate/torgate/internal/torctl"
 	"github.com/torgate/torgate/netstack"
 	"github.com/torgate/torgate/socks"
-	"github.com/torgate/torgate/torctl"
 	"github.com/torgate/torgate/tunnel"
 )
 

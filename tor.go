@@ -9,8 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/torgate/torgate/internal/torctl"
 	"github.com/torgate/torgate/socks"
-	"github.com/torgate/torgate/torctl"
 	"github.com/torgate/torgate/tunnel"
 )
 

@@ -23,7 +23,7 @@ import (
 	"github.com/torgate/torgate/internal/nstest"
 	"github.com/torgate/torgate/internal/testlog"
 	"github.com/torgate/torgate/internal/testnet"
-	"github.com/torgate/torgate/torctl"
+	"github.com/torgate/torgate/internal/torctl"
 )
 
 // The integration tests below run torgate against real Tor: a private Tor

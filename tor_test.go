@@ -16,8 +16,8 @@ import (
 	"github.com/torgate/torgate"
 	"github.com/torgate/torgate/internal/testlog"
 	"github.com/torgate/torgate/internal/testnet"
+	"github.com/torgate/torgate/internal/torctl"
 	"github.com/torgate/torgate/internal/wstest"
-	"github.com/torgate/torgate/torctl"
 )
 
 // TestUpstreamChoice: exactly one of ManagedTor, AttachedTor, SocksAddr

@@ -10,8 +10,8 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/torgate/torgate/internal/lan"
 	"github.com/torgate/torgate/internal/netconf"
-	"github.com/torgate/torgate/lan"
 )
 
 // openTUN creates (or adopts) the TUN device described by cfg.

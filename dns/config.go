@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/torgate/torgate/dest"
+	"github.com/torgate/torgate/internal/dest"
 )
 
 // Mode selects how A and AAAA queries for ordinary (non-.onion) names are

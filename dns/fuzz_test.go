@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/torgate/torgate/dest"
+	"github.com/torgate/torgate/internal/dest"
 	"golang.org/x/net/dns/dnsmessage"
 )
 

@@ -4,7 +4,7 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/torgate/torgate/dest"
+	"github.com/torgate/torgate/internal/dest"
 	"golang.org/x/net/dns/dnsmessage"
 )
 

@@ -34,7 +34,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/torgate/torgate/dest"
+	"github.com/torgate/torgate/internal/dest"
 	"golang.org/x/net/dns/dnsmessage"
 )
 

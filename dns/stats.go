@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/torgate/torgate/dest"
+	"github.com/torgate/torgate/internal/dest"
 	"golang.org/x/net/dns/dnsmessage"
 )
 

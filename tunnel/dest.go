@@ -3,7 +3,7 @@ package tunnel
 import (
 	"net/netip"
 
-	"github.com/torgate/torgate/dest"
+	"github.com/torgate/torgate/internal/dest"
 )
 
 // Forbidden classifies ip by the built-in rules (the package-level

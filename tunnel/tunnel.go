@@ -29,7 +29,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/torgate/torgate/dest"
+	"github.com/torgate/torgate/internal/dest"
 	"github.com/torgate/torgate/internal/fair"
 	"github.com/torgate/torgate/socks"
 )

@@ -15,7 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/torgate/torgate"
-	"github.com/torgate/torgate/admin"
+	"github.com/torgate/torgate/internal/admin"
 )
 
 // adminTimeout bounds one admin request (NEWNYM waits for Tor).

@@ -19,7 +19,7 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 
-	"github.com/torgate/torgate/admin"
+	"github.com/torgate/torgate/internal/admin"
 )
 
 // outsideProbe is where check sends traffic that must never get an answer

@@ -8,7 +8,7 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/torgate/torgate/lan"
+	"github.com/torgate/torgate/internal/lan"
 )
 
 const lanUsage = `usage: torgate lan down IFACE

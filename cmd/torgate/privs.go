@@ -6,7 +6,7 @@ import (
 	"log/slog"
 
 	"github.com/torgate/torgate/internal/privs"
-	"github.com/torgate/torgate/torctl"
+	"github.com/torgate/torgate/internal/torctl"
 )
 
 // Where torgate drops its capabilities, and what it keeps:

@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/torgate/torgate/torctl"
+	"github.com/torgate/torgate/internal/torctl"
 )
 
 // barWidth is the number of cells in the progress bar.

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/torgate/torgate/admin"
+	"github.com/torgate/torgate/internal/admin"
 	"github.com/torgate/torgate/internal/nstest"
 	"github.com/torgate/torgate/internal/testlog"
 	"github.com/torgate/torgate/internal/testnet"

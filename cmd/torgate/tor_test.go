@@ -17,7 +17,7 @@ import (
 	"testing"
 
 	"github.com/torgate/torgate"
-	"github.com/torgate/torgate/torctl"
+	"github.com/torgate/torgate/internal/torctl"
 )
 
 func TestTorUpstream(t *testing.T) {

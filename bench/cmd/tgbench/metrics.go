@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/torgate/torgate/admin"
+	"github.com/torgate/torgate/internal/admin"
 )
 
 // GoPeak is the peak, over one run (or over a row's runs), of what a Go
