@@ -170,7 +170,7 @@ func TestResolveMode(t *testing.T) {
 			return netip.Addr{}, socks.ReplyHostUnreachable
 		},
 		ResolvePTR: func(ip netip.Addr) (string, socks.Reply) { return "ptr.example.net", socks.ReplySucceeded },
-	}, func(c *torgate.Config) { c.DNSMode = dns.ModeResolve }, ws1)
+	}, func(c *torgate.Config) { c.DNSMode = torgate.DNSResolve }, ws1)
 
 	resp := query(t, f, ws1, netip.MustParseAddr("10.152.152.10"), false, "example.com.", dnsmessage.TypeA)
 	if firstAddr(resp) != resolved {
@@ -227,9 +227,9 @@ func TestDNSFailClosed(t *testing.T) {
 		}
 	}
 	g := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, func(c *torgate.Config) {
-		c.DNSMode = dns.ModeResolve
+		c.DNSMode = torgate.DNSResolve
 		d, _ := socks.NewDialer("tcp", "127.0.0.1:1") // nothing listens
-		c.Upstream = d
+		c.Upstream = d.Dial
 	}, ws1)
 	if r := query(t, g, ws1, netip.MustParseAddr("10.152.152.10"), false, "example.com.", dnsmessage.TypeA); r.RCode != dnsmessage.RCodeServerFailure {
 		t.Fatalf("upstream down: %v, want SERVFAIL", r.RCode)

@@ -20,7 +20,7 @@ func TestRunEndsWhenTUNDeleted(t *testing.T) {
 	nstest.RequireRoot(t)
 	ws := nstest.New(t, nstest.Options{})
 	srv := sockstest.NewServer(t, sockstest.Config{Connect: sockstest.Echo})
-	r, err := torgate.New(torgate.Config{Device: ws.Dev, Upstream: srv.Dialer()})
+	r, err := torgate.New(torgate.Config{Device: ws.Dev, Upstream: srv.Dialer().Dial})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -113,7 +113,7 @@ func TestPlainSocksReadiness(t *testing.T) {
 		t.Fatal(err)
 	}
 	hub, _ := wstest.New(t, 1500, ws1)
-	r, err := torgate.New(torgate.Config{Device: hub, Upstream: up})
+	r, err := torgate.New(torgate.Config{Device: hub, Upstream: up.Dial})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -415,7 +415,7 @@ func rawRouter(t *testing.T, mod func(*torgate.Config)) (*bench.RawPeer, *torgat
 		t.Fatal(err)
 	}
 	p, link := bench.NewRawPeer(ws1, 1500, 1460)
-	cfg := torgate.Config{Device: link, Upstream: d, MaxFlows: 20000, MaxFlowsPerSource: 20000}
+	cfg := torgate.Config{Device: link, Upstream: d.Dial, MaxFlows: 20000, MaxFlowsPerSource: 20000}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -587,7 +587,7 @@ func TestSoak(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := torgate.New(torgate.Config{Device: hub, Upstream: d})
+	r, err := torgate.New(torgate.Config{Device: hub, Upstream: d.Dial})
 	if err != nil {
 		t.Fatal(err)
 	}

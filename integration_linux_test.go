@@ -34,7 +34,7 @@ func TestIntegrationCurlThroughTUN(t *testing.T) {
 		}),
 	})
 
-	r, err := torgate.New(torgate.Config{Device: ws.Dev, Upstream: srv.Dialer()})
+	r, err := torgate.New(torgate.Config{Device: ws.Dev, Upstream: srv.Dialer().Dial})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func TestIntegrationDNS(t *testing.T) {
 	srv := sockstest.NewServer(t, sockstest.Config{
 		Connect: sockstest.DialTo(func(socks.Addr) string { return web.Listener.Addr().String() }),
 	})
-	r, err := torgate.New(torgate.Config{Device: ws.Dev, Upstream: srv.Dialer()})
+	r, err := torgate.New(torgate.Config{Device: ws.Dev, Upstream: srv.Dialer().Dial})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/torgate/torgate"
-	"github.com/torgate/torgate/dns"
 	"github.com/torgate/torgate/internal/testlog"
 	"github.com/torgate/torgate/netstack"
 	"github.com/torgate/torgate/socks"
@@ -74,7 +73,7 @@ func dnsPacket(src, dst netip.Addr, sport uint16, id uint16) []byte {
 // a counted drop, and goroutines stay bounded.
 func TestDNSFloodIsBounded(t *testing.T) {
 	f := newFixture(t, sockstest.Config{Raw: hangRaw}, func(c *torgate.Config) {
-		c.DNSMode = dns.ModeResolve
+		c.DNSMode = torgate.DNSResolve
 	}, ws1)
 	base := runtime.NumGoroutine()
 	for i := range 5000 {

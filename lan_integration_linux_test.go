@@ -90,7 +90,7 @@ func TestIntegrationLAN(t *testing.T) {
 			if err := unix.Mount("sysfs", "/sys", "sysfs", 0, ""); err != nil {
 				return err
 			}
-			r, err = torgate.New(torgate.Config{LAN: []string{"eth1"}, Upstream: srv.Dialer()})
+			r, err = torgate.New(torgate.Config{LAN: []string{"eth1"}, Upstream: srv.Dialer().Dial})
 			return err
 		}()
 	}()
@@ -99,7 +99,7 @@ func TestIntegrationLAN(t *testing.T) {
 	}
 	r.Start()
 	defer r.Close()
-	if err := r.LANReady(); err != nil {
+	if err := r.LAN().Ready(); err != nil {
 		t.Fatalf("LANReady: %v", err)
 	}
 

@@ -58,3 +58,33 @@ func (c *stackCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.gvEstablished, prometheus.GaugeValue, float64(established))
 }
+
+// Stats are the packet loop's counters, as the metrics report them
+// (tun_packets_in_total and friends).
+type Stats struct {
+	PacketsIn, PacketsOut uint64
+	BytesIn, BytesOut     uint64
+	// TimeWaitReclaimed counts SYNs that reused a 4-tuple in TIME_WAIT
+	// and got a fresh flow.
+	TimeWaitReclaimed uint64
+	// Drops counts dropped packets by reason (packets_dropped_total's
+	// labels); reasons that never happened are absent.
+	Drops map[string]uint64
+}
+
+// Stats reads the packet loop's counters.
+func (r *Router) Stats() Stats {
+	st := r.stack.Stats()
+	out := Stats{
+		PacketsIn: st.PacketsIn.Load(), PacketsOut: st.PacketsOut.Load(),
+		BytesIn: st.BytesIn.Load(), BytesOut: st.BytesOut.Load(),
+		TimeWaitReclaimed: st.TimeWaitReclaimed.Load(),
+		Drops:             map[string]uint64{},
+	}
+	for _, reason := range netstack.Reasons() {
+		if n := st.Drops[reason].Load(); n > 0 {
+			out.Drops[reason.String()] = n
+		}
+	}
+	return out
+}

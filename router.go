@@ -30,6 +30,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,119 +39,38 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/torgate/torgate/dns"
-	"github.com/torgate/torgate/internal/endpoint"
+	"github.com/torgate/torgate/internal/dest"
+	"github.com/torgate/torgate/internal/fair"
+	"github.com/torgate/torgate/internal/gate"
 	"github.com/torgate/torgate/internal/lan"
 	"github.com/torgate/torgate/internal/ownaddr"
 	"github.com/torgate/torgate/internal/torctl"
+	"github.com/torgate/torgate/internal/upstream"
 	"github.com/torgate/torgate/netstack"
 	"github.com/torgate/torgate/socks"
 	"github.com/torgate/torgate/tunnel"
 )
 
-// Config configures a Router. Field comments are the reference; cmd/torgate
-// maps its flags onto these fields one to one.
-type Config struct {
-	// The TUN device: exactly one of Device (any wireguard tun.Device, for
-	// embedding and tests), TUNFD (an open /dev/net/tun file descriptor
-	// handed over by a parent) or TUNName (created and configured here).
-	Device  tun.Device
-	TUNFD   int
-	TUNName string
-	// LAN makes torgate the gateway of these Ethernet interfaces
-	// (package lan: a passthru macvtap each, guard rules, ARP/NDP in
-	// userspace) instead of using a TUN. Mutually exclusive with Device,
-	// TUNFD and TUNName; MTU and Addr4/Addr6 come from the interfaces.
-	LAN []string
-	// MTU of the TUN. Default 1500.
-	MTU int
-	// Addr4 and Addr6 are the gateway-side addresses assigned to a TUN
-	// created by name (optional; not used with Device or TUNFD).
-	Addr4, Addr6 netip.Prefix
-
-	// The upstream: exactly one of ManagedTor (torgate starts and
-	// supervises its own tor), AttachedTor (a running Tor's control port),
-	// SocksAddr or Upstream (plain SOCKS5: no control port, so readiness
-	// rests on the SOCKS port answering).
-	ManagedTor  *ManagedTor
-	AttachedTor *AttachedTor
-	// SocksAddr is a plain SOCKS5 upstream: "IP:port", "/path" or
-	// "unix:/path".
-	SocksAddr string
-	// Upstream is a plain SOCKS5 upstream as a ready dialer.
-	Upstream *socks.Dialer
-	// OnTorProgress is called when a managed or attached Tor's bootstrap
-	// phase changes, in order, one call at a time (for a progress view).
-	// It must not block or call Close. Optional.
-	OnTorProgress func(torctl.Bootstrap)
-
-	// Isolation decides which flows share circuits. Default per source.
-	Isolation tunnel.IsolationMode
-	// IsolationSecret keys the credential derivation; nil draws a random one
-	// per run.
-	IsolationSecret []byte
-
-	// DNSMode is automap (default) or resolve.
-	DNSMode dns.Mode
-	// DNSPool4, DNSPool6 are the virtual address pools for automap.
-	// Defaults: dns.DefaultPool4, dns.DefaultPool6.
-	DNSPool4, DNSPool6 netip.Prefix
-	// StateDir keeps state across restarts (the automap table and its
-	// address epoch). Optional; New fails if it is not writable.
-	StateDir string
-	// DNSEpochFile keeps the automap address epoch across restarts (see
-	// dns.Config.EpochFile) when there is no StateDir: a runtime file such
-	// as /run/torgate/dns-epoch. Ignored with a StateDir (the epoch lives
-	// there). Unset without a StateDir, each run starts at a random epoch.
-	DNSEpochFile string
-
-	// Ready, if set, is one more readiness condition (for an embedder
-	// that watches Tor itself); while false new flows get a RST and DNS
-	// SERVFAIL. With ManagedTor or AttachedTor the router follows Tor's
-	// bootstrap and liveness itself. With plain SOCKS and no Ready,
-	// readiness comes from the router's own evidence: a periodic connect
-	// and SOCKS greeting to the upstream and the outcome of real dials
-	// (upstream_watch.go). In every mode a SOCKS port that stops
-	// answering greetings makes the router not ready.
-	Ready func() bool
-
-	// Flow limits; zero takes tunnel's defaults.
-	MaxFlows, MaxFlowsPerSource, MaxDialsPerSource int
-	// Packet-path limits and their per-source shares; zero takes
-	// netstack's defaults (README, limits table).
-	MaxInFlight, MaxInFlightPerSource int
-	DNSWorkers, DNSWorkersPerSource   int
-	DNSTCPConns, DNSTCPConnsPerSource int
-	// KeepMemory turns off returning memory to the system
-	// (debug.FreeOSMemory) after open flows fall by half from a peak.
-	KeepMemory bool
-	// DialTimeout, IdleTimeout, HalfCloseTimeout; zero takes tunnel's
-	// defaults (sized for Tor).
-	DialTimeout, IdleTimeout, HalfCloseTimeout time.Duration
-
-	// ICMPUnreachable answers dropped UDP with ICMP port unreachable.
-	ICMPUnreachable bool
-	// LogDestinations lets debug logs name destinations (tunnel's and
-	// dns's). Off by default.
-	LogDestinations bool
-	// Logger; nil discards.
-	Logger *slog.Logger
-	// Registerer receives the router's metrics; nil registers nothing.
-	Registerer prometheus.Registerer
-}
-
 // Router is a running torgate instance.
 type Router struct {
 	cfg    Config
 	log    *slog.Logger
-	stack  *netstack.Stack
-	tunnel *tunnel.Tunnel
-	dns    *dns.Server
-	dialer *socks.Dialer
-	watch  *upstreamWatch
-	stop   context.CancelFunc // ends the watch loop; set by Start
-	bg     sync.WaitGroup
-	lan    *lan.Device // nil unless Config.LAN
+	gate   *gate.Gate
+	watch  *upstream.Watch
 	tor    *torSide
+	iso    *tunnel.Isolator
+	names  *dns.Map
+	dev    tun.Device
+	lan    *lan.Device // nil unless Config.LAN
+	policy *dest.Policy
+	dns    *dns.Server
+	tunnel *tunnel.Tunnel
+	stack  *netstack.Stack
+	proof  *fair.Proof
+
+	bgCtx  context.Context    // the background goroutines' life
+	stopBg context.CancelFunc // ends them; Close calls it
+	bg     sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -159,11 +79,29 @@ type Router struct {
 
 	saverMu sync.Mutex
 	saver   *time.Timer // guarded by saverMu; nil once closed
+
+	unregister cleanup // the metrics' registrations, undone by Close
+
+	failAt string // a build step that fails (build_test.go)
 }
+
+// The readiness gate's parts, in the order Ready names the first that is
+// not ready.
+const (
+	partRouter   gate.Part = iota // started, not closed, packet loop running
+	partLAN                       // every LAN link up and readable
+	partTor                       // bootstrapped with a live circuit
+	partUpstream                  // the SOCKS port answers
+)
+
+var (
+	errNotStarted = errors.New("router not started")
+	errClosed     = errors.New("router closed")
+)
 
 // saveState writes the automap table and re-arms itself.
 func (r *Router) saveState() {
-	if err := r.dns.Save(); err != nil {
+	if err := r.names.Save(); err != nil {
 		r.log.Warn("save dns state failed", "err", err)
 	}
 	r.saverMu.Lock()
@@ -171,78 +109,6 @@ func (r *Router) saveState() {
 	if r.saver != nil {
 		r.saver.Reset(stateSaveInterval)
 	}
-}
-
-// socksDialer turns SocksAddr ("IP:port", "/path" or "unix:/path") into
-// a dialer.
-func socksDialer(s string) (*socks.Dialer, error) {
-	ep, err := endpoint.Parse(s)
-	if err != nil {
-		return nil, err
-	}
-	return socks.NewDialer(ep.Network, ep.Address)
-}
-
-func (c *Config) validate() error {
-	n := 0
-	if c.Device != nil {
-		n++
-	}
-	if c.TUNFD > 0 {
-		n++
-	}
-	if c.TUNName != "" {
-		n++
-	}
-	if len(c.LAN) > 0 {
-		n++
-	}
-	if n != 1 {
-		return errors.New("config: exactly one of Device, TUNFD, TUNName and LAN must be set")
-	}
-	if c.TUNFD < 0 {
-		return errors.New("config: TUNFD negative")
-	}
-	if c.MTU == 0 {
-		c.MTU = 1500
-	}
-	if c.MTU < 1280 || c.MTU > 65535 {
-		return fmt.Errorf("config: MTU %d out of range 1280-65535", c.MTU)
-	}
-	if c.Addr4.IsValid() && !c.Addr4.Addr().Is4() {
-		return fmt.Errorf("config: Addr4 %s is not IPv4", c.Addr4)
-	}
-	if c.Addr6.IsValid() && !c.Addr6.Addr().Is6() {
-		return fmt.Errorf("config: Addr6 %s is not IPv6", c.Addr6)
-	}
-	n = 0
-	for _, set := range []bool{c.ManagedTor != nil, c.AttachedTor != nil, c.SocksAddr != "", c.Upstream != nil} {
-		if set {
-			n++
-		}
-	}
-	if n != 1 {
-		return errors.New("config: exactly one of ManagedTor, AttachedTor, SocksAddr and Upstream must be set")
-	}
-	if c.SocksAddr != "" {
-		d, err := socksDialer(c.SocksAddr)
-		if err != nil {
-			return fmt.Errorf("config: SocksAddr: %w", err)
-		}
-		c.Upstream = d
-	}
-	if !c.DNSPool4.IsValid() {
-		c.DNSPool4 = dns.DefaultPool4
-	}
-	if !c.DNSPool6.IsValid() {
-		c.DNSPool6 = dns.DefaultPool6
-	}
-	for _, p := range []netip.Prefix{c.Addr4, c.Addr6} {
-		if p.IsValid() && (c.DNSPool4.Overlaps(p) || c.DNSPool6.Overlaps(p)) {
-			return fmt.Errorf("config: gateway address %s overlaps a DNS virtual pool", p)
-		}
-	}
-	return nil
 }
 
 // eofGrace is how long an end of stream from an attached Tor (or an
@@ -263,44 +129,215 @@ func New(cfg Config) (*Router, error) {
 // connection to the attached one; ctx bounds only that, not the Router's
 // life. Call Run to forward, and Close (or cancel Run's context) to stop;
 // Close also stops the managed Tor. The Router refuses flows and DNS
-// until Tor is bootstrapped (see Ready, WaitReady).
-func NewContext(ctx context.Context, cfg Config) (*Router, error) {
+// until Tor is bootstrapped (see Ready, WaitReady). Config.Device is the
+// Router's from here on: Close closes it, and so does NewContext when it
+// fails. A failing NewContext leaves nothing behind: every step it took
+// is undone, last first.
+func NewContext(ctx context.Context, cfg Config) (_ *Router, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	log := cfg.Logger
-	r := &Router{log: log}
-	ts, err := newTorSide(&cfg, cfg.OnTorProgress, r.endFlowsTorDown)
+	r := &Router{cfg: cfg, log: cfg.Logger, failAt: cfg.failAt}
+	var undo cleanup
+	defer func() {
+		if err != nil {
+			undo.run()
+			if r.dev == nil && cfg.Device != nil {
+				cfg.Device.Close() // failed before the device step took it
+			}
+		}
+	}()
+	steps := [...]func(*cleanup) error{
+		r.buildTor,
+		r.buildUpstream,
+		r.buildNames,
+		r.openDevice,
+		r.buildPolicy,
+		r.buildDNS,
+		r.buildTunnel,
+		r.buildStack,
+		r.registerMetrics,
+		func(u *cleanup) error { return r.startTor(ctx, u) },
+	}
+	for i, step := range steps {
+		if r.failAt == buildSteps[i] {
+			return nil, fmt.Errorf("%w at %s", errInjected, buildSteps[i])
+		}
+		if err := step(&undo); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// buildSteps name NewContext's steps, in order, for a test that makes
+// each fail (Config.failAt).
+var buildSteps = [...]string{"tor", "upstream", "names", "device", "policy", "dns", "tunnel", "stack", "metrics", "start-tor"}
+
+// errInjected is the failure a test asks a build step for.
+var errInjected = errors.New("injected failure")
+
+// cleanup undoes NewContext's steps, last first.
+type cleanup []func()
+
+func (c *cleanup) push(f func()) { *c = append(*c, f) }
+
+func (c cleanup) run() {
+	for i := len(c) - 1; i >= 0; i-- {
+		c[i]()
+	}
+}
+
+// buildTor builds (but does not start) the managed or attached Tor, and
+// the readiness gate every part reports into.
+func (r *Router) buildTor(u *cleanup) error {
+	var extra func() error
+	if ready := r.cfg.Ready; ready != nil {
+		extra = func() error {
+			if !ready() {
+				return errors.New("not ready (Config.Ready)")
+			}
+			return nil
+		}
+	}
+	r.gate = gate.New(extra, "router", "lan", "tor", "upstream")
+	r.gate.Set(partRouter, errNotStarted)
+	var progress func(torctl.Bootstrap)
+	if f := r.cfg.OnTorProgress; f != nil {
+		progress = func(b torctl.Bootstrap) { f(bootstrapOf(b)) }
+	}
+	ts, err := newTorSide(&r.cfg, progress, r.torDown)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	r.tor = ts
-	r.cfg = cfg
-	// Every dial goes through the liveness watch; readiness needs both
-	// the caller's (Tor's) and the watch's.
-	r.watch = newUpstreamWatch(cfg.Upstream.Dial, cfg.Ready == nil && ts.tor == nil, log.With("component", "upstream"))
-	r.dialer = &socks.Dialer{Dial: r.watch.Dial}
-	ready := r.watch.ok
-	switch t := ts.tor; {
-	case t != nil && cfg.Ready != nil:
-		ready = func() bool { return t.Ready() && cfg.Ready() && r.watch.ok() }
-	case t != nil:
-		ready = func() bool { return t.Ready() && r.watch.ok() }
-	case cfg.Ready != nil:
-		ready = func() bool { return cfg.Ready() && r.watch.ok() }
+	if ts.tor == nil {
+		r.gate.Set(partTor, nil)
 	}
+	r.bgCtx, r.stopBg = context.WithCancel(context.Background())
+	u.push(func() { r.stopBg(); r.bg.Wait() })
+	return nil
+}
 
-	iso, err := tunnel.NewIsolator(cfg.Isolation, cfg.IsolationSecret)
-	if err != nil {
-		return nil, err
+// buildUpstream wraps every dial to the SOCKS port in the liveness watch.
+func (r *Router) buildUpstream(*cleanup) error {
+	plain := r.cfg.Ready == nil && r.tor.tor == nil
+	r.watch = upstream.New(r.cfg.Upstream, plain, r.log.With("component", "upstream"),
+		func(err error) { r.gate.Set(partUpstream, err) })
+	iso, err := tunnel.NewIsolator(tunnel.IsolationMode(r.cfg.Isolation), r.cfg.IsolationSecret)
+	r.iso = iso
+	return err
+}
+
+// buildNames builds the automap table, first of the DNS parts: it checks
+// the state directory before anything touches a network interface.
+func (r *Router) buildNames(u *cleanup) error {
+	stateFile, epochFile := "", r.cfg.DNSEpochFile
+	if r.cfg.StateDir != "" {
+		stateFile = filepath.Join(r.cfg.StateDir, "automap.state")
+		epochFile = filepath.Join(r.cfg.StateDir, "automap.epoch")
 	}
+	// Which workstations are proven: in a TUN, those that completed a
+	// TCP handshake recently (the DNS table keeps its room for them); on
+	// a LAN every source that reaches the stack was proven by torgate's
+	// own ARP/ND and is a machine identity.
+	r.proof = netstack.NewProof()
+	proven := r.proof.Has
+	if len(r.cfg.LAN) > 0 {
+		proven = lan.IsMachineID
+	}
+	m, err := dns.NewMap(dns.Config{
+		Proven:    proven,
+		Pool4:     r.cfg.DNSPool4,
+		Pool6:     r.cfg.DNSPool6,
+		StateFile: stateFile,
+		EpochFile: epochFile,
+		Logger:    r.log.With("component", "dns"),
+	})
+	if err != nil {
+		return err
+	}
+	r.names = m
+	u.push(func() { m.Close() })
+	return nil
+}
+
+// openDevice opens the TUN or takes the LAN interfaces.
+func (r *Router) openDevice(u *cleanup) error {
+	dev, err := openTUN(&r.cfg)
+	if err != nil {
+		return err
+	}
+	r.dev = dev
+	u.push(func() { dev.Close() })
+	if ld, ok := dev.(*lan.Device); ok {
+		r.lan = ld
+		for _, p := range ld.Prefixes() {
+			if r.cfg.DNSPool4.Overlaps(p) || r.cfg.DNSPool6.Overlaps(p) {
+				return fmt.Errorf("config: LAN prefix %s overlaps a DNS virtual pool (change --dns-pool4/--dns-pool6)", p)
+			}
+		}
+		logLAN(r.log, ld)
+	} else {
+		r.gate.Set(partLAN, nil)
+	}
+	return nil
+}
+
+// buildPolicy builds the one destination policy of flows and DNS: the
+// built-in rules, the virtual pools (a flow to one is its name or a RST),
+// the gateway's own networks (its TUN's, its LANs') and its own addresses
+// on every interface (its uplink's too), as they are at each decision.
+func (r *Router) buildPolicy(*cleanup) error {
+	prefixes := []netip.Prefix{r.cfg.DNSPool4, r.cfg.DNSPool6}
+	for _, p := range []netip.Prefix{r.cfg.Addr4, r.cfg.Addr6} {
+		if p.IsValid() {
+			prefixes = append(prefixes, p)
+		}
+	}
+	if r.lan != nil {
+		prefixes = append(prefixes, r.lan.Prefixes()...)
+	}
+	p, err := dest.NewPolicy(prefixes, ownaddr.New().Contains)
+	r.policy = p
+	return err
+}
+
+// buildDNS builds the DNS server on the table, resolving (resolve mode)
+// through the upstream with the isolator's credentials.
+func (r *Router) buildDNS(u *cleanup) error {
+	ds, err := dns.New(dns.Config{
+		Mode:            dns.Mode(r.cfg.DNSMode),
+		Map:             r.names,
+		Resolver:        tunnel.NewResolver(r.upstream(), r.iso, r.gate.Ready),
+		Policy:          r.policy,
+		Ready:           r.gate.Ready,
+		LogDestinations: r.cfg.LogDestinations,
+		Logger:          r.log.With("component", "dns"),
+	})
+	if err != nil {
+		return err
+	}
+	r.dns = ds
+	u.push(func() { ds.Close() })
+	return nil
+}
+
+// upstream is the SOCKS client every flow and lookup leaves through.
+func (r *Router) upstream() *socks.Dialer { return &socks.Dialer{Dial: r.watch.Dial} }
+
+// buildTunnel builds the flow layer.
+func (r *Router) buildTunnel(u *cleanup) error {
+	cfg := r.cfg
 	tcfg := tunnel.Config{
-		Upstream:          r.dialer,
-		Isolator:          iso,
-		Ready:             ready,
+		Upstream:          r.upstream(),
+		Isolator:          r.iso,
+		Names:             r.names,
+		Policy:            r.policy,
+		Ready:             r.gate.Ready,
 		DialTimeout:       cfg.DialTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		HalfCloseTimeout:  cfg.HalfCloseTimeout,
@@ -308,13 +345,7 @@ func NewContext(ctx context.Context, cfg Config) (*Router, error) {
 		MaxFlowsPerSource: cfg.MaxFlowsPerSource,
 		MaxDialsPerSource: cfg.MaxDialsPerSource,
 		LogDestinations:   cfg.LogDestinations,
-		Logger:            log.With("component", "tunnel"),
-		// Never a destination: the virtual pools (a flow to one is its
-		// name or a RST) and the gateway's own networks.
-		ForbiddenDestinations: forbiddenPrefixes(cfg.DNSPool4, cfg.DNSPool6, cfg.Addr4, cfg.Addr6),
-		// And the gateway's own addresses on every interface (its
-		// uplink's too), as they are at the moment of each flow.
-		OwnAddress: ownaddr.New().Contains,
+		Logger:            r.log.With("component", "tunnel"),
 	}
 	// An end of stream from Tor: a managed Tor's process says at once
 	// whether Tor is dying (checked per end of stream, ~8 µs, no
@@ -323,95 +354,44 @@ func NewContext(ctx context.Context, cfg Config) (*Router, error) {
 	// wait for it, and so do a managed Tor's when /proc hides its process
 	// (hidepid). A plain SOCKS upstream offers no evidence a wait could
 	// collect in time (its probe runs every 5 s): its ends pass at once.
-	if ts.mode == ModeManaged {
-		tcfg.UpstreamState = ts.tor.ProcessState
+	if r.tor.mode == ModeManaged {
+		tcfg.UpstreamState = r.tor.tor.ProcessState
 	}
-	if ts.mode != ModeSocks || cfg.Ready != nil {
+	if r.tor.mode != ModeSocks || cfg.Ready != nil {
 		tcfg.EOFGrace = eofGrace
 	}
-	// The DNS server needs the tunnel's resolver and the tunnel needs the
-	// DNS server's names: build the tunnel with a late-bound Names.
 	if !cfg.KeepMemory {
 		tcfg.FreeMemory = debug.FreeOSMemory
 	}
-	names := &lateNames{}
-	tcfg.Names = names
 	tn, err := tunnel.New(tcfg)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	r.tunnel = tn
+	u.push(func() { tn.Close() })
+	return nil
+}
 
-	stateFile, epochFile := "", cfg.DNSEpochFile
-	if cfg.StateDir != "" {
-		stateFile = filepath.Join(cfg.StateDir, "automap.state")
-		epochFile = filepath.Join(cfg.StateDir, "automap.epoch")
-	}
-	// Which workstations are proven: in a TUN, those that completed a
-	// TCP handshake recently (the DNS table keeps its room for them); on
-	// a LAN every source that reaches the stack was proven by torgate's
-	// own ARP/ND and is a machine identity.
-	proof := netstack.NewProof()
-	proven := proof.Has
-	if len(cfg.LAN) > 0 {
-		proven = lan.IsMachineID
-	}
-	ds, err := dns.New(dns.Config{
-		Mode:            cfg.DNSMode,
-		Proven:          proven,
-		Pool4:           cfg.DNSPool4,
-		Pool6:           cfg.DNSPool6,
-		StateFile:       stateFile,
-		EpochFile:       epochFile,
-		Resolver:        tn.Resolver(),
-		Forbidden:       tn.Forbidden,
-		Ready:           ready,
-		LogDestinations: cfg.LogDestinations,
-		Logger:          log.With("component", "dns"),
-	})
-	if err != nil {
-		return nil, err
-	}
-	r.dns = ds
-	names.s = ds
-
-	dev, err := openTUN(&r.cfg)
-	if err != nil {
-		ds.Close()
-		return nil, err
-	}
+// buildStack builds the network stack on the device. From here the stack
+// owns the device: its Close closes it.
+func (r *Router) buildStack(u *cleanup) error {
+	cfg := r.cfg
 	mtu := cfg.MTU
 	var identify func(netip.Addr) (netip.Addr, bool)
-	if ld, ok := dev.(*lan.Device); ok {
-		r.lan = ld
-		identify = ld.Identity
-		mtu, _ = ld.MTU()
-		for _, p := range ld.Prefixes() {
-			if cfg.DNSPool4.Overlaps(p) || cfg.DNSPool6.Overlaps(p) {
-				dev.Close()
-				ds.Close()
-				return nil, fmt.Errorf("config: LAN prefix %s overlaps a DNS virtual pool (change --dns-pool4/--dns-pool6)", p)
-			}
-		}
+	if r.lan != nil {
+		identify = r.lan.Identity
+		mtu, _ = r.lan.MTU()
 	}
+	tn := r.tunnel
 	st, err := netstack.New(netstack.Config{
-		Device: dev,
+		Device: r.dev,
 		MTU:    mtu,
 		HandleTCP: func(req *netstack.TCPRequest) {
-			if r.lan != nil && r.lan.Refuse(req.Dst.Addr()) {
-				// The gateway itself and the LANs are no destinations
-				// to send to Tor; the gateway only serves DNS (port 53,
-				// handled before this).
-				req.Reject()
-				return
-			}
-			// The workstation, not the address, is what isolation,
-			// names and shares are keyed by (on a LAN: the machine).
 			tn.HandleTCP(netip.AddrPortFrom(req.Who, req.Src.Port()), req.Dst, req)
 		},
-		DNS:                  ds,
+		DNS:                  r.dns,
 		Identify:             identify,
-		Proof:                proof,
+		Proof:                r.proof,
 		MaxInFlight:          cfg.MaxInFlight,
 		MaxInFlightPerSource: cfg.MaxInFlightPerSource,
 		DNSWorkers:           cfg.DNSWorkers,
@@ -419,57 +399,87 @@ func NewContext(ctx context.Context, cfg Config) (*Router, error) {
 		DNSTCPConns:          cfg.DNSTCPConns,
 		DNSTCPConnsPerSource: cfg.DNSTCPConnsPerSource,
 		ICMPUnreachable:      cfg.ICMPUnreachable,
-		Logger:               log.With("component", "netstack"),
+		Logger:               r.log.With("component", "netstack"),
 	})
 	if err != nil {
-		dev.Close()
-		ds.Close()
-		return nil, err
+		return err
 	}
 	r.stack = st
-	if cfg.Registerer != nil {
-		for _, c := range r.Metrics() {
-			if err := cfg.Registerer.Register(c); err != nil {
-				st.Close()
-				ds.Close()
-				return nil, fmt.Errorf("register metrics: %w", err)
+	u.push(func() { st.Close() })
+	return nil
+}
+
+// registerMetrics registers every collector, or none. Close unregisters
+// them, so that a new Router can use the same registry.
+func (r *Router) registerMetrics(u *cleanup) error {
+	reg := r.cfg.Registerer
+	if reg == nil {
+		return nil
+	}
+	for _, c := range r.Metrics() {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register metrics: %w", err)
+		}
+		r.unregister.push(func() { reg.Unregister(c) })
+	}
+	u.push(r.unregister.run)
+	return nil
+}
+
+// startTor starts the managed Tor or attaches to the running one, and
+// the goroutines that report into the gate. Last: Tor's OnDown may end
+// flows from here on.
+func (r *Router) startTor(ctx context.Context, u *cleanup) error {
+	if r.lan != nil {
+		r.report(partLAN, r.lan.Changed, r.lan.Ready)
+	}
+	t := r.tor.tor
+	if t == nil {
+		return nil
+	}
+	if err := t.Start(ctx); err != nil {
+		t.Close()
+		return err
+	}
+	u.push(func() { t.Close() })
+	r.report(partTor, t.Changed, t.ReadyErr)
+	if r.tor.mode == ModeManaged {
+		r.log.Info("starting tor", "mode", r.tor.mode, "data_dir", r.cfg.ManagedTor.DataDir, "socks", t.SocksAddr())
+	} else {
+		r.log.Info("attached to tor", "mode", r.tor.mode, "control", r.cfg.AttachedTor.ControlAddr, "socks", t.SocksAddr())
+	}
+	return nil
+}
+
+// report keeps part's state in the gate: it reads state and sets the
+// part now and at every change, until the router closes.
+func (r *Router) report(p gate.Part, changed func() <-chan struct{}, state func() error) {
+	r.bg.Go(func() {
+		for {
+			ch := changed()
+			r.gate.Set(p, state())
+			select {
+			case <-ch:
+			case <-r.bgCtx.Done():
+				return
 			}
 		}
-	}
-	if t := ts.tor; t != nil {
-		// Last: OnDown may end flows from now on.
-		if err := t.Start(ctx); err != nil {
-			t.Close()
-			st.Close()
-			tn.Close()
-			ds.Close()
-			return nil, err
-		}
-		if ts.mode == ModeManaged {
-			log.Info("starting tor", "mode", ts.mode, "data_dir", cfg.ManagedTor.DataDir, "socks", t.SocksAddr())
-		} else {
-			log.Info("attached to tor", "mode", ts.mode, "control", cfg.AttachedTor.ControlAddr, "socks", t.SocksAddr())
-		}
-	}
-	return r, nil
+	})
 }
 
-// lateNames lets the tunnel reach the DNS server built after it.
-type lateNames struct{ s *dns.Server }
-
-func (l *lateNames) Acquire(src, ip netip.Addr) (string, func(), bool, bool) {
-	return l.s.Acquire(src, ip)
-}
-
-// forbiddenPrefixes returns the valid prefixes among ps, masked.
-func forbiddenPrefixes(ps ...netip.Prefix) []netip.Prefix {
-	var out []netip.Prefix
-	for _, p := range ps {
-		if p.IsValid() {
-			out = append(out, p.Masked())
+// torDown is torctl's OnDown: it runs once Tor's readiness already
+// reports false. The gate learns it here, before the flows end, so that
+// no new flow slips in between; flows through a Tor that is gone cannot
+// continue: they end now (RST) rather than each time out.
+func (r *Router) torDown() {
+	if t := r.tor.tor; t != nil {
+		if err := t.ReadyErr(); err != nil {
+			r.gate.Set(partTor, err)
 		}
 	}
-	return out
+	if tn := r.tunnel; tn != nil {
+		tn.EndAllBecause(tunnel.EndTorDown)
+	}
 }
 
 // Metrics returns every collector of the router.
@@ -477,34 +487,13 @@ func (r *Router) Metrics() []prometheus.Collector {
 	cs := r.tunnel.Metrics()
 	cs = append(cs, r.dns.Metrics()...)
 	cs = append(cs, newStackCollector(r.stack))
-	cs = append(cs, r.watch.metrics()...)
+	cs = append(cs, r.watch.Metrics()...)
 	cs = append(cs, r.tor.metrics(r.Ready)...)
 	if r.lan != nil {
 		cs = append(cs, r.lan.Metrics()...)
 	}
 	return cs
 }
-
-// Stack returns the network stack, for its counters.
-func (r *Router) Stack() *netstack.Stack { return r.stack }
-
-// LAN returns the LAN link layer, nil unless Config.LAN is set.
-func (r *Router) LAN() *lan.Device { return r.lan }
-
-// LANReady reports whether every LAN interface can carry traffic
-// (macvtap attached, interface up, frames readable); nil without LAN.
-func (r *Router) LANReady() error {
-	if r.lan == nil {
-		return nil
-	}
-	return r.lan.Ready()
-}
-
-// Tunnel returns the flow layer, for its isolator and EndAll.
-func (r *Router) Tunnel() *tunnel.Tunnel { return r.tunnel }
-
-// DNS returns the DNS server.
-func (r *Router) DNS() *dns.Server { return r.dns }
 
 // shutdownDrain bounds how long Close waits for the resets of the flows
 // it ended to leave through the TUN.
@@ -515,31 +504,34 @@ const stateSaveInterval = 5 * time.Minute
 
 // Healthy reports whether the packet loop runs: nil once started and
 // until closed or until the TUN failed.
-func (r *Router) Healthy() error {
-	if !r.started.Load() {
-		return errors.New("router not started")
-	}
-	if r.closed.Load() {
-		return errors.New("router closed")
-	}
-	return r.stack.Err()
-}
+func (r *Router) Healthy() error { return r.gate.PartErr(partRouter) }
 
 // UpstreamErr is nil while the SOCKS upstream answers, else why not. In
 // plain SOCKS mode it is all the router knows about Tor: a SOCKS port
 // says nothing of Tor's bootstrap.
-func (r *Router) UpstreamErr() error { return r.watch.err() }
+func (r *Router) UpstreamErr() error { return r.watch.Err() }
 
 // Start begins forwarding. In plain SOCKS mode it first probes the
 // upstream once (at most a second), so that a dead upstream is refused
 // from the first flow on.
 func (r *Router) Start() {
-	ctx, stop := context.WithCancel(context.Background())
-	r.stop = stop
-	r.watch.start(ctx)
-	r.bg.Go(func() { r.watch.watchLoop(ctx) })
+	if r.started.Swap(true) {
+		return
+	}
+	r.watch.Start(r.bgCtx)
+	r.bg.Go(func() { r.watch.Run(r.bgCtx) })
 	r.stack.Start()
-	r.started.Store(true)
+	r.gate.Set(partRouter, nil)
+	// The packet loop's end (a deleted TUN) is the router's.
+	r.bg.Go(func() {
+		select {
+		case <-r.stack.Done():
+			if err := r.stack.Err(); err != nil && !r.closed.Load() {
+				r.gate.Set(partRouter, err)
+			}
+		case <-r.bgCtx.Done():
+		}
+	})
 	if r.cfg.StateDir != "" {
 		r.saverMu.Lock()
 		r.saver = time.AfterFunc(stateSaveInterval, r.saveState)
@@ -548,10 +540,6 @@ func (r *Router) Start() {
 	r.log.Info("router started", "mtu", r.stack.MTU(), "isolation", r.cfg.Isolation.String(), "dns_mode", r.cfg.DNSMode.String())
 }
 
-// failPoll is how often Run checks the packet loop. A TUN that fails (or
-// is deleted) ends Run within about this long.
-const failPoll = 200 * time.Millisecond
-
 // Run forwards until ctx is done or a part fails, then closes the
 // router. The parts are the packet loop and the Tor supervisor. It
 // returns nil after ctx is done, and the failure otherwise (for example
@@ -559,9 +547,7 @@ const failPoll = 200 * time.Millisecond
 // that stopped): a router that cannot forward must not stay up looking
 // healthy.
 func (r *Router) Run(ctx context.Context) error {
-	if !r.started.Load() {
-		r.Start()
-	}
+	r.Start()
 	err := r.Wait(ctx)
 	return errors.Join(err, r.Close())
 }
@@ -570,29 +556,23 @@ func (r *Router) Run(ctx context.Context) error {
 // forwarding (its error): the packet loop failed or the Tor supervisor
 // stopped.
 func (r *Router) Wait(ctx context.Context) error {
-	tick := time.NewTicker(failPoll)
-	defer tick.Stop()
 	var torDone <-chan struct{} // nil with plain SOCKS: never ready
 	if t := r.tor.tor; t != nil {
 		torDone = t.Done()
 	}
-	for {
-		select {
-		case <-ctx.Done():
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-torDone:
+		if r.closed.Load() {
 			return nil
-		case <-torDone:
-			if r.closed.Load() {
-				return nil
-			}
-			return fmt.Errorf("router: %w", errTorStopped)
-		case <-tick.C:
 		}
-		if err := r.stack.Err(); err != nil {
-			if r.closed.Load() {
-				return nil
-			}
-			return fmt.Errorf("router: %w", err)
+		return fmt.Errorf("router: %w", errTorStopped)
+	case <-r.stack.Done():
+		if r.closed.Load() {
+			return nil
 		}
+		return fmt.Errorf("router: %w", r.stack.Err())
 	}
 }
 
@@ -602,15 +582,14 @@ func (r *Router) Wait(ctx context.Context) error {
 func (r *Router) Close() error {
 	r.closeOnce.Do(func() {
 		r.closed.Store(true)
+		r.gate.Set(partRouter, errClosed)
 		r.saverMu.Lock()
 		if r.saver != nil {
 			r.saver.Stop()
 			r.saver = nil
 		}
 		r.saverMu.Unlock()
-		if r.stop != nil {
-			r.stop()
-		}
+		r.stopBg()
 		r.bg.Wait()
 		// Flows first, while the stack can still send their RSTs; then
 		// let the RSTs reach the workstations before the TUN closes.
@@ -622,7 +601,34 @@ func (r *Router) Close() error {
 		if t := r.tor.tor; t != nil {
 			err4 = t.Close()
 		}
+		r.unregister.run()
 		r.closeErr = errors.Join(err1, err2, err3, err4)
 	})
 	return r.closeErr
+}
+
+// logLAN tells the operator what workstations must be configured with:
+// the gateway addresses, as default gateway and nameserver.
+func logLAN(log *slog.Logger, d *lan.Device) {
+	var v4, v6, ll, prefixes []string
+	for _, a := range d.Addrs() {
+		switch {
+		case a.Is4():
+			v4 = append(v4, a.String())
+		case a.IsLinkLocalUnicast():
+			ll = append(ll, a.String())
+		default:
+			v6 = append(v6, a.String())
+		}
+	}
+	for _, p := range d.Prefixes() {
+		prefixes = append(prefixes, p.String())
+	}
+	log.Info("lan ready",
+		"interfaces", strings.Join(d.Interfaces(), ","),
+		"gateway_ipv4", strings.Join(v4, ","),
+		"gateway_ipv6", strings.Join(v6, ","),
+		"gateway_link_local", strings.Join(ll, ","),
+		"workstation_prefixes", strings.Join(prefixes, ","),
+		"hint", "workstations use the gateway address as default gateway and nameserver")
 }

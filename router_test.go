@@ -20,7 +20,6 @@ import (
 	"github.com/torgate/torgate/netstack"
 	"github.com/torgate/torgate/socks"
 	"github.com/torgate/torgate/socks/sockstest"
-	"github.com/torgate/torgate/tunnel"
 )
 
 var (
@@ -51,7 +50,7 @@ func newFixture(t *testing.T, scfg sockstest.Config, mod func(*torgate.Config), 
 		f.ws[w.Addr] = w
 	}
 	f.socks = sockstest.NewServer(t, scfg)
-	cfg := torgate.Config{Device: hub, Upstream: f.socks.Dialer()}
+	cfg := torgate.Config{Device: hub, Upstream: f.socks.Dialer().Dial}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -205,7 +204,7 @@ func TestNewIdentityRotatesOneSource(t *testing.T) {
 }
 
 func TestIsolationModes(t *testing.T) {
-	for _, mode := range []tunnel.IsolationMode{tunnel.IsolateDestination, tunnel.IsolateNone} {
+	for _, mode := range []torgate.Isolation{torgate.IsolateDestination, torgate.IsolateNone} {
 		t.Run(mode.String(), func(t *testing.T) {
 			f := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, func(c *torgate.Config) { c.Isolation = mode }, ws1, ws2)
 			for _, c := range []struct {
@@ -223,11 +222,11 @@ func TestIsolationModes(t *testing.T) {
 			sameDstDiffHost := r[0].Auth == r[1].Auth
 			crossSource := r[0].Auth == r[2].Auth
 			switch mode {
-			case tunnel.IsolateDestination:
+			case torgate.IsolateDestination:
 				if sameDstDiffHost || crossSource {
 					t.Errorf("destination isolation shared credentials: %+v", r)
 				}
-			case tunnel.IsolateNone:
+			case torgate.IsolateNone:
 				if !sameDstDiffHost || !crossSource {
 					t.Errorf("no isolation yet credentials differ: %+v", r)
 				}

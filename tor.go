@@ -10,8 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/torgate/torgate/internal/torctl"
-	"github.com/torgate/torgate/socks"
-	"github.com/torgate/torgate/tunnel"
 )
 
 // This file ties Tor to the router: the upstream choice (a managed Tor,
@@ -116,7 +114,7 @@ func newTorSide(cfg *Config, onProgress func(torctl.Bootstrap), onDown func()) (
 		return nil, err
 	}
 	s.tor = t
-	cfg.Upstream = &socks.Dialer{Dial: t.DialSocks}
+	cfg.Upstream = t.DialSocks
 	return s, nil
 }
 
@@ -149,10 +147,10 @@ func (s *torSide) metrics(ready func() error) []prometheus.Collector {
 	return []prometheus.Collector{progress, readyGauge, hangs, s.newnym, s.downs}
 }
 
-// Tor returns the managed or attached Tor, for its status (bootstrap,
-// PID, SocksPort); nil with plain SOCKS. The Router owns it: do not
-// Start or Close it.
-func (r *Router) Tor() *torctl.Tor { return r.tor.tor }
+// TorSwitchesUser reports whether the managed Tor runs as another user
+// (ManagedTor.User): whoever drops torgate's privileges must then keep
+// CAP_SETUID and CAP_SETGID (to restart it) and CAP_KILL (to stop it).
+func (r *Router) TorSwitchesUser() bool { return r.tor.tor != nil && r.tor.tor.SwitchesUser() }
 
 // Mode names how the router reaches Tor: ModeManaged, ModeAttach or
 // ModeSocks.
@@ -161,42 +159,17 @@ func (r *Router) Mode() string { return r.tor.mode }
 // Ready is nil when the router forwards: the packet loop runs, every LAN
 // interface is up, Tor is bootstrapped with a live circuit (plain SOCKS:
 // the SOCKS port answers) and Config.Ready, if set, agrees. Otherwise it
-// says why; new flows then get a RST and DNS a SERVFAIL.
-func (r *Router) Ready() error {
-	if err := r.Healthy(); err != nil {
-		return err
-	}
-	if err := r.LANReady(); err != nil {
-		return err
-	}
-	if t := r.tor.tor; t != nil {
-		if err := t.ReadyErr(); err != nil {
-			return err
-		}
-	}
-	if r.cfg.Ready != nil && !r.cfg.Ready() {
-		return errors.New("not ready (Config.Ready)")
-	}
-	return r.UpstreamErr()
-}
+// says why; new flows then get a RST and DNS a SERVFAIL. It is the one
+// readiness gate's answer, the same that flows and DNS read.
+func (r *Router) Ready() error { return r.gate.Err() }
 
-// WaitReady blocks until Tor can carry traffic and its SOCKS port
-// answers, or ctx is done: then it returns an error with what is known
-// of why not (Tor's last problem, likely causes, next step).
+// WaitReady blocks until the started router forwards (Ready is nil) or
+// ctx is done: then it returns an error with what is known of why not
+// (Tor's last problem, likely causes, next step). It waits on the parts'
+// reports, not by polling.
 func (r *Router) WaitReady(ctx context.Context) error {
-	if t := r.tor.tor; t != nil {
-		if err := t.WaitReady(ctx); err != nil {
-			return fmt.Errorf("%w: %s", ctx.Err(), r.Diagnosis())
-		}
-	}
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for r.UpstreamErr() != nil {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w: %v", ctx.Err(), r.UpstreamErr())
-		case <-tick.C:
-		}
+	if err := r.gate.Wait(ctx); err != nil {
+		return fmt.Errorf("%w: %s", ctx.Err(), r.Diagnosis())
 	}
 	return nil
 }
@@ -213,6 +186,9 @@ func (r *Router) Diagnosis() string {
 		}
 	}
 	if err := r.UpstreamErr(); err != nil {
+		return err.Error()
+	}
+	if err := r.gate.Err(); err != nil {
 		return err.Error()
 	}
 	return ""
@@ -232,7 +208,7 @@ func (r *Router) NewIdentity(src netip.Addr) error {
 		}
 		who = id
 	}
-	r.tunnel.Isolator().NewIdentity(who)
+	r.iso.NewIdentity(who)
 	r.tor.newnym.WithLabelValues("source").Inc()
 	return nil
 }
@@ -252,7 +228,7 @@ func (r *Router) NewIdentityAll(ctx context.Context) error {
 			return &torctl.RateLimitError{Wait: w}
 		}
 	}
-	r.tunnel.Isolator().NewIdentityAll()
+	r.iso.NewIdentityAll()
 	r.tor.newnym.WithLabelValues("all").Inc()
 	if t == nil {
 		return nil
@@ -261,14 +237,6 @@ func (r *Router) NewIdentityAll(ctx context.Context) error {
 		return fmt.Errorf("new flows use new circuits, but NEWNYM was not sent: %w", err)
 	}
 	return nil
-}
-
-// endFlowsTorDown is torctl's OnDown: flows through a Tor that is gone
-// cannot continue; end them now (RST) rather than let each time out.
-func (r *Router) endFlowsTorDown() {
-	if tn := r.tunnel; tn != nil {
-		tn.EndAllBecause(tunnel.EndTorDown)
-	}
 }
 
 // errTorStopped ends Run when Tor's supervisor stops on its own.

@@ -277,7 +277,7 @@ func checkFailures(t *testing.T, n *testnet.Network) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := torgate.New(torgate.Config{Device: ws.Dev, Upstream: up, Logger: testlog.New(t, slog.LevelInfo)})
+		r, err := torgate.New(torgate.Config{Device: ws.Dev, Upstream: up.Dial, Logger: testlog.New(t, slog.LevelInfo)})
 		if err != nil {
 			t.Fatal(err)
 		}

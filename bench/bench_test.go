@@ -59,7 +59,7 @@ func newRouter(b testing.TB, cfg torgate.Config) *torgate.Router {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cfg.Upstream = d
+	cfg.Upstream = d.Dial
 	if cfg.MTU == 0 {
 		cfg.MTU = mtu
 	}
@@ -112,8 +112,8 @@ type packetMeter struct {
 func startMeter(r *torgate.Router) *packetMeter {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	st := r.Stack().Stats()
-	return &packetMeter{r: r, start: time.Now(), pkts: st.PacketsIn.Load() + st.PacketsOut.Load(), mallocs: ms.Mallocs}
+	st := r.Stats()
+	return &packetMeter{r: r, start: time.Now(), pkts: st.PacketsIn + st.PacketsOut, mallocs: ms.Mallocs}
 }
 
 // report adds pkts/s (router packets, both directions) and allocs/pkt
@@ -123,8 +123,8 @@ func (m *packetMeter) report(b *testing.B) {
 	elapsed := time.Since(m.start)
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	st := m.r.Stack().Stats()
-	pkts := st.PacketsIn.Load() + st.PacketsOut.Load() - m.pkts
+	st := m.r.Stats()
+	pkts := st.PacketsIn + st.PacketsOut - m.pkts
 	b.ReportMetric(float64(pkts)/elapsed.Seconds(), "pkts/s")
 	if pkts > 0 {
 		b.ReportMetric(float64(ms.Mallocs-m.mallocs)/float64(pkts), "allocs/pkt")

@@ -699,44 +699,44 @@ func mix64(z uint64) uint64 {
 // masked, /8 to /24; Pool6 is masked, at most /96.
 
 // addr4 returns the virtual IPv4 address of offset off.
-func (s *Server) addr4(off uint32) [4]byte {
-	v := s.base4 + off
+func (m *Map) addr4(off uint32) [4]byte {
+	v := m.base4 + off
 	return [4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}
 }
 
 // addr6 returns the virtual IPv6 address of offset off.
-func (s *Server) addr6(off uint32) [16]byte {
-	a := s.base6
-	v4 := s.addr4(off)
+func (m *Map) addr6(off uint32) [16]byte {
+	a := m.base6
+	v4 := m.addr4(off)
 	copy(a[12:], v4[:])
 	return a
 }
 
 // offset maps ip to its Pool4 offset. virtual reports whether ip is in a
 // pool; mappable whether it is an address an entry could own.
-func (s *Server) offset(ip netip.Addr) (off uint32, virtual, mappable bool) {
+func (m *Map) offset(ip netip.Addr) (off uint32, virtual, mappable bool) {
 	ip = ip.WithZone("").Unmap()
 	switch {
 	case ip.Is4():
-		if !s.pool4.Contains(ip) {
+		if !m.pool4.Contains(ip) {
 			return 0, false, false
 		}
 		a := ip.As4()
-		off = (uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])) - s.base4
+		off = (uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])) - m.base4
 		return off, true, usableOff(off)
 	case ip.Is6():
-		if !s.pool6.Contains(ip) {
+		if !m.pool6.Contains(ip) {
 			return 0, false, false
 		}
 		a := ip.As16()
-		if [12]byte(a[:12]) != [12]byte(s.base6[:12]) {
+		if [12]byte(a[:12]) != [12]byte(m.base6[:12]) {
 			return 0, true, false
 		}
 		v4 := netip.AddrFrom4([4]byte(a[12:]))
-		if !s.pool4.Contains(v4) {
+		if !m.pool4.Contains(v4) {
 			return 0, true, false
 		}
-		off = (uint32(a[12])<<24 | uint32(a[13])<<16 | uint32(a[14])<<8 | uint32(a[15])) - s.base4
+		off = (uint32(a[12])<<24 | uint32(a[13])<<16 | uint32(a[14])<<8 | uint32(a[15])) - m.base4
 		return off, true, usableOff(off)
 	}
 	return 0, false, false
@@ -748,8 +748,8 @@ func srcKey(src netip.Addr) netip.Addr { return src.WithZone("").Unmap() }
 // IsVirtual reports whether ip lies in Pool4 or Pool6 (an IPv4-mapped IPv6
 // address counts as its IPv4 address). The tunnel must never dial such an
 // address directly: it either has a mapping (Lookup) or gets an RST.
-func (s *Server) IsVirtual(ip netip.Addr) bool {
-	_, virtual, _ := s.offset(ip)
+func (m *Map) IsVirtual(ip netip.Addr) bool {
+	_, virtual, _ := m.offset(ip)
 	return virtual
 }
 
@@ -759,12 +759,12 @@ func (s *Server) IsVirtual(ip netip.Addr) bool {
 // virtual address without one (never handed out, recycled, of another run,
 // or handed to another source) gets ok=false: the tunnel then resets the
 // flow. Lookup works whether or not Tor is ready.
-func (s *Server) Lookup(src, ip netip.Addr) (name string, virtual, ok bool) {
-	off, virtual, mappable := s.offset(ip)
+func (m *Map) Lookup(src, ip netip.Addr) (name string, virtual, ok bool) {
+	off, virtual, mappable := m.offset(ip)
 	if !mappable {
 		return "", virtual, false
 	}
-	name, ok = s.tab.lookup(srcKey(src), off)
+	name, ok = m.tab.lookup(srcKey(src), off)
 	return name, virtual, ok
 }
 
@@ -772,24 +772,24 @@ func (s *Server) Lookup(src, ip netip.Addr) (name string, virtual, ok bool) {
 // called, so a long-lived flow keeps its name even if the table turns over
 // underneath it. release is never nil (a no-op when ok is false) and may be
 // called more than once; only the first call counts.
-func (s *Server) Acquire(src, ip netip.Addr) (name string, release func(), virtual, ok bool) {
-	off, virtual, mappable := s.offset(ip)
+func (m *Map) Acquire(src, ip netip.Addr) (name string, release func(), virtual, ok bool) {
+	off, virtual, mappable := m.offset(ip)
 	if !mappable {
 		return "", noRelease, virtual, false
 	}
-	name, i, ok := s.tab.acquire(srcKey(src), off)
+	name, i, ok := m.tab.acquire(srcKey(src), off)
 	if !ok {
 		return "", noRelease, virtual, false
 	}
 	var once sync.Once
-	return name, func() { once.Do(func() { s.tab.release(i) }) }, true, true
+	return name, func() { once.Do(func() { m.tab.release(i) }) }, true, true
 }
 
 func noRelease() {}
 
 // Len returns the number of entries in the automap table.
-func (s *Server) Len() int {
-	s.tab.mu.Lock()
-	defer s.tab.mu.Unlock()
-	return s.tab.len()
+func (m *Map) Len() int {
+	m.tab.mu.Lock()
+	defer m.tab.mu.Unlock()
+	return m.tab.len()
 }

@@ -143,6 +143,12 @@ type Config struct {
 	// Mode selects automap (default) or resolve. See Mode.
 	Mode Mode
 
+	// Map is the automap table to answer from, built by NewMap (the
+	// router shares it with its tunnel). Nil: New builds one from the
+	// fields below, from Pool4 to EpochFile, which are otherwise the
+	// Map's business and ignored here.
+	Map *Map
+
 	// Pool4 is the IPv4 range virtual addresses come from. It must be a
 	// masked IPv4 prefix between /8 and /24 that overlaps no loopback,
 	// multicast or reserved range. Addresses whose last octet is 0 or 255
@@ -236,14 +242,15 @@ type Config struct {
 	// MaxResolves caps Resolver calls in flight. Default DefaultMaxResolves.
 	MaxResolves int
 
-	// Forbidden classifies a destination address (dest.Forbidden's
-	// classes). A query for a name that is an IP address literal ("127.1",
-	// "::ffff:10.0.0.1", "2130706433") is answered here, never automapped
-	// or resolved: with the literal itself if Forbidden allows it, else
-	// NXDOMAIN, counted by reason (Stats.Forbidden). A resolve-mode answer
-	// it forbids is SERVFAIL. The router passes (*tunnel.Tunnel).Forbidden,
-	// which adds the gateway's own networks; nil means dest.Forbidden.
-	Forbidden func(netip.Addr) dest.Reason
+	// Policy classifies a destination address. A query for a name that
+	// is an IP address literal ("127.1", "::ffff:10.0.0.1", "2130706433")
+	// is answered here, never automapped or resolved: with the literal
+	// itself if Policy allows it, else NXDOMAIN, counted by reason
+	// (Stats.Forbidden). A resolve-mode answer it forbids is SERVFAIL.
+	// The router passes the one policy its tunnel applies to flows (the
+	// gateway's own networks and addresses on top of the built-in rules);
+	// nil means the built-in rules (dest.Forbidden).
+	Policy *dest.Policy
 
 	// Ready reports whether Tor is usable. While it returns false every
 	// well-formed query gets SERVFAIL, automapped ones too: fail closed.
@@ -396,9 +403,6 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
-	}
-	if cfg.Forbidden == nil {
-		cfg.Forbidden = dest.Forbidden
 	}
 	return cfg, nil
 }

@@ -148,7 +148,7 @@
 //   - A name that is an IP address literal, in any spelling a resolver
 //     library or Tor might read as one ("127.0.0.1", "127.1", "0x7f.1",
 //     "2130706433", "::ffff:10.0.0.1", "[::1]"; dest.ParseLiteral): the
-//     literal itself if Config.Forbidden allows it (A for IPv4, AAAA for
+//     literal itself if Config.Policy allows it (A for IPv4, AAAA for
 //     IPv6, else NODATA), NXDOMAIN counted by reason (Stats.Forbidden) if
 //     not. Never automapped or resolved: a virtual address for
 //     "127.0.0.1" would later leave as CONNECT "127.0.0.1".

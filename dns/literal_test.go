@@ -98,14 +98,9 @@ func TestLiteralNames(t *testing.T) {
 // applies to literals and to resolve-mode answers.
 func TestForbiddenInjected(t *testing.T) {
 	lan := netip.MustParsePrefix("198.51.100.0/24")
-	policy := func(ip netip.Addr) dest.Reason {
-		if r := dest.Forbidden(ip); r != dest.ReasonAllowed {
-			return r
-		}
-		if lan.Contains(ip.Unmap()) {
-			return dest.ReasonOperator
-		}
-		return dest.ReasonAllowed
+	policy, err := dest.NewPolicy([]netip.Prefix{lan}, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
 	fr := &fakeResolver{t: t, addr: func(name string) (netip.Addr, error) {
 		switch name {
@@ -118,7 +113,7 @@ func TestForbiddenInjected(t *testing.T) {
 		}
 		return netip.MustParseAddr("192.0.2.1"), nil
 	}}
-	s := newServer(t, Config{Mode: ModeResolve, Resolver: fr, Forbidden: policy})
+	s := newServer(t, Config{Mode: ModeResolve, Resolver: fr, Policy: policy})
 	wantRCode(t, askName(t, s, srcA, "198.51.100.9.", dnsmessage.TypeA), dnsmessage.RCodeNameError)
 	for _, n := range []string{"lan.example.", "private.example.", "meta.example."} {
 		wantRCode(t, askName(t, s, srcA, n, dnsmessage.TypeA), dnsmessage.RCodeServerFailure)

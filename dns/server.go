@@ -9,7 +9,7 @@ package dns
 //	     ├─ rest of message + EDNS(0) OPT ─────(bad)▶ FORMERR / BADVERS
 //	     ├─ Ready() ───────────────────────────(no)─▶ SERVFAIL
 //	     └─ by class and type:
-//	          A, AAAA   IP literal → itself | NXDOMAIN (Forbidden)
+//	          A, AAAA   IP literal → itself | NXDOMAIN (Policy)
 //	                    name policy → localhost | NXDOMAIN | automap (src's share) | Resolver
 //	          PTR       reverse name → src's automap entries | localhost | ResolvePTR
 //	          HTTPS/SVCB name policy → NXDOMAIN | empty NOERROR
@@ -26,11 +26,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/netip"
-	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -54,11 +51,10 @@ const rcodeBadVers dnsmessage.RCode = 16
 // Server answers DNS queries for the workstations: automapped virtual
 // addresses, or resolution through Tor. It is safe for concurrent use.
 type Server struct {
+	*Map // the automap table: Lookup, Acquire, Save and Len come from it
+
 	mode           Mode
-	pool4, pool6   netip.Prefix
-	base4          uint32   // first address of pool4
-	base6          [16]byte // first address of pool6
-	ttl            uint32   // seconds
+	ttl            uint32 // seconds
 	resolver       Resolver
 	resolveTimeout time.Duration
 	resolveSem     chan struct{} // one token per Resolver call in flight
@@ -66,45 +62,34 @@ type Server struct {
 	log            *slog.Logger
 	unsafeLog      bool
 	now            func() time.Time
-	stateFile      string
-	epochFile      string
-	forbidden      func(netip.Addr) dest.Reason
-	proven         func(netip.Addr) bool // nil: every source proven
+	policy         *dest.Policy
 
-	tab   *table
 	stats counters
 
 	exhaustedLog rateLimit
 	resolveLog   rateLimit
-	epochLog     rateLimit
 
-	saveMu sync.Mutex // serializes Save
 	closed atomic.Bool
 }
 
-// New checks cfg, fills in defaults and returns a Server. It takes the
-// next address epoch from Config.EpochFile and writes it back, and checks
-// that the state file's directory is writable; either failing is an error
-// (wrapping the file system's), so a bad state directory shows at start.
-// If cfg.StateFile exists, the table is loaded from it; a missing, corrupt
-// or unreadable file is logged and leaves the table empty, never an error.
-// Neither file is opened unless it is a regular file, and reading either
-// is bounded in time: New does not block on a FIFO or a hung file system
-// (see NotRegularError, ErrReadTimeout). Configuration errors are
-// *ConfigError.
+// New checks cfg, fills in defaults and returns a Server answering from
+// cfg.Map, or from a Map of its own built from cfg (NewMap: the state
+// and epoch files are read and written there, and a bad state directory
+// is an error). Configuration errors are *ConfigError.
 func New(cfg Config) (*Server, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	b4 := cfg.Pool4.Addr().As4()
-	epochBits, offBits := splitPool(uint(32 - cfg.Pool4.Bits()))
+	m := cfg.Map
+	if m == nil {
+		if m, err = newMap(cfg); err != nil {
+			return nil, err
+		}
+	}
 	s := &Server{
+		Map:            m,
 		mode:           cfg.Mode,
-		pool4:          cfg.Pool4,
-		pool6:          cfg.Pool6,
-		base4:          uint32(b4[0])<<24 | uint32(b4[1])<<16 | uint32(b4[2])<<8 | uint32(b4[3]),
-		base6:          cfg.Pool6.Addr().As16(),
 		ttl:            uint32(cfg.TTL / time.Second),
 		resolver:       cfg.Resolver,
 		resolveTimeout: cfg.ResolveTimeout,
@@ -113,59 +98,23 @@ func New(cfg Config) (*Server, error) {
 		log:            cfg.Logger,
 		unsafeLog:      cfg.LogDestinations,
 		now:            cfg.Now,
-		stateFile:      cfg.StateFile,
-		epochFile:      cfg.EpochFile,
-		forbidden:      cfg.Forbidden,
-		proven:         cfg.Proven,
-		tab: newTable(allocator{offBits: offBits, epochBits: epochBits},
-			cfg.MaxEntries, cfg.MaxEntriesPerSource, cfg.MaxUnprovenEntries, cfg.Proven),
+		policy:         cfg.Policy,
 	}
 	s.exhaustedLog.every = time.Minute
 	s.resolveLog.every = time.Minute
-	s.epochLog.every = time.Minute
-	for _, f := range []string{s.stateFile, s.epochFile} {
-		if f == "" {
-			continue
-		}
-		if err := checkWritable(filepath.Dir(f)); err != nil {
-			return nil, fmt.Errorf("dns: state directory of %s is not writable (torgate saves the automap there; "+
-				"fix its owner or permissions, or choose another directory): %w", f, err)
-		}
-	}
-	epoch, err := s.loadEpoch()
-	if err != nil {
-		return nil, err
-	}
-	s.tab.alloc.epoch = epoch
-	s.tab.alloc.rekey()
-	if s.epochFile != "" && epochBits > 0 {
-		s.tab.alloc.advance = s.saveEpoch
-	}
-	if s.stateFile != "" {
-		s.load()
-	}
-	s.log.Info("dns server ready",
-		slog.String("mode", s.mode.String()),
-		slog.String("pool4", s.pool4.String()),
-		slog.String("pool6", s.pool6.String()),
-		slog.Int("max_entries", cfg.MaxEntries),
-		slog.Int("max_entries_per_source", cfg.MaxEntriesPerSource),
-		slog.Int("max_unproven_entries", s.tab.unprovenCap),
-		slog.Duration("ttl", cfg.TTL),
-		slog.Int("epoch", int(epoch)),
-		slog.Int("epochs", 1<<epochBits),
-		slog.Int("entries", s.Len()))
+	s.log.Info("dns server ready", slog.String("mode", s.mode.String()), slog.Duration("ttl", cfg.TTL))
 	return s, nil
 }
 
-// Close saves the table to the state file, if one is configured. Close
-// releases nothing else: Handle, Lookup and Acquire keep working, so the
-// order of shutdown does not matter. Only the first call saves.
+// Close saves the table to the state file, if one is configured (see
+// Map.Close). Close releases nothing else: Handle, Lookup and Acquire
+// keep working, so the order of shutdown does not matter. Only the first
+// call saves.
 func (s *Server) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
-	return s.Save()
+	return s.Map.Close()
 }
 
 // answerKind is the answer record a reply carries, if any.
@@ -408,7 +357,7 @@ func (s *Server) literal(r *reply) bool {
 	if !ok {
 		return false
 	}
-	why := s.forbidden(ip)
+	why := s.policy.Forbidden(ip)
 	if why == dest.ReasonAllowed && s.IsVirtual(ip) {
 		why = dest.ReasonOperator // a pool outside the built-in ranges
 	}
@@ -479,7 +428,7 @@ func (s *Server) resolve(ctx context.Context, src netip.Addr, key []byte, r *rep
 		return
 	}
 	ip = ip.WithZone("").Unmap()
-	why := s.forbidden(ip)
+	why := s.policy.Forbidden(ip)
 	if why == dest.ReasonAllowed && s.IsVirtual(ip) {
 		why = dest.ReasonOperator
 	}

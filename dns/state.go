@@ -228,31 +228,31 @@ func checkWritable(dir string) error {
 // flood from made-up sources does not come back at the next start. Save
 // may run while queries are being answered; the table is locked only to
 // copy it.
-func (s *Server) Save() error {
-	if s.stateFile == "" {
+func (m *Map) Save() error {
+	if m.stateFile == "" {
 		return nil
 	}
-	s.saveMu.Lock()
-	defer s.saveMu.Unlock()
-	buf := s.marshalState()
-	if err := writeAtomic(s.stateFile, buf); err != nil {
+	m.saveMu.Lock()
+	defer m.saveMu.Unlock()
+	buf := m.marshalState()
+	if err := writeAtomic(m.stateFile, buf); err != nil {
 		return fmt.Errorf("dns: save state: %w", err)
 	}
 	return nil
 }
 
 // marshalState renders the table in the state file format.
-func (s *Server) marshalState() []byte {
-	t := s.tab
+func (m *Map) marshalState() []byte {
+	t := m.tab
 	t.mu.Lock()
 	buf := make([]byte, 0, 128+t.len()*64)
 	buf = append(buf, stateMagic+"\npool4 "...)
-	buf = s.pool4.AppendTo(buf)
+	buf = m.pool4.AppendTo(buf)
 	buf = append(buf, "\npool6 "...)
-	buf = s.pool6.AppendTo(buf)
+	buf = m.pool6.AppendTo(buf)
 	buf = append(buf, '\n')
 	entry := func(sl *slot) {
-		buf = netip.AddrFrom4(s.addr4(sl.off)).AppendTo(buf)
+		buf = netip.AddrFrom4(m.addr4(sl.off)).AppendTo(buf)
 		buf = append(buf, ' ')
 		buf = sl.src.addr.AppendTo(buf)
 		buf = append(buf, ' ')
@@ -329,23 +329,23 @@ func writeAtomic(path string, data []byte) (err error) {
 
 // load fills the table from the state file. Every failure is logged and
 // leaves the table empty.
-func (s *Server) load() {
-	limit := int64(256 + (s.tab.max+1)*(maxStateLine+1))
-	data, err := readBounded(s.stateFile, limit)
+func (m *Map) load() {
+	limit := int64(256 + (m.tab.max+1)*(maxStateLine+1))
+	data, err := readBounded(m.stateFile, limit)
 	if errors.Is(err, fs.ErrNotExist) {
-		s.log.Debug("dns state file absent; starting empty")
+		m.log.Debug("dns state file absent; starting empty")
 		return
 	}
 	if err == nil {
 		var recs []stateRecord
-		if recs, err = s.parseState(data); err == nil {
-			n := s.fill(recs)
-			s.log.Info("dns state loaded", slog.Int("entries", n))
+		if recs, err = m.parseState(data); err == nil {
+			n := m.fill(recs)
+			m.log.Info("dns state loaded", slog.Int("entries", n))
 			return
 		}
 	}
-	s.log.Warn("dns state file ignored; starting empty",
-		slog.String("file", s.stateFile), slog.Any("error", err))
+	m.log.Warn("dns state file ignored; starting empty",
+		slog.String("file", m.stateFile), slog.Any("error", err))
 }
 
 // stateRecord is one entry of a state file.
@@ -357,7 +357,7 @@ type stateRecord struct {
 
 // parseState validates a whole state file and returns its entries; it
 // changes nothing, so a bad file is never half-loaded.
-func (s *Server) parseState(data []byte) ([]stateRecord, error) {
+func (m *Map) parseState(data []byte) ([]stateRecord, error) {
 	body, err := verifyChecksum(data)
 	if err != nil {
 		return nil, err
@@ -373,10 +373,10 @@ func (s *Server) parseState(data []byte) ([]stateRecord, error) {
 	if lines[0] != stateMagic {
 		return nil, bad(0, "want "+stateMagic)
 	}
-	if v, ok := strings.CutPrefix(lines[1], "pool4 "); !ok || v != s.pool4.String() {
+	if v, ok := strings.CutPrefix(lines[1], "pool4 "); !ok || v != m.pool4.String() {
 		return nil, bad(1, "written for another Pool4")
 	}
-	if v, ok := strings.CutPrefix(lines[2], "pool6 "); !ok || v != s.pool6.String() {
+	if v, ok := strings.CutPrefix(lines[2], "pool6 "); !ok || v != m.pool6.String() {
 		return nil, bad(2, "written for another Pool6")
 	}
 	type owned struct {
@@ -399,7 +399,7 @@ func (s *Server) parseState(data []byte) ([]stateRecord, error) {
 		if err != nil {
 			return nil, bad(i, "bad address")
 		}
-		off, _, mappable := s.offset(ip)
+		off, _, mappable := m.offset(ip)
 		if !ip.Is4() || !mappable {
 			return nil, bad(i, "address outside Pool4")
 		}
@@ -427,8 +427,8 @@ func (s *Server) parseState(data []byte) ([]stateRecord, error) {
 // less the unproven share) or a source's share if the limits shrank. It
 // returns the number inserted. The sources are restored ones (see
 // automap.go): proven when saved, not yet since.
-func (s *Server) fill(recs []stateRecord) int {
-	t := s.tab
+func (m *Map) fill(recs []stateRecord) int {
+	t := m.tab
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	c := classRestored
@@ -452,46 +452,46 @@ func (s *Server) fill(recs []stateRecord) int {
 // loadEpoch returns the epoch this run starts in: the one after the epoch
 // file's, or a random one if there is no usable file. It writes the new
 // epoch back before returning; an error writing it is fatal for New.
-func (s *Server) loadEpoch() (uint32, error) {
-	mask := uint32(1)<<s.tab.alloc.epochBits - 1
+func (m *Map) loadEpoch() (uint32, error) {
+	mask := uint32(1)<<m.tab.alloc.epochBits - 1
 	var rnd [4]byte
 	rand.Read(rnd[:]) // never fails (Go 1.24+)
 	epoch := (uint32(rnd[0]) | uint32(rnd[1])<<8 | uint32(rnd[2])<<16 | uint32(rnd[3])<<24) & mask
-	if s.epochFile == "" {
+	if m.epochFile == "" {
 		return epoch, nil
 	}
-	data, err := readBounded(s.epochFile, 256)
+	data, err := readBounded(m.epochFile, 256)
 	switch {
 	case errors.As(err, new(*NotRegularError)), errors.Is(err, ErrReadTimeout):
 		// Not a file torgate wrote, and writing ours would replace it
 		// without a word: the operator should look.
 		return 0, err
 	case errors.Is(err, fs.ErrNotExist):
-		s.log.Info("dns epoch file absent; starting at a random epoch", slog.String("file", s.epochFile))
+		m.log.Info("dns epoch file absent; starting at a random epoch", slog.String("file", m.epochFile))
 	case err != nil:
-		s.log.Warn("dns epoch file unreadable; starting at a random epoch",
-			slog.String("file", s.epochFile), slog.Any("error", err))
+		m.log.Warn("dns epoch file unreadable; starting at a random epoch",
+			slog.String("file", m.epochFile), slog.Any("error", err))
 	default:
-		if prev, perr := s.parseEpoch(data); perr != nil {
-			s.log.Warn("dns epoch file ignored; starting at a random epoch",
-				slog.String("file", s.epochFile), slog.Any("error", perr))
+		if prev, perr := m.parseEpoch(data); perr != nil {
+			m.log.Warn("dns epoch file ignored; starting at a random epoch",
+				slog.String("file", m.epochFile), slog.Any("error", perr))
 		} else {
 			epoch = (prev + 1) & mask
 		}
 	}
-	if err := s.saveEpoch(epoch); err != nil {
+	if err := m.saveEpoch(epoch); err != nil {
 		return 0, err
 	}
 	return epoch, nil
 }
 
 // parseEpoch validates an epoch file and returns its epoch.
-func (s *Server) parseEpoch(data []byte) (uint32, error) {
+func (m *Map) parseEpoch(data []byte) (uint32, error) {
 	body, err := verifyChecksum(data)
 	if err != nil {
 		return 0, err
 	}
-	want := epochMagic + "\npool4 " + s.pool4.String() + "\nepoch "
+	want := epochMagic + "\npool4 " + m.pool4.String() + "\nepoch "
 	v, ok := strings.CutPrefix(string(body), want)
 	if !ok {
 		return 0, fmt.Errorf("%w: bad header or written for another Pool4", errCorrupt)
@@ -505,15 +505,15 @@ func (s *Server) parseEpoch(data []byte) (uint32, error) {
 
 // saveEpoch writes the epoch file (the allocator calls it, under the table
 // lock, before it moves to a new epoch).
-func (s *Server) saveEpoch(epoch uint32) error {
-	if s.epochFile == "" {
+func (m *Map) saveEpoch(epoch uint32) error {
+	if m.epochFile == "" {
 		return nil
 	}
-	buf := []byte(epochMagic + "\npool4 " + s.pool4.String() + "\nepoch " + strconv.FormatUint(uint64(epoch), 10) + "\n")
-	if err := writeAtomic(s.epochFile, appendChecksum(buf)); err != nil {
-		if s.epochLog.allow(s.now()) {
-			s.log.Error("dns epoch file not written; new names get SERVFAIL until it is",
-				slog.String("file", s.epochFile), slog.Any("error", err))
+	buf := []byte(epochMagic + "\npool4 " + m.pool4.String() + "\nepoch " + strconv.FormatUint(uint64(epoch), 10) + "\n")
+	if err := writeAtomic(m.epochFile, appendChecksum(buf)); err != nil {
+		if m.epochLog.allow(m.now()) {
+			m.log.Error("dns epoch file not written; new names get SERVFAIL until it is",
+				slog.String("file", m.epochFile), slog.Any("error", err))
 		}
 		return fmt.Errorf("dns: write epoch file: %w", err)
 	}

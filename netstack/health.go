@@ -17,3 +17,16 @@ func (s *Stack) Err() error {
 	}
 	return nil
 }
+
+// Done returns a channel closed when the stack stops forwarding: its
+// packet loop failed (Err says why) or it was closed.
+func (s *Stack) Done() <-chan struct{} { return s.done }
+
+// fail records why the packet loop ended and wakes Done's waiters.
+func (s *Stack) fail(err error) {
+	s.loopErr.CompareAndSwap(nil, err)
+	s.stopped()
+}
+
+// stopped closes Done's channel once.
+func (s *Stack) stopped() { s.doneOnce.Do(func() { close(s.done) }) }

@@ -41,6 +41,10 @@ type linkEndpoint struct {
 	n      int                   // guarded by mu; packets queued
 	closed bool                  // guarded by mu
 	notify chan struct{}         // a token when the ring becomes non-empty
+	// watch, if not nil, is closed at the next change of the queue (a
+	// packet queued, the queue emptied) and cleared: Drain's wake-up,
+	// which costs the packet path one nil check while nobody drains.
+	watch chan struct{} // guarded by mu
 }
 
 var (
@@ -91,6 +95,7 @@ func (e *linkEndpoint) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
 	wasEmpty := e.n == 0
 	e.ring[(e.head+e.n)%len(e.ring)] = pkt.IncRef()
 	e.n++
+	e.changedLocked()
 	e.mu.Unlock()
 	if wasEmpty {
 		select {
@@ -138,6 +143,9 @@ func (e *linkEndpoint) dequeue(ctx context.Context, out []*stack.PacketBuffer) i
 			}
 			e.head = (e.head + k) % len(e.ring)
 			e.n -= k
+			if e.n == 0 {
+				e.changedLocked()
+			}
 			e.mu.Unlock()
 			return k
 		}
@@ -154,11 +162,23 @@ func (e *linkEndpoint) dequeue(ctx context.Context, out []*stack.PacketBuffer) i
 	}
 }
 
-// queued reports the packets waiting for writeLoop.
-func (e *linkEndpoint) queued() int {
+// changedLocked wakes a Drain waiting for the queue to change.
+func (e *linkEndpoint) changedLocked() {
+	if e.watch != nil {
+		close(e.watch)
+		e.watch = nil
+	}
+}
+
+// changes reports the packets waiting for writeLoop and a channel closed
+// at the next change of that number's emptiness.
+func (e *linkEndpoint) changes() (queued int, changed <-chan struct{}) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.n
+	if e.watch == nil {
+		e.watch = make(chan struct{})
+	}
+	return e.n, e.watch
 }
 
 // MTU implements stack.LinkEndpoint.
@@ -224,6 +244,7 @@ func (e *linkEndpoint) Close() {
 		e.head = (e.head + 1) % len(e.ring)
 		e.n--
 	}
+	e.changedLocked()
 	e.mu.Unlock()
 	select {
 	case e.notify <- struct{}{}:

@@ -195,6 +195,9 @@ type Stack struct {
 
 	// loopErr holds the error that ended a packet loop early (an error).
 	loopErr atomic.Value
+	// done is closed when the packet loop ends or the stack closes.
+	done     chan struct{}
+	doneOnce sync.Once
 }
 
 // New validates cfg and builds the gVisor stack. It does not read the TUN
@@ -268,6 +271,7 @@ func New(cfg Config) (*Stack, error) {
 		pendingIDs: make(map[stack.TransportEndpointID]netip.Addr),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.done = make(chan struct{})
 	if err := s.build(); err != nil {
 		return nil, err
 	}
@@ -479,31 +483,36 @@ func (s *Stack) Start() {
 // returns). Call it before Close after ending flows (shutdown), or their
 // RSTs die in the queue and workstations wait for their own timeouts.
 func (s *Stack) Drain(timeout time.Duration) {
-	deadline := time.Now().Add(timeout)
-	empty := time.Time{}
-	for now := time.Now(); now.Before(deadline); now = time.Now() {
-		if s.ep.queued() > 0 {
-			empty = time.Time{}
-		} else if empty.IsZero() {
-			empty = now
-		} else if now.Sub(empty) >= drainSettle {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	settle := time.NewTimer(drainSettle)
+	defer settle.Stop()
+	for {
+		n, changed := s.ep.changes()
+		if n > 0 {
+			settle.Stop()
+		} else {
+			settle.Reset(drainSettle)
+		}
+		select {
+		case <-changed:
+		case <-settle.C:
+			return
+		case <-deadline.C:
 			return
 		}
-		time.Sleep(drainPoll)
 	}
 }
 
-// Drain's pacing: the queue must stay empty for drainSettle, polled every
-// drainPoll.
-const (
-	drainSettle = 50 * time.Millisecond
-	drainPoll   = 5 * time.Millisecond
-)
+// drainSettle is how long Drain wants the queue to stay empty: the RSTs
+// of flows ended together leave within a few milliseconds of each other.
+const drainSettle = 50 * time.Millisecond
 
 func (s *Stack) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
 		s.cancel()
+		s.stopped()
 		// Closing the device unblocks readLoop's Read.
 		err = s.dev.Close()
 		s.ep.Close()
@@ -535,7 +544,7 @@ func (s *Stack) readLoop() {
 				// os.ErrClosed while the stack runs is the TUN going
 				// away under it (the device was deleted): a failure.
 				s.log.Error("tun read failed", "err", err)
-				s.loopErr.Store(fmt.Errorf("netstack: tun read: %w", err))
+				s.fail(fmt.Errorf("netstack: tun read: %w", err))
 				return
 			}
 		}
@@ -646,7 +655,7 @@ func (s *Stack) readLoopVnet() {
 			}
 			// As in readLoop: a closed TUN while running is a failure.
 			s.log.Error("tun read failed", "err", err)
-			s.loopErr.Store(fmt.Errorf("netstack: tun read: %w", err))
+			s.fail(fmt.Errorf("netstack: tun read: %w", err))
 			return
 		}
 		if n < vnetHdrLen {

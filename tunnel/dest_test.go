@@ -37,8 +37,11 @@ func TestForbiddenFlows(t *testing.T) {
 	uplink4, uplink6 := netip.MustParseAddr("203.0.113.77"), netip.MustParseAddr("2001:db8:1e01::1")
 	tn := newTunnel(t, up, func(c *Config) {
 		c.Names = names
-		c.ForbiddenDestinations = []netip.Prefix{gw}
-		c.OwnAddress = func(a netip.Addr) bool { return a == uplink4 || a == uplink6 }
+		p, err := dest.NewPolicy([]netip.Prefix{gw}, func(a netip.Addr) bool { return a == uplink4 || a == uplink6 })
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Policy = p
 	})
 	var dsts []netip.Addr
 	// One of each class package dest forbids (its own tests cover the
@@ -78,14 +81,5 @@ func TestForbiddenFlows(t *testing.T) {
 	tn.HandleTCP(netip.AddrPortFrom(srcA, 1), netip.MustParseAddrPort("10.192.0.9:80"), &fakeFlow{})
 	if len(got) != 1 || got[0].Name != "" || got[0].IP != netip.MustParseAddr("192.0.2.8") {
 		t.Fatalf("allowed literal name went out as %v, want the address 192.0.2.8", got)
-	}
-	if r := tn.Forbidden(netip.MustParseAddr("198.51.100.200")); r != dest.ReasonOperator {
-		t.Errorf("operator prefix: %v", r)
-	}
-	if r := tn.Forbidden(uplink6); r != dest.ReasonGateway {
-		t.Errorf("the gateway's own address: %v", r)
-	}
-	if _, err := New(Config{Upstream: up, Isolator: tn.Isolator(), ForbiddenDestinations: []netip.Prefix{{}}}); err == nil {
-		t.Error("invalid ForbiddenDestinations accepted")
 	}
 }

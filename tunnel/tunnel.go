@@ -23,7 +23,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -118,18 +117,13 @@ type Config struct {
 	// bounded by netstack's pending handshakes (each dial holds one), whose
 	// pool keeps a reserve for proven sources.
 	MaxDialsPerSource int
-	// ForbiddenDestinations are prefixes, beyond the built-in list of
-	// Forbidden, that no flow may reach: the router passes the gateway's
-	// own addresses and networks and the DNS virtual pools. A flow to one
-	// gets a RST (flows_refused_total{reason="forbidden"}). Must be valid.
-	ForbiddenDestinations []netip.Prefix
-	// OwnAddress, if set, reports the gateway's own addresses on any of
-	// its interfaces as they are now (an uplink's address may change):
-	// never a destination, whether a workstation names it or an exit
-	// would reach it (through Tor it would reach the gateway's own
-	// services from outside, and confirm the gateway's address). A flow
-	// to one gets a RST (reason forbidden, dest reason gateway).
-	OwnAddress func(netip.Addr) bool
+	// Policy decides which destinations no flow may reach: the router's
+	// one policy (built-in rules, the gateway's own networks and
+	// addresses, the DNS virtual pools), shared with the DNS server. A
+	// flow to a forbidden destination, given as an address or as a
+	// virtual address whose name is an address literal, gets a RST
+	// (flows_refused_total{reason="forbidden"}). Nil: the built-in rules.
+	Policy *dest.Policy
 	// FreeMemory, if set, is called (on its own goroutine, at most once a
 	// minute) 5 s after open flows fell by half and by at least 1,000
 	// since their peak: in production debug.FreeOSMemory, so that the memory of
@@ -221,13 +215,6 @@ func New(cfg Config) (*Tunnel, error) {
 		if *n < 0 {
 			return nil, errors.New("tunnel: negative limit")
 		}
-	}
-	cfg.ForbiddenDestinations = slices.Clone(cfg.ForbiddenDestinations)
-	for i, p := range cfg.ForbiddenDestinations {
-		if !p.IsValid() {
-			return nil, fmt.Errorf("tunnel: ForbiddenDestinations[%d] invalid", i)
-		}
-		cfg.ForbiddenDestinations[i] = p.Masked()
 	}
 	setDefault(&cfg.DialTimeout, DefaultDialTimeout)
 	setDefault(&cfg.IdleTimeout, DefaultIdleTimeout)
@@ -414,7 +401,7 @@ func (t *Tunnel) dest(a socks.Addr) slog.Value {
 // target works out what to ask the upstream for. A virtual address becomes
 // its host name (as mapped for src), so the exit resolves it on the flow's
 // own circuit. refuse is the refusal reason when there is nothing to ask:
-// an unmapped virtual address, or a forbidden destination (Forbidden),
+// an unmapped virtual address, or a forbidden destination (Config.Policy),
 // whether given as an address or as a name that is an address literal.
 func (t *Tunnel) target(src netip.Addr, dst netip.AddrPort) (a socks.Addr, host string, release func(), refuse string) {
 	if t.cfg.Names != nil {
@@ -427,7 +414,7 @@ func (t *Tunnel) target(src netip.Addr, dst netip.AddrPort) (a socks.Addr, host 
 			// a name that reads as an address must go out as that
 			// address, and only if it is allowed.
 			if ip, lit := dest.ParseLiteral(name); lit {
-				if t.Forbidden(ip) != dest.ReasonAllowed {
+				if t.cfg.Policy.Forbidden(ip) != dest.ReasonAllowed {
 					rel()
 					return socks.Addr{}, "", nil, refuseForbid
 				}
@@ -438,7 +425,7 @@ func (t *Tunnel) target(src netip.Addr, dst netip.AddrPort) (a socks.Addr, host 
 		}
 	}
 	ip := dst.Addr().WithZone("").Unmap()
-	if t.Forbidden(ip) != dest.ReasonAllowed {
+	if t.cfg.Policy.Forbidden(ip) != dest.ReasonAllowed {
 		return socks.Addr{}, "", nil, refuseForbid
 	}
 	a = socks.AddrFromAddrPort(netip.AddrPortFrom(ip, dst.Port()))
@@ -602,29 +589,38 @@ func replyLabel(err error) string {
 	}
 }
 
-// Resolver adapts the tunnel to DNS resolve mode: lookups go through the
-// upstream's RESOLVE extensions with the asking source's credentials, so a
-// source's DNS and TCP share circuits.
-type Resolver struct{ t *Tunnel }
+// Resolver is DNS resolve mode's way to Tor: lookups go through the
+// upstream's RESOLVE extensions with the asking workstation's isolation
+// credentials, so that a workstation's DNS and TCP share circuits. It is
+// built from the isolator and the upstream the tunnel uses, not from the
+// tunnel, so that the DNS server and the tunnel need nothing of each other.
+type Resolver struct {
+	up    Upstream
+	iso   *Isolator
+	ready func() bool
+}
 
-// Resolver returns the DNS resolve-mode adapter.
-func (t *Tunnel) Resolver() Resolver { return Resolver{t} }
+// NewResolver returns the resolver of up with iso's credentials. While
+// ready (nil: always) reports false, lookups fail at once.
+func NewResolver(up Upstream, iso *Isolator, ready func() bool) *Resolver {
+	return &Resolver{up: up, iso: iso, ready: ready}
+}
 
 // Resolve implements dns.Resolver.
-func (r Resolver) Resolve(ctx context.Context, src netip.Addr, name string) (netip.Addr, error) {
-	if !r.t.ready() {
+func (r *Resolver) Resolve(ctx context.Context, src netip.Addr, name string) (netip.Addr, error) {
+	if r.ready != nil && !r.ready() {
 		return netip.Addr{}, errNotReady
 	}
-	a, err := r.t.cfg.Upstream.Resolve(ctx, name, r.t.cfg.Isolator.Auth(src.Unmap(), name))
+	a, err := r.up.Resolve(ctx, name, r.iso.Auth(src.Unmap(), name))
 	return a, classifyResolveErr(err)
 }
 
 // ResolvePTR implements dns.Resolver.
-func (r Resolver) ResolvePTR(ctx context.Context, src netip.Addr, ip netip.Addr) (string, error) {
-	if !r.t.ready() {
+func (r *Resolver) ResolvePTR(ctx context.Context, src netip.Addr, ip netip.Addr) (string, error) {
+	if r.ready != nil && !r.ready() {
 		return "", errNotReady
 	}
-	name, err := r.t.cfg.Upstream.ResolvePTR(ctx, ip, r.t.cfg.Isolator.Auth(src.Unmap(), ip.String()))
+	name, err := r.up.ResolvePTR(ctx, ip, r.iso.Auth(src.Unmap(), ip.String()))
 	return name, classifyResolveErr(err)
 }
 

@@ -4,8 +4,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"net/netip"
 	"strings"
 
 	"github.com/torgate/torgate/internal/lan"
@@ -65,38 +63,4 @@ func cmdLAN(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprint(stderr, lanUsage)
 	return fmt.Errorf("lan: unknown subcommand %q", args[0])
-}
-
-// logLANReady tells the operator what workstations must be configured
-// with: the gateway addresses, as default gateway and nameserver.
-func logLANReady(log *slog.Logger, d *lan.Device) {
-	if d == nil {
-		return
-	}
-	var v4, v6 []string
-	for _, a := range d.Addrs() {
-		switch {
-		case a.Is4():
-			v4 = append(v4, a.String())
-		case !a.IsLinkLocalUnicast():
-			v6 = append(v6, a.String())
-		}
-	}
-	var prefixes []string
-	for _, p := range d.Prefixes() {
-		prefixes = append(prefixes, p.String())
-	}
-	var ll []string
-	for _, a := range d.Addrs() {
-		if a.Is6() && a.IsLinkLocalUnicast() && a != (netip.Addr{}) {
-			ll = append(ll, a.String())
-		}
-	}
-	log.Info("lan ready",
-		"interfaces", strings.Join(d.Interfaces(), ","),
-		"gateway_ipv4", strings.Join(v4, ","),
-		"gateway_ipv6", strings.Join(v6, ","),
-		"gateway_link_local", strings.Join(ll, ","),
-		"workstation_prefixes", strings.Join(prefixes, ","),
-		"hint", "workstations use the gateway address as default gateway and nameserver")
 }

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 
 	"github.com/torgate/torgate/internal/privs"
-	"github.com/torgate/torgate/internal/torctl"
 )
 
 // Where torgate drops its capabilities, and what it keeps:
@@ -27,8 +26,8 @@ import (
 // The uid stays 0. --keep-privileges skips the drop, for debugging.
 
 // torKeeps returns what a managed Tor needs torgate to keep.
-func torKeeps(t *torctl.Tor) privs.Set {
-	if t != nil && t.SwitchesUser() {
+func torKeeps(switchesUser bool) privs.Set {
+	if switchesUser {
 		return privs.SetOf(privs.CapSetUID, privs.CapSetGID, privs.CapKill)
 	}
 	return 0

@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/torgate/torgate/internal/torctl"
+	"github.com/torgate/torgate"
 )
 
 // barWidth is the number of cells in the progress bar.
@@ -65,7 +65,7 @@ func (p *progressView) Write(b []byte) (int, error) {
 }
 
 // update is torctl's OnProgress.
-func (p *progressView) update(b torctl.Bootstrap) {
+func (p *progressView) update(b torgate.Bootstrap) {
 	p.mu.Lock()
 	if b.Progress < p.last {
 		// Tor restarted: report from the start again.
@@ -97,7 +97,7 @@ func (p *progressView) update(b torctl.Bootstrap) {
 
 // renderBar draws "Tor [#########.....]  45% Loading relay descriptors",
 // cut to width columns.
-func renderBar(b torctl.Bootstrap, width int) string {
+func renderBar(b torgate.Bootstrap, width int) string {
 	n := min(max(b.Progress, 0), 100) * barWidth / 100
 	s := fmt.Sprintf("Tor [%s%s] %3d%% %s", strings.Repeat("#", n), strings.Repeat(".", barWidth-n), b.Progress, b.Summary)
 	if b.Warning != "" {

@@ -9,8 +9,6 @@ import (
 	"net/netip"
 
 	"github.com/torgate/torgate"
-	"github.com/torgate/torgate/dns"
-	"github.com/torgate/torgate/tunnel"
 )
 
 // runFlags holds "torgate run" flags; each maps onto one torgate.Config
@@ -37,8 +35,8 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.socks, "socks", "", "upstream SOCKS5 endpoint: IP:port, /path or unix:/path. Alone: any SOCKS5 proxy (e.g. Tor's SocksPort), no control port, always considered ready; with --tor-control: instead of the SocksPort read from Tor")
 	fs.StringVar(&f.isolation, "isolation", "source", "stream isolation: source, destination (source+destination host) or none")
 	fs.StringVar(&f.dnsMode, "dns-mode", "automap", "DNS: automap (virtual addresses, names resolved by the exit) or resolve (Tor RESOLVE)")
-	fs.StringVar(&f.pool4, "dns-pool4", dns.DefaultPool4.String(), "IPv4 virtual address pool for automap")
-	fs.StringVar(&f.pool6, "dns-pool6", dns.DefaultPool6.String(), "IPv6 virtual address pool for automap")
+	fs.StringVar(&f.pool4, "dns-pool4", torgate.DefaultDNSPool4.String(), "IPv4 virtual address pool for automap")
+	fs.StringVar(&f.pool6, "dns-pool6", torgate.DefaultDNSPool6.String(), "IPv6 virtual address pool for automap")
 	fs.StringVar(&f.stateDir, "state-dir", "", "directory for state kept across restarts: the automap table and, when torgate starts its own Tor, Tor's DataDirectory (STATE_DIR/tor); default "+defaultStateDir+" then, none otherwise")
 	fs.IntVar(&f.maxFlows, "max-flows", 0, "cap on open flows in all (0: default 16384)")
 	fs.IntVar(&f.maxPerSource, "max-flows-per-source", 0, "cap on one source's open flows (0: default 1024)")
@@ -75,10 +73,10 @@ func (f *runFlags) config() (torgate.Config, error) {
 	if err := f.tor.upstream(&c, f.socks, f.stateDir); err != nil {
 		return c, err
 	}
-	if c.Isolation, err = tunnel.ParseIsolationMode(f.isolation); err != nil {
+	if c.Isolation, err = torgate.ParseIsolation(f.isolation); err != nil {
 		return c, fmt.Errorf("--isolation: %w", err)
 	}
-	if c.DNSMode, err = dns.ParseMode(f.dnsMode); err != nil {
+	if c.DNSMode, err = torgate.ParseDNSMode(f.dnsMode); err != nil {
 		return c, fmt.Errorf("--dns-mode: %w", err)
 	}
 	if c.DNSPool4, err = netip.ParsePrefix(f.pool4); err != nil {
@@ -115,6 +113,5 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer a.close()
-	logLANReady(a.log, a.router.LAN())
 	return a.run(ctx)
 }

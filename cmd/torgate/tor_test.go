@@ -17,7 +17,6 @@ import (
 	"testing"
 
 	"github.com/torgate/torgate"
-	"github.com/torgate/torgate/internal/torctl"
 )
 
 func TestTorUpstream(t *testing.T) {
@@ -170,7 +169,7 @@ func TestProgressLogLines(t *testing.T) {
 	// As in cmdRun: the logger writes through the view.
 	p.log = slog.New(slog.NewTextHandler(p, nil))
 	for _, n := range []int{0, 5, 5, 50, 100} {
-		p.update(torctl.Bootstrap{Progress: n, Tag: "t", Summary: "s"})
+		p.update(torgate.Bootstrap{Progress: n, Tag: "t", Summary: "s"})
 	}
 	if got := strings.Count(logs.String(), "tor bootstrap"); got != 4 {
 		t.Fatalf("%d progress lines, want 4 (one per new percentage):\n%s", got, logs.String())
@@ -180,9 +179,9 @@ func TestProgressLogLines(t *testing.T) {
 func TestProgressBar(t *testing.T) {
 	var screen bytes.Buffer
 	p := &progressView{w: &screen, tty: true, fd: -1, last: -1}
-	p.update(torctl.Bootstrap{Progress: 50, Summary: "Loading relay descriptors"})
+	p.update(torgate.Bootstrap{Progress: 50, Summary: "Loading relay descriptors"})
 	fmt.Fprintf(p, "a log line\n")
-	p.update(torctl.Bootstrap{Progress: 100, Summary: "Done"})
+	p.update(torgate.Bootstrap{Progress: 100, Summary: "Done"})
 	fmt.Fprintf(p, "after\n")
 	want := "\r\x1b[KTor [###############...............]  50% Loading relay descriptors" +
 		"\r\x1b[Ka log line\nTor [###############...............]  50% Loading relay descriptors" +
@@ -191,7 +190,7 @@ func TestProgressBar(t *testing.T) {
 	if !strings.HasPrefix(got, want) || !strings.HasSuffix(got, "s)\nafter\n") {
 		t.Fatalf("screen:\n%q\nwant prefix\n%q", got, want)
 	}
-	if s := renderBar(torctl.Bootstrap{Progress: 10, Summary: strings.Repeat("x", 200)}, 40); len(s) != 40 {
+	if s := renderBar(torgate.Bootstrap{Progress: 10, Summary: strings.Repeat("x", 200)}, 40); len(s) != 40 {
 		t.Errorf("bar not cut to the width: %d", len(s))
 	}
 }

@@ -114,6 +114,9 @@ type Device struct {
 
 	closeOnce sync.Once
 	onClose   []func() error // run after the links close (locks)
+
+	stateMu sync.Mutex
+	changed chan struct{} // guarded by stateMu; closed and replaced when Ready may have changed
 }
 
 var _ tun.Device = (*Device)(nil)
@@ -186,10 +189,11 @@ func NewDevice(links []Link, log *slog.Logger) (*Device, error) {
 		return nil, errors.New("lan: no links")
 	}
 	d := &Device{
-		log:    log,
-		in:     make(chan *inPacket, inQueueLen),
-		events: make(chan tun.Event, 1),
-		closed: make(chan struct{}),
+		log:     log,
+		in:      make(chan *inPacket, inQueueLen),
+		events:  make(chan tun.Event, 1),
+		closed:  make(chan struct{}),
+		changed: make(chan struct{}),
 	}
 	for _, l := range links {
 		p, err := newPort(d, l)
@@ -209,7 +213,7 @@ func NewDevice(links []Link, log *slog.Logger) (*Device, error) {
 	}
 	d.wg.Go(d.timerLoop)
 	for _, p := range d.ports {
-		if p.link.Reattach != nil {
+		if p.link.Reattach != nil || p.link.Ready != nil {
 			d.wg.Go(p.watchLoop)
 		}
 	}
@@ -293,27 +297,6 @@ func (d *Device) Addrs() []netip.Addr {
 	return out
 }
 
-// Refuse reports whether a flow to dst must be refused rather than sent
-// to Tor: dst is the gateway's own address or lies on a LAN (a
-// workstation talking to another one through the gateway, or to an IPv6
-// link-local address). Each refusal is counted.
-func (d *Device) Refuse(dst netip.Addr) bool {
-	dst = dst.Unmap()
-	for _, p := range d.ports {
-		if p.isOurs(dst) || p.in4(dst) || dst.IsLinkLocalUnicast() {
-			d.stats.Refused.Add(1)
-			return true
-		}
-		for _, pr := range p.v6 {
-			if pr.Contains(dst) {
-				d.stats.Refused.Add(1)
-				return true
-			}
-		}
-	}
-	return false
-}
-
 // IsOwn reports whether a is one of the gateway's LAN addresses.
 func (d *Device) IsOwn(a netip.Addr) bool {
 	a = a.Unmap()
@@ -354,6 +337,36 @@ func (d *Device) Ready() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Changed returns a channel closed when what Ready reports may have
+// changed: a link's read failed or works again, a link went down or up
+// (checked every reattachInterval), a link was re-attached, the device
+// closed. The router's readiness gate waits on it.
+func (d *Device) Changed() <-chan struct{} {
+	d.stateMu.Lock()
+	defer d.stateMu.Unlock()
+	return d.changed
+}
+
+func (d *Device) stateChanged() {
+	d.stateMu.Lock()
+	close(d.changed)
+	d.changed = make(chan struct{})
+	d.stateMu.Unlock()
+}
+
+// setReadErr records a link's read state and signals a change of it.
+func (p *port) setReadErr(err error) {
+	var old *error
+	if err == nil {
+		old = p.readErr.Swap(nil)
+	} else {
+		old = p.readErr.Swap(&err)
+	}
+	if (old == nil) != (err == nil) {
+		p.dev.stateChanged()
+	}
 }
 
 // Stats returns the live counters.
@@ -522,6 +535,7 @@ func (d *Device) Close() error {
 	var err error
 	d.closeOnce.Do(func() {
 		close(d.closed)
+		d.stateChanged()
 		var errs []error
 		for _, p := range d.ports {
 			p.swapMu.Lock()
@@ -577,11 +591,11 @@ func (p *port) readLoop() {
 				continue // re-attached: read the new device
 			}
 			if errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
-				p.readErr.Store(&err)
+				p.setReadErr(err)
 				return
 			}
 			// Transient (link flapping): count, report in Ready, retry.
-			p.readErr.Store(&err)
+			p.setReadErr(err)
 			if time.Since(lastLog) > time.Minute {
 				lastLog = time.Now()
 				d.log.Warn("lan read failed", "interface", p.link.Name, "err", err)
@@ -594,7 +608,7 @@ func (p *port) readLoop() {
 			continue
 		}
 		if p.readErr.Load() != nil {
-			p.readErr.Store(nil)
+			p.setReadErr(nil)
 		}
 		d.stats.FramesIn.Add(1)
 		parseFrame(pk.buf[:n], &f)
@@ -697,19 +711,34 @@ func IsMachineID(a netip.Addr) bool {
 
 var discardPrefix = netip.MustParsePrefix("100::/64")
 
-// watchLoop re-attaches the link while its device is gone.
+// watchLoop checks the link every reattachInterval, signals a change of
+// its state (Changed), and re-attaches it while its device is gone. The
+// link offers no event for going down; the check is the evidence.
 func (p *port) watchLoop() {
 	d := p.dev
 	t := time.NewTicker(reattachInterval)
 	defer t.Stop()
 	var lastLog time.Time
+	last := ""
 	for {
 		select {
 		case <-d.closed:
 			return
 		case <-t.C:
 		}
-		if err := p.link.Ready(); err == nil || !errors.Is(err, ErrGone) {
+		var err error
+		if p.link.Ready != nil {
+			err = p.link.Ready()
+		}
+		now := ""
+		if err != nil {
+			now = err.Error()
+		}
+		if now != last {
+			last = now
+			d.stateChanged()
+		}
+		if err == nil || !errors.Is(err, ErrGone) || p.link.Reattach == nil {
 			continue
 		}
 		f, err := p.link.Reattach()
@@ -731,7 +760,8 @@ func (p *port) watchLoop() {
 		old := p.frames.Swap(&framesBox{f})
 		p.swapMu.Unlock()
 		old.Close()
-		p.readErr.Store(nil)
+		p.setReadErr(nil)
+		d.stateChanged()
 		d.log.Info("lan re-attached", "interface", p.link.Name)
 	}
 }

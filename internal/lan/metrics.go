@@ -72,9 +72,6 @@ type Stats struct {
 	FramesIn, FramesOut atomic.Uint64
 	Drops               [numReasons]atomic.Uint64
 	Sent                [numSent]atomic.Uint64
-	// Refused counts flows refused because their destination was the
-	// gateway itself or on a LAN (Device.Refuse).
-	Refused atomic.Uint64
 }
 
 // Drop returns the drop count for a reason name ("not_for_us", ...), for
@@ -93,7 +90,6 @@ var (
 	descFramesOut = prometheus.NewDesc("lan_frames_out_total", "Ethernet frames written to the LAN interfaces.", nil, nil)
 	descDrops     = prometheus.NewDesc("lan_drops_total", "Frames and packets the LAN link layer dropped, by reason.", []string{"reason"}, nil)
 	descSent      = prometheus.NewDesc("lan_control_sent_total", "ARP and neighbour discovery frames the gateway sent, by kind (a failed write also counts as a write_error drop).", []string{"kind"}, nil)
-	descRefused   = prometheus.NewDesc("lan_refused_flows_total", "Flows refused because their destination is the gateway or on a LAN.", nil, nil)
 	descNeigh     = prometheus.NewDesc("lan_neighbours", "Neighbour table entries, by state.", []string{"state"}, nil)
 )
 
@@ -106,7 +102,6 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descFramesOut
 	ch <- descDrops
 	ch <- descSent
-	ch <- descRefused
 	ch <- descNeigh
 }
 
@@ -120,7 +115,6 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for i := range numSent {
 		ch <- prometheus.MustNewConstMetric(descSent, prometheus.CounterValue, float64(s.Sent[i].Load()), sentNames[i])
 	}
-	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(s.Refused.Load()))
 	var counts [numStates]int
 	for _, p := range c.d.ports {
 		p.countStates(&counts)

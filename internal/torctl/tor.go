@@ -379,6 +379,14 @@ func (t *Tor) ReadyErr() error {
 	return errors.New(st.Reason())
 }
 
+// Changed returns a channel closed at the next change of what Status
+// reports (readiness among it): the router's readiness gate waits on it.
+func (t *Tor) Changed() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.changed
+}
+
 // WaitReady blocks until Tor is ready or ctx is done.
 func (t *Tor) WaitReady(ctx context.Context) error {
 	for {

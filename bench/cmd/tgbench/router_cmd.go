@@ -14,7 +14,6 @@ import (
 	"os"
 
 	"github.com/torgate/torgate"
-	"github.com/torgate/torgate/netstack"
 )
 
 // cmdRouter runs torgate in-process with a pprof endpoint on a unix
@@ -51,15 +50,9 @@ func cmdRouter(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	err = r.Run(ctx)
-	st := r.Stack().Stats()
-	drops := map[string]uint64{}
-	for _, reason := range netstack.Reasons() {
-		if n := st.Drops[reason].Load(); n > 0 {
-			drops[reason.String()] = n
-		}
-	}
-	log.Info("router stats", "packets_in", st.PacketsIn.Load(), "packets_out", st.PacketsOut.Load(),
-		"time_wait_reclaimed", st.TimeWaitReclaimed.Load(), "drops", drops)
+	st := r.Stats()
+	log.Info("router stats", "packets_in", st.PacketsIn, "packets_out", st.PacketsOut,
+		"time_wait_reclaimed", st.TimeWaitReclaimed, "drops", st.Drops)
 	return err
 }
 

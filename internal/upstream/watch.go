@@ -1,4 +1,7 @@
-package torgate
+// Package upstream keeps evidence that the SOCKS upstream (Tor's SOCKS
+// port, or a plain SOCKS5 proxy) answers, and reports it to the router's
+// readiness gate.
+package upstream
 
 import (
 	"context"
@@ -42,17 +45,19 @@ const (
 	whyProbe   = "probe"   // the periodic probe failed
 )
 
-// upstreamWatch keeps evidence that the SOCKS upstream answers. It wraps
+// Watch keeps evidence that the SOCKS upstream answers. It wraps
 // the dialer's Dial: a dial that cannot connect, or a connection that
 // gets no byte back within upstreamStallAfter of its first write (the
 // greeting), marks the upstream down. It probes with a connect and a
 // bare SOCKS greeting (method negotiation, then close): always in plain
 // SOCKS mode, where there is no other evidence, and while down in any
 // mode, so that readiness returns as soon as the upstream answers.
-type upstreamWatch struct {
+type Watch struct {
 	dial  func(ctx context.Context) (net.Conn, error)
 	plain bool // no control port: the probes are the only evidence
 	log   *slog.Logger
+
+	onChange func(error)
 
 	up atomic.Bool
 
@@ -61,14 +66,21 @@ type upstreamWatch struct {
 	pending map[*watchConn]time.Time // guarded by mu; first write, no answer yet
 	kick    chan struct{}            // cap 1: probe now
 
+	reportMu sync.Mutex // orders onChange calls
+
 	downTotal *prometheus.CounterVec
 	upGauge   prometheus.GaugeFunc
 }
 
-func newUpstreamWatch(dial func(context.Context) (net.Conn, error), plain bool, log *slog.Logger) *upstreamWatch {
-	w := &upstreamWatch{dial: dial, plain: plain, log: log,
+// New returns the watch of the upstream dial connects to. plain says
+// there is no control port, so that the probes are the only evidence.
+// onChange (nil: none) is called with nil when the upstream answers again
+// and with the reason when it is found not answering; it must not block.
+func New(dial func(context.Context) (net.Conn, error), plain bool, log *slog.Logger, onChange func(error)) *Watch {
+	w := &Watch{dial: dial, plain: plain, log: log,
 		pending: make(map[*watchConn]time.Time), kick: make(chan struct{}, 1)}
 	w.up.Store(true)
+	w.onChange = onChange
 	w.downTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "upstream_down_total",
 		Help: "Times the SOCKS upstream was found not answering, by evidence: connect (a dial failed), stall (a greeting unanswered), probe.",
@@ -87,15 +99,16 @@ func newUpstreamWatch(dial func(context.Context) (net.Conn, error), plain bool, 
 	return w
 }
 
-func (w *upstreamWatch) metrics() []prometheus.Collector {
+// Metrics returns the watch's collectors.
+func (w *Watch) Metrics() []prometheus.Collector {
 	return []prometheus.Collector{w.downTotal, w.upGauge}
 }
 
-// ok reports whether the upstream answers, as far as torgate knows.
-func (w *upstreamWatch) ok() bool { return w.up.Load() }
+// OK reports whether the upstream answers, as far as torgate knows.
+func (w *Watch) OK() bool { return w.up.Load() }
 
-// err is nil while ok, else why not.
-func (w *upstreamWatch) err() error {
+// Err is nil while OK, else why not.
+func (w *Watch) Err() error {
 	if w.up.Load() {
 		return nil
 	}
@@ -107,7 +120,7 @@ func (w *upstreamWatch) err() error {
 	return w.reason
 }
 
-func (w *upstreamWatch) setDown(why string, err error) {
+func (w *Watch) setDown(why string, err error) {
 	w.mu.Lock()
 	w.reason = fmt.Errorf("socks upstream not answering (%s): %w", why, err)
 	w.mu.Unlock()
@@ -115,20 +128,35 @@ func (w *upstreamWatch) setDown(why string, err error) {
 		w.downTotal.WithLabelValues(why).Inc()
 		w.log.Warn("socks upstream not answering: new flows get a RST, DNS SERVFAIL", "why", why, "err", err)
 	}
+	w.report()
 	select {
 	case w.kick <- struct{}{}:
 	default:
 	}
 }
 
-func (w *upstreamWatch) setUp() {
+func (w *Watch) setUp() {
 	if w.up.CompareAndSwap(false, true) {
 		w.log.Info("socks upstream answers again")
+		w.report()
 	}
 }
 
+// report hands the current state to onChange. Reports of one state may
+// repeat (the gate keeps the last); the order of two racing reports is
+// the order they read the state in, which reportMu makes the order they
+// are delivered in.
+func (w *Watch) report() {
+	if w.onChange == nil {
+		return
+	}
+	w.reportMu.Lock()
+	defer w.reportMu.Unlock()
+	w.onChange(w.Err())
+}
+
 // Dial is the wrapped dialer's Dial.
-func (w *upstreamWatch) Dial(ctx context.Context) (net.Conn, error) {
+func (w *Watch) Dial(ctx context.Context) (net.Conn, error) {
 	c, err := w.dial(ctx)
 	if err != nil {
 		// A dial the flow gave up on says nothing about the upstream.
@@ -142,7 +170,7 @@ func (w *upstreamWatch) Dial(ctx context.Context) (net.Conn, error) {
 
 // probe connects and negotiates methods. Any reply from a SOCKS5 server
 // (even "no acceptable method") shows it is alive.
-func (w *upstreamWatch) probe(ctx context.Context) error {
+func (w *Watch) probe(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, upstreamProbeTimeout)
 	defer cancel()
 	c, err := w.dial(ctx)
@@ -167,10 +195,11 @@ func (w *upstreamWatch) probe(ctx context.Context) error {
 	return nil
 }
 
-// start runs the first probe (plain mode), bounded by
-// upstreamFirstProbe, so that a router that starts against a dead
-// upstream is not ready from its first flow on.
-func (w *upstreamWatch) start(ctx context.Context) {
+// Start reports the initial state and runs the first probe (plain mode),
+// bounded by upstreamFirstProbe, so that a router that starts against a
+// dead upstream is not ready from its first flow on.
+func (w *Watch) Start(ctx context.Context) {
+	defer w.report()
 	if !w.plain {
 		return
 	}
@@ -181,9 +210,11 @@ func (w *upstreamWatch) start(ctx context.Context) {
 	}
 }
 
-// watchLoop checks for stalled greetings every second and probes: every
+// Run checks for stalled greetings every second and probes: every
 // upstreamProbeEvery in plain mode, every upstreamRetryEvery while down.
-func (w *upstreamWatch) watchLoop(ctx context.Context) {
+// It returns when ctx is done. The ticks gather evidence about a peer
+// that cannot report its own death; nothing waits on them.
+func (w *Watch) Run(ctx context.Context) {
 	tick := time.NewTicker(upstreamRetryEvery)
 	defer tick.Stop()
 	var last time.Time
@@ -211,7 +242,7 @@ func (w *upstreamWatch) watchLoop(ctx context.Context) {
 	}
 }
 
-func (w *upstreamWatch) checkStalls(now time.Time) {
+func (w *Watch) checkStalls(now time.Time) {
 	w.mu.Lock()
 	var oldest time.Duration
 	for _, t := range w.pending {
@@ -229,7 +260,7 @@ func (w *upstreamWatch) checkStalls(now time.Time) {
 // it through epoll.
 type watchConn struct {
 	net.Conn
-	w        *upstreamWatch
+	w        *Watch
 	wrote    atomic.Bool
 	answered atomic.Bool
 }
