@@ -73,7 +73,7 @@ type Config struct {
 	// address epoch). Optional; New fails if it is not writable.
 	StateDir string
 	// DNSEpochFile keeps the automap address epoch across restarts (see
-	// dns.Config.EpochFile) when there is no StateDir: a runtime file such
+	// the package doc of dns) when there is no StateDir: a runtime file such
 	// as /run/torgate/dns-epoch. Ignored with a StateDir (the epoch lives
 	// there). Unset without a StateDir, each run starts at a random epoch.
 	DNSEpochFile string
@@ -83,8 +83,7 @@ type Config struct {
 	// SERVFAIL. With ManagedTor or AttachedTor the router follows Tor's
 	// bootstrap and liveness itself. With plain SOCKS and no Ready,
 	// readiness comes from the router's own evidence: a periodic connect
-	// and SOCKS greeting to the upstream and the outcome of real dials
-	// (internal/upstream). In every mode a SOCKS port that stops
+	// and SOCKS greeting to the upstream and the outcome of real dials. In every mode a SOCKS port that stops
 	// answering greetings makes the router not ready.
 	Ready func() bool
 
@@ -124,13 +123,13 @@ const (
 	// IsolateSource gives each workstation its own circuits (on a LAN a
 	// workstation is a machine: its MAC); its flows and DNS lookups share
 	// them. The default.
-	IsolateSource = Isolation(tunnel.IsolateSource)
+	IsolateSource Isolation = iota
 	// IsolateDestination gives each (workstation, destination host) pair
 	// its own circuits: stronger unlinkability, more circuits.
-	IsolateDestination = Isolation(tunnel.IsolateDestination)
+	IsolateDestination
 	// IsolateNone puts every workstation on the same credentials. Only
 	// for a gateway with a single workstation, or for benchmarks.
-	IsolateNone = Isolation(tunnel.IsolateNone)
+	IsolateNone
 )
 
 // ParseIsolation parses the flag spelling of an Isolation: "source",
@@ -151,10 +150,10 @@ const (
 	// for the name (like Tor's AutomapHostsOnResolve); the flow to it
 	// asks Tor for the name, so the exit resolves it. Nothing is resolved
 	// before a connection. The default.
-	DNSAutomap = DNSMode(dns.ModeAutomap)
+	DNSAutomap DNSMode = iota
 	// DNSResolve resolves A, AAAA and PTR through Tor (SOCKS RESOLVE and
 	// RESOLVE_PTR) on the asking workstation's circuits.
-	DNSResolve = DNSMode(dns.ModeResolve)
+	DNSResolve
 )
 
 // ParseDNSMode parses "automap" or "resolve" (case-insensitive).
@@ -169,9 +168,9 @@ func (m DNSMode) String() string { return dns.Mode(m).String() }
 // The default DNS virtual address pools.
 var (
 	// DefaultDNSPool4 is Whonix-Gateway's VirtualAddrNetworkIPv4.
-	DefaultDNSPool4 = dns.DefaultPool4
+	DefaultDNSPool4 = netip.MustParsePrefix("10.192.0.0/10")
 	// DefaultDNSPool6 is a unique-local /64 chosen at random for torgate.
-	DefaultDNSPool6 = dns.DefaultPool6
+	DefaultDNSPool6 = netip.MustParsePrefix("fd9d:7a2b:5c1e::/64")
 )
 
 // Bootstrap is a managed or attached Tor's bootstrap progress.

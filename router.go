@@ -1,25 +1,3 @@
-// Package torgate is a userspace Tor router: a TUN device carries the
-// workstations' IP packets, a gVisor network stack terminates every TCP
-// flow, and each flow leaves through Tor's SOCKS port with credentials
-// that isolate one workstation's circuits from another's. DNS is answered
-// by torgate itself, through Tor; UDP and ICMP are dropped. Nothing leaves
-// except through Tor.
-//
-// Embedding: a gateway with a Tor of its own (see Example_managedTor):
-//
-//	r, err := torgate.NewContext(ctx, torgate.Config{
-//		TUNName:    "torgate0",
-//		Addr4:      netip.MustParsePrefix("10.152.152.10/18"),
-//		ManagedTor: &torgate.ManagedTor{DataDir: "/var/lib/torgate/tor"},
-//	})
-//	if err != nil { ... }
-//	err = r.Run(ctx) // until ctx is done, or a part fails
-//
-// The Router owns the whole fail-closed policy: it starts (or attaches
-// to) Tor, refuses flows and DNS until Tor is bootstrapped, ends every
-// flow when Tor goes away, and offers readiness (Ready, WaitReady), new
-// identities (NewIdentity, NewIdentityAll) and metrics. cmd/torgate is a
-// thin layer of flags, logging and signals over this package.
 package torgate
 
 import (

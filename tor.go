@@ -19,8 +19,7 @@ import (
 // cmd/torgate.
 
 // ManagedTor configures a tor process the Router starts, supervises
-// (restarting it when it exits) and stops on Close. Field comments are
-// in torctl.Config, which these map onto one to one.
+// (restarting it when it exits) and stops on Close.
 type ManagedTor struct {
 	// DataDir is tor's DataDirectory (required). Its sockets, cookie and
 	// generated torrc live beside it in DataDir+"-run".
@@ -28,15 +27,15 @@ type ManagedTor struct {
 	// TorPath is the tor binary; empty: tor from $PATH, /usr/sbin, /usr/bin.
 	TorPath string
 	// TorrcFile and TorrcLines are extra torrc lines (bridges, pluggable
-	// transports). torctl's SocksPort, ControlSocket, DataDirectory and
-	// CookieAuthentication override theirs.
+	// transports). The router's own SocksPort, ControlSocket,
+	// DataDirectory and CookieAuthentication override theirs.
 	TorrcFile  string
 	TorrcLines []string
 	// User runs tor as this account (needs CAP_SETUID/CAP_SETGID at every
 	// start, CAP_KILL to stop it). Empty: torgate's own user.
 	User string
 	// RestartBackoff is the first wait before restarting a tor that exits
-	// again soon after a restart. Zero: torctl's default (1s).
+	// again soon after a restart. Zero: 1s.
 	RestartBackoff time.Duration
 }
 
@@ -218,14 +217,14 @@ var ErrUnknownWorkstation = errors.New("unknown workstation")
 
 // NewIdentityAll gives every source new credentials and, with a control
 // port, sends Tor NEWNYM (new circuits, DNS cache cleared). Within Tor's
-// NEWNYM rate limit (torctl.NewNymInterval) it does neither and returns
-// a *torctl.RateLimitError (errors.Is torctl.ErrRateLimited), so that a
-// retry does both.
+// NEWNYM rate limit (one per NewNymInterval) it does neither and returns
+// a *RateLimitError (errors.Is ErrRateLimited), so that a retry does
+// both.
 func (r *Router) NewIdentityAll(ctx context.Context) error {
 	t := r.tor.tor
 	if t != nil {
 		if w := t.NewNymWait(); w > 0 {
-			return &torctl.RateLimitError{Wait: w}
+			return &RateLimitError{Wait: w}
 		}
 	}
 	r.iso.NewIdentityAll()
@@ -238,6 +237,27 @@ func (r *Router) NewIdentityAll(ctx context.Context) error {
 	}
 	return nil
 }
+
+// NewNymInterval is Tor's NEWNYM rate limit: one per this long. Tor
+// answers an early NEWNYM with OK and delays it silently, so the router
+// keeps the window itself.
+const NewNymInterval = 10 * time.Second
+
+// ErrRateLimited is the error NewIdentityAll returns within Tor's NEWNYM
+// rate limit (errors.Is); errors.As gives the *RateLimitError.
+var ErrRateLimited = errors.New("tor rate-limits NEWNYM")
+
+// RateLimitError says how long until Tor accepts the next NEWNYM.
+type RateLimitError struct {
+	Wait time.Duration
+}
+
+func (e *RateLimitError) Error() string {
+	return fmt.Sprintf("tor rate-limits NEWNYM to one per %v: retry in %v", NewNymInterval, e.Wait.Round(100*time.Millisecond))
+}
+
+// Is makes errors.Is(err, ErrRateLimited) true.
+func (e *RateLimitError) Is(target error) bool { return target == ErrRateLimited }
 
 // errTorStopped ends Run when Tor's supervisor stops on its own.
 var errTorStopped = errors.New("tor supervisor stopped")

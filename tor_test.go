@@ -16,7 +16,6 @@ import (
 	"github.com/torgate/torgate"
 	"github.com/torgate/torgate/internal/testlog"
 	"github.com/torgate/torgate/internal/testnet"
-	"github.com/torgate/torgate/internal/torctl"
 	"github.com/torgate/torgate/internal/wstest"
 )
 
@@ -98,7 +97,7 @@ func TestRouterOwnsManagedTor(t *testing.T) {
 	if err := r.NewIdentityAll(ctx); err != nil {
 		t.Fatalf("NewIdentityAll: %v", err)
 	}
-	if err := r.NewIdentityAll(ctx); !errors.Is(err, torctl.ErrRateLimited) {
+	if err := r.NewIdentityAll(ctx); !errors.Is(err, torgate.ErrRateLimited) {
 		t.Fatalf("second NewIdentityAll = %v, want Tor's rate limit", err)
 	}
 	if src, all := metric(t, reg, "new_identity_total", "source"), metric(t, reg, "new_identity_total", "all"); src != 1 || all != 1 {
