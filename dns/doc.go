@@ -172,4 +172,7 @@
 // Config.LogDestinations is set, and then only at Debug; nothing is logged
 // per query above Debug. Stats returns counters by query kind and result,
 // and Metrics exports them to Prometheus with bounded labels only.
+//
+// This is a component of torgate, not a public contract: its API changes
+// with torgate's needs. Embedders use package github.com/torgate/torgate.
 package dns

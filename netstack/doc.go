@@ -76,4 +76,7 @@
 // v0.7.0 -> v0.15.0 and added golang.org/x/exp, both gVisor's
 // requirements. The SYN on a TIME_WAIT 4-tuple is still dropped without
 // a listener (TestGVisorTimeWaitStillDropped), so G1 stays.
+//
+// This is a component of torgate, not a public contract: its API changes
+// with torgate's needs. Embedders use package github.com/torgate/torgate.
 package netstack

@@ -48,4 +48,7 @@
 // wraps ctx.Err(). On any failure the connection is closed. Error messages
 // never contain the destination, the hostname or the credentials, so callers
 // may log them without leaking where a workstation was going.
+//
+// This is a component of torgate, not a public contract: its API changes
+// with torgate's needs. Embedders use package github.com/torgate/torgate.
 package socks

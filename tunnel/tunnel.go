@@ -14,6 +14,9 @@
 // production a *socks.Dialer bound to Tor's SocksPort) and has no other
 // means to open a connection, so no code path can reach a workstation's
 // destination directly.
+//
+// This is a component of torgate, not a public contract: its API changes
+// with torgate's needs. Embedders use package github.com/torgate/torgate.
 package tunnel
 
 import (
@@ -28,6 +31,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/torgate/torgate/internal/defaults"
 	"github.com/torgate/torgate/internal/dest"
 	"github.com/torgate/torgate/internal/fair"
 	"github.com/torgate/torgate/socks"
@@ -216,12 +220,12 @@ func New(cfg Config) (*Tunnel, error) {
 			return nil, errors.New("tunnel: negative limit")
 		}
 	}
-	setDefault(&cfg.DialTimeout, DefaultDialTimeout)
-	setDefault(&cfg.IdleTimeout, DefaultIdleTimeout)
-	setDefault(&cfg.HalfCloseTimeout, DefaultHalfCloseTimeout)
-	setDefault(&cfg.MaxFlows, DefaultMaxFlows)
-	setDefault(&cfg.MaxFlowsPerSource, DefaultMaxFlowsPerSource)
-	setDefault(&cfg.MaxDialsPerSource, DefaultMaxDialsPerSource)
+	defaults.Set(&cfg.DialTimeout, DefaultDialTimeout)
+	defaults.Set(&cfg.IdleTimeout, DefaultIdleTimeout)
+	defaults.Set(&cfg.HalfCloseTimeout, DefaultHalfCloseTimeout)
+	defaults.Set(&cfg.MaxFlows, DefaultMaxFlows)
+	defaults.Set(&cfg.MaxFlowsPerSource, DefaultMaxFlowsPerSource)
+	defaults.Set(&cfg.MaxDialsPerSource, DefaultMaxDialsPerSource)
 	if cfg.MaxFlowsPerSource > cfg.MaxFlows {
 		return nil, fmt.Errorf("tunnel: MaxFlowsPerSource %d above MaxFlows %d", cfg.MaxFlowsPerSource, cfg.MaxFlows)
 	}
@@ -274,13 +278,6 @@ func New(cfg Config) (*Tunnel, error) {
 	t.sweepEvery = sweepInterval(cfg.IdleTimeout, cfg.HalfCloseTimeout)
 	t.pumps = newPumpPool()
 	return t, nil
-}
-
-func setDefault[T comparable](p *T, def T) {
-	var zero T
-	if *p == zero {
-		*p = def
-	}
 }
 
 // Metrics returns the tunnel's collectors for the caller's registry.

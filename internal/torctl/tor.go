@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/torgate/torgate/internal/defaults"
 	"github.com/torgate/torgate/internal/endpoint"
 	"github.com/torgate/torgate/socks"
 )
@@ -191,14 +192,14 @@ func New(cfg Config) (*Tor, error) {
 
 func (t *Tor) validate() error {
 	c := &t.cfg
-	setDefault(&c.RestartBackoff, DefaultRestartBackoff)
-	setDefault(&c.MaxRestartBackoff, DefaultMaxRestartBackoff)
-	setDefault(&c.StableAfter, DefaultStableAfter)
-	setDefault(&c.CommandTimeout, DefaultCommandTimeout)
-	setDefault(&c.PollInterval, DefaultPollInterval)
-	setDefault(&c.ProbeDeadline, DefaultProbeDeadline)
-	setDefault(&c.ReconnectInterval, DefaultReconnectInterval)
-	setDefault(&c.BootstrapStall, DefaultBootstrapStall)
+	defaults.Set(&c.RestartBackoff, DefaultRestartBackoff)
+	defaults.Set(&c.MaxRestartBackoff, DefaultMaxRestartBackoff)
+	defaults.Set(&c.StableAfter, DefaultStableAfter)
+	defaults.Set(&c.CommandTimeout, DefaultCommandTimeout)
+	defaults.Set(&c.PollInterval, DefaultPollInterval)
+	defaults.Set(&c.ProbeDeadline, DefaultProbeDeadline)
+	defaults.Set(&c.ReconnectInterval, DefaultReconnectInterval)
+	defaults.Set(&c.BootstrapStall, DefaultBootstrapStall)
 	for _, d := range []time.Duration{c.RestartBackoff, c.MaxRestartBackoff, c.StableAfter, c.CommandTimeout, c.PollInterval, c.ProbeDeadline, c.ReconnectInterval, c.BootstrapStall} {
 		if d < 0 {
 			return errors.New("torctl: negative duration in Config")
@@ -289,13 +290,6 @@ func (t *Tor) validateManaged() error {
 	t.control = endpoint.Endpoint{Network: "unix", Address: filepath.Join(t.runDir, "control.sock")}
 	t.socks.Store(&endpoint.Endpoint{Network: "unix", Address: filepath.Join(t.runDir, "socks.sock")})
 	return nil
-}
-
-func setDefault[T comparable](p *T, def T) {
-	var zero T
-	if *p == zero {
-		*p = def
-	}
 }
 
 // Start starts the managed Tor, or makes the first connection to the
