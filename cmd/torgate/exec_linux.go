@@ -14,7 +14,6 @@ import (
 	"runtime"
 	"strconv"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
@@ -31,10 +30,6 @@ var (
 	execGateway4 = "10.152.152.10"
 )
 
-// childEnv marks the re-executed helper that sets up the mount namespace
-// and drops privileges before exec'ing the user's command.
-const childEnv = "TORGATE_EXEC_CHILD"
-
 // cmdExec runs a program in a fresh network namespace whose only way out
 // is torgate's TUN.
 func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -47,7 +42,7 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var f runFlags
 	f.register(fs)
 	userName := fs.String("user", "", "run CMD as this user (default: the sudo caller from SUDO_UID/SUDO_GID, else root)")
-	wait := fs.Duration("wait", 5*time.Minute, "how long to wait for Tor to bootstrap before giving up with a diagnosis (exit status 1)")
+	wait := fs.Duration("wait", defaultExecWait, "how long to wait for Tor to bootstrap before giving up with a diagnosis (exit status 1)")
 	if err := parseRunFlags(fs, &f, args); err != nil {
 		return err
 	}
