@@ -134,15 +134,16 @@ func (a *app) run(ctx context.Context) error {
 // runTasks runs tasks until one returns, then ends the others (their
 // context is cancelled) and returns the first failure, if any.
 func runTasks(ctx context.Context, log *slog.Logger, tasks []func(context.Context) error) error {
-	// errgroup cancels gctx at the first failure; cancel also ends the
-	// others when a task returns nil (each does so only once ctx is done).
+	// Not errgroup.WithContext, which cancels at the first failure only: a
+	// task returns nil only once ctx is done, so one that does ends the
+	// rest too.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	g, gctx := errgroup.WithContext(ctx)
+	var g errgroup.Group
 	for _, f := range tasks {
 		g.Go(func() error {
 			defer cancel()
-			return f(gctx)
+			return f(ctx)
 		})
 	}
 	err := g.Wait()
