@@ -506,7 +506,7 @@ func rssBytes(t testing.TB) int64 {
 // TestMemoryReturnedAfterPeak: 8,000 flows open and end; 10 s later
 // (FreeMemory runs 5 s after the drop) the resident set has given back at
 // least a quarter of what the peak added. Without it, RSS stayed near the
-// peak (README limits: measured figures).
+// peak (docs/limits.md: measured figures).
 func TestMemoryReturnedAfterPeak(t *testing.T) {
 	if testing.Short() {
 		t.Skip("8k flows")

@@ -33,7 +33,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-# torgate is built as released (README "Platforms and release builds"):
+# torgate is built as released (docs/operations.md, "Platforms and release builds"):
 # without cgo, stripped. Its idle RSS is 17 MiB that way against 21 MiB
 # for a plain go build (the symbol tables and libc are not mapped;
 # measured 2026-12-02), and the peers are measured as released too.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/torgate/torgate"
@@ -127,22 +128,29 @@ func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device
 // them all and is returned, so the process exits non-zero rather than
 // stay up unable to forward. The router is started if it was not.
 func (a *app) run(ctx context.Context) error {
+	return runTasks(ctx, a.log, append([]func(context.Context) error{a.router.Run}, a.tasks...))
+}
+
+// runTasks runs tasks until one returns, then ends the others (their
+// context is cancelled) and returns the first failure, if any.
+func runTasks(ctx context.Context, log *slog.Logger, tasks []func(context.Context) error) error {
+	// Not errgroup.WithContext, which cancels at the first failure only: a
+	// task returns nil only once ctx is done, so one that does ends the
+	// rest too.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	tasks := append([]func(context.Context) error{a.router.Run}, a.tasks...)
-	errc := make(chan error, len(tasks))
+	var g errgroup.Group
 	for _, f := range tasks {
-		go func() { errc <- f(ctx) }()
+		g.Go(func() error {
+			defer cancel()
+			return f(ctx)
+		})
 	}
-	var first error
-	for range tasks {
-		if err := <-errc; err != nil && first == nil {
-			first = err
-			a.log.Error("torgate stops", "err", err)
-		}
-		cancel()
+	err := g.Wait()
+	if err != nil {
+		log.Error("torgate stops", "err", err)
 	}
-	return first
+	return err
 }
 
 // close tears down in reverse order of setup.

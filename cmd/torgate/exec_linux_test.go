@@ -70,10 +70,11 @@ func netnsNames() map[string]bool {
 }
 
 // fixtureNS matches the names the project's tests give their namespaces
-// (a prefix and six hex digits, or a LAN namespace tg-IFACE-INODE): go
+// (a prefix and six or more hex digits: nstest's have eight; or a LAN
+// namespace tg-IFACE-INODE): go
 // test runs packages in parallel, and theirs come and go meanwhile (a
 // plain count failed CI once, 2026-12-04).
-var fixtureNS = regexp.MustCompile(`^(tg[a-z0-9]*-[0-9a-f]{6}|tg-.+-[0-9]+)$`)
+var fixtureNS = regexp.MustCompile(`^(tg[a-z0-9]*-[0-9a-f]{6,}|tg-.+-[0-9]+)$`)
 
 // leftNamespaces returns the named namespaces that exist now, not in
 // before, and are no test fixture's: what torgate exec left behind.

@@ -14,8 +14,6 @@ import (
 // package's tun_other.go); "run" fails when it opens the TUN, and "exec"
 // here, since it needs Linux's network and mount namespaces.
 
-const childEnv = "TORGATE_EXEC_CHILD"
-
 var errLinuxOnly = fmt.Errorf("torgate runs on Linux only (this is %s): %w", runtime.GOOS, errors.ErrUnsupported)
 
 func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error {
