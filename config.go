@@ -90,7 +90,7 @@ type Config struct {
 	// Flow limits; zero takes tunnel's defaults.
 	MaxFlows, MaxFlowsPerSource, MaxDialsPerSource int
 	// Packet-path limits and their per-source shares; zero takes
-	// netstack's defaults (README, limits table).
+	// netstack's defaults (docs/limits.md).
 	MaxInFlight, MaxInFlightPerSource int
 	DNSWorkers, DNSWorkersPerSource   int
 	DNSTCPConns, DNSTCPConnsPerSource int

@@ -23,8 +23,6 @@ func TestLimitsDoc(t *testing.T) {
 	doccheck.Limits(t, doccheck.GroupTorgate, map[string][]any{
 		"TUN txqueuelen (created TUN)":     {tunQueueLen},
 		"Tor control probe":                {torctl.DefaultPollInterval, torctl.DefaultProbeDeadline},
-		"SOCKS greeting stall":             {upstreamStallAfter},
-		"plain SOCKS probe":                {upstreamProbeEvery, upstreamRetryEvery, upstreamProbeTimeout},
 		"attach-mode reconnect":            {torctl.DefaultReconnectInterval},
 		"managed Tor restart":              {firstRestart, torctl.DefaultRestartBackoff, torctl.DefaultMaxRestartBackoff, torctl.DefaultStableAfter},
 		"FIN on an upstream end of stream": {eofGrace, eofGrace},

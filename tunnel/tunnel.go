@@ -132,7 +132,7 @@ type Config struct {
 	// minute) 5 s after open flows fell by half and by at least 1,000
 	// since their peak: in production debug.FreeOSMemory, so that the memory of
 	// a peak goes back to the system instead of waiting for the
-	// background scavenger (see README limits).
+	// background scavenger (docs/limits.md).
 	FreeMemory func()
 	// LogDestinations logs destinations in debug logs. Off by default:
 	// where a workstation goes is private.

@@ -53,10 +53,11 @@ var (
 	GroupNetstackDNS = Group{"netstack-dns", "netstack/limits_doc_dns_test.go", "GroupNetstackDNS"}
 	GroupDNS         = Group{"dns", "dns/limits_doc_test.go", "GroupDNS"}
 	GroupLAN         = Group{"internal/lan", "internal/lan/limits_doc_test.go", "GroupLAN"}
+	GroupUpstream    = Group{"internal/upstream", "internal/upstream/limits_doc_test.go", "GroupUpstream"}
 )
 
 // Groups lists every group.
-var Groups = []Group{GroupTorgate, GroupCmd, GroupTunnel, GroupNetstack, GroupNetstackDNS, GroupDNS, GroupLAN}
+var Groups = []Group{GroupTorgate, GroupCmd, GroupTunnel, GroupNetstack, GroupNetstackDNS, GroupDNS, GroupLAN, GroupUpstream}
 
 // Owners maps each row of the limits table (its "what" cell, verbatim) to
 // the group whose test checks it.
@@ -79,8 +80,8 @@ var Owners = map[string]Group{
 	"CPUs for Go code":                     GroupCmd,
 	"memory after a peak":                  GroupTunnel,
 	"Tor control probe":                    GroupTorgate,
-	"SOCKS greeting stall":                 GroupTorgate,
-	"plain SOCKS probe":                    GroupTorgate,
+	"SOCKS greeting stall":                 GroupUpstream,
+	"plain SOCKS probe":                    GroupUpstream,
 	"attach-mode reconnect":                GroupTorgate,
 	"managed Tor restart":                  GroupTorgate,
 	"FIN on an upstream end of stream":     GroupTorgate,
