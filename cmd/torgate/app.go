@@ -114,7 +114,7 @@ func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device
 	}
 	log.Info("tor mode", "mode", modeText(r))
 	if dev == nil { // run: set-up is done; exec drops once its command runs (privs.go)
-		if err := dropPrivileges(log, f.tor.keepPrivileges, privs.SetOf(privs.CapNetAdmin)|torKeeps(r.Tor())); err != nil {
+		if err := dropPrivileges(log, f.tor.keepPrivileges, privs.SetOf(privs.CapNetAdmin)|r.Tor().Privileges()); err != nil {
 			a.close()
 			return nil, err
 		}

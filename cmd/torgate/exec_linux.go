@@ -154,7 +154,7 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	// The command runs: from now on exec only signals it and Tor (privs.go).
-	if err := dropPrivileges(a.log, f.tor.keepPrivileges, privs.SetOf(privs.CapKill)|torKeeps(a.router.Tor())); err != nil {
+	if err := dropPrivileges(a.log, f.tor.keepPrivileges, privs.SetOf(privs.CapKill)|a.router.Tor().Privileges()); err != nil {
 		child.Process.Kill()
 		child.Wait()
 		return err
