@@ -105,8 +105,8 @@
 // The harness speaks to its tors with torctl's control client, the one
 // torgate itself uses (torctl.Conn: any command line under a context,
 // GETINFO, SETCONF, SETEVENTS, events in order). control.go only adds
-// what tests want on top: the cookie login by address (DialControl), a
-// channel that holds a connection's events for a test to read, and the
-// parsers of stream-status, circuit-status and STREAM events, which are
-// Tor's view that tests assert on.
+// what tests want on top: the cookie login by address (DialControl) and
+// a channel that holds a connection's events for a test to read.
+// streams.go parses stream-status, circuit-status and STREAM events:
+// Tor's view, which tests assert on.
 package testnet
