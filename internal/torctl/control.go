@@ -72,9 +72,22 @@ const (
 	evNetworkLiveness = string(control.EventCodeNetworkLiveness)
 )
 
-// errConnClosed is returned, wrapping why, by commands on a connection
-// that has ended. It matches net.ErrClosed, so callers can test for it.
-var errConnClosed = fmt.Errorf("tor control connection closed: %w", net.ErrClosed)
+// closedError is returned by commands on a connection that has ended,
+// with the reason. It matches net.ErrClosed, so callers can test for it.
+type closedError struct{ why error }
+
+func (e *closedError) Error() string {
+	if e.why == nil {
+		return "tor control connection closed"
+	}
+	return "tor control connection closed: " + e.why.Error()
+}
+
+func (e *closedError) Unwrap() error        { return e.why }
+func (e *closedError) Is(target error) bool { return target == net.ErrClosed }
+
+// errCloseCalled is the reason recorded by Close.
+var errCloseCalled = errors.New("closed by its user")
 
 // errNotAuthenticated: a command before Authenticate succeeded.
 var errNotAuthenticated = errors.New("tor control connection not authenticated")
@@ -359,10 +372,10 @@ func (c *Conn) isDone() bool {
 func (c *Conn) closedErr() error {
 	c.errMu.Lock()
 	defer c.errMu.Unlock()
-	if c.err == nil || c.err == errConnClosed {
-		return errConnClosed
+	if c.err == errCloseCalled {
+		return &closedError{}
 	}
-	return fmt.Errorf("%w: %w", errConnClosed, c.err)
+	return &closedError{why: c.err}
 }
 
 // Done is closed when the connection has ended, for any reason; Err then
@@ -381,7 +394,7 @@ func (c *Conn) Err() error {
 // Close ends the connection and waits until onEvent is no longer called.
 // It is idempotent; do not call it from onEvent.
 func (c *Conn) Close() error {
-	c.fail(errConnClosed)
+	c.fail(errCloseCalled)
 	c.sem <- struct{}{} // a command in flight returns: its connection is closed
 	reading := c.reading
 	c.release()
