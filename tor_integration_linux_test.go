@@ -213,7 +213,7 @@ func TestTorIntegration(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer ctl.Close()
-		if _, err := ctl.Do(t.Context(), "MAPADDRESS "+strings.Replace(mapIP, " ", "=", 1)); err != nil {
+		if _, err := ctl.Request(t.Context(), "MAPADDRESS "+strings.Replace(mapIP, " ", "=", 1)); err != nil {
 			t.Fatal(err)
 		}
 		g := newGateway(t, torgate.Config{AttachedTor: &torgate.AttachedTor{ControlAddr: n.ControlAddr}})
@@ -299,7 +299,7 @@ func TestTorIntegration(t *testing.T) {
 // port from STREAM events, by SOCKS username (torgate's isolation key).
 type streamLog struct {
 	port   string
-	events <-chan testnet.Reply
+	events <-chan torctl.Event
 }
 
 // next waits for the next SUCCEEDED stream of a torgate flow to the web

@@ -17,6 +17,7 @@ import (
 
 	"github.com/torgate/torgate"
 	"github.com/torgate/torgate/internal/privs"
+	"github.com/torgate/torgate/internal/torctl"
 )
 
 // runtimeDir holds state that must outlive a torgate process but not a
@@ -115,7 +116,7 @@ func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device
 	}
 	log.Info("tor mode", "mode", modeText(r))
 	if dev == nil { // run: set-up is done; exec drops once its command runs (privs.go)
-		if err := dropPrivileges(log, f.tor.keepPrivileges, privs.SetOf(privs.CapNetAdmin)|torKeeps(r.TorSwitchesUser())); err != nil {
+		if err := dropPrivileges(log, f.tor.keepPrivileges, privs.SetOf(privs.CapNetAdmin)|torctl.Keeps(r.TorSwitchesUser())); err != nil {
 			a.close()
 			return nil, err
 		}

@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/torgate/torgate/internal/privs"
+	"github.com/torgate/torgate/internal/torctl"
 )
 
 // cmdExec runs a program in a fresh network namespace whose only way out
@@ -63,7 +64,7 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	// The command runs: from now on exec only signals it and Tor (privs.go).
-	if err := dropPrivileges(a.log, f.tor.keepPrivileges, privs.SetOf(privs.CapKill)|torKeeps(a.router.TorSwitchesUser())); err != nil {
+	if err := dropPrivileges(a.log, f.tor.keepPrivileges, privs.SetOf(privs.CapKill)|torctl.Keeps(a.router.TorSwitchesUser())); err != nil {
 		child.Process.Kill()
 		child.Wait()
 		return err

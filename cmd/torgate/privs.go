@@ -12,26 +12,18 @@ import (
 //
 //   - torgate run: at the end of startApp, once the TUN, Tor and the admin
 //     endpoint are up. It keeps CAP_NET_ADMIN (netlink and TUN changes
-//     while it runs, and tearing down what it set up), and, when its
-//     managed Tor runs as another user, CAP_SETUID and CAP_SETGID to
-//     restart it as that user and CAP_KILL to stop it. Tor's sockets and
-//     cookie are reached through their group (torctl's run directory),
-//     so no CAP_DAC_OVERRIDE.
+//     while it runs, and tearing down what it set up), and what its Tor
+//     needs (torctl's Tor.Privileges: for a managed Tor of another user,
+//     CAP_SETUID and CAP_SETGID to restart it as that user and CAP_KILL to
+//     stop it). Tor's sockets and cookie are reached through their group
+//     (torctl's run directory), so no CAP_DAC_OVERRIDE.
 //   - torgate exec: only after its command has started. Before, it needs
 //     CAP_SYS_ADMIN (mount namespace, bind mount) and CAP_SETUID/SETGID to
 //     start the command as the target user. It keeps CAP_KILL (the
-//     command and Tor run as other users) and, for a Tor of another user,
-//     CAP_SETUID/SETGID.
+//     command and Tor run as other users) and what its Tor needs
+//     (Tor.Privileges).
 //
 // The uid stays 0. --keep-privileges skips the drop, for debugging.
-
-// torKeeps returns what a managed Tor needs torgate to keep.
-func torKeeps(switchesUser bool) privs.Set {
-	if switchesUser {
-		return privs.SetOf(privs.CapSetUID, privs.CapSetGID, privs.CapKill)
-	}
-	return 0
-}
 
 // dropPrivileges keeps only keep, unless keepAll. A process with no
 // capabilities to drop (not root) is left alone; a binary built with cgo

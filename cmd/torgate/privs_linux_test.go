@@ -83,8 +83,9 @@ func TestRunDropsPrivileges(t *testing.T) {
 
 // TestRunManagedTorAfterDrop: with a managed Tor running as debian-tor,
 // torgate keeps CAP_SETUID, CAP_SETGID and CAP_KILL besides
-// CAP_NET_ADMIN, and that is enough to restart a killed tor as
-// debian-tor. tor is offline
+// CAP_NET_ADMIN (what torctl's Tor.Privileges names; its unit test is
+// torctl's TestPrivileges), and that is enough to restart a killed tor
+// as debian-tor. tor is offline
 // (DisableNetwork): only its process and control socket matter here.
 func TestRunManagedTorAfterDrop(t *testing.T) {
 	nstest.RequireRoot(t, "unshare", "tor")

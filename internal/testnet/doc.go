@@ -100,20 +100,13 @@
 // The DNS server matches names case-insensitively and echoes the question
 // unchanged, because the exits' resolver randomises the case of queries.
 //
-// # Why a control client of its own (control.go), not torctl's
+// # Control connections
 //
-// torctl's client (torctl/control.go, around bine) is the product's: it
-// does what the router needs of one Tor and nothing else (authenticate
-// with SAFECOOKIE or a password, take ownership, three GETINFO keys,
-// SIGNAL NEWNYM, two event types) behind unexported methods, each with a
-// context and the hang detection torgate's fail-closed promise rests on.
-// The harness needs the opposite: any command line on any node (SETCONF
-// on the authorities to move their vote, MAPADDRESS, SETEVENTS STREAM on
-// the client), raw multi-line replies, and every event, to assert on
-// Tor's side of a test. Serving both from torctl would export a
-// general-purpose control API from the product for tests' sake, or have
-// torctl's supervision depend on a harness-shaped client; serving both
-// from this one would put a test harness under the router. What is truly
-// common, the syntax of a reply line's fields (quoted strings, escapes),
-// is one piece of code both use: internal/ctlproto.
+// The harness speaks to its tors with torctl's control client, the one
+// torgate itself uses (torctl.Conn: any command line under a context,
+// GETINFO, SETCONF, SETEVENTS, events in order). control.go only adds
+// what tests want on top: the cookie login by address (DialControl) and
+// a channel that holds a connection's events for a test to read.
+// streams.go parses stream-status, circuit-status and STREAM events:
+// Tor's view, which tests assert on.
 package testnet

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/torgate/torgate/internal/torctl"
 )
 
 // DefaultWebName is the name the network's DNS server resolves to the web
@@ -367,7 +369,7 @@ func (n *Network) launch(ctx context.Context) error {
 	if err := n.startNode(n.client); err != nil {
 		return err
 	}
-	var hsEvents <-chan Reply
+	var hsEvents <-chan torctl.Event
 	if n.onion != nil {
 		if err := n.startNode(n.onion); err != nil {
 			return err
@@ -483,7 +485,7 @@ func (n *Network) dialControl(ctx context.Context, nd *node) (*Control, error) {
 	var c *Control
 	err := n.poll(ctx, pollFast, func(ctx context.Context) (bool, error) {
 		var err error
-		c, err = DialControl(ctx, nd.controlAddr(), nd.cookiePath())
+		c, err = DialControl(ctx, nd.controlAddr())
 		return err == nil, nil
 	})
 	if err != nil {
@@ -518,7 +520,7 @@ func (n *Network) setVotingOffset(ctx context.Context, ctls []*Control, offset i
 
 // addOnion subscribes to HS_DESC on the onion host and then adds the
 // service, so no upload event can be missed.
-func (n *Network) addOnion(ctx context.Context) (<-chan Reply, error) {
+func (n *Network) addOnion(ctx context.Context) (<-chan torctl.Event, error) {
 	c, err := n.dialControl(ctx, n.onion)
 	if err != nil {
 		return nil, err
@@ -526,7 +528,7 @@ func (n *Network) addOnion(ctx context.Context) (<-chan Reply, error) {
 	if err := c.SetEvents(ctx, "HS_DESC"); err != nil {
 		return nil, err
 	}
-	rep, err := c.Do(ctx, fmt.Sprintf("ADD_ONION NEW:ED25519-V3 Flags=Detach,DiscardPK Port=80,%s", n.WebAddr))
+	rep, err := c.Request(ctx, fmt.Sprintf("ADD_ONION NEW:ED25519-V3 Flags=Detach,DiscardPK Port=80,%s", n.WebAddr))
 	if err != nil {
 		return nil, err
 	}
@@ -546,7 +548,7 @@ func (n *Network) addOnion(ctx context.Context) (<-chan Reply, error) {
 // descriptors (current and next time period) to each HSDir. A client that
 // asks an HSDir before the upload caches the failure and backs off, so
 // Start must not return earlier.
-func (n *Network) waitUploaded(ctx context.Context, events <-chan Reply) error {
+func (n *Network) waitUploaded(ctx context.Context, events <-chan torctl.Event) error {
 	id := strings.TrimSuffix(n.OnionAddr, ".onion")
 	uploaded := map[string]bool{} // HSDir fingerprint -> acknowledged
 	for _, a := range n.auths {
@@ -573,18 +575,15 @@ func (n *Network) waitUploaded(ctx context.Context, events <-chan Reply) error {
 		case <-n.died:
 			return fmt.Errorf("%w: %s", errProcessExited, n.diedNode)
 		case ev := <-events:
-			if len(ev.Lines) == 0 {
-				continue
-			}
 			// HS_DESC <action> <address> <auth type> <$FPR~nick> ...
-			f := strings.Fields(ev.Lines[0].Text)
-			if len(f) < 5 || f[0] != "HS_DESC" || f[2] != id {
+			f := strings.Fields(ev.Raw)
+			if ev.Code != "HS_DESC" || len(f) < 4 || f[1] != id {
 				continue
 			}
-			fpr, _, _ := strings.Cut(strings.TrimPrefix(f[4], "$"), "~")
+			fpr, _, _ := strings.Cut(strings.TrimPrefix(f[3], "$"), "~")
 			fpr = strings.ToUpper(fpr)
-			n.log.Debug("testnet hs_desc event", "action", f[1], "hsdir", f[4])
-			switch f[1] {
+			n.log.Debug("testnet hs_desc event", "action", f[0], "hsdir", f[3])
+			switch f[0] {
 			case "UPLOAD":
 				pending[fpr]++
 			case "UPLOADED":
@@ -606,7 +605,7 @@ func bootstrapProgress(ctx context.Context, c *Control) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	f, err := splitQuoted(info["status/bootstrap-phase"])
+	f, err := torctl.SplitFields(info["status/bootstrap-phase"])
 	if err != nil {
 		return 0, err
 	}
@@ -645,7 +644,7 @@ func (n *Network) ClientTorrc() []string {
 // Control returns a new authenticated control connection to the client
 // tor. The caller closes it.
 func (n *Network) Control(ctx context.Context) (*Control, error) {
-	return DialControl(ctx, n.ControlAddr, n.CookiePath)
+	return DialControl(ctx, n.ControlAddr)
 }
 
 // control returns the shared client connection, redialling it if a
@@ -653,7 +652,7 @@ func (n *Network) Control(ctx context.Context) (*Control, error) {
 func (n *Network) control(ctx context.Context) (*Control, error) {
 	n.ctlMu.Lock()
 	defer n.ctlMu.Unlock()
-	if n.ctl != nil && !n.ctl.closed.Load() {
+	if n.ctl != nil && n.ctl.Err() == nil {
 		return n.ctl, nil
 	}
 	c, err := n.Control(ctx)

@@ -254,7 +254,7 @@ func testClientTorrc(ctx context.Context, t *testing.T, n *Network) {
 	})
 	t0 := time.Now()
 	for {
-		if ctl, err := DialControl(ctx, ctlAddr, filepath.Join(dir, "control_auth_cookie")); err == nil {
+		if ctl, err := DialControl(ctx, ctlAddr); err == nil {
 			p, err := bootstrapProgress(ctx, ctl)
 			ctl.Close()
 			if err == nil && p == 100 {

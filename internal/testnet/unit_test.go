@@ -1,11 +1,8 @@
 package testnet
 
 import (
-	"bufio"
-	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -19,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/torgate/torgate/internal/torctl"
 )
 
 // Hermetic tests: no tor needed.
@@ -215,43 +214,6 @@ func TestConsensusParsing(t *testing.T) {
 	}
 }
 
-func TestReadReply(t *testing.T) {
-	tests := []struct {
-		name string
-		in   string
-		want Reply
-	}{
-		{name: "single", in: "250 OK\r\n", want: Reply{Code: 250, Lines: []ReplyLine{{Text: "OK"}}}},
-		{
-			name: "multi",
-			in:   "250-status/bootstrap-phase=NOTICE BOOTSTRAP PROGRESS=100 TAG=done\r\n250 OK\r\n",
-			want: Reply{Code: 250, Lines: []ReplyLine{{Text: "status/bootstrap-phase=NOTICE BOOTSTRAP PROGRESS=100 TAG=done"}, {Text: "OK"}}},
-		},
-		{
-			name: "data",
-			in:   "250+stream-status=\r\n1 SUCCEEDED 5 a:80\r\n..dot\r\n.\r\n250 OK\r\n",
-			want: Reply{Code: 250, Lines: []ReplyLine{{Text: "stream-status=", Data: "1 SUCCEEDED 5 a:80\n.dot"}, {Text: "OK"}}},
-		},
-		{name: "event", in: "650 STREAM 3 NEW 0 a:80 SOURCE_ADDR=127.0.0.1:4\r\n", want: Reply{Code: 650, Lines: []ReplyLine{{Text: "STREAM 3 NEW 0 a:80 SOURCE_ADDR=127.0.0.1:4"}}}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := readReply(bufio.NewReader(strings.NewReader(tt.in)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got.Code != tt.want.Code || !slices.Equal(got.Lines, tt.want.Lines) {
-				t.Errorf("readReply = %+v, want %+v", got, tt.want)
-			}
-		})
-	}
-	for _, bad := range []string{"25\r\n", "abc OK\r\n", "250*OK\r\n", "250-a\r\n251 b\r\n", "250+x\r\nno end"} {
-		if _, err := readReply(bufio.NewReader(strings.NewReader(bad))); err == nil {
-			t.Errorf("readReply(%q): no error", bad)
-		}
-	}
-}
-
 func TestParseCircuitAndStream(t *testing.T) {
 	c, err := parseCircuit(`8 BUILT $AAA~auth0,$BBB~mid0,$CCC~exit0 BUILD_FLAGS=NEED_CAPACITY PURPOSE=GENERAL TIME_CREATED=2026-11-27T02:01:46.1 SOCKS_USERNAME="u 1" SOCKS_PASSWORD="p\"q"`)
 	if err != nil {
@@ -265,93 +227,16 @@ func TestParseCircuitAndStream(t *testing.T) {
 	if err != nil || c.Path != nil || c.Purpose != "GENERAL" {
 		t.Errorf("parseCircuit(no path) = %+v, %v", c, err)
 	}
-	s, ok := ParseStreamEvent(Reply{Code: 650, Lines: []ReplyLine{{Text: `STREAM 12 NEW 0 web.test.lan:18080 SOURCE_ADDR=127.0.0.1:40000 PURPOSE=USER SOCKS_USERNAME="u1"`}}})
+	s, ok := ParseStreamEvent(torctl.Event{Code: "STREAM", Raw: `12 NEW 0 web.test.lan:18080 SOURCE_ADDR=127.0.0.1:40000 PURPOSE=USER SOCKS_USERNAME="u1"`})
 	if !ok || s.ID != "12" || s.Status != "NEW" || s.CircuitID != "0" || s.Target != "web.test.lan:18080" ||
 		s.SourceAddr != "127.0.0.1:40000" || s.SocksUsername != "u1" {
 		t.Errorf("ParseStreamEvent = %+v, %v", s, ok)
 	}
-	if _, ok := ParseStreamEvent(Reply{Code: 650, Lines: []ReplyLine{{Text: "CIRC 1 BUILT"}}}); ok {
+	if _, ok := ParseStreamEvent(torctl.Event{Code: "CIRC", Raw: "1 BUILT"}); ok {
 		t.Error("ParseStreamEvent accepted a CIRC event")
 	}
-	if _, err := splitQuoted(`a "b`); err == nil {
-		t.Error("splitQuoted accepted an unterminated quote")
-	}
-}
-
-// TestControl runs the client against a scripted control port.
-func TestControl(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	cookie := t.TempDir() + "/cookie"
-	if err := os.WriteFile(cookie, []byte{1, 2}, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	srvDone := make(chan error, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			srvDone <- err
-			return
-		}
-		defer c.Close()
-		r := bufio.NewReader(c)
-		script := []struct{ expect, reply string }{
-			{"AUTHENTICATE 0102", "250 OK\r\n"},
-			{"SETEVENTS STREAM", "250 OK\r\n650 STREAM 1 NEW 0 a:1 SOURCE_ADDR=127.0.0.1:9\r\n"},
-			{"GETINFO circuit-status", "250+circuit-status=\r\n4 BUILT $A~a,$B~b,$C~c PURPOSE=GENERAL SOCKS_USERNAME=\"x\"\r\n.\r\n250 OK\r\n"},
-			{"SIGNAL BOGUS", "552 Unrecognized signal code \"BOGUS\"\r\n"},
-		}
-		for _, s := range script {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				srvDone <- err
-				return
-			}
-			if got := strings.TrimRight(line, "\r\n"); got != s.expect {
-				srvDone <- fmt.Errorf("server got %q, want %q", got, s.expect)
-				return
-			}
-			io.WriteString(c, s.reply)
-		}
-		srvDone <- nil
-		io.Copy(io.Discard, r)
-	}()
-
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	ctl, err := DialControl(ctx, ln.Addr().String(), cookie)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctl.Close()
-	if err := ctl.SetEvents(ctx, "STREAM"); err != nil {
-		t.Fatal(err)
-	}
-	circs, err := ctl.Circuits(ctx)
-	if err != nil || len(circs) != 1 || circs[0].SocksUsername != "x" {
-		t.Fatalf("Circuits = %+v, %v", circs, err)
-	}
-	err = ctl.Signal(ctx, "BOGUS")
-	if re, ok := err.(*ReplyError); !ok || re.Code != 552 {
-		t.Fatalf("Signal BOGUS: %v, want ReplyError 552", err)
-	}
-	select {
-	case ev := <-ctl.Events():
-		if s, ok := ParseStreamEvent(ev); !ok || s.SourceAddr != "127.0.0.1:9" {
-			t.Errorf("event %+v", ev)
-		}
-	case <-ctx.Done():
-		t.Fatal("no event")
-	}
-	if err := <-srvDone; err != nil {
-		t.Fatal(err)
-	}
-	ctl.Close()
-	if _, err := ctl.Do(ctx, "GETINFO version"); err == nil {
-		t.Error("Do after Close: no error")
+	if _, err := parseStream(`1 NEW 0 "a`); err == nil {
+		t.Error("parseStream accepted an unterminated quote")
 	}
 }
 
@@ -507,26 +392,19 @@ func FuzzDNSAnswer(f *testing.F) {
 	})
 }
 
-func FuzzControlReply(f *testing.F) {
-	f.Fuzz(func(t *testing.T, in []byte) {
-		r := bufio.NewReader(strings.NewReader(string(in)))
-		for range 8 {
-			rep, err := readReply(r)
-			if err != nil {
-				return
-			}
-			if rep.Code < 100 || rep.Code > 999 || len(rep.Lines) == 0 {
-				t.Fatalf("bad reply %+v", rep)
-			}
-			for _, l := range rep.Lines {
-				parseCircuit(l.Text)
-				parseStream(l.Text)
-				for _, dl := range nonEmptyLines(l.Data) {
-					parseCircuit(dl)
-				}
-			}
-			ParseStreamEvent(rep)
+// FuzzStatusLines: the parsers of stream-status and circuit-status lines
+// and of STREAM events never panic. The control client's own fuzz test is
+// torctl's FuzzConnReply.
+func FuzzStatusLines(f *testing.F) {
+	f.Add(`8 BUILT $AAAA~auth0,$BBBB~mid0,$CCCC~exit0 BUILD_FLAGS=NEED_CAPACITY PURPOSE=GENERAL SOCKS_USERNAME="u1" SOCKS_PASSWORD="p\"1"`)
+	f.Add(`12 NEW 0 web.test.lan:18080 SOURCE_ADDR=127.0.0.1:40000 PURPOSE=USER SOCKS_USERNAME="u1"`)
+	f.Add(`1 NEW 0 "a`)
+	f.Fuzz(func(t *testing.T, line string) {
+		if c, err := parseCircuit(line); err == nil && c.Keywords == nil {
+			t.Fatalf("parseCircuit(%q) = %+v with no keyword map", line, c)
 		}
+		parseStream(line)
+		ParseStreamEvent(torctl.Event{Code: "STREAM", Raw: line})
 	})
 }
 

@@ -71,7 +71,10 @@
 //	defer t.Close()
 //	dialer := &socks.Dialer{Dial: t.DialSocks} // ready: t.Ready
 //
-// github.com/cretz/bine is used for the process and the control protocol,
-// and only in this package; control.go wraps its blocking calls with
-// contexts.
+// The control-port client, Conn (control.go), is torgate's only one: the
+// private test network (internal/testnet) uses it too. Every call takes
+// a context, and one goroutine per connection reads replies and events.
+// github.com/cretz/bine is used only in this package: its process
+// package starts tor (managed.go), and its control package authenticates
+// and reads a reply (control.go, the only file that imports it).
 package torctl

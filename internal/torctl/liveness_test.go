@@ -11,10 +11,12 @@ import (
 // TestProbeDeadline: a Tor that stops answering (SIGSTOP) is not ready
 // once a poll has gone unanswered for ProbeDeadline, OnDown ends the
 // flows, and it is ready again as soon as the late answer arrives, on
-// the same connection. Real time with small bounds, not synctest: the
-// waiting command blocks on bine's read mutex, which synctest does not
-// count as durably blocked (see TestPollTimeout).
+// the same connection.
 func TestProbeDeadline(t *testing.T) {
+	synctest.Test(t, testProbeDeadline)
+}
+
+func testProbeDeadline(t *testing.T) {
 	f := newFakeTor(t, "NULL")
 	f.setReady()
 	var downs atomic.Int32
@@ -35,6 +37,7 @@ func TestProbeDeadline(t *testing.T) {
 	if !strings.Contains(tor.ReadyErr().Error(), "does not answer") {
 		t.Errorf("ReadyErr = %v", tor.ReadyErr())
 	}
+	synctest.Wait() // the probe calls OnDown after it marks Tor unresponsive
 	if downs.Load() != 1 || tor.Hangs() != 1 {
 		t.Errorf("OnDown calls %d, hangs %d; want 1 and 1", downs.Load(), tor.Hangs())
 	}

@@ -451,7 +451,7 @@ func exitErr(err error) error {
 
 // connectManaged waits for the control socket of the tor just started and
 // opens it.
-func (t *Tor) connectManaged(ctx context.Context, exited <-chan error) (*ctlConn, error) {
+func (t *Tor) connectManaged(ctx context.Context, exited <-chan error) (*Conn, error) {
 	deadline := time.NewTimer(t.cfg.CommandTimeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(socketPoll)

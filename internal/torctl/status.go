@@ -6,8 +6,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-
-	"github.com/torgate/torgate/internal/ctlproto"
 )
 
 // Bootstrap is Tor's bootstrap phase, from GETINFO status/bootstrap-phase
@@ -70,28 +68,76 @@ func (s Status) Reason() string {
 	return ""
 }
 
-// errSyntax is returned by the parsers for malformed control-port text.
-var errSyntax = errors.New("malformed control reply")
+// ErrSyntax is returned for malformed control-port text: by SplitFields
+// (an unterminated quoted string or a dangling escape) and by torctl's
+// parsers of what Tor reports. Per reply: the supervisor treats it as a
+// failed poll.
+var ErrSyntax = errors.New("malformed tor control reply")
 
-// splitFields splits a control-protocol line into fields (see
-// ctlproto.SplitFields), reporting malformed text as errSyntax.
-func splitFields(s string) ([]string, error) {
-	f, err := ctlproto.SplitFields(s)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errSyntax, err)
+// SplitFields splits a control-protocol line into space-separated fields,
+// where a field may be or contain a quoted string with C-style escapes
+// (KEY="some value"). Quotes are removed and escapes resolved. It is the
+// one parser of reply fields for torctl and the test network.
+func SplitFields(s string) ([]string, error) {
+	var out []string
+	var b strings.Builder
+	inField, inQuote := false, false
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		switch {
+		case inQuote && ch == '\\':
+			i++
+			if i == len(s) {
+				return nil, fmt.Errorf("%w: dangling escape in %q", ErrSyntax, s)
+			}
+			b.WriteByte(unescape(s[i]))
+		case inQuote && ch == '"':
+			inQuote = false
+		case inQuote:
+			b.WriteByte(ch)
+		case ch == '"':
+			inQuote, inField = true, true
+		case ch == ' ':
+			if inField {
+				out = append(out, b.String())
+				b.Reset()
+				inField = false
+			}
+		default:
+			b.WriteByte(ch)
+			inField = true
+		}
 	}
-	return f, nil
+	if inQuote {
+		return nil, fmt.Errorf("%w: unterminated quoted string in %q", ErrSyntax, s)
+	}
+	if inField {
+		out = append(out, b.String())
+	}
+	return out, nil
+}
+
+func unescape(ch byte) byte {
+	switch ch {
+	case 'n':
+		return '\n'
+	case 'r':
+		return '\r'
+	case 't':
+		return '\t'
+	}
+	return ch
 }
 
 // parseStatus parses the text of a STATUS_* event or of GETINFO
 // status/bootstrap-phase: "SEVERITY ACTION KEY=VALUE ...".
 func parseStatus(s string) (severity, action string, args map[string]string, err error) {
-	f, err := splitFields(s)
+	f, err := SplitFields(s)
 	if err != nil {
 		return "", "", nil, err
 	}
 	if len(f) < 2 {
-		return "", "", nil, fmt.Errorf("%w: status needs a severity and an action", errSyntax)
+		return "", "", nil, fmt.Errorf("%w: status needs a severity and an action", ErrSyntax)
 	}
 	args = make(map[string]string, len(f)-2)
 	for _, kv := range f[2:] {
@@ -111,7 +157,7 @@ func parseBootstrap(s string) (b Bootstrap, ok bool, err error) {
 	}
 	p, err := strconv.Atoi(args["PROGRESS"])
 	if err != nil || p < 0 || p > 100 {
-		return Bootstrap{}, false, fmt.Errorf("%w: bootstrap PROGRESS %q", errSyntax, args["PROGRESS"])
+		return Bootstrap{}, false, fmt.Errorf("%w: bootstrap PROGRESS %q", ErrSyntax, args["PROGRESS"])
 	}
 	b = Bootstrap{Progress: p, Tag: args["TAG"], Summary: args["SUMMARY"]}
 	if sev == "WARN" || sev == "ERR" {
@@ -126,7 +172,7 @@ func parseBootstrap(s string) (b Bootstrap, ok bool, err error) {
 // parseListeners reads GETINFO net/listeners/socks: a space-separated
 // list of quoted addresses ("127.0.0.1:9050" "unix:/run/tor/socks").
 func parseListeners(s string) ([]string, error) {
-	f, err := splitFields(s)
+	f, err := SplitFields(s)
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +215,7 @@ func parseBool01(s string) (bool, error) {
 	case "0":
 		return false, nil
 	}
-	return false, fmt.Errorf("%w: want 0 or 1, got %q", errSyntax, s)
+	return false, fmt.Errorf("%w: want 0 or 1, got %q", ErrSyntax, s)
 }
 
 // parseLiveness reads GETINFO network-liveness ("up"/"down") or a
@@ -181,5 +227,5 @@ func parseLiveness(s string) (bool, error) {
 	case "down":
 		return false, nil
 	}
-	return false, fmt.Errorf("%w: network liveness %q", errSyntax, s)
+	return false, fmt.Errorf("%w: network liveness %q", ErrSyntax, s)
 }

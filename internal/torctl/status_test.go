@@ -24,9 +24,9 @@ func TestSplitFields(t *testing.T) {
 		{in: `"open`, err: true},
 		{in: `"esc\`, err: true},
 	} {
-		got, err := splitFields(tc.in)
+		got, err := SplitFields(tc.in)
 		if (err != nil) != tc.err || !slices.Equal(got, tc.want) {
-			t.Errorf("splitFields(%q) = %q, %v; want %q, error %v", tc.in, got, err, tc.want, tc.err)
+			t.Errorf("SplitFields(%q) = %q, %v; want %q, error %v", tc.in, got, err, tc.want, tc.err)
 		}
 	}
 }
@@ -55,8 +55,8 @@ func TestParseBootstrap(t *testing.T) {
 		if (err != nil) != tc.err || ok != tc.ok || got != tc.want {
 			t.Errorf("parseBootstrap(%q) = %+v, %v, %v; want %+v, %v, error %v", tc.in, got, ok, err, tc.want, tc.ok, tc.err)
 		}
-		if err != nil && !errors.Is(err, errSyntax) {
-			t.Errorf("parseBootstrap(%q) error %v is not errSyntax", tc.in, err)
+		if err != nil && !errors.Is(err, ErrSyntax) {
+			t.Errorf("parseBootstrap(%q) error %v is not ErrSyntax", tc.in, err)
 		}
 	}
 }
@@ -120,7 +120,7 @@ func TestStatusReason(t *testing.T) {
 	}
 }
 
-// quoteField quotes s for splitFields.
+// quoteField quotes s for SplitFields.
 func quoteField(s string) string {
 	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`)
 	return `"` + r.Replace(s) + `"`
@@ -133,7 +133,7 @@ func FuzzSplitFields(f *testing.F) {
 	f.Add(`"127.0.0.1:9050" "unix:/run/tor/socks"`)
 	f.Add(`"a\"b\\c\n"`)
 	f.Fuzz(func(t *testing.T, s string) {
-		fields, err := splitFields(s)
+		fields, err := SplitFields(s)
 		if err != nil {
 			return
 		}
@@ -144,9 +144,9 @@ func FuzzSplitFields(f *testing.F) {
 			}
 			b.WriteString(quoteField(fl))
 		}
-		again, err := splitFields(b.String())
+		again, err := SplitFields(b.String())
 		if err != nil || !slices.Equal(again, fields) {
-			t.Fatalf("splitFields(%q) = %q; requoted %q splits to %q, %v", s, fields, b.String(), again, err)
+			t.Fatalf("SplitFields(%q) = %q; requoted %q splits to %q, %v", s, fields, b.String(), again, err)
 		}
 	})
 }

@@ -155,7 +155,7 @@ type Tor struct {
 
 	mu         sync.Mutex
 	st         Status        // guarded by mu
-	cur        *ctlConn      // the live session's connection; guarded by mu
+	cur        *Conn         // the live session's connection; guarded by mu
 	changed    chan struct{} // closed and replaced on every change; guarded by mu
 	lastNewNym time.Time     // guarded by mu
 	seq        uint64        // bootstrap change counter; guarded by mu
@@ -482,7 +482,7 @@ func (t *Tor) NewNym(ctx context.Context) error {
 
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.CommandTimeout)
 	defer cancel()
-	if err := c.signal(ctx, "NEWNYM"); err != nil {
+	if err := c.Signal(ctx, "NEWNYM"); err != nil {
 		t.mu.Lock()
 		if t.lastNewNym.Equal(now) {
 			t.lastNewNym = prev
@@ -507,24 +507,24 @@ func (t *Tor) dialControl(ctx context.Context) (net.Conn, error) {
 // take ownership of a managed Tor, learn the SocksPort of an attached one,
 // and subscribe to the events readiness follows. It does not yet make the
 // connection current; serve does.
-func (t *Tor) open(ctx context.Context) (*ctlConn, error) {
+func (t *Tor) open(ctx context.Context) (*Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.CommandTimeout)
 	defer cancel()
 	nc, err := t.dialControl(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("connect to tor control port %s: %w", t.control.Address, err)
 	}
-	var c *ctlConn
-	c = newCtlConn(nc, func(ev event) { t.onEvent(c, ev) })
+	var c *Conn
+	c = NewConn(nc, func(ev Event) { t.onEvent(c, ev) })
 	if err := t.setup(ctx, c); err != nil {
-		c.close()
+		c.Close()
 		return nil, err
 	}
 	return c, nil
 }
 
-func (t *Tor) setup(ctx context.Context, c *ctlConn) error {
-	if err := c.authenticate(ctx, t.cfg.ControlPassword); err != nil {
+func (t *Tor) setup(ctx context.Context, c *Conn) error {
+	if err := c.Authenticate(ctx, t.cfg.ControlPassword); err != nil {
 		return fmt.Errorf("tor control port %s: %w", t.control.Address, err)
 	}
 	if t.managed {
@@ -534,7 +534,7 @@ func (t *Tor) setup(ctx context.Context, c *ctlConn) error {
 			return err
 		}
 	} else if t.cfg.SocksAddr == "" {
-		info, err := c.getInfo(ctx, "net/listeners/socks")
+		info, err := c.GetInfo(ctx, "net/listeners/socks")
 		if err != nil {
 			return err
 		}
@@ -554,7 +554,7 @@ func (t *Tor) setup(ctx context.Context, c *ctlConn) error {
 	t.mu.Lock()
 	t.cur = c
 	t.mu.Unlock()
-	if err := c.subscribe(ctx, evStatusClient, evNetworkLiveness); err != nil {
+	if err := c.SetEvents(ctx, evStatusClient, evNetworkLiveness); err != nil {
 		t.mu.Lock()
 		t.cur = nil
 		t.mu.Unlock()
@@ -565,9 +565,9 @@ func (t *Tor) setup(ctx context.Context, c *ctlConn) error {
 
 // serve runs the session on an open connection until it ends or ctx is
 // done, then closes the connection, marks Tor not ready and calls OnDown.
-func (t *Tor) serve(ctx context.Context, c *ctlConn) error {
+func (t *Tor) serve(ctx context.Context, c *Conn) error {
 	defer t.lost(c)
-	defer c.close()
+	defer c.Close()
 	t.update(func(st *Status) {
 		st.Connected = true
 		st.Unresponsive = false
@@ -587,8 +587,8 @@ func (t *Tor) serve(ctx context.Context, c *ctlConn) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-c.done():
-			return c.closedErr()
+		case <-c.Done():
+			return c.Err()
 		case <-tick.C:
 		}
 	}
@@ -598,7 +598,7 @@ func (t *Tor) serve(ctx context.Context, c *ctlConn) error {
 // makes Tor unresponsive: not ready, and OnDown ends the flows (they are
 // stuck behind the same main loop). The poll goes on waiting, up to
 // CommandTimeout: its answer makes Tor responsive (and ready) again.
-func (t *Tor) probe(ctx context.Context, c *ctlConn) error {
+func (t *Tor) probe(ctx context.Context, c *Conn) error {
 	res := make(chan error, 1)
 	go func() { res <- t.poll(ctx, c) }()
 	timer := time.NewTimer(t.cfg.ProbeDeadline)
@@ -617,7 +617,7 @@ func (t *Tor) probe(ctx context.Context, c *ctlConn) error {
 }
 
 // lost marks the session of c over.
-func (t *Tor) lost(c *ctlConn) {
+func (t *Tor) lost(c *Conn) {
 	t.mu.Lock()
 	if t.cur == c {
 		t.cur = nil
@@ -630,16 +630,16 @@ func (t *Tor) lost(c *ctlConn) {
 }
 
 // poll reads the readiness state with one GETINFO.
-func (t *Tor) poll(ctx context.Context, c *ctlConn) error {
+func (t *Tor) poll(ctx context.Context, c *Conn) error {
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.CommandTimeout)
 	defer cancel()
-	info, err := c.getInfo(ctx, "status/bootstrap-phase", "status/circuit-established", "network-liveness")
+	info, err := c.GetInfo(ctx, "status/bootstrap-phase", "status/circuit-established", "network-liveness")
 	if err != nil {
 		return err
 	}
 	b, ok, err := parseBootstrap(info["status/bootstrap-phase"])
 	if err != nil || !ok {
-		return fmt.Errorf("status/bootstrap-phase %q: %w", info["status/bootstrap-phase"], errors.Join(err, errSyntax))
+		return fmt.Errorf("status/bootstrap-phase %q: %w", info["status/bootstrap-phase"], errors.Join(err, ErrSyntax))
 	}
 	circ, err := parseBool01(info["status/circuit-established"])
 	if err != nil {
@@ -659,7 +659,7 @@ func (t *Tor) poll(ctx context.Context, c *ctlConn) error {
 }
 
 // onEvent applies an event of connection c. Called from c's event loop.
-func (t *Tor) onEvent(c *ctlConn, ev event) {
+func (t *Tor) onEvent(c *Conn, ev Event) {
 	switch ev.Code {
 	case evNetworkLiveness:
 		live, err := parseLiveness(ev.Raw)
@@ -720,7 +720,7 @@ func (t *Tor) setBootstrap(st *Status, b Bootstrap) {
 }
 
 // apply changes the status if c is still the current connection.
-func (t *Tor) apply(c *ctlConn, f func(*Status)) {
+func (t *Tor) apply(c *Conn, f func(*Status)) {
 	t.mu.Lock()
 	if t.cur != c {
 		t.mu.Unlock()
@@ -807,7 +807,7 @@ func (b *backoff) next(up time.Duration) time.Duration {
 // gone (an attached Tor that restarts is used again within about that
 // long), with backoff only while it refuses authentication (retrying a
 // wrong password fast helps nobody).
-func (t *Tor) attachLoop(ctx context.Context, c *ctlConn) {
+func (t *Tor) attachLoop(ctx context.Context, c *Conn) {
 	for {
 		err := t.serve(ctx, c)
 		if ctx.Err() != nil {

@@ -136,7 +136,8 @@ func TestAttachReadiness(t *testing.T) {
 	})
 }
 
-// eventually polls cond for up to 10 s of real time.
+// eventually polls cond for up to 10 s (of fake time in a synctest
+// bubble).
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -148,11 +149,12 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// TestPollTimeout: a Tor that stops answering is treated as gone. Real
-// time, not synctest: the blocked command waits on bine's read mutex,
-// which synctest does not count as durably blocked, so its clock would
-// never reach the timeout.
+// TestPollTimeout: a Tor that stops answering is treated as gone.
 func TestPollTimeout(t *testing.T) {
+	synctest.Test(t, testPollTimeout)
+}
+
+func testPollTimeout(t *testing.T) {
 	f := newFakeTor(t, "NULL")
 	f.setReady()
 	var downs atomic.Int32
@@ -257,8 +259,11 @@ func TestNewNym(t *testing.T) {
 
 // TestNewNymTimeout: a Tor that does not answer NEWNYM costs the control
 // connection, and the failed NEWNYM does not count against the rate limit.
-// Real time, as TestPollTimeout.
 func TestNewNymTimeout(t *testing.T) {
+	synctest.Test(t, testNewNymTimeout)
+}
+
+func testNewNymTimeout(t *testing.T) {
 	f := newFakeTor(t, "NULL")
 	f.setReady()
 	tor := startAttached(t, f, Config{CommandTimeout: 100 * time.Millisecond, PollInterval: time.Hour, RestartBackoff: time.Hour, MaxRestartBackoff: time.Hour})
