@@ -54,10 +54,11 @@ var (
 	GroupDNS         = Group{"dns", "dns/limits_doc_test.go", "GroupDNS"}
 	GroupLAN         = Group{"internal/lan", "internal/lan/limits_doc_test.go", "GroupLAN"}
 	GroupUpstream    = Group{"internal/upstream", "internal/upstream/limits_doc_test.go", "GroupUpstream"}
+	GroupTorctl      = Group{"internal/torctl", "internal/torctl/limits_doc_test.go", "GroupTorctl"}
 )
 
 // Groups lists every group.
-var Groups = []Group{GroupTorgate, GroupCmd, GroupTunnel, GroupNetstack, GroupNetstackDNS, GroupDNS, GroupLAN, GroupUpstream}
+var Groups = []Group{GroupTorgate, GroupCmd, GroupTunnel, GroupNetstack, GroupNetstackDNS, GroupDNS, GroupLAN, GroupUpstream, GroupTorctl}
 
 // Owners maps each row of the limits table (its "what" cell, verbatim) to
 // the group whose test checks it.
@@ -79,13 +80,13 @@ var Owners = map[string]Group{
 	"garbage collector (`torgate` binary)": GroupCmd,
 	"CPUs for Go code":                     GroupCmd,
 	"memory after a peak":                  GroupTunnel,
-	"Tor control probe":                    GroupTorgate,
+	"Tor control probe":                    GroupTorctl,
 	"SOCKS greeting stall":                 GroupUpstream,
 	"plain SOCKS probe":                    GroupUpstream,
-	"attach-mode reconnect":                GroupTorgate,
-	"managed Tor restart":                  GroupTorgate,
+	"attach-mode reconnect":                GroupTorctl,
+	"managed Tor restart":                  GroupTorctl,
 	"FIN on an upstream end of stream":     GroupTorgate,
-	"bootstrap stall warning":              GroupTorgate,
+	"bootstrap stall warning":              GroupTorctl,
 	"`torgate exec --wait`":                GroupCmd,
 	"LAN neighbour resolution (`--lan`)":   GroupLAN,
 }
