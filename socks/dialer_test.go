@@ -1,8 +1,9 @@
-package sockstest_test
+package socks_test
 
-// The socks Dialer's tests against the scripted server. They live here,
-// not in package socks, so that no test of socks imports sockstest (which
-// imports socks): the package graph has no test-only back edge.
+// The Dialer's tests against sockstest's scripted server. They are in the
+// external test package socks_test, which may import sockstest although
+// sockstest imports socks, so that go test ./socks runs them: in
+// sockstest they tested the client only when that package was named.
 
 import (
 	"bytes"
@@ -24,6 +25,12 @@ import (
 // keep the tests quick, yet enough to catch a client that sends greeting and
 // auth back to back. TestServerCatchesPipelining uses the default.
 const testWindow = 10 * time.Millisecond
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
 
 // newServer starts a strict test server and, at the end of the test, checks
 // that the client neither pipelined nor broke the protocol.
@@ -575,9 +582,6 @@ func waitClosed(c net.Conn) bool {
 	_, err := io.Copy(io.Discard, c)
 	return err == nil || errors.Is(err, syscall.ECONNRESET)
 }
-
-// okReply is a successful CONNECT reply in Tor's layout.
-const okReply = "\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00"
 
 // script returns a Raw handler that reads the greeting, answers with
 // method, does the auth exchange if method is 0x02, and then runs rest. It
