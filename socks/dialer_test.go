@@ -943,3 +943,90 @@ func TestAddrString(t *testing.T) {
 		}
 	}
 }
+
+// recordConn answers reads from a script and records what the client
+// writes.
+type recordConn struct {
+	net.Conn // nil: any other method panics
+	r        *strings.Reader
+	sent     bytes.Buffer
+}
+
+func (c *recordConn) Read(p []byte) (int, error)       { return c.r.Read(p) }
+func (c *recordConn) Write(p []byte) (int, error)      { return c.sent.Write(p) }
+func (c *recordConn) Close() error                     { return nil }
+func (c *recordConn) SetDeadline(time.Time) error      { return nil }
+func (c *recordConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *recordConn) SetWriteDeadline(time.Time) error { return nil }
+
+// TestDialerBytes compares what the Dialer sends with hand-written bytes.
+// The tests against sockstest's server check the request as the server
+// parsed it, with socks.ServerReader from this package; these catch a bug
+// that the encoder and that reader would share.
+func TestDialerBytes(t *testing.T) {
+	auth := socks.Auth{Username: "tg1", Password: "x"}
+	for _, tt := range []struct {
+		name   string
+		script string // the server's answers
+		run    func(d *socks.Dialer) error
+		want   string
+	}{
+		{
+			name:   "connect ipv4",
+			script: "\x05\x00" + okReply,
+			run: func(d *socks.Dialer) error {
+				_, err := d.Connect(t.Context(), socks.Addr{IP: netip.MustParseAddr("192.0.2.1"), Port: 80}, socks.Auth{})
+				return err
+			},
+			want: "\x05\x01\x00" + "\x05\x01\x00\x01\xc0\x00\x02\x01\x00\x50",
+		},
+		{
+			name:   "connect ipv6 with auth",
+			script: "\x05\x02" + "\x01\x00" + okReply,
+			run: func(d *socks.Dialer) error {
+				_, err := d.Connect(t.Context(), socks.Addr{IP: netip.MustParseAddr("2001:db8::7"), Port: 443}, auth)
+				return err
+			},
+			want: "\x05\x01\x02" + "\x01\x03tg1\x01x" +
+				"\x05\x01\x00\x04\x20\x01\x0d\xb8\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x07\x01\xbb",
+		},
+		{
+			name:   "connect hostname with auth",
+			script: "\x05\x02" + "\x01\x00" + okReply,
+			run: func(d *socks.Dialer) error {
+				_, err := d.Connect(t.Context(), socks.HostPort("example.com", 443), auth)
+				return err
+			},
+			want: "\x05\x01\x02" + "\x01\x03tg1\x01x" + "\x05\x01\x00\x03\x0bexample.com\x01\xbb",
+		},
+		{
+			name:   "resolve",
+			script: "\x05\x00" + "\x05\x00\x00\x01\xc0\x00\x02\x07\x00\x00",
+			run: func(d *socks.Dialer) error {
+				_, err := d.Resolve(t.Context(), "example.com", socks.Auth{})
+				return err
+			},
+			want: "\x05\x01\x00" + "\x05\xf0\x00\x03\x0bexample.com\x00\x00",
+		},
+		{
+			name:   "resolve_ptr",
+			script: "\x05\x00" + "\x05\x00\x00\x03\x0bexample.com\x00\x00",
+			run: func(d *socks.Dialer) error {
+				_, err := d.ResolvePTR(t.Context(), netip.MustParseAddr("192.0.2.7"), socks.Auth{})
+				return err
+			},
+			want: "\x05\x01\x00" + "\x05\xf1\x00\x01\xc0\x00\x02\x07\x00\x00",
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &recordConn{r: strings.NewReader(tt.script)}
+			d := &socks.Dialer{Dial: func(context.Context) (net.Conn, error) { return c, nil }}
+			if err := tt.run(d); err != nil {
+				t.Fatal(err)
+			}
+			if got := c.sent.String(); got != tt.want {
+				t.Errorf("sent %x, want %x", got, tt.want)
+			}
+		})
+	}
+}
