@@ -17,6 +17,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/torgate/torgate/netstack"
 )
 
 // Workstation is a lean simulated host: one gVisor stack whose link
@@ -165,7 +167,7 @@ func (e *wsEndpoint) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
 		e.link.Drop()
 		return &tcpip.ErrMessageTooLong{}
 	}
-	flatten(buf[:size], pkt)
+	netstack.CopyPacket(buf[:size], pkt)
 	e.link.Put(idx, size)
 	return nil
 }
@@ -199,18 +201,3 @@ func (e *wsEndpoint) AddHeader(*stack.PacketBuffer)                {}
 func (e *wsEndpoint) ParseHeader(*stack.PacketBuffer) bool         { return true }
 func (e *wsEndpoint) Close()                                       {}
 func (e *wsEndpoint) SetOnCloseAction(func())                      {}
-
-// flatten copies pkt into dst (pkt.Size() long) without allocating. The
-// router has its own (netstack keeps gVisor types off its API); the
-// workstation is a separate host and shares nothing with it.
-func flatten(dst []byte, pkt *stack.PacketBuffer) {
-	vl, off := pkt.AsViewList()
-	for v := vl.Front(); v != nil && len(dst) > 0; v = v.Next() {
-		if b := v.AsSlice(); off < len(b) {
-			dst = dst[copy(dst, b[off:]):]
-			off = 0
-		} else {
-			off -= len(b)
-		}
-	}
-}

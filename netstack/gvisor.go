@@ -37,7 +37,7 @@ import (
 // Shutdown, waiter queues, stack.Stats), where a change breaks the build
 // rather than behaviour. bench/workstation.go, the test workstation, also
 // replaces its NIC's queueing discipline (G3) and flattens packets with
-// copyPacket (G7).
+// CopyPacket (G7), the one export here, so that G7 has one home.
 
 // G1. abortTimeWait aborts the endpoint that owns id if it is in
 // TIME_WAIT, and reports whether it did.
@@ -220,6 +220,13 @@ func copyPacket(dst []byte, pkt *stack.PacketBuffer) {
 		dst = dst[copy(dst, b):]
 	}
 }
+
+// CopyPacket is copyPacket for gVisor link endpoints outside the router:
+// bench's workstation, a separate simulated host, flattens what its own
+// stack sends with it. It is the one function of netstack's API that takes
+// a gVisor type; it is exported rather than copied so that G7's assumption
+// lives, and is tested, in one place.
+func CopyPacket(dst []byte, pkt *stack.PacketBuffer) { copyPacket(dst, pkt) }
 
 // G8. forwardSYN hands a segment no endpoint owns to gVisor's forwarder.
 // handleSYN's per-source accounting of pending handshakes rests on how

@@ -42,7 +42,7 @@ func scriptDialer(script string) *socks.Dialer {
 
 // TestHandshakeAllocs guards the allocation-free handshake: with a
 // non-cancellable context, Connect and Resolve allocate nothing of their
-// own.
+// own, and neither does a ServerReader for an IP destination.
 func TestHandshakeAllocs(t *testing.T) {
 	ctx := context.Background()
 	dst := socks.HostPort("example.com", 443)
@@ -52,6 +52,7 @@ func TestHandshakeAllocs(t *testing.T) {
 	resolve := scriptDialer("\x05\x02\x01\x00\x05\x00\x00\x01\xc0\x00\x02\x07\x00\x00")
 	reply := []byte(okReply)
 	var r bytes.Reader
+	sr := socks.NewServerReader(nil)
 	for _, tt := range []struct {
 		name string
 		run  func() error
@@ -72,6 +73,11 @@ func TestHandshakeAllocs(t *testing.T) {
 			r.Reset(reply)
 			_, _, err := socks.ReadReply(&r)
 			return err
+		}},
+		{name: "server reader", run: func() error {
+			r.Reset(clientHalf)
+			sr.Reset(&r)
+			return readClientHalf(sr)
 		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -150,6 +156,38 @@ func BenchmarkReadReply(b *testing.B) {
 		r.Reset(msg)
 		if _, a, err := socks.ReadReply(&r); err != nil || a.IP != netip.MustParseAddr("2001:db8::7") {
 			b.Fatal(a, err)
+		}
+	}
+}
+
+// clientHalf is torgate's side of a CONNECT handshake to an IP, with its
+// isolation credentials, as a server reads it.
+var clientHalf = []byte("\x05\x01\x02" + "\x01\x10isolation-key-01\x01x" + "\x05\x01\x00\x01\xc0\x00\x02\x01\x00\x50")
+
+// readClientHalf reads clientHalf as a server does.
+func readClientHalf(sr *socks.ServerReader) error {
+	if _, err := sr.ReadGreeting(); err != nil {
+		return err
+	}
+	if _, _, err := sr.ReadUserPass(); err != nil {
+		return err
+	}
+	_, err := sr.ReadRequest()
+	return err
+}
+
+// BenchmarkServerReader measures the server's reading of a handshake
+// alone.
+func BenchmarkServerReader(b *testing.B) {
+	var r bytes.Reader
+	sr := socks.NewServerReader(nil)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(clientHalf)))
+	for b.Loop() {
+		r.Reset(clientHalf)
+		sr.Reset(&r)
+		if err := readClientHalf(sr); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

@@ -22,11 +22,15 @@ import (
 //	                                     <-  01 00   auth reply, 00 = success
 //	05 CMD 00 ATYP ADDR PORT   request   ->
 //	                                     <-  05 REP 00 ATYP ADDR PORT, then stream data
+//
+// The method codes are exported for servers (see ServerReader), which
+// write the method reply.
 const (
-	methodNoAuth       = 0x00 // RFC 1928: no authentication required
-	methodUserPass     = 0x02 // RFC 1929: username/password
-	methodNoAcceptable = 0xFF // RFC 1928: no acceptable methods
-	userPassVersion    = 0x01 // RFC 1929 sub-negotiation version
+	MethodNoAuth       byte = 0x00 // RFC 1928: no authentication required
+	MethodUserPass     byte = 0x02 // RFC 1929: username/password
+	MethodNoAcceptable byte = 0xFF // RFC 1928: no acceptable methods
+
+	userPassVersion = 0x01 // RFC 1929 sub-negotiation version
 )
 
 // reservedUserPrefix starts the usernames that Tor proposal 351 reserves for
@@ -292,9 +296,9 @@ func handshake(ctx context.Context, c net.Conn, buf *handshakeBuf, cmd byte, dst
 // exchange writes each handshake message and reads its answer before the
 // next, using buf for all of them.
 func exchange(ctx context.Context, c net.Conn, buf *handshakeBuf, cmd byte, dst Addr, auth Auth) (Addr, error) {
-	method := byte(methodNoAuth)
+	method := MethodNoAuth
 	if auth.Username != "" {
-		method = methodUserPass
+		method = MethodUserPass
 	}
 	// Offer exactly one method, so the server cannot choose a weaker one.
 	if _, err := c.Write(append(buf[:0], version5, 1, method)); err != nil {
@@ -306,13 +310,13 @@ func exchange(ctx context.Context, c net.Conn, buf *handshakeBuf, cmd byte, dst 
 	switch {
 	case buf[0] != version5:
 		return Addr{}, &ProtocolError{Step: "method reply", Err: fmt.Errorf("unexpected version 0x%02x", buf[0])}
-	case buf[1] == methodNoAcceptable:
+	case buf[1] == MethodNoAcceptable:
 		return Addr{}, ErrNoAcceptableMethod
 	case buf[1] != method:
 		return Addr{}, &ProtocolError{Step: "method reply", Err: fmt.Errorf("server chose method 0x%02x, offered only 0x%02x", buf[1], method)}
 	}
 
-	if method == methodUserPass {
+	if method == MethodUserPass {
 		b := append(buf[:0], userPassVersion, byte(len(auth.Username)))
 		b = append(b, auth.Username...)
 		b = append(b, byte(len(auth.Password)))

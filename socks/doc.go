@@ -11,6 +11,11 @@
 // [Dialer.ResolvePTR] use Tor's RESOLVE (0xF0) and RESOLVE_PTR (0xF1) commands
 // and close the connection after the reply.
 //
+// The package also owns the server's side of the wire format, for the
+// servers that stand in for Tor in tests and benchmarks (socks/sockstest,
+// bench/socksd): a [ServerReader] parses what a client sends, and
+// [Methods.Select] chooses the authentication method as Tor does.
+//
 // # Tor specifics
 //
 //   - Stream isolation. Tor isolates streams by SOCKS username/password

@@ -118,12 +118,14 @@ func (e *ReplyError) Error() string {
 // ProtocolError means the server violated the protocol: a wrong version, an
 // unexpected method, a bad address type, a truncated message and so on. It
 // means the server is not the SOCKS5 server expected (or is broken); it is
-// not a verdict about the destination.
+// not a verdict about the destination. A ServerReader returns it for a
+// client that violates the protocol.
 type ProtocolError struct {
 	// Step names the message that was being read: "method reply", "auth
-	// reply" or "reply".
+	// reply" or "reply" by the Dialer; "greeting", "auth" or "request" by
+	// a ServerReader.
 	Step string
-	// Err describes the violation. It is io.EOF when the server closed the
+	// Err describes the violation. It is io.EOF when the peer closed the
 	// connection instead of sending the message and io.ErrUnexpectedEOF when
 	// it closed it in the middle of one.
 	Err error

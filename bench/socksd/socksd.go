@@ -4,7 +4,8 @@
 // It speaks the subset of RFC 1928/1929 a TUN-to-SOCKS router needs: no
 // authentication or username/password (any credentials are accepted, as
 // Tor does for stream isolation), and CONNECT to IPv4, IPv6 and domain
-// addresses. Other commands get "command not supported".
+// addresses. Other commands get "command not supported". The handshake is
+// parsed by socks.ServerReader, the one server-side reader.
 //
 // A CONNECT either goes to a real destination (Config.Dial, for the
 // system benchmark: the relay is io.Copy between two *net.TCPConn, which
@@ -23,16 +24,17 @@
 package socksd
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
-	"strconv"
 	"sync"
 	"time"
+
+	"github.com/torgate/torgate/socks"
 )
 
 // Sink is what a CONNECT is served by when Config.Dial is off.
@@ -176,8 +178,9 @@ func (s *Server) acceptLoop() {
 	}
 }
 
-// errProtocol is a client that does not speak SOCKS5 as expected.
-var errProtocol = errors.New("socksd: protocol error")
+// errRefused is a handshake the server answered with a refusal: no
+// acceptable method, or a request it does not serve.
+var errRefused = errors.New("socksd: request refused")
 
 // serve runs one connection. A parked connection stays tracked (and open)
 // after serve returns.
@@ -188,7 +191,7 @@ func (s *Server) serve(c net.Conn) {
 			s.untrack(c)
 		}
 	}()
-	dst, early, err := handshake(c)
+	dst, early, err := accept(c)
 	if err != nil {
 		return
 	}
@@ -199,10 +202,10 @@ func (s *Server) serve(c net.Conn) {
 	if len(early) > 0 {
 		return // the sinks serve clients that wait for the reply
 	}
-	if err := reply(c, 0x00); err != nil {
+	if err := reply(c, socks.ReplySucceeded); err != nil {
 		return
 	}
-	switch s.cfg.Sink(dst.port) {
+	switch s.cfg.Sink(dst.Port) {
 	case SinkEcho:
 		// Hide ReadFrom so io.Copy does not splice a socket into itself.
 		buf := bufPool.Get().(*[bufSize]byte)
@@ -231,150 +234,102 @@ func (s *Server) serve(c net.Conn) {
 	}
 }
 
-// destination is a CONNECT target.
-type destination struct {
-	host string // IP literal or name
-	port uint16
+// readerPool recycles handshake readers (1 KiB each): the buffer escapes
+// into c.Read, so a fresh one per connection would be an allocation.
+var readerPool = sync.Pool{New: func() any { return new(socks.ServerReader) }}
+
+// accept runs the handshake on c up to the CONNECT request and returns its
+// destination. Bytes the client sent behind the request, without waiting
+// for the reply, are returned in early (a copy), to be sent on first.
+func accept(c net.Conn) (dst socks.Addr, early []byte, err error) {
+	sr := readerPool.Get().(*socks.ServerReader)
+	sr.Reset(c)
+	defer func() {
+		sr.Reset(nil)
+		readerPool.Put(sr)
+	}()
+	if dst, err = handshake(c, sr); err != nil {
+		return socks.Addr{}, nil, err
+	}
+	if rest := sr.Buffered(); len(rest) > 0 {
+		early = bytes.Clone(rest)
+	}
+	return dst, early, nil
 }
 
-func (d destination) String() string {
-	return net.JoinHostPort(d.host, strconv.Itoa(int(d.port)))
-}
-
-// handshake reads the greeting, an optional RFC 1929 sub-negotiation and a
-// CONNECT request. Each step is normally one read: the client waits for
-// each answer. Bytes after the request (a client that does not wait for
-// the reply) are returned in early, to be sent on first.
-func handshake(c net.Conn) (d destination, early []byte, err error) {
-	var b [2 + 255 + 1 + 255 + 512]byte
-	r := reader{c: c, buf: b[:]}
-	g, err := r.need(2)
+// handshake answers the greeting and the username/password, accepting any
+// credentials, reads the request and returns the destination of a
+// CONNECT. It answers what it refuses; a client that breaks the protocol
+// is just closed. Each message is normally one read: the client waits for
+// each answer.
+func handshake(c net.Conn, sr *socks.ServerReader) (socks.Addr, error) {
+	m, err := sr.ReadGreeting()
 	if err != nil {
-		return d, nil, err
+		return socks.Addr{}, err
 	}
-	if g[0] != 5 || g[1] == 0 {
-		return d, nil, errProtocol
+	method := m.Select(false)
+	if _, err := c.Write(methodReply[method]); err != nil {
+		return socks.Addr{}, err
 	}
-	g, err = r.need(2 + int(g[1]))
+	switch method {
+	case socks.MethodNoAcceptable:
+		return socks.Addr{}, errRefused
+	case socks.MethodUserPass:
+		if _, _, err := sr.ReadUserPass(); err != nil {
+			return socks.Addr{}, err
+		}
+		if _, err := c.Write(authOK); err != nil {
+			return socks.Addr{}, err
+		}
+	}
+	req, err := sr.ReadRequest()
 	if err != nil {
-		return d, nil, err
-	}
-	method := byte(0xff)
-	for _, m := range g[2:] {
-		if m == 0x02 {
-			method = 0x02 // Tor prefers credentials: they carry isolation
-			break
+		var re *socks.RequestError
+		if errors.As(err, &re) {
+			reply(c, re.Reply)
 		}
-		if m == 0x00 {
-			method = 0x00
-		}
+		return socks.Addr{}, err
 	}
-	r.consume(len(g))
-	if _, err := c.Write([]byte{5, method}); err != nil || method == 0xff {
-		return d, nil, errProtocol
+	if req.Command != socks.CmdConnect {
+		reply(c, socks.ReplyCommandNotSupported)
+		return socks.Addr{}, errRefused
 	}
-	if method == 0x02 {
-		a, err := r.need(2)
-		if err != nil {
-			return d, nil, err
-		}
-		ulen := int(a[1])
-		if a, err = r.need(2 + ulen + 1); err != nil {
-			return d, nil, err
-		}
-		plen := int(a[2+ulen])
-		if a, err = r.need(2 + ulen + 1 + plen); err != nil {
-			return d, nil, err
-		}
-		r.consume(len(a))
-		if _, err := c.Write([]byte{1, 0}); err != nil {
-			return d, nil, err
-		}
-	}
-	q, err := r.need(5)
-	if err != nil {
-		return d, nil, err
-	}
-	if q[0] != 5 || q[2] != 0 {
-		return d, nil, errProtocol
-	}
-	if q[1] != 0x01 { // CONNECT only
-		reply(c, 0x07)
-		return d, nil, errProtocol
-	}
-	var alen int
-	switch q[3] {
-	case 0x01:
-		alen = 4
-	case 0x04:
-		alen = 16
-	case 0x03:
-		alen = 1 + int(q[4])
-	default:
-		reply(c, 0x08)
-		return d, nil, errProtocol
-	}
-	if q, err = r.need(4 + alen + 2); err != nil {
-		return d, nil, err
-	}
-	switch a := q[4 : 4+alen]; q[3] {
-	case 0x01:
-		d.host = netip.AddrFrom4([4]byte(a)).String()
-	case 0x04:
-		d.host = netip.AddrFrom16([16]byte(a)).String()
-	case 0x03:
-		d.host = string(a[1:])
-	}
-	d.port = binary.BigEndian.Uint16(q[4+alen:])
-	r.consume(len(q))
-	if rest := r.rest(); len(rest) > 0 {
-		early = append([]byte(nil), rest...)
-	}
-	return d, early, nil
+	return req.Dst, nil
 }
 
-// reader accumulates a connection's bytes so that each handshake message
-// costs one read, not one per field.
-type reader struct {
-	c         net.Conn
-	buf       []byte
-	off, have int // buf[off:have] is unconsumed
-}
-
-// need returns the next n unconsumed bytes, reading as needed.
-func (r *reader) need(n int) ([]byte, error) {
-	if r.off+n > len(r.buf) {
-		return nil, errProtocol
+// The fixed answers, as package variables so that writing them allocates
+// nothing (a literal passed to Write escapes).
+var (
+	methodReply = map[byte][]byte{
+		socks.MethodNoAuth:       {5, socks.MethodNoAuth},
+		socks.MethodUserPass:     {5, socks.MethodUserPass},
+		socks.MethodNoAcceptable: {5, socks.MethodNoAcceptable},
 	}
-	for r.have-r.off < n {
-		k, err := r.c.Read(r.buf[r.have:])
-		r.have += k
-		if err != nil && r.have-r.off < n {
-			return nil, err
-		}
+	authOK = []byte{1, 0} // RFC 1929 success
+	// okReply is the CONNECT success with Tor's bound address 0.0.0.0:0.
+	okReply = []byte{5, 0, 0, 1, 0, 0, 0, 0, 0, 0}
+)
+
+// reply sends a reply with bound address 0.0.0.0:0, as Tor does. Only
+// failures, which are rare, allocate.
+func reply(c net.Conn, code socks.Reply) error {
+	b := okReply
+	if code != socks.ReplySucceeded {
+		b = []byte{5, byte(code), 0, 1, 0, 0, 0, 0, 0, 0}
 	}
-	return r.buf[r.off : r.off+n], nil
-}
-
-func (r *reader) consume(n int) { r.off += n }
-
-func (r *reader) rest() []byte { return r.buf[r.off:r.have] }
-
-// reply sends a reply with bound address 0.0.0.0:0, as Tor does.
-func reply(c net.Conn, code byte) error {
-	_, err := c.Write([]byte{5, code, 0, 1, 0, 0, 0, 0, 0, 0})
+	_, err := c.Write(b)
 	return err
 }
 
 // dial connects to the real destination and relays until both directions
 // end.
-func (s *Server) dial(c net.Conn, dst destination, early []byte) {
+func (s *Server) dial(c net.Conn, dst socks.Addr, early []byte) {
 	up, err := net.DialTimeout("tcp", dst.String(), s.cfg.DialTimeout)
 	if err != nil {
-		code := byte(0x05) // connection refused
+		code := socks.ReplyConnectionRefused
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			code = 0x04 // host unreachable
+			code = socks.ReplyHostUnreachable
 		}
 		reply(c, code)
 		return
@@ -384,7 +339,7 @@ func (s *Server) dial(c net.Conn, dst destination, early []byte) {
 		return
 	}
 	defer s.untrack(up)
-	if err := reply(c, 0x00); err != nil {
+	if err := reply(c, socks.ReplySucceeded); err != nil {
 		return
 	}
 	if len(early) > 0 {

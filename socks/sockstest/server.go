@@ -8,7 +8,8 @@
 //     it, as Tor does for IsolateSOCKSAuth, else 0x00 unless
 //     Config.RequireAuth is set.
 //   - It refuses pipelining: if the client sends anything after its greeting
-//     before the server has answered it, the server counts the connection in
+//     before the server has answered it (in the same read or within the
+//     pipeline window), the server counts the connection in
 //     Stats.Pipelined and never answers. (Tor 0.4.9, given the greeting and
 //     the username/password in one read, skips the method reply and sends
 //     only the auth reply, so such a client hangs or misparses. The server
@@ -18,8 +19,12 @@
 //     answers other commands with 0x07, unknown address types with 0x08, and
 //     CONNECT to port 0 with 0x01, and sends Tor's reply layout (IPv4
 //     0.0.0.0:0 as bound address for CONNECT and for errors).
-//   - It reads every message with exact lengths, so stream bytes that follow
-//     a request are relayed, not lost.
+//   - It parses what the client sends with socks.ServerReader, the one
+//     server-side reader (bench/socksd uses it too), and relays the stream
+//     bytes that came with a request ahead of the rest, so none are lost.
+//     The reader's own tests feed it hand-written bytes, and the Dialer's
+//     request bytes are checked against hand-written ones too, so a bug
+//     shared by the client's encoder and the reader shows in package socks.
 //
 // It never touches the network beyond loopback: the default CONNECT handler
 // only dials loopback destinations, and DialTo and DialMap only dial loopback
@@ -303,17 +308,18 @@ func (s *Server) serve(c net.Conn) {
 		s.cfg.Raw(c)
 		return
 	}
-	auth, ok := s.negotiate(c)
+	sr := socks.NewServerReader(c)
+	auth, ok := s.negotiate(c, sr)
 	if !ok {
 		return
 	}
-	req, ok := s.readRequest(c, auth)
+	req, ok := s.readRequest(c, sr, auth)
 	if !ok {
 		return
 	}
 	switch req.Command {
 	case socks.CmdConnect:
-		s.connect(c, req)
+		s.connect(c, req, sr.Buffered())
 	case socks.CmdResolve:
 		s.resolve(c, req)
 	case socks.CmdResolvePTR:
@@ -326,63 +332,28 @@ func (s *Server) serve(c net.Conn) {
 // negotiate reads the greeting, checks for pipelining, selects a method and
 // runs the RFC 1929 sub-negotiation. It reports false if the connection is
 // done.
-func (s *Server) negotiate(c net.Conn) (socks.Auth, bool) {
-	var b [255]byte
-	if _, err := io.ReadFull(c, b[:2]); err != nil {
+func (s *Server) negotiate(c net.Conn, sr *socks.ServerReader) (socks.Auth, bool) {
+	m, err := sr.ReadGreeting()
+	if err != nil {
+		s.clientError(err)
 		return socks.Auth{}, false
 	}
-	if b[0] != 0x05 {
-		s.violation("greeting: version 0x%02x, want 0x05", b[0])
+	if s.pipelined(c, sr) {
 		return socks.Auth{}, false
 	}
-	n := int(b[1])
-	if n == 0 {
-		s.violation("greeting: no methods")
+	method := m.Select(s.cfg.RequireAuth)
+	if _, err := c.Write([]byte{0x05, method}); err != nil || method == socks.MethodNoAcceptable {
 		return socks.Auth{}, false
 	}
-	if _, err := io.ReadFull(c, b[:n]); err != nil {
+	if method == socks.MethodNoAuth {
+		return socks.Auth{}, true
+	}
+	user, pass, err := sr.ReadUserPass()
+	if err != nil {
+		s.clientError(err)
 		return socks.Auth{}, false
 	}
-	var noAuth, userPass bool
-	for _, m := range b[:n] {
-		noAuth = noAuth || m == 0x00
-		userPass = userPass || m == 0x02
-	}
-	if s.pipelined(c) {
-		return socks.Auth{}, false
-	}
-	switch {
-	case userPass:
-		// Tor prefers username/password when offered, for isolation.
-	case noAuth && !s.cfg.RequireAuth:
-		_, err := c.Write([]byte{0x05, 0x00})
-		return socks.Auth{}, err == nil
-	default:
-		c.Write([]byte{0x05, 0xFF})
-		return socks.Auth{}, false
-	}
-	if _, err := c.Write([]byte{0x05, 0x02}); err != nil {
-		return socks.Auth{}, false
-	}
-	// RFC 1929: VER ULEN UNAME PLEN PASSWD.
-	if _, err := io.ReadFull(c, b[:2]); err != nil {
-		return socks.Auth{}, false
-	}
-	if b[0] != 0x01 {
-		s.violation("auth: version 0x%02x, want 0x01", b[0])
-		return socks.Auth{}, false
-	}
-	var auth socks.Auth
-	var err error
-	if auth.Username, err = readString(c, int(b[1])); err != nil {
-		return socks.Auth{}, false
-	}
-	if _, err := io.ReadFull(c, b[:1]); err != nil {
-		return socks.Auth{}, false
-	}
-	if auth.Password, err = readString(c, int(b[0])); err != nil {
-		return socks.Auth{}, false
-	}
+	auth := socks.Auth{Username: string(user), Password: string(pass)}
 	if s.cfg.Authenticate != nil && !s.cfg.Authenticate(auth) {
 		c.Write([]byte{0x01, 0x01})
 		return socks.Auth{}, false
@@ -391,22 +362,39 @@ func (s *Server) negotiate(c net.Conn) (socks.Auth, bool) {
 	return auth, err == nil
 }
 
-// pipelined waits up to the pipeline window for a byte the client should
-// not have sent yet. If one comes, it counts the connection and stalls it
-// until the client gives up, and reports true.
-func (s *Server) pipelined(c net.Conn) bool {
+// clientError records err, from the reader, as a violation if the client
+// broke the protocol. A client that hung up, before a message or within
+// one, or a failed read, is none.
+func (s *Server) clientError(err error) {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return
+	}
+	var pe *socks.ProtocolError
+	var re *socks.RequestError
+	if errors.As(err, &pe) || errors.As(err, &re) {
+		s.violation("%w", err)
+	}
+}
+
+// pipelined reports whether the client sent bytes after its greeting
+// before the method reply: already read with the greeting, or arriving
+// within the pipeline window. If so, it counts the connection and stalls
+// it until the client gives up.
+func (s *Server) pipelined(c net.Conn, sr *socks.ServerReader) bool {
 	if s.cfg.PipelineWindow < 0 {
 		return false
 	}
-	c.SetReadDeadline(time.Now().Add(s.cfg.PipelineWindow))
-	var one [1]byte
-	n, err := c.Read(one[:])
-	c.SetReadDeadline(time.Time{})
-	if n == 0 {
-		// The expected case is a timeout; anything else means the
-		// client went away and the next read will say so.
-		_ = err
-		return false
+	if len(sr.Buffered()) == 0 {
+		c.SetReadDeadline(time.Now().Add(s.cfg.PipelineWindow))
+		var one [1]byte
+		n, err := c.Read(one[:])
+		c.SetReadDeadline(time.Time{})
+		if n == 0 {
+			// The expected case is a timeout; anything else means the
+			// client went away and the next read will say so.
+			_ = err
+			return false
+		}
 	}
 	s.mu.Lock()
 	s.stats.Pipelined++
@@ -415,62 +403,19 @@ func (s *Server) pipelined(c net.Conn) bool {
 	return true
 }
 
-// readRequest reads VER CMD RSV ATYP DST.ADDR DST.PORT and records it. On a
-// malformed request it answers as Tor would and reports false.
-func (s *Server) readRequest(c net.Conn, auth socks.Auth) (Request, bool) {
-	var h [4]byte
-	if _, err := io.ReadFull(c, h[:]); err != nil {
+// readRequest reads the request and records it. On a malformed request it
+// answers as Tor would and reports false.
+func (s *Server) readRequest(c net.Conn, sr *socks.ServerReader, auth socks.Auth) (Request, bool) {
+	r, err := sr.ReadRequest()
+	if err != nil {
+		s.clientError(err)
+		var re *socks.RequestError
+		if errors.As(err, &re) {
+			writeReply(c, re.Reply, socks.Addr{})
+		}
 		return Request{}, false
 	}
-	if h[0] != 0x05 {
-		s.violation("request: version 0x%02x, want 0x05", h[0])
-		return Request{}, false
-	}
-	if h[2] != 0 {
-		s.violation("request: reserved byte 0x%02x, want 0x00", h[2])
-		writeReply(c, socks.ReplyGeneralFailure, socks.Addr{})
-		return Request{}, false
-	}
-	req := Request{Command: h[1], Auth: auth}
-	switch h[3] {
-	case 0x01:
-		var ip [4]byte
-		if _, err := io.ReadFull(c, ip[:]); err != nil {
-			return Request{}, false
-		}
-		req.Dst.IP = netip.AddrFrom4(ip)
-	case 0x04:
-		var ip [16]byte
-		if _, err := io.ReadFull(c, ip[:]); err != nil {
-			return Request{}, false
-		}
-		req.Dst.IP = netip.AddrFrom16(ip)
-	case 0x03:
-		var l [1]byte
-		if _, err := io.ReadFull(c, l[:]); err != nil {
-			return Request{}, false
-		}
-		name, err := readString(c, int(l[0]))
-		if err != nil {
-			return Request{}, false
-		}
-		if name == "" {
-			s.violation("request: empty hostname")
-			writeReply(c, socks.ReplyGeneralFailure, socks.Addr{})
-			return Request{}, false
-		}
-		req.Dst.Name = name
-	default:
-		s.violation("request: address type 0x%02x", h[3])
-		writeReply(c, socks.ReplyAddressNotSupported, socks.Addr{})
-		return Request{}, false
-	}
-	var p [2]byte
-	if _, err := io.ReadFull(c, p[:]); err != nil {
-		return Request{}, false
-	}
-	req.Dst.Port = uint16(p[0])<<8 | uint16(p[1])
-	req.Time = time.Now()
+	req := Request{Command: r.Command, Dst: r.Dst, Auth: auth, Time: time.Now()}
 
 	s.mu.Lock()
 	s.requests = append(s.requests, req)
@@ -488,8 +433,9 @@ func (s *Server) readRequest(c net.Conn, auth socks.Auth) (Request, bool) {
 	return req, true
 }
 
-// connect answers a CONNECT through cfg.Connect and runs the stream.
-func (s *Server) connect(c net.Conn, req Request) {
+// connect answers a CONNECT through cfg.Connect and runs the stream,
+// starting with early, the stream bytes that were read with the request.
+func (s *Server) connect(c net.Conn, req Request, early []byte) {
 	if req.Dst.Port == 0 {
 		// Tor: "Application asked to connect to port 0. Refusing."
 		s.violation("connect: port 0")
@@ -525,6 +471,11 @@ func (s *Server) connect(c net.Conn, req Request) {
 	}
 	switch {
 	case isMarker && m.kind == markEcho:
+		if len(early) > 0 {
+			if _, err := c.Write(early); err != nil {
+				return
+			}
+		}
 		// Hide ReadFrom/WriteTo so io.Copy uses a plain buffer instead of
 		// splicing a socket into itself.
 		io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
@@ -532,6 +483,12 @@ func (s *Server) connect(c net.Conn, req Request) {
 	case isMarker && m.kind == markDiscard:
 		io.Copy(io.Discard, c)
 	default:
+		if len(early) > 0 {
+			if _, err := up.Write(early); err != nil {
+				s.release(up, false)
+				return
+			}
+		}
 		s.relay(c, up)
 		s.release(up, false)
 	}
@@ -627,15 +584,6 @@ func writeReply(c net.Conn, rep socks.Reply, bnd socks.Addr) error {
 	b = append(b, byte(bnd.Port>>8), byte(bnd.Port))
 	_, err := c.Write(b)
 	return err
-}
-
-// readString reads an n-byte string.
-func readString(r io.Reader, n int) (string, error) {
-	b := make([]byte, n)
-	if _, err := io.ReadFull(r, b); err != nil {
-		return "", err
-	}
-	return string(b), nil
 }
 
 // stall never answers: it drains c until the client closes it or the

@@ -261,8 +261,8 @@ func TestStrictness(t *testing.T) {
 			want: "\x05\x00" + "\x05\x08\x00\x01\x00\x00\x00\x00\x00\x00"},
 		{name: "no methods", msg: "\x05\x00\x00", want: "", violation: "no methods"},
 		{name: "gssapi only", msg: "\x05\x01\x01", want: "\x05\xff"},
-		{name: "auth version", msg: "\x05\x01\x02" + "\x05\x01u\x01p", want: "\x05\x02", violation: "auth: version 0x05"},
-		{name: "socks4", msg: "\x04\x01\x00\x50\x7f\x00\x00\x01\x00", want: "", violation: "greeting: version 0x04"},
+		{name: "auth version", msg: "\x05\x01\x02" + "\x05\x01u\x01p", want: "\x05\x02", violation: "auth: unexpected version 0x05"},
+		{name: "socks4", msg: "\x04\x01\x00\x50\x7f\x00\x00\x01\x00", want: "", violation: "greeting: unexpected version 0x04"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			before := len(srv.Errors())
@@ -278,6 +278,19 @@ func TestStrictness(t *testing.T) {
 	st := srv.Stats()
 	if st.Other != 2 || st.Connect != 1 || st.ResolvePTR != 1 || st.Accepted != 11 {
 		t.Errorf("Stats() = %+v", st)
+	}
+}
+
+// TestEarlyStreamBytes: stream bytes sent in the same write as the request,
+// before the reply, reach the upstream (here the echo) ahead of the rest.
+func TestEarlyStreamBytes(t *testing.T) {
+	srv := sockstest.NewServer(t, sockstest.Config{PipelineWindow: window, Connect: sockstest.Echo})
+	got := rawExchange(t, srv, "\x05\x01\x00"+"\x05\x01\x00\x03\x0bexample.com\x00\x50"+"early bytes")
+	if want := "\x05\x00" + "\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00" + "early bytes"; string(got) != want {
+		t.Errorf("server answered %q, want %q", got, want)
+	}
+	if errs := srv.Errors(); len(errs) != 0 {
+		t.Errorf("violations %v", errs)
 	}
 }
 

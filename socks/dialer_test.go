@@ -1,8 +1,9 @@
-package sockstest_test
+package socks_test
 
-// The socks Dialer's tests against the scripted server. They live here,
-// not in package socks, so that no test of socks imports sockstest (which
-// imports socks): the package graph has no test-only back edge.
+// The Dialer's tests against sockstest's scripted server. They are in the
+// external test package socks_test, which may import sockstest although
+// sockstest imports socks, so that go test ./socks runs them: in
+// sockstest they tested the client only when that package was named.
 
 import (
 	"bytes"
@@ -24,6 +25,12 @@ import (
 // keep the tests quick, yet enough to catch a client that sends greeting and
 // auth back to back. TestServerCatchesPipelining uses the default.
 const testWindow = 10 * time.Millisecond
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
 
 // newServer starts a strict test server and, at the end of the test, checks
 // that the client neither pipelined nor broke the protocol.
@@ -576,9 +583,6 @@ func waitClosed(c net.Conn) bool {
 	return err == nil || errors.Is(err, syscall.ECONNRESET)
 }
 
-// okReply is a successful CONNECT reply in Tor's layout.
-const okReply = "\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00"
-
 // script returns a Raw handler that reads the greeting, answers with
 // method, does the auth exchange if method is 0x02, and then runs rest. It
 // then waits for the client to close, and reports on closed whether it did.
@@ -937,5 +941,92 @@ func TestAddrString(t *testing.T) {
 		if got := tt.a.String(); got != tt.want {
 			t.Errorf("%#v.String() = %q, want %q", tt.a, got, tt.want)
 		}
+	}
+}
+
+// recordConn answers reads from a script and records what the client
+// writes.
+type recordConn struct {
+	net.Conn // nil: any other method panics
+	r        *strings.Reader
+	sent     bytes.Buffer
+}
+
+func (c *recordConn) Read(p []byte) (int, error)       { return c.r.Read(p) }
+func (c *recordConn) Write(p []byte) (int, error)      { return c.sent.Write(p) }
+func (c *recordConn) Close() error                     { return nil }
+func (c *recordConn) SetDeadline(time.Time) error      { return nil }
+func (c *recordConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *recordConn) SetWriteDeadline(time.Time) error { return nil }
+
+// TestDialerBytes compares what the Dialer sends with hand-written bytes.
+// The tests against sockstest's server check the request as the server
+// parsed it, with socks.ServerReader from this package; these catch a bug
+// that the encoder and that reader would share.
+func TestDialerBytes(t *testing.T) {
+	auth := socks.Auth{Username: "tg1", Password: "x"}
+	for _, tt := range []struct {
+		name   string
+		script string // the server's answers
+		run    func(d *socks.Dialer) error
+		want   string
+	}{
+		{
+			name:   "connect ipv4",
+			script: "\x05\x00" + okReply,
+			run: func(d *socks.Dialer) error {
+				_, err := d.Connect(t.Context(), socks.Addr{IP: netip.MustParseAddr("192.0.2.1"), Port: 80}, socks.Auth{})
+				return err
+			},
+			want: "\x05\x01\x00" + "\x05\x01\x00\x01\xc0\x00\x02\x01\x00\x50",
+		},
+		{
+			name:   "connect ipv6 with auth",
+			script: "\x05\x02" + "\x01\x00" + okReply,
+			run: func(d *socks.Dialer) error {
+				_, err := d.Connect(t.Context(), socks.Addr{IP: netip.MustParseAddr("2001:db8::7"), Port: 443}, auth)
+				return err
+			},
+			want: "\x05\x01\x02" + "\x01\x03tg1\x01x" +
+				"\x05\x01\x00\x04\x20\x01\x0d\xb8\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x07\x01\xbb",
+		},
+		{
+			name:   "connect hostname with auth",
+			script: "\x05\x02" + "\x01\x00" + okReply,
+			run: func(d *socks.Dialer) error {
+				_, err := d.Connect(t.Context(), socks.HostPort("example.com", 443), auth)
+				return err
+			},
+			want: "\x05\x01\x02" + "\x01\x03tg1\x01x" + "\x05\x01\x00\x03\x0bexample.com\x01\xbb",
+		},
+		{
+			name:   "resolve",
+			script: "\x05\x00" + "\x05\x00\x00\x01\xc0\x00\x02\x07\x00\x00",
+			run: func(d *socks.Dialer) error {
+				_, err := d.Resolve(t.Context(), "example.com", socks.Auth{})
+				return err
+			},
+			want: "\x05\x01\x00" + "\x05\xf0\x00\x03\x0bexample.com\x00\x00",
+		},
+		{
+			name:   "resolve_ptr",
+			script: "\x05\x00" + "\x05\x00\x00\x03\x0bexample.com\x00\x00",
+			run: func(d *socks.Dialer) error {
+				_, err := d.ResolvePTR(t.Context(), netip.MustParseAddr("192.0.2.7"), socks.Auth{})
+				return err
+			},
+			want: "\x05\x01\x00" + "\x05\xf1\x00\x01\xc0\x00\x02\x07\x00\x00",
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &recordConn{r: strings.NewReader(tt.script)}
+			d := &socks.Dialer{Dial: func(context.Context) (net.Conn, error) { return c, nil }}
+			if err := tt.run(d); err != nil {
+				t.Fatal(err)
+			}
+			if got := c.sent.String(); got != tt.want {
+				t.Errorf("sent %x, want %x", got, tt.want)
+			}
+		})
 	}
 }

@@ -1,0 +1,257 @@
+package socks
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/netip"
+	"strings"
+	"testing"
+	"testing/iotest"
+)
+
+// errNoMethod ends readClientHalf when the server would answer 0xFF and
+// close.
+var errNoMethod = errors.New("no acceptable method")
+
+// clientHalf is what a server that accepts any client read.
+type clientHalf struct {
+	methods    Methods
+	method     byte // Methods.Select(false)
+	user, pass string
+	req        Request
+}
+
+// readClientHalf reads greeting, username/password if chosen, and request
+// as a server that requires nothing would.
+func readClientHalf(sr *ServerReader) (clientHalf, error) {
+	var h clientHalf
+	var err error
+	if h.methods, err = sr.ReadGreeting(); err != nil {
+		return h, err
+	}
+	switch h.method = h.methods.Select(false); h.method {
+	case MethodNoAcceptable:
+		return h, errNoMethod
+	case MethodUserPass:
+		user, pass, err := sr.ReadUserPass()
+		if err != nil {
+			return h, err
+		}
+		h.user, h.pass = string(user), string(pass)
+	}
+	h.req, err = sr.ReadRequest()
+	return h, err
+}
+
+// FuzzReadRequest checks that a ServerReader never panics, fails only with
+// the documented error types, loses no byte (what it consumed plus what it
+// buffered is what it read), gives the same answers however the bytes are
+// split, reads nothing past the request when bytes come one at a time, and
+// that what it accepts re-encodes to exactly the bytes it consumed.
+// Annotated seeds live in testdata/fuzz/FuzzReadRequest.
+func FuzzReadRequest(f *testing.F) {
+	f.Add([]byte("\x05\x01\x00" + "\x05\x01\x00\x01\xc0\x00\x02\x01\x00\x50" + "GET / HTTP/1.1\r\n"))
+	f.Add([]byte("\x05\x01\x02" + "\x01\x03tg1\x01x" + "\x05\xf0\x00\x03\x0bexample.com\x00\x00"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := &countingReader{data: data}
+		sr := NewServerReader(r)
+		h, err := readClientHalf(sr)
+		buffered := sr.Buffered()
+		consumed := r.n - len(buffered)
+		if consumed < 0 || !bytes.Equal(buffered, data[consumed:r.n]) {
+			t.Fatalf("buffered %x is not what followed the %d consumed bytes of %d read", buffered, consumed, r.n)
+		}
+		var pe *ProtocolError
+		var re *RequestError
+		switch {
+		case err == nil:
+			if (h.req.Dst.Name == "") == !h.req.Dst.IP.IsValid() {
+				t.Fatalf("destination %#v must have exactly one of Name and IP", h.req.Dst)
+			}
+			if len(h.req.Dst.Name) > maxNameLen {
+				t.Fatalf("parsed a %d-byte hostname", len(h.req.Dst.Name))
+			}
+			// Round trip: after the greeting, whose method list is not
+			// kept, the consumed bytes are the encoding of what was parsed.
+			enc := bytes.Clone(data[:2+int(data[1])]) // appending to a subslice would write into data
+			if h.method == MethodUserPass {
+				enc = append(append(enc, userPassVersion, byte(len(h.user))), h.user...)
+				enc = append(append(enc, byte(len(h.pass))), h.pass...)
+			}
+			if enc = appendMessage(enc, h.req.Command, h.req.Dst); !bytes.Equal(enc, data[:consumed]) {
+				t.Fatalf("re-encoded %x, consumed %x", enc, data[:consumed])
+			}
+		case errors.Is(err, errNoMethod):
+			if h.methods.UserPass || h.methods.NoAuth {
+				t.Fatalf("methods %+v refused", h.methods)
+			}
+		case errors.As(err, &re):
+			if re.Reply != ReplyGeneralFailure && re.Reply != ReplyAddressNotSupported {
+				t.Fatalf("request error %v with reply %v", err, re.Reply)
+			}
+		case errors.As(err, &pe):
+		default:
+			t.Fatalf("error %v is neither a *ProtocolError nor a *RequestError", err)
+		}
+		// The same bytes, one per Read: the same answers, and nothing read
+		// past the request.
+		r1 := &countingReader{data: data}
+		sr1 := NewServerReader(iotest.OneByteReader(r1))
+		h1, err1 := readClientHalf(sr1)
+		if h1 != h || (err1 == nil) != (err == nil) || (err != nil && err.Error() != err1.Error()) {
+			t.Fatalf("byte-at-a-time read gave %+v, %v; want %+v, %v", h1, err1, h, err)
+		}
+		if err == nil && (len(sr1.Buffered()) != 0 || r1.n != consumed) {
+			t.Fatalf("byte-at-a-time read %d bytes and buffered %d, want %d and none", r1.n, len(sr1.Buffered()), consumed)
+		}
+	})
+}
+
+func TestReadRequest(t *testing.T) {
+	v4 := netip.MustParseAddr("192.0.2.1")
+	v6 := netip.MustParseAddr("2001:db8::7")
+	for _, tt := range []struct {
+		name     string
+		in       string
+		want     clientHalf // when errText is ""
+		buffered string     // left after the request
+		errText  string     // in the error, "" for success
+		reply    Reply      // for a *RequestError
+	}{
+		{
+			name: "no auth, ipv4",
+			in:   "\x05\x01\x00" + "\x05\x01\x00\x01\xc0\x00\x02\x01\x00\x50",
+			want: clientHalf{methods: Methods{NoAuth: true}, method: MethodNoAuth,
+				req: Request{Command: CmdConnect, Dst: Addr{IP: v4, Port: 80}}},
+		},
+		{
+			name: "greeting and auth in one read, hostname",
+			in:   "\x05\x01\x02\x01\x03tg1\x01x" + "\x05\x01\x00\x03\x0bexample.com\x01\xbb",
+			want: clientHalf{methods: Methods{UserPass: true}, method: MethodUserPass, user: "tg1", pass: "x",
+				req: Request{Command: CmdConnect, Dst: HostPort("example.com", 443)}},
+		},
+		{
+			name: "both methods offered: username/password wins",
+			in:   "\x05\x03\x00\x01\x02" + "\x01\x01u\x01p" + "\x05\x01\x00\x01\xc0\x00\x02\x01\x00\x50",
+			want: clientHalf{methods: Methods{NoAuth: true, UserPass: true}, method: MethodUserPass, user: "u", pass: "p",
+				req: Request{Command: CmdConnect, Dst: Addr{IP: v4, Port: 80}}},
+		},
+		{
+			name: "empty credentials",
+			in:   "\x05\x01\x02" + "\x01\x00\x00" + "\x05\x01\x00\x01\xc0\x00\x02\x01\x00\x50",
+			want: clientHalf{methods: Methods{UserPass: true}, method: MethodUserPass,
+				req: Request{Command: CmdConnect, Dst: Addr{IP: v4, Port: 80}}},
+		},
+		{
+			name: "ipv6 and stream bytes behind",
+			in:   "\x05\x01\x00" + "\x05\x01\x00\x04\x20\x01\x0d\xb8\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x07\x01\xbb" + "GET /",
+			want: clientHalf{methods: Methods{NoAuth: true}, method: MethodNoAuth,
+				req: Request{Command: CmdConnect, Dst: Addr{IP: v6, Port: 443}}},
+			buffered: "GET /",
+		},
+		{
+			name: "mapped address stays ipv6",
+			in:   "\x05\x01\x00" + "\x05\x01\x00\x04\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff\xc0\x00\x02\x01\x00\x16",
+			want: clientHalf{methods: Methods{NoAuth: true}, method: MethodNoAuth,
+				req: Request{Command: CmdConnect, Dst: Addr{IP: netip.MustParseAddr("::ffff:192.0.2.1"), Port: 22}}},
+		},
+		{
+			name: "resolve",
+			in:   "\x05\x01\x00" + "\x05\xf0\x00\x03\x0bexample.com\x00\x00",
+			want: clientHalf{methods: Methods{NoAuth: true}, method: MethodNoAuth,
+				req: Request{Command: CmdResolve, Dst: HostPort("example.com", 0)}},
+		},
+		{
+			name: "resolve_ptr",
+			in:   "\x05\x01\x00" + "\x05\xf1\x00\x01\xc0\x00\x02\x01\x00\x00",
+			want: clientHalf{methods: Methods{NoAuth: true}, method: MethodNoAuth,
+				req: Request{Command: CmdResolvePTR, Dst: Addr{IP: v4}}},
+		},
+		{
+			name: "bind is returned for the server to refuse",
+			in:   "\x05\x01\x00" + "\x05\x02\x00\x01\xc0\x00\x02\x01\x00\x50",
+			want: clientHalf{methods: Methods{NoAuth: true}, method: MethodNoAuth,
+				req: Request{Command: 0x02, Dst: Addr{IP: v4, Port: 80}}},
+		},
+		{name: "nothing", in: "", errText: "protocol error in greeting: EOF"},
+		{name: "socks4", in: "\x04\x01\x00\x50\xc0\x00\x02\x01\x00", errText: "protocol error in greeting: unexpected version 0x04"},
+		{name: "no methods", in: "\x05\x00", errText: "protocol error in greeting: no methods"},
+		{name: "truncated greeting", in: "\x05\x02\x00", errText: "protocol error in greeting: unexpected EOF"},
+		{name: "gssapi only", in: "\x05\x01\x01", errText: errNoMethod.Error()},
+		{name: "auth version", in: "\x05\x01\x02" + "\x05\x01u\x01p", errText: "protocol error in auth: unexpected version 0x05"},
+		{name: "truncated auth", in: "\x05\x01\x02" + "\x01\x05us", errText: "protocol error in auth: unexpected EOF"},
+		{name: "no request", in: "\x05\x01\x00", errText: "protocol error in request: EOF"},
+		{name: "request version", in: "\x05\x01\x00" + "\x04\x01\x00\x01\xc0\x00\x02\x01\x00\x50", errText: "protocol error in request: unexpected version 0x04"},
+		{name: "reserved byte", in: "\x05\x01\x00" + "\x05\x01\x01\x01\xc0\x00\x02\x01\x00\x50",
+			errText: "bad request: non-zero reserved byte 0x01 (reply 0x01)", reply: ReplyGeneralFailure},
+		{name: "address type", in: "\x05\x01\x00" + "\x05\x01\x00\x05\xc0\x00\x02\x01\x00\x50",
+			errText: "bad request: unknown address type 0x05 (reply 0x08)", reply: ReplyAddressNotSupported},
+		{name: "empty hostname", in: "\x05\x01\x00" + "\x05\x01\x00\x03\x00\x00\x50",
+			errText: "bad request: empty hostname (reply 0x01)", reply: ReplyGeneralFailure},
+		{name: "truncated hostname", in: "\x05\x01\x00" + "\x05\x01\x00\x03\x0bexample", errText: "protocol error in request: unexpected EOF"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, split := range []string{"whole", "byte by byte"} {
+				var r io.Reader = strings.NewReader(tt.in)
+				if split == "byte by byte" {
+					r = iotest.OneByteReader(r)
+				}
+				sr := NewServerReader(r)
+				got, err := readClientHalf(sr)
+				if tt.errText != "" {
+					var re *RequestError
+					if err == nil || err.Error() != tt.errText || errors.As(err, &re) != (tt.reply != 0) || (re != nil && re.Reply != tt.reply) {
+						t.Fatalf("%s: error %v, want %q with reply %v", split, err, tt.errText, tt.reply)
+					}
+					continue
+				}
+				if err != nil || got != tt.want {
+					t.Fatalf("%s: read %+v, %v; want %+v", split, got, err, tt.want)
+				}
+				if b := string(sr.Buffered()); split == "whole" && b != tt.buffered {
+					t.Errorf("%s: buffered %q, want %q", split, b, tt.buffered)
+				}
+			}
+		})
+	}
+}
+
+// TestServerReaderReuse: messages longer than what is left of the buffer
+// after earlier ones, and a Reset reader, parse like fresh ones.
+func TestServerReaderReuse(t *testing.T) {
+	long := strings.Repeat("u", 255)
+	msg := "\x05\x01\x02" + "\x01\xff" + long + "\xff" + long + "\x05\x01\x00\x03\xff" + long + "\x01\xbb"
+	stream := strings.Repeat(msg, 3) // back to back, as if one connection after another
+	sr := NewServerReader(strings.NewReader(stream))
+	for i := range 3 {
+		got, err := readClientHalf(sr)
+		if err != nil || got.user != long || got.pass != long || got.req.Dst != HostPort(long, 443) {
+			t.Fatalf("message %d: %+v, %v", i, got, err)
+		}
+	}
+	sr.Reset(strings.NewReader(msg))
+	if got, err := readClientHalf(sr); err != nil || got.req.Dst != HostPort(long, 443) {
+		t.Fatalf("after Reset: %+v, %v", got, err)
+	}
+}
+
+// TestMethodsSelect: Tor's choice.
+func TestMethodsSelect(t *testing.T) {
+	for _, tt := range []struct {
+		m           Methods
+		requireAuth bool
+		want        byte
+	}{
+		{m: Methods{NoAuth: true}, want: MethodNoAuth},
+		{m: Methods{UserPass: true}, want: MethodUserPass},
+		{m: Methods{NoAuth: true, UserPass: true}, want: MethodUserPass},
+		{m: Methods{}, want: MethodNoAcceptable},
+		{m: Methods{NoAuth: true}, requireAuth: true, want: MethodNoAcceptable},
+		{m: Methods{NoAuth: true, UserPass: true}, requireAuth: true, want: MethodUserPass},
+	} {
+		if got := tt.m.Select(tt.requireAuth); got != tt.want {
+			t.Errorf("%+v.Select(%v) = %#x, want %#x", tt.m, tt.requireAuth, got, tt.want)
+		}
+	}
+}
