@@ -85,6 +85,7 @@ func TestTorDeathResetsDownload(t *testing.T) {
 // it is gone, the next dial marks it not ready and later flows get a
 // RST at once.
 func TestPlainSocksReadiness(t *testing.T) {
+	t.Parallel() // waits out upstream probes (~9 s) on the clock: overlap it with the other waiting tests
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
