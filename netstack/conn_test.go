@@ -12,14 +12,18 @@ import (
 
 	"golang.org/x/net/nettest"
 
-	"github.com/torgate/torgate/internal/wstest"
+	"github.com/torgate/torgate/bench"
 	"github.com/torgate/torgate/netstack"
 )
 
-// connPair joins a wstest workstation to a Stack whose HandleTCP hands
-// every accepted flow to the test.
+// connPair joins a workstation to a Stack whose HandleTCP hands every
+// accepted flow to the test. The workstation is bench's, not wstest's:
+// wireguard's tun/netstack never releases the packet buffers it injects
+// (netTun.Write has no DecRef) and cannot be closed while it sends, so
+// its gVisor objects would fail TestMain's reference leak check; bench's
+// releases every packet and closes.
 type connPair struct {
-	ws    *wstest.Workstation
+	ws    *bench.Workstation
 	st    *netstack.Stack
 	conns chan net.Conn
 	port  atomic.Uint32
@@ -27,12 +31,14 @@ type connPair struct {
 
 func newConnPair(t *testing.T) *connPair {
 	t.Helper()
-	hub, ws := wstest.New(t, 1500, netip.MustParseAddr("10.152.152.11"))
-	p := &connPair{ws: ws[0], conns: make(chan net.Conn, 1)}
+	ws, err := bench.NewWorkstation(netip.MustParseAddr("10.152.152.11"), 1500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &connPair{ws: ws, conns: make(chan net.Conn, 1)}
 	p.port.Store(1000)
-	var err error
 	p.st, err = netstack.New(netstack.Config{
-		Device: hub,
+		Device: ws.Link(),
 		HandleTCP: func(r *netstack.TCPRequest) {
 			c, err := r.Accept()
 			if err != nil {
@@ -42,10 +48,14 @@ func newConnPair(t *testing.T) *connPair {
 		},
 	})
 	if err != nil {
+		ws.Close()
 		t.Fatal(err)
 	}
 	p.st.Start()
-	t.Cleanup(func() { p.st.Close() })
+	t.Cleanup(func() {
+		p.st.Close()
+		ws.Close()
+	})
 	return p
 }
 
@@ -54,7 +64,7 @@ func (p *connPair) pair() (stackEnd, wsEnd net.Conn, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	dst := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(p.port.Add(1)))
-	w, err := p.ws.Net.DialContextTCPAddrPort(ctx, dst)
+	w, err := p.ws.Dial(ctx, dst)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -897,14 +897,17 @@ func TestGVisorHandshakeTimeout(t *testing.T) {
 		r.done.Store(true)
 		var wq waiter.Queue
 		ep, err := createEndpoint(r.r, &wq, 100*time.Millisecond)
+		var out error
 		if ep != nil {
 			ep.Close()
-			res <- nil
 		} else {
-			res <- fmt.Errorf("%s", err)
+			out = fmt.Errorf("%s", err)
 		}
 		r.r.Complete(true)
 		r.finish(false)
+		// Answer last: the test ends (and TestMain checks gVisor's
+		// references) only once the request released its segment.
+		res <- out
 	}, direct)
 	f := &flow{h: h, src: netip.MustParseAddrPort("10.152.152.11:40011"), dst: netip.MustParseAddrPort("192.0.2.1:443")}
 	f.syn(100)
