@@ -54,9 +54,12 @@ func TestTorDeathResetsDownload(t *testing.T) {
 					return
 				}
 				// Tor dies: its sockets close (a clean EOF at torgate's
-				// end), and torctl reports it a moment later.
+				// end), and torctl reports it within the EOF grace. The
+				// relay consults readiness only when the grace ends, so
+				// when in the grace it falls does not matter; a pause
+				// here could only outlast the grace (250 ms) on a slow
+				// machine and turn the reset into a FIN.
 				f.socks.Close()
-				time.Sleep(20 * time.Millisecond)
 				ready.Store(false)
 			}()
 			conn.SetReadDeadline(time.Now().Add(20 * time.Second))

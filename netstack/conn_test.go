@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -117,10 +119,11 @@ func TestConnWaitRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := wait(c)
+	waitParked(t, "(*Conn).WaitRead")
 	select {
 	case <-done:
 		t.Fatal("WaitRead returned with nothing to read")
-	case <-time.After(50 * time.Millisecond):
+	default:
 	}
 	w.Write([]byte("x"))
 	expect("data", done)
@@ -140,9 +143,32 @@ func TestConnWaitRead(t *testing.T) {
 	}
 	defer w.Close()
 	done = wait(c)
-	time.Sleep(20 * time.Millisecond)
+	// Close must wake a parked WaitRead; one that starts after Close
+	// returns at once and would prove nothing.
+	waitParked(t, "(*Conn).WaitRead")
 	c.Close()
 	expect("local close", done)
+}
+
+// waitParked waits until a goroutine is blocked on a channel inside fn
+// (a function name as runtime.Stack prints it). Nothing signals that a
+// goroutine parked, so this polls the goroutine dump.
+func waitParked(t *testing.T, fn string) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		n := runtime.Stack(buf, true)
+		for g := range strings.SplitSeq(string(buf[:n]), "\n\n") {
+			head, _, _ := strings.Cut(g, "\n")
+			if strings.Contains(head, "[chan receive") && strings.Contains(g, fn) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no goroutine parked in %s after 10 s", fn)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // TestConnAbortResets: Abort reaches the workstation as a RST (a read
