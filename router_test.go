@@ -96,6 +96,7 @@ func transfer(conn net.Conn, n int64, seed uint64) error {
 }
 
 func TestBulkOneFlow(t *testing.T) {
+	t.Parallel() // 64 MiB each way: CPU work that overlaps the tests waiting on timers
 	f := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, nil)
 	conn, err := f.dial(t, ws1, dst4)
 	if err != nil {
@@ -108,6 +109,7 @@ func TestBulkOneFlow(t *testing.T) {
 }
 
 func TestBulk32Flows(t *testing.T) {
+	t.Parallel() // 64 MiB each way: CPU work that overlaps the tests waiting on timers
 	// 32 concurrent flows share 64 MiB each way (2 MiB per flow each way).
 	f := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, nil)
 	var wg sync.WaitGroup
