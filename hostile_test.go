@@ -221,11 +221,9 @@ func TestHangingDialsFromManySources(t *testing.T) {
 			})
 		}
 	}
-	// Wait until the hanging dials reached the upstream.
-	deadline := time.Now().Add(30 * time.Second)
-	for f.socks.Active() < 700 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	// Wait until the hanging dials reached the upstream: before that, the
+	// other source would meet no contention and the test prove nothing.
+	waitCond(t, 30*time.Second, func() bool { return f.socks.Active() >= 700 })
 	failures, lat := connectMany(t, f, ws2, 20)
 	p50, mx := latencySummary(lat)
 	_, total := f.r.Stack().Pending(ws2)
