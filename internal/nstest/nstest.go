@@ -22,50 +22,24 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/torgate/torgate/internal/netns"
-)
-
-// Environment variables that choose the test set.
-const (
-	// EnvIntegration=1 opts in to the integration tests (Integration)
-	// outside CI.
-	EnvIntegration = "TORGATE_TEST_INTEGRATION"
-	// EnvHermetic=1 keeps them out even under CI.
-	EnvHermetic = "TORGATE_TEST_HERMETIC"
+	"github.com/torgate/torgate/internal/nstest/gate"
 )
 
 // Integration gates a test that needs more than the Go toolchain: root,
 // network namespaces, TUN, a real tor or a private Tor network
-// (internal/testnet), or that measures the process's memory. Such a test
-// calls Integration (RequireRoot and testnet.Require do) before anything
-// else, and runs only when opted in:
-//
-//   - CI=true: CI runs "go test -count=1 ./..." as root with tor
-//     installed, and there such a test never skips: a missing capability
-//     or tool fails it (RequireRoot, testnet.Require).
-//   - TORGATE_TEST_INTEGRATION=1: a developer's opt-in; missing
-//     requirements skip.
-//
-// Otherwise it skips, naming the variable, so that a plain
-// "go test ./..." stays fast and hermetic, even as root with tor on PATH.
-//
-// TORGATE_TEST_HERMETIC=1 skips it even under CI: .ci/run sets it when it
-// runs the hermetic tests of a package under qemu user-mode emulation
-// (arm64, armv7, mips), where namespaces, netlink and TUN ioctls go through
-// the emulator's syscall translation and would test qemu, not torgate.
-// That is a choice of test set, not a missing capability.
+// (internal/testnet), or that measures the process's memory. It runs
+// under CI=true or TORGATE_TEST_INTEGRATION=1 and skips otherwise;
+// TORGATE_TEST_HERMETIC=1 skips it even under CI. gate.Integration says
+// more; it lives in a package of its own only so that a test which must
+// not link cgo (internal/privs) can call it.
 func Integration(tb testing.TB) {
 	tb.Helper()
-	if os.Getenv(EnvHermetic) == "1" {
-		tb.Skip(EnvHermetic + "=1: hermetic tests only")
-	}
-	if !CI() && os.Getenv(EnvIntegration) != "1" {
-		tb.Skip("integration test (root, namespaces, TUN, tor or RSS): set " + EnvIntegration + "=1 to run it (CI=true always does)")
-	}
+	gate.Integration(tb)
 }
 
 // CI reports whether the tests run under CI (CI=true), where a missing
 // requirement of an integration test is a failure, not a skip.
-func CI() bool { return os.Getenv("CI") == "true" }
+func CI() bool { return gate.CI() }
 
 // RequireRoot skips (or, under CI, fails) a test that needs root and the
 // given commands. It calls Integration first: without CI=true or

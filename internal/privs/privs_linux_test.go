@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/torgate/torgate/internal/nstest"
+	"github.com/torgate/torgate/internal/nstest/gate"
 )
 
 func TestParseStatus(t *testing.T) {
@@ -82,9 +82,9 @@ func child() int {
 // CAP_NET_ADMIN effective, permitted and bounding, none inheritable or
 // ambient.
 func TestKeepAllThreads(t *testing.T) {
-	nstest.Integration(t)
+	gate.Integration(t) // not nstest: it links cgo, which Keep refuses
 	if os.Geteuid() != 0 {
-		if nstest.CI() {
+		if gate.CI() {
 			t.Fatal("CI=true: needs root")
 		}
 		t.Skip("needs root")

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/torgate/torgate/internal/nstest"
+	"github.com/torgate/torgate/internal/nstest/gate"
 )
 
 // Config describes the network to build. The zero value of every field
@@ -228,15 +228,15 @@ func validName(name string) bool {
 }
 
 // Require gates a test that starts tor: it is an integration test
-// (nstest.Integration: it runs under CI=true or
+// (nstest.Integration, through its gate: it runs under CI=true or
 // TORGATE_TEST_INTEGRATION=1, and skips otherwise). Opted in, it skips
 // tb when tor or tor-gencert is missing, except under CI=true, where a
 // missing tor is a failure.
 func Require(tb testing.TB) {
 	tb.Helper()
-	nstest.Integration(tb)
+	gate.Integration(tb)
 	if _, _, err := Binaries(); err != nil {
-		if nstest.CI() {
+		if gate.CI() {
 			tb.Fatalf("CI=true and tor is missing: %v", err)
 		}
 		tb.Skipf("tor not installed: %v", err)
