@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -83,7 +84,12 @@ func TestDNSFloodIsBounded(t *testing.T) {
 	// The flood comes from one source: its share of the workers runs out
 	// first (ReasonShare), before the pool does (ReasonOverload).
 	waitFor(t, func() bool { return st.Drops[netstack.ReasonShare].Load() > 0 })
-	time.Sleep(200 * time.Millisecond)
+	// Every query is accounted for: a worker holds it (its goroutine
+	// waits on the silent upstream) or it was dropped. Only then does the
+	// count below see the whole flood.
+	waitFor(t, func() bool {
+		return st.DNSQueries.Load()+st.Drops[netstack.ReasonShare].Load()+st.Drops[netstack.ReasonOverload].Load() >= 5000
+	})
 	if g := runtime.NumGoroutine() - base; g > 2000 {
 		t.Fatalf("%d goroutines after a DNS flood", g)
 	}
@@ -112,8 +118,10 @@ func synPacket(src, dst netip.Addr, sport, dport uint16) []byte {
 // another source still gets through.
 func TestSYNFloodIsBounded(t *testing.T) {
 	hang := netip.MustParseAddr("203.0.113.9")
+	var hung atomic.Int64
 	f := newFixture(t, sockstest.Config{Connect: func(r sockstest.Request) (socks.Reply, net.Conn) {
 		if r.Dst.IP == hang {
+			hung.Add(1)
 			return sockstest.Hang(r)
 		}
 		return sockstest.Echo(r)
@@ -122,7 +130,19 @@ func TestSYNFloodIsBounded(t *testing.T) {
 	for i := range 5000 {
 		f.hub.Inject(synPacket(ws1, hang, uint16(20000+i), 443))
 	}
-	time.Sleep(time.Second)
+	// Every SYN is accounted for: dropped over the source's share of
+	// pending handshakes, refused by the tunnel (a RST), or a dial that
+	// hangs at the upstream. Only then does the count below see the
+	// whole flood.
+	st := f.r.Stack().Stats()
+	accounted := func() int64 {
+		return int64(st.Drops[netstack.ReasonShare].Load()) + int64(metricSum(t, f.r.Tunnel().Metrics(), "flows_refused_total")) + hung.Load()
+	}
+	waitCond(t, 30*time.Second, func() bool { return accounted() >= 5000 })
+	t.Logf("SYNs: %d over the share, %v refused, %d hanging", st.Drops[netstack.ReasonShare].Load(), metricSum(t, f.r.Tunnel().Metrics(), "flows_refused_total"), hung.Load())
+	if n := hung.Load(); n > 64 {
+		t.Fatalf("%d dials hang at the upstream, want at most MaxDialsPerSource (64)", n)
+	}
 	if g := runtime.NumGoroutine() - base; g > 1500 {
 		t.Fatalf("%d goroutines after a SYN flood", g)
 	}

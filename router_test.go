@@ -95,6 +95,7 @@ func transfer(conn net.Conn, n int64, seed uint64) error {
 }
 
 func TestBulkOneFlow(t *testing.T) {
+	t.Parallel() // 64 MiB each way: CPU work that overlaps the tests waiting on timers
 	f := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, nil)
 	conn, err := f.dial(t, ws1, dst4)
 	if err != nil {
@@ -107,6 +108,7 @@ func TestBulkOneFlow(t *testing.T) {
 }
 
 func TestBulk32Flows(t *testing.T) {
+	t.Parallel() // 64 MiB each way: CPU work that overlaps the tests waiting on timers
 	// 32 concurrent flows share 64 MiB each way (2 MiB per flow each way).
 	f := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, nil)
 	var wg sync.WaitGroup
@@ -285,8 +287,10 @@ func equalFold(a, b string) bool {
 
 func TestHangingUpstreamDoesNotBlockOthers(t *testing.T) {
 	hang := netip.MustParseAddr("192.0.2.66")
+	stuck := make(chan struct{}, 8)
 	connect := func(req sockstest.Request) (socks.Reply, net.Conn) {
 		if req.Dst.IP == hang {
+			stuck <- struct{}{}
 			return sockstest.Hang(req)
 		}
 		return sockstest.Echo(req)
@@ -302,7 +306,13 @@ func TestHangingUpstreamDoesNotBlockOthers(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(200 * time.Millisecond)
+	for range 8 {
+		select {
+		case <-stuck:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the hanging flows never reached the upstream: the test would prove nothing")
+		}
+	}
 	// ...while both sources still get through.
 	for _, src := range []netip.Addr{ws1, ws2} {
 		conn, err := f.dial(t, src, dst4)
@@ -428,7 +438,7 @@ func TestNoDirectDial(t *testing.T) {
 }
 
 func TestDroppedTrafficIsCounted(t *testing.T) {
-	f := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, nil)
+	f := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, nil, ws1, ws2)
 	st := f.r.Stack().Stats()
 	w := f.ws[ws1]
 
@@ -463,7 +473,14 @@ func TestDroppedTrafficIsCounted(t *testing.T) {
 	waitFor(t, func() bool {
 		return st.Drops[netstack.ReasonUDP].Load() >= 1 && st.Drops[netstack.ReasonICMP].Load() >= 1 && st.Drops[netstack.ReasonFragment].Load() >= 1
 	})
-	time.Sleep(100 * time.Millisecond)
+	// A barrier instead of a pause: the packet loop handles packets in
+	// order and writes through one outbound queue, so anything it sent
+	// ws1 for the fragment is delivered before ws2's handshake completes.
+	c, err := f.dial(t, ws2, dst4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
 	if got := f.hub.Delivered(ws1); got != before {
 		t.Fatalf("router answered a fragment (%d packets)", got-before)
 	}

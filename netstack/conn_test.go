@@ -6,20 +6,26 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/net/nettest"
 
-	"github.com/torgate/torgate/internal/wstest"
+	"github.com/torgate/torgate/bench"
 	"github.com/torgate/torgate/netstack"
 )
 
-// connPair joins a wstest workstation to a Stack whose HandleTCP hands
-// every accepted flow to the test.
+// connPair joins a workstation to a Stack whose HandleTCP hands every
+// accepted flow to the test. The workstation is bench's, not wstest's:
+// wireguard's tun/netstack never releases the packet buffers it injects
+// (netTun.Write has no DecRef) and cannot be closed while it sends, so
+// its gVisor objects would fail TestMain's reference leak check; bench's
+// releases every packet and closes.
 type connPair struct {
-	ws    *wstest.Workstation
+	ws    *bench.Workstation
 	st    *netstack.Stack
 	conns chan net.Conn
 	port  atomic.Uint32
@@ -27,12 +33,14 @@ type connPair struct {
 
 func newConnPair(t *testing.T) *connPair {
 	t.Helper()
-	hub, ws := wstest.New(t, 1500, netip.MustParseAddr("10.152.152.11"))
-	p := &connPair{ws: ws[0], conns: make(chan net.Conn, 1)}
+	ws, err := bench.NewWorkstation(netip.MustParseAddr("10.152.152.11"), 1500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &connPair{ws: ws, conns: make(chan net.Conn, 1)}
 	p.port.Store(1000)
-	var err error
 	p.st, err = netstack.New(netstack.Config{
-		Device: hub,
+		Device: ws.Link(),
 		HandleTCP: func(r *netstack.TCPRequest) {
 			c, err := r.Accept()
 			if err != nil {
@@ -42,10 +50,14 @@ func newConnPair(t *testing.T) *connPair {
 		},
 	})
 	if err != nil {
+		ws.Close()
 		t.Fatal(err)
 	}
 	p.st.Start()
-	t.Cleanup(func() { p.st.Close() })
+	t.Cleanup(func() {
+		p.st.Close()
+		ws.Close()
+	})
 	return p
 }
 
@@ -54,7 +66,7 @@ func (p *connPair) pair() (stackEnd, wsEnd net.Conn, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	dst := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(p.port.Add(1)))
-	w, err := p.ws.Net.DialContextTCPAddrPort(ctx, dst)
+	w, err := p.ws.Dial(ctx, dst)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -107,10 +119,11 @@ func TestConnWaitRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := wait(c)
+	waitParked(t, "(*Conn).WaitRead")
 	select {
 	case <-done:
 		t.Fatal("WaitRead returned with nothing to read")
-	case <-time.After(50 * time.Millisecond):
+	default:
 	}
 	w.Write([]byte("x"))
 	expect("data", done)
@@ -130,9 +143,32 @@ func TestConnWaitRead(t *testing.T) {
 	}
 	defer w.Close()
 	done = wait(c)
-	time.Sleep(20 * time.Millisecond)
+	// Close must wake a parked WaitRead; one that starts after Close
+	// returns at once and would prove nothing.
+	waitParked(t, "(*Conn).WaitRead")
 	c.Close()
 	expect("local close", done)
+}
+
+// waitParked waits until a goroutine is blocked on a channel inside fn
+// (a function name as runtime.Stack prints it). Nothing signals that a
+// goroutine parked, so this polls the goroutine dump.
+func waitParked(t *testing.T, fn string) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		n := runtime.Stack(buf, true)
+		for g := range strings.SplitSeq(string(buf[:n]), "\n\n") {
+			head, _, _ := strings.Cut(g, "\n")
+			if strings.Contains(head, "[chan receive") && strings.Contains(g, fn) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no goroutine parked in %s after 10 s", fn)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // TestConnAbortResets: Abort reaches the workstation as a RST (a read

@@ -22,7 +22,7 @@ import (
 // gvisor_test.go whose failure names the assumption:
 //
 //	G1 TIME_WAIT reclaim              abortTimeWait        TestGVisorTimeWaitReclaim
-//	                                                       (TestGVisorTimeWaitStillDropped logs whether it is still needed)
+//	                                                       (TestGVisorTimeWaitStillDropped fails once it is no longer needed)
 //	G2 Abort sends a RST, then Close  abortEndpoint        TestGVisorAbortSendsRST
 //	G3 our queueing discipline        createNIC            TestGVisorQDiscInForce, TestGVisorQueuedPacketsUnchanged
 //	G4 GRO driven by hand             initGRO              TestGVisorGRODispatch

@@ -31,6 +31,9 @@ func TestRelayEndDecision(t *testing.T) {
 		grace   time.Duration // Config.EOFGrace
 		gone    bool          // Config.UpstreamState's answer: gone
 		known   bool          // Config.UpstreamState's answer: known
+		// fallInGrace: readiness falls after the relay saw the upstream's
+		// end of stream (its UpstreamState call), before the grace ends.
+		fallInGrace bool
 	}{
 		{
 			name: "upstream EOF after client EOF",
@@ -72,14 +75,13 @@ func TestRelayEndDecision(t *testing.T) {
 		},
 		{
 			// An attached Tor: readiness falls a moment after its sockets
-			// close, within the grace.
+			// close, within the grace: once the relay has seen the end of
+			// stream (fallInGrace), while Tor was still ready.
 			name: "upstream EOF, tor not ready within the grace",
-			end: func(_ *Tunnel, ready *atomic.Bool, _, up net.Conn) {
+			end: func(_ *Tunnel, _ *atomic.Bool, _, up net.Conn) {
 				up.(*net.TCPConn).CloseWrite()
-				time.Sleep(20 * time.Millisecond)
-				ready.Store(false)
 			},
-			wantRST: true, how: "rst_tor_down", grace: 250 * time.Millisecond,
+			wantRST: true, how: "rst_tor_down", grace: 250 * time.Millisecond, fallInGrace: true,
 		},
 		{
 			name: "upstream EOF, tor ready through the grace",
@@ -150,10 +152,19 @@ func TestRelayEndDecision(t *testing.T) {
 			up := fakeUpstream{connect: func(context.Context, socks.Addr, socks.Auth) (net.Conn, error) { return upLocal, nil }}
 			var ready atomic.Bool
 			ready.Store(true)
+			// eof carries readiness at the moment the relay met the
+			// upstream's end of stream.
+			eof := make(chan bool, 1)
 			tn := newTunnel(t, up, func(c *Config) {
 				c.Ready = ready.Load
 				c.EOFGrace = tc.grace
-				c.UpstreamState = func() (bool, bool) { return tc.gone, tc.known }
+				c.UpstreamState = func() (bool, bool) {
+					select {
+					case eof <- ready.Load():
+					default:
+					}
+					return tc.gone, tc.known
+				}
 				if tc.how == "rst_idle" {
 					c.IdleTimeout = 200 * time.Millisecond
 				}
@@ -169,6 +180,19 @@ func TestRelayEndDecision(t *testing.T) {
 				t.Fatal(err)
 			}
 			tc.end(tn, &ready, clRemote, upRemote)
+			if tc.fallInGrace {
+				select {
+				case wasReady := <-eof:
+					if !wasReady {
+						t.Fatal("Tor not ready when the relay met the end of stream: the grace was not tested")
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatal("the relay never met the upstream's end of stream")
+				}
+				// The grace timer starts after UpstreamState returns and
+				// fires 250 ms later: readiness falls well within it.
+				ready.Store(false)
+			}
 			if tc.how != "rst_client_error" {
 				_, err := io.ReadAll(clRemote)
 				switch {

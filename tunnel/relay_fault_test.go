@@ -131,7 +131,10 @@ func faultSeed(t *testing.T) uint64 {
 func TestRelayWaitSourcePeekedResetStaysRST(t *testing.T) {
 	clLocal, clRemote := socketPair(t)
 	upLocal, upRemote := socketPair(t)
-	up := fakeUpstream{connect: func(context.Context, socks.Addr, socks.Auth) (net.Conn, error) { return upLocal, nil }}
+	parked := make(chan struct{}, 1)
+	up := fakeUpstream{connect: func(context.Context, socks.Addr, socks.Auth) (net.Conn, error) {
+		return &parkConn{TCPConn: upLocal.(*net.TCPConn), parked: parked}, nil
+	}}
 	tn := newTunnel(t, up, nil)
 	tn.pollOnce.Do(func() {}) // no poller: every direction waits with a peek
 	tn.HandleTCP(netip.AddrPortFrom(srcA, 1000), dst, &fakeFlow{client: clLocal})
@@ -143,8 +146,13 @@ func TestRelayWaitSourcePeekedResetStaysRST(t *testing.T) {
 	if _, err := io.ReadFull(clRemote, b[:]); err != nil {
 		t.Fatal(err)
 	}
-	// The relay is parked in the peek now; Tor's side resets.
-	time.Sleep(50 * time.Millisecond)
+	// Once the relay is parked in the peek (it found nothing to read
+	// after "head"), Tor's side resets.
+	select {
+	case <-parked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay never waited on the upstream with a peek")
+	}
 	upRemote.(*net.TCPConn).SetLinger(0)
 	upRemote.Close()
 	if _, err := io.ReadAll(clRemote); !errors.Is(err, syscall.ECONNRESET) {
@@ -154,6 +162,49 @@ func TestRelayWaitSourcePeekedResetStaysRST(t *testing.T) {
 	if got := testutil.ToFloat64(tn.ended[endUpstreamError]); got != 1 {
 		t.Fatalf("flows_ended_total{how=rst_upstream_error} = %v, want 1", got)
 	}
+}
+
+// parkConn is an upstream socket that reports when a wait on it parks
+// after data was read from it: its RawConn's Read callback (socketWaiter's
+// peek) found nothing more to read, and the runtime poller waits for
+// readability. It is not a *net.TCPConn, so tcpClosed does not look at
+// it: only a test where the relay ends on an error, not an end of stream,
+// may use it.
+type parkConn struct {
+	*net.TCPConn
+	read   atomic.Bool // a Read returned data
+	parked chan struct{}
+}
+
+func (c *parkConn) Read(b []byte) (int, error) {
+	n, err := c.TCPConn.Read(b)
+	if n > 0 {
+		c.read.Store(true)
+	}
+	return n, err
+}
+
+func (c *parkConn) SyscallConn() (syscall.RawConn, error) {
+	rc, err := c.TCPConn.SyscallConn()
+	return parkRawConn{rc, c}, err
+}
+
+type parkRawConn struct {
+	syscall.RawConn
+	c *parkConn
+}
+
+func (rc parkRawConn) Read(f func(fd uintptr) bool) error {
+	return rc.RawConn.Read(func(fd uintptr) bool {
+		done := f(fd)
+		if !done && rc.c.read.Load() {
+			select {
+			case rc.c.parked <- struct{}{}:
+			default:
+			}
+		}
+		return done
+	})
 }
 
 // TestRelayEpollReleasedAtClose: the relay does not remove a socket from

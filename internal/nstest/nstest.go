@@ -3,8 +3,10 @@
 // process, as a workstation behind torgate would see it. Requires root
 // (CAP_NET_ADMIN and CAP_SYS_ADMIN).
 //
-// Under CI=true a missing capability or tool fails the test instead of
-// skipping it.
+// Integration is the one gate of every test that needs root, namespaces,
+// TUN, a real tor or RSS measurements: they run under CI=true (where a
+// missing capability or tool fails the test instead of skipping it) or
+// TORGATE_TEST_INTEGRATION=1, and skip otherwise.
 package nstest
 
 import (
@@ -20,23 +22,33 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/torgate/torgate/internal/netns"
+	"github.com/torgate/torgate/internal/nstest/gate"
 )
 
+// Integration gates a test that needs more than the Go toolchain: root,
+// network namespaces, TUN, a real tor or a private Tor network
+// (internal/testnet), or that measures the process's memory. It runs
+// under CI=true or TORGATE_TEST_INTEGRATION=1 and skips otherwise;
+// TORGATE_TEST_HERMETIC=1 skips it even under CI. gate.Integration says
+// more; it lives in a package of its own only so that a test which must
+// not link cgo (internal/privs) can call it.
+func Integration(tb testing.TB) {
+	tb.Helper()
+	gate.Integration(tb)
+}
+
+// CI reports whether the tests run under CI (CI=true), where a missing
+// requirement of an integration test is a failure, not a skip.
+func CI() bool { return gate.CI() }
+
 // RequireRoot skips (or, under CI, fails) a test that needs root and the
-// given commands.
-//
-// TORGATE_TEST_HERMETIC=1 skips it even under CI: .ci/run sets it when it
-// runs the hermetic tests of a package under qemu user-mode emulation
-// (arm64, armv7, mips), where namespaces, netlink and TUN ioctls go through
-// the emulator's syscall translation and would test qemu, not torgate.
-// That is a choice of test set, not a missing capability.
+// given commands. It calls Integration first: without CI=true or
+// TORGATE_TEST_INTEGRATION=1 the test skips even as root.
 func RequireRoot(tb testing.TB, cmds ...string) {
 	tb.Helper()
-	if os.Getenv("TORGATE_TEST_HERMETIC") == "1" {
-		tb.Skip("TORGATE_TEST_HERMETIC=1: hermetic tests only")
-	}
+	Integration(tb)
 	fail := tb.Skipf
-	if os.Getenv("CI") == "true" {
+	if CI() {
 		fail = tb.Fatalf
 	}
 	if os.Geteuid() != 0 {

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/torgate/torgate/internal/nstest/gate"
 )
 
 // Config describes the network to build. The zero value of every field
@@ -225,12 +227,16 @@ func validName(name string) bool {
 	return true
 }
 
-// Require skips tb when tor or tor-gencert is missing, except under
-// CI=true, where a missing tor is a failure.
+// Require gates a test that starts tor: it is an integration test
+// (nstest.Integration, through its gate: it runs under CI=true or
+// TORGATE_TEST_INTEGRATION=1, and skips otherwise). Opted in, it skips
+// tb when tor or tor-gencert is missing, except under CI=true, where a
+// missing tor is a failure.
 func Require(tb testing.TB) {
 	tb.Helper()
+	gate.Integration(tb)
 	if _, _, err := Binaries(); err != nil {
-		if os.Getenv("CI") == "true" {
+		if gate.CI() {
 			tb.Fatalf("CI=true and tor is missing: %v", err)
 		}
 		tb.Skipf("tor not installed: %v", err)
