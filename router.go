@@ -398,7 +398,7 @@ func NewContext(ctx context.Context, cfg Config) (*Router, error) {
 		Device: dev,
 		MTU:    mtu,
 		HandleTCP: func(req *netstack.TCPRequest) {
-			if r.lan != nil && r.lan.Refuse(req.Dst.Addr()) {
+			if r.lan != nil && r.lan.Refuse(req.Dst().Addr()) {
 				// The gateway itself and the LANs are no destinations
 				// to send to Tor; the gateway only serves DNS (port 53,
 				// handled before this).
@@ -407,7 +407,7 @@ func NewContext(ctx context.Context, cfg Config) (*Router, error) {
 			}
 			// The workstation, not the address, is what isolation,
 			// names and shares are keyed by (on a LAN: the machine).
-			tn.HandleTCP(netip.AddrPortFrom(req.Who, req.Src.Port()), req.Dst, req)
+			tn.HandleTCP(netip.AddrPortFrom(req.Who(), req.Src().Port()), req.Dst(), req)
 		},
 		DNS:                  ds,
 		Identify:             identify,

@@ -87,7 +87,7 @@ func (s *Stack) dnsTCP(req *TCPRequest) {
 		req.Reject()
 		return
 	}
-	src := req.Who
+	src := req.who
 	if !s.dnsTCPs.Acquire(src) {
 		s.stats.Drops[ReasonShare].Add(1)
 		req.Reject()

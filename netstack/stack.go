@@ -27,6 +27,7 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 
 	"github.com/torgate/torgate/internal/fair"
+	"github.com/torgate/torgate/internal/flow"
 )
 
 // DNSHandler answers one DNS message. dns.Server implements it.
@@ -763,13 +764,9 @@ func (s *Stack) writeLoop() {
 // TCPRequest is one TCP connection attempt from a workstation. The
 // handshake is held (the SYN is not answered) until Accept or Reject.
 type TCPRequest struct {
-	// Src is the workstation's address and port.
-	Src netip.AddrPort
-	// Who is the workstation (Config.Identify): the key of its shares,
-	// circuits and names. Src.Addr() without an Identify.
-	Who netip.Addr
-	// Dst is the original destination the workstation asked for.
-	Dst netip.AddrPort
+	src netip.AddrPort // the workstation's address and port
+	who netip.Addr     // the workstation (Config.Identify)
+	dst netip.AddrPort // the original destination
 
 	r    *tcp.ForwarderRequest
 	s    *Stack
@@ -778,6 +775,18 @@ type TCPRequest struct {
 	// reports a completed handshake.
 	complete func(accepted bool)
 }
+
+var _ flow.Request = (*TCPRequest)(nil)
+
+// Who is the workstation (Config.Identify): the key of its shares,
+// circuits and names. Src().Addr() without an Identify.
+func (r *TCPRequest) Who() netip.Addr { return r.who }
+
+// Src is the workstation's address and port.
+func (r *TCPRequest) Src() netip.AddrPort { return r.src }
+
+// Dst is the original destination the workstation asked for.
+func (r *TCPRequest) Dst() netip.AddrPort { return r.dst }
 
 // ErrCompleted is returned by Accept when the request was already accepted
 // or rejected.
@@ -816,7 +825,7 @@ func (r *TCPRequest) Accept() (net.Conn, error) {
 	ep.SetSockOpt(&intvl)
 	ep.SetSockOptInt(tcpip.KeepaliveCountOption, keepaliveCount)
 	c := newConn(&wq, ep)
-	src, dst, s := r.Src, r.Dst, r.s
+	src, dst, s := r.src, r.dst, r.s
 	c.poke = func() { s.pokeAfterReset(dst, src) }
 	return c, nil
 }
@@ -853,17 +862,17 @@ func (s *Stack) forwardTCP(fr *tcp.ForwarderRequest) {
 	who, ok := s.pendingIDs[id]
 	s.pendingMu.Unlock()
 	req := &TCPRequest{
-		Src: netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort),
-		Dst: netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort),
-		Who: who,
+		src: netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort),
+		dst: netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort),
+		who: who,
 		r:   fr,
 		s:   s,
 	}
 	req.complete = func(accepted bool) {
 		if accepted {
-			s.proof.Mark(req.Who)
+			s.proof.Mark(req.who)
 		}
-		s.releasePending(id, req.Who)
+		s.releasePending(id, req.who)
 	}
 	if !ok {
 		// No admitted SYN behind it (gvisor.go G8 says the forwarder
@@ -875,7 +884,7 @@ func (s *Stack) forwardTCP(fr *tcp.ForwarderRequest) {
 		req.Reject()
 		return
 	}
-	if req.Dst.Port() == 53 {
+	if req.dst.Port() == 53 {
 		s.dnsTCP(req)
 		return
 	}

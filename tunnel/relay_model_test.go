@@ -387,12 +387,12 @@ func runModel(t *testing.T, mc modelConfig) modelResult {
 	st, err := netstack.New(netstack.Config{
 		Device: ws.link,
 		HandleTCP: func(req *netstack.TCPRequest) {
-			m := flows[int(req.Dst.Port())-modelPort0]
+			m := flows[int(req.Dst().Port())-modelPort0]
 			tn := tnA
 			if m.s.idle {
 				tn = tnB
 			}
-			tn.HandleTCP(netip.AddrPortFrom(m.s.src, req.Src.Port()), req.Dst, recFlow{r: req, m: m, seq: &seq})
+			tn.HandleTCP(netip.AddrPortFrom(m.s.src, req.Src().Port()), req.Dst(), recFlow{r: req, m: m, seq: &seq})
 		},
 	})
 	if err != nil {
