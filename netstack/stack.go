@@ -232,7 +232,7 @@ func New(cfg Config) (*Stack, error) {
 		{cfg.DNSWorkers, cfg.DNSWorkersPerSource},
 		{cfg.DNSTCPConns, cfg.DNSTCPConnsPerSource},
 	} {
-		p, err := fair.NewPool(fair.Default(l[0], l[1]), proof)
+		p, err := fair.NewPool(fair.Default(l[0], l[1]), proof.Has)
 		if err != nil {
 			return nil, fmt.Errorf("netstack: %w", err)
 		}

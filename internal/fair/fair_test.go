@@ -31,7 +31,7 @@ func TestAdmit(t *testing.T) {
 // a proven source still gets its min share.
 func TestSpoofedCrowd(t *testing.T) {
 	proof := NewProof(time.Hour, 16, nil)
-	p, err := NewPool(Default(1024, 128), proof)
+	p, err := NewPool(Default(1024, 128), proof.Has)
 	if err != nil {
 		t.Fatal(err)
 	}
