@@ -73,6 +73,7 @@ type Server struct {
 
 	tab   *table
 	stats counters
+	serve serving // ServeDatagram and ServeTCP (serve.go)
 
 	exhaustedLog rateLimit
 	resolveLog   rateLimit
@@ -120,6 +121,9 @@ func New(cfg Config) (*Server, error) {
 		tab: newTable(allocator{offBits: offBits, epochBits: epochBits},
 			cfg.MaxEntries, cfg.MaxEntriesPerSource, cfg.MaxUnprovenEntries, cfg.Proven),
 	}
+	if err := s.serve.init(&cfg); err != nil {
+		return nil, err
+	}
 	s.exhaustedLog.every = time.Minute
 	s.resolveLog.every = time.Minute
 	s.epochLog.every = time.Minute
@@ -158,12 +162,18 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Close saves the table to the state file, if one is configured. Close
-// releases nothing else: Handle, Lookup and Acquire keep working, so the
-// order of shutdown does not matter. Only the first call saves.
+// Close ends the serving side: answers in flight from ServeDatagram and
+// ServeTCP are cancelled and waited for (at most closeWait), later
+// queries there are dropped and connections rejected. Then it saves the
+// table to the state file, if one is configured. Handle, Lookup and
+// Acquire keep working, so the order of shutdown does not matter. Only
+// the first call does anything.
 func (s *Server) Close() error {
 	if s.closed.Swap(true) {
 		return nil
+	}
+	if !s.serve.close() {
+		s.log.Warn("dns answers still in flight at close", slog.Duration("waited", closeWait))
 	}
 	return s.Save()
 }
