@@ -39,6 +39,7 @@ import (
 
 	"github.com/torgate/torgate/dns"
 	"github.com/torgate/torgate/internal/endpoint"
+	"github.com/torgate/torgate/internal/flow"
 	"github.com/torgate/torgate/internal/lan"
 	"github.com/torgate/torgate/internal/ownaddr"
 	"github.com/torgate/torgate/internal/torctl"
@@ -116,7 +117,8 @@ type Config struct {
 	// Flow limits; zero takes tunnel's defaults.
 	MaxFlows, MaxFlowsPerSource, MaxDialsPerSource int
 	// Packet-path limits and their per-source shares; zero takes
-	// netstack's defaults (README, limits table).
+	// netstack's defaults (MaxInFlight) and dns's (dns.Config.Workers,
+	// TCPConns and their shares) (README, limits table).
 	MaxInFlight, MaxInFlightPerSource int
 	DNSWorkers, DNSWorkersPerSource   int
 	DNSTCPConns, DNSTCPConnsPerSource int
@@ -368,6 +370,11 @@ func NewContext(ctx context.Context, cfg Config) (*Router, error) {
 		Ready:           ready,
 		LogDestinations: cfg.LogDestinations,
 		Logger:          log.With("component", "dns"),
+		// Port 53's limits: the dns.Server serves it (netstack's hook).
+		Workers:           cfg.DNSWorkers,
+		WorkersPerSource:  cfg.DNSWorkersPerSource,
+		TCPConns:          cfg.DNSTCPConns,
+		TCPConnsPerSource: cfg.DNSTCPConnsPerSource,
 	})
 	if err != nil {
 		return nil, err
@@ -395,29 +402,14 @@ func NewContext(ctx context.Context, cfg Config) (*Router, error) {
 		}
 	}
 	st, err := netstack.New(netstack.Config{
-		Device: dev,
-		MTU:    mtu,
-		HandleTCP: func(req *netstack.TCPRequest) {
-			if r.lan != nil && r.lan.Refuse(req.Dst().Addr()) {
-				// The gateway itself and the LANs are no destinations
-				// to send to Tor; the gateway only serves DNS (port 53,
-				// handled before this).
-				req.Reject()
-				return
-			}
-			// The workstation, not the address, is what isolation,
-			// names and shares are keyed by (on a LAN: the machine).
-			tn.HandleTCP(netip.AddrPortFrom(req.Who(), req.Src().Port()), req.Dst(), req)
-		},
+		Device:               dev,
+		MTU:                  mtu,
+		TCP:                  lanRefusing(r.lan, tn),
 		DNS:                  ds,
 		Identify:             identify,
 		Proof:                proof,
 		MaxInFlight:          cfg.MaxInFlight,
 		MaxInFlightPerSource: cfg.MaxInFlightPerSource,
-		DNSWorkers:           cfg.DNSWorkers,
-		DNSWorkersPerSource:  cfg.DNSWorkersPerSource,
-		DNSTCPConns:          cfg.DNSTCPConns,
-		DNSTCPConnsPerSource: cfg.DNSTCPConnsPerSource,
 		ICMPUnreachable:      cfg.ICMPUnreachable,
 		Logger:               log.With("component", "netstack"),
 	})
@@ -459,6 +451,32 @@ type lateNames struct{ s *dns.Server }
 
 func (l *lateNames) Acquire(src, ip netip.Addr) (string, func(), bool, bool) {
 	return l.s.Acquire(src, ip)
+}
+
+// lanRefusing returns tn, or on a LAN (ld not nil) tn behind a refusal of
+// flows to the gateway itself and the LANs: those are no destinations to
+// send to Tor, and the gateway only serves DNS (port 53, which netstack
+// hands to the DNS server, not here).
+// A destination policy is to replace this adapter (issue 20).
+func lanRefusing(ld *lan.Device, tn *tunnel.Tunnel) netstack.TCPHandler {
+	if ld == nil {
+		return tn
+	}
+	return lanRefusal{ld: ld, next: tn}
+}
+
+// lanRefusal is lanRefusing's adapter.
+type lanRefusal struct {
+	ld   *lan.Device
+	next *tunnel.Tunnel
+}
+
+func (l lanRefusal) ServeTCP(f flow.Request) {
+	if l.ld.Refuse(f.Dst().Addr()) {
+		f.Reject()
+		return
+	}
+	l.next.ServeTCP(f)
 }
 
 // forbiddenPrefixes returns the valid prefixes among ps, masked.

@@ -12,11 +12,12 @@ import (
 
 	"golang.org/x/net/nettest"
 
+	"github.com/torgate/torgate/internal/flow"
 	"github.com/torgate/torgate/internal/wstest"
 	"github.com/torgate/torgate/netstack"
 )
 
-// connPair joins a wstest workstation to a Stack whose HandleTCP hands
+// connPair joins a wstest workstation to a Stack whose TCP handler hands
 // every accepted flow to the test.
 type connPair struct {
 	ws    *wstest.Workstation
@@ -33,13 +34,13 @@ func newConnPair(t *testing.T) *connPair {
 	var err error
 	p.st, err = netstack.New(netstack.Config{
 		Device: hub,
-		HandleTCP: func(r *netstack.TCPRequest) {
+		TCP: netstack.TCPHandlerFunc(func(r flow.Request) {
 			c, err := r.Accept()
 			if err != nil {
 				return
 			}
 			p.conns <- c
-		},
+		}),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -1,18 +1,16 @@
 package netstack
 
 import (
-	"context"
 	"net/netip"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-
-	"github.com/torgate/torgate/dns"
 )
 
-// dnsUDP answers a UDP/53 datagram to any destination. The answer comes
-// from the address the query was sent to, so the workstation's resolver
+// dnsUDP hands a UDP/53 datagram to any destination to the DNS hook,
+// which answers it (or not) on its own goroutine. The answer comes from
+// the address the query was sent to, so the workstation's resolver
 // accepts it whatever server it thinks it is talking to.
 func (s *Stack) dnsUDP(p *Packet, pkt []byte, csumOK bool) {
 	udp := header.UDP(pkt[p.L4:])
@@ -25,30 +23,17 @@ func (s *Stack) dnsUDP(p *Packet, pkt []byte, csumOK bool) {
 		s.stats.Drops[ReasonUnidentified].Add(1)
 		return
 	}
-	if !s.dnsUDPs.Acquire(who) {
-		s.stats.Drops[ReasonShare].Add(1)
-		return
+	hdr := header.IPv4MinimumSize
+	if p.Version == 6 {
+		hdr = header.IPv6MinimumSize
 	}
-	s.stats.DNSQueries.Add(1)
-	// pkt belongs to the read loop; the answer may take a Tor round trip.
-	query := append([]byte(nil), udp.Payload()[:int(udp.Length())-header.UDPMinimumSize]...)
-	src, dst := p.Src, p.Dst
-	version := p.Version
-	s.wg.Go(func() {
-		defer s.dnsUDPs.Release(who)
-		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DNSTimeout)
-		defer cancel()
-		resp, err := s.cfg.DNS.Handle(ctx, who, query, true, nil)
-		if err != nil || len(resp) < 12 {
-			return
+	version, from, to := p.Version, p.Dst, p.Src
+	query := udp.Payload()[:int(udp.Length())-header.UDPMinimumSize]
+	s.cfg.DNS.ServeDatagram(who, query, s.mtu-hdr-header.UDPMinimumSize, func(answer []byte) {
+		// After Close the link is gone: nothing to send, nothing to count.
+		if s.ctx.Err() == nil {
+			s.sendUDP(version, from, to, answer)
 		}
-		hdr := header.IPv4MinimumSize
-		if version == 6 {
-			hdr = header.IPv6MinimumSize
-		}
-		// Too big for one packet: the client retries over TCP.
-		resp = dns.Truncate(resp, s.mtu-hdr-header.UDPMinimumSize)
-		s.sendUDP(version, dst, src, resp)
 	})
 }
 
@@ -76,38 +61,4 @@ func (s *Stack) sendUDP(version uint8, src, dst netip.AddrPort, payload []byte) 
 	xsum = checksum.Checksum(payload, xsum)
 	u.SetChecksum(^u.CalculateChecksum(xsum))
 	s.queueRaw(b, proto)
-}
-
-// dnsTCP serves DNS over TCP (dns.ServeTCP) on an intercepted port-53
-// connection, answered locally: it never goes to the TCP handler. The
-// connection holds a slot of its source's share of the TCP/53 pool, never
-// a UDP worker.
-func (s *Stack) dnsTCP(req *TCPRequest) {
-	if s.cfg.DNS == nil {
-		req.Reject()
-		return
-	}
-	src := req.who
-	if !s.dnsTCPs.Acquire(src) {
-		s.stats.Drops[ReasonShare].Add(1)
-		req.Reject()
-		return
-	}
-	defer s.dnsTCPs.Release(src)
-	c, err := req.Accept()
-	if err != nil {
-		return
-	}
-	conn := c.(*Conn)
-	defer conn.Close()
-	stop := context.AfterFunc(s.ctx, func() { conn.Close() })
-	defer stop()
-	// dns frames the messages and bounds the connection (RFC 7766); the
-	// stack counts and times each answer.
-	dns.ServeTCP(conn, func(query, scratch []byte) ([]byte, error) {
-		s.stats.DNSQueries.Add(1)
-		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DNSTimeout)
-		defer cancel()
-		return s.cfg.DNS.Handle(ctx, src, query, false, scratch)
-	})
 }

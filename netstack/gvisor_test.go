@@ -22,6 +22,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/torgate/torgate/internal/flow"
 )
 
 // The tests of the gVisor assumptions fenced in gvisor.go, one per
@@ -90,10 +92,15 @@ const (
 	ring
 )
 
-// newGVHarness builds a Stack with handle as HandleTCP.
+// tcpFunc makes a test's handler of *TCPRequest a TCPHandler.
+func tcpFunc(f func(*TCPRequest)) TCPHandler {
+	return TCPHandlerFunc(func(r flow.Request) { f(r.(*TCPRequest)) })
+}
+
+// newGVHarness builds a Stack with handle as its TCP handler.
 func newGVHarness(t *testing.T, handle func(*TCPRequest), mode linkMode) *gvHarness {
 	t.Helper()
-	s, err := New(Config{Device: newScriptDev(), HandleTCP: handle})
+	s, err := New(Config{Device: newScriptDev(), TCP: tcpFunc(handle)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +282,7 @@ func netProtoOf(a netip.Addr) tcpip.NetworkProtocolNumber {
 	return ipv6.ProtocolNumber
 }
 
-// acceptAll returns a HandleTCP that accepts every request and hands the
+// acceptAll returns a TCP handler func that accepts every request and hands the
 // connection over.
 func acceptAll() (func(*TCPRequest), chan net.Conn) {
 	conns := make(chan net.Conn, 16)

@@ -61,13 +61,13 @@ func BenchmarkInbound(b *testing.B) {
 	dev := newScriptDev()
 	s, err := New(Config{
 		Device: dev,
-		HandleTCP: func(r *TCPRequest) {
+		TCP: tcpFunc(func(r *TCPRequest) {
 			c, err := r.Accept()
 			if err != nil {
 				return
 			}
 			io.Copy(io.Discard, c)
-		},
+		}),
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -188,10 +188,10 @@ func (d *scriptDev) Close() error {
 func TestBadChecksumDropped(t *testing.T) {
 	dev := newScriptDev()
 	handled := make(chan struct{}, 1)
-	s, err := New(Config{Device: dev, HandleTCP: func(r *TCPRequest) {
+	s, err := New(Config{Device: dev, TCP: tcpFunc(func(r *TCPRequest) {
 		handled <- struct{}{}
 		r.Reject()
-	}})
+	})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,6 +209,6 @@ func TestBadChecksumDropped(t *testing.T) {
 	select {
 	case <-handled:
 	case <-time.After(10 * time.Second):
-		t.Fatal("intact SYN never reached HandleTCP")
+		t.Fatal("intact SYN never reached the TCP handler")
 	}
 }
