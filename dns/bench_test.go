@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/torgate/torgate/internal/flow"
 )
 
 // reportQPS adds queries per second to a benchmark's output.
@@ -115,8 +117,8 @@ func BenchmarkLookup(b *testing.B) {
 func BenchmarkServeDatagram(b *testing.B) {
 	s := newServer(b, Config{})
 	q := buildQuery(b, "www.example.com.", dnsmessage.TypeA, queryOpts{})
-	done := make(chan struct{}, 1)
-	reply := func([]byte) { done <- struct{}{} }
+	done := make(replies, 1)
+	reply := done.reply()
 	b.ReportAllocs()
 	for b.Loop() {
 		s.ServeDatagram(srcA, q, 1472, reply)
@@ -131,7 +133,7 @@ func BenchmarkServeDatagramRefused(b *testing.B) {
 	s := newServer(b, Config{Workers: 1})
 	s.serve.udp.Acquire(srcA) // the one worker is busy
 	q := buildQuery(b, "www.example.com.", dnsmessage.TypeA, queryOpts{})
-	reply := func([]byte) { b.Error("answered") }
+	reply := flow.Reply{} // sends nothing
 	b.ReportAllocs()
 	for b.Loop() {
 		s.ServeDatagram(srcA, q, 1472, reply)

@@ -4,7 +4,7 @@ package dns
 //
 //	UDP query ─ ServeDatagram ─ workers share of who ─(full)─▶ dropped, counted (Stats.Refused)
 //	     │ copy into a pooled buffer, one goroutine per query
-//	     └─ Handle (QueryTimeout) ─ fit to maxAnswer (truncate) ─▶ reply
+//	     └─ Handle (QueryTimeout) ─ fit to maxAnswer (truncate) ─▶ reply.Send
 //
 //	TCP/53 ─ ServeTCP ─ TCPConns share of who ─(full)─▶ Reject (RST), counted
 //	     │ Accept on the caller's goroutine (netstack's forwarder)
@@ -84,10 +84,14 @@ const closeWait = 5 * time.Second
 // question and an OPT record); a larger query gets a buffer of its own.
 const datagramBuf = maxUDP
 
-// datagram is the pooled state of one UDP query being answered.
+// datagram is the pooled state of one UDP query being answered: all of
+// it, so that the goroutine's closure holds two pointers.
 type datagram struct {
-	query  []byte // a copy of the caller's query
-	answer []byte // scratch for Handle's answer
+	who       netip.Addr
+	query     []byte // a copy of the caller's query
+	answer    []byte // scratch for Handle's answer
+	maxAnswer int
+	reply     flow.Reply
 }
 
 // serving is the Server's packet-path side: pools, timeouts, goroutines.
@@ -170,10 +174,10 @@ func (s *Server) refused(tr Transport, p *fair.Pool, who netip.Addr) {
 // query, counted, and the client retries), copies the query and answers
 // it on a goroutine of its own, within QueryTimeout. The answer, cut to
 // maxAnswer bytes (the header with TC set if it does not fit: the client
-// retries over TCP), goes to reply, which must copy it before it returns.
-// reply is not called when there is nothing to send (ErrDrop, an error,
-// a dropped query, or the Server closed).
-func (s *Server) ServeDatagram(who netip.Addr, query []byte, maxAnswer int, reply func(answer []byte)) {
+// retries over TCP), goes to reply.Send, which copies it. Nothing is sent
+// when there is nothing to send (ErrDrop, an error, a dropped query, or
+// the Server closed).
+func (s *Server) ServeDatagram(who netip.Addr, query []byte, maxAnswer int, reply flow.Reply) {
 	v := &s.serve
 	if !v.udp.Acquire(who) {
 		s.refused(TransportUDP, v.udp, who)
@@ -185,21 +189,24 @@ func (s *Server) ServeDatagram(who netip.Addr, query []byte, maxAnswer int, repl
 	}
 	s.stats.messages.Add(1)
 	d := v.datagrams.Get().(*datagram)
+	d.who, d.maxAnswer, d.reply = who, maxAnswer, reply
 	d.query = append(d.query[:0], query...)
-	go s.answerDatagram(who, d, maxAnswer, reply)
+	go s.answerDatagram(d)
 }
 
 // answerDatagram is ServeDatagram's goroutine.
-func (s *Server) answerDatagram(who netip.Addr, d *datagram, maxAnswer int, reply func([]byte)) {
+func (s *Server) answerDatagram(d *datagram) {
 	v := &s.serve
 	defer v.wg.Done()
-	defer v.udp.Release(who)
+	defer v.udp.Release(d.who)
 	ctx, cancel := context.WithTimeout(v.ctx, v.queryTimeout)
-	answer, err := s.Handle(ctx, who, d.query, true, d.answer[:0])
+	answer, err := s.Handle(ctx, d.who, d.query, true, d.answer[:0])
 	cancel()
 	if err == nil && len(answer) >= headerLen && v.ctx.Err() == nil {
-		reply(truncate(answer, maxAnswer))
+		d.reply.Send(truncate(answer, d.maxAnswer))
 	}
+	d.reply = flow.Reply{}
+	// A buffer grown for an outsized query or answer is not kept.
 	if cap(d.query) <= datagramBuf && cap(answer) <= datagramBuf {
 		d.answer = answer[:0]
 		v.datagrams.Put(d)

@@ -37,10 +37,23 @@ func (b *blockResolver) ResolvePTR(ctx context.Context, src netip.Addr, ip netip
 	return "", errors.New("no PTR")
 }
 
-// replies collects the answers ServeDatagram hands to reply.
+// replies collects the answers ServeDatagram sends.
 type replies chan []byte
 
-func (r replies) reply(answer []byte) { r <- append([]byte(nil), answer...) }
+func (r replies) SendUDP(from, to netip.AddrPort, answer []byte) {
+	if from != dnsAddr || to != querier {
+		panic("answer from " + from.String() + " to " + to.String())
+	}
+	r <- append([]byte(nil), answer...)
+}
+
+var (
+	dnsAddr = netip.MustParseAddrPort("192.0.2.53:53")
+	querier = netip.MustParseAddrPort("10.152.152.11:5353")
+)
+
+// reply is the Reply to a query sent from querier to dnsAddr.
+func (r replies) reply() flow.Reply { return flow.NewReply(r, dnsAddr, querier) }
 
 func (r replies) next(t *testing.T) *dnsmessage.Message {
 	t.Helper()
@@ -70,18 +83,18 @@ func TestServeDatagram(t *testing.T) {
 	s := newServer(t, Config{})
 	r := make(replies, 1)
 	q := buildQuery(t, "www.example.com.", dnsmessage.TypeA, queryOpts{id: 7})
-	s.ServeDatagram(srcA, q, 1472, r.reply)
+	s.ServeDatagram(srcA, q, 1472, r.reply())
 	clear(q) // the caller's buffer is its own again
 	m := r.next(t)
 	if m.Header.ID != 7 || !s.IsVirtual(answerAddr(t, m)) {
 		t.Fatalf("answer %+v", m)
 	}
-	s.ServeDatagram(srcA, buildQuery(t, "www.example.com.", dnsmessage.TypeA, queryOpts{id: 8}), headerLen+1, r.reply)
+	s.ServeDatagram(srcA, buildQuery(t, "www.example.com.", dnsmessage.TypeA, queryOpts{id: 8}), headerLen+1, r.reply())
 	if m := r.next(t); !m.Header.Truncated || len(m.Questions) != 0 || len(m.Answers) != 0 {
 		t.Fatalf("over maxAnswer: %+v, want the header with TC", m)
 	}
 	// No answer at all (ErrDrop): reply is not called.
-	s.ServeDatagram(srcA, []byte{1, 2, 3}, 1472, r.reply)
+	s.ServeDatagram(srcA, []byte{1, 2, 3}, 1472, r.reply())
 	if st := s.Stats(); st.Messages != 3 {
 		t.Fatalf("Messages = %d, want 3", st.Messages)
 	}
@@ -100,7 +113,7 @@ func TestServeDatagramShare(t *testing.T) {
 	s := newServer(t, Config{Mode: ModeResolve, Resolver: res})
 	r := make(replies, 100)
 	for i := range 40 {
-		s.ServeDatagram(srcA, buildQuery(t, "hang.example.", dnsmessage.TypeA, queryOpts{id: uint16(i)}), 1472, r.reply)
+		s.ServeDatagram(srcA, buildQuery(t, "hang.example.", dnsmessage.TypeA, queryOpts{id: uint16(i)}), 1472, r.reply())
 	}
 	waitUntil(t, "32 queries in the resolver", func() bool { return res.held.Load() == DefaultWorkersPerSource })
 	st := s.Stats()
@@ -110,7 +123,7 @@ func TestServeDatagramShare(t *testing.T) {
 	if held, total := s.serve.udp.Held(srcA); held != DefaultWorkersPerSource || total != DefaultWorkersPerSource {
 		t.Fatalf("srcA holds %d of %d workers", held, total)
 	}
-	s.ServeDatagram(srcB, buildQuery(t, "ok.example.", dnsmessage.TypeA, queryOpts{id: 99}), 1472, r.reply)
+	s.ServeDatagram(srcB, buildQuery(t, "ok.example.", dnsmessage.TypeA, queryOpts{id: 99}), 1472, r.reply())
 	if m := r.next(t); m.Header.ID != 99 || answerAddr(t, m) != exitAddr {
 		t.Fatalf("other workstation: %+v", m)
 	}
@@ -127,14 +140,14 @@ func TestServeDatagramReserve(t *testing.T) {
 	r := make(replies, 10)
 	for i := range 200 {
 		src := netip.AddrFrom4([4]byte{10, 152, 153, byte(i)})
-		s.ServeDatagram(src, buildQuery(t, "hang.example.", dnsmessage.TypeA, queryOpts{id: uint16(i)}), 1472, r.reply)
+		s.ServeDatagram(src, buildQuery(t, "hang.example.", dnsmessage.TypeA, queryOpts{id: uint16(i)}), 1472, r.reply())
 	}
 	bulk := 128 - 128/4
 	waitUntil(t, "the bulk held", func() bool { return res.held.Load() == int64(bulk) })
 	if got := s.Stats().Refused[TransportUDP][RefusedOverload]; got != uint64(200-bulk) {
 		t.Fatalf("Refused[udp][overload] = %d, want %d", got, 200-bulk)
 	}
-	s.ServeDatagram(proven, buildQuery(t, "ok.example.", dnsmessage.TypeA, queryOpts{id: 1}), 1472, r.reply)
+	s.ServeDatagram(proven, buildQuery(t, "ok.example.", dnsmessage.TypeA, queryOpts{id: 1}), 1472, r.reply())
 	if m := r.next(t); answerAddr(t, m) != exitAddr {
 		t.Fatalf("proven workstation: %+v", m)
 	}
@@ -146,8 +159,8 @@ func TestServeDatagramClose(t *testing.T) {
 	res := &blockResolver{}
 	s, err := New(Config{Mode: ModeResolve, Resolver: res})
 	must(t, err)
-	var sent atomic.Int64
-	reply := func([]byte) { sent.Add(1) }
+	r := make(replies, 20)
+	reply := r.reply()
 	for i := range 10 {
 		s.ServeDatagram(srcA, buildQuery(t, "hang.example.", dnsmessage.TypeA, queryOpts{id: uint16(i)}), 1472, reply)
 	}
@@ -162,7 +175,7 @@ func TestServeDatagramClose(t *testing.T) {
 	}
 	s.ServeDatagram(srcA, buildQuery(t, "ok.example.", dnsmessage.TypeA, queryOpts{}), 1472, reply)
 	time.Sleep(50 * time.Millisecond)
-	if n := sent.Load(); n != 0 {
+	if n := len(r); n != 0 {
 		t.Fatalf("%d answers sent around Close", n)
 	}
 }

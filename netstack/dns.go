@@ -6,12 +6,15 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/torgate/torgate/internal/flow"
 )
 
 // dnsUDP hands a UDP/53 datagram to any destination to the DNS hook,
 // which answers it (or not) on its own goroutine. The answer comes from
 // the address the query was sent to, so the workstation's resolver
-// accepts it whatever server it thinks it is talking to.
+// accepts it whatever server it thinks it is talking to. Nothing here
+// allocates: a query the hook drops (a flood) costs no garbage.
 func (s *Stack) dnsUDP(p *Packet, pkt []byte, csumOK bool) {
 	udp := header.UDP(pkt[p.L4:])
 	if !csumOK && !udpChecksumOK(p, pkt, udp) {
@@ -27,14 +30,29 @@ func (s *Stack) dnsUDP(p *Packet, pkt []byte, csumOK bool) {
 	if p.Version == 6 {
 		hdr = header.IPv6MinimumSize
 	}
-	version, from, to := p.Version, p.Dst, p.Src
 	query := udp.Payload()[:int(udp.Length())-header.UDPMinimumSize]
-	s.cfg.DNS.ServeDatagram(who, query, s.mtu-hdr-header.UDPMinimumSize, func(answer []byte) {
-		// After Close the link is gone: nothing to send, nothing to count.
-		if s.ctx.Err() == nil {
-			s.sendUDP(version, from, to, answer)
-		}
-	})
+	reply := flow.NewReply((*udpLink)(s), p.Dst, p.Src)
+	s.cfg.DNS.ServeDatagram(who, query, s.mtu-hdr-header.UDPMinimumSize, reply)
+}
+
+// udpLink is the Stack as a flow.Link, for the DNS hook's replies; a
+// type of its own so that sending from any address is no method of Stack.
+type udpLink Stack
+
+var _ flow.Link = (*udpLink)(nil)
+
+// SendUDP sends a DNS answer to the workstation that asked.
+func (l *udpLink) SendUDP(from, to netip.AddrPort, payload []byte) {
+	s := (*Stack)(l)
+	// After Close the link is gone: nothing to send, nothing to count.
+	if s.ctx.Err() != nil {
+		return
+	}
+	var version uint8 = 4
+	if from.Addr().Is6() {
+		version = 6
+	}
+	s.sendUDP(version, from, to, payload)
 }
 
 func udpChecksumOK(p *Packet, pkt []byte, udp header.UDP) bool {

@@ -55,11 +55,10 @@ type DNSHandler interface {
 	// runs on the packet loop and must not block: it answers on a
 	// goroutine of its own, or drops the query. query is valid only
 	// during the call (copy what is kept). maxAnswer is the most that
-	// fits one packet at the link MTU. reply sends answer as a UDP
-	// datagram from the address the query was sent to, to the querier;
-	// it copies answer, may be called from any goroutine, and at most
-	// once.
-	ServeDatagram(who netip.Addr, query []byte, maxAnswer int, reply func(answer []byte))
+	// fits one packet at the link MTU. reply.Send sends an answer as a
+	// UDP datagram from the address the query was sent to, to the
+	// querier, from any goroutine; after Close it sends nothing.
+	ServeDatagram(who netip.Addr, query []byte, maxAnswer int, reply flow.Reply)
 }
 
 // Config configures a Stack. Zero values take the documented defaults.

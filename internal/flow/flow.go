@@ -1,7 +1,7 @@
-// Package flow defines the hand-off of one TCP connection attempt from
-// the network stack that holds it (netstack) to the part that serves it
-// (tunnel for ordinary flows, dns for TCP/53). It is an interface only,
-// so that neither side imports the other.
+// Package flow defines what the network stack (netstack) hands to the
+// parts that serve the workstations (tunnel for ordinary flows, dns for
+// port 53): one TCP connection attempt (Request), and the way back for
+// the answer to one UDP datagram (Reply). Neither side imports the other.
 package flow
 
 import (
@@ -25,4 +25,33 @@ type Request interface {
 	Accept() (net.Conn, error)
 	// Reject answers with a RST: the client sees connection refused.
 	Reject()
+}
+
+// Reply sends the answer to one datagram back the way the datagram came:
+// from the address it was sent to, to its sender. It is a value that
+// allocates nothing to make, copy or keep, so that a datagram dropped
+// unanswered (a flood) costs the network stack no allocation; a func
+// closing over the addresses would cost one per datagram.
+type Reply struct {
+	link     Link
+	from, to netip.AddrPort
+}
+
+// Link sends a UDP datagram from one address to another: the network
+// stack's side of a Reply.
+type Link interface {
+	SendUDP(from, to netip.AddrPort, payload []byte)
+}
+
+// NewReply returns the Reply that sends from from to to over link.
+func NewReply(link Link, from, to netip.AddrPort) Reply {
+	return Reply{link: link, from: from, to: to}
+}
+
+// Send sends answer, which it copies: the caller may reuse it after Send
+// returns. The zero Reply sends nothing.
+func (r Reply) Send(answer []byte) {
+	if r.link != nil {
+		r.link.SendUDP(r.from, r.to, answer)
+	}
 }
