@@ -159,13 +159,17 @@ func (v *serving) close() bool {
 	}
 }
 
-// refused counts a refusal by pool p of who.
-func (s *Server) refused(tr Transport, p *fair.Pool, who netip.Addr) {
-	why := RefusedOverload
-	if held, _ := p.Held(who); held >= p.Limits().PerSource {
-		why = RefusedShare
+// take takes a slot of pool p for who, or counts the refusal.
+func (s *Server) take(tr Transport, p *fair.Pool, who netip.Addr) bool {
+	ok, atShare := p.Take(who)
+	switch {
+	case ok:
+	case atShare:
+		s.stats.refused[tr][RefusedShare].Add(1)
+	default:
+		s.stats.refused[tr][RefusedOverload].Add(1)
 	}
-	s.stats.refused[tr][why].Add(1)
+	return ok
 }
 
 // ServeDatagram answers one UDP query from the workstation who. query
@@ -179,8 +183,7 @@ func (s *Server) refused(tr Transport, p *fair.Pool, who netip.Addr) {
 // the Server closed).
 func (s *Server) ServeDatagram(who netip.Addr, query []byte, maxAnswer int, reply flow.Reply) {
 	v := &s.serve
-	if !v.udp.Acquire(who) {
-		s.refused(TransportUDP, v.udp, who)
+	if !s.take(TransportUDP, v.udp, who) {
 		return
 	}
 	if !v.begin() {
@@ -223,8 +226,7 @@ func (s *Server) answerDatagram(d *datagram) {
 func (s *Server) ServeTCP(f flow.Request) {
 	v := &s.serve
 	who := f.Who()
-	if !v.tcp.Acquire(who) {
-		s.refused(TransportTCP, v.tcp, who)
+	if !s.take(TransportTCP, v.tcp, who) {
 		f.Reject()
 		return
 	}

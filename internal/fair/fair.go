@@ -114,17 +114,26 @@ func (p *Pool) Limits() Limits { return p.lim }
 
 // Acquire takes a slot for src, or reports false.
 func (p *Pool) Acquire(src netip.Addr) bool {
+	ok, _ := p.Take(src)
+	return ok
+}
+
+// Take is Acquire that also says why it refused: atShare when src held
+// its PerSource slots already, else the pool (or all of it but the
+// reserve src may not take) was full. Both come from one look under the
+// lock, so a slot released meanwhile cannot blur them.
+func (p *Pool) Take(src netip.Addr) (ok, atShare bool) {
 	src = src.Unmap()
 	proven := p.proven != nil && p.proven(src)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	h := p.held[src]
 	if !p.lim.Admit(p.total, h, proven) {
-		return false
+		return false, h >= p.lim.PerSource
 	}
 	p.held[src] = h + 1
 	p.total++
-	return true
+	return true, false
 }
 
 // Release gives back a slot src acquired.
