@@ -89,8 +89,9 @@ type Config struct {
 
 	// Flow limits; zero takes tunnel's defaults.
 	MaxFlows, MaxFlowsPerSource, MaxDialsPerSource int
-	// Packet-path limits and their per-source shares; zero takes
-	// netstack's defaults (docs/limits.md).
+	// Packet-path limits and their per-source shares: pending handshakes
+	// (MaxInFlight) and port 53's workers and DNS-over-TCP connections;
+	// zero takes the defaults (docs/limits.md).
 	MaxInFlight, MaxInFlightPerSource int
 	DNSWorkers, DNSWorkersPerSource   int
 	DNSTCPConns, DNSTCPConnsPerSource int

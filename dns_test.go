@@ -105,6 +105,10 @@ func TestDNSInterceptedEverywhere(t *testing.T) {
 			t.Errorf("query to %v (tcp=%v): rcode %v answer %v, want a virtual address", c.server, c.tcp, resp.RCode, a)
 		}
 	}
+	// The DNS server's serving side counted them (dns_messages_total).
+	if n := f.r.DNS().Stats().Messages; n < 5 {
+		t.Errorf("%d DNS messages counted after 5 queries", n)
+	}
 	// Requests, not connections: the router's liveness probe connects
 	// and greets without a request.
 	if st := f.socks.Stats(); st.Connect+st.Resolve+st.ResolvePTR+st.Other != 0 {

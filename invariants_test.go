@@ -18,6 +18,7 @@ import (
 
 	"github.com/torgate/torgate"
 	"github.com/torgate/torgate/internal/testlog"
+	"github.com/torgate/torgate/dns"
 	"github.com/torgate/torgate/netstack"
 	"github.com/torgate/torgate/socks"
 	"github.com/torgate/torgate/socks/sockstest"
@@ -70,8 +71,8 @@ func dnsPacket(src, dst netip.Addr, sport uint16, id uint16) []byte {
 }
 
 // TestDNSFloodIsBounded: a burst of queries in resolve mode against an
-// upstream that never answers is capped by the worker pool; the excess is
-// a counted drop, and goroutines stay bounded.
+// upstream that never answers is capped by the worker pool (dns's); the
+// excess is a counted drop, and goroutines stay bounded.
 func TestDNSFloodIsBounded(t *testing.T) {
 	f := newFixture(t, sockstest.Config{Raw: hangRaw}, func(c *torgate.Config) {
 		c.DNSMode = torgate.DNSResolve
@@ -80,20 +81,25 @@ func TestDNSFloodIsBounded(t *testing.T) {
 	for i := range 5000 {
 		f.hub.Inject(dnsPacket(ws1, netip.MustParseAddr("198.51.100.53"), uint16(10000+i), uint16(i)))
 	}
-	st := f.r.Stack().Stats()
+	ds := f.r.DNS()
 	// The flood comes from one source: its share of the workers runs out
-	// first (ReasonShare), before the pool does (ReasonOverload).
-	waitFor(t, func() bool { return st.Drops[netstack.ReasonShare].Load() > 0 })
+	// first (RefusedShare), before the pool does (RefusedOverload).
+	waitFor(t, func() bool { return ds.Stats().Refused[dns.TransportUDP][dns.RefusedShare] > 0 })
 	// Every query is accounted for: a worker holds it (its goroutine
 	// waits on the silent upstream) or it was dropped. Only then does the
 	// count below see the whole flood.
 	waitFor(t, func() bool {
-		return st.DNSQueries.Load()+st.Drops[netstack.ReasonShare].Load()+st.Drops[netstack.ReasonOverload].Load() >= 5000
+		st := ds.Stats()
+		return st.Messages+st.Refused[dns.TransportUDP][dns.RefusedShare]+st.Refused[dns.TransportUDP][dns.RefusedOverload] >= 5000
 	})
 	if g := runtime.NumGoroutine() - base; g > 2000 {
 		t.Fatalf("%d goroutines after a DNS flood", g)
 	}
-	t.Logf("queries handled %d, dropped over the source's share %d", st.DNSQueries.Load(), st.Drops[netstack.ReasonShare].Load())
+	st := ds.Stats()
+	t.Logf("queries handled %d, dropped over the source's share %d", st.Messages, st.Refused[dns.TransportUDP][dns.RefusedShare])
+	if n := st.Refused[dns.TransportUDP][dns.RefusedOverload]; n != 0 {
+		t.Errorf("%d queries of one source refused as overload: its share should run out first", n)
+	}
 }
 
 // hangRaw is a SOCKS server that accepts and never says a word.

@@ -11,7 +11,7 @@ import (
 type stackCollector struct {
 	s                                      *netstack.Stack
 	pktIn, pktOut, bytesIn, bytesOut, drop *prometheus.Desc
-	twReclaim, dnsQ                        *prometheus.Desc
+	twReclaim                              *prometheus.Desc
 	gvTCP                                  *prometheus.Desc
 	gvEstablished                          *prometheus.Desc
 }
@@ -25,7 +25,6 @@ func newStackCollector(s *netstack.Stack) *stackCollector {
 		bytesOut:  prometheus.NewDesc("tun_bytes_out_total", "Bytes written to the TUN.", nil, nil),
 		drop:      prometheus.NewDesc("packets_dropped_total", "Packets dropped, by reason.", []string{"reason"}, nil),
 		twReclaim: prometheus.NewDesc("tcp_timewait_reclaimed_total", "SYNs that reused a 4-tuple in TIME_WAIT and got a fresh flow.", nil, nil),
-		dnsQ:      prometheus.NewDesc("dns_messages_total", "DNS messages intercepted (UDP and TCP).", nil, nil),
 		gvTCP: prometheus.NewDesc("gvisor_tcp_events_total",
 			"gVisor's own TCP counters, read at scrape time (netstack.Stack.TCPCounters; gvisor.dev/gvisor/pkg/tcpip TCPStats).", []string{"event"}, nil),
 		gvEstablished: prometheus.NewDesc("gvisor_tcp_established", "TCP endpoints gVisor holds in ESTABLISHED or CLOSE-WAIT.", nil, nil),
@@ -33,7 +32,7 @@ func newStackCollector(s *netstack.Stack) *stackCollector {
 }
 
 func (c *stackCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.pktIn, c.pktOut, c.bytesIn, c.bytesOut, c.drop, c.twReclaim, c.dnsQ, c.gvTCP, c.gvEstablished} {
+	for _, d := range []*prometheus.Desc{c.pktIn, c.pktOut, c.bytesIn, c.bytesOut, c.drop, c.twReclaim, c.gvTCP, c.gvEstablished} {
 		ch <- d
 	}
 }
@@ -51,7 +50,6 @@ func (c *stackCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.drop, st.Drops[r].Load(), r.String())
 	}
 	counter(c.twReclaim, st.TimeWaitReclaimed.Load())
-	counter(c.dnsQ, st.DNSQueries.Load())
 	tcp, established := c.s.TCPCounters()
 	for _, e := range tcp {
 		counter(c.gvTCP, e.Value, e.Name)

@@ -295,6 +295,11 @@ func (r *Router) buildDNS(u *cleanup) error {
 		Ready:           r.gate.Ready,
 		LogDestinations: r.cfg.LogDestinations,
 		Logger:          r.log.With("component", "dns"),
+		// Port 53 is the DNS server's (netstack's hook hands it over).
+		Workers:           r.cfg.DNSWorkers,
+		WorkersPerSource:  r.cfg.DNSWorkersPerSource,
+		TCPConns:          r.cfg.DNSTCPConns,
+		TCPConnsPerSource: r.cfg.DNSTCPConnsPerSource,
 	})
 	if err != nil {
 		return err
@@ -360,22 +365,15 @@ func (r *Router) buildStack(u *cleanup) error {
 		identify = r.lan.Identity
 		mtu, _ = r.lan.MTU()
 	}
-	tn := r.tunnel
 	st, err := netstack.New(netstack.Config{
-		Device: r.dev,
-		MTU:    mtu,
-		HandleTCP: func(req *netstack.TCPRequest) {
-			tn.HandleTCP(netip.AddrPortFrom(req.Who, req.Src.Port()), req.Dst, req)
-		},
+		Device:               r.dev,
+		MTU:                  mtu,
+		TCP:                  r.tunnel,
 		DNS:                  r.dns,
 		Identify:             identify,
 		Proof:                r.proof,
 		MaxInFlight:          cfg.MaxInFlight,
 		MaxInFlightPerSource: cfg.MaxInFlightPerSource,
-		DNSWorkers:           cfg.DNSWorkers,
-		DNSWorkersPerSource:  cfg.DNSWorkersPerSource,
-		DNSTCPConns:          cfg.DNSTCPConns,
-		DNSTCPConnsPerSource: cfg.DNSTCPConnsPerSource,
 		ICMPUnreachable:      cfg.ICMPUnreachable,
 		Logger:               r.log.With("component", "netstack"),
 	})
@@ -569,12 +567,13 @@ func (r *Router) Close() error {
 		r.saverMu.Unlock()
 		r.stopBg()
 		r.bg.Wait()
-		// Flows first, while the stack can still send their RSTs; then
-		// let the RSTs reach the workstations before the TUN closes.
+		// Flows and DNS answers first, while the stack can still send
+		// their RSTs; then let the RSTs reach the workstations before the
+		// TUN closes.
 		err2 := r.tunnel.Close()
+		err3 := r.dns.Close()
 		r.stack.Drain(shutdownDrain)
 		err1 := r.stack.Close()
-		err3 := r.dns.Close()
 		var err4 error
 		if t := r.tor.tor; t != nil {
 			err4 = t.Close()

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/torgate/torgate/internal/flow"
 )
 
 // reportQPS adds queries per second to a benchmark's output.
@@ -107,5 +109,33 @@ func BenchmarkLookup(b *testing.B) {
 		if _, _, ok := s.Lookup(srcA, ip); !ok {
 			b.Fatal("not found")
 		}
+	}
+}
+
+// BenchmarkServeDatagram is one UDP query through the serving side: the
+// pooled copy, the goroutine, Handle, reply. One op is one answer.
+func BenchmarkServeDatagram(b *testing.B) {
+	s := newServer(b, Config{})
+	q := buildQuery(b, "www.example.com.", dnsmessage.TypeA, queryOpts{})
+	done := make(replies, 1)
+	reply := done.reply()
+	b.ReportAllocs()
+	for b.Loop() {
+		s.ServeDatagram(srcA, q, 1472, reply)
+		<-done
+	}
+	reportQPS(b)
+}
+
+// BenchmarkServeDatagramRefused is a query over its workstation's share
+// (a flood): dropped without allocating.
+func BenchmarkServeDatagramRefused(b *testing.B) {
+	s := newServer(b, Config{Workers: 1})
+	s.serve.udp.Acquire(srcA) // the one worker is busy
+	q := buildQuery(b, "www.example.com.", dnsmessage.TypeA, queryOpts{})
+	reply := flow.Reply{} // sends nothing
+	b.ReportAllocs()
+	for b.Loop() {
+		s.ServeDatagram(srcA, q, 1472, reply)
 	}
 }

@@ -127,6 +127,22 @@ const (
 	// connection to Tor; beyond the cap, queries get SERVFAIL at once.
 	DefaultMaxResolves = 256
 
+	// DefaultWorkers caps UDP queries being answered at once (each a
+	// goroutine, in resolve mode a Tor round trip).
+	DefaultWorkers = 256
+	// DefaultWorkersPerSource is one workstation's share of Workers: a
+	// flood from one workstation leaves the rest to the others.
+	DefaultWorkersPerSource = 32
+	// DefaultTCPConns caps DNS-over-TCP connections open at once.
+	DefaultTCPConns = 256
+	// DefaultTCPConnsPerSource is one workstation's share of TCPConns. A
+	// resolver opens one connection per query or pipelines a few on one.
+	DefaultTCPConnsPerSource = 16
+	// DefaultQueryTimeout bounds the answer to one query, over UDP or
+	// TCP: above DefaultResolveTimeout, so that a resolve-mode query
+	// still gets its SERVFAIL rather than silence.
+	DefaultQueryTimeout = 15 * time.Second
+
 	// unprovenShare is the default MaxUnprovenEntries as a divisor of
 	// MaxEntries: see Config.MaxUnprovenEntries for why 1/8.
 	unprovenShare = 8
@@ -241,6 +257,31 @@ type Config struct {
 	ResolveTimeout time.Duration
 	// MaxResolves caps Resolver calls in flight. Default DefaultMaxResolves.
 	MaxResolves int
+
+	// Workers caps UDP queries being answered at once (ServeDatagram).
+	// Default DefaultWorkers. Queries beyond it are dropped and counted
+	// (Stats.Refused, RefusedOverload); clients retry.
+	Workers int
+	// WorkersPerSource is one workstation's share of Workers. Default
+	// DefaultWorkersPerSource, or Workers if that is smaller. The last
+	// quarter of Workers is a reserve that only workstations Proven
+	// reports, holding fewer than Workers/128 (at least 1), may take
+	// (package internal/fair says why). A query over its share is
+	// dropped (RefusedShare).
+	WorkersPerSource int
+	// TCPConns caps DNS-over-TCP connections open at once (ServeTCP);
+	// they have their own pool and never hold a UDP worker. Default
+	// DefaultTCPConns.
+	TCPConns int
+	// TCPConnsPerSource is one workstation's share of TCPConns, with the
+	// same reserve rule as WorkersPerSource. Default
+	// DefaultTCPConnsPerSource, or TCPConns if that is smaller. A
+	// connection over it is rejected (RST).
+	TCPConnsPerSource int
+	// QueryTimeout bounds the answer to one query that ServeDatagram or
+	// ServeTCP passes to Handle (resolve mode goes through Tor). Default
+	// DefaultQueryTimeout.
+	QueryTimeout time.Duration
 
 	// Policy classifies a destination address. A query for a name that
 	// is an IP address literal ("127.1", "::ffff:10.0.0.1", "2130706433")
@@ -394,6 +435,35 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.MaxResolves = DefaultMaxResolves
 	case cfg.MaxResolves < 0:
 		return cfg, &ConfigError{"MaxResolves", "negative"}
+	}
+	for _, l := range []struct {
+		field, perField string
+		v, per          *int
+		def, perDef     int
+	}{
+		{"Workers", "WorkersPerSource", &cfg.Workers, &cfg.WorkersPerSource, DefaultWorkers, DefaultWorkersPerSource},
+		{"TCPConns", "TCPConnsPerSource", &cfg.TCPConns, &cfg.TCPConnsPerSource, DefaultTCPConns, DefaultTCPConnsPerSource},
+	} {
+		switch {
+		case *l.v < 0:
+			return cfg, &ConfigError{l.field, "negative"}
+		case *l.v == 0:
+			*l.v = l.def
+		}
+		switch {
+		case *l.per < 0:
+			return cfg, &ConfigError{l.perField, "negative"}
+		case *l.per == 0:
+			*l.per = min(l.perDef, *l.v)
+		case *l.per > *l.v:
+			return cfg, &ConfigError{l.perField, strconv.Itoa(*l.per) + " exceeds " + l.field + " " + strconv.Itoa(*l.v)}
+		}
+	}
+	switch {
+	case cfg.QueryTimeout == 0:
+		cfg.QueryTimeout = DefaultQueryTimeout
+	case cfg.QueryTimeout < 0:
+		return cfg, &ConfigError{"QueryTimeout", "negative"}
 	}
 	if cfg.Mode == ModeResolve && cfg.Resolver == nil {
 		return cfg, &ConfigError{"Resolver", "required in resolve mode"}

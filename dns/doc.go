@@ -2,13 +2,17 @@
 // the map from virtual addresses back to hostnames.
 //
 // The netstack package intercepts every UDP and TCP packet to port 53,
-// whatever its destination, and passes each query to Server.Handle; the
-// tunnel package asks Server.Lookup or Server.Acquire which hostname a
+// whatever its destination, and hands it to the Server: each UDP query to
+// ServeDatagram, each TCP/53 connection attempt (a flow.Request) to
+// ServeTCP. Those own the limits on serving DNS (per-workstation shares
+// of Config.Workers and Config.TCPConns, QueryTimeout, RFC 7766's bounds
+// on a connection) and pass every message to Server.Handle; the tunnel
+// package asks Server.Lookup or Server.Acquire which hostname a
 // connection to a virtual address is for, and opens a SOCKS connection to
-// that hostname. This package does no network I/O of its own: it is a
-// message handler (messages are parsed and built with
-// golang.org/x/net/dns/dnsmessage) plus the map, optionally persisted to a
-// file. Nothing here ever sends a query anywhere except through the
+// that hostname. This package opens no socket of its own: it answers
+// over the connections and reply funcs netstack gives it (messages are
+// parsed and built with golang.org/x/net/dns/dnsmessage), and keeps the
+// map, optionally persisted to a file. Nothing here ever sends a query anywhere except through the
 // Resolver the caller supplies, which goes through Tor.
 //
 // # Modes

@@ -65,6 +65,7 @@ type Server struct {
 	policy         *dest.Policy
 
 	stats counters
+	serve serving // ServeDatagram and ServeTCP (serve.go)
 
 	exhaustedLog rateLimit
 	resolveLog   rateLimit
@@ -100,19 +101,30 @@ func New(cfg Config) (*Server, error) {
 		now:            cfg.Now,
 		policy:         cfg.Policy,
 	}
+	if cfg.Proven == nil {
+		cfg.Proven = m.proven // the pools' reserve follows the table's evidence
+	}
+	if err := s.serve.init(&cfg); err != nil {
+		return nil, err
+	}
 	s.exhaustedLog.every = time.Minute
 	s.resolveLog.every = time.Minute
 	s.log.Info("dns server ready", slog.String("mode", s.mode.String()), slog.Duration("ttl", cfg.TTL))
 	return s, nil
 }
 
-// Close saves the table to the state file, if one is configured (see
-// Map.Close). Close releases nothing else: Handle, Lookup and Acquire
-// keep working, so the order of shutdown does not matter. Only the first
-// call saves.
+// Close ends the serving side: answers in flight from ServeDatagram and
+// ServeTCP are cancelled and waited for (at most closeWait), later
+// queries there are dropped and connections rejected. Then it saves the
+// table to the state file, if one is configured (Map.Close). Handle,
+// Lookup and Acquire keep working, so the order of shutdown does not
+// matter. Only the first call does anything.
 func (s *Server) Close() error {
 	if s.closed.Swap(true) {
 		return nil
+	}
+	if !s.serve.close() {
+		s.log.Warn("dns answers still in flight at close", slog.Duration("waited", closeWait))
 	}
 	return s.Map.Close()
 }

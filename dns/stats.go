@@ -81,6 +81,8 @@ type counters struct {
 	resolveErrors atomic.Uint64
 	resolveBusy   atomic.Uint64
 	forbidden     [dest.NumReasons]atomic.Uint64
+	messages      atomic.Uint64
+	refused       [numTransports][numRefusals]atomic.Uint64
 }
 
 func (c *counters) count(k Kind, r Result) {
@@ -103,6 +105,14 @@ type Stats struct {
 	// resolve-mode answers refused, because the address is forbidden
 	// (Config.Forbidden), by reason.
 	Forbidden [dest.NumReasons]uint64
+	// Messages counts the messages ServeDatagram and ServeTCP passed to
+	// Handle (UDP queries admitted, and every query on a TCP/53
+	// connection).
+	Messages uint64
+	// Refused counts UDP queries dropped and TCP/53 connections rejected
+	// because the workstation's share or the pool was full:
+	// Refused[TransportUDP][RefusedShare].
+	Refused [numTransports][numRefusals]uint64
 	// Recycled counts automap entries evicted to make room (LRU).
 	Recycled uint64
 	// Exhausted counts automap allocations refused because every entry
@@ -142,6 +152,12 @@ func (s *Server) Stats() Stats {
 	for r := range st.Forbidden {
 		st.Forbidden[r] = s.stats.forbidden[r].Load()
 	}
+	st.Messages = s.stats.messages.Load()
+	for t := range st.Refused {
+		for r := range st.Refused[t] {
+			st.Refused[t][r] = s.stats.refused[t][r].Load()
+		}
+	}
 	s.tab.mu.Lock()
 	st.Recycled, st.Exhausted, st.UnprovenRefused = s.tab.recycled, s.tab.exhausted, s.tab.unprovenRefused
 	st.Entries, st.Pinned, st.Unproven = s.tab.len(), s.tab.pinned, s.tab.held[classUnproven]
@@ -169,6 +185,13 @@ var (
 	descForbidden = prometheus.NewDesc("dns_forbidden_total",
 		"IP literal names and resolved answers refused because the address is a forbidden destination, by reason.",
 		[]string{"reason"}, nil)
+	// dns_messages_total kept its name and help when it moved here from
+	// the router's packet-loop collector.
+	descMessages = prometheus.NewDesc("dns_messages_total",
+		"DNS messages intercepted (UDP and TCP).", nil, nil)
+	descRefused = prometheus.NewDesc("dns_refused_total",
+		"UDP DNS queries dropped and TCP/53 connections reset because the workstation's share or the pool was full.",
+		[]string{"transport", "reason"}, nil)
 	descRecycled = prometheus.NewDesc("dns_automap_recycled_total",
 		"Automap entries evicted to make room.", nil, nil)
 	descExhausted = prometheus.NewDesc("dns_automap_exhausted_total",
@@ -190,7 +213,7 @@ var _ prometheus.Collector = (*collector)(nil)
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descQueries, descTruncated, descResolveErrors,
-		descResolveBusy, descForbidden, descRecycled, descExhausted, descUnprovenRefused,
+		descResolveBusy, descForbidden, descMessages, descRefused, descRecycled, descExhausted, descUnprovenRefused,
 		descEntries, descPinned, descUnproven} {
 		ch <- d
 	}
@@ -213,6 +236,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for r := dest.ReasonAllowed + 1; r < dest.NumReasons; r++ {
 		ch <- prometheus.MustNewConstMetric(descForbidden, prometheus.CounterValue,
 			float64(st.Forbidden[r]), r.String())
+	}
+	counter(descMessages, st.Messages)
+	for t := range numTransports {
+		for r := range numRefusals {
+			ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue,
+				float64(st.Refused[t][r]), t.String(), r.String())
+		}
 	}
 	counter(descRecycled, st.Recycled)
 	counter(descExhausted, st.Exhausted)

@@ -24,7 +24,7 @@ func TestMetrics(t *testing.T) {
 	if err != nil || len(problems) != 0 {
 		t.Errorf("lint: %v, %v", problems, err)
 	}
-	if n := testutil.CollectAndCount(s.Metrics()[0]); n != int(numKinds)*int(numResults)+9+int(dest.NumReasons)-1 {
+	if n := testutil.CollectAndCount(s.Metrics()[0]); n != int(numKinds)*int(numResults)+10+int(numTransports)*int(numRefusals)+int(dest.NumReasons)-1 {
 		t.Errorf("%d metrics", n)
 	}
 	want := `
@@ -53,6 +53,16 @@ torgate_dns_automap_recycled_total 1
 	for r := range numResults {
 		if r.String() == "invalid" {
 			t.Errorf("result %d has no name", r)
+		}
+	}
+	for tr := range numTransports {
+		if tr.String() == "invalid" {
+			t.Errorf("transport %d has no name", tr)
+		}
+	}
+	for r := range numRefusals {
+		if r.String() == "invalid" {
+			t.Errorf("refusal %d has no name", r)
 		}
 	}
 }

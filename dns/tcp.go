@@ -31,13 +31,13 @@ const (
 // headerLen is the DNS header's size: no answer is shorter.
 const headerLen = 12
 
-// Truncate returns resp unchanged if it fits in max bytes, else its
+// truncate returns resp unchanged if it fits in max bytes, else its
 // header alone with TC set and every section count zero: the client
 // retries over TCP (RFC 1035 4.2.1, RFC 7766 5). It cuts resp in place.
-// The Server already fits UDP answers to 512 bytes or the client's EDNS
-// size; Truncate is for a smaller limit it cannot know, such as the MTU
-// of the link the answer goes out on.
-func Truncate(resp []byte, max int) []byte {
+// Handle already fits UDP answers to 512 bytes or the client's EDNS
+// size; truncate is for a smaller limit Handle cannot know, the MTU of
+// the link the answer goes out on (ServeDatagram's maxAnswer).
+func truncate(resp []byte, max int) []byte {
 	if len(resp) <= max || len(resp) < headerLen {
 		return resp
 	}
@@ -47,20 +47,20 @@ func Truncate(resp []byte, max int) []byte {
 	return resp
 }
 
-// TCPConn is what ServeTCP needs of a connection: deadlines and a
-// half-close.
+// TCPConn is what ServeTCP needs of an accepted connection: deadlines
+// and a half-close.
 type TCPConn interface {
 	net.Conn
 	CloseWrite() error
 }
 
-// ServeTCP answers length-prefixed DNS messages on c with answer until
+// serveConn answers length-prefixed DNS messages on c with answer until
 // the client closes, a limit above is reached, or answer fails (then the
 // connection ends with a FIN after the answers already written). answer
 // gets each query and scratch space to append its answer to; a nil or
-// short answer ends the connection. ServeTCP neither closes c nor
-// bounds answer's time: the caller does both.
-func ServeTCP(c TCPConn, answer func(query, scratch []byte) ([]byte, error)) {
+// short answer ends the connection. serveConn neither closes c nor
+// bounds answer's time: the caller (ServeTCP) does both.
+func serveConn(c TCPConn, answer func(query, scratch []byte) ([]byte, error)) {
 	msg := make([]byte, 65535)
 	scratch := make([]byte, 0, 4096)
 	frame := make([]byte, 0, 2+4096)

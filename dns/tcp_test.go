@@ -10,13 +10,13 @@ import (
 
 func TestTruncate(t *testing.T) {
 	resp := append([]byte{0xab, 0xcd, 0x81, 0x80, 0, 1, 0, 3, 0, 0, 0, 1}, make([]byte, 100)...)
-	if got := Truncate(bytes.Clone(resp), len(resp)); !bytes.Equal(got, resp) {
+	if got := truncate(bytes.Clone(resp), len(resp)); !bytes.Equal(got, resp) {
 		t.Fatal("an answer that fits was changed")
 	}
-	got := Truncate(bytes.Clone(resp), 50)
+	got := truncate(bytes.Clone(resp), 50)
 	want := []byte{0xab, 0xcd, 0x83, 0x80, 0, 0, 0, 0, 0, 0, 0, 0}
 	if !bytes.Equal(got, want) {
-		t.Fatalf("Truncate = % x, want % x (header only, TC set, no sections)", got, want)
+		t.Fatalf("truncate = % x, want % x (header only, TC set, no sections)", got, want)
 	}
 }
 
@@ -37,7 +37,7 @@ func TestServeTCPFraming(t *testing.T) {
 			return
 		}
 		defer c.Close()
-		ServeTCP(c.(*net.TCPConn), func(q, scratch []byte) ([]byte, error) {
+		serveConn(c.(*net.TCPConn), func(q, scratch []byte) ([]byte, error) {
 			if q[0] == 0xff {
 				return nil, io.ErrUnexpectedEOF
 			}

@@ -30,9 +30,9 @@ const (
 	ReasonProtocol               // any other transport protocol (SCTP, GRE, ...)
 	ReasonMartian                // loopback, multicast or unspecified source or destination
 	ReasonNoHandler              // DNS with no DNS hook configured
-	ReasonOverload               // DNS worker pool or outbound queue full
+	ReasonOverload               // outbound queue full, or a write to the TUN failed
 	ReasonTooManySegments        // tun.ErrTooManySegments from the device
-	ReasonShare                  // SYN, DNS query or TCP/53 connection over its source's share
+	ReasonShare                  // SYN over its source's share of pending handshakes
 	ReasonUnidentified           // SYN or DNS from a source Config.Identify knows no workstation for
 	numReasons
 )

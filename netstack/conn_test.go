@@ -15,10 +15,11 @@ import (
 	"golang.org/x/net/nettest"
 
 	"github.com/torgate/torgate/bench"
+	"github.com/torgate/torgate/internal/flow"
 	"github.com/torgate/torgate/netstack"
 )
 
-// connPair joins a workstation to a Stack whose HandleTCP hands every
+// connPair joins a workstation to a Stack whose TCP handler hands every
 // accepted flow to the test. The workstation is bench's, not wstest's:
 // wireguard's tun/netstack never releases the packet buffers it injects
 // (netTun.Write has no DecRef) and cannot be closed while it sends, so
@@ -41,13 +42,13 @@ func newConnPair(t *testing.T) *connPair {
 	p.port.Store(1000)
 	p.st, err = netstack.New(netstack.Config{
 		Device: ws.Link(),
-		HandleTCP: func(r *netstack.TCPRequest) {
+		TCP: netstack.TCPHandlerFunc(func(r flow.Request) {
 			c, err := r.Accept()
 			if err != nil {
 				return
 			}
 			p.conns <- c
-		},
+		}),
 	})
 	if err != nil {
 		ws.Close()

@@ -1,19 +1,20 @@
 package netstack
 
 import (
-	"context"
 	"net/netip"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
-	"github.com/torgate/torgate/dns"
+	"github.com/torgate/torgate/internal/flow"
 )
 
-// dnsUDP answers a UDP/53 datagram to any destination. The answer comes
-// from the address the query was sent to, so the workstation's resolver
-// accepts it whatever server it thinks it is talking to.
+// dnsUDP hands a UDP/53 datagram to any destination to the DNS hook,
+// which answers it (or not) on its own goroutine. The answer comes from
+// the address the query was sent to, so the workstation's resolver
+// accepts it whatever server it thinks it is talking to. Nothing here
+// allocates: a query the hook drops (a flood) costs no garbage.
 func (s *Stack) dnsUDP(p *Packet, pkt []byte, csumOK bool) {
 	udp := header.UDP(pkt[p.L4:])
 	if !csumOK && !udpChecksumOK(p, pkt, udp) {
@@ -25,31 +26,33 @@ func (s *Stack) dnsUDP(p *Packet, pkt []byte, csumOK bool) {
 		s.stats.Drops[ReasonUnidentified].Add(1)
 		return
 	}
-	if !s.dnsUDPs.Acquire(who) {
-		s.stats.Drops[ReasonShare].Add(1)
+	hdr := header.IPv4MinimumSize
+	if p.Version == 6 {
+		hdr = header.IPv6MinimumSize
+	}
+	query := udp.Payload()[:int(udp.Length())-header.UDPMinimumSize]
+	reply := flow.NewReply((*udpLink)(s), p.Dst, p.Src)
+	s.cfg.DNS.ServeDatagram(who, query, s.mtu-hdr-header.UDPMinimumSize, reply)
+}
+
+// udpLink is the Stack as a flow.Link, for the DNS hook's replies; a
+// type of its own so that sending from any address is no method of Stack.
+type udpLink Stack
+
+var _ flow.Link = (*udpLink)(nil)
+
+// SendUDP sends a DNS answer to the workstation that asked.
+func (l *udpLink) SendUDP(from, to netip.AddrPort, payload []byte) {
+	s := (*Stack)(l)
+	// After Close the link is gone: nothing to send, nothing to count.
+	if s.ctx.Err() != nil {
 		return
 	}
-	s.stats.DNSQueries.Add(1)
-	// pkt belongs to the read loop; the answer may take a Tor round trip.
-	query := append([]byte(nil), udp.Payload()[:int(udp.Length())-header.UDPMinimumSize]...)
-	src, dst := p.Src, p.Dst
-	version := p.Version
-	s.wg.Go(func() {
-		defer s.dnsUDPs.Release(who)
-		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DNSTimeout)
-		defer cancel()
-		resp, err := s.cfg.DNS.Handle(ctx, who, query, true, nil)
-		if err != nil || len(resp) < 12 {
-			return
-		}
-		hdr := header.IPv4MinimumSize
-		if version == 6 {
-			hdr = header.IPv6MinimumSize
-		}
-		// Too big for one packet: the client retries over TCP.
-		resp = dns.Truncate(resp, s.mtu-hdr-header.UDPMinimumSize)
-		s.sendUDP(version, dst, src, resp)
-	})
+	var version uint8 = 4
+	if from.Addr().Is6() {
+		version = 6
+	}
+	s.sendUDP(version, from, to, payload)
 }
 
 func udpChecksumOK(p *Packet, pkt []byte, udp header.UDP) bool {
@@ -76,38 +79,4 @@ func (s *Stack) sendUDP(version uint8, src, dst netip.AddrPort, payload []byte) 
 	xsum = checksum.Checksum(payload, xsum)
 	u.SetChecksum(^u.CalculateChecksum(xsum))
 	s.queueRaw(b, proto)
-}
-
-// dnsTCP serves DNS over TCP (dns.ServeTCP) on an intercepted port-53
-// connection, answered locally: it never goes to the TCP handler. The
-// connection holds a slot of its source's share of the TCP/53 pool, never
-// a UDP worker.
-func (s *Stack) dnsTCP(req *TCPRequest) {
-	if s.cfg.DNS == nil {
-		req.Reject()
-		return
-	}
-	src := req.Who
-	if !s.dnsTCPs.Acquire(src) {
-		s.stats.Drops[ReasonShare].Add(1)
-		req.Reject()
-		return
-	}
-	defer s.dnsTCPs.Release(src)
-	c, err := req.Accept()
-	if err != nil {
-		return
-	}
-	conn := c.(*Conn)
-	defer conn.Close()
-	stop := context.AfterFunc(s.ctx, func() { conn.Close() })
-	defer stop()
-	// dns frames the messages and bounds the connection (RFC 7766); the
-	// stack counts and times each answer.
-	dns.ServeTCP(conn, func(query, scratch []byte) ([]byte, error) {
-		s.stats.DNSQueries.Add(1)
-		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DNSTimeout)
-		defer cancel()
-		return s.cfg.DNS.Handle(ctx, src, query, false, scratch)
-	})
 }

@@ -8,8 +8,10 @@
 //	  TCP:        copied once into a gVisor buffer, delivered to the stack;
 //	              a SYN that would hit an endpoint in TIME_WAIT first
 //	              reclaims that endpoint (see reclaimTimeWait)
-//	  UDP port 53: handed to the DNS hook on a bounded worker pool; the
-//	              answer is built here as a raw IP/UDP packet
+//	  UDP port 53: handed to the DNS hook (Config.DNS.ServeDatagram), which
+//	              keeps its own limits and never blocks the loop; the
+//	              answer comes back through a reply func and is built
+//	              here as a raw IP/UDP packet
 //	  anything else (UDP, ICMP, fragments, other protocols, malformed):
 //	              dropped and counted by Reason; no ICMP is generated unless
 //	              Config.ICMPUnreachable asks for it.
@@ -40,10 +42,14 @@
 // In steady state neither direction allocates per packet (bench's
 // TestForwardAllocs holds it to that).
 //
-// TCP flows: gVisor's forwarder turns each SYN into a TCPRequest handed to
-// Config.HandleTCP on its own goroutine. The handler dials upstream first and
-// only then calls Accept (which sends the SYN-ACK) or Reject (RST). TCP to
-// port 53 is served by the DNS hook here and never reaches the handler.
+// TCP flows: gVisor's forwarder turns each SYN into a TCPRequest (a
+// flow.Request) handed to Config.TCP on its own goroutine. The handler
+// dials upstream first and only then calls Accept (which sends the
+// SYN-ACK) or Reject (RST). TCP to port 53 goes to the DNS hook
+// (Config.DNS.ServeTCP) the same way, still held at the SYN, and never
+// reaches the TCP handler. Both hooks get the workstation (Identify) as
+// the request's Who; the limits on DNS are the hook's, those on pending
+// handshakes are here.
 // Accept returns a *Conn, a net.Conn whose Read and Write allocate nothing
 // and which a relay can drain without blocking (TryRead) and be told about
 // when more data comes (NotifyRead), so an idle flow costs no goroutine.

@@ -22,6 +22,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/torgate/torgate/internal/flow"
 )
 
 // The tests of the gVisor assumptions fenced in gvisor.go, one per
@@ -90,10 +92,15 @@ const (
 	ring
 )
 
-// newGVHarness builds a Stack with handle as HandleTCP.
+// tcpFunc makes a test's handler of *TCPRequest a TCPHandler.
+func tcpFunc(f func(*TCPRequest)) TCPHandler {
+	return TCPHandlerFunc(func(r flow.Request) { f(r.(*TCPRequest)) })
+}
+
+// newGVHarness builds a Stack with handle as its TCP handler.
 func newGVHarness(t *testing.T, handle func(*TCPRequest), mode linkMode) *gvHarness {
 	t.Helper()
-	s, err := New(Config{Device: newScriptDev(), HandleTCP: handle})
+	s, err := New(Config{Device: newScriptDev(), TCP: tcpFunc(handle)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,27 +234,27 @@ func buildTCP(src, dst netip.AddrPort, seq, ack uint32, flags header.TCPFlags, o
 // synOpts: MSS 1460, NOP, window scale 7; so the window allows bursts.
 var synOpts = []byte{2, 4, 0x05, 0xb4, 1, 3, 3, 7}
 
-// flow is the workstation's side of one TCP connection.
-type flow struct {
+// wsFlow is the workstation's side of one TCP connection.
+type wsFlow struct {
 	h        *gvHarness
 	src, dst netip.AddrPort
 	seq, ack uint32 // next sequence number to send, next one expected
 }
 
-func (f *flow) send(flags header.TCPFlags, payload []byte) {
+func (f *wsFlow) send(flags header.TCPFlags, payload []byte) {
 	f.h.s.inbound(buildTCP(f.src, f.dst, f.seq, f.ack, flags, nil, payload), false)
 }
 
-func (f *flow) mine(sg seg) bool { return sg.dport == f.src.Port() && sg.sport == f.dst.Port() }
+func (f *wsFlow) mine(sg seg) bool { return sg.dport == f.src.Port() && sg.sport == f.dst.Port() }
 
 // syn sends a SYN with sequence number iss, not yet expecting an answer.
-func (f *flow) syn(iss uint32) {
+func (f *wsFlow) syn(iss uint32) {
 	f.seq = iss
 	f.h.s.inbound(buildTCP(f.src, f.dst, iss, 0, header.TCPFlagSyn, synOpts, nil), false)
 }
 
 // handshake sends a SYN, waits for the SYN-ACK and acknowledges it.
-func (f *flow) handshake(t *testing.T, iss uint32) {
+func (f *wsFlow) handshake(t *testing.T, iss uint32) {
 	t.Helper()
 	f.syn(iss)
 	sa := f.h.next(t, "SYN-ACK", func(sg seg) bool { return f.mine(sg) && sg.flags == header.TCPFlagSyn|header.TCPFlagAck })
@@ -275,7 +282,7 @@ func netProtoOf(a netip.Addr) tcpip.NetworkProtocolNumber {
 	return ipv6.ProtocolNumber
 }
 
-// acceptAll returns a HandleTCP that accepts every request and hands the
+// acceptAll returns a TCP handler func that accepts every request and hands the
 // connection over.
 func acceptAll() (func(*TCPRequest), chan net.Conn) {
 	conns := make(chan net.Conn, 16)
@@ -299,7 +306,7 @@ func recvConn(t *testing.T, conns chan net.Conn) *Conn {
 	}
 }
 
-func endpointID(f *flow) stack.TransportEndpointID {
+func endpointID(f *wsFlow) stack.TransportEndpointID {
 	return stack.TransportEndpointID{
 		LocalPort: f.dst.Port(), LocalAddress: tcpip.AddrFromSlice(f.dst.Addr().AsSlice()),
 		RemotePort: f.src.Port(), RemoteAddress: tcpip.AddrFromSlice(f.src.Addr().AsSlice()),
@@ -309,9 +316,9 @@ func endpointID(f *flow) stack.TransportEndpointID {
 // enterTimeWait opens a flow and closes it from the router's side first,
 // which leaves the router's endpoint in TIME_WAIT. It returns the flow and
 // the TIME_WAIT endpoint.
-func enterTimeWait(t *testing.T, h *gvHarness, conns chan net.Conn, fam family, port uint16) (*flow, *tcp.Endpoint) {
+func enterTimeWait(t *testing.T, h *gvHarness, conns chan net.Conn, fam family, port uint16) (*wsFlow, *tcp.Endpoint) {
 	t.Helper()
-	f := &flow{h: h, src: netip.AddrPortFrom(fam.src, port), dst: netip.AddrPortFrom(fam.dst, 443)}
+	f := &wsFlow{h: h, src: netip.AddrPortFrom(fam.src, port), dst: netip.AddrPortFrom(fam.dst, 443)}
 	f.handshake(t, 1000)
 	c := recvConn(t, conns)
 	c.Close()
@@ -352,7 +359,7 @@ func TestGVisorTimeWaitReclaim(t *testing.T) {
 			h.s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, ptr(tcpip.TCPTimeWaitTimeoutOption(time.Minute)))
 			f, _ := enterTimeWait(t, h, conns, fam, 40001)
 
-			f2 := &flow{h: h, src: f.src, dst: f.dst}
+			f2 := &wsFlow{h: h, src: f.src, dst: f.dst}
 			iss := f.seq + 1<<20
 			f2.syn(iss)
 			if got := h.s.stats.TimeWaitReclaimed.Load(); got != 1 {
@@ -413,7 +420,7 @@ func TestGVisorAbortSendsRST(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/afterFIN=%v", fam.name, afterFIN), func(t *testing.T) {
 				handle, conns := acceptAll()
 				h := newGVHarness(t, handle, direct)
-				f := &flow{h: h, src: netip.AddrPortFrom(fam.src, 40003), dst: netip.AddrPortFrom(fam.dst, 443)}
+				f := &wsFlow{h: h, src: netip.AddrPortFrom(fam.src, 40003), dst: netip.AddrPortFrom(fam.dst, 443)}
 				f.handshake(t, 5000)
 				c := recvConn(t, conns)
 				// Data both ways, none of ours acknowledged yet.
@@ -571,7 +578,7 @@ func TestGVisorGRODispatch(t *testing.T) {
 			handle, conns := acceptAll()
 			h := newGVHarness(t, handle, direct)
 			initGRO(&h.s.gro, *h.s.ep.dispatcher.Load()) // as Start does
-			f := &flow{h: h, src: netip.AddrPortFrom(fam.src, 40006), dst: netip.AddrPortFrom(fam.dst, 443)}
+			f := &wsFlow{h: h, src: netip.AddrPortFrom(fam.src, 40006), dst: netip.AddrPortFrom(fam.dst, 443)}
 			f.handshake(t, 9000)
 			c := recvConn(t, conns)
 			before := h.s.stack.Stats().TCP.ValidSegmentsReceived.Value()
@@ -639,7 +646,7 @@ func TestGVisorChecksumTrust(t *testing.T) {
 // side writes data: it takes the data segments, checks each with check,
 // acknowledges them and returns the bytes reassembled. id names the
 // assumption a stall would break.
-func receiveStream(t *testing.T, h *gvHarness, f *flow, n int, id string, check func(seg)) []byte {
+func receiveStream(t *testing.T, h *gvHarness, f *wsFlow, n int, id string, check func(seg)) []byte {
 	t.Helper()
 	got := make([]byte, n)
 	base := f.ack
@@ -676,7 +683,7 @@ func testData(n int) []byte {
 func TestGVisorQueuedPacketsUnchanged(t *testing.T) {
 	handle, conns := acceptAll()
 	h := newGVHarness(t, handle, ring)
-	f := &flow{h: h, src: netip.MustParseAddrPort("10.152.152.11:40012"), dst: netip.MustParseAddrPort("192.0.2.1:443")}
+	f := &wsFlow{h: h, src: netip.MustParseAddrPort("10.152.152.11:40012"), dst: netip.MustParseAddrPort("192.0.2.1:443")}
 	f.handshake(t, 3000)
 	c := recvConn(t, conns)
 	data := testData(256 << 10)
@@ -700,7 +707,7 @@ func TestGVisorGSORoundTrip(t *testing.T) {
 		t.Run(fam.name, func(t *testing.T) {
 			handle, conns := acceptAll()
 			h := newGVHarness(t, handle, hostGSO)
-			f := &flow{h: h, src: netip.AddrPortFrom(fam.src, 40008), dst: netip.AddrPortFrom(fam.dst, 443)}
+			f := &wsFlow{h: h, src: netip.AddrPortFrom(fam.src, 40008), dst: netip.AddrPortFrom(fam.dst, 443)}
 			f.handshake(t, 7000)
 			c := recvConn(t, conns)
 			data := testData(64 << 10)
@@ -832,7 +839,7 @@ func TestGVisorForwarderInFlight(t *testing.T) {
 		<-release
 		r.Reject()
 	}, direct)
-	f := &flow{h: h, src: netip.MustParseAddrPort("10.152.152.11:40009"), dst: netip.MustParseAddrPort("192.0.2.1:443")}
+	f := &wsFlow{h: h, src: netip.MustParseAddrPort("10.152.152.11:40009"), dst: netip.MustParseAddrPort("192.0.2.1:443")}
 	done := make(chan struct{})
 	go func() { f.syn(100); close(done) }()
 	select {
@@ -881,7 +888,7 @@ func TestGVisorForwarderInFlight(t *testing.T) {
 		broken(t, "G8", "after Complete, a new SYN for the 4-tuple started no request: the forwarder kept it in flight")
 	}
 	// Not a SYN, no endpoint: the forwarder declines it, gVisor resets.
-	g := &flow{h: h, src: netip.MustParseAddrPort("10.152.152.11:40010"), dst: f.dst, seq: 5, ack: 6}
+	g := &wsFlow{h: h, src: netip.MustParseAddrPort("10.152.152.11:40010"), dst: f.dst, seq: 5, ack: 6}
 	g.send(header.TCPFlagAck, nil)
 	if _, ok := h.quiet(gvWait, func(sg seg) bool { return g.mine(sg) && sg.flags&header.TCPFlagRst != 0 }); !ok {
 		broken(t, "G8", "a stray ACK got no RST: HandlePacket claimed a segment that is not a SYN")
@@ -909,7 +916,7 @@ func TestGVisorHandshakeTimeout(t *testing.T) {
 		// references) only once the request released its segment.
 		res <- out
 	}, direct)
-	f := &flow{h: h, src: netip.MustParseAddrPort("10.152.152.11:40011"), dst: netip.MustParseAddrPort("192.0.2.1:443")}
+	f := &wsFlow{h: h, src: netip.MustParseAddrPort("10.152.152.11:40011"), dst: netip.MustParseAddrPort("192.0.2.1:443")}
 	f.syn(100)
 	h.next(t, "SYN-ACK", func(sg seg) bool { return f.mine(sg) && sg.flags == header.TCPFlagSyn|header.TCPFlagAck })
 	select {

@@ -8,7 +8,7 @@ import (
 )
 
 // TestLimitsDoc holds netstack's rows of docs/limits.md to its constants
-// (the DNS pools' rows: limits_doc_dns_test.go).
+// (port 53's pools are dns's).
 func TestLimitsDoc(t *testing.T) {
 	pending := fair.Default(defaultMaxInFlight, defaultMaxInFlightPerSource)
 	doccheck.Limits(t, doccheck.GroupNetstack, map[string][]any{

@@ -26,14 +26,40 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
+	"github.com/torgate/torgate/internal/defaults"
 	"github.com/torgate/torgate/internal/fair"
+	"github.com/torgate/torgate/internal/flow"
 )
 
-// DNSHandler answers one DNS message. dns.Server implements it.
-// udp reports whether size limits for UDP apply. resp is scratch space the
-// answer may be appended to. A nil answer means: send nothing.
+// TCPHandler serves the TCP flows a Stack hands out. tunnel.Tunnel
+// implements it.
+type TCPHandler interface {
+	// ServeTCP runs on a goroutine of its own for each connection
+	// attempt, held at the SYN, and must Accept or Reject it (one it
+	// leaves undecided is rejected when it returns).
+	ServeTCP(flow.Request)
+}
+
+// TCPHandlerFunc lets a function be a TCPHandler.
+type TCPHandlerFunc func(flow.Request)
+
+// ServeTCP calls f(r).
+func (f TCPHandlerFunc) ServeTCP(r flow.Request) { f(r) }
+
+// DNSHandler is the port-53 hook: it answers UDP and TCP port 53 to any
+// destination, and owns the limits on doing so. dns.Server implements it.
 type DNSHandler interface {
-	Handle(ctx context.Context, src netip.Addr, query []byte, udp bool, resp []byte) ([]byte, error)
+	// ServeTCP serves one TCP/53 connection attempt, exactly as
+	// TCPHandler.ServeTCP does an ordinary flow.
+	ServeTCP(flow.Request)
+	// ServeDatagram answers one UDP query from the workstation who. It
+	// runs on the packet loop and must not block: it answers on a
+	// goroutine of its own, or drops the query. query is valid only
+	// during the call (copy what is kept). maxAnswer is the most that
+	// fits one packet at the link MTU. reply.Send sends an answer as a
+	// UDP datagram from the address the query was sent to, to the
+	// querier, from any goroutine; after Close it sends nothing.
+	ServeDatagram(who netip.Addr, query []byte, maxAnswer int, reply flow.Reply)
 }
 
 // Config configures a Stack. Zero values take the documented defaults.
@@ -43,16 +69,16 @@ type Config struct {
 	Device tun.Device
 	// MTU of the link; 0 means Device.MTU().
 	MTU int
-	// HandleTCP receives every TCP flow (except to port 53 when DNS is set).
-	// It runs on its own goroutine and must call Accept or Reject. Required.
-	HandleTCP func(*TCPRequest)
-	// DNS answers UDP and TCP port 53 to any destination. Nil drops DNS
-	// (counted as ReasonNoHandler) and resets TCP/53. Its src is the
-	// workstation (Identify), not the packet's address.
+	// TCP receives every TCP flow but those to port 53, each a
+	// *TCPRequest. Required.
+	TCP TCPHandler
+	// DNS receives UDP and TCP port 53 to any destination; its who is the
+	// workstation (Identify), not the packet's address. Nil drops DNS
+	// (counted as ReasonNoHandler) and resets TCP/53.
 	DNS DNSHandler
 	// Identify maps a packet's source address to the workstation that
 	// sent it: the key of every per-workstation share below, TCPRequest.Who
-	// and the DNS handler's source. On a LAN a workstation is a machine
+	// and the DNS handler's who. On a LAN a workstation is a machine
 	// (lan.Device.Identity: its IPv4 and IPv6 addresses are one). ok false
 	// drops the SYN or query (ReasonUnidentified). Nil: each address is a
 	// workstation of its own.
@@ -62,7 +88,7 @@ type Config struct {
 	// share that evidence with another part (the DNS table). Nil: the
 	// Stack makes its own.
 	Proof *fair.Proof
-	// MaxInFlight caps pending handshakes: SYNs held while HandleTCP
+	// MaxInFlight caps pending handshakes: SYNs held while the handler
 	// decides (that is, SOCKS dials in progress) and then while the
 	// handshake completes, across all sources. Default 1024.
 	MaxInFlight int
@@ -74,23 +100,6 @@ type Config struct {
 	// (ReasonShare): a RST would be reflected to whatever address a
 	// spoofer wrote, and a real client just retransmits its SYN.
 	MaxInFlightPerSource int
-	// DNSWorkers caps UDP DNS queries being answered at once. Default 256.
-	// Queries beyond it are dropped (ReasonOverload); clients retry.
-	DNSWorkers int
-	// DNSWorkersPerSource is one source's share of DNSWorkers, with the
-	// same reserve rule as MaxInFlightPerSource. Default 32. Queries over
-	// it are dropped (ReasonShare).
-	DNSWorkersPerSource int
-	// DNSTCPConns caps DNS-over-TCP connections open at once; they have
-	// their own pool and never hold a UDP DNS worker. Default 256.
-	DNSTCPConns int
-	// DNSTCPConnsPerSource is one source's share of DNSTCPConns, with the
-	// same reserve rule. Default 16. A connection over it gets a RST
-	// (ReasonShare): TCP/53 SYNs are rare and cheap to refuse.
-	DNSTCPConnsPerSource int
-	// DNSTimeout bounds one DNS answer (resolve mode goes through Tor).
-	// Default 15s.
-	DNSTimeout time.Duration
 	// ICMPUnreachable makes dropped non-DNS UDP get an ICMP port
 	// unreachable from gVisor instead of silence. Default off.
 	ICMPUnreachable bool
@@ -108,11 +117,6 @@ type Config struct {
 const (
 	defaultMaxInFlight          = 1024
 	defaultMaxInFlightPerSource = 128
-	defaultDNSWorkers           = 256
-	defaultDNSWorkersPerSource  = 32
-	defaultDNSTCPConns          = 256
-	defaultDNSTCPConnsPerSource = 16
-	defaultDNSTimeout           = 15 * time.Second
 	// outboundQueueLen bounds data packets gVisor may queue towards the
 	// TUN. 4096 MTU-sized packets are 6 MiB: enough to absorb a burst from
 	// all flows between two writeLoop passes, small enough to bound
@@ -152,8 +156,6 @@ type Stats struct {
 	// TimeWaitReclaimed counts SYNs that reused a 4-tuple still in
 	// TIME_WAIT and got a fresh endpoint.
 	TimeWaitReclaimed atomic.Uint64
-	// DNSQueries counts DNS messages handed to the hook (UDP and TCP).
-	DNSQueries atomic.Uint64
 	// OutboundDrops counts packets lost on the way to the TUN (queue
 	// full, write failed); they are also in Drops[ReasonOverload].
 	OutboundDrops atomic.Uint64
@@ -173,13 +175,11 @@ type Stack struct {
 	gro   gro.GRO
 	stats Stats
 
-	// Fair shares (internal/fair): pending handshakes, UDP DNS workers and
-	// TCP/53 connections, each a pool with per-source caps; proof holds
-	// the sources that completed a handshake.
+	// The fair share (internal/fair) of pending handshakes, a pool with
+	// per-source caps; proof holds the sources that completed a
+	// handshake. DNS's shares are the DNS handler's.
 	proof   *fair.Proof
 	pending *fair.Pool
-	dnsUDPs *fair.Pool
-	dnsTCPs *fair.Pool
 	fwd     *tcp.Forwarder
 	// pendingIDs holds the 4-tuples of admitted SYNs until their request
 	// completes, so that a retransmitted SYN is not counted twice.
@@ -206,42 +206,23 @@ func New(cfg Config) (*Stack, error) {
 	if cfg.Device == nil {
 		return nil, errors.New("netstack: nil Device")
 	}
-	if cfg.HandleTCP == nil {
-		return nil, errors.New("netstack: nil HandleTCP")
+	if cfg.TCP == nil {
+		return nil, errors.New("netstack: nil TCP handler")
 	}
-	for _, v := range []int{cfg.MaxInFlight, cfg.MaxInFlightPerSource, cfg.DNSWorkers, cfg.DNSWorkersPerSource,
-		cfg.DNSTCPConns, cfg.DNSTCPConnsPerSource, cfg.MTU} {
+	for _, v := range []int{cfg.MaxInFlight, cfg.MaxInFlightPerSource, cfg.MTU} {
 		if v < 0 {
 			return nil, errors.New("netstack: negative limit in Config")
 		}
 	}
-	if cfg.DNSTimeout < 0 {
-		return nil, errors.New("netstack: negative DNSTimeout")
-	}
-	setDefault(&cfg.MaxInFlight, defaultMaxInFlight)
-	setDefault(&cfg.MaxInFlightPerSource, min(defaultMaxInFlightPerSource, cfg.MaxInFlight))
-	setDefault(&cfg.DNSWorkers, defaultDNSWorkers)
-	setDefault(&cfg.DNSWorkersPerSource, min(defaultDNSWorkersPerSource, cfg.DNSWorkers))
-	setDefault(&cfg.DNSTCPConns, defaultDNSTCPConns)
-	setDefault(&cfg.DNSTCPConnsPerSource, min(defaultDNSTCPConnsPerSource, cfg.DNSTCPConns))
+	defaults.Set(&cfg.MaxInFlight, defaultMaxInFlight)
+	defaults.Set(&cfg.MaxInFlightPerSource, min(defaultMaxInFlightPerSource, cfg.MaxInFlight))
 	proof := cfg.Proof
 	if proof == nil {
 		proof = NewProof()
 	}
-	var pools [3]*fair.Pool
-	for i, l := range [][2]int{
-		{cfg.MaxInFlight, cfg.MaxInFlightPerSource},
-		{cfg.DNSWorkers, cfg.DNSWorkersPerSource},
-		{cfg.DNSTCPConns, cfg.DNSTCPConnsPerSource},
-	} {
-		p, err := fair.NewPool(fair.Default(l[0], l[1]), proof)
-		if err != nil {
-			return nil, fmt.Errorf("netstack: %w", err)
-		}
-		pools[i] = p
-	}
-	if cfg.DNSTimeout == 0 {
-		cfg.DNSTimeout = defaultDNSTimeout
+	pending, err := fair.NewPool(fair.Default(cfg.MaxInFlight, cfg.MaxInFlightPerSource), proof.Has)
+	if err != nil {
+		return nil, fmt.Errorf("netstack: %w", err)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -265,9 +246,7 @@ func New(cfg Config) (*Stack, error) {
 		dev:        cfg.Device,
 		mtu:        mtu,
 		proof:      proof,
-		pending:    pools[0],
-		dnsUDPs:    pools[1],
-		dnsTCPs:    pools[2],
+		pending:    pending,
 		pendingIDs: make(map[stack.TransportEndpointID]netip.Addr),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -374,12 +353,6 @@ func (s *Stack) build() error {
 }
 
 func ptr[T any](v T) *T { return &v }
-
-func setDefault(p *int, def int) {
-	if *p == 0 {
-		*p = def
-	}
-}
 
 // handleSYN is gVisor's handler for TCP segments no endpoint owns. A new
 // SYN takes a slot of its source's share of pending handshakes before the
@@ -772,13 +745,9 @@ func (s *Stack) writeLoop() {
 // TCPRequest is one TCP connection attempt from a workstation. The
 // handshake is held (the SYN is not answered) until Accept or Reject.
 type TCPRequest struct {
-	// Src is the workstation's address and port.
-	Src netip.AddrPort
-	// Who is the workstation (Config.Identify): the key of its shares,
-	// circuits and names. Src.Addr() without an Identify.
-	Who netip.Addr
-	// Dst is the original destination the workstation asked for.
-	Dst netip.AddrPort
+	src netip.AddrPort // the workstation's address and port
+	who netip.Addr     // the workstation (Config.Identify)
+	dst netip.AddrPort // the original destination
 
 	r    *tcp.ForwarderRequest
 	s    *Stack
@@ -787,6 +756,18 @@ type TCPRequest struct {
 	// reports a completed handshake.
 	complete func(accepted bool)
 }
+
+var _ flow.Request = (*TCPRequest)(nil)
+
+// Who is the workstation (Config.Identify): the key of its shares,
+// circuits and names. Src().Addr() without an Identify.
+func (r *TCPRequest) Who() netip.Addr { return r.who }
+
+// Src is the workstation's address and port.
+func (r *TCPRequest) Src() netip.AddrPort { return r.src }
+
+// Dst is the original destination the workstation asked for.
+func (r *TCPRequest) Dst() netip.AddrPort { return r.dst }
 
 // ErrCompleted is returned by Accept when the request was already accepted
 // or rejected.
@@ -825,7 +806,7 @@ func (r *TCPRequest) Accept() (net.Conn, error) {
 	ep.SetSockOpt(&intvl)
 	ep.SetSockOptInt(tcpip.KeepaliveCountOption, keepaliveCount)
 	c := newConn(&wq, ep)
-	src, dst, s := r.Src, r.Dst, r.s
+	src, dst, s := r.src, r.dst, r.s
 	c.poke = func() { s.pokeAfterReset(dst, src) }
 	return c, nil
 }
@@ -862,17 +843,17 @@ func (s *Stack) forwardTCP(fr *tcp.ForwarderRequest) {
 	who, ok := s.pendingIDs[id]
 	s.pendingMu.Unlock()
 	req := &TCPRequest{
-		Src: netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort),
-		Dst: netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort),
-		Who: who,
+		src: netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort),
+		dst: netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort),
+		who: who,
 		r:   fr,
 		s:   s,
 	}
 	req.complete = func(accepted bool) {
 		if accepted {
-			s.proof.Mark(req.Who)
+			s.proof.Mark(req.who)
 		}
-		s.releasePending(id, req.Who)
+		s.releasePending(id, req.who)
 	}
 	if !ok {
 		// No admitted SYN behind it (gvisor.go G8 says the forwarder
@@ -884,11 +865,14 @@ func (s *Stack) forwardTCP(fr *tcp.ForwarderRequest) {
 		req.Reject()
 		return
 	}
-	if req.Dst.Port() == 53 {
-		s.dnsTCP(req)
-		return
+	switch {
+	case req.dst.Port() != 53:
+		s.cfg.TCP.ServeTCP(req)
+	case s.cfg.DNS != nil:
+		// TCP/53 to any destination is DNS, served by the hook like
+		// any flow (still held at the SYN); without a hook, a RST.
+		s.cfg.DNS.ServeTCP(req)
 	}
-	s.cfg.HandleTCP(req)
 	// A handler that forgot to decide must not leak the forwarder slot.
 	req.Reject()
 }

@@ -59,6 +59,7 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 
 	"github.com/torgate/torgate/bench"
+	handoff "github.com/torgate/torgate/internal/flow" // tunnel has a flow type of its own
 	"github.com/torgate/torgate/netstack"
 	"github.com/torgate/torgate/socks"
 )
@@ -386,14 +387,15 @@ func runModel(t *testing.T, mc modelConfig) modelResult {
 	ws := newModelWorkstation(t, netip.MustParseAddr("10.152.152.11"))
 	st, err := netstack.New(netstack.Config{
 		Device: ws.link,
-		HandleTCP: func(req *netstack.TCPRequest) {
-			m := flows[int(req.Dst.Port())-modelPort0]
+		TCP: netstack.TCPHandlerFunc(func(f handoff.Request) {
+			req := f.(*netstack.TCPRequest)
+			m := flows[int(req.Dst().Port())-modelPort0]
 			tn := tnA
 			if m.s.idle {
 				tn = tnB
 			}
-			tn.HandleTCP(netip.AddrPortFrom(m.s.src, req.Src.Port()), req.Dst, recFlow{r: req, m: m, seq: &seq})
-		},
+			tn.HandleTCP(netip.AddrPortFrom(m.s.src, req.Src().Port()), req.Dst(), recFlow{r: req, m: m, seq: &seq})
+		}),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -34,6 +34,7 @@ import (
 	"github.com/torgate/torgate/internal/defaults"
 	"github.com/torgate/torgate/internal/dest"
 	"github.com/torgate/torgate/internal/fair"
+	handoff "github.com/torgate/torgate/internal/flow" // tunnel has a flow type of its own
 	"github.com/torgate/torgate/socks"
 )
 
@@ -501,6 +502,13 @@ const (
 	freeMemoryDelay = 5 * time.Second
 	freeMemoryEvery = time.Minute
 )
+
+// ServeTCP forwards one flow handed over by the network stack, keyed by
+// the workstation (f.Who) rather than the packet's address: isolation,
+// names and shares follow the workstation (on a LAN, the machine).
+func (t *Tunnel) ServeTCP(f handoff.Request) {
+	t.HandleTCP(netip.AddrPortFrom(f.Who(), f.Src().Port()), f.Dst(), f)
+}
 
 // HandleTCP forwards one flow: dial upstream first, then complete the
 // client's handshake, then start the relay. On any failure before the

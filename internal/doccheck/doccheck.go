@@ -43,22 +43,20 @@ type Group struct {
 	Var  string
 }
 
-// The groups. netstack-dns is the DNS worker and DNS-over-TCP pools, in
-// a file of its own so that it can move with those pools.
+// The groups.
 var (
-	GroupTorgate     = Group{"torgate", "limits_doc_test.go", "GroupTorgate"}
-	GroupCmd         = Group{"cmd/torgate", "cmd/torgate/limits_doc_test.go", "GroupCmd"}
-	GroupTunnel      = Group{"tunnel", "tunnel/limits_doc_test.go", "GroupTunnel"}
-	GroupNetstack    = Group{"netstack", "netstack/limits_doc_test.go", "GroupNetstack"}
-	GroupNetstackDNS = Group{"netstack-dns", "netstack/limits_doc_dns_test.go", "GroupNetstackDNS"}
-	GroupDNS         = Group{"dns", "dns/limits_doc_test.go", "GroupDNS"}
-	GroupLAN         = Group{"internal/lan", "internal/lan/limits_doc_test.go", "GroupLAN"}
-	GroupUpstream    = Group{"internal/upstream", "internal/upstream/limits_doc_test.go", "GroupUpstream"}
-	GroupTorctl      = Group{"internal/torctl", "internal/torctl/limits_doc_test.go", "GroupTorctl"}
+	GroupTorgate  = Group{"torgate", "limits_doc_test.go", "GroupTorgate"}
+	GroupCmd      = Group{"cmd/torgate", "cmd/torgate/limits_doc_test.go", "GroupCmd"}
+	GroupTunnel   = Group{"tunnel", "tunnel/limits_doc_test.go", "GroupTunnel"}
+	GroupNetstack = Group{"netstack", "netstack/limits_doc_test.go", "GroupNetstack"}
+	GroupDNS      = Group{"dns", "dns/limits_doc_test.go", "GroupDNS"}
+	GroupLAN      = Group{"internal/lan", "internal/lan/limits_doc_test.go", "GroupLAN"}
+	GroupUpstream = Group{"internal/upstream", "internal/upstream/limits_doc_test.go", "GroupUpstream"}
+	GroupTorctl   = Group{"internal/torctl", "internal/torctl/limits_doc_test.go", "GroupTorctl"}
 )
 
 // Groups lists every group.
-var Groups = []Group{GroupTorgate, GroupCmd, GroupTunnel, GroupNetstack, GroupNetstackDNS, GroupDNS, GroupLAN, GroupUpstream, GroupTorctl}
+var Groups = []Group{GroupTorgate, GroupCmd, GroupTunnel, GroupNetstack, GroupDNS, GroupLAN, GroupUpstream, GroupTorctl}
 
 // Owners maps each row of the limits table (its "what" cell, verbatim) to
 // the group whose test checks it.
@@ -70,8 +68,8 @@ var Owners = map[string]Group{
 	"handshakes pending (SYN held while Tor dials, then the handshake)": GroupNetstack,
 	"SOCKS dials in progress":              GroupTunnel,
 	"open flows":                           GroupTunnel,
-	"UDP DNS answers in progress":          GroupNetstackDNS,
-	"DNS-over-TCP connections":             GroupNetstackDNS,
+	"UDP DNS answers in progress":          GroupDNS,
+	"DNS-over-TCP connections":             GroupDNS,
 	"a DNS-over-TCP connection":            GroupDNS,
 	"automap entries":                      GroupDNS,
 	"outbound queue to the workstations":   GroupNetstack,

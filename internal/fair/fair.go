@@ -90,20 +90,23 @@ func (l Limits) Admit(total, held int, proven bool) bool {
 // Pool counts slots per source under Limits. The zero Pool is not usable;
 // make one with NewPool. Safe for concurrent use.
 type Pool struct {
-	lim   Limits
-	proof *Proof // nil: no source is proven
+	lim    Limits
+	proven func(src netip.Addr) bool // nil: no source is proven
 
 	mu    sync.Mutex
 	held  map[netip.Addr]int // guarded by mu; no zero entries
 	total int                // guarded by mu
 }
 
-// NewPool returns a pool under lim; proof may be nil.
-func NewPool(lim Limits, proof *Proof) (*Pool, error) {
+// NewPool returns a pool under lim. proven tells the sources the reserve
+// is for (a Proof's Has, or what else shows a source is real, such as a
+// LAN's own neighbour binding); it is called on every Acquire, outside
+// the pool's lock. nil: no source is proven, and the reserve stays unused.
+func NewPool(lim Limits, proven func(src netip.Addr) bool) (*Pool, error) {
 	if err := lim.Check(); err != nil {
 		return nil, err
 	}
-	return &Pool{lim: lim, proof: proof, held: make(map[netip.Addr]int)}, nil
+	return &Pool{lim: lim, proven: proven, held: make(map[netip.Addr]int)}, nil
 }
 
 // Limits returns the pool's limits.
@@ -111,17 +114,26 @@ func (p *Pool) Limits() Limits { return p.lim }
 
 // Acquire takes a slot for src, or reports false.
 func (p *Pool) Acquire(src netip.Addr) bool {
+	ok, _ := p.Take(src)
+	return ok
+}
+
+// Take is Acquire that also says why it refused: atShare when src held
+// its PerSource slots already, else the pool (or all of it but the
+// reserve src may not take) was full. Both come from one look under the
+// lock, so a slot released meanwhile cannot blur them.
+func (p *Pool) Take(src netip.Addr) (ok, atShare bool) {
 	src = src.Unmap()
-	proven := p.proof.Has(src)
+	proven := p.proven != nil && p.proven(src)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	h := p.held[src]
 	if !p.lim.Admit(p.total, h, proven) {
-		return false
+		return false, h >= p.lim.PerSource
 	}
 	p.held[src] = h + 1
 	p.total++
-	return true
+	return true, false
 }
 
 // Release gives back a slot src acquired.

@@ -31,7 +31,7 @@ func TestAdmit(t *testing.T) {
 // a proven source still gets its min share.
 func TestSpoofedCrowd(t *testing.T) {
 	proof := NewProof(time.Hour, 16, nil)
-	p, err := NewPool(Default(1024, 128), proof)
+	p, err := NewPool(Default(1024, 128), proof.Has)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,5 +79,26 @@ func TestProofBounded(t *testing.T) {
 	now = now.Add(2 * time.Minute)
 	if p.Has(netip.AddrFrom4([4]byte{10, 0, 0, 9})) {
 		t.Fatal("expired proof still held")
+	}
+}
+
+// TestTakeSaysWhy: a refusal at the source's cap is atShare; one because
+// the pool is full is not.
+func TestTakeSaysWhy(t *testing.T) {
+	p, err := NewPool(Limits{Global: 4, PerSource: 2}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b, c := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")
+	for _, src := range []netip.Addr{a, a, b, b} {
+		if ok, _ := p.Take(src); !ok {
+			t.Fatalf("Take(%v) refused below the limits", src)
+		}
+	}
+	if ok, atShare := p.Take(a); ok || !atShare {
+		t.Fatalf("Take at the source's cap: ok %v atShare %v, want false true", ok, atShare)
+	}
+	if ok, atShare := p.Take(c); ok || atShare {
+		t.Fatalf("Take with the pool full: ok %v atShare %v, want false false", ok, atShare)
 	}
 }

@@ -714,7 +714,7 @@ func TestMetrics(t *testing.T) {
 	awaitBound(t, d, ws4)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(d.Metrics()...)
-	if n, err := testutil.GatherAndCount(reg); err != nil || n != 3+int(numReasons)+int(numSent)+int(numStates) {
+	if n, err := testutil.GatherAndCount(reg); err != nil || n != 2+int(numReasons)+int(numSent)+int(numStates) {
 		t.Fatalf("GatherAndCount = %d, %v", n, err)
 	}
 	probs, err := testutil.GatherAndLint(reg)
