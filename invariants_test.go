@@ -17,8 +17,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/torgate/torgate"
-	"github.com/torgate/torgate/internal/testlog"
 	"github.com/torgate/torgate/dns"
+	"github.com/torgate/torgate/internal/testlog"
 	"github.com/torgate/torgate/netstack"
 	"github.com/torgate/torgate/socks"
 	"github.com/torgate/torgate/socks/sockstest"
