@@ -567,13 +567,15 @@ func (r *Router) Close() error {
 		r.saverMu.Unlock()
 		r.stopBg()
 		r.bg.Wait()
-		// Flows and DNS answers first, while the stack can still send
-		// their RSTs; then let the RSTs reach the workstations before the
-		// TUN closes.
+		// Flows first, while the stack can still send their RSTs; then
+		// let the RSTs reach the workstations before the TUN closes. DNS
+		// last: its table is saved with the proof of every handshake the
+		// stack completed (an answer still in flight finds the link gone
+		// and sends nothing).
 		err2 := r.tunnel.Close()
-		err3 := r.dns.Close()
 		r.stack.Drain(shutdownDrain)
 		err1 := r.stack.Close()
+		err3 := r.dns.Close()
 		var err4 error
 		if t := r.tor.tor; t != nil {
 			err4 = t.Close()
