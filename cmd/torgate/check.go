@@ -42,6 +42,9 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("check: unexpected argument %q (-h lists the flags)", fs.Arg(0))
+	}
 	u, err := url.Parse(*target)
 	if err != nil || u.Host == "" {
 		return fmt.Errorf("--url: %q is not an absolute URL", *target)

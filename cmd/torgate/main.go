@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 )
 
@@ -83,17 +84,46 @@ commands:
   exec     run one command in a fresh network namespace whose only way out is Tor
   newnym   new identity for one workstation (SOURCE) or all, through the admin endpoint
   lan      remove (lan down IFACE) or pre-install (lan guard IFACE...) a LAN's guard rules
-  version  print the version
+  version  print the version (also --version)
 
 "torgate <command> -h" lists a command's flags.
 `
 
-// run is main without the process: a test can drive it.
+// run is main without the process: a test can drive it. Help that was
+// asked for ("torgate run -h", "torgate --help") goes to stdout and is no
+// error; help shown for a usage error goes to stderr with exit status 2.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return flag.ErrHelp
 	}
+	if len(args) > 1 && helpRequested(args[0], args[1:]) {
+		if err := dispatch(ctx, args, stdout, stdout); !errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return nil
+	}
+	return dispatch(ctx, args, stdout, stderr)
+}
+
+// helpRequested reports whether a command's arguments ask for its help:
+// -h, -help or --help among its flags, that is before "--" (and, for
+// exec, before the command it runs).
+func helpRequested(cmd string, args []string) bool {
+	for _, a := range args {
+		switch {
+		case a == "--":
+			return false
+		case a == "-h" || a == "-help" || a == "--help" || (cmd == "lan" && a == "help"):
+			return true
+		case cmd == "exec" && !strings.HasPrefix(a, "-"):
+			return false // exec's command (or a flag's value): its own -h is the command's
+		}
+	}
+	return false
+}
+
+func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "run":
 		return cmdRun(ctx, args[1:], stderr)
@@ -111,7 +141,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdNewnym(ctx, args[1:], stdout, stderr)
 	case "lan":
 		return cmdLAN(args[1:], stdout, stderr)
-	case "version":
+	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "torgate", version())
 		return nil
 	case "-h", "-help", "--help", "help":

@@ -108,6 +108,12 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := parseRunFlags(fs, &f, args); err != nil {
 		return err
 	}
+	// A stray word is a mistake to stop at, not to ignore: with the
+	// flags after it unparsed, a forgotten --torrc would start a stock
+	// Tor.
+	if fs.NArg() > 0 {
+		return fmt.Errorf("run: unexpected argument %q: every setting is a flag (-h lists them) or a --config file key", fs.Arg(0))
+	}
 	a, err := startApp(ctx, &f, stderr, nil)
 	if err != nil {
 		return err
