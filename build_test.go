@@ -1,8 +1,11 @@
 package torgate
 
 import (
+	"bytes"
 	"errors"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -109,5 +112,36 @@ func TestNewContextUndoesEveryStep(t *testing.T) {
 				t.Errorf("descriptors: %d before, %d after", fds, openFDs(t))
 			}
 		})
+	}
+}
+
+// TestFailedStartKeepsState: a start that fails leaves the DNS state file
+// as it was, so that the next good start keeps its map (issue 22: a
+// refused --dns-pool4 had rewritten it for the refused pool).
+func TestFailedStartKeepsState(t *testing.T) {
+	srv := sockstest.NewServer(t, sockstest.Config{Connect: sockstest.Echo})
+	dir := t.TempDir()
+	r, err := New(Config{Device: newIdleDevice(), Upstream: srv.Dialer().Dial, StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start()
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "automap.state")
+	before, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range buildSteps[3:] { // from the device on: the table exists
+		_, err := New(Config{Device: newIdleDevice(), Upstream: srv.Dialer().Dial, StateDir: dir,
+			DNSPool4: netip.MustParsePrefix("10.99.0.0/16"), failAt: step})
+		if !errors.Is(err, errInjected) {
+			t.Fatalf("%s: %v", step, err)
+		}
+		if after, err := os.ReadFile(state); err != nil || !bytes.Equal(after, before) {
+			t.Fatalf("failing at %s rewrote the state file (%v)", step, err)
+		}
 	}
 }

@@ -122,6 +122,9 @@ func NewContext(ctx context.Context, cfg Config) (_ *Router, err error) {
 	var undo cleanup
 	defer func() {
 		if err != nil {
+			if r.names != nil {
+				r.names.Discard()
+			}
 			undo.run()
 			if r.dev == nil && cfg.Device != nil {
 				cfg.Device.Close() // failed before the device step took it

@@ -114,3 +114,8 @@ func (m *Map) Close() error {
 	}
 	return m.Save()
 }
+
+// Discard closes the table without saving it: a router that failed to
+// start leaves the state file as it found it (it would otherwise write
+// the table under a configuration that was refused).
+func (m *Map) Discard() { m.closed.Store(true) }
