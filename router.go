@@ -38,6 +38,7 @@ type Router struct {
 	tor    *torSide
 	iso    *tunnel.Isolator
 	names  *dns.Map
+	dialer *socks.Dialer // every flow and lookup leaves through it, and the watch
 	dev    tun.Device
 	lan    *lan.Device // nil unless Config.LAN
 	policy *dest.Policy
@@ -208,6 +209,7 @@ func (r *Router) buildUpstream(*cleanup) error {
 	plain := r.cfg.Ready == nil && r.tor.tor == nil
 	r.watch = upstream.New(r.cfg.Upstream, plain, r.log.With("component", "upstream"),
 		func(err error) { r.gate.Set(partUpstream, err) })
+	r.dialer = &socks.Dialer{Dial: r.watch.Dial}
 	iso, err := tunnel.NewIsolator(tunnel.IsolationMode(r.cfg.Isolation), r.cfg.IsolationSecret)
 	r.iso = iso
 	return err
@@ -293,7 +295,7 @@ func (r *Router) buildDNS(u *cleanup) error {
 	ds, err := dns.New(dns.Config{
 		Mode:            dns.Mode(r.cfg.DNSMode),
 		Map:             r.names,
-		Resolver:        tunnel.NewResolver(r.upstream(), r.iso, r.gate.Ready),
+		Resolver:        tunnel.NewResolver(r.dialer, r.iso, r.gate.Ready),
 		Policy:          r.policy,
 		Ready:           r.gate.Ready,
 		LogDestinations: r.cfg.LogDestinations,
@@ -312,14 +314,11 @@ func (r *Router) buildDNS(u *cleanup) error {
 	return nil
 }
 
-// upstream is the SOCKS client every flow and lookup leaves through.
-func (r *Router) upstream() *socks.Dialer { return &socks.Dialer{Dial: r.watch.Dial} }
-
 // buildTunnel builds the flow layer.
 func (r *Router) buildTunnel(u *cleanup) error {
 	cfg := r.cfg
 	tcfg := tunnel.Config{
-		Upstream:          r.upstream(),
+		Upstream:          r.dialer,
 		Isolator:          r.iso,
 		Names:             r.names,
 		Policy:            r.policy,

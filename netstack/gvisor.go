@@ -212,21 +212,18 @@ func (it *viewIter) next() []byte {
 	return nil
 }
 
-// copyPacket flattens pkt into dst, which must be pkt.Size() long, without
-// allocating.
-func copyPacket(dst []byte, pkt *stack.PacketBuffer) {
+// CopyPacket flattens pkt into dst, which must be pkt.Size() long, without
+// allocating. The router's link endpoints use it, and so does bench's
+// workstation, a separate simulated host, for what its own stack sends: it
+// is the one function of netstack's API that takes a gVisor type, exported
+// rather than copied so that G7's assumption lives, and is tested, in one
+// place.
+func CopyPacket(dst []byte, pkt *stack.PacketBuffer) {
 	it := packetViews(pkt)
 	for b := it.next(); b != nil && len(dst) > 0; b = it.next() {
 		dst = dst[copy(dst, b):]
 	}
 }
-
-// CopyPacket is copyPacket for gVisor link endpoints outside the router:
-// bench's workstation, a separate simulated host, flattens what its own
-// stack sends with it. It is the one function of netstack's API that takes
-// a gVisor type; it is exported rather than copied so that G7's assumption
-// lives, and is tested, in one place.
-func CopyPacket(dst []byte, pkt *stack.PacketBuffer) { copyPacket(dst, pkt) }
 
 // G8. forwardSYN hands a segment no endpoint owns to gVisor's forwarder.
 // handleSYN's per-source accounting of pending handshakes rests on how

@@ -43,7 +43,7 @@ var gvNames = map[string]string{
 	"G4": "GRO driven by hand delivers to the NIC (initGRO)",
 	"G5": "NIC-level checksum trust (rxChecksumOffload)",
 	"G6": "host GSO options (vnetGSOHeader)",
-	"G7": "packet views (packetViews, copyPacket, CopyPacket)",
+	"G7": "packet views (packetViews, CopyPacket)",
 	"G8": "forwarder's in-flight table (forwardSYN)",
 	"G9": "handshake wait ends on a writable event (createEndpoint)",
 }
@@ -116,7 +116,7 @@ func newGVHarness(t *testing.T, handle func(*TCPRequest), mode linkMode) *gvHarn
 				}
 				for _, pkt := range pkts[:k] {
 					o := gvOut{b: make([]byte, pkt.Size())}
-					copyPacket(o.b, pkt)
+					CopyPacket(o.b, pkt)
 					pkt.DecRef()
 					select {
 					case h.out <- o:
@@ -133,7 +133,7 @@ func newGVHarness(t *testing.T, handle func(*TCPRequest), mode linkMode) *gvHarn
 	}
 	s.ep.writeDirect = func(pkt *stack.PacketBuffer) bool {
 		o := gvOut{b: make([]byte, pkt.Size()), gso: pkt.GSOOptions, hdrSize: pkt.HeaderSize()}
-		copyPacket(o.b, pkt)
+		CopyPacket(o.b, pkt)
 		vnetGSOHeader(&o.vnet, pkt)
 		select {
 		case h.out <- o:
@@ -819,7 +819,7 @@ func TestGVisorPacketViews(t *testing.T) {
 				broken(t, "G7", "views from AsViewList's offset give %d bytes, want the packet's %d", len(got), pkt.Size())
 			}
 			flat := make([]byte, pkt.Size())
-			CopyPacket(flat, pkt) // copyPacket, through the export bench uses
+			CopyPacket(flat, pkt) // the function bench uses too
 			if !bytes.Equal(flat, want) {
 				broken(t, "G7", "CopyPacket differs from the packet")
 			}

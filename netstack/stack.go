@@ -714,7 +714,7 @@ func (s *Stack) writeLoop() {
 			size := pkt.Size()
 			if size <= s.mtu {
 				b := store[n][:headroom+size]
-				copyPacket(b[headroom:], pkt)
+				CopyPacket(b[headroom:], pkt)
 				bufs[n] = b
 				n++
 				bytes += uint64(size)

@@ -50,7 +50,7 @@ func BenchmarkCopyPacket(b *testing.B) {
 	b.SetBytes(int64(pkt.Size()))
 	b.ReportAllocs()
 	for b.Loop() {
-		copyPacket(dst[headroom:headroom+pkt.Size()], pkt)
+		CopyPacket(dst[headroom:headroom+pkt.Size()], pkt)
 	}
 }
 

@@ -121,7 +121,7 @@ func (v *vnetTUN) write(pkt *stack.PacketBuffer) error {
 			if cap(v.flat) < size {
 				v.flat = make([]byte, maxIPPacket)
 			}
-			copyPacket(v.flat[:size], pkt)
+			CopyPacket(v.flat[:size], pkt)
 			v.iov = append(v.iov[:1], iovec(v.flat[:size]))
 			break
 		}

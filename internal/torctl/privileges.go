@@ -2,18 +2,15 @@ package torctl
 
 import "github.com/torgate/torgate/internal/privs"
 
-// Privileges returns the capabilities torgate must keep, once it drops
-// the rest, for this Tor to go on working: for a managed tor that runs as
-// another user (Config.User), CAP_SETUID and CAP_SETGID to start it again
-// as that user after a crash, and CAP_KILL to stop it (see "Privileges of
-// the managed Tor" in the package doc). A tor started as torgate's own
-// user, an attached Tor and a nil *Tor (plain SOCKS, no Tor of torgate's)
+// Keeps returns the capabilities torgate must keep, once it drops the
+// rest, for its Tor to go on working: for a managed tor that runs as
+// another user (Config.User, Tor.SwitchesUser), CAP_SETUID and CAP_SETGID
+// to start it again as that user after a crash, and CAP_KILL to stop it
+// (see "Privileges of the managed Tor" in the package doc). A tor started
+// as torgate's own user, an attached Tor and no Tor at all (plain SOCKS)
 // need none. torgate drops capabilities only after Start, so what Start
-// needs (creating and chowning the directories) is not counted.
-func (t *Tor) Privileges() privs.Set { return Keeps(t != nil && t.SwitchesUser()) }
-
-// Keeps is Privileges for a Tor known only by whether it runs as another
-// user (the router reports that, not its Tor).
+// needs (creating and chowning the directories) is not counted. The
+// router reports SwitchesUser (Router.TorSwitchesUser), not its Tor.
 func Keeps(switchesUser bool) privs.Set {
 	if !switchesUser {
 		return 0

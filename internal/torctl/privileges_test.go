@@ -12,8 +12,8 @@ import (
 // capabilities (CAP_SETUID, CAP_SETGID, CAP_KILL); the end-to-end check
 // that they suffice is cmd/torgate's TestRunManagedTorAfterDrop.
 func TestPrivileges(t *testing.T) {
-	if got := (*Tor)(nil).Privileges(); got != 0 {
-		t.Errorf("nil Tor: %v, want none", got)
+	if got := Keeps(false); got != 0 {
+		t.Errorf("no Tor of torgate's: %v, want none", got)
 	}
 	me, err := user.Current()
 	if err != nil {
@@ -43,8 +43,8 @@ func TestPrivileges(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := tor.Privileges(); got != tt.want {
-				t.Errorf("Privileges() = %v, want %v", got, tt.want)
+			if got := Keeps(tor.SwitchesUser()); got != tt.want {
+				t.Errorf("Keeps = %v, want %v", got, tt.want)
 			}
 		})
 	}
