@@ -16,8 +16,7 @@ import (
 // TestCommands runs each command an authenticated workstation may send
 // and checks the reply line by line.
 func TestCommands(t *testing.T) {
-	h := newHarness(t, nil)
-	c := h.authed(wsA)
+	h := newHarness(t, func(c *Config) { c.MaxConns, c.MaxConnsPerSource = 1000, 1000 })
 	for _, tc := range []struct {
 		name string
 		send string
@@ -64,15 +63,19 @@ func TestCommands(t *testing.T) {
 		{name: "authenticate again", send: `AUTHENTICATE "x"`, want: []string{"250 OK"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			// A connection each, so that no case waits for the command
+			// rate.
+			c := h.authed(wsA)
 			c.t = t
 			if got := c.cmd(tc.send); !slices.Equal(got, tc.want) {
 				t.Errorf("%q:\n got %q\nwant %q", tc.send, got, tc.want)
 			}
+			c.cmd("QUIT")
 		})
 	}
-	c.t = t
 	// A multi-line command's data is read and dropped, and the
 	// connection goes on.
+	c := h.authed(wsA)
 	if got := c.cmd("+LOADCONF\r\nSocksPort 0.0.0.0:9050\r\n."); !slices.Equal(got, []string{`510 Unrecognized command "LOADCONF"`}) {
 		t.Errorf("+LOADCONF = %q", got)
 	}
@@ -471,6 +474,10 @@ func TestConfig(t *testing.T) {
 // TestMetrics: the collectors lint clean and have bounded labels that do
 // not grow with what a workstation sends.
 func TestMetrics(t *testing.T) {
+	synctest.Test(t, testMetrics)
+}
+
+func testMetrics(t *testing.T) {
 	h := newHarness(t, nil)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(h.srv.Metrics()...)
