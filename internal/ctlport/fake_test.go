@@ -38,9 +38,9 @@ type fakeFlow struct {
 
 var _ flow.Request = (*fakeFlow)(nil)
 
-func (f *fakeFlow) Who() netip.Addr      { return f.who }
-func (f *fakeFlow) Src() netip.AddrPort  { return netip.AddrPortFrom(f.who, 40000) }
-func (f *fakeFlow) Dst() netip.AddrPort  { return f.dst }
+func (f *fakeFlow) Who() netip.Addr     { return f.who }
+func (f *fakeFlow) Src() netip.AddrPort { return netip.AddrPortFrom(f.who, 40000) }
+func (f *fakeFlow) Dst() netip.AddrPort { return f.dst }
 func (f *fakeFlow) Accept() (net.Conn, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
