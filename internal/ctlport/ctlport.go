@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -143,8 +144,9 @@ type Server struct {
 	infoMu sync.Mutex
 	info   map[string]cachedInfo // Tor's answers; guarded by infoMu
 
-	nymMu sync.Mutex
-	nym   map[netip.Addr]*nymState // per workstation; guarded by nymMu
+	nymMu     sync.Mutex
+	nym       map[netip.Addr]*nymState // per workstation; guarded by nymMu
+	nymWarned atomic.Int64             // when a failed NEWNYM was last logged (Unix ns)
 }
 
 // New validates cfg and returns a Server.

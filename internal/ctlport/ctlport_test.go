@@ -254,7 +254,7 @@ func TestNewNym(t *testing.T) {
 		if got := h.ids.get(); !slices.Equal(got, []netip.Addr{wsA, wsB}) {
 			t.Fatalf("NewIdentity calls %v before the interval ended", got)
 		}
-		time.Sleep(start.Add(NewNymInterval).Sub(time.Now()) + time.Millisecond)
+		time.Sleep(time.Until(start.Add(NewNymInterval)) + time.Millisecond)
 		synctest.Wait()
 		if got := h.ids.get(); !slices.Equal(got, []netip.Addr{wsA, wsB, wsA}) {
 			t.Fatalf("NewIdentity calls %v after the interval", got)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/torgate/torgate/internal/flow"
 	"github.com/torgate/torgate/internal/testlog"
+	"github.com/torgate/torgate/internal/torctl"
 )
 
 var (
@@ -36,7 +37,10 @@ type fakeFlow struct {
 	accepted bool
 }
 
-var _ flow.Request = (*fakeFlow)(nil)
+var (
+	_ flow.Request = (*fakeFlow)(nil)
+	_ Tor          = (*torctl.Tor)(nil) // what the router passes as Config.Tor
+)
 
 func (f *fakeFlow) Who() netip.Addr     { return f.who }
 func (f *fakeFlow) Src() netip.AddrPort { return netip.AddrPortFrom(f.who, 40000) }

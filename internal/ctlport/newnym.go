@@ -70,7 +70,7 @@ func (s *Server) delayedNewnym(who netip.Addr) {
 	s.nymMu.Unlock()
 	if err := s.cfg.NewIdentity(who); err != nil {
 		s.m.newnym.WithLabelValues(nymFailed).Inc()
-		s.log.Warn("workstation new identity failed", "err", err)
+		s.warnNewnym(err)
 		return
 	}
 	s.m.newnym.WithLabelValues(nymDone).Inc()
@@ -97,4 +97,19 @@ func (s *Server) stopNym() {
 		}
 		st.pending = nil
 	}
+}
+
+// warnNewnym logs a failed NewIdentity at most once per NewNymInterval:
+// a failed one does not count against a workstation's rate, so a
+// workstation could otherwise fill the log at the command rate.
+func (s *Server) warnNewnym(err error) {
+	now := s.now().UnixNano()
+	last := s.nymWarned.Load()
+	if last != 0 && now-last < int64(NewNymInterval) {
+		return
+	}
+	if !s.nymWarned.CompareAndSwap(last, now) {
+		return // another goroutine logs this one
+	}
+	s.log.Warn("workstation new identity failed", "err", err)
 }

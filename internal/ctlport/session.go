@@ -328,7 +328,7 @@ func (c *session) signal(args string) {
 	result, err := c.s.newnym(c.who)
 	c.s.m.newnym.WithLabelValues(result).Inc()
 	if err != nil {
-		c.s.log.Warn("workstation new identity failed", "err", err)
+		c.s.warnNewnym(err)
 		c.reply("551 New identity failed")
 		return
 	}
