@@ -197,11 +197,10 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// ServeTCP serves one workstation's connection to the control port. It
-// decides f at once when refusing (a RST: Server closed, or the
-// workstation's or everyone's share of connections taken) and otherwise
-// hands it to a goroutine that completes the handshake and serves the
-// connection, so it never blocks the caller (a netstack goroutine).
+// ServeTCP serves one workstation's connection to the control port, on
+// the goroutine the stack gives each flow, until the connection ends. It
+// refuses at once (a RST) when the Server is closed or the workstation's
+// or everyone's share of connections is taken.
 func (s *Server) ServeTCP(f flow.Request) {
 	who := f.Who()
 	s.mu.Lock()
@@ -224,25 +223,25 @@ func (s *Server) ServeTCP(f flow.Request) {
 	}
 	s.wg.Add(1)
 	s.mu.Unlock()
-	go func() {
-		defer s.wg.Done()
-		defer s.pool.Release(who)
-		conn, err := f.Accept()
-		if err != nil {
-			s.m.refuse(reasonHandshake)
-			return
-		}
-		if !s.track(conn) {
-			conn.Close()
-			return
-		}
-		defer s.untrack(conn)
-		s.m.open.Inc()
-		defer s.m.open.Dec()
-		s.log.Debug("control connection", "who", who)
-		c := newSession(s, conn, who, f.Dst().Addr())
-		c.run()
-	}()
+	// The stack calls ServeTCP on a goroutine of the flow's own and
+	// rejects a flow left undecided when it returns: serve it here.
+	defer s.wg.Done()
+	defer s.pool.Release(who)
+	conn, err := f.Accept()
+	if err != nil {
+		s.m.refuse(reasonHandshake)
+		return
+	}
+	if !s.track(conn) {
+		conn.Close()
+		return
+	}
+	defer s.untrack(conn)
+	s.m.open.Inc()
+	defer s.m.open.Dec()
+	s.log.Debug("control connection", "who", who)
+	c := newSession(s, conn, who, f.Dst().Addr())
+	c.run()
 }
 
 // track records an open connection for Close; false once closed.

@@ -35,6 +35,14 @@ type fakeFlow struct {
 	mu       sync.Mutex
 	rejected bool
 	accepted bool
+	decided  chan struct{} // closed at the first Accept or Reject
+}
+
+// decide marks f decided; f.mu held.
+func (f *fakeFlow) decide() {
+	if f.decided != nil && !f.rejected && !f.accepted {
+		close(f.decided)
+	}
 }
 
 var (
@@ -51,12 +59,14 @@ func (f *fakeFlow) Accept() (net.Conn, error) {
 	if f.rejected || f.accepted || f.conn == nil {
 		return nil, errors.New("fake flow: no connection")
 	}
+	f.decide()
 	f.accepted = true
 	return f.conn, nil
 }
 func (f *fakeFlow) Reject() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.decide()
 	f.rejected = true
 	if f.conn != nil && !f.accepted {
 		f.conn.Close()
@@ -201,8 +211,11 @@ type client struct {
 func (h *harness) dial(who, local netip.Addr) *client {
 	h.t.Helper()
 	ws, gwEnd := net.Pipe()
-	f := &fakeFlow{who: who, dst: netip.AddrPortFrom(local, port), conn: gwEnd}
-	h.srv.ServeTCP(f)
+	f := &fakeFlow{who: who, dst: netip.AddrPortFrom(local, port), conn: gwEnd, decided: make(chan struct{})}
+	// As the stack does: ServeTCP on a goroutine of the flow's own, which
+	// serves the connection; dial returns once the flow is decided.
+	go h.srv.ServeTCP(f)
+	<-f.decided
 	h.t.Cleanup(func() { ws.Close() })
 	return &client{t: h.t, conn: ws, r: bufio.NewReader(ws), flow: f}
 }

@@ -42,7 +42,7 @@ func TestStem(t *testing.T) {
 			if err != nil {
 				return
 			}
-			h.srv.ServeTCP(&fakeFlow{who: wsA, dst: netip.AddrPortFrom(gw, port), conn: conn})
+			go h.srv.ServeTCP(&fakeFlow{who: wsA, dst: netip.AddrPortFrom(gw, port), conn: conn})
 		}
 	}()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
