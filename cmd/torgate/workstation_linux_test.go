@@ -807,4 +807,3 @@ func TestWorkstationTor(t *testing.T) {
 	g.checkRelay()
 	t.Logf("whole test: %v", time.Since(began).Round(time.Second))
 }
-
