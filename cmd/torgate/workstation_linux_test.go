@@ -786,6 +786,15 @@ func TestWorkstationTor(t *testing.T) {
 	if body, err := g.wsCurl(g.A, "http://"+inetAddr4+"/"); err == nil {
 		t.Errorf("ws A fetched http://%s/ (only the testnet is reachable through Tor): %q", inetAddr4, body)
 	}
+	// The servers the onion-service assertions will publish (80) and
+	// keep unpublished (8080) answer in workstation A.
+	for _, port := range []int{80, 8080} {
+		accepts := g.wsServe(g.A, port)
+		want := fmt.Sprintf("ws-A-%d\n", port)
+		if body, err := g.wsCurl(g.A, fmt.Sprintf("http://127.0.0.1:%d/", port)); err != nil || body != want || accepts.Load() != 1 {
+			t.Errorf("ws A's server on :%d: %q, %v, %d accepts", port, body, err, accepts.Load())
+		}
+	}
 	g.checkRelay()
 	g.checkClean("service")
 
