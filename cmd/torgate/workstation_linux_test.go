@@ -113,7 +113,10 @@ type wsHost struct {
 // torGwOptions shapes a torGw.
 type torGwOptions struct {
 	// Onion starts the testnet's onion-service host (testnet.Config.Onion;
-	// g.net.OnionAddr, whose port 80 is the testnet's web server).
+	// g.net.OnionAddr, whose port 80 is the testnet's web server). Start
+	// then also waits for its descriptor (about 2 s more). A workstation
+	// reaches it by name through the transparent path (torgate automaps
+	// .onion), each on its own HS_CLIENT_REND circuit: tried 2026-12-05.
 	Onion bool
 	// Torrc are extra lines for the managed tor's --torrc file, after the
 	// testnet's and the relay's.
@@ -531,7 +534,10 @@ func (g *torGw) streamMark() int {
 
 // streamsSince returns the streams with STREAM events after mark, in
 // order of their first event there. Stream IDs are per tor process, so a
-// mark taken before restartTorgate must not be used across it.
+// mark taken before restartTorgate must not be used across it. Tor's own
+// directory streams appear too (BEGIN_DIR, e.g. to an HSDir before an
+// onion connection: target "IP.$FPR.exit:18001", no Username); select by
+// Target or Username.
 func (g *torGw) streamsSince(mark int) []torStream {
 	// Events of a stream that just ended may still be on their way.
 	time.Sleep(200 * time.Millisecond)
