@@ -265,7 +265,7 @@ func New(cfg Config) (*Tunnel, error) {
 	iso := cfg.Isolator
 	t.overflow = prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "isolation_overflow_total",
-		Help: "Flows and lookups to a host beyond a workstation's budget of new hosts (per-destination isolation), sent on that workstation's overflow credentials.",
+		Help: "Flows and lookups beyond a workstation's budget of new circuits (new hosts in per-destination isolation, new client credentials on a SOCKS port), sent on that workstation's overflow credentials.",
 	}, func() float64 { return float64(iso.Overflow()) })
 	t.endedVec = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flows_ended_total",
