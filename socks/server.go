@@ -342,6 +342,46 @@ func (s *ServerReader) needNUL(from int, step, field string) (int, error) {
 	}
 }
 
+// AppendReply appends a SOCKS5 reply, VER REP RSV ATYP BND.ADDR BND.PORT,
+// to b: bnd as an IP or, for RESOLVE_PTR's answer, a name; a zero bnd as
+// 0.0.0.0:0, as Tor sends. It reports false (and appends nothing) for a
+// name a reply cannot carry (empty, over 255 bytes, or with a NUL).
+func AppendReply(b []byte, rep Reply, bnd Addr) ([]byte, bool) {
+	switch {
+	case bnd.Name != "":
+		if validateName(bnd.Name) != nil {
+			return b, false
+		}
+	case !bnd.IP.IsValid():
+		bnd.IP = netip.IPv4Unspecified()
+	}
+	return appendMessage(b, byte(rep), bnd), true
+}
+
+// SOCKS4 reply codes (CD of a reply). SOCKS4 has one failure code: every
+// SOCKS5 failure maps to Reply4Rejected.
+const (
+	Reply4Granted  byte = 0x5A // request granted
+	Reply4Rejected byte = 0x5B // request rejected or failed
+)
+
+// AppendReply4 appends a SOCKS4 reply, VN=0 CD DSTPORT DSTIP, to b: the
+// CD is Reply4Granted for ReplySucceeded and Reply4Rejected for anything
+// else. ip is the address of a RESOLVE's answer, else the zero Addr
+// (0.0.0.0); it must be IPv4 if valid.
+func AppendReply4(b []byte, rep Reply, ip netip.Addr, port uint16) []byte {
+	cd := Reply4Rejected
+	if rep == ReplySucceeded {
+		cd = Reply4Granted
+	}
+	b = append(b, 0, cd, byte(port>>8), byte(port))
+	if ip.Is4() {
+		a := ip.As4()
+		return append(b, a[:]...)
+	}
+	return append(b, 0, 0, 0, 0)
+}
+
 // need returns the first n bytes of the message at s.off, reading as much
 // as the connection has until there are n. It moves the unconsumed bytes
 // to the front of the buffer when the message would not fit behind them,

@@ -377,3 +377,40 @@ func TestReadRequest4(t *testing.T) {
 		t.Errorf("Version of nothing = %v, want io.EOF", err)
 	}
 }
+
+func TestAppendReply(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		rep  Reply
+		bnd  Addr
+		want string // "" for refused
+	}{
+		{name: "zero", rep: ReplySucceeded, want: "\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00"},
+		{name: "onion error", rep: ReplyOnionIntroFailed, want: "\x05\xf2\x00\x01\x00\x00\x00\x00\x00\x00"},
+		{name: "ipv4", rep: ReplySucceeded, bnd: Addr{IP: netip.MustParseAddr("192.0.2.1")}, want: "\x05\x00\x00\x01\xc0\x00\x02\x01\x00\x00"},
+		{name: "ipv6", rep: ReplySucceeded, bnd: Addr{IP: netip.MustParseAddr("2001:db8::1"), Port: 1}, want: "\x05\x00\x00\x04\x20\x01\x0d\xb8" + strings.Repeat("\x00", 11) + "\x01" + "\x00\x01"},
+		{name: "name", rep: ReplySucceeded, bnd: Addr{Name: "example.com"}, want: "\x05\x00\x00\x03\x0bexample.com\x00\x00"},
+		{name: "nul in name", rep: ReplySucceeded, bnd: Addr{Name: "a\x00b"}},
+		{name: "long name", rep: ReplySucceeded, bnd: Addr{Name: strings.Repeat("a", 256)}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := AppendReply(nil, tt.rep, tt.bnd)
+			if ok != (tt.want != "") || string(got) != tt.want {
+				t.Fatalf("AppendReply = %q, %v; want %q", got, ok, tt.want)
+			}
+			if ok {
+				// What a server sends, the client reads back.
+				rep, a, err := ReadReply(bytes.NewReader(got))
+				if err != nil || rep != tt.rep {
+					t.Fatalf("ReadReply = %v %v %v", rep, a, err)
+				}
+			}
+		})
+	}
+	if got := AppendReply4(nil, ReplySucceeded, netip.MustParseAddr("192.0.2.1"), 80); string(got) != "\x00\x5a\x00\x50\xc0\x00\x02\x01" {
+		t.Errorf("AppendReply4 granted = %q", got)
+	}
+	if got := AppendReply4(nil, ReplyHostUnreachable, netip.Addr{}, 0); string(got) != "\x00\x5b\x00\x00\x00\x00\x00\x00" {
+		t.Errorf("AppendReply4 rejected = %q", got)
+	}
+}
