@@ -245,7 +245,7 @@ func New(cfg Config) (*Tunnel, error) {
 			Name: "flows_active", Help: "TCP flows open or dialing.",
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "flows_refused_total", Help: "TCP flows answered with a RST, by reason.",
+			Name: "flows_refused_total", Help: "TCP flows refused, by reason: answered with a RST, or on a SOCKS port with a failure reply (lookups too).",
 		}, []string{"reason"}),
 		socksErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "socks_failures_total", Help: "SOCKS requests that failed, by reply code (or handshake/timeout).",
