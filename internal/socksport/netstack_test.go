@@ -100,4 +100,19 @@ func TestOverNetstack(t *testing.T) {
 	if tor.Stats().Accepted != n {
 		t.Fatal("Tor was dialed for a forbidden destination")
 	}
+
+	// The same with a request body pipelined behind the request: the
+	// reply still arrives, then a clean end, not a reset that could make
+	// the workstation drop the reply unread.
+	raw, err = ws[1].Net.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(gateway, 9050))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	raw.Write(append([]byte("\x05\x01\x00\x05\x01\x00\x01\x0a\x00\x00\x01\x00\x50"), make([]byte, 32<<10)...))
+	got, err = io.ReadAll(raw)
+	if want := "\x05\x00\x05\x02\x00\x01\x00\x00\x00\x00\x00\x00"; err != nil || string(got) != want {
+		t.Fatalf("forbidden with a pipelined body: %x, %v; want %x, then EOF", got, err, want)
+	}
 }

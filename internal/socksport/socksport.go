@@ -330,7 +330,7 @@ func (s *Server) ServeTCP(f flow.Request) {
 	if reason != "" {
 		s.refused.WithLabelValues(reason).Inc()
 		s.log.Debug("socks handshake failed", "src", who, "port", port, "reason", reason, "err", h.err)
-		c.Close()
+		closeAfterReply(c)
 		return
 	}
 	// From here on the tunnel's shares hold the request, not a handshake
@@ -338,9 +338,31 @@ func (s *Server) ServeTCP(f flow.Request) {
 	releaseSlot()
 	c.SetDeadline(time.Time{})
 	if !h.serve(req) {
-		c.Close()
+		closeAfterReply(c)
 	}
 }
+
+// closeAfterReply closes c after a failure reply, first discarding what
+// the client sent that nobody will read (up to drainMax, without
+// waiting): a close with unread data sends a RST, and a RST can make the
+// client's system drop the reply before the application reads it.
+func closeAfterReply(c net.Conn) {
+	if tr, ok := c.(interface {
+		TryRead([]byte) (int, bool, error)
+	}); ok {
+		var buf [4096]byte
+		for range drainMax / len(buf) {
+			if n, wouldBlock, err := tr.TryRead(buf[:]); n == 0 || wouldBlock || err != nil {
+				break
+			}
+		}
+	}
+	c.Close()
+}
+
+// drainMax bounds what closeAfterReply discards: a client's pipelined
+// request body is seldom more, and the drain must stay cheap.
+const drainMax = 256 << 10
 
 // request is a client's request, SOCKS5 or SOCKS4.
 type request struct {

@@ -274,7 +274,9 @@ func TestResolve(t *testing.T) {
 	if reqs[0].Command != socks.CmdResolve || reqs[2].Command != socks.CmdResolvePTR || reqs[0].Auth.Username[:3] != "tg-" {
 		t.Fatalf("Tor saw %+v", reqs)
 	}
-	waitFor(t, func() bool { return testutil.ToFloat64(r.srv.requests.WithLabelValues(cmdResolvePTR, "not_allowed")) == 1 })
+	waitFor(t, func() bool {
+		return testutil.ToFloat64(r.srv.requests.WithLabelValues(cmdResolvePTR, "not_allowed")) == 1
+	})
 }
 
 // TestIsolation: Tor sees credentials that differ by port, by the
@@ -477,7 +479,9 @@ func TestMalformed(t *testing.T) {
 			t.Fatalf("command %#x: reply %v, %v", cmd, rep, err)
 		}
 	}
-	waitFor(t, func() bool { return testutil.ToFloat64(r.srv.requests.WithLabelValues(cmdOther, "command_not_supported")) == 2 })
+	waitFor(t, func() bool {
+		return testutil.ToFloat64(r.srv.requests.WithLabelValues(cmdOther, "command_not_supported")) == 2
+	})
 	if r.tor.Stats().Accepted != 0 {
 		t.Error("Tor was dialed")
 	}
