@@ -474,8 +474,10 @@ func (h *handshake) fail(err error) string {
 	case errors.As(err, &pe):
 		// The client closed its side: nobody to answer.
 		return refusedClosed
+	case h.s.isClosed():
+		return refusedShutdown // Close closed the connection
 	default:
-		return refusedClosed // reset, or closed by Close
+		return refusedClosed // reset
 	}
 	if h.v4 || h.answered {
 		h.reply(code, socks.Addr{})

@@ -542,8 +542,14 @@ func TestTunnelShares(t *testing.T) {
 	}
 	go r.client(wsB, 9050).Connect(ctx(t), socks.HostPort("example.com", 80), socks.Auth{})
 	waitFor(t, func() bool { return r.tor.Stats().Connect == 3 })
+	silent := r.dial(wsB, 9050) // a handshake in progress
+	waitFor(t, func() bool { return testutil.ToFloat64(r.srv.active) == 1 })
 	start := time.Now()
 	r.srv.Close()
+	silent.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := silent.Read(make([]byte, 1)); err == nil {
+		t.Fatal("Close left a handshake open")
+	}
 	for range 2 {
 		if err := <-errs; replyCode(err) != socks.ReplyGeneralFailure {
 			t.Fatalf("dial cancelled by Close: %v, want a general failure", err)
@@ -551,6 +557,9 @@ func TestTunnelShares(t *testing.T) {
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("Close took %v", d)
+	}
+	if got := testutil.ToFloat64(r.srv.refused.WithLabelValues(refusedShutdown)); got != 1 {
+		t.Fatalf("handshakes_refused_total{shutdown} = %v, want 1", got)
 	}
 	// Closed: new connections are refused.
 	c := r.dial(wsA, 9050)
