@@ -252,7 +252,7 @@ func New(cfg Config) (*Tunnel, error) {
 		}, []string{"reply"}),
 		setupSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "flow_setup_seconds",
-			Help:    "Time from SYN to the upstream accepting the stream.",
+			Help:    "Time from SYN (on a SOCKS port: from the request) to the upstream accepting the stream.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2.5, 12),
 		}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
