@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -78,6 +79,34 @@ type Config struct {
 	// there). Unset without a StateDir, each run starts at a random epoch.
 	DNSEpochFile string
 
+	// Workstation services (docs/workstations.md), served inside
+	// torgate's own network stack on ServiceAddrs.
+	//
+	// ServiceAddrs are the gateway's addresses as workstations reach its
+	// services. On a LAN they are the gateway's LAN addresses, and
+	// ServiceAddrs must be empty. On a TUN there is no such address unless
+	// given here: one the workstations route into the TUN (not an address
+	// of the gateway's kernel, which would answer it itself); with none,
+	// the services are off.
+	ServiceAddrs []netip.Addr
+	//
+	// SOCKSPorts are SOCKS ports for applications that speak SOCKS (Tor
+	// Browser, per-application ports); nil takes DefaultSOCKSPorts,
+	// Whonix's layout. NoSOCKSPorts turns them off.
+	SOCKSPorts   []uint16
+	NoSOCKSPorts bool
+	// ControlPort is the filtered Tor control port (Tor Browser's New
+	// Identity, for this workstation only); 0 takes DefaultControlPort.
+	// NoControlPort turns it off.
+	ControlPort   uint16
+	NoControlPort bool
+	// Onions are onion services hosted on workstations: Tor's
+	// connections to each reach torgate, which dials the declared target
+	// from its own network stack. Entries with the same target address
+	// are one service (one .onion address); its key is kept in StateDir,
+	// which they require.
+	Onions []Onion
+
 	// Ready, if set, is one more readiness condition (for an embedder
 	// that watches Tor itself); while false new flows get a RST and DNS
 	// SERVFAIL. With ManagedTor or AttachedTor the router follows Tor's
@@ -113,6 +142,31 @@ type Config struct {
 	Registerer prometheus.Registerer
 
 	failAt string // a build step that fails, for tests (build_test.go)
+}
+
+// Onion is one port of an onion service hosted on a workstation.
+type Onion struct {
+	// Port is the onion service's (virtual) port.
+	Port uint16
+	// Target is the workstation's address and port that Port leads to.
+	Target netip.AddrPort
+}
+
+// String returns the flag spelling, PORT=TARGET.
+func (o Onion) String() string { return fmt.Sprintf("%d=%s", o.Port, o.Target) }
+
+// The workstation services' defaults: Whonix-Gateway's layout, so that
+// Whonix-Workstation and Tor Browser work unchanged.
+const DefaultControlPort uint16 = 9051
+
+// DefaultSOCKSPorts returns 9050 and 9100-9189: Tor's usual port and
+// Whonix's per-application ports, among them Tor Browser's 9150.
+func DefaultSOCKSPorts() []uint16 {
+	ports := []uint16{9050}
+	for p := uint16(9100); p <= 9189; p++ {
+		ports = append(ports, p)
+	}
+	return ports
 }
 
 // Isolation decides which flows share Tor circuits. Tor isolates streams
@@ -266,6 +320,82 @@ func (c *Config) validate() error {
 		if p.IsValid() && (c.DNSPool4.Overlaps(p) || c.DNSPool6.Overlaps(p)) {
 			return fmt.Errorf("config: gateway address %s overlaps a DNS virtual pool", p)
 		}
+	}
+	return c.validateServices()
+}
+
+// validateServices checks the workstation services' ports and onion
+// entries as far as they can be checked before the LAN is known (the
+// targets' prefixes are checked once the interfaces are taken).
+func (c *Config) validateServices() error {
+	if c.SOCKSPorts == nil && !c.NoSOCKSPorts {
+		c.SOCKSPorts = DefaultSOCKSPorts()
+	}
+	if c.NoSOCKSPorts {
+		c.SOCKSPorts = nil
+	}
+	// A port listed twice ("9100-9189,9150") is one port.
+	c.SOCKSPorts = slices.Compact(slices.Sorted(slices.Values(c.SOCKSPorts)))
+	if c.ControlPort == 0 {
+		c.ControlPort = DefaultControlPort
+	}
+	seen := map[uint16]string{}
+	taken := func(p uint16, what string) error {
+		switch {
+		case p == 0:
+			return fmt.Errorf("config: %s: port 0", what)
+		case p == 53:
+			return fmt.Errorf("config: %s: port 53 is DNS's (intercepted to every address)", what)
+		case seen[p] != "":
+			return fmt.Errorf("config: %s: port %d is also %s", what, p, seen[p])
+		}
+		seen[p] = what
+		return nil
+	}
+	for _, p := range c.SOCKSPorts {
+		if err := taken(p, "SOCKSPorts"); err != nil {
+			return err
+		}
+	}
+	if !c.NoControlPort {
+		if err := taken(c.ControlPort, "ControlPort"); err != nil {
+			return err
+		}
+	}
+	if len(c.LAN) > 0 && len(c.ServiceAddrs) > 0 {
+		return errors.New("config: ServiceAddrs is for a TUN: on a LAN the services are on the gateway's LAN addresses")
+	}
+	for _, a := range c.ServiceAddrs {
+		if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() || c.DNSPool4.Contains(a) || c.DNSPool6.Contains(a) {
+			return fmt.Errorf("config: ServiceAddrs: %s cannot be the gateway's address", a)
+		}
+	}
+	if len(c.Onions) > 0 && c.StateDir == "" {
+		return errors.New("config: Onions need a StateDir (their keys, so that each .onion address survives restarts)")
+	}
+	type svcPort struct {
+		ip   netip.Addr
+		port uint16
+	}
+	onions := map[svcPort]bool{}
+	for _, o := range c.Onions {
+		t := o.Target.Addr().Unmap()
+		switch {
+		case o.Port == 0:
+			return fmt.Errorf("config: onion %s: port 0", o)
+		case !t.IsValid() || o.Target.Port() == 0:
+			return fmt.Errorf("config: onion %s: target must be a workstation's address:port", o)
+		case t.Zone() != "" || t.IsUnspecified() || t.IsMulticast() || t.IsLoopback() || t.IsLinkLocalUnicast():
+			return fmt.Errorf("config: onion %s: target %s is no workstation address", o, t)
+		case c.DNSPool4.Contains(t) || c.DNSPool6.Contains(t):
+			return fmt.Errorf("config: onion %s: target %s is in a DNS virtual pool", o, t)
+		case onions[svcPort{t, o.Port}]:
+			return fmt.Errorf("config: onion %s: port %d of the service of %s declared twice", o, o.Port, t)
+		}
+		if slices.Contains(c.ServiceAddrs, t) {
+			return fmt.Errorf("config: onion %s: target %s is the gateway, not a workstation", o, t)
+		}
+		onions[svcPort{t, o.Port}] = true
 	}
 	return nil
 }

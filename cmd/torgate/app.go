@@ -71,6 +71,7 @@ func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device
 	}
 	if dev != nil {
 		cfg.TUNName, cfg.TUNFD, cfg.Device = "", 0, dev
+		cfg.ServiceAddrs = f.serviceAddrs
 	}
 	if cfg.ManagedTor != nil && cfg.StateDir == "" {
 		cfg.StateDir = defaultStateDir

@@ -38,6 +38,9 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	target := fs.String("url", "http://check.torproject.org/", "URL fetched through Tor (an .onion URL works: its name is resolved by the nameserver in /etc/resolv.conf, which must be torgate)")
 	adminAddr := fs.String("admin", "", "torgate's admin endpoint (loopback or unix socket) to ask whether Tor is bootstrapped; optional")
 	timeout := fs.Duration("timeout", 60*time.Second, "time limit for the fetch (Tor circuits take seconds)")
+	gateway := fs.String("gateway", "", "the gateway's address for the SOCKS and control port checks (default: the nameserver in /etc/resolv.conf)")
+	socksPort := fs.Int("socks-port", 9150, "the gateway's SOCKS port to check (Tor Browser's); 0 skips")
+	controlPort := fs.Int("control-port", 9051, "the gateway's filtered control port to check; 0 skips")
 	dnsName := fs.String("dns-name", "", "name to look up (default: the URL's host, or check.torproject.org when that is an address)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -77,6 +80,16 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Sprintf("a query to %s, where no resolver exists, was answered (%s): port 53 is intercepted", outsideProbe, dnsmessage.RCode(rcode)), nil
 	})
 	c.run("fetch", func() (string, error) { return checkFetch(ctx, *target, ns, *timeout) })
+	gw := *gateway
+	if gw == "" {
+		gw = ns
+	}
+	if *socksPort != 0 {
+		c.run("socks-port", func() (string, error) { return checkSOCKSPort(ctx, gw, *socksPort, u, *timeout) })
+	}
+	if *controlPort != 0 {
+		c.run("control-port", func() (string, error) { return checkControlPort(gw, *controlPort) })
+	}
 	c.run("udp-blocked", checkUDPBlocked)
 	c.run("icmp-blocked", checkICMPBlocked)
 

@@ -46,6 +46,23 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 		if onCommandLine[key] {
 			continue
 		}
+		if tables, ok := raw[key].([]map[string]any); ok {
+			// [[onion]] port = 80, target = "10.152.152.11:80": an array
+			// of tables is a flag that takes PORT=TARGET.
+			if key != "onion" {
+				return fmt.Errorf("config %s: field %q: want a string, number, boolean or array, got a table", path, key)
+			}
+			for i, tb := range tables {
+				val, err := onionTable(tb)
+				if err != nil {
+					return fmt.Errorf("config %s: [[onion]] #%d: %w", path, i+1, err)
+				}
+				if err := fs.Set(key, val); err != nil {
+					return fmt.Errorf("config %s: [[onion]] #%d: %w", path, i+1, err)
+				}
+			}
+			continue
+		}
 		if arr, ok := raw[key].([]any); ok {
 			if _, rep := f.Value.(repeatable); !rep {
 				return fmt.Errorf("config %s: field %q: want a string, number or boolean, got an array", path, key)
@@ -70,6 +87,25 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 		}
 	}
 	return nil
+}
+
+// onionTable turns one [[onion]] table (port, target) into the --onion
+// flag's PORT=TARGET.
+func onionTable(tb map[string]any) (string, error) {
+	port, ok := tb["port"].(int64)
+	if !ok {
+		return "", errors.New(`want port = <number>`)
+	}
+	target, ok := tb["target"].(string)
+	if !ok {
+		return "", errors.New(`want target = "ADDRESS:PORT"`)
+	}
+	for k := range tb {
+		if k != "port" && k != "target" {
+			return "", fmt.Errorf("unknown field %q (want port and target)", k)
+		}
+	}
+	return fmt.Sprintf("%d=%s", port, target), nil
 }
 
 func tomlScalar(v any) (string, error) {

@@ -44,6 +44,7 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer ns.release()
+	f.serviceAddrs = execServices
 	a, err := startApp(ctx, &f, stderr, ns.dev)
 	if err != nil {
 		ns.dev.Close()

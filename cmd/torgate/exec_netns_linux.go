@@ -18,6 +18,10 @@ var (
 	execAddr4    = netip.MustParsePrefix("10.152.152.11/18")
 	execAddr6    = netip.MustParsePrefix("fd19:7a2b::11/64")
 	execGateway4 = "10.152.152.10"
+	// execServices are the gateway's addresses as the namespace reaches
+	// the workstation services (SOCKS ports, control port): addresses
+	// the namespace routes into the TUN, answered by torgate's stack.
+	execServices = []netip.Addr{netip.MustParseAddr(execGateway4), netip.MustParseAddr("fd19:7a2b::10")}
 )
 
 // execNetns is a fresh network namespace held by one locked OS thread,

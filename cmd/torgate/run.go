@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"strconv"
+	"strings"
 
 	"github.com/torgate/torgate"
 )
@@ -22,6 +24,10 @@ type runFlags struct {
 	logDest, icmpUnreach                         bool
 	configFile                                   string
 	lan                                          stringList
+	socksPorts                                   string
+	controlPort                                  int
+	onions                                       stringList
+	serviceAddrs                                 []netip.Addr // exec's; run has no flag for it
 	tor                                          torFlags
 }
 
@@ -44,6 +50,9 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.icmpUnreach, "icmp-unreachable", false, "answer dropped UDP with ICMP port unreachable instead of silence")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&f.socksPorts, "socks-ports", "9050,9100-9189", "SOCKS ports for workstations on the gateway's LAN address (one per application: 9100-9189, among them Tor Browser's 9150), comma-separated ports and ranges; \"off\": none")
+	fs.IntVar(&f.controlPort, "control-port", int(torgate.DefaultControlPort), "filtered Tor control port for workstations on the gateway's LAN address (New Identity for that workstation only); 0: off")
+	fs.Var(&f.onions, "onion", "onion service hosted on a workstation, `PORT=ADDRESS:PORT` (repeatable; in the config file [[onion]] port = 80, target = \"10.152.152.11:80\"): Tor's connections to the onion PORT reach the workstation's ADDRESS:PORT; one .onion address per workstation address, its key kept in the state dir")
 	fs.StringVar(&f.configFile, "config", "", "TOML file whose keys are these flags' names; flags given here override it")
 	f.tor.register(fs)
 }
@@ -86,11 +95,96 @@ func (f *runFlags) config() (torgate.Config, error) {
 		return c, fmt.Errorf("--dns-pool6: %w", err)
 	}
 	c.StateDir = f.stateDir
+	if err := f.services(&c); err != nil {
+		return c, err
+	}
 	c.MaxFlows = f.maxFlows
 	c.MaxFlowsPerSource = f.maxPerSource
 	c.LogDestinations = f.logDest
 	c.ICMPUnreachable = f.icmpUnreach
 	return c, nil
+}
+
+// services sets the workstation services from --socks-ports,
+// --control-port and --onion.
+func (f *runFlags) services(c *torgate.Config) error {
+	switch f.socksPorts {
+	case "off", "":
+		c.NoSOCKSPorts = true
+	default:
+		ports, err := parsePorts(f.socksPorts)
+		if err != nil {
+			return fmt.Errorf("--socks-ports %q: %w", f.socksPorts, err)
+		}
+		c.SOCKSPorts = ports
+	}
+	switch {
+	case f.controlPort == 0:
+		c.NoControlPort = true
+	case f.controlPort < 0 || f.controlPort > 65535:
+		return fmt.Errorf("--control-port %d: not a port (0 turns it off)", f.controlPort)
+	default:
+		c.ControlPort = uint16(f.controlPort)
+	}
+	for _, o := range f.onions {
+		on, err := parseOnion(o)
+		if err != nil {
+			return fmt.Errorf("--onion %q: %w", o, err)
+		}
+		c.Onions = append(c.Onions, on)
+	}
+	return nil
+}
+
+// parsePorts parses "9050,9100-9189,9150".
+func parsePorts(s string) ([]uint16, error) {
+	var out []uint16
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := parsePort(lo)
+		if err != nil {
+			return nil, err
+		}
+		b := a
+		if isRange {
+			if b, err = parsePort(hi); err != nil {
+				return nil, err
+			}
+			if b < a {
+				return nil, fmt.Errorf("range %s runs backwards", part)
+			}
+		}
+		for p := int(a); p <= int(b); p++ {
+			out = append(out, uint16(p))
+		}
+	}
+	return out, nil
+}
+
+func parsePort(s string) (uint16, error) {
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("%q is not a port (1-65535)", s)
+	}
+	return uint16(n), nil
+}
+
+// parseOnion parses PORT=ADDRESS:PORT.
+func parseOnion(s string) (torgate.Onion, error) {
+	port, target, ok := strings.Cut(s, "=")
+	if !ok {
+		return torgate.Onion{}, errors.New("want PORT=ADDRESS:PORT, e.g. 80=10.152.152.11:80")
+	}
+	p, err := parsePort(port)
+	if err != nil {
+		return torgate.Onion{}, fmt.Errorf("onion port: %w", err)
+	}
+	t, err := netip.ParseAddrPort(target)
+	if err != nil {
+		return torgate.Onion{}, fmt.Errorf("target: %w", err)
+	}
+	return torgate.Onion{Port: p, Target: t}, nil
 }
 
 func parseOptPrefix(s string) (netip.Prefix, error) {
