@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/torgate/torgate/internal/ctlport"
+	"github.com/torgate/torgate/internal/socksport"
 	"github.com/torgate/torgate/internal/svcmux"
 )
 
@@ -14,7 +15,8 @@ import (
 // filtered control port and the SOCKS ports, served inside the stack on
 // the gateway's own addresses, and the mux that hands them their flows.
 type services struct {
-	ctl *ctlport.Server // nil when off
+	ctl   *ctlport.Server   // nil when off
+	socks *socksport.Server // nil when off
 	mux *svcmux.Mux     // the stack's TCP handler: services, else the tunnel
 }
 
@@ -37,6 +39,21 @@ func (r *Router) hasServiceAddrs() bool {
 // the tunnel.
 func (r *Router) buildServices(u *cleanup) error {
 	ports := map[uint16]svcmux.Handler{}
+	if r.hasServiceAddrs() && len(r.cfg.SOCKSPorts) > 0 {
+		sp, err := socksport.New(socksport.Config{
+			Tunnel:          r.tunnel,
+			LogDestinations: r.cfg.LogDestinations,
+			Logger:          r.log.With("component", "socksport"),
+		})
+		if err != nil {
+			return err
+		}
+		r.svc.socks = sp
+		u.push(func() { sp.Close() })
+		for _, p := range r.cfg.SOCKSPorts {
+			ports[p] = sp
+		}
+	}
 	if r.hasServiceAddrs() && !r.cfg.NoControlPort {
 		cfg := ctlport.Config{
 			NewIdentity: func(who netip.Addr) error {
@@ -65,6 +82,9 @@ func (r *Router) buildServices(u *cleanup) error {
 		return err
 	}
 	r.svc.mux = mux
+	if !r.hasServiceAddrs() && (len(r.cfg.SOCKSPorts) > 0 || !r.cfg.NoControlPort) {
+		r.log.Info("workstation services off: no address to serve them on (Config.ServiceAddrs)")
+	}
 	return nil
 }
 
@@ -89,6 +109,9 @@ func (s *services) metrics() []prometheus.Collector {
 	if s.ctl != nil {
 		cs = append(cs, s.ctl.Metrics()...)
 	}
+	if s.socks != nil {
+		cs = append(cs, s.socks.Metrics()...)
+	}
 	return cs
 }
 
@@ -97,5 +120,8 @@ func (s *services) metrics() []prometheus.Collector {
 func (s *services) close() {
 	if s.ctl != nil {
 		s.ctl.Close()
+	}
+	if s.socks != nil {
+		s.socks.Close()
 	}
 }

@@ -2,10 +2,13 @@ package torgate_test
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -137,5 +140,91 @@ func TestServicesOff(t *testing.T) {
 		} else if !isRefused(err) {
 			t.Errorf("port %d: %v, want a RST", p, err)
 		}
+	}
+}
+
+// socksVia connects to dst through the gateway's SOCKS port gw:port from
+// workstation from, with the client credentials auth, and returns the
+// credentials the upstream (Tor) saw.
+func (f *fixture) socksVia(t *testing.T, from netip.Addr, gw netip.AddrPort, auth socks.Auth) socks.Auth {
+	t.Helper()
+	d := &socks.Dialer{Dial: func(ctx context.Context) (net.Conn, error) {
+		return f.ws[from].Net.DialContextTCPAddrPort(ctx, gw)
+	}}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	c, err := d.Connect(ctx, socks.HostPort("example.org", 80), auth)
+	if err != nil {
+		t.Fatalf("SOCKS from %s via %s: %v", from, gw, err)
+	}
+	transfer(c, 16, 0)
+	c.Close()
+	reqs := f.socks.Requests()
+	return reqs[len(reqs)-1].Auth
+}
+
+// TestSOCKSPortPerWorkstation: the SOCKS ports, on the gateway's IPv4 and
+// IPv6 addresses, derive what Tor sees from (workstation, port, the
+// client's credentials): equal inputs share, any difference separates, no
+// workstation can pick another's; the control port's NEWNYM rotates them
+// for its workstation only.
+func TestSOCKSPortPerWorkstation(t *testing.T) {
+	f := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, withServices, ws1, ws2, ws6)
+	p := func(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a, port) }
+	ax := socks.Auth{Username: "a", Password: "x"}
+	a1 := f.socksVia(t, ws1, p(svc4, 9150), ax)
+	if a1 == ax {
+		t.Fatal("the client's own credentials reached the upstream")
+	}
+	if again := f.socksVia(t, ws1, p(svc4, 9150), ax); again != a1 {
+		t.Error("the same workstation, port and credentials got other credentials")
+	}
+	if other := f.socksVia(t, ws1, p(svc4, 9150), socks.Auth{Username: "b", Password: "x"}); other == a1 {
+		t.Error("two client usernames share credentials")
+	}
+	if other := f.socksVia(t, ws1, p(svc4, 9100), ax); other == a1 {
+		t.Error("two ports share credentials")
+	}
+	b1 := f.socksVia(t, ws2, p(svc4, 9150), ax)
+	if b1 == a1 {
+		t.Error("two workstations sending the same credentials share what Tor sees")
+	}
+	if v6 := f.socksVia(t, ws6, p(svc6, 9150), ax); v6 == a1 || v6 == b1 {
+		t.Error("a third workstation (over IPv6) got another's credentials")
+	}
+	s := f.control(t, ws1, svc4)
+	s.ask("AUTHENTICATE")
+	if l := s.ask("SIGNAL NEWNYM"); l[0] != "250 OK" {
+		t.Fatalf("NEWNYM: %q", l)
+	}
+	if a2, b2 := f.socksVia(t, ws1, p(svc4, 9150), ax), f.socksVia(t, ws2, p(svc4, 9150), ax); a2 == a1 || b2 != b1 {
+		t.Errorf("after ws1's NEWNYM: ws1's changed %v (want true), ws2's kept %v (want true)", a2 != a1, b2 == b1)
+	}
+}
+
+// TestSOCKSPortFailsClosed: while Tor is not ready a SOCKS request gets a
+// failure reply and the upstream is never asked; a forbidden destination
+// gets "not allowed".
+func TestSOCKSPortFailsClosed(t *testing.T) {
+	var ready atomic.Bool
+	f := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, func(c *torgate.Config) {
+		withServices(c)
+		c.Ready = ready.Load
+	}, ws1)
+	d := &socks.Dialer{Dial: func(ctx context.Context) (net.Conn, error) {
+		return f.ws[ws1].Net.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(svc4, 9150))
+	}}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	var re *socks.ReplyError
+	if _, err := d.Connect(ctx, socks.HostPort("example.org", 80), socks.Auth{}); !errors.As(err, &re) {
+		t.Errorf("not ready: %v, want a SOCKS failure reply", err)
+	}
+	ready.Store(true)
+	if _, err := d.Connect(ctx, socks.AddrFromAddrPort(netip.MustParseAddrPort("10.152.152.12:22")), socks.Auth{}); !errors.As(err, &re) || re.Reply != socks.ReplyNotAllowed {
+		t.Errorf("a LAN destination: %v, want reply %v", err, socks.ReplyNotAllowed)
+	}
+	if reqs := f.socks.Requests(); len(reqs) != 0 {
+		t.Errorf("the upstream was asked: %+v", reqs)
 	}
 }
