@@ -17,7 +17,7 @@ import (
 type services struct {
 	ctl   *ctlport.Server   // nil when off
 	socks *socksport.Server // nil when off
-	mux *svcmux.Mux     // the stack's TCP handler: services, else the tunnel
+	mux   *svcmux.Mux       // the stack's TCP handler: services, else the tunnel
 }
 
 // serviceAddr reports whether a is an address on which the gateway serves
