@@ -53,10 +53,11 @@ var (
 	GroupLAN      = Group{"internal/lan", "internal/lan/limits_doc_test.go", "GroupLAN"}
 	GroupUpstream = Group{"internal/upstream", "internal/upstream/limits_doc_test.go", "GroupUpstream"}
 	GroupTorctl   = Group{"internal/torctl", "internal/torctl/limits_doc_test.go", "GroupTorctl"}
+	GroupOnion    = Group{"internal/onion", "internal/onion/limits_doc_test.go", "GroupOnion"}
 )
 
 // Groups lists every group.
-var Groups = []Group{GroupTorgate, GroupCmd, GroupTunnel, GroupNetstack, GroupDNS, GroupLAN, GroupUpstream, GroupTorctl}
+var Groups = []Group{GroupTorgate, GroupCmd, GroupTunnel, GroupNetstack, GroupDNS, GroupLAN, GroupUpstream, GroupTorctl, GroupOnion}
 
 // Owners maps each row of the limits table (its "what" cell, verbatim) to
 // the group whose test checks it.
@@ -87,6 +88,7 @@ var Owners = map[string]Group{
 	"bootstrap stall warning":              GroupTorctl,
 	"`torgate exec --wait`":                GroupCmd,
 	"LAN neighbour resolution (`--lan`)":   GroupLAN,
+	"onion service connections":            GroupOnion,
 }
 
 // A Row is one row of a table: the "what", "value" and "why" cells.
