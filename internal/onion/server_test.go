@@ -500,3 +500,36 @@ func checkSocketMode(t *testing.T, path string, want os.FileMode) {
 		t.Errorf("%s: mode %v, want a socket with %v", path, fi.Mode(), want)
 	}
 }
+
+// TestTargetsNotLogged: at debug level, relayed and failed connections
+// and a refused service leave no target address in the logs, even when
+// Dial's error names it.
+func TestTargetsNotLogged(t *testing.T) {
+	var logs testlog.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	d := newDialLog(t)
+	s := newServer(t, Config{Dial: d.dial, Logger: log, Entries: []Entry{{Port: 80, Target: netip.AddrPortFrom(ws1, 8080)}}})
+	c := connectAsTor(t, s, 0, 0)
+	c.Write([]byte("x"))
+	c.CloseWrite()
+	io.ReadAll(c)
+	d.mu.Lock()
+	d.fail = errors.New("dial " + netip.AddrPortFrom(ws1, 8080).String() + ": refused")
+	d.mu.Unlock()
+	io.ReadAll(connectAsTor(t, s, 0, 0))
+	eventually(t, "the failed dial", func() bool { return s.stats.result[resultDialFailed].Load() == 1 })
+
+	f := newFakeControl(t)
+	f.refuse = "512 Bad arguments"
+	tor := attach(t, f, s)
+	eventually(t, "tor ready", tor.Ready)
+	tor.Close()
+	s.Close()
+	out := logs.String()
+	if !strings.Contains(out, "level=DEBUG") || !strings.Contains(out, "level=WARN") {
+		t.Fatalf("no debug or warning logs; the test proves nothing:\n%s", out)
+	}
+	if strings.Contains(out, ws1.String()) {
+		t.Errorf("logs name the target %v:\n%s", ws1, out)
+	}
+}
