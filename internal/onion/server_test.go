@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -532,4 +533,79 @@ func TestTargetsNotLogged(t *testing.T) {
 	if strings.Contains(out, ws1.String()) {
 		t.Errorf("logs name the target %v:\n%s", ws1, out)
 	}
+}
+
+// TestHalfCloseBounded: after Tor's side ended, a target that never
+// finishes is given HalfCloseTimeout, then both ends are closed.
+func TestHalfCloseBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(io.Discard, c) // reads to EOF, never answers nor closes
+		time.Sleep(time.Minute)
+	}()
+	s := newServer(t, Config{
+		Dial: func(ctx context.Context, _ netip.AddrPort) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", ln.Addr().String())
+		},
+		HalfCloseTimeout: 100 * time.Millisecond,
+		Entries:          []Entry{{Port: 80, Target: netip.AddrPortFrom(ws1, 80)}},
+	})
+	c := connectAsTor(t, s, 0, 0)
+	c.Write([]byte("request"))
+	c.CloseWrite()
+	start := time.Now()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(c); err != nil {
+		t.Fatalf("read: %v (the relay did not end)", err)
+	}
+	if d := time.Since(start); d < 100*time.Millisecond || d > 5*time.Second {
+		t.Errorf("ended after %v, want about HalfCloseTimeout (100ms)", d)
+	}
+	eventually(t, "the relay's slot back", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.held == 0
+	})
+}
+
+// TestCloseEndsEverything: Close ends relays and waits for blocked dials;
+// no goroutine of the Server is left.
+func TestCloseEndsEverything(t *testing.T) {
+	before := runtime.NumGoroutine()
+	d := newDialLog(t)
+	d.block = make(chan struct{})
+	s, err := New(Config{StateDir: t.TempDir(), Dial: d.dial, Logger: testLogger(t), Entries: []Entry{
+		{Port: 80, Target: netip.AddrPortFrom(ws1, 80)},
+		{Port: 81, Target: netip.AddrPortFrom(ws1, 81)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var cs []*net.UnixConn
+	for range 3 {
+		cs = append(cs, connectAsTor(t, s, 0, 0))
+	}
+	eventually(t, "three dials", func() bool { return len(d.dialled()) == 3 })
+	s.Close()
+	for _, c := range cs {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadAll(c); err != nil {
+			t.Errorf("Tor's side not closed: %v", err)
+		}
+		c.Close()
+	}
+	eventually(t, "goroutines back", func() bool { return runtime.NumGoroutine() <= before+2 }) // the echo server's accept loop and its test cleanup
 }
