@@ -407,8 +407,9 @@ func (s *Server) acceptLoop(svc *service, p *port) {
 		}
 		if !s.acquire(svc) {
 			// Tor ends the stream; its client sees the service refuse.
-			c.Close()
+			// Counted first, so whoever sees the close sees the count.
 			s.stats.result[resultOverLimit].Add(1)
+			c.Close()
 			continue
 		}
 		s.wg.Go(func() {

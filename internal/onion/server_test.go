@@ -561,9 +561,11 @@ func TestHalfCloseBounded(t *testing.T) {
 		Entries:          []Entry{{Port: 80, Target: netip.AddrPortFrom(ws1, 80)}},
 	})
 	c := connectAsTor(t, s, 0, 0)
+	// The clock starts before the half-close: the relay sets its
+	// deadline as soon as it reads the EOF.
 	c.Write([]byte("request"))
-	c.CloseWrite()
 	start := time.Now()
+	c.CloseWrite()
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.ReadAll(c); err != nil {
 		t.Fatalf("read: %v (the relay did not end)", err)
