@@ -58,7 +58,7 @@ type service struct {
 type port struct {
 	Entry
 	sock string
-	ln   *net.UnixListener // set by Start
+	ln   *net.UnixListener // set by New
 }
 
 // Service is the state of one onion service, for the start-up log and
@@ -80,8 +80,11 @@ type Service struct {
 	Err string
 }
 
-// New validates cfg, loads the services' keys (creating those missing)
-// and prepares the socket directory. It listens on nothing until Start.
+// New validates cfg, loads the services' keys (creating those missing),
+// prepares the socket directory and listens on the sockets: everything
+// that needs privileges (writing the state directory; CAP_CHOWN to give
+// the sockets to TorUser's group) happens here, so torgate may drop them
+// after New. Connections wait in the sockets' backlog until Start.
 func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -115,13 +118,23 @@ func New(cfg Config) (*Server, error) {
 	if err := s.prepareSocketDir(); err != nil {
 		return nil, err
 	}
+	for _, svc := range s.svcs {
+		for _, p := range svc.ports {
+			ln, err := s.listen(p.sock)
+			if err != nil {
+				s.closeListeners()
+				return nil, err
+			}
+			p.ln = ln
+		}
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
 }
 
-// Start listens on every entry's socket. Call it before the control
-// connection is opened (the first OnConnect names the sockets to Tor). It
-// may be called once.
+// Start accepts Tor's connections on every entry's socket. It may be
+// called once, before or after the control connection adds the services
+// (a connection that came first waits in the backlog).
 func (s *Server) Start() error {
 	err := errors.New("onion: Start called twice")
 	s.startOnce.Do(func() { err = s.start() })
@@ -129,15 +142,8 @@ func (s *Server) Start() error {
 }
 
 func (s *Server) start() error {
-	for _, svc := range s.svcs {
-		for _, p := range svc.ports {
-			ln, err := s.listen(p.sock)
-			if err != nil {
-				s.closeListeners()
-				return err
-			}
-			p.ln = ln
-		}
+	if s.ctx.Err() != nil {
+		return errors.New("onion: Start after Close")
 	}
 	for _, svc := range s.svcs {
 		for _, p := range svc.ports {
