@@ -250,6 +250,13 @@ func (s *Server) OnConnect(ctx context.Context, c *torctl.Conn) error {
 	for _, svc := range s.svcs {
 		err := s.add(ctx, c, svc)
 		if err != nil && (c.Err() != nil || ctx.Err() != nil) {
+			// torctl drops c: what was added on it is gone.
+			s.mu.Lock()
+			if s.cur == c {
+				s.cur = nil
+				s.resetLocked()
+			}
+			s.mu.Unlock()
 			return fmt.Errorf("onion: add %s.onion: %w", svc.id, err)
 		}
 		s.mu.Lock()

@@ -611,3 +611,47 @@ func TestCloseEndsEverything(t *testing.T) {
 	}
 	eventually(t, "goroutines back", func() bool { return runtime.NumGoroutine() <= before+2 }) // the echo server's accept loop and its test cleanup
 }
+
+// TestConnectionLostWhileAdding: a control connection that fails between
+// two ADD_ONIONs is an error for torctl (which drops it), and no service
+// stays live on it.
+func TestConnectionLostWhileAdding(t *testing.T) {
+	d := newDialLog(t)
+	s := newServer(t, Config{Dial: d.dial, Entries: []Entry{
+		{Port: 80, Target: netip.AddrPortFrom(ws1, 80)},
+		{Port: 80, Target: netip.AddrPortFrom(ws2, 80)},
+	}})
+	a, b := net.Pipe()
+	defer a.Close()
+	go func() { // a control port that authenticates, accepts one ADD_ONION and hangs up
+		defer b.Close()
+		buf := make([]byte, 4096)
+		replies := []string{
+			"250-PROTOCOLINFO 1\r\n250-AUTH METHODS=NULL\r\n250-VERSION Tor=\"0.4.9.11\"\r\n250 OK\r\n",
+			"250 OK\r\n",
+			"250-ServiceID=" + s.svcs[0].id + "\r\n250 OK\r\n",
+		}
+		for _, r := range replies {
+			if _, err := b.Read(buf); err != nil {
+				return
+			}
+			io.WriteString(b, r)
+		}
+		b.Read(buf) // the second ADD_ONION, never answered
+	}()
+	c := torctl.NewConn(a, nil)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := c.Authenticate(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.OnConnect(ctx, c); err == nil {
+		t.Fatal("OnConnect succeeded on a connection that failed")
+	}
+	for _, v := range s.Services() {
+		if v.Live {
+			t.Errorf("%s live on a dead connection", v.Address)
+		}
+	}
+}
