@@ -430,6 +430,15 @@ func (t *Tor) SocksAddr() string {
 // CAP_SETGID, and stopping it CAP_KILL.
 func (t *Tor) SwitchesUser() bool { return t.runAs != nil }
 
+// User names the account a managed Tor runs as when it is not torgate's
+// own (what must reach files torgate makes for it), "" otherwise.
+func (t *Tor) User() string {
+	if t.runAs == nil {
+		return ""
+	}
+	return t.runAs.name
+}
+
 // PID returns the managed tor's process ID, or 0 when none runs (or in
 // attach mode).
 func (t *Tor) PID() int { return int(t.pid.Load()) }
