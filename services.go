@@ -14,9 +14,9 @@ import (
 
 	"github.com/torgate/torgate/internal/ctlport"
 	"github.com/torgate/torgate/internal/onion"
-	"github.com/torgate/torgate/internal/torctl"
 	"github.com/torgate/torgate/internal/socksport"
 	"github.com/torgate/torgate/internal/svcmux"
+	"github.com/torgate/torgate/internal/torctl"
 )
 
 // services are the workstation services (docs/workstations.md): the
