@@ -186,7 +186,7 @@ func (c *container) kill() {
 // server, bound into the container as a unix socket); a SIGKILLed torgate
 // is restarted; "systemctl stop torgate" leaves the LAN closed.
 func TestSystemd(t *testing.T) {
-	nstest.RequireRoot(t, "systemd-nspawn", "mmdebstrap", "nsenter", "pgrep", "curl", "dpkg-deb", "lintian", "git")
+	nstest.RequireRoot(t, "systemd-nspawn", "mmdebstrap", "nsenter", "pgrep", "curl", "ping", "dpkg-deb", "lintian", "git")
 	start := time.Now()
 	deb := debs(t, "amd64")
 	tarball := rootfsTar(t)
