@@ -52,19 +52,7 @@ func NamespaceName(iface string) (string, error) {
 	if err := unix.Stat("/proc/thread-self/ns/net", &self); err != nil {
 		return "", fmt.Errorf("lan: own network namespace: %w", err)
 	}
-	err := unix.Stat("/proc/1/ns/net", &init)
-	if err == nil && init.Ino == self.Ino && init.Dev == self.Dev {
-		return "tg-" + iface, nil
-	}
-	// Under torgate.service, without CAP_SYS_PTRACE, PID 1's namespace
-	// links are closed to torgate (EACCES: ptrace access mode check against
-	// a PID 1 with more capabilities), while torgate-lan-guard.service, as
-	// full root, named the namespace tg-IFACE. A service that cannot look
-	// is a system service in the host's namespace (the unit has no
-	// PrivateNetwork=); naming it by inode made a restarted torgate fail on
-	// the pin its dead predecessor left in its private mount namespace
-	// (found by packaging/deb's TestSystemd).
-	if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+	if err := unix.Stat("/proc/1/ns/net", &init); err == nil && init.Ino == self.Ino && init.Dev == self.Dev {
 		return "tg-" + iface, nil
 	}
 	return "tg-" + iface + "-" + strconv.FormatUint(self.Ino, 10), nil
