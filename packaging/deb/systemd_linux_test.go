@@ -345,6 +345,18 @@ EOF`)
 		}
 	}
 	serving("eth1 up", eth1Up)
+	// After set-up torgate holds neither CAP_SYS_PTRACE (bit 19, for
+	// lan.NamespaceName) nor CAP_SYS_ADMIN (bit 21).
+	status := c.must("cat", "/proc/"+c.show("torgate.service", "MainPID")+"/status")
+	if m := regexp.MustCompile(`CapEff:\s+([0-9a-f]+)`).FindStringSubmatch(status); m == nil {
+		t.Errorf("no CapEff in torgate's status:\n%s", status)
+	} else if eff, _ := strconv.ParseUint(m[1], 16, 64); eff&(1<<19|1<<21) != 0 {
+		t.Errorf("torgate's effective capabilities %s after set-up include CAP_SYS_PTRACE or CAP_SYS_ADMIN", m[1])
+	}
+	// torgate uses the guard's namespace, and pins none of its own.
+	if ns := strings.Fields(c.must("ls", "/run/netns")); len(ns) != 1 || ns[0] != "tg-eth1" {
+		t.Errorf("/run/netns holds %v, want the guard's tg-eth1 only", ns)
+	}
 	if reqs := srv.Requests(); len(reqs) == 0 || reqs[len(reqs)-1].Dst.String() != "192.0.2.10:80" {
 		t.Fatalf("SOCKS requests %+v, want the fetch of 192.0.2.10:80", reqs)
 	}
