@@ -221,7 +221,12 @@ func TestSystemd(t *testing.T) {
 		Connect: sockstest.DialTo(func(socks.Addr) string { return web.Listener.Addr().String() }),
 	})
 	c.bind = filepath.Dir(srv.Addr())
-	t.Cleanup(c.kill)
+	t.Cleanup(func() {
+		c.kill()
+		// nspawn without machined leaves its (empty) propagation
+		// directory behind.
+		os.Remove("/run/systemd/nspawn/propagate/" + c.name)
+	})
 	defer func() {
 		if t.Failed() && c.leader != 0 {
 			out, _ := c.exec("journalctl", "-b", "--no-pager", "-n", "80", "-u", "torgate", "-u", "torgate-lan-guard")
