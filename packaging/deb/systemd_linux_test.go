@@ -186,7 +186,8 @@ func (c *container) kill() {
 // server, bound into the container as a unix socket); a SIGKILLed torgate
 // is restarted; "systemctl stop torgate" leaves the LAN closed; and with
 // the package's default configuration its managed Tor starts as
-// debian-tor inside the unit's sandbox.
+// debian-tor inside the unit's sandbox; a purge stops torgate and leaves
+// the LAN closed.
 func TestSystemd(t *testing.T) {
 	nstest.RequireRoot(t, "systemd-nspawn", "mmdebstrap", "nsenter", "pgrep", "curl", "ping", "dpkg-deb", "lintian", "git")
 	start := time.Now()
@@ -415,6 +416,24 @@ EOF`)
 	}
 	if s := c.show("torgate.service", "ActiveState"); s != "active" {
 		t.Errorf("torgate with its managed Tor: %s", s)
+	}
+
+	// Purge: torgate stopped, its state and conffile gone, the LAN still
+	// closed by the guard's rules (until reboot or "torgate lan down").
+	c.must("dpkg", "--purge", "torgate")
+	if s := c.show("torgate.service", "ActiveState"); s != "inactive" {
+		t.Errorf("torgate after purge: %s", s)
+	}
+	for _, p := range []string{"/var/lib/torgate", "/etc/torgate/torgate.toml", "/usr/sbin/torgate"} {
+		if _, err := c.exec("test", "-e", p); err == nil {
+			t.Errorf("%s left after purge", p)
+		}
+	}
+	if rules := c.must("ip", "rule"); !regexp.MustCompile(`iif eth1 .*blackhole`).MatchString(rules) {
+		t.Errorf("purge removed the guard:\n%s", rules)
+	}
+	if out, err := fetch(5 * time.Second); err == nil {
+		t.Errorf("fetch after purge succeeded: %s", out)
 	}
 
 	c.exec("systemctl", "poweroff")
