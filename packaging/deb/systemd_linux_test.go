@@ -263,6 +263,7 @@ func TestSystemd(t *testing.T) {
 	} else {
 		t.Errorf("systemd-analyze security: no exposure level\n%s", sec)
 	}
+	c.must("cp", "/etc/torgate/torgate.toml", "/root/torgate.toml.shipped")
 	// The operator's part: the LAN interface and the Tor (here the test's
 	// SOCKS server) in the conffile, then enable both units.
 	c.must("sh", "-c", `cat >/etc/torgate/torgate.toml <<EOF
@@ -398,10 +399,12 @@ EOF`)
 		t.Errorf("the gateway answers ping with torgate stopped:\n%s", out)
 	}
 
-	// The package's default: the managed Tor, started as debian-tor from
-	// inside the unit's sandbox. It cannot bootstrap here (no uplink); that
-	// it runs, and torgate stays up, is what the unit decides.
-	c.must("sed", "-i", "/^socks = /d", "/etc/torgate/torgate.toml")
+	// The package's default configuration, as shipped (lan = ["eth1"]):
+	// the managed Tor, started as debian-tor from inside the unit's
+	// sandbox, the SOCKS ports and the filtered control port. Tor cannot
+	// bootstrap here (no uplink); that it runs, and torgate stays up, is
+	// what the unit decides.
+	c.must("cp", "/root/torgate.toml.shipped", "/etc/torgate/torgate.toml")
 	c.must("systemctl", "start", "torgate.service")
 	deadline = time.Now().Add(30 * time.Second)
 	for {
@@ -414,8 +417,10 @@ EOF`)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	if s := c.show("torgate.service", "ActiveState"); s != "active" {
-		t.Errorf("torgate with its managed Tor: %s", s)
+	n := c.show("torgate.service", "NRestarts")
+	time.Sleep(3 * time.Second)
+	if s, n2 := c.show("torgate.service", "ActiveState"), c.show("torgate.service", "NRestarts"); s != "active" || n2 != n {
+		t.Errorf("torgate with its managed Tor: %s, NRestarts %s then %s", s, n, n2)
 	}
 
 	// Purge: torgate stopped, its state and conffile gone, the LAN still
