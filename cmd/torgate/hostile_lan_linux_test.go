@@ -30,7 +30,9 @@ package main
 // for; 5 one machine as 300 addresses holding flows; 6 automap flood from
 // made-up sources; 7 neighbour-table flood; 8 curl -6 by name, the
 // gateway's uplink addresses as destinations, a claim on the gateway's own
-// LAN address.
+// LAN address. The workstation services (SOCKS ports, the filtered
+// control port; issue 21) have their own recipes, in
+// hostile_services_linux_test.go.
 //
 // TORGATE_TEST_BIN, if set, is the torgate binary to test instead of one
 // built from this package (to play the recipes against another revision).
@@ -90,6 +92,7 @@ type lanHost struct {
 	ns           string
 	addr4, addr6 string
 	mac          string
+	port         string // its port on the switch
 }
 
 // hostileNet is the switched deployment.
@@ -217,13 +220,15 @@ func (h *hostileNet) lanNS() string {
 	return "tg-" + lanIface + "-" + strconv.FormatUint(h.gwIno, 10)
 }
 
-// plug connects namespace ns to the switch with a veth named dev there.
-func (h *hostileNet) plug(t *testing.T, ns, dev string) {
+// plug connects namespace ns to the switch with a veth named dev there,
+// and returns the name of the switch's port.
+func (h *hostileNet) plug(t *testing.T, ns, dev string) string {
 	t.Helper()
 	port := "p" + strconv.FormatInt(h.ports.Add(1), 10)
 	mustRun(t, "ip", "-n", h.sw, "link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns)
 	mustRun(t, "ip", "-n", h.sw, "link", "set", port, "master", "br0")
 	mustRun(t, "ip", "-n", h.sw, "link", "set", port, "up")
+	return port
 }
 
 // addHost creates a machine on the LAN; it goes in t's cleanup (a
@@ -243,7 +248,7 @@ func (h *hostileNet) addHost(t *testing.T, name, addr4, addr6 string) *lanHost {
 	if err := os.WriteFile(etc+"/resolv.conf", []byte("nameserver "+gwLAN4+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	h.plug(t, ns, "eth0")
+	port := h.plug(t, ns, "eth0")
 	for _, c := range [][]string{
 		{"-n", ns, "link", "set", "lo", "up"},
 		{"-n", ns, "addr", "add", addr4 + "/18", "dev", "eth0"},
@@ -254,7 +259,7 @@ func (h *hostileNet) addHost(t *testing.T, name, addr4, addr6 string) *lanHost {
 	} {
 		mustRun(t, "ip", c...)
 	}
-	host := &lanHost{name: name, ns: ns, addr4: addr4, addr6: addr6, mac: linkMAC(t, ns, "eth0")}
+	host := &lanHost{name: name, ns: ns, addr4: addr4, addr6: addr6, mac: linkMAC(t, ns, "eth0"), port: port}
 	h.hosts[name] = host
 	return host
 }
@@ -901,6 +906,7 @@ func TestHostileLAN(t *testing.T) {
 	t.Run("kernel", h.testKernel)
 	t.Run("identity", h.testIdentity)
 	t.Run("exhaustion", h.testExhaustion)
+	t.Run("services", h.testServices)
 	t.Logf("hostile LAN: %v", time.Since(began).Round(time.Second))
 }
 
