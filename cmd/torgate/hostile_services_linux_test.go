@@ -67,10 +67,15 @@ func parseFlood(t *testing.T, line string) map[string]floodReport {
 }
 
 // socksArgs are curl's arguments to fetch through the gateway's SOCKS
-// port with creds ("user:password", "" for none), the name resolved by
-// the gateway, as Tor Browser does.
+// port (on its IPv4 LAN address, or IPv6 for a port "[v6]:9150") with
+// creds ("user:password", "" for none), the name resolved by the gateway,
+// as Tor Browser does.
 func socksArgs(port, creds string) []string {
-	args := []string{"--socks5-hostname", net.JoinHostPort(gwLAN4, port)}
+	proxy := net.JoinHostPort(gwLAN4, port)
+	if p, ok := strings.CutPrefix(port, "[v6]:"); ok {
+		proxy = net.JoinHostPort(gwLAN6, p)
+	}
+	args := []string{"--socks5-hostname", proxy}
 	if creds != "" {
 		args = append(args, "-U", creds)
 	}
@@ -335,6 +340,7 @@ func (h *hostileNet) borrowedCredentials(t *testing.T) {
 		{A, torBrowserPort, "a:x"}, {B, torBrowserPort, "a:x"}, {B, torBrowserPort, "a:x"},
 		{A, torBrowserPort, ""}, {B, torBrowserPort, ""},
 		{B, "9050", "a:x"}, {B, torBrowserPort, "b:x"},
+		{B, "[v6]:" + torBrowserPort, "a:x"},
 	}
 	got := make([]socks.Auth, len(probes))
 	for i, p := range probes {
@@ -359,8 +365,10 @@ func (h *hostileNet) borrowedCredentials(t *testing.T) {
 	differ(1, 5, "B's a:x on :9150 and on :9050 share credentials")
 	differ(1, 6, "B's a:x and b:x on :9150 share credentials")
 	differ(1, 4, "B's a:x and none on :9150 share credentials")
-	if got[1] != got[2] {
-		t.Errorf("recipe S3: B's two requests with a:x on :9150 went upstream as %s and %s, want the same circuit", authString(got[1]), authString(got[2]))
+	for _, j := range []int{2, 7} {
+		if got[1] != got[j] {
+			t.Errorf("recipe S3: B's requests with a:x on :9150 (%s) went upstream as %s and %s, want the same circuit", probes[j].port, authString(got[1]), authString(got[j]))
+		}
 	}
 	h.checkUplink(t, "recipe S3")
 }
