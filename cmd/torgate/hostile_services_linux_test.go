@@ -34,6 +34,25 @@ const (
 	torBrowserPort = "9150"
 	// controlPort is the filtered control port's default.
 	controlPort = "9051"
+
+	// The bounds a workstation meets, from docs/limits.md (the services'
+	// own tests hold the constants to their rows):
+	//
+	// socksHandshakesPerWS: SOCKS handshakes in progress per workstation
+	// (socksport.DefaultMaxHandshakesPerSource); over it, a RST.
+	socksHandshakesPerWS = 32
+	// socksHandshakeTimeout: a SOCKS handshake that does not finish is
+	// closed (socksport.DefaultHandshakeTimeout).
+	socksHandshakeTimeout = 10 * time.Second
+	// dialsPerWS: SOCKS dials in progress per workstation (the tunnel's);
+	// a CONNECT over it gets a failure reply.
+	dialsPerWS = 128
+	// controlConnsPerWS: control port connections per workstation; over
+	// it, a RST.
+	controlConnsPerWS = 8
+	// controlPreAuth: a control connection that does not AUTHENTICATE
+	// within it is closed.
+	controlPreAuth = 10 * time.Second
 )
 
 // testServices plays the services recipes. Services are on by default:
@@ -50,6 +69,7 @@ type floodReport struct {
 	Opened, Connected, Refused int
 	Closed, Reset, Open        int
 	Connecting                 int
+	HeldMax                    int     `json:"held_max"`
 	ClosedMedianS              float64 `json:"closed_median_s"`
 	First                      string
 	OK, Failed                 int // burst only
@@ -146,8 +166,9 @@ func authString(a socks.Auth) string {
 }
 
 // controlSession plays what Tor Browser does on the control port from
-// host: PROTOCOLINFO, AUTHENTICATE, GETINFO status/circuit-established,
-// SIGNAL NEWNYM, each wanting 250, all within normalTime.
+// host: PROTOCOLINFO, AUTHENTICATE, GETINFO status/circuit-established
+// and net/listeners/socks, SIGNAL NEWNYM, each wanting 250 (and a line
+// containing what it wants), all within normalTime.
 func (h *hostileNet) controlSession(host *lanHost) (time.Duration, error) {
 	began := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), normalTime)
@@ -163,6 +184,7 @@ func (h *hostileNet) controlSession(host *lanHost) (time.Duration, error) {
 		{"PROTOCOLINFO 1", "250-AUTH METHODS="},
 		{"AUTHENTICATE", "250 OK"},
 		{"GETINFO status/circuit-established", "250-status/circuit-established=1"},
+		{"GETINFO net/listeners/socks", `"` + net.JoinHostPort(gwLAN4, torBrowserPort) + `"`},
 		{"SIGNAL NEWNYM", "250 OK"},
 	} {
 		lines, err := controlCommand(c, r, step.cmd)
@@ -171,7 +193,7 @@ func (h *hostileNet) controlSession(host *lanHost) (time.Duration, error) {
 		}
 		found := false
 		for _, l := range lines {
-			found = found || strings.HasPrefix(l, step.want)
+			found = found || strings.Contains(l, step.want)
 		}
 		if !found || lines[len(lines)-1] != "250 OK" {
 			return time.Since(began), fmt.Errorf("%s: got %q, want a line %q and 250 OK", step.cmd, lines, step.want)
@@ -223,7 +245,7 @@ func (h *hostileNet) alive(t *testing.T, what string) {
 // logServiceMetrics logs torgate's non-zero counters of the services and
 // of the shares they count in.
 func (h *hostileNet) logServiceMetrics(t *testing.T, what string) []string {
-	m := h.metrics(t, "socks", "control", "service", "isolation", "flows", "drop", "refused")
+	m := h.metrics(t, "socksport_", "ctlport_", "isolation", "flows", "drop", "refused")
 	t.Logf("%s: metrics:\n%s", what, strings.Join(m, "\n"))
 	return m
 }
@@ -251,21 +273,23 @@ func (h *hostileNet) servedDuring(t *testing.T, what string) {
 		strings.Join(viaSOCKS, ", "), strings.Join(viaTransparent, ", "))
 }
 
-// socksFlood is recipe S1: from A, connections to Tor Browser's port that
-// never finish the greeting, CONNECTs whose upstream hangs and a burst of
-// CONNECTs, while B fetches through the same port and the transparent
-// path.
+// socksFlood is recipe S1: from A, CONNECTs whose upstream hangs, a burst
+// of CONNECTs, and hundreds of connections to Tor Browser's port that
+// never finish the greeting, while B fetches through the same port and
+// the transparent path. A holds at most its share of handshakes, each for
+// at most the handshake timeout, and at most its share of dials.
 func (h *hostileNet) socksFlood(t *testing.T) {
 	A, B := h.hosts["A"], h.hosts["B"]
 	h.freshTorgate(t)
 	h.checkUplink(t, "before recipe S1")
 	h.mustSOCKS(t, B, "recipe S1 before", torBrowserPort, "b:x")
+	// Long enough for the handshake timeout to close what A holds.
 	const seconds = 15
 	m := h.mark()
 	flood := h.startScript(t, A, "svcflood.py", strconv.Itoa(seconds), gwLAN4, torBrowserPort,
-		"silent:500", "greet:200",
 		fmt.Sprintf("hang=hang-%s.example.test:%d:150", h.id, hangPort),
-		fmt.Sprintf("burst=burst-%s.example.test:8", h.id))
+		fmt.Sprintf("burst=burst-%s.example.test:8", h.id),
+		"silent:500", "greet:200")
 	t.Log(flood.waitLine(t, "svcflood: ready", 20*time.Second))
 	h.servedDuring(t, "recipe S1 during the flood")
 	h.alive(t, "recipe S1 during the flood")
@@ -273,18 +297,51 @@ func (h *hostileNet) socksFlood(t *testing.T) {
 	r := parseFlood(t, flood.wait(t, seconds*time.Second+20*time.Second))
 	h.alive(t, "recipe S1 after the flood")
 	hangs := len(h.connectsSince(m, func(r sockstest.Request) bool { return r.Dst.Port == hangPort }))
-	t.Logf("recipe S1: A's flood: %+v; %d CONNECTs to the hanging port reached upstream", r, hangs)
-	held := r["silent"].Open + r["greet"].Open
-	t.Logf("recipe S1: after %d s A still held %d of its %d connections that never finished the greeting", seconds, held, r["silent"].Connected+r["greet"].Connected)
-	// TODO(hostile): the bound from docs/limits.md once the services land.
-	h.logServiceMetrics(t, "recipe S1 after the flood")
+	bursts := len(h.connectsSince(m, func(r sockstest.Request) bool { return r.Dst.Name == "burst-"+h.id+".example.test" }))
+	t.Logf("recipe S1: A's flood: %+v", r)
+	t.Logf("recipe S1: upstream saw %d of A's CONNECTs to the hanging port and %d of its burst (%d answered 0x00, %d failed)",
+		hangs, bursts, r["burst"].OK, r["burst"].Failed)
+	stalled := r["silent"].HeldMax + r["greet"].HeldMax
+	t.Logf("recipe S1: A held at most %d handshakes that never finished, %d at the end, closed after a median %.1fs (silent) %.1fs (greet)",
+		stalled, r["silent"].Open+r["greet"].Open, r["silent"].ClosedMedianS, r["greet"].ClosedMedianS)
+	if stalled > socksHandshakesPerWS {
+		t.Errorf("recipe S1: A held %d SOCKS handshakes that never finished, over its share of %d", stalled, socksHandshakesPerWS)
+	}
+	if n := r["silent"].Open + r["greet"].Open; n > 0 {
+		t.Errorf("recipe S1: %d of A's handshakes that never finished were still open after %ds (handshake timeout %v)", n, seconds, socksHandshakeTimeout)
+	}
+	if r["hang"].HeldMax > dialsPerWS {
+		t.Errorf("recipe S1: A held %d CONNECTs pending upstream, over its share of %d dials", r["hang"].HeldMax, dialsPerWS)
+	}
+	if r["burst"].OK == 0 {
+		t.Errorf("recipe S1: none of A's burst CONNECTs was served: the flood did not flood")
+	}
+	met := h.logServiceMetrics(t, "recipe S1 after the flood")
+	for _, want := range []string{`socksport_handshakes_refused_total{reason="share"}`, `socksport_handshakes_refused_total{reason="timeout"}`} {
+		if !hasMetric(met, want) {
+			t.Errorf("recipe S1: no %s above 0 after A's flood", want)
+		}
+	}
 	h.servedDuring(t, "recipe S1 after the flood")
 	h.checkUplink(t, "recipe S1")
 }
 
-// controlFlood is recipe S2: from A, a thousand idle connections to the
-// control port, overlong lines, binary garbage and NULs, while B plays
-// Tor Browser's control session.
+// hasMetric reports whether one of lines (from h.metrics: non-zero
+// values) names the metric with labels want, e.g. `x_total{reason="y"}`.
+func hasMetric(lines []string, want string) bool {
+	for _, l := range lines {
+		if strings.Contains(l, want+" ") {
+			return true
+		}
+	}
+	return false
+}
+
+// controlFlood is recipe S2: from A, overlong lines, binary garbage and
+// NULs, then a thousand idle connections to the control port, while B
+// plays Tor Browser's control session. A holds at most its share of
+// connections, each closed unless it authenticates; bad input closes the
+// connection; each refusal is counted.
 func (h *hostileNet) controlFlood(t *testing.T) {
 	A, B := h.hosts["A"], h.hosts["B"]
 	h.freshTorgate(t)
@@ -292,9 +349,10 @@ func (h *hostileNet) controlFlood(t *testing.T) {
 	if took, err := h.controlSession(B); err != nil {
 		t.Errorf("recipe S2 before: B's control session: %v after %v", err, took.Round(time.Millisecond))
 	}
+	// Long enough for the pre-authentication limit to close what A holds.
 	const seconds = 15
 	flood := h.startScript(t, A, "svcflood.py", strconv.Itoa(seconds), gwLAN4, controlPort,
-		"silent:1000", "long:20", "binary:20", "nul:20")
+		"long:2", "binary:2", "nul:2", "silent:1000")
 	t.Log(flood.waitLine(t, "svcflood: ready", 20*time.Second))
 	var tooks []string
 	for i := range 3 {
@@ -316,10 +374,25 @@ func (h *hostileNet) controlFlood(t *testing.T) {
 		if strings.Contains(r[k].First, "250") {
 			t.Errorf("recipe S2: the control port answered %s input with %q", k, r[k].First)
 		}
+		if r[k].Open > 0 {
+			t.Errorf("recipe S2: %d of A's connections that sent %s input still open after %ds", r[k].Open, k, seconds)
+		}
 	}
-	// TODO(hostile): the per-workstation cap and the counted drops, from
-	// the services' metrics once they land.
-	h.logServiceMetrics(t, "recipe S2 after the flood")
+	held := r["silent"].HeldMax + r["long"].HeldMax + r["binary"].HeldMax + r["nul"].HeldMax
+	t.Logf("recipe S2: A held at most %d control connections; of its idle ones %d refused at once (reset), %d open at the end, closed after a median %.1fs",
+		held, r["silent"].Reset, r["silent"].Open, r["silent"].ClosedMedianS)
+	if held > controlConnsPerWS {
+		t.Errorf("recipe S2: A held %d control connections, over its share of %d", held, controlConnsPerWS)
+	}
+	if r["silent"].Open > 0 {
+		t.Errorf("recipe S2: %d of A's idle control connections still open after %ds (AUTHENTICATE within %v)", r["silent"].Open, seconds, controlPreAuth)
+	}
+	met := h.logServiceMetrics(t, "recipe S2 after the flood")
+	for _, reason := range []string{"source_share", "line_too_long", "control_char", "preauth"} {
+		if want := `ctlport_refused_total{reason="` + reason + `"}`; !hasMetric(met, want) {
+			t.Errorf("recipe S2: no %s above 0 after A's flood", want)
+		}
+	}
 	if took, err := h.controlSession(B); err != nil {
 		t.Errorf("recipe S2 after: B's control session: %v after %v", err, took.Round(time.Millisecond))
 	}

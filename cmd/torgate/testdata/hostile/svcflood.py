@@ -1,23 +1,28 @@
 """Services recipes: one machine flooding the gateway's SOCKS or control port.
 
 usage: svcflood.py SECONDS HOST PORT KIND:N...
-  Opens, from this host, N non-blocking TCP connections of each KIND to
-  HOST:PORT and plays KIND on each:
+  Opens, from this host, N TCP connections of each KIND to HOST:PORT, in
+  the order given, 16 every 20 ms, and plays KIND on each:
     silent       connects and sends nothing
     greet        sends half a SOCKS5 greeting (05 01) and stops
     hang=NAME:P  SOCKS5 no-auth greeting, then CONNECT NAME:P (a port whose
                  upstream never answers), and waits
     burst=NAME   N workers each doing SOCKS5 CONNECT NAME:80 and a GET,
-                 again and again until SECONDS are over
+                 again and again until SECONDS are over (50 ms apart after
+                 a failure)
     long         sends 100 KiB without a newline
-    binary       sends 4 KiB of random bytes (NULs among them)
+    binary       sends 4 KiB of random bytes without a newline (NULs among
+                 them)
     nul          sends 4 KiB of NULs
-  waits until every connection connected or 5 s passed, prints
-  "svcflood: ready ...", holds them until SECONDS are over (or it is
-  killed) and prints "svcflood: done" with, per KIND, how many connected,
-  were refused, were closed by the gateway (and after how long), are still
-  open, and the first bytes the gateway sent, as JSON (the test reads it).
-  Plain sockets, no scapy.
+  When all are open (or 5 s passed) and one more second went by, prints
+  "svcflood: ready ..."; then holds them until SECONDS are over (or it is
+  killed), counting every half second how many of each KIND are open, and
+  prints "svcflood: done" with, per KIND, as JSON (the test reads it): how
+  many were opened, connected, refused, closed by the gateway (reset, and
+  after how long), open at the end, held at most (the largest half-second
+  count after ready), the first bytes the gateway sent on any of them, and
+  for burst the CONNECTs answered 0x00 and the failed ones. Plain sockets,
+  no scapy.
 """
 
 import json
@@ -40,17 +45,22 @@ family = socket.AF_INET6 if ":" in host else socket.AF_INET
 sel = selectors.DefaultSelector()
 began = time.monotonic()
 end = began + seconds
+BATCH, PAUSE = 16, 0.02  # opening pace
+RETRY = 0.05  # a burst worker's pause after a failure
 
 
 class Stats:
     def __init__(self):
         self.opened = self.connected = self.refused = self.closed = self.reset = 0
-        self.ok = self.failed = 0  # burst: CONNECTs answered 0x00 / otherwise
+        self.ok = self.failed = 0  # burst: CONNECTs answered 0x00 / not
         self.closed_after = []
+        self.held_max = 0
         self.first = b""
 
 
 stats = {}
+conns = []  # every connection but burst's
+retries = []  # (when, kind): burst workers to restart
 
 
 def connect_request(name, p):
@@ -74,6 +84,11 @@ class Conn:
         self.s.connect_ex((host, port))
         self.st.opened += 1
         sel.register(self.s, selectors.EVENT_WRITE, self)
+        if self.base != "burst":
+            conns.append(self)
+
+    def is_open(self):
+        return self.state not in ("connecting", "done")
 
     def send(self, data):
         self.out += data
@@ -90,7 +105,7 @@ class Conn:
     def on_connected(self):
         if self.s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
             self.st.refused += 1
-            self.finish()
+            self.finish(ok=False)
             return
         self.st.connected += 1
         self.state = "open"
@@ -131,24 +146,28 @@ class Conn:
 
     def on_closed(self, reset):
         if self.base == "burst":
-            if self.state in ("greeting", "request"):
+            ok = self.state == "http"
+            if self.state in ("open", "greeting", "request"):
                 self.st.failed += 1
-            self.finish()
-            if time.monotonic() < end:
-                Conn(self.kind)
+            self.finish(ok)
             return
         self.st.closed += 1
         self.st.reset += reset
         self.st.closed_after.append(time.monotonic() - self.opened)
-        self.finish()
+        self.finish(ok=False)
 
-    def finish(self):
+    def finish(self, ok):
         sel.unregister(self.s)
         self.s.close()
         self.state = "done"
+        if self.base == "burst":
+            retries.append((time.monotonic() + (0 if ok else RETRY), self.kind))
 
 
 def step(timeout):
+    now = time.monotonic()
+    while retries and retries[0][0] <= now and now < end:
+        Conn(retries.pop(0)[1])
     for key, ev in sel.select(timeout):
         c = key.data
         if c.state == "connecting":
@@ -171,22 +190,39 @@ def step(timeout):
                 c.on_data(data)
 
 
-conns = [Conn(kind) for kind, n in kinds for _ in range(n)]
+todo = [kind for kind, n in kinds for _ in range(n)]
+for i in range(0, len(todo), BATCH):
+    for kind in todo[i : i + BATCH]:
+        Conn(kind)
+    step(PAUSE)
 ready_by = time.monotonic() + 5
 while time.monotonic() < ready_by and any(c.state == "connecting" for c in conns):
     step(0.1)
-pending = sum(c.state == "connecting" for c in conns)
+settle = time.monotonic() + 1
+while time.monotonic() < settle:
+    step(0.1)
+
+
+def open_now(kind):
+    return sum(1 for c in conns if c.kind == kind and c.is_open())
+
+
 print(
     "svcflood: ready after %.1fs: %s; still connecting %d"
     % (
         time.monotonic() - began,
-        ", ".join("%s connected %d refused %d" % (k, s.connected, s.refused) for k, s in stats.items()),
-        pending,
+        ", ".join("%s connected %d refused %d open %d" % (k, s.connected, s.refused, open_now(k)) for k, s in stats.items()),
+        sum(c.state == "connecting" for c in conns),
     ),
     flush=True,
 )
+next_sample = time.monotonic()
 while time.monotonic() < end:
-    step(0.2)
+    if time.monotonic() >= next_sample:
+        for k, s in stats.items():
+            s.held_max = max(s.held_max, open_now(k))
+        next_sample += 0.5
+    step(0.1)
 
 
 def median(xs):
@@ -204,7 +240,8 @@ for k, s in stats.items():
             closed=s.closed,
             reset=s.reset,
             closed_median_s=round(median(s.closed_after), 1),
-            open=sum(1 for c in conns if c.kind == k and c.state not in ("done", "connecting")),
+            open=open_now(k),
+            held_max=s.held_max,
             connecting=sum(1 for c in conns if c.kind == k and c.state == "connecting"),
             first=s.first[:40].decode("latin-1"),
         )
