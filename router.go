@@ -46,6 +46,8 @@ type Router struct {
 	tunnel *tunnel.Tunnel
 	stack  *netstack.Stack
 	proof  *fair.Proof
+	proven func(netip.Addr) bool // proof.Has, or on a LAN every machine
+	svc    services
 
 	bgCtx  context.Context    // the background goroutines' life
 	stopBg context.CancelFunc // ends them; Close calls it
@@ -140,6 +142,7 @@ func NewContext(ctx context.Context, cfg Config) (_ *Router, err error) {
 		r.buildPolicy,
 		r.buildDNS,
 		r.buildTunnel,
+		r.buildServices,
 		r.buildStack,
 		r.registerMetrics,
 		func(u *cleanup) error { return r.startTor(ctx, u) },
@@ -157,7 +160,7 @@ func NewContext(ctx context.Context, cfg Config) (_ *Router, err error) {
 
 // buildSteps name NewContext's steps, in order, for a test that makes
 // each fail (Config.failAt).
-var buildSteps = [...]string{"tor", "upstream", "names", "device", "policy", "dns", "tunnel", "stack", "metrics", "start-tor"}
+var buildSteps = [...]string{"tor", "upstream", "names", "device", "policy", "dns", "tunnel", "services", "stack", "metrics", "start-tor"}
 
 // errInjected is the failure a test asks a build step for.
 var errInjected = errors.New("injected failure")
@@ -232,6 +235,7 @@ func (r *Router) buildNames(u *cleanup) error {
 	if len(r.cfg.LAN) > 0 {
 		proven = lan.IsMachineID
 	}
+	r.proven = proven
 	m, err := dns.NewMap(dns.Config{
 		Proven:    proven,
 		Pool4:     r.cfg.DNSPool4,
@@ -370,7 +374,7 @@ func (r *Router) buildStack(u *cleanup) error {
 	st, err := netstack.New(netstack.Config{
 		Device:               r.dev,
 		MTU:                  mtu,
-		TCP:                  r.tunnel,
+		TCP:                  r.svc.mux,
 		DNS:                  r.dns,
 		Identify:             identify,
 		Proof:                r.proof,
@@ -466,6 +470,7 @@ func (r *Router) Metrics() []prometheus.Collector {
 	cs = append(cs, r.dns.Metrics()...)
 	cs = append(cs, newStackCollector(r.stack))
 	cs = append(cs, r.watch.Metrics()...)
+	cs = append(cs, r.svc.metrics()...)
 	cs = append(cs, r.tor.metrics(r.Ready)...)
 	if r.lan != nil {
 		cs = append(cs, r.lan.Metrics()...)
@@ -574,6 +579,7 @@ func (r *Router) Close() error {
 		// last: its table is saved with the proof of every handshake the
 		// stack completed (an answer still in flight finds the link gone
 		// and sends nothing).
+		r.svc.close()
 		err2 := r.tunnel.Close()
 		r.stack.Drain(shutdownDrain)
 		err1 := r.stack.Close()

@@ -11,9 +11,10 @@
 // [Dialer.ResolvePTR] use Tor's RESOLVE (0xF0) and RESOLVE_PTR (0xF1) commands
 // and close the connection after the reply.
 //
-// The package also owns the server's side of the wire format, for the
-// servers that stand in for Tor in tests and benchmarks (socks/sockstest,
-// bench/socksd): a [ServerReader] parses what a client sends, and
+// The package also owns the server's side of the wire format, for
+// torgate's SOCKS ports (internal/socksport) and the servers that stand in
+// for Tor in tests and benchmarks (socks/sockstest, bench/socksd): a
+// [ServerReader] parses what a client sends, SOCKS5 or SOCKS4/4a, and
 // [Methods.Select] chooses the authentication method as Tor does.
 //
 // # Tor specifics

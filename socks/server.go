@@ -1,16 +1,18 @@
 package socks
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 )
 
-// The server's side of the wire format: what a SOCKS5 server reads from a
-// client. torgate is only ever a client; the servers are the stand-ins for
-// Tor (sockstest's scripted server, bench/socksd's fast one), which parse
-// the client's handshake here, once, rather than each its own way.
+// The server's side of the wire format: what a SOCKS server reads from a
+// client. The servers are torgate's SOCKS ports for workstations
+// (internal/socksport) and the stand-ins for Tor (sockstest's scripted
+// server, bench/socksd's fast one), which parse the client's handshake
+// here, once, rather than each its own way.
 //
 // A server reads each message with a ServerReader and writes the answers
 // itself:
@@ -19,18 +21,38 @@ import (
 //	05 NMETHODS METHODS...        ReadGreeting    05 M, M = Methods.Select
 //	01 ULEN USER PLEN PASS        ReadUserPass    01 STATUS; only when M = 02
 //	05 CMD 00 ATYP ADDR PORT      ReadRequest     05 REP 00 ATYP ADDR PORT
+//
+// A server that also speaks SOCKS4 and SOCKS4a (torgate's SOCKS ports do,
+// as Tor's SocksPort does) looks at the first byte with Version and reads
+// the one SOCKS4 message with ReadRequest4:
+//
+//	04 CMD PORT IP USERID 00 [HOST 00]   ReadRequest4   00 5A|5B PORT IP
 
 // serverBufLen is a ServerReader's buffer: at least the longest client
 // message (an RFC 1929 auth, 3+255+255 bytes), with room to read ahead so
 // that a message usually costs one read.
 const serverBufLen = 1024
 
-// maxClientMessage is the longest message a client sends: the auth.
-const maxClientMessage = 3 + 255 + 255
+// maxClientMessage is the longest message a client sends: the auth, or a
+// SOCKS4a request (maxRequest4, a few bytes longer).
+const maxClientMessage = max(3+255+255, maxRequest4)
+
+// SOCKS4 has no length fields: the user ID and the SOCKS4a hostname end
+// with a NUL. A ServerReader takes at most maxField4 bytes of each, as a
+// SOCKS5 message can carry, so that a request is bounded; Tor's own limit
+// on the user ID is larger, but no client sends more than a hostname's
+// worth (Tor Browser uses SOCKS5).
+const (
+	maxField4   = 255
+	maxRequest4 = 8 + maxField4 + 1 + maxField4 + 1
+)
 
 // The buffer holds the longest message (a negative constant does not
 // convert to uint, so a smaller buffer does not compile).
 const _ = uint(serverBufLen - maxClientMessage)
+
+// version4 is the VN byte of a SOCKS4 request.
+const version4 = 0x04
 
 // Methods are the authentication methods a client offered in its greeting,
 // of the two a Tor SocksPort supports.
@@ -225,6 +247,139 @@ func (s *ServerReader) ReadRequest() (Request, error) {
 	req.Dst.Port = uint16(b[4+n])<<8 | uint16(b[4+n+1])
 	s.off += len(b)
 	return req, nil
+}
+
+// Version returns the first byte of the next message without consuming
+// it: 0x05 for a SOCKS5 greeting, 0x04 for a SOCKS4 request, anything
+// else for a client that speaks neither. An error is a *ProtocolError
+// (io.EOF: the client closed first) or the reader's.
+func (s *ServerReader) Version() (byte, error) {
+	b, err := s.need(1, "greeting")
+	if err != nil {
+		return 0, err
+	}
+	return b[0], nil
+}
+
+// Request4 is a SOCKS4 or SOCKS4a request as a server reads it.
+type Request4 struct {
+	// Command is the CD byte as sent: CmdConnect (0x01), BIND (0x02),
+	// Tor's CmdResolve (0xF0), or anything else.
+	Command byte
+	// Dst is the destination: a 4-byte IP for SOCKS4, or for SOCKS4a
+	// (an IP of 0.0.0.x, x non-zero) the Name that follows the user ID,
+	// its bytes as they came (1 to 255).
+	Dst Addr
+	// UserID is the user ID, 0 to 255 bytes. It points into the
+	// reader's buffer and is valid until the next call on it; copy it to
+	// keep it.
+	UserID []byte
+}
+
+// ReadRequest4 reads a SOCKS4 request, VN CD DSTPORT DSTIP USERID NUL,
+// or a SOCKS4a one, where DSTIP is 0.0.0.x (x non-zero) and a hostname
+// and a NUL follow the user ID. A user ID or hostname longer than 255
+// bytes, a missing NUL or a version other than 4 is a *ProtocolError; an
+// empty SOCKS4a hostname a *RequestError (reply ReplyGeneralFailure,
+// which a SOCKS4 server sends as its one failure code, 0x5B).
+func (s *ServerReader) ReadRequest4() (Request4, error) {
+	const step = "request"
+	b, err := s.need(1, step)
+	if err != nil {
+		return Request4{}, err
+	}
+	if b[0] != version4 {
+		return Request4{}, &ProtocolError{Step: step, Err: fmt.Errorf("unexpected version 0x%02x", b[0])}
+	}
+	if b, err = s.need(8, step); err != nil {
+		return Request4{}, err
+	}
+	req := Request4{Command: b[1], Dst: Addr{Port: uint16(b[2])<<8 | uint16(b[3])}}
+	ip := [4]byte(b[4:8])
+	user, err := s.needNUL(8, step, "user ID")
+	if err != nil {
+		return Request4{}, err
+	}
+	end := user + 1
+	name := -1
+	if ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] != 0 {
+		if name, err = s.needNUL(end, step, "hostname"); err != nil {
+			return Request4{}, err
+		}
+		if name == end {
+			return Request4{}, &RequestError{Reply: ReplyGeneralFailure, Err: errors.New("empty hostname")}
+		}
+	}
+	// needNUL may have moved the bytes: slice them only now.
+	b = s.buf[s.off:]
+	req.UserID = b[8:user:user]
+	if name >= 0 {
+		req.Dst.Name = string(b[end:name])
+		end = name + 1
+	} else {
+		req.Dst.IP = netip.AddrFrom4(ip)
+	}
+	s.off += end
+	return req, nil
+}
+
+// needNUL returns the offset, from the message's start, of the NUL that
+// ends the field starting at from, reading until it arrives. The first
+// from bytes must have been read. A field longer than maxField4 is a
+// *ProtocolError.
+func (s *ServerReader) needNUL(from int, step, field string) (int, error) {
+	for {
+		w := s.buf[s.off+from : s.end]
+		if i := bytes.IndexByte(w[:min(len(w), maxField4+1)], 0); i >= 0 {
+			return from + i, nil
+		}
+		if len(w) > maxField4 {
+			return 0, &ProtocolError{Step: step, Err: fmt.Errorf("%s longer than %d bytes", field, maxField4)}
+		}
+		if _, err := s.need(s.end-s.off+1, step); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// AppendReply appends a SOCKS5 reply, VER REP RSV ATYP BND.ADDR BND.PORT,
+// to b: bnd as an IP or, for RESOLVE_PTR's answer, a name; a zero bnd as
+// 0.0.0.0:0, as Tor sends. It reports false (and appends nothing) for a
+// name a reply cannot carry (empty, over 255 bytes, or with a NUL).
+func AppendReply(b []byte, rep Reply, bnd Addr) ([]byte, bool) {
+	switch {
+	case bnd.Name != "":
+		if validateName(bnd.Name) != nil {
+			return b, false
+		}
+	case !bnd.IP.IsValid():
+		bnd.IP = netip.IPv4Unspecified()
+	}
+	return appendMessage(b, byte(rep), bnd), true
+}
+
+// SOCKS4 reply codes (CD of a reply). SOCKS4 has one failure code: every
+// SOCKS5 failure maps to Reply4Rejected.
+const (
+	Reply4Granted  byte = 0x5A // request granted
+	Reply4Rejected byte = 0x5B // request rejected or failed
+)
+
+// AppendReply4 appends a SOCKS4 reply, VN=0 CD DSTPORT DSTIP, to b: the
+// CD is Reply4Granted for ReplySucceeded and Reply4Rejected for anything
+// else. ip is the address of a RESOLVE's answer, else the zero Addr
+// (0.0.0.0); it must be IPv4 if valid.
+func AppendReply4(b []byte, rep Reply, ip netip.Addr, port uint16) []byte {
+	cd := Reply4Rejected
+	if rep == ReplySucceeded {
+		cd = Reply4Granted
+	}
+	b = append(b, 0, cd, byte(port>>8), byte(port))
+	if ip.Is4() {
+		a := ip.As4()
+		return append(b, a[:]...)
+	}
+	return append(b, 0, 0, 0, 0)
 }
 
 // need returns the first n bytes of the message at s.off, reading as much

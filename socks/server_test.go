@@ -255,3 +255,162 @@ func TestMethodsSelect(t *testing.T) {
 		}
 	}
 }
+
+// FuzzReadRequest4 checks that ReadRequest4 never panics, fails only with
+// the documented error types, loses no byte, gives the same answers
+// however the bytes are split, reads nothing past the request when bytes
+// come one at a time, and that what it accepts re-encodes to the bytes it
+// consumed. Annotated seeds live in testdata/fuzz/FuzzReadRequest4.
+func FuzzReadRequest4(f *testing.F) {
+	f.Add([]byte("\x04\x01\x00\x50\xc0\x00\x02\x01user\x00" + "GET / HTTP/1.0\r\n"))
+	f.Add([]byte("\x04\x01\x01\xbb\x00\x00\x00\x01\x00example.onion\x00"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := &countingReader{data: data}
+		sr := NewServerReader(r)
+		req, err := sr.ReadRequest4()
+		buffered := sr.Buffered()
+		consumed := r.n - len(buffered)
+		if consumed < 0 || !bytes.Equal(buffered, data[consumed:r.n]) {
+			t.Fatalf("buffered %x is not what followed the %d consumed bytes of %d read", buffered, consumed, r.n)
+		}
+		if consumed > maxRequest4 {
+			t.Fatalf("consumed %d bytes, more than the longest request", consumed)
+		}
+		var pe *ProtocolError
+		var re *RequestError
+		switch {
+		case err == nil:
+			if (req.Dst.Name == "") == !req.Dst.IP.IsValid() {
+				t.Fatalf("destination %#v must have exactly one of Name and IP", req.Dst)
+			}
+			if len(req.Dst.Name) > maxField4 || len(req.UserID) > maxField4 {
+				t.Fatalf("parsed a %d-byte hostname, a %d-byte user ID", len(req.Dst.Name), len(req.UserID))
+			}
+			if bytes.IndexByte(req.UserID, 0) >= 0 || strings.IndexByte(req.Dst.Name, 0) >= 0 {
+				t.Fatalf("NUL inside a field: %q %q", req.UserID, req.Dst.Name)
+			}
+			enc := []byte{version4, req.Command, byte(req.Dst.Port >> 8), byte(req.Dst.Port)}
+			if req.Dst.Name != "" {
+				// SOCKS4a: 0.0.0.x for any non-zero x, which is not kept.
+				if x := data[7]; data[4]|data[5]|data[6] != 0 || x == 0 {
+					t.Fatalf("SOCKS4a request with IP %x", data[4:8])
+				}
+				enc = append(enc, 0, 0, 0, data[7])
+			} else {
+				ip := req.Dst.IP.As4()
+				enc = append(enc, ip[:]...)
+			}
+			enc = append(append(enc, req.UserID...), 0)
+			if req.Dst.Name != "" {
+				enc = append(append(enc, req.Dst.Name...), 0)
+			}
+			if !bytes.Equal(enc, data[:consumed]) {
+				t.Fatalf("re-encoded %x, consumed %x", enc, data[:consumed])
+			}
+		case errors.As(err, &re):
+			if re.Reply != ReplyGeneralFailure {
+				t.Fatalf("request error %v with reply %v", err, re.Reply)
+			}
+		case errors.As(err, &pe):
+		default:
+			t.Fatalf("error %v is neither a *ProtocolError nor a *RequestError", err)
+		}
+		r1 := &countingReader{data: data}
+		sr1 := NewServerReader(iotest.OneByteReader(r1))
+		req1, err1 := sr1.ReadRequest4()
+		if req1.Command != req.Command || req1.Dst != req.Dst || !bytes.Equal(req1.UserID, req.UserID) ||
+			(err1 == nil) != (err == nil) || (err != nil && err.Error() != err1.Error()) {
+			t.Fatalf("byte-at-a-time read gave %+v, %v; want %+v, %v", req1, err1, req, err)
+		}
+		if err == nil && (len(sr1.Buffered()) != 0 || r1.n != consumed) {
+			t.Fatalf("byte-at-a-time read %d bytes and buffered %d, want %d and none", r1.n, len(sr1.Buffered()), consumed)
+		}
+	})
+}
+
+func TestReadRequest4(t *testing.T) {
+	long := strings.Repeat("a", 255)
+	for _, tt := range []struct {
+		name    string
+		in      string
+		cmd     byte
+		dst     string // Addr.String() on success
+		user    string
+		rest    string // Buffered after the request
+		errText string // in the error, "" for success
+		reply   Reply  // of a *RequestError
+	}{
+		{name: "socks4", in: "\x04\x01\x00\x50\xc0\x00\x02\x01\x00", cmd: CmdConnect, dst: "192.0.2.1:80"},
+		{name: "user id and early data", in: "\x04\x01\x00\x50\xc0\x00\x02\x01bob\x00GET", cmd: CmdConnect, dst: "192.0.2.1:80", user: "bob", rest: "GET"},
+		{name: "socks4a", in: "\x04\x01\x01\xbb\x00\x00\x00\x07u\x00example.com\x00", cmd: CmdConnect, dst: "example.com:443", user: "u"},
+		{name: "resolve", in: "\x04\xf0\x00\x00\x00\x00\x00\x01\x00example.com\x00", cmd: CmdResolve, dst: "example.com:0"},
+		{name: "longest", in: "\x04\x01\x00\x50\x00\x00\x00\x01" + long + "\x00" + long + "\x00", cmd: CmdConnect, dst: long + ":80", user: long},
+		{name: "user id too long", in: "\x04\x01\x00\x50\xc0\x00\x02\x01" + long + "a\x00", errText: "user ID longer than 255 bytes"},
+		{name: "hostname too long", in: "\x04\x01\x00\x50\x00\x00\x00\x01\x00" + long + "a\x00", errText: "hostname longer than 255 bytes"},
+		{name: "empty hostname", in: "\x04\x01\x00\x50\x00\x00\x00\x01\x00\x00", errText: "empty hostname", reply: ReplyGeneralFailure},
+		{name: "unterminated", in: "\x04\x01\x00\x50\xc0\x00\x02\x01bob", errText: "unexpected EOF"},
+		{name: "truncated", in: "\x04\x01\x00", errText: "unexpected EOF"},
+		{name: "socks5", in: "\x05\x01\x00", errText: "unexpected version 0x05"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			sr := NewServerReader(strings.NewReader(tt.in))
+			if v, err := sr.Version(); err != nil || v != tt.in[0] {
+				t.Fatalf("Version = %#x, %v", v, err)
+			}
+			req, err := sr.ReadRequest4()
+			if tt.errText != "" {
+				var re *RequestError
+				if err == nil || !strings.Contains(err.Error(), tt.errText) {
+					t.Fatalf("ReadRequest4 = %v, want error containing %q", err, tt.errText)
+				}
+				if tt.reply != 0 && (!errors.As(err, &re) || re.Reply != tt.reply) {
+					t.Fatalf("error %v, want a *RequestError with reply %v", err, tt.reply)
+				}
+				return
+			}
+			if err != nil || req.Command != tt.cmd || req.Dst.String() != tt.dst || string(req.UserID) != tt.user || string(sr.Buffered()) != tt.rest {
+				t.Fatalf("ReadRequest4 = %+v, %v, buffered %q", req, err, sr.Buffered())
+			}
+		})
+	}
+	if _, err := NewServerReader(strings.NewReader("")).Version(); !errors.Is(err, io.EOF) {
+		t.Errorf("Version of nothing = %v, want io.EOF", err)
+	}
+}
+
+func TestAppendReply(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		rep  Reply
+		bnd  Addr
+		want string // "" for refused
+	}{
+		{name: "zero", rep: ReplySucceeded, want: "\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00"},
+		{name: "onion error", rep: ReplyOnionIntroFailed, want: "\x05\xf2\x00\x01\x00\x00\x00\x00\x00\x00"},
+		{name: "ipv4", rep: ReplySucceeded, bnd: Addr{IP: netip.MustParseAddr("192.0.2.1")}, want: "\x05\x00\x00\x01\xc0\x00\x02\x01\x00\x00"},
+		{name: "ipv6", rep: ReplySucceeded, bnd: Addr{IP: netip.MustParseAddr("2001:db8::1"), Port: 1}, want: "\x05\x00\x00\x04\x20\x01\x0d\xb8" + strings.Repeat("\x00", 11) + "\x01" + "\x00\x01"},
+		{name: "name", rep: ReplySucceeded, bnd: Addr{Name: "example.com"}, want: "\x05\x00\x00\x03\x0bexample.com\x00\x00"},
+		{name: "nul in name", rep: ReplySucceeded, bnd: Addr{Name: "a\x00b"}},
+		{name: "long name", rep: ReplySucceeded, bnd: Addr{Name: strings.Repeat("a", 256)}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := AppendReply(nil, tt.rep, tt.bnd)
+			if ok != (tt.want != "") || string(got) != tt.want {
+				t.Fatalf("AppendReply = %q, %v; want %q", got, ok, tt.want)
+			}
+			if ok {
+				// What a server sends, the client reads back.
+				rep, a, err := ReadReply(bytes.NewReader(got))
+				if err != nil || rep != tt.rep {
+					t.Fatalf("ReadReply = %v %v %v", rep, a, err)
+				}
+			}
+		})
+	}
+	if got := AppendReply4(nil, ReplySucceeded, netip.MustParseAddr("192.0.2.1"), 80); string(got) != "\x00\x5a\x00\x50\xc0\x00\x02\x01" {
+		t.Errorf("AppendReply4 granted = %q", got)
+	}
+	if got := AppendReply4(nil, ReplyHostUnreachable, netip.Addr{}, 0); string(got) != "\x00\x5b\x00\x00\x00\x00\x00\x00" {
+		t.Errorf("AppendReply4 rejected = %q", got)
+	}
+}

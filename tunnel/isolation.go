@@ -81,7 +81,7 @@ type Isolator struct {
 	global uint64                     // guarded by mu
 	epochs map[netip.Addr]uint64      // guarded by mu
 	cache  map[netip.Addr]cachedAuth  // guarded by mu; not in IsolateDestination
-	hosts  map[netip.Addr]*hostBudget // guarded by mu; IsolateDestination only
+	hosts  map[netip.Addr]*hostBudget // guarded by mu; IsolateDestination hosts, and SOCKS-port credentials (PortAuth)
 	now    func() time.Time
 
 	overflow atomic.Uint64 // hosts beyond a source's budget (hostBudget)
@@ -236,7 +236,11 @@ func (i *Isolator) derive(src netip.Addr, host string, epoch, global uint64) soc
 	var sum [sha256.Size]byte
 	mac := h.Sum(sum[:0])
 	i.pool.Put(h)
+	return authFromMAC(mac)
+}
 
+// authFromMAC renders a derivation's MAC as credentials.
+func authFromMAC(mac []byte) socks.Auth {
 	// "tg-" keeps us clear of the "<torS0X>" prefix that Tor's proposal
 	// 351 reserves, and makes our streams recognisable in Tor's logs.
 	var user [3 + 24]byte
@@ -265,4 +269,89 @@ func (i *Isolator) NewIdentityAll() {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	i.global++
+}
+
+// portTag opens the input of every SOCKS-port derivation (PortAuth). Its
+// first byte is no IsolationMode, and the transparent path's input (derive)
+// starts with the mode, so no stream of one path can be given the other's
+// credentials, whatever a workstation chooses to send.
+const portTag = "\xfftorgate socks port v1"
+
+// PortAuth returns the credentials towards Tor for a stream (or lookup)
+// that the workstation who asked for on torgate's SOCKS port port, having
+// sent the username user and password pass (nil when it sent none; for
+// SOCKS4, the user ID and nil), to host (the destination name or address
+// text; it only matters in IsolateDestination and is compared
+// case-insensitively).
+//
+// They are derived, like Auth's, from those inputs and who's new-identity
+// epoch under the per-run secret, never passed through: so Tor Browser's
+// per-site credentials and a port per application keep isolating streams
+// from each other, two workstations sending the same credentials get
+// different ones, no workstation can choose credentials that equal
+// another's or the transparent path's, and NewIdentity(who) rotates these
+// too. IsolateNone leaves who out (benchmarks only).
+//
+// A workstation chooses user and pass freely, so each distinct set is a
+// circuit Tor must build. Each new set takes a token of who's budget
+// (newHostBurst, shared with IsolateDestination's hosts); past it the
+// stream goes on who's overflow credentials for that port, counted in
+// Overflow: a workstation cycling through credentials gets a circuit a
+// second, and only ever its own.
+func (i *Isolator) PortAuth(who netip.Addr, port uint16, user, pass []byte, host string) socks.Auth {
+	who = who.Unmap()
+	key := who
+	if i.mode == IsolateNone {
+		key = netip.Addr{} // one identity for all
+	}
+	if i.mode != IsolateDestination {
+		host = ""
+	}
+	i.mu.Lock()
+	global, epoch := i.global, i.epochs[key]
+	i.mu.Unlock()
+	auth := i.derivePort(key, port, user, pass, host, epoch, global, false)
+	// The budget is the workstation's, whatever the mode. Its key is the
+	// derived username (96 bits of the MAC): fixed-size, so a record holds
+	// maxHostsPerSource of them however long the credentials, and it
+	// changes with the epoch. The NUL keeps it apart from hostnames.
+	if !i.grant(who, "\x00"+auth.Username) {
+		auth = i.derivePort(key, port, nil, nil, "", epoch, global, true)
+	}
+	return auth
+}
+
+// derivePort computes PortAuth's credentials: an HMAC of portTag, mode,
+// workstation and epochs (unless IsolateNone), port and, unless overflow,
+// the client's username, password and host, each with its length so that
+// no two inputs run together.
+func (i *Isolator) derivePort(key netip.Addr, port uint16, user, pass []byte, host string, epoch, global uint64, overflow bool) socks.Auth {
+	var buf [len(portTag) + 2 + 16 + 8 + 8 + 2]byte
+	b := append(buf[:0], portTag...)
+	b = append(b, byte(i.mode), 0)
+	if overflow {
+		b[len(b)-1] = 1
+	}
+	if i.mode != IsolateNone {
+		a := key.As16()
+		b = append(b, a[:]...)
+		b = binary.BigEndian.AppendUint64(b, epoch)
+	}
+	b = binary.BigEndian.AppendUint64(b, global)
+	b = binary.BigEndian.AppendUint16(b, port)
+
+	h := i.pool.Get().(hash.Hash)
+	h.Reset()
+	h.Write(b)
+	if !overflow {
+		for _, f := range [][]byte{user, pass, []byte(strings.ToLower(host))} {
+			var n [4]byte
+			h.Write(binary.BigEndian.AppendUint32(n[:0], uint32(len(f))))
+			h.Write(f)
+		}
+	}
+	var sum [sha256.Size]byte
+	mac := h.Sum(sum[:0])
+	i.pool.Put(h)
+	return authFromMAC(mac)
 }

@@ -17,5 +17,6 @@ func TestLimitsDoc(t *testing.T) {
 		"SOCKS dials in progress": {DefaultMaxDialsPerSource},
 		"open flows":              {DefaultMaxFlows, DefaultMaxFlowsPerSource, flows.Reserve, flows.MinShare},
 		"memory after a peak":     {freeMemoryDelay, freeMemoryDrop, freeMemoryEvery},
+		"new circuits per workstation (per-destination isolation, SOCKS-port credentials)": {newHostBurst, newHostEvery, maxHostsPerSource},
 	})
 }

@@ -245,14 +245,14 @@ func New(cfg Config) (*Tunnel, error) {
 			Name: "flows_active", Help: "TCP flows open or dialing.",
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "flows_refused_total", Help: "TCP flows answered with a RST, by reason.",
+			Name: "flows_refused_total", Help: "TCP flows refused, by reason: answered with a RST, or on a SOCKS port with a failure reply (lookups too).",
 		}, []string{"reason"}),
 		socksErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "socks_failures_total", Help: "SOCKS requests that failed, by reply code (or handshake/timeout).",
 		}, []string{"reply"}),
 		setupSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "flow_setup_seconds",
-			Help:    "Time from SYN to the upstream accepting the stream.",
+			Help:    "Time from SYN (on a SOCKS port: from the request) to the upstream accepting the stream.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2.5, 12),
 		}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -265,7 +265,7 @@ func New(cfg Config) (*Tunnel, error) {
 	iso := cfg.Isolator
 	t.overflow = prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "isolation_overflow_total",
-		Help: "Flows and lookups to a host beyond a workstation's budget of new hosts (per-destination isolation), sent on that workstation's overflow credentials.",
+		Help: "Flows and lookups beyond a workstation's budget of new circuits (new hosts in per-destination isolation, new client credentials on a SOCKS port), sent on that workstation's overflow credentials.",
 	}, func() float64 { return float64(iso.Overflow()) })
 	t.endedVec = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flows_ended_total",

@@ -45,18 +45,20 @@ type Group struct {
 
 // The groups.
 var (
-	GroupTorgate  = Group{"torgate", "limits_doc_test.go", "GroupTorgate"}
-	GroupCmd      = Group{"cmd/torgate", "cmd/torgate/limits_doc_test.go", "GroupCmd"}
-	GroupTunnel   = Group{"tunnel", "tunnel/limits_doc_test.go", "GroupTunnel"}
-	GroupNetstack = Group{"netstack", "netstack/limits_doc_test.go", "GroupNetstack"}
-	GroupDNS      = Group{"dns", "dns/limits_doc_test.go", "GroupDNS"}
-	GroupLAN      = Group{"internal/lan", "internal/lan/limits_doc_test.go", "GroupLAN"}
-	GroupUpstream = Group{"internal/upstream", "internal/upstream/limits_doc_test.go", "GroupUpstream"}
-	GroupTorctl   = Group{"internal/torctl", "internal/torctl/limits_doc_test.go", "GroupTorctl"}
+	GroupTorgate   = Group{"torgate", "limits_doc_test.go", "GroupTorgate"}
+	GroupCmd       = Group{"cmd/torgate", "cmd/torgate/limits_doc_test.go", "GroupCmd"}
+	GroupTunnel    = Group{"tunnel", "tunnel/limits_doc_test.go", "GroupTunnel"}
+	GroupNetstack  = Group{"netstack", "netstack/limits_doc_test.go", "GroupNetstack"}
+	GroupDNS       = Group{"dns", "dns/limits_doc_test.go", "GroupDNS"}
+	GroupLAN       = Group{"internal/lan", "internal/lan/limits_doc_test.go", "GroupLAN"}
+	GroupUpstream  = Group{"internal/upstream", "internal/upstream/limits_doc_test.go", "GroupUpstream"}
+	GroupTorctl    = Group{"internal/torctl", "internal/torctl/limits_doc_test.go", "GroupTorctl"}
+	GroupCtlport   = Group{"internal/ctlport", "internal/ctlport/limits_doc_test.go", "GroupCtlport"}
+	GroupSocksport = Group{"internal/socksport", "internal/socksport/limits_doc_test.go", "GroupSocksport"}
 )
 
 // Groups lists every group.
-var Groups = []Group{GroupTorgate, GroupCmd, GroupTunnel, GroupNetstack, GroupDNS, GroupLAN, GroupUpstream, GroupTorctl}
+var Groups = []Group{GroupTorgate, GroupCmd, GroupTunnel, GroupNetstack, GroupDNS, GroupLAN, GroupUpstream, GroupTorctl, GroupCtlport, GroupSocksport}
 
 // Owners maps each row of the limits table (its "what" cell, verbatim) to
 // the group whose test checks it.
@@ -87,6 +89,12 @@ var Owners = map[string]Group{
 	"bootstrap stall warning":              GroupTorctl,
 	"`torgate exec --wait`":                GroupCmd,
 	"LAN neighbour resolution (`--lan`)":   GroupLAN,
+	"control port connections (9051)":      GroupCtlport,
+	"a control port connection":            GroupCtlport,
+	"control port answers from Tor":        GroupCtlport,
+	"SOCKS-port handshake":                 GroupSocksport,
+	"SOCKS-port handshakes in progress":    GroupSocksport,
+	"new circuits per workstation (per-destination isolation, SOCKS-port credentials)": GroupTunnel,
 }
 
 // A Row is one row of a table: the "what", "value" and "why" cells.

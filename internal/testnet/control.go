@@ -26,8 +26,15 @@ type Control struct {
 // DialControl connects to a control port and authenticates with the
 // cookie file the tor behind it names (CookieAuthentication 1).
 func DialControl(ctx context.Context, addr string) (*Control, error) {
+	return DialControlAt(ctx, "tcp", addr)
+}
+
+// DialControlAt is DialControl for a control port ("tcp") or a control
+// socket ("unix", a path): a tor the harness did not start, such as the
+// one torgate manages (ControlSocket), whose cookie the caller can read.
+func DialControlAt(ctx context.Context, network, addr string) (*Control, error) {
 	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", addr)
+	nc, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("control dial: %w", err)
 	}

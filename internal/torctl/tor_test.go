@@ -408,3 +408,38 @@ func TestManagedRestart(t *testing.T) {
 		}
 	})
 }
+
+// TestTorGetInfo: GetInfo answers from the live connection, refuses a key
+// that could carry a second command without sending it, and says
+// ErrNotConnected when there is no connection.
+func TestTorGetInfo(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeTor(t, "NULL")
+		f.setReady()
+		f.set("version", "0.4.9.1")
+		tor := startAttached(t, f, Config{})
+		synctest.Wait()
+		info, err := tor.GetInfo(t.Context(), "version", "status/circuit-established")
+		if err != nil {
+			t.Fatalf("GetInfo: %v", err)
+		}
+		if info["version"] != "0.4.9.1" || info["status/circuit-established"] != "1" {
+			t.Errorf("GetInfo = %v", info)
+		}
+		for _, k := range []string{"version\r\nSIGNAL SHUTDOWN", "a b", "", `"x"`} {
+			if _, err := tor.GetInfo(t.Context(), k); !errors.Is(err, ErrSyntax) {
+				t.Errorf("GetInfo(%q) = %v, want ErrSyntax", k, err)
+			}
+		}
+		if got := f.signalsSent(); len(got) != 0 {
+			t.Errorf("signals sent = %v", got)
+		}
+		if _, err := tor.GetInfo(t.Context(), "address"); err == nil {
+			t.Error("GetInfo of a key fakeTor lacks: no error")
+		}
+		tor.Close()
+		if _, err := tor.GetInfo(t.Context(), "version"); !errors.Is(err, ErrNotConnected) {
+			t.Errorf("GetInfo after Close = %v, want ErrNotConnected", err)
+		}
+	})
+}
