@@ -2,7 +2,8 @@
 
 usage: svcflood.py SECONDS HOST PORT KIND:N...
   Opens, from this host, N TCP connections of each KIND to HOST:PORT, in
-  the order given, 16 every 20 ms, and plays KIND on each:
+  the order given, 16 every 20 ms (a KIND starts a batch of its own), and
+  plays KIND on each:
     silent       connects and sends nothing
     greet        sends half a SOCKS5 greeting (05 01) and stops
     hang=NAME:P  SOCKS5 no-auth greeting, then CONNECT NAME:P (a port whose
@@ -11,9 +12,8 @@ usage: svcflood.py SECONDS HOST PORT KIND:N...
                  again and again until SECONDS are over (50 ms apart after
                  a failure)
     long         sends 100 KiB without a newline
-    binary       sends 4 KiB of random bytes without a newline (NULs among
-                 them)
-    nul          sends 4 KiB of NULs
+    binary       sends a line of 1 KiB of random bytes (NULs among them)
+    nul          sends a line of 1 KiB of NULs
   When all are open (or 5 s passed) and one more second went by, prints
   "svcflood: ready ..."; then holds them until SECONDS are over (or it is
   killed), counting every half second how many of each KIND are open, and
@@ -118,9 +118,9 @@ class Conn:
         elif self.base == "long":
             self.send(b"A" * (100 << 10))
         elif self.base == "binary":
-            self.send(os.urandom(4096).replace(b"\n", b"\0"))
+            self.send(os.urandom(1024).replace(b"\n", b"\0") + b"\r\n")
         elif self.base == "nul":
-            self.send(b"\0" * 4096)
+            self.send(b"\0" * 1024 + b"\r\n")
 
     def on_data(self, data):
         if len(self.st.first) < 60:
@@ -190,17 +190,21 @@ def step(timeout):
                 c.on_data(data)
 
 
-todo = [kind for kind, n in kinds for _ in range(n)]
-for i in range(0, len(todo), BATCH):
-    for kind in todo[i : i + BATCH]:
-        Conn(kind)
-    step(PAUSE)
+def run_for(d):
+    until = time.monotonic() + d
+    while time.monotonic() < until:
+        step(max(0, until - time.monotonic()))
+
+
+for kind, n in kinds:
+    for i in range(0, n, BATCH):
+        for _ in range(min(BATCH, n - i)):
+            Conn(kind)
+        run_for(PAUSE)
 ready_by = time.monotonic() + 5
 while time.monotonic() < ready_by and any(c.state == "connecting" for c in conns):
     step(0.1)
-settle = time.monotonic() + 1
-while time.monotonic() < settle:
-    step(0.1)
+run_for(1)
 
 
 def open_now(kind):
