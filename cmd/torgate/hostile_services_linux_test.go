@@ -317,19 +317,20 @@ func (h *hostileNet) socksFlood(t *testing.T) {
 	t.Logf("recipe S1: upstream saw %d of A's CONNECTs to the hanging port and %d of its burst (%d answered 0x00, %d failed)",
 		hangs, bursts, r["burst"].OK, r["burst"].Failed)
 	stalled := r["silent"].HeldMax + r["greet"].HeldMax
-	t.Logf("recipe S1: A held at most %d handshakes that never finished, %d at the end, closed after a median %.1fs (silent) %.1fs (greet)",
-		stalled, r["silent"].Open+r["greet"].Open, r["silent"].ClosedMedianS, r["greet"].ClosedMedianS)
+	t.Logf("recipe S1: of A's %d connections that never finished the handshake, %d were refused (RST to the SYN), %d reset at once, %d closed later; it held at most %d, %d at the end",
+		r["silent"].Opened+r["greet"].Opened, r["silent"].Refused+r["greet"].Refused, r["silent"].Reset+r["greet"].Reset,
+		r["silent"].Closed+r["greet"].Closed-r["silent"].Reset-r["greet"].Reset, stalled, r["silent"].Open+r["greet"].Open)
 	if stalled > socksHandshakesPerWS {
 		t.Errorf("recipe S1: A held %d SOCKS handshakes that never finished, over its share of %d", stalled, socksHandshakesPerWS)
 	}
 	if n := r["silent"].Open + r["greet"].Open; n > 0 {
 		t.Errorf("recipe S1: %d of A's handshakes that never finished were still open after %ds (handshake timeout %v)", n, seconds, socksHandshakeTimeout)
 	}
-	if r["hang"].HeldMax > dialsPerWS {
-		t.Errorf("recipe S1: A held %d CONNECTs pending upstream, over its share of %d dials", r["hang"].HeldMax, dialsPerWS)
-	}
-	if r["burst"].OK == 0 {
-		t.Errorf("recipe S1: none of A's burst CONNECTs was served: the flood did not flood")
+	// Its hanging CONNECTs take A's whole share of dials (its burst then
+	// gets failure replies); they stay pending upstream after A hung up,
+	// until the tunnel's dial timeout (torgate_flows_active below).
+	if r["hang"].HeldMax > dialsPerWS || hangs > dialsPerWS {
+		t.Errorf("recipe S1: A held %d CONNECTs pending, %d reached upstream, over its share of %d dials", r["hang"].HeldMax, hangs, dialsPerWS)
 	}
 	met := h.logServiceMetrics(t, "recipe S1 after the flood")
 	for _, want := range []string{`socksport_handshakes_refused_total{reason="share"}`, `socksport_handshakes_refused_total{reason="timeout"}`} {
@@ -394,8 +395,8 @@ func (h *hostileNet) controlFlood(t *testing.T) {
 		}
 	}
 	held := r["silent"].HeldMax + r["long"].HeldMax + r["binary"].HeldMax + r["nul"].HeldMax
-	t.Logf("recipe S2: A held at most %d control connections; of its idle ones %d refused at once (reset), %d open at the end, closed after a median %.1fs",
-		held, r["silent"].Reset, r["silent"].Open, r["silent"].ClosedMedianS)
+	t.Logf("recipe S2: A held at most %d control connections; of its %d idle ones %d were refused (RST to the SYN), %d reset later, %d closed after a median %.1fs, %d open at the end",
+		held, r["silent"].Opened, r["silent"].Refused, r["silent"].Reset, r["silent"].Closed, r["silent"].ClosedMedianS, r["silent"].Open)
 	if held > controlConnsPerWS {
 		t.Errorf("recipe S2: A held %d control connections, over its share of %d", held, controlConnsPerWS)
 	}
