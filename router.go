@@ -144,6 +144,7 @@ func NewContext(ctx context.Context, cfg Config) (_ *Router, err error) {
 		r.buildTunnel,
 		r.buildServices,
 		r.buildStack,
+		r.buildOnion,
 		r.registerMetrics,
 		func(u *cleanup) error { return r.startTor(ctx, u) },
 	}
@@ -160,7 +161,7 @@ func NewContext(ctx context.Context, cfg Config) (_ *Router, err error) {
 
 // buildSteps name NewContext's steps, in order, for a test that makes
 // each fail (Config.failAt).
-var buildSteps = [...]string{"tor", "upstream", "names", "device", "policy", "dns", "tunnel", "services", "stack", "metrics", "start-tor"}
+var buildSteps = [...]string{"tor", "upstream", "names", "device", "policy", "dns", "tunnel", "services", "stack", "onion", "metrics", "start-tor"}
 
 // errInjected is the failure a test asks a build step for.
 var errInjected = errors.New("injected failure")
@@ -194,7 +195,7 @@ func (r *Router) buildTor(u *cleanup) error {
 	if f := r.cfg.OnTorProgress; f != nil {
 		progress = func(b torctl.Bootstrap) { f(bootstrapOf(b)) }
 	}
-	ts, err := newTorSide(&r.cfg, progress, r.torDown)
+	ts, err := newTorSide(&r.cfg, progress, r.torDown, r.onConnect)
 	if err != nil {
 		return err
 	}

@@ -1,14 +1,22 @@
 package torgate
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
 	"net/netip"
+	"os"
+	"os/user"
 	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/torgate/torgate/internal/ctlport"
+	"github.com/torgate/torgate/internal/onion"
 	"github.com/torgate/torgate/internal/socksport"
 	"github.com/torgate/torgate/internal/svcmux"
+	"github.com/torgate/torgate/internal/torctl"
 )
 
 // services are the workstation services (docs/workstations.md): the
@@ -17,6 +25,7 @@ import (
 type services struct {
 	ctl   *ctlport.Server   // nil when off
 	socks *socksport.Server // nil when off
+	onion *onion.Server     // nil without Config.Onions
 	mux   *svcmux.Mux       // the stack's TCP handler: services, else the tunnel
 }
 
@@ -112,6 +121,9 @@ func (s *services) metrics() []prometheus.Collector {
 	if s.socks != nil {
 		cs = append(cs, s.socks.Metrics()...)
 	}
+	if s.onion != nil {
+		cs = append(cs, s.onion.Metrics()...)
+	}
 	return cs
 }
 
@@ -124,4 +136,131 @@ func (s *services) close() {
 	if s.socks != nil {
 		s.socks.Close()
 	}
+	if s.onion != nil {
+		s.onion.Close()
+	}
+}
+
+// onConnect is torctl's OnConnect: every new control connection to Tor
+// (a managed Tor restarted, an attached one reconnected) gets the onion
+// services again. Until buildOnion ran there are none.
+func (r *Router) onConnect(ctx context.Context, c *torctl.Conn) error {
+	if o := r.svc.onion; o != nil {
+		return o.OnConnect(ctx, c)
+	}
+	return nil
+}
+
+// buildOnion builds the onion services hosted on workstations: each
+// target must be a workstation on one of the gateway's networks, and is
+// dialled from the stack, from the gateway's own address on that network.
+func (r *Router) buildOnion(u *cleanup) error {
+	if len(r.cfg.Onions) == 0 {
+		return nil
+	}
+	if r.tor.tor == nil {
+		return errors.New("config: Onions need Tor's control port (a managed Tor or AttachedTor), not a plain SOCKS upstream")
+	}
+	entries := make([]onion.Entry, 0, len(r.cfg.Onions))
+	for _, o := range r.cfg.Onions {
+		t := netip.AddrPortFrom(o.Target.Addr().Unmap(), o.Target.Port())
+		if _, err := r.onionSource(t.Addr()); err != nil {
+			return fmt.Errorf("config: onion %s: %w", o, err)
+		}
+		entries = append(entries, onion.Entry{Port: o.Port, Target: t})
+	}
+	srv, err := onion.New(onion.Config{
+		Entries:  entries,
+		StateDir: r.cfg.StateDir,
+		TorUser:  r.onionTorUser(),
+		Dial: func(ctx context.Context, target netip.AddrPort) (net.Conn, error) {
+			src, err := r.onionSource(target.Addr())
+			if err != nil {
+				return nil, err
+			}
+			return r.stack.DialTCP(ctx, netip.AddrPortFrom(src, 0), target)
+		},
+		Logger: r.log.With("component", "onion"),
+	})
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(); err != nil {
+		srv.Close()
+		return err
+	}
+	r.svc.onion = srv
+	u.push(func() { srv.Close() })
+	for _, s := range srv.Services() {
+		r.log.Info("onion service", "address", s.Address, "ports", fmt.Sprint(s.Ports))
+	}
+	return nil
+}
+
+// onionSource is the gateway's own address that a connection to a
+// workstation at target leaves from: on a LAN the gateway's address on
+// the LAN that holds target; on a TUN the service address of target's
+// family. A target on none of the gateway's networks, or the gateway
+// itself, is an error.
+func (r *Router) onionSource(target netip.Addr) (netip.Addr, error) {
+	if r.serviceAddr(target) {
+		return netip.Addr{}, fmt.Errorf("%s is the gateway, not a workstation", target)
+	}
+	if r.lan != nil {
+		for _, p := range r.lan.Prefixes() {
+			if !p.Contains(target) {
+				continue
+			}
+			for _, a := range r.lan.Addrs() {
+				if p.Contains(a) {
+					return a, nil
+				}
+			}
+		}
+		return netip.Addr{}, fmt.Errorf("%s is on none of the LANs %v", target, r.lan.Prefixes())
+	}
+	for _, a := range r.cfg.ServiceAddrs {
+		if a.Is4() == target.Is4() {
+			return a, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("no gateway address of %s's family to dial it from (Config.ServiceAddrs)", target)
+}
+
+// onionTorUser is the account that must reach the onion sockets: the
+// managed Tor's, or for an attached Tor, run by root, Debian's tor user
+// if there is one (the system tor runs as it).
+func (r *Router) onionTorUser() string {
+	if r.tor.mode == ModeManaged {
+		return r.tor.tor.User()
+	}
+	if os.Geteuid() == 0 {
+		if _, err := user.Lookup("debian-tor"); err == nil {
+			return "debian-tor"
+		}
+	}
+	return ""
+}
+
+// OnionService is one onion service hosted on a workstation.
+type OnionService struct {
+	// Address is its .onion name.
+	Address string
+	// Ports are its virtual ports.
+	Ports []uint16
+	// Live is true while Tor serves it (it accepted the service on the
+	// current control connection).
+	Live bool
+}
+
+// OnionServices returns the onion services and whether each is live.
+func (r *Router) OnionServices() []OnionService {
+	if r.svc.onion == nil {
+		return nil
+	}
+	var out []OnionService
+	for _, s := range r.svc.onion.Services() {
+		out = append(out, OnionService{Address: s.Address, Ports: s.Ports, Live: s.Live})
+	}
+	return out
 }

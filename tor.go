@@ -84,7 +84,8 @@ type torSide struct {
 
 // newTorSide builds (but does not start) the Tor of cfg. onDown ends the
 // flows; it runs on torctl's goroutine after Ready turned false.
-func newTorSide(cfg *Config, onProgress func(torctl.Bootstrap), onDown func()) (*torSide, error) {
+// onConnect runs on every new control connection (onion services).
+func newTorSide(cfg *Config, onProgress func(torctl.Bootstrap), onDown func(), onConnect func(context.Context, *torctl.Conn) error) (*torSide, error) {
 	s := &torSide{mode: ModeSocks}
 	s.newnym = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "new_identity_total", Help: "New identities carried out, by scope (source or all).",
@@ -104,6 +105,7 @@ func newTorSide(cfg *Config, onProgress func(torctl.Bootstrap), onDown func()) (
 	}
 	tc.Logger = cfg.Logger.With("component", "torctl")
 	tc.OnProgress = onProgress
+	tc.OnConnect = onConnect
 	tc.OnDown = func() {
 		s.downs.Inc()
 		onDown()

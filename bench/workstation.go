@@ -103,6 +103,21 @@ func (w *Workstation) Dial(ctx context.Context, dst netip.AddrPort) (*gonet.TCPC
 	}, proto)
 }
 
+// Listen accepts TCP connections to the workstation's address on port:
+// a service on the workstation that the router dials (an onion service's
+// target).
+func (w *Workstation) Listen(port uint16) (*gonet.TCPListener, error) {
+	proto := ipv4.ProtocolNumber
+	if w.Addr.Is6() {
+		proto = ipv6.ProtocolNumber
+	}
+	return gonet.ListenTCP(w.stack, tcpip.FullAddress{
+		NIC:  1,
+		Addr: tcpip.AddrFromSlice(w.Addr.AsSlice()),
+		Port: port,
+	}, proto)
+}
+
 // DialUDP opens a connected UDP socket from the workstation to dst.
 func (w *Workstation) DialUDP(dst netip.AddrPort) (net.Conn, error) {
 	proto := ipv4.ProtocolNumber

@@ -54,6 +54,13 @@
 // and which a relay can drain without blocking (TryRead) and be told about
 // when more data comes (NotifyRead), so an idle flow costs no goroutine.
 //
+// Dialing out (dial.go): DialTCP opens a connection from the gateway's
+// own address to a workstation, in gVisor, for the onion services hosted
+// on workstations (internal/onion, which dials only declared targets).
+// Its segments take the outbound path above, and the workstation's
+// answers the inbound one, where gVisor's demuxer hands them to the
+// dialling endpoint before the forwarder could see them.
+//
 // gVisor types stop at this package's edge: flows leave as net.Conn plus
 // netip.AddrPort.
 //

@@ -34,6 +34,7 @@ func serveAdmin(addr string, r *torgate.Router, gatherer prometheus.Gatherer, lo
 		Ready:       r.Ready,
 		Healthy:     r.Healthy,
 		Mode:        modeText(r),
+		Details:     func() []string { return onionDetails(r) },
 		NewIdentity: r.NewIdentity,
 		NewIdentityAll: func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
@@ -58,6 +59,19 @@ func serveAdmin(addr string, r *torgate.Router, gatherer prometheus.Gatherer, lo
 		}
 	}
 	return func() { srv.Close() }, wait, nil
+}
+
+// onionDetails are /readyz's lines on the onion services.
+func onionDetails(r *torgate.Router) []string {
+	var out []string
+	for _, s := range r.OnionServices() {
+		state := "live"
+		if !s.Live {
+			state = "not published"
+		}
+		out = append(out, fmt.Sprintf("onion %s ports %v: %s", s.Address, s.Ports, state))
+	}
+	return out
 }
 
 // modeText names the router's mode for /readyz and logs.

@@ -8,6 +8,7 @@
 //	torgate run --tor-control 127.0.0.1:9051    # uses a running Tor
 //	torgate run --socks 127.0.0.1:9050          # any SOCKS5 proxy, no control port
 //	torgate newnym [SOURCE]
+//	torgate onion list
 //
 // Run "torgate run -h" for the flags. Logs go to stderr.
 package main
@@ -84,6 +85,7 @@ commands:
   exec     run one command in a fresh network namespace whose only way out is Tor
   newnym   new identity for one workstation (SOURCE) or all, through the admin endpoint
   lan      remove (lan down IFACE) or pre-install (lan guard IFACE...) a LAN's guard rules
+  onion    list the .onion addresses of the onion services hosted on workstations
   version  print the version (also --version)
 
 "torgate <command> -h" lists a command's flags.
@@ -114,7 +116,7 @@ func helpRequested(cmd string, args []string) bool {
 		switch {
 		case a == "--":
 			return false
-		case a == "-h" || a == "-help" || a == "--help" || (cmd == "lan" && a == "help"):
+		case a == "-h" || a == "-help" || a == "--help" || ((cmd == "lan" || cmd == "onion") && a == "help"):
 			return true
 		case cmd == "exec" && !strings.HasPrefix(a, "-"):
 			return false // exec's command (or a flag's value): its own -h is the command's
@@ -141,6 +143,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return cmdNewnym(ctx, args[1:], stdout, stderr)
 	case "lan":
 		return cmdLAN(args[1:], stdout, stderr)
+	case "onion":
+		return cmdOnion(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "torgate", version())
 		return nil

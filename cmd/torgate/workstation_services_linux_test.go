@@ -216,6 +216,9 @@ func TestWorkstationServices(t *testing.T) {
 		if body, err := g.wsCurl(g.B, "--socks5-hostname", net.JoinHostPort(gwLAN4, "9150"), "http://"+addr+"/"); err != nil || body != "ws-A-80\n" {
 			t.Errorf("%s: ws B through the gateway's SOCKS port fetching %s: %v %q", phase, addr, err, body)
 		}
+		if body, err := g.wsCurl(g.B, "--socks5-hostname", net.JoinHostPort(gwLAN6, "9150"), "http://"+addr+"/"); err != nil || body != "ws-A-80\n" {
+			t.Errorf("%s: ws B through the gateway's SOCKS port on IPv6 fetching %s: %v %q", phase, addr, err, body)
+		}
 		if body, err := g.wsCurl(g.B, "http://"+addr+"/"); err != nil || body != "ws-A-80\n" {
 			t.Errorf("%s: ws B through the transparent path fetching %s: %v %q", phase, addr, err, body)
 		}

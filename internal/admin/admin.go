@@ -36,6 +36,10 @@ type Config struct {
 	// "socks: torgate cannot see Tor's bootstrap"); /readyz names it in
 	// both answers, so an operator knows what "ready" rests on. Optional.
 	Mode string
+	// Details, if set, are lines /readyz adds after its verdict, ready or
+	// not: the state of parts that do not decide readiness (an onion
+	// service not yet published does not stop the workstations' traffic).
+	Details func() []string
 	// NewIdentity rotates one source's circuits (POST /newnym?source=ADDR).
 	NewIdentity func(src netip.Addr) error
 	// NewIdentityAll rotates every circuit (POST /newnym).
@@ -54,23 +58,33 @@ func Handler(cfg Config) http.Handler {
 	if cfg.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
 	}
-	probe := func(f func() error, mode string) http.HandlerFunc {
+	probe := func(f func() error, mode string, details func() []string) http.HandlerFunc {
 		if mode != "" {
 			mode = " (mode " + mode + ")"
 		}
 		return func(w http.ResponseWriter, r *http.Request) {
+			var more string
+			if details != nil {
+				for _, l := range details() {
+					more += l + "\n"
+				}
+			}
 			if err := f(); err != nil {
-				http.Error(w, "not ok"+mode+": "+err.Error(), http.StatusServiceUnavailable)
+				msg := "not ok" + mode + ": " + err.Error()
+				if more != "" {
+					msg += "\n" + strings.TrimSuffix(more, "\n")
+				}
+				http.Error(w, msg, http.StatusServiceUnavailable)
 				return
 			}
-			fmt.Fprintln(w, "ok"+mode)
+			fmt.Fprint(w, "ok"+mode+"\n"+more)
 		}
 	}
 	if cfg.Healthy != nil {
-		mux.HandleFunc("GET /healthz", probe(cfg.Healthy, ""))
+		mux.HandleFunc("GET /healthz", probe(cfg.Healthy, "", nil))
 	}
 	if cfg.Ready != nil {
-		mux.HandleFunc("GET /readyz", probe(cfg.Ready, cfg.Mode))
+		mux.HandleFunc("GET /readyz", probe(cfg.Ready, cfg.Mode, cfg.Details))
 	}
 	mux.HandleFunc("POST /newnym", func(w http.ResponseWriter, r *http.Request) {
 		src := r.URL.Query().Get("source")

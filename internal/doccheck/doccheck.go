@@ -55,10 +55,11 @@ var (
 	GroupTorctl    = Group{"internal/torctl", "internal/torctl/limits_doc_test.go", "GroupTorctl"}
 	GroupCtlport   = Group{"internal/ctlport", "internal/ctlport/limits_doc_test.go", "GroupCtlport"}
 	GroupSocksport = Group{"internal/socksport", "internal/socksport/limits_doc_test.go", "GroupSocksport"}
+	GroupOnion     = Group{"internal/onion", "internal/onion/limits_doc_test.go", "GroupOnion"}
 )
 
 // Groups lists every group.
-var Groups = []Group{GroupTorgate, GroupCmd, GroupTunnel, GroupNetstack, GroupDNS, GroupLAN, GroupUpstream, GroupTorctl, GroupCtlport, GroupSocksport}
+var Groups = []Group{GroupTorgate, GroupCmd, GroupTunnel, GroupNetstack, GroupDNS, GroupLAN, GroupUpstream, GroupTorctl, GroupCtlport, GroupSocksport, GroupOnion}
 
 // Owners maps each row of the limits table (its "what" cell, verbatim) to
 // the group whose test checks it.
@@ -95,6 +96,7 @@ var Owners = map[string]Group{
 	"SOCKS-port handshake":                 GroupSocksport,
 	"SOCKS-port handshakes in progress":    GroupSocksport,
 	"new circuits per workstation (per-destination isolation, SOCKS-port credentials)": GroupTunnel,
+	"onion service connections": GroupOnion,
 }
 
 // A Row is one row of a table: the "what", "value" and "why" cells.

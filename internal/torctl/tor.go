@@ -108,6 +108,14 @@ type Config struct {
 	// the caller ends the flows that went through that Tor. It must not
 	// block for long or call Close. Optional.
 	OnDown func()
+	// OnConnect is called on every new control connection once it is
+	// authenticated and set up, before it serves (a managed Tor restarted,
+	// an attached one reconnected): what was added on the previous
+	// connection (ADD_ONION without Detach) ended with it. ctx bounds the
+	// call (CommandTimeout). An error drops the connection, which is then
+	// retried like a lost one, so return errors only for a connection that
+	// is unusable. It may call c's commands, not Close. Optional.
+	OnConnect func(ctx context.Context, c *Conn) error
 	// Logger; nil discards. The managed tor's own log lines are logged
 	// at Debug (notice), Warn and Error, with component=tor.
 	Logger *slog.Logger
@@ -422,6 +430,15 @@ func (t *Tor) SocksAddr() string {
 // CAP_SETGID, and stopping it CAP_KILL.
 func (t *Tor) SwitchesUser() bool { return t.runAs != nil }
 
+// User names the account a managed Tor runs as when it is not torgate's
+// own (what must reach files torgate makes for it), "" otherwise.
+func (t *Tor) User() string {
+	if t.runAs == nil {
+		return ""
+	}
+	return t.runAs.name
+}
+
 // PID returns the managed tor's process ID, or 0 when none runs (or in
 // attach mode).
 func (t *Tor) PID() int { return int(t.pid.Load()) }
@@ -554,7 +571,11 @@ func (t *Tor) setup(ctx context.Context, c *Conn) error {
 	t.mu.Lock()
 	t.cur = c
 	t.mu.Unlock()
-	if err := c.SetEvents(ctx, evStatusClient, evNetworkLiveness); err != nil {
+	err := c.SetEvents(ctx, evStatusClient, evNetworkLiveness)
+	if err == nil && t.cfg.OnConnect != nil {
+		err = t.cfg.OnConnect(ctx, c)
+	}
+	if err != nil {
 		t.mu.Lock()
 		t.cur = nil
 		t.mu.Unlock()

@@ -3,16 +3,38 @@
 # SOCKS listener, optionally NEWNYM, and what must be refused.
 # usage: stem_client.py HOST PORT [newnym]
 # Prints one line per step; the Go test reads them.
+import socket
 import sys
 
 import stem
+import stem.socket
 from stem import Signal
 from stem.control import Controller, Listener
 
 host, port = sys.argv[1], int(sys.argv[2])
 newnym = len(sys.argv) > 3 and sys.argv[3] == "newnym"
 
-with Controller.from_port(address=host, port=port) as c:
+
+
+class TCPControlSocket(stem.socket.ControlSocket):
+    """A control connection to any address: stem 1.8's ControlPort takes
+    IPv4 addresses only ("Invalid IP address" for IPv6)."""
+
+    def __init__(self, host, port):
+        super().__init__()
+        self.host, self.port = host, port
+        self.connect()
+
+    def _make_socket(self):
+        return socket.create_connection((self.host, self.port), timeout=30)
+
+
+if ":" in host:
+    controller = Controller(TCPControlSocket(host, port))
+else:
+    controller = Controller.from_port(address=host, port=port)
+
+with controller as c:
     c.authenticate()
     print("authenticated")
     print("version", c.get_version())
