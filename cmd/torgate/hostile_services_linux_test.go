@@ -327,10 +327,21 @@ func (h *hostileNet) socksFlood(t *testing.T) {
 		t.Errorf("recipe S1: %d of A's handshakes that never finished were still open after %ds (handshake timeout %v)", n, seconds, socksHandshakeTimeout)
 	}
 	// Its hanging CONNECTs take A's whole share of dials (its burst then
-	// gets failure replies); they stay pending upstream after A hung up,
-	// until the tunnel's dial timeout (torgate_flows_active below).
+	// gets failure replies). Once A hung up they end with it: a SOCKS
+	// client that leaves cancels its dial, as Tor does (before that fix,
+	// torgate_flows_active stayed at 128 for the 90 s dial timeout).
 	if r["hang"].HeldMax > dialsPerWS || hangs > dialsPerWS {
 		t.Errorf("recipe S1: A held %d CONNECTs pending, %d reached upstream, over its share of %d dials", r["hang"].HeldMax, hangs, dialsPerWS)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		active := h.metrics(t, "torgate_flows_active")
+		if len(active) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("recipe S1: 5 s after A hung up, its CONNECTs are still dialling: %v", active)
+			break
+		}
 	}
 	met := h.logServiceMetrics(t, "recipe S1 after the flood")
 	for _, want := range []string{`socksport_handshakes_refused_total{reason="share"}`, `socksport_handshakes_refused_total{reason="timeout"}`} {
