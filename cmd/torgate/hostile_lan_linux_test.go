@@ -181,29 +181,7 @@ func newHostileNet(t *testing.T, bin string) *hostileNet {
 	mustRun(t, "ip", "-n", h.sw, "link", "set", "br0", "up")
 	h.plug(t, h.gw, lanIface)
 
-	for _, c := range [][]string{
-		{"-n", h.gw, "link", "set", "lo", "up"},
-		{"-n", h.gw, "addr", "add", gwLAN4 + "/18", "dev", lanIface},
-		{"-n", h.gw, "-6", "addr", "add", gwLAN6 + "/64", "dev", lanIface, "nodad"},
-		{"-n", h.gw, "link", "set", lanIface, "up"},
-		{"-n", h.gw, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", h.inet},
-		{"-n", h.gw, "addr", "add", gwUp4 + "/24", "dev", "eth0"},
-		{"-n", h.gw, "-6", "addr", "add", gwUp6 + "/64", "dev", "eth0", "nodad"},
-		{"-n", h.gw, "link", "set", "eth0", "up"},
-		{"-n", h.gw, "route", "add", "default", "via", inetAddr4},
-		{"-n", h.gw, "-6", "route", "add", "default", "via", inetAddr6},
-
-		{"-n", h.inet, "link", "set", "lo", "up"},
-		{"-n", h.inet, "addr", "add", inetAddr4 + "/24", "dev", "eth0"},
-		{"-n", h.inet, "-6", "addr", "add", inetAddr6 + "/64", "dev", "eth0", "nodad"},
-		{"-n", h.inet, "link", "set", "eth0", "up"},
-		{"-n", h.inet, "route", "add", lanPrefix4.String(), "via", gwUp4},
-		{"-n", h.inet, "-6", "route", "add", lanPrefix6.String(), "via", gwUp6},
-	} {
-		mustRun(t, "ip", c...)
-	}
-	// A router: forwarding on. torgate must not rely on it being off.
-	mustRun(t, "ip", "netns", "exec", h.gw, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	wireGateway(t, h.gw, h.inet, lanIface)
 	h.gwMAC = linkMAC(t, h.gw, lanIface)
 
 	h.addHost(t, "A", "10.152.152.20", "fd52:7b2a:1e00::20")
