@@ -31,8 +31,12 @@ func parseRunFlags(fs *flag.FlagSet, f *runFlags, args []string) error {
 		return err
 	}
 	if f.configFile != "" {
-		return applyConfigFile(fs, f.configFile)
+		if err := applyConfigFile(fs, f.configFile); err != nil {
+			return err
+		}
 	}
+	f.set = map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { f.set[fl.Name] = true })
 	return nil
 }
 

@@ -29,6 +29,8 @@ type runFlags struct {
 	onions                                       stringList
 	serviceAddrs                                 []netip.Addr // exec's; run has no flag for it
 	tor                                          torFlags
+	// set names the flags the command line or the config file set.
+	set map[string]bool
 }
 
 func (f *runFlags) register(fs *flag.FlagSet) {
@@ -207,6 +209,10 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	// Tor.
 	if fs.NArg() > 0 {
 		return fmt.Errorf("run: unexpected argument %q: every setting is a flag (-h lists them) or a --config file key", fs.Arg(0))
+	}
+	// Everything is checked before anything is touched.
+	if _, err := f.validate(false); err != nil {
+		return err
 	}
 	a, err := startApp(ctx, &f, stderr, nil)
 	if err != nil {
