@@ -54,9 +54,9 @@ type app struct {
 }
 
 // startApp brings torgate up as the flags say. dev, if not nil, replaces
-// the TUN the flags describe (exec creates its own). The router is built
-// but not started.
-func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device) (*app, error) {
+// the TUN the flags describe (exec creates its own). warnings are logged
+// first (validation's). The router is built but not started.
+func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device, warnings ...string) (*app, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level: %w", err)
@@ -69,6 +69,9 @@ func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device
 		return nil, fmt.Errorf("--log-format: %w", err)
 	}
 	view.log = log
+	for _, w := range warnings {
+		log.Warn("configuration", "warning", w)
+	}
 	cfg, err := f.config()
 	if err != nil {
 		return nil, err

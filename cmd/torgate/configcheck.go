@@ -72,6 +72,9 @@ func printConfig(w io.Writer, fs *flag.FlagSet, f *runFlags, v validated) {
 		}
 		fmt.Fprintf(w, "# lan %s: gateway %s (%s)\n", l.name, strings.Join(ps, ", "), where)
 	}
+	for _, warn := range v.warnings {
+		fmt.Fprintf(w, "# warning: %s\n", warn)
+	}
 	unused := map[string]string{}
 	if len(f.lan) > 0 {
 		for _, k := range []string{"tun", "tun-fd", "addr", "addr6", "mtu"} {

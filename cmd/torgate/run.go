@@ -211,10 +211,11 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("run: unexpected argument %q: every setting is a flag (-h lists them) or a --config file key", fs.Arg(0))
 	}
 	// Everything is checked before anything is touched.
-	if _, err := f.validate(false); err != nil {
+	v, err := f.validate(false)
+	if err != nil {
 		return err
 	}
-	a, err := startApp(ctx, &f, stderr, nil)
+	a, err := startApp(ctx, &f, stderr, nil, v.warnings...)
 	if err != nil {
 		return err
 	}

@@ -40,6 +40,8 @@ type validated struct {
 	mode     string // torgate.Mode*
 	stateDir string // the effective state directory, "" for none
 	lans     []lanChecked
+	// warnings are for the log: valid, but likely not what was meant.
+	warnings []string
 }
 
 // validate checks f in full for run (exec false) or exec, and returns the
@@ -85,6 +87,11 @@ func (f *runFlags) validate(exec bool) (validated, error) {
 				continue
 			}
 			v.lans = append(v.lans, lanChecked{name, info})
+			if !info.Taken && !info.Guarded {
+				// The boot unit's guard runs before the network: a LAN
+				// neither guarded nor taken was open until now.
+				v.warnings = append(v.warnings, fmt.Sprintf("lan %s had no guard rules and was not in its LAN namespace: it was open to the gateway's kernel until now (is torgate-lan-guard.service enabled for %s, with no typo in its name?)", name, name))
+			}
 			for _, p := range info.Prefixes {
 				if !p.Addr().IsLinkLocalUnicast() {
 					nets = append(nets, namedPrefix{p, name + "'s network " + p.Masked().String()})

@@ -83,6 +83,9 @@ func TestValidateLANReadOnly(t *testing.T) {
 	if err != nil || !strings.Contains(out, "# lan eth1: gateway 10.152.152.10/18") || !strings.Contains(out, "(in the gateway's namespace)") || !strings.Contains(out, `lan = ["eth1"]`) {
 		t.Errorf("config check: %v\n%s%s", err, out, errOut)
 	}
+	if !strings.Contains(out, "# warning: lan eth1 had no guard rules") {
+		t.Errorf("config check of an unguarded LAN gives no warning:\n%s", out)
+	}
 	unchanged("config check")
 
 	_, errOut, err = tg(append([]string{"config", "check", "--dns-pool4", "10.152.152.0/24"}, common...)...)
@@ -118,6 +121,9 @@ func TestValidateLANReadOnly(t *testing.T) {
 	out, errOut, err = tg(append([]string{"config", "check"}, common...)...)
 	if err != nil || !strings.Contains(out, "# lan eth1: gateway 10.152.152.10/18") || !strings.Contains(out, "(in its LAN namespace already)") {
 		t.Errorf("config check of a taken interface: %v\n%s%s", err, out, errOut)
+	}
+	if strings.Contains(out, "# warning") {
+		t.Errorf("config check of a guarded LAN warns:\n%s", out)
 	}
 	_, errOut, err = tg(append([]string{"config", "check", "--dns-pool4", "10.152.152.0/24"}, common...)...)
 	if exitCode(err) != 1 || !strings.Contains(errOut, want) {

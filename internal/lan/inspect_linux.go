@@ -20,6 +20,9 @@ type Info struct {
 	// Taken reports that the interface is in its LAN namespace already
 	// (an earlier torgate run, or "torgate lan guard", took it).
 	Taken bool
+	// Guarded reports that guard rules for it are in place (Guard, or
+	// an earlier Open, installed them).
+	Guarded bool
 }
 
 // Inspect checks iface as Open would, and reads its gateway addresses,
@@ -63,5 +66,50 @@ func Inspect(iface string) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
-	return Info{Prefixes: p.addrs, Taken: p.inNS}, nil
+	guarded, err := hasGuards([]string{iface, p.tapName})
+	if err != nil {
+		return Info{}, err
+	}
+	return Info{Prefixes: p.addrs, Taken: p.inNS, Guarded: guarded}, nil
+}
+
+// Exists reports whether iface exists in the gateway's network namespace
+// or in its LAN namespace, changing nothing. Looking inside a LAN
+// namespace needs CAP_SYS_ADMIN.
+func Exists(iface string) (bool, error) {
+	if err := checkName(iface); err != nil {
+		return false, err
+	}
+	var nf netlink.LinkNotFoundError
+	if _, err := netlink.LinkByName(iface); err == nil {
+		return true, nil
+	} else if !errors.As(err, &nf) {
+		return false, fmt.Errorf("lan: interface %s: %w", iface, err)
+	}
+	name, err := NamespaceName(iface)
+	if err != nil {
+		return false, err
+	}
+	f, err := os.Open(filepath.Join(netnsDir, name))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("lan: open %s: %w", name, err)
+	}
+	defer f.Close()
+	if !isNetns(f) {
+		return false, nil
+	}
+	h, err := netlink.NewHandleAt(vnetns.NsHandle(f.Fd()))
+	if err != nil {
+		return false, fmt.Errorf("lan: look into namespace %s: %w", name, err)
+	}
+	defer h.Close()
+	if _, err := h.LinkByName(iface); err == nil {
+		return true, nil
+	} else if !errors.As(err, &nf) {
+		return false, fmt.Errorf("lan: interface %s in %s: %w", iface, name, err)
+	}
+	return false, nil
 }

@@ -36,7 +36,11 @@ var ErrNoInterface = errors.New("no such interface")
 type Info struct {
 	Prefixes []netip.Prefix
 	Taken    bool
+	Guarded  bool
 }
+
+// Exists needs Linux.
+func Exists(string) (bool, error) { return false, errNotLinux }
 
 // Inspect needs Linux.
 func Inspect(string) (Info, error) { return Info{}, errNotLinux }
