@@ -465,6 +465,9 @@ func (t *Tunnel) openFlows() int {
 	return t.total
 }
 
+// OpenFlows is the number of flows open or dialling.
+func (t *Tunnel) OpenFlows() int { return t.openFlows() }
+
 // HasFlows reports whether src has flows open or dialling.
 func (t *Tunnel) HasFlows(src netip.Addr) bool {
 	t.mu.Lock()

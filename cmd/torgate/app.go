@@ -162,6 +162,22 @@ func runTasks(ctx context.Context, log *slog.Logger, tasks []func(context.Contex
 	return err
 }
 
+// logStopped logs the end of a run once the app is closed: why it
+// stopped (the signal, or the failure), how many flows the stop ended,
+// how long torgate ran and how long the stop took.
+func (a *app) logStopped(ctx context.Context, err error, began time.Time) {
+	reason := "stopped"
+	switch {
+	case err != nil:
+		reason = "failure: " + err.Error()
+	case context.Cause(ctx) != nil:
+		reason = context.Cause(ctx).Error() // "terminated signal received"
+	}
+	st := a.router.CloseStats()
+	a.log.Info("torgate stopped", "reason", reason, "flows_ended", st.FlowsEnded,
+		"uptime", time.Since(began).Round(time.Millisecond).String(), "shutdown", st.Took.Round(time.Millisecond).String())
+}
+
 // close tears down in reverse order of setup.
 func (a *app) close() {
 	for i := len(a.stop) - 1; i >= 0; i-- {

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/torgate/torgate"
 )
@@ -215,10 +216,14 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	began := time.Now()
 	a, err := startApp(ctx, &f, stderr, nil, v.warnings...)
 	if err != nil {
 		return err
 	}
 	defer a.close()
-	return a.run(ctx)
+	err = a.run(ctx)
+	a.close()
+	a.logStopped(ctx, err, began)
+	return err
 }
