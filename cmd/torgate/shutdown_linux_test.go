@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"regexp"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -39,5 +40,30 @@ func TestShutdownLogged(t *testing.T) {
 	line := regexp.MustCompile(`msg="torgate stopped" reason="terminated signal received" flows_ended=1 uptime=[0-9.]+m?s shutdown=[0-9.]+m?s`)
 	if !line.MatchString(p.out.String()) {
 		t.Errorf("no shutdown line matching %s:\n%s", line, p.out)
+	}
+}
+
+// TestCheckGatewayDown: "torgate check" on a workstation whose gateway
+// is down (torgate stopped: the LAN closed, nothing answers) says the
+// gateway is unreachable, not "port 53 is not intercepted", which reads
+// as a leak (issue 22).
+func TestCheckGatewayDown(t *testing.T) {
+	nstest.RequireRoot(t, "nsenter")
+	bin := buildTorgate(t)
+	g := newGwNet(t, bin, gwOptions{})
+	g.startTorgate()
+	g.stopTorgate(syscall.SIGTERM)
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	defer cancel()
+	out, err := g.wsRun(ctx, bin, "check", "--url", url4, "--timeout", "3s", "--socks-port", "0", "--control-port", "0")
+	t.Logf("torgate check, gateway down:\n%s", out)
+	if exitCode(err) != 1 {
+		t.Errorf("torgate check with the gateway down: %v, want exit status 1", err)
+	}
+	if !strings.Contains(out, "FAIL gateway       gateway "+gwLAN4+" unreachable") {
+		t.Errorf("no \"gateway unreachable\" line")
+	}
+	if strings.Contains(out, "not intercepted") || !strings.Contains(out, "FAIL dns-intercept gateway unreachable") {
+		t.Errorf("the intercept check reads as a leak, or does not say why it cannot tell")
 	}
 }
