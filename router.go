@@ -470,7 +470,11 @@ func (r *Router) torDown() {
 func (r *Router) Metrics() []prometheus.Collector {
 	cs := r.tunnel.Metrics()
 	cs = append(cs, r.dns.Metrics()...)
-	cs = append(cs, newStackCollector(r.stack))
+	kind := "tun"
+	if r.lan != nil {
+		kind = "lan"
+	}
+	cs = append(cs, newStackCollector(r.stack, kind))
 	cs = append(cs, r.watch.Metrics()...)
 	cs = append(cs, r.svc.metrics()...)
 	cs = append(cs, r.tor.metrics(r.Ready)...)

@@ -255,7 +255,7 @@ func TestMetricsDuringTransfer(t *testing.T) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", adminSock)
 	}}}
-	want := []string{"torgate_tun_packets_in_total", "torgate_tun_bytes_out_total", "torgate_flows_total", "torgate_dns_queries_total"}
+	want := []string{"torgate_device_packets_in_total", "torgate_device_bytes_out_total", "torgate_flows_total", "torgate_dns_queries_total"}
 	var body string
 	deadline := time.Now().Add(20 * time.Second)
 	for {

@@ -15,7 +15,8 @@ import (
 
 // TestShutdownLogged: "torgate run" logs its stop: the reason (the
 // signal), the flows the stop ended and how long it ran and took (issue
-// 22: nothing was logged at shutdown).
+// 22: nothing was logged at shutdown). On the way it checks that the
+// packet loop's counters name the LAN device in --lan mode.
 func TestShutdownLogged(t *testing.T) {
 	nstest.RequireRoot(t, "nsenter")
 	g := newGwNet(t, buildTorgate(t), gwOptions{})
@@ -35,6 +36,20 @@ func TestShutdownLogged(t *testing.T) {
 	}
 	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
 		t.Fatalf("echo through torgate: %v", err)
+	}
+	// In --lan mode the packet loop's device is the LAN's (issue 22: its
+	// counters were named torgate_tun_*).
+	resp, err := g.adminClient().Get("http://" + gwAdmin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if m := regexp.MustCompile(`(?m)^torgate_device_packets_in_total\{kind="lan"\} [1-9]`); !m.Match(body) {
+		t.Errorf("no torgate_device_packets_in_total{kind=\"lan\"} above 0 in /metrics")
+	}
+	if strings.Contains(string(body), "torgate_tun_") {
+		t.Errorf("torgate_tun_* metrics in --lan mode")
 	}
 	g.stopTorgate(syscall.SIGTERM)
 	line := regexp.MustCompile(`msg="torgate stopped" reason="terminated signal received" flows_ended=1 uptime=[0-9.]+m?s shutdown=[0-9.]+m?s`)
