@@ -205,7 +205,7 @@ func TestCheckPassesAndFails(t *testing.T) {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, "exec", "--socks", srv.Addr(), "--log-level", "error", "--",
 		bin, "check", "--url", "http://web.example.test/").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "all 8 checks passed") {
+	if err != nil || !strings.Contains(string(out), "all 9 checks passed") {
 		t.Fatalf("check on a healthy setup: %v\n%s", err, out)
 	}
 	// Upstream gone (as when Tor is down): flows are refused, check says so.
