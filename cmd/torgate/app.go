@@ -35,8 +35,8 @@ func parseRunFlags(fs *flag.FlagSet, f *runFlags, args []string) error {
 			return err
 		}
 	}
-	f.set = map[string]bool{}
-	fs.Visit(func(fl *flag.Flag) { f.set[fl.Name] = true })
+	f.changed = map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { f.changed[fl.Name] = fl.Value.String() != fl.DefValue })
 	return nil
 }
 

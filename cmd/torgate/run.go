@@ -30,8 +30,9 @@ type runFlags struct {
 	onions                                       stringList
 	serviceAddrs                                 []netip.Addr // exec's; run has no flag for it
 	tor                                          torFlags
-	// set names the flags the command line or the config file set.
-	set map[string]bool
+	// changed names the flags the command line or the config file set
+	// to a value other than their default.
+	changed map[string]bool
 }
 
 func (f *runFlags) register(fs *flag.FlagSet) {

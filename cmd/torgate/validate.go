@@ -66,7 +66,7 @@ func (f *runFlags) validate(exec bool) (validated, error) {
 		bad("--lan: exec makes its own TUN; --lan is for run")
 	case len(f.lan) > 0:
 		for _, name := range []string{"tun", "tun-fd", "addr", "addr6", "mtu"} {
-			if f.set[name] {
+			if f.changed[name] {
 				bad("--%s does not go with --lan (the LAN interface is the device, with its own addresses and MTU)", name)
 			}
 		}

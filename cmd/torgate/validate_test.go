@@ -61,6 +61,7 @@ func TestValidationNamesFlagAndValue(t *testing.T) {
 		{args: []string{"--socks", "nowhere"}, want: `--socks "nowhere"`},
 		{args: []string{"--state-dir", "/proc/version"}, want: "--state-dir /proc/version: not a directory"},
 		{args: []string{"--lan", "eth1", "--mtu", "9000"}, want: "--mtu does not go with --lan"},
+		{args: []string{"--lan", "eth1", "--addr", "10.1.1.1/24"}, want: "--addr does not go with --lan"},
 		{args: []string{"--lan", "eth1", "--lan", "eth1"}, want: "--lan eth1: given twice"},
 		{args: []string{"--torrc", "/etc/tor/torrc"}, want: "--tor-path, --torrc and --tor-user configure the Tor torgate starts"},
 	} {
@@ -71,6 +72,11 @@ func TestValidationNamesFlagAndValue(t *testing.T) {
 	}
 	if _, err := validateArgs(t, base...); err != nil {
 		t.Errorf("a good configuration refused: %v", err)
+	}
+	// A TUN flag at its default (a config file that spells out every key)
+	// changes nothing with --lan, and is no error.
+	if _, err := validateArgs(t, append(append([]string{}, base...), "--lan", "eth1", "--mtu", "1500", "--tun-fd", "0")...); err != nil && strings.Contains(err.Error(), "does not go with --lan") {
+		t.Errorf("defaults refused with --lan: %v", err)
 	}
 }
 
