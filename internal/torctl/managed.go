@@ -40,6 +40,10 @@ type proc interface {
 	Pid() int
 }
 
+// FindTor is the tor binary a managed Tor would run for path (the
+// --tor-path flag, "" for the default search), or ErrTorNotFound.
+func FindTor(path string) (string, error) { return findTor(path) }
+
 // findTor locates the tor binary: path if given, else $PATH, then the
 // directories Debian and others install it in.
 func findTor(path string) (string, error) {
