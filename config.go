@@ -256,6 +256,17 @@ func socksDialer(s string) (*socks.Dialer, error) {
 	return socks.NewDialer(ep.Network, ep.Address)
 }
 
+// Validate checks c as NewContext does before it touches anything, and
+// nothing more: it opens, creates and starts nothing (the LAN
+// interfaces' addresses, a state directory's permissions and the Tor
+// binary are checked by NewContext as it goes). c is not changed.
+func (c Config) Validate() error {
+	if err := c.validate(); err != nil {
+		return err
+	}
+	return dns.CheckPools(c.DNSPool4, c.DNSPool6)
+}
+
 func (c *Config) validate() error {
 	n := 0
 	if c.Device != nil {

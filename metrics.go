@@ -16,13 +16,18 @@ type stackCollector struct {
 	gvEstablished                          *prometheus.Desc
 }
 
-func newStackCollector(s *netstack.Stack) *stackCollector {
+// newStackCollector reports s's counters; kind names the device the
+// packet loop reads and writes: "tun" (a TUN, or Config.Device) or "lan"
+// (the LAN device: IP packets to and from the workstations, after
+// torgate's Ethernet layer; its frames are torgate_lan_*).
+func newStackCollector(s *netstack.Stack, kind string) *stackCollector {
+	dev := prometheus.Labels{"kind": kind}
 	return &stackCollector{
 		s:         s,
-		pktIn:     prometheus.NewDesc("tun_packets_in_total", "Packets read from the TUN.", nil, nil),
-		pktOut:    prometheus.NewDesc("tun_packets_out_total", "Packets written to the TUN.", nil, nil),
-		bytesIn:   prometheus.NewDesc("tun_bytes_in_total", "Bytes read from the TUN.", nil, nil),
-		bytesOut:  prometheus.NewDesc("tun_bytes_out_total", "Bytes written to the TUN.", nil, nil),
+		pktIn:     prometheus.NewDesc("device_packets_in_total", "IP packets the packet loop read from its device (kind: tun or lan).", nil, dev),
+		pktOut:    prometheus.NewDesc("device_packets_out_total", "IP packets the packet loop wrote to its device (kind: tun or lan).", nil, dev),
+		bytesIn:   prometheus.NewDesc("device_bytes_in_total", "Bytes of IP packets the packet loop read from its device (kind: tun or lan).", nil, dev),
+		bytesOut:  prometheus.NewDesc("device_bytes_out_total", "Bytes of IP packets the packet loop wrote to its device (kind: tun or lan).", nil, dev),
 		drop:      prometheus.NewDesc("packets_dropped_total", "Packets dropped, by reason.", []string{"reason"}, nil),
 		twReclaim: prometheus.NewDesc("tcp_timewait_reclaimed_total", "SYNs that reused a 4-tuple in TIME_WAIT and got a fresh flow.", nil, nil),
 		gvTCP: prometheus.NewDesc("gvisor_tcp_events_total",
@@ -58,7 +63,7 @@ func (c *stackCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // Stats are the packet loop's counters, as the metrics report them
-// (tun_packets_in_total and friends).
+// (device_packets_in_total and friends).
 type Stats struct {
 	PacketsIn, PacketsOut uint64
 	BytesIn, BytesOut     uint64

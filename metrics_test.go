@@ -56,6 +56,11 @@ func TestMetrics(t *testing.T) {
 	}
 	values := map[string]float64{}
 	for _, mf := range mfs {
+		if strings.HasPrefix(mf.GetName(), "torgate_device_") {
+			if l := mf.GetMetric()[0].GetLabel(); len(l) != 1 || l[0].GetName() != "kind" || l[0].GetValue() != "tun" {
+				t.Errorf("%s labels %v, want kind=\"tun\" on a TUN", mf.GetName(), l)
+			}
+		}
 		for _, m := range mf.GetMetric() {
 			for _, lp := range m.GetLabel() {
 				v := lp.GetValue()
@@ -80,8 +85,8 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 	for _, name := range []string{
-		"torgate_tun_packets_in_total", "torgate_tun_packets_out_total",
-		"torgate_tun_bytes_in_total", "torgate_tun_bytes_out_total",
+		"torgate_device_packets_in_total", "torgate_device_packets_out_total",
+		"torgate_device_bytes_in_total", "torgate_device_bytes_out_total",
 		"torgate_flows_total", "torgate_flow_setup_seconds", "torgate_flow_bytes_total",
 		"torgate_gvisor_tcp_events_total",
 	} {

@@ -53,10 +53,11 @@ type Router struct {
 	stopBg context.CancelFunc // ends them; Close calls it
 	bg     sync.WaitGroup
 
-	closeOnce sync.Once
-	closeErr  error
-	started   atomic.Bool
-	closed    atomic.Bool
+	closeOnce  sync.Once
+	closeErr   error
+	closeStats CloseStats // set by Close, before closeOnce returns
+	started    atomic.Bool
+	closed     atomic.Bool
 
 	saverMu sync.Mutex
 	saver   *time.Timer // guarded by saverMu; nil once closed
@@ -469,7 +470,11 @@ func (r *Router) torDown() {
 func (r *Router) Metrics() []prometheus.Collector {
 	cs := r.tunnel.Metrics()
 	cs = append(cs, r.dns.Metrics()...)
-	cs = append(cs, newStackCollector(r.stack))
+	kind := "tun"
+	if r.lan != nil {
+		kind = "lan"
+	}
+	cs = append(cs, newStackCollector(r.stack, kind))
 	cs = append(cs, r.watch.Metrics()...)
 	cs = append(cs, r.svc.metrics()...)
 	cs = append(cs, r.tor.metrics(r.Ready)...)
@@ -565,6 +570,8 @@ func (r *Router) Wait(ctx context.Context) error {
 // to call more than once.
 func (r *Router) Close() error {
 	r.closeOnce.Do(func() {
+		began := time.Now()
+		defer func() { r.closeStats.Took = time.Since(began) }()
 		r.closed.Store(true)
 		r.gate.Set(partRouter, errClosed)
 		r.saverMu.Lock()
@@ -581,6 +588,7 @@ func (r *Router) Close() error {
 		// stack completed (an answer still in flight finds the link gone
 		// and sends nothing).
 		r.svc.close()
+		r.closeStats.FlowsEnded = r.tunnel.OpenFlows()
 		err2 := r.tunnel.Close()
 		r.stack.Drain(shutdownDrain)
 		err1 := r.stack.Close()
@@ -593,6 +601,25 @@ func (r *Router) Close() error {
 		r.closeErr = errors.Join(err1, err2, err3, err4)
 	})
 	return r.closeErr
+}
+
+// CloseStats describes what Close did.
+type CloseStats struct {
+	// FlowsEnded is the number of flows open (or dialling) that Close
+	// ended with a reset.
+	FlowsEnded int
+	// Took is how long Close took, the wait for the resets to leave and
+	// for the managed Tor to stop included.
+	Took time.Duration
+}
+
+// CloseStats reports what Close did; zero before Close returned.
+func (r *Router) CloseStats() CloseStats {
+	if !r.closed.Load() {
+		return CloseStats{}
+	}
+	r.closeOnce.Do(func() {}) // waits for a Close in progress
+	return r.closeStats
 }
 
 // logLAN tells the operator what workstations must be configured with:

@@ -205,6 +205,32 @@ func TestNewIdentityRotatesOneSource(t *testing.T) {
 	}
 }
 
+// TestNewIdentityUnknownSource: on a TUN, a new identity for an address
+// that never connected through torgate is ErrUnknownWorkstation (issue
+// 22: "torgate newnym 1.2.3.4" reported success); one that completed a
+// handshake is known.
+func TestNewIdentityUnknownSource(t *testing.T) {
+	f := newFixture(t, sockstest.Config{Connect: sockstest.Echo}, nil, ws1, ws2)
+	if err := f.r.NewIdentity(netip.MustParseAddr("1.2.3.4")); !errors.Is(err, torgate.ErrUnknownWorkstation) {
+		t.Errorf("NewIdentity(1.2.3.4) = %v, want ErrUnknownWorkstation", err)
+	}
+	if err := f.r.NewIdentity(ws1); !errors.Is(err, torgate.ErrUnknownWorkstation) {
+		t.Errorf("NewIdentity(%s) before any connection = %v, want ErrUnknownWorkstation", ws1, err)
+	}
+	conn, err := f.dial(t, ws1, dst4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	transfer(conn, 16, 0)
+	conn.Close()
+	if err := f.r.NewIdentity(ws1); err != nil {
+		t.Errorf("NewIdentity(%s) after a connection = %v", ws1, err)
+	}
+	if err := f.r.NewIdentity(ws2); !errors.Is(err, torgate.ErrUnknownWorkstation) {
+		t.Errorf("NewIdentity(%s), which never connected = %v, want ErrUnknownWorkstation", ws2, err)
+	}
+}
+
 func TestIsolationModes(t *testing.T) {
 	for _, mode := range []torgate.Isolation{torgate.IsolateDestination, torgate.IsolateNone} {
 		t.Run(mode.String(), func(t *testing.T) {

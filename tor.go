@@ -199,7 +199,12 @@ func (r *Router) Diagnosis() string {
 // its next flows use new isolation credentials; other workstations keep
 // theirs, and open flows their circuit. On a LAN the workstation is the
 // machine src is bound to (all its addresses get new circuits), and an
-// address no machine holds is ErrUnknownWorkstation.
+// address no machine holds is ErrUnknownWorkstation. On a TUN a known
+// workstation is a source that completed a TCP handshake with the router
+// within the last hour (the proof that gives it its reserved shares,
+// netstack.NewProof) or has a flow open; any other address is
+// ErrUnknownWorkstation (a typo would otherwise report success and renew
+// nothing).
 func (r *Router) NewIdentity(src netip.Addr) error {
 	who := src.Unmap()
 	if r.lan != nil {
@@ -208,6 +213,8 @@ func (r *Router) NewIdentity(src netip.Addr) error {
 			return fmt.Errorf("%w: no machine on the LAN holds %s", ErrUnknownWorkstation, src)
 		}
 		who = id
+	} else if !r.proof.Has(who) && !r.tunnel.HasFlows(who) {
+		return fmt.Errorf("%w: %s has opened no connection through torgate in the last hour", ErrUnknownWorkstation, src)
 	}
 	r.iso.NewIdentity(who)
 	r.tor.newnym.WithLabelValues("source").Inc()

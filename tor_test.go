@@ -93,15 +93,17 @@ func TestRouterOwnsManagedTor(t *testing.T) {
 	}
 	wcancel()
 
-	r.NewIdentity(netip.MustParseAddr("10.152.152.11"))
+	if err := r.NewIdentity(netip.MustParseAddr("10.152.152.11")); !errors.Is(err, torgate.ErrUnknownWorkstation) {
+		t.Errorf("NewIdentity of a source that never connected = %v, want ErrUnknownWorkstation", err)
+	}
 	if err := r.NewIdentityAll(ctx); err != nil {
 		t.Fatalf("NewIdentityAll: %v", err)
 	}
 	if err := r.NewIdentityAll(ctx); !errors.Is(err, torgate.ErrRateLimited) {
 		t.Fatalf("second NewIdentityAll = %v, want Tor's rate limit", err)
 	}
-	if src, all := metric(t, reg, "new_identity_total", "source"), metric(t, reg, "new_identity_total", "all"); src != 1 || all != 1 {
-		t.Errorf("new_identity_total: source %v, all %v; want 1 and 1 (the rate-limited one not counted)", src, all)
+	if src, all := metric(t, reg, "new_identity_total", "source"), metric(t, reg, "new_identity_total", "all"); src != 0 || all != 1 {
+		t.Errorf("new_identity_total: source %v, all %v; want 0 (the unknown source not counted) and 1 (the rate-limited one not counted)", src, all)
 	}
 
 	// A supervisor that stops (here: closed behind the Router's back)

@@ -340,6 +340,14 @@ var reservedV6 = []netip.Prefix{
 	netip.MustParsePrefix("ff00::/8"),
 }
 
+// CheckPools checks virtual address pools as NewMap does (a zero prefix
+// takes the default), without making a table. Its errors are
+// *ConfigError.
+func CheckPools(pool4, pool6 netip.Prefix) error {
+	_, err := Config{Pool4: pool4, Pool6: pool6}.withDefaults()
+	return err
+}
+
 // withDefaults returns cfg with zero fields filled in and checks it.
 func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Mode != ModeAutomap && cfg.Mode != ModeResolve {

@@ -51,6 +51,12 @@ type PortStream struct {
 	// the reply (ServerReader.Buffered): it goes to the upstream before
 	// anything else the client sends. Only read during the call.
 	Early []byte
+	// More, if set, is called once the upstream accepted the stream,
+	// before anything is written to it, and returns what the client sent
+	// while Tor dialled; it goes to the upstream after Early. (socksport
+	// reads the client during the dial to notice a hang-up and cancel
+	// the dial through ctx, as Tor does with a client that leaves.)
+	More func() []byte
 	// Reply writes the SOCKS reply to the client: ReplySucceeded once the
 	// upstream has accepted the stream, else the failure code. It is
 	// called at most once.
@@ -111,8 +117,14 @@ func (t *Tunnel) ConnectPort(ctx context.Context, s PortStream) socks.Reply {
 	}
 	// The early bytes first: the relay starts only after the reply, and
 	// whatever it reads from the client came after them.
-	if len(s.Early) > 0 {
-		if _, err := up.Write(s.Early); err != nil {
+	early := s.Early
+	if s.More != nil {
+		if more := s.More(); len(more) > 0 {
+			early = append(early[:len(early):len(early)], more...)
+		}
+	}
+	if len(early) > 0 {
+		if _, err := up.Write(early); err != nil {
 			up.Close()
 			t.socksErrors.WithLabelValues("connect_error").Inc()
 			s.Reply(socks.ReplyGeneralFailure)

@@ -465,6 +465,16 @@ func (t *Tunnel) openFlows() int {
 	return t.total
 }
 
+// OpenFlows is the number of flows open or dialling.
+func (t *Tunnel) OpenFlows() int { return t.openFlows() }
+
+// HasFlows reports whether src has flows open or dialling.
+func (t *Tunnel) HasFlows(src netip.Addr) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.sources[src] != nil
+}
+
 func (t *Tunnel) dialDone(src netip.Addr) {
 	t.mu.Lock()
 	t.sources[src].dialing--

@@ -31,8 +31,12 @@ func parseRunFlags(fs *flag.FlagSet, f *runFlags, args []string) error {
 		return err
 	}
 	if f.configFile != "" {
-		return applyConfigFile(fs, f.configFile)
+		if err := applyConfigFile(fs, f.configFile); err != nil {
+			return err
+		}
 	}
+	f.changed = map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { f.changed[fl.Name] = fl.Value.String() != fl.DefValue })
 	return nil
 }
 
@@ -50,9 +54,9 @@ type app struct {
 }
 
 // startApp brings torgate up as the flags say. dev, if not nil, replaces
-// the TUN the flags describe (exec creates its own). The router is built
-// but not started.
-func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device) (*app, error) {
+// the TUN the flags describe (exec creates its own). warnings are logged
+// first (validation's). The router is built but not started.
+func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device, warnings ...string) (*app, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level: %w", err)
@@ -65,6 +69,9 @@ func startApp(ctx context.Context, f *runFlags, stderr io.Writer, dev tun.Device
 		return nil, fmt.Errorf("--log-format: %w", err)
 	}
 	view.log = log
+	for _, w := range warnings {
+		log.Warn("configuration", "warning", w)
+	}
 	cfg, err := f.config()
 	if err != nil {
 		return nil, err
@@ -153,6 +160,22 @@ func runTasks(ctx context.Context, log *slog.Logger, tasks []func(context.Contex
 		log.Error("torgate stops", "err", err)
 	}
 	return err
+}
+
+// logStopped logs the end of a run once the app is closed: why it
+// stopped (the signal, or the failure), how many flows the stop ended,
+// how long torgate ran and how long the stop took.
+func (a *app) logStopped(ctx context.Context, err error, began time.Time) {
+	reason := "stopped"
+	switch {
+	case err != nil:
+		reason = "failure: " + err.Error()
+	case context.Cause(ctx) != nil:
+		reason = context.Cause(ctx).Error() // "terminated signal received"
+	}
+	st := a.router.CloseStats()
+	a.log.Info("torgate stopped", "reason", reason, "flows_ended", st.FlowsEnded,
+		"uptime", time.Since(began).Round(time.Millisecond).String(), "shutdown", st.Took.Round(time.Millisecond).String())
 }
 
 // close tears down in reverse order of setup.

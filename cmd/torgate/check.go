@@ -66,24 +66,40 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	ns := resolvConfServer()
-	c.run("dns", func() (string, error) {
-		_, _, msg, err := checkDNS(ns, name)
-		return msg, err
-	})
-	c.run("dns-intercept", func() (string, error) {
-		// Any answer at all from an address where no resolver exists
-		// (SERVFAIL included) can only come from torgate.
-		rcode, _, _, err := checkDNS(outsideProbe, name)
-		if rcode < 0 {
-			return "", fmt.Errorf("query to %s (a resolver that does not exist) got no answer: port 53 is not intercepted: %w", outsideProbe, err)
-		}
-		return fmt.Sprintf("a query to %s, where no resolver exists, was answered (%s): port 53 is intercepted", outsideProbe, dnsmessage.RCode(rcode)), nil
-	})
-	c.run("fetch", func() (string, error) { return checkFetch(ctx, *target, ns, *timeout) })
 	gw := *gateway
 	if gw == "" {
 		gw = ns
 	}
+	nsAnswered := false
+	c.run("dns", func() (string, error) {
+		rcode, _, msg, err := checkDNS(ns, name)
+		nsAnswered = rcode >= 0
+		return msg, err
+	})
+	// A gateway that is down (torgate stopped, the LAN closed) answers
+	// nothing at all: say so, rather than let the intercept check's
+	// silence read as a leak.
+	reachable := true
+	c.run("gateway", func() (string, error) {
+		var msg string
+		var err error
+		var d net.Dialer
+		reachable, msg, err = checkGateway(ctx, gw, nsAnswered, d.DialContext)
+		return msg, err
+	})
+	c.run("dns-intercept", func() (string, error) {
+		if !reachable {
+			return "", fmt.Errorf("gateway unreachable: cannot tell whether port 53 is intercepted")
+		}
+		// Any answer at all from an address where no resolver exists
+		// (SERVFAIL included) can only come from torgate.
+		rcode, _, _, err := checkDNS(outsideProbe, name)
+		if rcode < 0 {
+			return "", fmt.Errorf("query to %s (a resolver that does not exist) got no answer, while the gateway %s answers: port 53 is not intercepted: %w", outsideProbe, gw, err)
+		}
+		return fmt.Sprintf("a query to %s, where no resolver exists, was answered (%s): port 53 is intercepted", outsideProbe, dnsmessage.RCode(rcode)), nil
+	})
+	c.run("fetch", func() (string, error) { return checkFetch(ctx, *target, ns, *timeout) })
 	if *socksPort != 0 {
 		c.run("socks-port", func() (string, error) { return checkSOCKSPort(ctx, gw, *socksPort, u, *timeout) })
 	}
@@ -103,6 +119,38 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "all %d checks passed\n", c.total)
 	return nil
+}
+
+// gatewayTimeout bounds the TCP connect that tells whether the gateway
+// is there: torgate accepts at once, and a host on the link that is not
+// torgate resets at once; only an absent host (no ARP/ND answer) makes
+// the connect wait. The kernel gives up on the neighbour after about 3 s.
+const gatewayTimeout = 4 * time.Second
+
+// checkGateway tells a gateway that is there from one that is not:
+// reachable if its nameserver answered a DNS query (nsAnswered) or a TCP
+// connect to its port 53 is accepted or reset (either is an answer from
+// a host on the link). No answer at all (a time-out, no route or no
+// neighbour) is a gateway that is down: torgate stopped, its LAN closed.
+// dial is a net.Dialer's DialContext (a test's fake).
+func checkGateway(ctx context.Context, gw string, nsAnswered bool, dial func(context.Context, string, string) (net.Conn, error)) (reachable bool, msg string, err error) {
+	if gw == "" {
+		return false, "", errors.New("no gateway: no nameserver in /etc/resolv.conf and no --gateway")
+	}
+	if nsAnswered {
+		return true, gw + " answered DNS", nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, gatewayTimeout)
+	defer cancel()
+	c, err := dial(ctx, "tcp", net.JoinHostPort(gw, "53"))
+	switch {
+	case err == nil:
+		c.Close()
+		return true, gw + " accepted a TCP connection to port 53", nil
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return true, gw + " reset a TCP connection to port 53: a host is there (is it torgate?)", nil
+	}
+	return false, "", fmt.Errorf("gateway %s unreachable: no DNS answer, and a TCP connection to its port 53 was neither accepted nor reset (%v): is torgate running, and is this machine on its LAN?", gw, err)
 }
 
 // skipError is returned by a check that cannot run as this user; the

@@ -25,6 +25,10 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	// Everything is checked before anything is touched.
+	if _, err := f.validate(true); err != nil {
+		return err
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("exec: needs root to create a network namespace and a TUN (try sudo)")
 	}

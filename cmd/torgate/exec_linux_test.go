@@ -205,7 +205,7 @@ func TestCheckPassesAndFails(t *testing.T) {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, "exec", "--socks", srv.Addr(), "--log-level", "error", "--",
 		bin, "check", "--url", "http://web.example.test/").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "all 8 checks passed") {
+	if err != nil || !strings.Contains(string(out), "all 9 checks passed") {
 		t.Fatalf("check on a healthy setup: %v\n%s", err, out)
 	}
 	// Upstream gone (as when Tor is down): flows are refused, check says so.
@@ -255,7 +255,7 @@ func TestMetricsDuringTransfer(t *testing.T) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", adminSock)
 	}}}
-	want := []string{"torgate_tun_packets_in_total", "torgate_tun_bytes_out_total", "torgate_flows_total", "torgate_dns_queries_total"}
+	want := []string{"torgate_device_packets_in_total", "torgate_device_bytes_out_total", "torgate_flows_total", "torgate_dns_queries_total"}
 	var body string
 	deadline := time.Now().Add(20 * time.Second)
 	for {

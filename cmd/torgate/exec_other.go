@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"runtime"
 )
 
@@ -15,6 +16,9 @@ import (
 // here, since it needs Linux's network and mount namespaces.
 
 var errLinuxOnly = fmt.Errorf("torgate runs on Linux only (this is %s): %w", runtime.GOOS, errors.ErrUnsupported)
+
+// execServices: exec has no namespace, hence no service addresses, here.
+var execServices []netip.Addr
 
 func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return fmt.Errorf("exec: %w", errLinuxOnly)

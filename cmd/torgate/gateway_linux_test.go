@@ -128,7 +128,6 @@ func newGwNet(t *testing.T, bin string, o gwOptions) *gwNet {
 	}
 	cmds := [][]string{
 		{"-n", g.ws, "link", "add", "eth0", "type", "veth", "peer", "name", lanPeer, "netns", g.gw},
-		{"-n", g.gw, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", g.inet},
 	}
 	if o.Bridge {
 		cmds = append(cmds,
@@ -144,29 +143,11 @@ func newGwNet(t *testing.T, bin string, o gwOptions) *gwNet {
 		{"-n", g.ws, "link", "set", "eth0", "up"},
 		{"-n", g.ws, "route", "add", "default", "via", gwLAN4},
 		{"-n", g.ws, "-6", "route", "add", "default", "via", gwLAN6},
-
-		{"-n", g.gw, "link", "set", "lo", "up"},
-		{"-n", g.gw, "addr", "add", gwLAN4 + "/18", "dev", g.lan},
-		{"-n", g.gw, "-6", "addr", "add", gwLAN6 + "/64", "dev", g.lan, "nodad"},
-		{"-n", g.gw, "link", "set", g.lan, "up"},
-		{"-n", g.gw, "addr", "add", gwUp4 + "/24", "dev", "eth0"},
-		{"-n", g.gw, "-6", "addr", "add", gwUp6 + "/64", "dev", "eth0", "nodad"},
-		{"-n", g.gw, "link", "set", "eth0", "up"},
-		{"-n", g.gw, "route", "add", "default", "via", inetAddr4},
-		{"-n", g.gw, "-6", "route", "add", "default", "via", inetAddr6},
-
-		{"-n", g.inet, "link", "set", "lo", "up"},
-		{"-n", g.inet, "addr", "add", inetAddr4 + "/24", "dev", "eth0"},
-		{"-n", g.inet, "-6", "addr", "add", inetAddr6 + "/64", "dev", "eth0", "nodad"},
-		{"-n", g.inet, "link", "set", "eth0", "up"},
-		{"-n", g.inet, "route", "add", lanPrefix4.String(), "via", gwUp4},
-		{"-n", g.inet, "-6", "route", "add", lanPrefix6.String(), "via", gwUp6},
 	}...)
 	for _, c := range cmds {
 		mustRun(t, "ip", c...)
 	}
-	// A router: forwarding on. torgate must not rely on it being off.
-	mustRun(t, "ip", "netns", "exec", g.gw, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	wireGateway(t, g.gw, g.inet, g.lan)
 
 	g.cap = startCapture(t, g.inet, "eth0")
 	g.startInetWeb()
@@ -174,6 +155,37 @@ func newGwNet(t *testing.T, bin string, o gwOptions) *gwNet {
 	g.startSocks()
 	t.Cleanup(g.stopBackground)
 	return g
+}
+
+// wireGateway gives the gateway namespace gw its LAN address on lan
+// (gwLAN4, gwLAN6) and an uplink eth0 to the "Internet" namespace inet,
+// which routes the LAN prefixes back through the gateway, so anything the
+// gateway forwarded would arrive there; forwarding is on in gw, as on a
+// router (torgate must not rely on it being off).
+func wireGateway(t *testing.T, gw, inet, lan string) {
+	t.Helper()
+	for _, c := range [][]string{
+		{"-n", gw, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", inet},
+		{"-n", gw, "link", "set", "lo", "up"},
+		{"-n", gw, "addr", "add", gwLAN4 + "/18", "dev", lan},
+		{"-n", gw, "-6", "addr", "add", gwLAN6 + "/64", "dev", lan, "nodad"},
+		{"-n", gw, "link", "set", lan, "up"},
+		{"-n", gw, "addr", "add", gwUp4 + "/24", "dev", "eth0"},
+		{"-n", gw, "-6", "addr", "add", gwUp6 + "/64", "dev", "eth0", "nodad"},
+		{"-n", gw, "link", "set", "eth0", "up"},
+		{"-n", gw, "route", "add", "default", "via", inetAddr4},
+		{"-n", gw, "-6", "route", "add", "default", "via", inetAddr6},
+
+		{"-n", inet, "link", "set", "lo", "up"},
+		{"-n", inet, "addr", "add", inetAddr4 + "/24", "dev", "eth0"},
+		{"-n", inet, "-6", "addr", "add", inetAddr6 + "/64", "dev", "eth0", "nodad"},
+		{"-n", inet, "link", "set", "eth0", "up"},
+		{"-n", inet, "route", "add", lanPrefix4.String(), "via", gwUp4},
+		{"-n", inet, "-6", "route", "add", lanPrefix6.String(), "via", gwUp6},
+	} {
+		mustRun(t, "ip", c...)
+	}
+	mustRun(t, "ip", "netns", "exec", gw, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 }
 
 // lanNamespace is the name of the namespace torgate pins for iface when it

@@ -30,7 +30,9 @@ package main
 // for; 5 one machine as 300 addresses holding flows; 6 automap flood from
 // made-up sources; 7 neighbour-table flood; 8 curl -6 by name, the
 // gateway's uplink addresses as destinations, a claim on the gateway's own
-// LAN address.
+// LAN address. The workstation services (SOCKS ports, the filtered
+// control port; issue 21) have their own recipes, in
+// hostile_services_linux_test.go.
 //
 // TORGATE_TEST_BIN, if set, is the torgate binary to test instead of one
 // built from this package (to play the recipes against another revision).
@@ -90,6 +92,7 @@ type lanHost struct {
 	ns           string
 	addr4, addr6 string
 	mac          string
+	port         string // its port on the switch
 }
 
 // hostileNet is the switched deployment.
@@ -178,29 +181,7 @@ func newHostileNet(t *testing.T, bin string) *hostileNet {
 	mustRun(t, "ip", "-n", h.sw, "link", "set", "br0", "up")
 	h.plug(t, h.gw, lanIface)
 
-	for _, c := range [][]string{
-		{"-n", h.gw, "link", "set", "lo", "up"},
-		{"-n", h.gw, "addr", "add", gwLAN4 + "/18", "dev", lanIface},
-		{"-n", h.gw, "-6", "addr", "add", gwLAN6 + "/64", "dev", lanIface, "nodad"},
-		{"-n", h.gw, "link", "set", lanIface, "up"},
-		{"-n", h.gw, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", h.inet},
-		{"-n", h.gw, "addr", "add", gwUp4 + "/24", "dev", "eth0"},
-		{"-n", h.gw, "-6", "addr", "add", gwUp6 + "/64", "dev", "eth0", "nodad"},
-		{"-n", h.gw, "link", "set", "eth0", "up"},
-		{"-n", h.gw, "route", "add", "default", "via", inetAddr4},
-		{"-n", h.gw, "-6", "route", "add", "default", "via", inetAddr6},
-
-		{"-n", h.inet, "link", "set", "lo", "up"},
-		{"-n", h.inet, "addr", "add", inetAddr4 + "/24", "dev", "eth0"},
-		{"-n", h.inet, "-6", "addr", "add", inetAddr6 + "/64", "dev", "eth0", "nodad"},
-		{"-n", h.inet, "link", "set", "eth0", "up"},
-		{"-n", h.inet, "route", "add", lanPrefix4.String(), "via", gwUp4},
-		{"-n", h.inet, "-6", "route", "add", lanPrefix6.String(), "via", gwUp6},
-	} {
-		mustRun(t, "ip", c...)
-	}
-	// A router: forwarding on. torgate must not rely on it being off.
-	mustRun(t, "ip", "netns", "exec", h.gw, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	wireGateway(t, h.gw, h.inet, lanIface)
 	h.gwMAC = linkMAC(t, h.gw, lanIface)
 
 	h.addHost(t, "A", "10.152.152.20", "fd52:7b2a:1e00::20")
@@ -217,13 +198,15 @@ func (h *hostileNet) lanNS() string {
 	return "tg-" + lanIface + "-" + strconv.FormatUint(h.gwIno, 10)
 }
 
-// plug connects namespace ns to the switch with a veth named dev there.
-func (h *hostileNet) plug(t *testing.T, ns, dev string) {
+// plug connects namespace ns to the switch with a veth named dev there,
+// and returns the name of the switch's port.
+func (h *hostileNet) plug(t *testing.T, ns, dev string) string {
 	t.Helper()
 	port := "p" + strconv.FormatInt(h.ports.Add(1), 10)
 	mustRun(t, "ip", "-n", h.sw, "link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns)
 	mustRun(t, "ip", "-n", h.sw, "link", "set", port, "master", "br0")
 	mustRun(t, "ip", "-n", h.sw, "link", "set", port, "up")
+	return port
 }
 
 // addHost creates a machine on the LAN; it goes in t's cleanup (a
@@ -243,7 +226,7 @@ func (h *hostileNet) addHost(t *testing.T, name, addr4, addr6 string) *lanHost {
 	if err := os.WriteFile(etc+"/resolv.conf", []byte("nameserver "+gwLAN4+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	h.plug(t, ns, "eth0")
+	port := h.plug(t, ns, "eth0")
 	for _, c := range [][]string{
 		{"-n", ns, "link", "set", "lo", "up"},
 		{"-n", ns, "addr", "add", addr4 + "/18", "dev", "eth0"},
@@ -254,7 +237,7 @@ func (h *hostileNet) addHost(t *testing.T, name, addr4, addr6 string) *lanHost {
 	} {
 		mustRun(t, "ip", c...)
 	}
-	host := &lanHost{name: name, ns: ns, addr4: addr4, addr6: addr6, mac: linkMAC(t, ns, "eth0")}
+	host := &lanHost{name: name, ns: ns, addr4: addr4, addr6: addr6, mac: linkMAC(t, ns, "eth0"), port: port}
 	h.hosts[name] = host
 	return host
 }
@@ -901,6 +884,7 @@ func TestHostileLAN(t *testing.T) {
 	t.Run("kernel", h.testKernel)
 	t.Run("identity", h.testIdentity)
 	t.Run("exhaustion", h.testExhaustion)
+	t.Run("services", h.testServices)
 	t.Logf("hostile LAN: %v", time.Since(began).Round(time.Second))
 }
 

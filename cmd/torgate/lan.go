@@ -10,7 +10,7 @@ import (
 )
 
 const lanUsage = `usage: torgate lan down IFACE
-       torgate lan guard IFACE...
+       torgate lan guard [--allow-missing] IFACE...
 
 "torgate run --lan IFACE" takes IFACE away from the gateway's kernel: it
 records IFACE's addresses in the interface's alias, moves IFACE into a
@@ -31,6 +31,11 @@ guard  for a boot-time unit ordered before network-pre.target: installs
        exists, makes the namespace (from the host's mount namespace, so
        that a torgate in a hardened unit can use it) and, if IFACE is
        already there with its address, takes it at once.
+       An IFACE that does not exist is refused (a typo would leave the
+       real interface unguarded), unless --allow-missing: then its rules
+       are installed by name and a warning is printed. The boot unit
+       needs --allow-missing: it runs before network-pre.target, when a
+       NIC may not exist yet or not carry its final name.
 `
 
 // cmdLAN runs "torgate lan down|guard".
@@ -51,14 +56,39 @@ func cmdLAN(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "%s: given back to the kernel with its addresses; macvtap %s, LAN namespace and guard rules removed\n", args[1], lan.TapName(args[1]))
 		return nil
 	case "guard":
-		if len(args) < 2 {
+		fs := flag.NewFlagSet("torgate lan guard", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		fs.Usage = func() { fmt.Fprint(stderr, lanUsage) }
+		allowMissing := fs.Bool("allow-missing", false, "guard an interface that does not exist (yet) by name, with a warning")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		ifaces := fs.Args()
+		if len(ifaces) < 1 {
 			fmt.Fprint(stderr, lanUsage)
 			return fmt.Errorf("lan guard: want at least one interface")
 		}
-		if err := lan.Guard(args[1:]...); err != nil {
+		// Every name is checked before any rule is installed.
+		var missing []string
+		for _, iface := range ifaces {
+			ok, err := lan.Exists(iface)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				missing = append(missing, iface)
+			}
+		}
+		if len(missing) > 0 && !*allowMissing {
+			return fmt.Errorf("lan guard: no such interface %s (ip link lists them; a NIC that appears only later at boot: --allow-missing guards it by name now)", strings.Join(missing, ", "))
+		}
+		if err := lan.Guard(ifaces...); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "guard rules and LAN namespaces in place for %s\n", strings.Join(args[1:], ", "))
+		for _, iface := range missing {
+			fmt.Fprintf(stderr, "torgate lan guard: warning: no interface %s (yet): guarded by name from now on; if the name is a typo, the real LAN interface is NOT guarded\n", iface)
+		}
+		fmt.Fprintf(stdout, "guard rules and LAN namespaces in place for %s\n", strings.Join(ifaces, ", "))
 		return nil
 	}
 	fmt.Fprint(stderr, lanUsage)

@@ -7,6 +7,7 @@
 //	torgate run [flags]                         # starts and manages its own Tor
 //	torgate run --tor-control 127.0.0.1:9051    # uses a running Tor
 //	torgate run --socks 127.0.0.1:9050          # any SOCKS5 proxy, no control port
+//	torgate config check --config /etc/torgate/torgate.toml
 //	torgate newnym [SOURCE]
 //	torgate onion list
 //
@@ -86,6 +87,7 @@ commands:
   newnym   new identity for one workstation (SOURCE) or all, through the admin endpoint
   lan      remove (lan down IFACE) or pre-install (lan guard IFACE...) a LAN's guard rules
   onion    list the .onion addresses of the onion services hosted on workstations
+  config   check a configuration without starting anything (config check [run's flags])
   version  print the version (also --version)
 
 "torgate <command> -h" lists a command's flags.
@@ -116,7 +118,7 @@ func helpRequested(cmd string, args []string) bool {
 		switch {
 		case a == "--":
 			return false
-		case a == "-h" || a == "-help" || a == "--help" || ((cmd == "lan" || cmd == "onion") && a == "help"):
+		case a == "-h" || a == "-help" || a == "--help" || ((cmd == "lan" || cmd == "onion" || cmd == "config") && a == "help"):
 			return true
 		case cmd == "exec" && !strings.HasPrefix(a, "-"):
 			return false // exec's command (or a flag's value): its own -h is the command's
@@ -143,6 +145,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return cmdNewnym(ctx, args[1:], stdout, stderr)
 	case "lan":
 		return cmdLAN(args[1:], stdout, stderr)
+	case "config":
+		return cmdConfig(args[1:], stdout, stderr)
 	case "onion":
 		return cmdOnion(args[1:], stdout, stderr)
 	case "version", "--version", "-version":

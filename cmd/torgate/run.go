@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/torgate/torgate"
 )
@@ -29,6 +30,9 @@ type runFlags struct {
 	onions                                       stringList
 	serviceAddrs                                 []netip.Addr // exec's; run has no flag for it
 	tor                                          torFlags
+	// changed names the flags the command line or the config file set
+	// to a value other than their default.
+	changed map[string]bool
 }
 
 func (f *runFlags) register(fs *flag.FlagSet) {
@@ -208,10 +212,19 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("run: unexpected argument %q: every setting is a flag (-h lists them) or a --config file key", fs.Arg(0))
 	}
-	a, err := startApp(ctx, &f, stderr, nil)
+	// Everything is checked before anything is touched.
+	v, err := f.validate(false)
+	if err != nil {
+		return err
+	}
+	began := time.Now()
+	a, err := startApp(ctx, &f, stderr, nil, v.warnings...)
 	if err != nil {
 		return err
 	}
 	defer a.close()
-	return a.run(ctx)
+	err = a.run(ctx)
+	a.close()
+	a.logStopped(ctx, err, began)
+	return err
 }

@@ -206,29 +206,7 @@ func newTorGw(t *testing.T, bin string, o torGwOptions) *torGw {
 	mustRun(t, "ip", "-n", g.sw, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0", "mcast_snooping", "0")
 	mustRun(t, "ip", "-n", g.sw, "link", "set", "br0", "up")
 	g.plug(g.gw, lanIface)
-	for _, c := range [][]string{
-		{"-n", g.gw, "link", "set", "lo", "up"},
-		{"-n", g.gw, "addr", "add", gwLAN4 + "/18", "dev", lanIface},
-		{"-n", g.gw, "-6", "addr", "add", gwLAN6 + "/64", "dev", lanIface, "nodad"},
-		{"-n", g.gw, "link", "set", lanIface, "up"},
-		{"-n", g.gw, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", g.inet},
-		{"-n", g.gw, "addr", "add", gwUp4 + "/24", "dev", "eth0"},
-		{"-n", g.gw, "-6", "addr", "add", gwUp6 + "/64", "dev", "eth0", "nodad"},
-		{"-n", g.gw, "link", "set", "eth0", "up"},
-		{"-n", g.gw, "route", "add", "default", "via", inetAddr4},
-		{"-n", g.gw, "-6", "route", "add", "default", "via", inetAddr6},
-
-		{"-n", g.inet, "link", "set", "lo", "up"},
-		{"-n", g.inet, "addr", "add", inetAddr4 + "/24", "dev", "eth0"},
-		{"-n", g.inet, "-6", "addr", "add", inetAddr6 + "/64", "dev", "eth0", "nodad"},
-		{"-n", g.inet, "link", "set", "eth0", "up"},
-		{"-n", g.inet, "route", "add", lanPrefix4.String(), "via", gwUp4},
-		{"-n", g.inet, "-6", "route", "add", lanPrefix6.String(), "via", gwUp6},
-	} {
-		mustRun(t, "ip", c...)
-	}
-	// A router: forwarding on. torgate must not rely on it being off.
-	mustRun(t, "ip", "netns", "exec", g.gw, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	wireGateway(t, g.gw, g.inet, lanIface)
 	g.A = g.addWorkstation("A", wsAddr4, wsAddr6)
 	g.B = g.addWorkstation("B", wsB4, wsB6)
 	g.cap = startCapture(t, g.inet, "eth0")

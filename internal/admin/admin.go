@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -124,6 +125,27 @@ func scope(src string) string {
 // ErrNotLocal is returned by Listen for an address that is neither
 // loopback nor a unix socket.
 var ErrNotLocal = errors.New("admin: address must be loopback (127.0.0.0/8, ::1, localhost) or a unix socket path")
+
+// Check reports whether Listen would accept addr, without listening or
+// touching the file system: the syntax, a loopback address, and for a
+// unix socket an existing parent directory.
+func Check(addr string) error {
+	ep, err := parse(addr)
+	if err != nil {
+		return err
+	}
+	if ep.Network == "unix" {
+		dir := filepath.Dir(ep.Address)
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+			return fmt.Errorf("admin: directory %s of the socket does not exist", dir)
+		}
+		return nil
+	}
+	if !netip.MustParseAddrPort(ep.Address).Addr().IsLoopback() {
+		return ErrNotLocal
+	}
+	return nil
+}
 
 // Listen opens the admin listener: "host:port" on loopback, or a unix
 // socket given as an absolute path or "unix:PATH" (a stale socket file is

@@ -504,12 +504,12 @@ func TestOpenErrors(t *testing.T) {
 		iface []string
 		want  string
 	}{
-		{iface: []string{"nosuch0"}, want: "interface nosuch0 not found"},
+		{iface: []string{"nosuch0"}, want: "no such interface nosuch0"},
 		{iface: []string{"dummy0"}, want: "ip addr add 10.152.152.10/18 dev dummy0"},
 		{iface: []string{"dummy1"}, want: "not torgate's passthru macvtap"},
 		{iface: []string{"dummy2"}, want: "is a port of another interface"},
 		{iface: []string{"dummy3"}, want: "already carries macvlan mv0"},
-		{iface: []string{"eth1", "nosuch0"}, want: "interface nosuch0 not found"},
+		{iface: []string{"eth1", "nosuch0"}, want: "no such interface nosuch0"},
 		{iface: []string{"eth1", "eth1"}, want: "given twice"},
 	}
 	for _, tt := range tests {

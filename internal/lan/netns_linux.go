@@ -66,6 +66,19 @@ type lanNS struct {
 	sys  *os.File        // its /sys/class/net (a sysfs mounted for it)
 }
 
+// errNoNS is what linkByName returns in a LAN namespace not made yet
+// (Inspect's, which creates nothing).
+var errNoNS = errors.New("lan: no LAN namespace yet")
+
+// linkByName looks name up in the namespace; without one (h nil: a
+// namespace Inspect found missing) no link is there.
+func (n *lanNS) linkByName(name string) (netlink.Link, error) {
+	if n.h == nil {
+		return nil, errNoNS
+	}
+	return n.h.LinkByName(name)
+}
+
 func (n *lanNS) close() {
 	if n.h != nil {
 		n.h.Close()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 )
 
 // Config configures Open.
@@ -27,3 +28,19 @@ func Down(string) error { return errNotLinux }
 
 // Guard needs Linux.
 func Guard(...string) error { return errNotLinux }
+
+// ErrNoInterface means the interface named does not exist.
+var ErrNoInterface = errors.New("no such interface")
+
+// Info is what Inspect reads of a LAN interface.
+type Info struct {
+	Prefixes []netip.Prefix
+	Taken    bool
+	Guarded  bool
+}
+
+// Exists needs Linux.
+func Exists(string) (bool, error) { return false, errNotLinux }
+
+// Inspect needs Linux.
+func Inspect(string) (Info, error) { return Info{}, errNotLinux }

@@ -47,6 +47,10 @@ func readAt(dir *os.File, name string) ([]byte, error) {
 // torgate's read): the kernel's own default for a tap (TUN_READQ_SIZE).
 const tapQueueLen = 500
 
+// ErrNoInterface means the interface named exists neither in the
+// gateway's network namespace nor in its LAN namespace. Fatal for Open.
+var ErrNoInterface = errors.New("no such interface")
+
 // ErrBusy means another torgate serves the interface in this network
 // namespace. Fatal for Open and Down.
 var ErrBusy = errors.New("another torgate serves this LAN")
@@ -136,13 +140,13 @@ func inspect(host *netlink.Handle, ns *lanNS, iface string, needAddr bool) (*pla
 	}
 	p := &plan{iface: iface, ns: ns, host: host, tapName: TapName(iface)}
 	h := host
-	l, err := ns.h.LinkByName(iface)
+	l, err := ns.linkByName(iface)
 	if err == nil {
 		p.inNS, h = true, ns.h
 	} else if l, err = host.LinkByName(iface); err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
-			return nil, fmt.Errorf("lan: interface %s not found (see ip link)", iface)
+			return nil, fmt.Errorf("lan: %w %s (ip link lists the interfaces)", ErrNoInterface, iface)
 		}
 		return nil, fmt.Errorf("lan: interface %s: %w", iface, err)
 	}
@@ -203,7 +207,7 @@ func inspect(host *netlink.Handle, ns *lanNS, iface string, needAddr bool) (*pla
 		}
 		p.oldTap = mv
 	}
-	if tl, err := ns.h.LinkByName(p.tapName); err == nil {
+	if tl, err := ns.linkByName(p.tapName); err == nil {
 		mv, ok := tl.(*netlink.Macvtap)
 		if !ok || mv.Mode != netlink.MACVLAN_MODE_PASSTHRU {
 			return nil, fmt.Errorf("lan: a link named %s in namespace %s is not torgate's passthru macvtap; remove it (ip -n %s link del %s)", p.tapName, ns.name, ns.name, p.tapName)

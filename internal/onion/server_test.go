@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/torgate/torgate/internal/reach"
 	"github.com/torgate/torgate/internal/testlog"
 	"github.com/torgate/torgate/internal/torctl"
 )
@@ -479,7 +480,7 @@ func TestSocketModes(t *testing.T) {
 		checkSocketMode(t, sock, 0o660)
 		for _, p := range []string{s.cfg.SocketDir, sock} {
 			fi, _ := os.Stat(p)
-			if _, g := fileOwner(fi); g != gid {
+			if _, g := reach.Owner(fi); g != gid {
 				t.Errorf("%s: group %d, want nobody's %d", p, g, gid)
 			}
 		}

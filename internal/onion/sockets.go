@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/torgate/torgate/internal/reach"
 )
 
 // sockOwner is the user Tor runs as when it is not torgate's own: the
@@ -101,40 +103,19 @@ func (s *Server) listen(path string) (*net.UnixListener, error) {
 var errUnreachable = errors.New("onion: tor cannot reach the socket directory")
 
 // reachable checks that Tor's user can search dir and every directory
-// above it. dir itself, if torgate owns it, is made searchable (o+x), as
-// torctl does for a managed Tor's data directory.
+// above it (internal/reach); dir itself, if torgate owns it, is made
+// searchable (o+x), as torctl does for a managed Tor's data directory.
 func (s *Server) reachable(dir string) error {
-	for d, first := dir, true; ; d, first = filepath.Dir(d), false {
-		fi, err := os.Stat(d)
-		if err != nil {
-			return fmt.Errorf("onion: socket directory: %w", err)
-		}
-		duid, dgid := fileOwner(fi)
-		if !searchable(fi.Mode(), duid, dgid, s.own.uid, s.own.gid) {
-			if !first || duid != os.Geteuid() {
-				return fmt.Errorf("%w: tor runs as %s, who cannot search %s (mode %v, owner %d): make it searchable (chmod o+x %s) or choose another SocketDir",
-					errUnreachable, s.own.name, d, fi.Mode().Perm(), duid, d)
-			}
-			if err := os.Chmod(d, fi.Mode().Perm()|0o001); err != nil {
-				return fmt.Errorf("onion: make %s searchable: %w", d, err)
-			}
-			s.log.Info("directory made searchable for tor's user (o+x, not listable)", "dir", d)
-		}
-		if d == filepath.Dir(d) {
-			return nil
-		}
+	made, err := reach.Ensure(dir, reach.Account{Name: s.own.name, UID: s.own.uid, GID: s.own.gid})
+	if made {
+		s.log.Info("directory made searchable for tor's user (o+x, not listable)", "dir", dir)
 	}
-}
-
-// searchable reports whether uid/gid (with no supplementary groups, as a
-// managed tor runs) may search a directory with mode m owned by
-// duid/dgid.
-func searchable(m os.FileMode, duid, dgid, uid, gid int) bool {
-	switch {
-	case duid == uid:
-		return m&0o100 != 0
-	case dgid == gid:
-		return m&0o010 != 0
+	var re *reach.Error
+	if errors.As(err, &re) {
+		return fmt.Errorf("%w: %w, or choose another SocketDir", errUnreachable, err)
 	}
-	return m&0o001 != 0
+	if err != nil {
+		return fmt.Errorf("onion: socket directory: %w", err)
+	}
+	return nil
 }

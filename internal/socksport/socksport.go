@@ -506,11 +506,20 @@ func (h *handshake) dispatch(req request) socks.Reply {
 		if req.dst.Port == 0 {
 			return h.reply(socks.ReplyGeneralFailure, socks.Addr{})
 		}
-		return s.cfg.Tunnel.ConnectPort(ctx, tunnel.PortStream{
+		// A client that leaves while Tor dials ends the dial, as Tor
+		// ends a stream whose client hung up before it connected;
+		// otherwise its dial would hold one of its workstation's dial
+		// slots for up to the dial timeout.
+		dctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		w := watchHangup(h.c, cancel)
+		defer w.stop()
+		return s.cfg.Tunnel.ConnectPort(dctx, tunnel.PortStream{
 			PortClient: h.client,
 			Conn:       h.c,
 			Dst:        req.dst,
 			Early:      h.sr.Buffered(),
+			More:       w.stop,
 			Reply: func(code socks.Reply) error {
 				return h.replyErr(code, socks.Addr{})
 			},
@@ -619,3 +628,52 @@ func reset(c net.Conn) {
 	}
 	c.Close()
 }
+
+// maxDuringDial bounds what a client may send while Tor dials its stream
+// (kept for the upstream): past it the watch stops reading, and a hang-up
+// is no longer noticed before the dial ends.
+const maxDuringDial = 64 << 10
+
+// hangupWatch reads a client while Tor dials its stream: an end of stream
+// or an error (the client hung up, or reset) cancels the dial; what it
+// sends meanwhile is kept for the upstream.
+type hangupWatch struct {
+	c    net.Conn
+	done chan struct{} // closed when the reader stops
+	buf  []byte        // what the client sent; read after done
+	once sync.Once
+}
+
+func watchHangup(c net.Conn, cancel context.CancelFunc) *hangupWatch {
+	w := &hangupWatch{c: c, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		var b [4096]byte
+		for len(w.buf) < maxDuringDial {
+			n, err := c.Read(b[:min(len(b), maxDuringDial-len(w.buf))])
+			w.buf = append(w.buf, b[:n]...)
+			if err != nil {
+				var ne net.Error
+				if !errors.As(err, &ne) || !ne.Timeout() {
+					cancel() // gone: not stop's deadline
+				}
+				return
+			}
+		}
+	}()
+	return w
+}
+
+// stop ends the watch and returns what the client sent during it. The
+// connection has no read deadline afterwards.
+func (w *hangupWatch) stop() []byte {
+	w.once.Do(func() {
+		w.c.SetReadDeadline(aLongTimeAgo)
+		<-w.done
+		w.c.SetReadDeadline(time.Time{})
+	})
+	return w.buf
+}
+
+// aLongTimeAgo is a deadline in the past: it wakes a blocked Read at once.
+var aLongTimeAgo = time.Unix(1, 0)

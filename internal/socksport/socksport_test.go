@@ -606,3 +606,22 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestHangupEndsDial: a client that hangs up while Tor dials its stream
+// ends the dial, so its workstation's dial slot is free again at once
+// (found by TestHostileLAN: 128 abandoned CONNECTs held every slot for
+// the dial timeout).
+func TestHangupEndsDial(t *testing.T) {
+	r := newRig(t, sockstest.Config{Connect: sockstest.Hang}, func(c *tunnel.Config) { c.MaxDialsPerSource = 1 }, nil)
+	first, cancel := context.WithCancel(ctx(t))
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.client(wsA, 9050).Connect(first, socks.HostPort("example.com", 80), socks.Auth{})
+		done <- err
+	}()
+	waitFor(t, func() bool { return r.tor.Stats().Connect == 1 })
+	cancel() // the client closes its connection
+	<-done
+	go r.client(wsA, 9050).Connect(ctx(t), socks.HostPort("example.com", 80), socks.Auth{})
+	waitFor(t, func() bool { return r.tor.Stats().Connect == 2 })
+}

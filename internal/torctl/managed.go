@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/cretz/bine/process"
+
+	"github.com/torgate/torgate/internal/reach"
 )
 
 // Managed Tor timing.
@@ -37,6 +39,10 @@ type proc interface {
 	// Pid is the process ID.
 	Pid() int
 }
+
+// FindTor is the tor binary a managed Tor would run for path (the
+// --tor-path flag, "" for the default search), or ErrTorNotFound.
+func FindTor(path string) (string, error) { return findTor(path) }
 
 // findTor locates the tor binary: path if given, else $PATH, then the
 // directories Debian and others install it in.
@@ -226,41 +232,22 @@ func (t *Tor) prepareDirs() error {
 }
 
 // reachable checks that tor's user can search dir and every directory
-// above it. dir itself, if torgate owns it, is made searchable (o+x).
+// above it (internal/reach); dir itself, if torgate owns it, is made
+// searchable (o+x).
 func (t *Tor) reachable(dir string) error {
 	uid, gid := t.owner()
-	for d, first := dir, true; ; d, first = filepath.Dir(d), false {
-		fi, err := os.Stat(d)
-		if err != nil {
-			return fmt.Errorf("tor data directory: %w", err)
-		}
-		duid, dgid := fileOwner(fi)
-		if !searchable(fi.Mode(), duid, dgid, uid, gid) {
-			if !first || duid != os.Geteuid() {
-				return fmt.Errorf("tor runs as %s, who cannot reach %s (mode %v, owner %d): make it searchable (chmod o+x %s) or choose another state directory",
-					t.runAs.name, d, fi.Mode().Perm(), duid, d)
-			}
-			if err := os.Chmod(d, fi.Mode().Perm()|0o001); err != nil {
-				return fmt.Errorf("tor data directory: make %s searchable: %w", d, err)
-			}
-			t.log.Info("state directory made searchable for tor's user (o+x, not listable)", "dir", d)
-		}
-		if d == filepath.Dir(d) {
-			return nil
-		}
+	made, err := reach.Ensure(dir, reach.Account{Name: t.runAs.name, UID: uid, GID: gid})
+	if made {
+		t.log.Info("state directory made searchable for tor's user (o+x, not listable)", "dir", dir)
 	}
-}
-
-// searchable reports whether uid/gid (with no supplementary groups, as
-// tor runs) may search a directory with mode m owned by duid/dgid.
-func searchable(m os.FileMode, duid, dgid, uid, gid int) bool {
-	switch {
-	case duid == uid:
-		return m&0o100 != 0
-	case dgid == gid:
-		return m&0o010 != 0
+	var re *reach.Error
+	if errors.As(err, &re) {
+		return fmt.Errorf("tor data directory: %w, or choose another state directory", err)
 	}
-	return m&0o001 != 0
+	if err != nil {
+		return fmt.Errorf("tor data directory: %w", err)
+	}
+	return nil
 }
 
 // chownTree gives root and everything below it to uid:gid, counting the
@@ -275,7 +262,7 @@ func chownTree(root string, uid, gid int) (int, error) {
 		if err != nil {
 			return err
 		}
-		if fu, fg := fileOwner(fi); fu == uid && fg == gid {
+		if fu, fg := reach.Owner(fi); fu == uid && fg == gid {
 			return nil
 		}
 		n++

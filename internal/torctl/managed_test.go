@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/torgate/torgate/internal/reach"
 )
 
 // requireTor skips t when no tor is installed, except under CI=true,
@@ -234,7 +236,7 @@ func TestManagedRealTorAsUser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if uid, _ := fileOwner(fi); strconv.Itoa(uid) != u.Uid {
+	if uid, _ := reach.Owner(fi); strconv.Itoa(uid) != u.Uid {
 		t.Errorf("%s/keys owned by %d after start, want debian-tor", data, uid)
 	}
 	if _, err := os.Stat(filepath.Join(data, "torrc")); !errors.Is(err, os.ErrNotExist) {

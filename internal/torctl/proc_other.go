@@ -3,10 +3,7 @@
 package torctl
 
 import (
-	"os"
 	"syscall"
 )
 
 func sysProcAttr(*runAs) *syscall.SysProcAttr { return nil }
-
-func fileOwner(os.FileInfo) (uid, gid int) { return -1, -1 }

@@ -3,7 +3,6 @@
 package torctl
 
 import (
-	"os"
 	"syscall"
 )
 
@@ -18,12 +17,4 @@ func sysProcAttr(ra *runAs) *syscall.SysProcAttr {
 		a.Credential = &syscall.Credential{Uid: uint32(ra.uid), Gid: uint32(ra.gid), Groups: []uint32{}}
 	}
 	return a
-}
-
-// fileOwner returns a file's uid and gid.
-func fileOwner(fi os.FileInfo) (uid, gid int) {
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return int(st.Uid), int(st.Gid)
-	}
-	return -1, -1
 }

@@ -1,14 +1,14 @@
 //go:build unix
 
-package onion
+package reach
 
 import (
 	"os"
 	"syscall"
 )
 
-// fileOwner returns a file's uid and gid.
-func fileOwner(fi os.FileInfo) (uid, gid int) {
+// Owner returns a file's uid and gid.
+func Owner(fi os.FileInfo) (uid, gid int) {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		return int(st.Uid), int(st.Gid)
 	}
