@@ -314,6 +314,12 @@ EOF`)
 		t.Fatalf("torgate gave up: %s, %s", s, r)
 	}
 	t.Logf("torgate retried for %v without eth1", time.Since(boot2).Round(100*time.Millisecond))
+	// Each of those failed starts stopped at validation: none wrote the
+	// DNS state (before, each took a new automap epoch, and 64 restarts
+	// went round the ring).
+	if out, err := c.exec("ls", "-A", "/var/lib/torgate"); err != nil || strings.TrimSpace(out) != "" {
+		t.Errorf("the state directory after failed starts: %v %q, want it empty", err, out)
+	}
 
 	// eth1 appears, with the gateway's address, as ifupdown or networkd
 	// would give it; its peer is the workstation.
