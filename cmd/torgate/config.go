@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"sort"
 	"strconv"
 	"strings"
@@ -87,6 +88,21 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 		}
 	}
 	return nil
+}
+
+// configLANs returns the "lan" key of a config file: the LAN interfaces
+// "torgate lan guard --config" guards. The file is checked as "torgate
+// run --config" checks it, so that a file the guard accepts is one run
+// accepts too.
+func configLANs(path string) ([]string, error) {
+	fs := flag.NewFlagSet("torgate run", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var f runFlags
+	f.register(fs)
+	if err := applyConfigFile(fs, path); err != nil {
+		return nil, err
+	}
+	return f.lan, nil
 }
 
 // onionTable turns one [[onion]] table (port, target) into the --onion

@@ -4,13 +4,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/torgate/torgate/internal/lan"
 )
 
 const lanUsage = `usage: torgate lan down IFACE
-       torgate lan guard [--allow-missing] IFACE...
+       torgate lan guard [--allow-missing] [--config FILE] [IFACE...]
 
 "torgate run --lan IFACE" takes IFACE away from the gateway's kernel: it
 records IFACE's addresses in the interface's alias, moves IFACE into a
@@ -35,7 +36,9 @@ guard  for a boot-time unit ordered before network-pre.target: installs
        real interface unguarded), unless --allow-missing: then its rules
        are installed by name and a warning is printed. The boot unit
        needs --allow-missing: it runs before network-pre.target, when a
-       NIC may not exist yet or not carry its final name.
+       NIC may not exist yet or not carry its final name. --config
+       guards the interfaces of the config file's "lan" key too, so
+       that the boot unit and torgate.service read the same file.
 `
 
 // cmdLAN runs "torgate lan down|guard".
@@ -60,12 +63,27 @@ func cmdLAN(args []string, stdout, stderr io.Writer) error {
 		fs.SetOutput(stderr)
 		fs.Usage = func() { fmt.Fprint(stderr, lanUsage) }
 		allowMissing := fs.Bool("allow-missing", false, "guard an interface that does not exist (yet) by name, with a warning")
+		configFile := fs.String("config", "", "also guard the interfaces of this config file's \"lan\" key (torgate run's --config)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
 		ifaces := fs.Args()
+		if *configFile != "" {
+			fromFile, err := configLANs(*configFile)
+			if err != nil {
+				return fmt.Errorf("lan guard: %w", err)
+			}
+			for _, iface := range fromFile {
+				if !slices.Contains(ifaces, iface) {
+					ifaces = append(ifaces, iface)
+				}
+			}
+		}
 		if len(ifaces) < 1 {
 			fmt.Fprint(stderr, lanUsage)
+			if *configFile != "" {
+				return fmt.Errorf("lan guard: %s has no \"lan\" key and no interface is named", *configFile)
+			}
 			return fmt.Errorf("lan guard: want at least one interface")
 		}
 		// Every name is checked before any rule is installed.

@@ -78,4 +78,25 @@ func TestLANCommandsRefuseUnknown(t *testing.T) {
 	if got := rules(); got != before {
 		t.Errorf("lan down left rules:\n%s\nwas\n%s", got, before)
 	}
+
+	// The boot unit reads the interfaces from the config file that
+	// torgate.service reads, so that the two cannot disagree; a file run
+	// would refuse is refused here too.
+	conf := filepath.Join(t.TempDir(), "torgate.toml")
+	os.WriteFile(conf, []byte("lan = [\"eth9\"]\n"), 0o644)
+	out, errOut, err = tg("lan", "guard", "--allow-missing", "--config", conf)
+	if err != nil || !strings.Contains(out, "in place for eth9") {
+		t.Errorf("lan guard --config (lan = [eth9]): %v, stdout %q, stderr %q", err, out, errOut)
+	}
+	if !strings.Contains(rules(), "iif eth9 [detached] blackhole") {
+		t.Errorf("lan guard --config installed no guard rule for eth9:\n%s", rules())
+	}
+	tg("lan", "down", "eth9")
+	os.WriteFile(conf, []byte("lna = [\"eth9\"]\n"), 0o644)
+	if _, errOut, err = tg("lan", "guard", "--allow-missing", "--config", conf); err == nil || !strings.Contains(errOut, `unknown field "lna"`) {
+		t.Errorf("lan guard --config with a typo in a key: %v, stderr %q; want the unknown key named", err, errOut)
+	}
+	if got := rules(); got != before {
+		t.Errorf("lan guard --config left rules:\n%s\nwas\n%s", got, before)
+	}
 }
