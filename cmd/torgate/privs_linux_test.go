@@ -137,3 +137,32 @@ func TestRunManagedTorAfterDrop(t *testing.T) {
 	}
 	t.Logf("tor restarted as pid %d uid %s after the drop", pid2, u.Uid)
 }
+
+// TestCgoBuildRefused (issue 22: "the README's build keeps every
+// privilege"): a torgate built with cgo cannot drop its capabilities on
+// every thread, so as root it refuses to start, before it touches
+// anything, unless --keep-privileges says to keep them; the CGO_ENABLED=0
+// build drops them (TestRunDropsPrivileges).
+func TestCgoBuildRefused(t *testing.T) {
+	nstest.RequireRoot(t, "unshare", "gcc")
+	bin := filepath.Join(reachableTempDir(t), "torgate-cgo")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build with cgo: %v\n%s", err, out)
+	}
+	srv := upstream(t)
+	state := filepath.Join(t.TempDir(), "state")
+	out, err := exec.Command("unshare", "-n", bin, "run", "--tun", "tgcgo0", "--addr", "", "--admin", "",
+		"--socks", srv.Addr(), "--state-dir", state).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "links cgo") || !strings.Contains(string(out), "CGO_ENABLED=0") {
+		t.Fatalf("a cgo build as root: %v\n%s\nwant a refusal that names CGO_ENABLED=0", err, out)
+	}
+	if _, err := os.Stat(state); err == nil {
+		t.Error("the refused start created its state directory")
+	}
+	cmd, logs := startRun(t, bin, "tor mode", "--keep-privileges", "--socks", srv.Addr(), "--state-dir", t.TempDir())
+	if got := readSets(t, cmd.Process.Pid); got.Effective == privs.SetOf(privs.CapNetAdmin) {
+		t.Errorf("a cgo build with --keep-privileges dropped its capabilities?\n%s", logs.String())
+	}
+}

@@ -61,7 +61,10 @@ func TestRunManagedTor(t *testing.T) {
 	done := make(chan error, 1)
 	began := time.Now()
 	go func() {
-		done <- run(ctx, []string{"run", "--tun", tunName, "--addr", "", "--state-dir", state,
+		// In process: the test binary may link cgo (it does wherever a C
+		// compiler is), which cannot drop capabilities; that is
+		// TestRunDropsPrivileges' business, on a CGO_ENABLED=0 build.
+		done <- run(ctx, []string{"run", "--keep-privileges", "--tun", tunName, "--addr", "", "--state-dir", state,
 			"--torrc", torrc, "--admin", adminSock}, io.Discard, &logs)
 	}()
 	defer func() {

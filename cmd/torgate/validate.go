@@ -16,6 +16,7 @@ import (
 	"github.com/torgate/torgate/internal/admin"
 	"github.com/torgate/torgate/internal/endpoint"
 	"github.com/torgate/torgate/internal/lan"
+	"github.com/torgate/torgate/internal/privs"
 	"github.com/torgate/torgate/internal/torctl"
 	"github.com/torgate/torgate/tunnel"
 )
@@ -44,6 +45,13 @@ type validated struct {
 	warnings []string
 }
 
+// hasCapabilities reports whether this process holds capabilities it
+// would drop after set-up (root has them all).
+func hasCapabilities() bool {
+	s, err := privs.Read(0)
+	return err == nil && s.Effective != 0
+}
+
 // validate checks f in full for run (exec false) or exec, and returns the
 // router's configuration, or every error found (errors.Join).
 func (f *runFlags) validate(exec bool) (validated, error) {
@@ -57,6 +65,14 @@ func (f *runFlags) validate(exec bool) (validated, error) {
 	}
 	if f.logFormat != "text" && f.logFormat != "json" {
 		bad("--log-format %q: want text or json", f.logFormat)
+	}
+
+	// Privileges: a binary that links cgo cannot drop its capabilities on
+	// every thread (internal/privs), so as root it would keep them all
+	// for its whole life. It is refused before it takes anything, unless
+	// the operator asks for that (--keep-privileges).
+	if err := privs.CanDrop(); errors.Is(err, privs.ErrCgo) && !f.tor.keepPrivileges && hasCapabilities() {
+		bad("this torgate binary links cgo, so it could not drop its capabilities after set-up and would keep them all: build it with CGO_ENABLED=0 (CGO_ENABLED=0 go build ./cmd/torgate), or pass --keep-privileges to run with every capability")
 	}
 
 	// The device.

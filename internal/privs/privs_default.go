@@ -2,6 +2,9 @@
 
 package privs
 
+// CanDrop returns ErrUnsupported: there is nothing to drop outside Linux.
+func CanDrop() error { return ErrUnsupported }
+
 // Keep returns ErrUnsupported: there is nothing to drop outside Linux.
 func Keep(Set) error { return ErrUnsupported }
 

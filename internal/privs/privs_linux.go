@@ -13,6 +13,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// CanDrop reports whether Keep can work in this binary: ErrCgo if it links
+// cgo (checked with a harmless read, changing nothing), nil otherwise. A
+// caller asks before it takes anything it would later have to give up.
+func CanDrop() error {
+	if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_CAPBSET_READ, 0, 0); e == syscall.ENOTSUP {
+		return ErrCgo
+	}
+	return nil
+}
+
 // Keep leaves the process with exactly keep in its effective, permitted
 // and bounding sets, and nothing inheritable or ambient, on every thread.
 // It needs CAP_SETPCAP (root has it) to shrink the bounding set, so it
@@ -28,8 +38,8 @@ func Keep(keep Set) error {
 		return err
 	}
 	// Probe: ENOTSUP means cgo, before anything changed.
-	if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_CAPBSET_READ, 0, 0); e == syscall.ENOTSUP {
-		return ErrCgo
+	if err := CanDrop(); err != nil {
+		return err
 	}
 	cur, err := Read(0)
 	if err != nil {
