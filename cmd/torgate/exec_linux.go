@@ -29,6 +29,9 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if _, err := f.validate(true); err != nil {
 		return err
 	}
+	if err := f.checkPrivileges(); err != nil {
+		return err
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("exec: needs root to create a network namespace and a TUN (try sudo)")
 	}

@@ -217,6 +217,9 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := f.checkPrivileges(); err != nil {
+		return err
+	}
 	began := time.Now()
 	a, err := startApp(ctx, &f, stderr, nil, v.warnings...)
 	if err != nil {

@@ -45,11 +45,20 @@ type validated struct {
 	warnings []string
 }
 
-// hasCapabilities reports whether this process holds capabilities it
-// would drop after set-up (root has them all).
-func hasCapabilities() bool {
-	s, err := privs.Read(0)
-	return err == nil && s.Effective != 0
+// checkPrivileges refuses, before run or exec touches anything, a binary
+// that links cgo and holds capabilities: it cannot drop them on every
+// thread (internal/privs), so it would keep them all for its whole life.
+// --keep-privileges says that is meant. (Not part of validate: config
+// check judges the configuration, and the tests that drive validate in
+// process run in a test binary that may link cgo.)
+func (f *runFlags) checkPrivileges() error {
+	if f.tor.keepPrivileges || !errors.Is(privs.CanDrop(), privs.ErrCgo) {
+		return nil
+	}
+	if s, err := privs.Read(0); err != nil || s.Effective == 0 {
+		return nil // nothing to drop
+	}
+	return errors.New("this torgate binary links cgo, so it could not drop its capabilities after set-up and would keep them all: build it with CGO_ENABLED=0 (CGO_ENABLED=0 go build ./cmd/torgate), or pass --keep-privileges to run with every capability")
 }
 
 // validate checks f in full for run (exec false) or exec, and returns the
@@ -65,14 +74,6 @@ func (f *runFlags) validate(exec bool) (validated, error) {
 	}
 	if f.logFormat != "text" && f.logFormat != "json" {
 		bad("--log-format %q: want text or json", f.logFormat)
-	}
-
-	// Privileges: a binary that links cgo cannot drop its capabilities on
-	// every thread (internal/privs), so as root it would keep them all
-	// for its whole life. It is refused before it takes anything, unless
-	// the operator asks for that (--keep-privileges).
-	if err := privs.CanDrop(); errors.Is(err, privs.ErrCgo) && !f.tor.keepPrivileges && hasCapabilities() {
-		bad("this torgate binary links cgo, so it could not drop its capabilities after set-up and would keep them all: build it with CGO_ENABLED=0 (CGO_ENABLED=0 go build ./cmd/torgate), or pass --keep-privileges to run with every capability")
 	}
 
 	// The device.
