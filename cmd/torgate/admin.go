@@ -30,12 +30,18 @@ func serveAdmin(addr string, r *torgate.Router, gatherer prometheus.Gatherer, lo
 		return nil, nil, fmt.Errorf("--admin: %w", err)
 	}
 	h := admin.Handler(admin.Config{
-		Gatherer:    gatherer,
-		Ready:       r.Ready,
-		Healthy:     r.Healthy,
-		Mode:        modeText(r),
-		Details:     func() []string { return onionDetails(r) },
-		NewIdentity: r.NewIdentity,
+		Gatherer: gatherer,
+		Ready:    r.Ready,
+		Healthy:  r.Healthy,
+		Mode:     modeText(r),
+		Details:  func() []string { return onionDetails(r) },
+		NewIdentity: func(src netip.Addr) error {
+			err := r.NewIdentity(src)
+			if errors.Is(err, torgate.ErrUnknownWorkstation) {
+				return admin.NotFound(err)
+			}
+			return err
+		},
 		NewIdentityAll: func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
 			defer cancel()

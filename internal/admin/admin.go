@@ -104,7 +104,13 @@ func Handler(cfg Config) http.Handler {
 			http.NotFound(w, r)
 			return
 		}
-		if err != nil {
+		var nf notFound
+		switch {
+		case errors.As(err, &nf):
+			// No such workstation: the request is wrong, not torgate.
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		case err != nil:
 			log.Warn("new identity failed", "err", err)
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
@@ -114,6 +120,14 @@ func Handler(cfg Config) http.Handler {
 	})
 	return mux
 }
+
+// NotFound marks err as naming something that does not exist (a
+// workstation no one is): the endpoint answers 404, not 503.
+func NotFound(err error) error { return notFound{err} }
+
+type notFound struct{ error }
+
+func (e notFound) Unwrap() error { return e.error }
 
 func scope(src string) string {
 	if src == "" {

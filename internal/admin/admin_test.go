@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -212,6 +213,9 @@ func TestEndpoints(t *testing.T) {
 		{name: "newnym bad source", method: "POST", path: "/newnym?source=ws1", code: 400, body: "bad source address\n"},
 		{name: "newnym fails", method: "POST", path: "/newnym", setup: func() { newnymErr = errors.New("tor not ready") },
 			code: 503, body: "tor not ready\n"},
+		{name: "newnym unknown workstation", method: "POST", path: "/newnym?source=10.152.152.99",
+			setup: func() { newnymErr = NotFound(errors.New("unknown workstation 10.152.152.99")) },
+			code:  404, body: "unknown workstation 10.152.152.99\n"},
 		{name: "newnym by GET", method: "GET", path: "/newnym", code: 405, body: "*"},
 		{name: "probe by POST", method: "POST", path: "/healthz", code: 405, body: "*"},
 		{name: "unknown path", method: "GET", path: "/debug/pprof/", code: 404, body: "*"},
@@ -234,8 +238,8 @@ func TestEndpoints(t *testing.T) {
 	if all != 2 {
 		t.Errorf("NewIdentityAll called %d times, want 2", all)
 	}
-	want := []netip.Addr{netip.MustParseAddr("10.152.152.11"), netip.MustParseAddr("10.152.152.12")}
-	if len(sources) != len(want) || sources[0] != want[0] || sources[1] != want[1] {
+	want := []netip.Addr{netip.MustParseAddr("10.152.152.11"), netip.MustParseAddr("10.152.152.12"), netip.MustParseAddr("10.152.152.99")}
+	if !slices.Equal(sources, want) {
 		t.Errorf("NewIdentity got %v, want %v", sources, want)
 	}
 }
