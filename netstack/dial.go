@@ -109,12 +109,7 @@ func (s *Stack) DialTCP(ctx context.Context, src, dst netip.AddrPort) (net.Conn,
 	}
 	// The same keepalive as accepted flows: a workstation that vanished
 	// leaves the caller's caps within 90 s.
-	ep.SocketOptions().SetKeepAlive(true)
-	idle := tcpip.KeepaliveIdleOption(keepaliveIdle)
-	ep.SetSockOpt(&idle)
-	intvl := tcpip.KeepaliveIntervalOption(keepaliveInterval)
-	ep.SetSockOpt(&intvl)
-	ep.SetSockOptInt(tcpip.KeepaliveCountOption, keepaliveCount)
+	setKeepalive(ep)
 	c := newConn(&wq, ep)
 	local := src
 	if la, err := ep.GetLocalAddress(); err == nil {

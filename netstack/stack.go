@@ -799,12 +799,7 @@ func (r *TCPRequest) Accept() (net.Conn, error) {
 	// all. (It was 2 min + 4 x 30 s, the 4-minute "established" tail
 	// measured 2026-12.) 10k idle flows cost ~170 probes/s on the TUN,
 	// never anything on Tor.
-	ep.SocketOptions().SetKeepAlive(true)
-	idle := tcpip.KeepaliveIdleOption(keepaliveIdle)
-	ep.SetSockOpt(&idle)
-	intvl := tcpip.KeepaliveIntervalOption(keepaliveInterval)
-	ep.SetSockOpt(&intvl)
-	ep.SetSockOptInt(tcpip.KeepaliveCountOption, keepaliveCount)
+	setKeepalive(ep)
 	c := newConn(&wq, ep)
 	src, dst, s := r.src, r.dst, r.s
 	c.poke = func() { s.pokeAfterReset(dst, src) }
@@ -880,4 +875,16 @@ func (s *Stack) forwardTCP(fr *tcp.ForwarderRequest) {
 func addrFrom(a tcpip.Address) netip.Addr {
 	ip, _ := netip.AddrFromSlice(a.AsSlice())
 	return ip
+}
+
+// setKeepalive turns on TCP keepalive with torgate's timing
+// (keepaliveIdle, keepaliveInterval, keepaliveCount) on a flow's endpoint,
+// accepted or dialled.
+func setKeepalive(ep tcpip.Endpoint) {
+	ep.SocketOptions().SetKeepAlive(true)
+	idle := tcpip.KeepaliveIdleOption(keepaliveIdle)
+	ep.SetSockOpt(&idle)
+	intvl := tcpip.KeepaliveIntervalOption(keepaliveInterval)
+	ep.SetSockOpt(&intvl)
+	ep.SetSockOptInt(tcpip.KeepaliveCountOption, keepaliveCount)
 }
