@@ -689,6 +689,16 @@ func (g *gwNet) phase1() {
 }
 
 func TestGatewayDeployment(t *testing.T) {
+	// The four deployment tests (this one, TestHostileLAN,
+	// TestWorkstationTor, TestWorkstationServices) each build their own
+	// namespaces (random names), private Tor network (a random
+	// 127.x.y.0/24) and state directories, so they share nothing but the
+	// CPU. One after another they took 444 s of this package's 10-minute
+	// go test limit (2026-12-05, two cores), and one slow Tor retry took a
+	// CI run over it; two at a time (-parallel defaults to GOMAXPROCS)
+	// they leave room. Their bounds are seconds against fetches of tens of
+	// milliseconds, so sharing the CPU does not turn into failures.
+	t.Parallel()
 	nstest.RequireRoot(t, "curl", "dig", "setpriv")
 	bin := buildTorgate(t)
 	g := newGwNet(t, bin, gwOptions{})

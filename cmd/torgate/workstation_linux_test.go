@@ -689,6 +689,7 @@ func isExitHop(path []string) bool {
 // LAN-derived reaches the uplink; a restart (SIGTERM, then SIGKILL)
 // keeps the service.
 func TestWorkstationTor(t *testing.T) {
+	t.Parallel() // one of the deployment tests run two at a time: see TestGatewayDeployment
 	began := time.Now()
 	g := newTorGw(t, "", torGwOptions{})
 	t.Logf("deployment built and testnet up %v after the start", time.Since(began).Round(time.Millisecond))

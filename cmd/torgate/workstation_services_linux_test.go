@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -81,8 +82,71 @@ func (g *torGw) onionList() string {
 // fetchViaTestnet fetches url through the private network's own client
 // tor (in the host namespace: a Tor user elsewhere on the network).
 func (g *torGw) fetchViaTestnet(url string) (string, error) {
-	out, err := exec.Command("curl", "-sS", "--max-time", "60", "--socks5-hostname", g.net.SocksAddr, url).CombinedOutput()
+	return g.fetchViaTestnetWithin(60, url)
+}
+
+// fetchViaTestnetWithin is fetchViaTestnet bounded to secs seconds.
+func (g *torGw) fetchViaTestnetWithin(secs int, url string) (string, error) {
+	out, err := exec.Command("curl", "-sS", "--max-time", strconv.Itoa(secs), "--socks5-hostname", g.net.SocksAddr, url).CombinedOutput()
 	return string(out), err
+}
+
+// forgetOnionDescriptors has the testnet's client tor purge what it
+// knows of onion services (SIGNAL NEWNYM does: Tor's
+// hs_client_purge_state), so that its next try fetches the descriptor
+// again. After torgate's restart its Tor uploads a new descriptor (new
+// introduction points) about 2 s after it starts; a client that fetched
+// before that holds the old one, whose introduction points are gone, and
+// its streams hung for 15 s tries over 80 s without fetching again (seen
+// 2026-12-05 with HS_DESC events, one run in three: the client's
+// RECEIVED came 1.8 s before the service's UPLOADED). A visitor arriving
+// after the service republished has no such descriptor.
+func (g *torGw) forgetOnionDescriptors() {
+	g.t.Helper()
+	ctx, cancel := context.WithTimeout(g.t.Context(), 10*time.Second)
+	defer cancel()
+	c, err := g.net.Control(ctx)
+	if err != nil {
+		g.t.Fatalf("testnet client control port: %v", err)
+	}
+	defer c.Close()
+	if err := c.Signal(ctx, "NEWNYM"); err != nil {
+		g.t.Fatalf("NEWNYM to the testnet client: %v", err)
+	}
+}
+
+// logHSDesc logs the HS_DESC events of the testnet's client tor and of
+// torgate's managed tor (the service's) until the returned func is called:
+// with the test's failures, where a descriptor went (or did not).
+func (g *torGw) logHSDesc() func() {
+	g.t.Helper()
+	ctx, cancel := context.WithCancel(g.t.Context())
+	watch := func(name string, dial func() (*testnet.Control, error)) {
+		c, err := dial()
+		if err != nil {
+			g.t.Logf("HS_DESC of %s: %v", name, err)
+			return
+		}
+		if err := c.SetEvents(ctx, "HS_DESC"); err != nil {
+			g.t.Logf("HS_DESC of %s: %v", name, err)
+			c.Close()
+			return
+		}
+		go func() {
+			defer c.Close()
+			for {
+				select {
+				case ev := <-c.Events():
+					g.t.Logf("%s %s: %s", time.Now().Format("15:04:05.000"), name, ev.Raw)
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	watch("client", func() (*testnet.Control, error) { return g.net.Control(ctx) })
+	watch("service", func() (*testnet.Control, error) { return testnet.DialControlAt(ctx, "unix", g.controlSocket()) })
+	return cancel
 }
 
 // stem runs testdata/workstation/stem_client.py in workstation w against
@@ -111,6 +175,7 @@ func (g *torGw) stem(w *wsHost, gw string, newnym bool) []string {
 // hosted on workstation A; circuits are read from the managed Tor's
 // control port, not inferred; the uplink stays clean throughout.
 func TestWorkstationServices(t *testing.T) {
+	t.Parallel() // one of the deployment tests run two at a time: see TestGatewayDeployment
 	began := time.Now()
 	g := newTorGw(t, "", torGwOptions{Onion: true, Args: []string{"--onion", "80=" + wsAddr4 + ":80"}})
 	webA := g.wsServe(g.A, 80)
@@ -203,13 +268,28 @@ func TestWorkstationServices(t *testing.T) {
 		t.Helper()
 		var body string
 		var err error
-		// The descriptor takes a moment to reach the HSDirs.
-		for range 30 {
-			if body, err = g.fetchViaTestnet("http://" + addr + "/"); err == nil && body == "ws-A-80\n" {
+		// The descriptor takes a moment to reach the HSDirs. Each try is
+		// bounded short of Tor's own 120 s stream timeout and the whole
+		// wait by a deadline, so a descriptor that never arrives costs
+		// this test a minute and a half, not the package's time limit.
+		t0 := time.Now()
+		tries := 0
+		for deadline := t0.Add(90 * time.Second); ; {
+			tries++
+			if tries > 1 {
+				g.forgetOnionDescriptors()
+			}
+			t1 := time.Now()
+			if body, err = g.fetchViaTestnetWithin(10, "http://"+addr+"/"); err == nil && body == "ws-A-80\n" {
+				break
+			}
+			t.Logf("%s: try %d of the testnet's client failed after %v: %v %q", phase, tries, time.Since(t1).Round(time.Millisecond), err, strings.TrimSpace(body))
+			if time.Now().After(deadline) {
 				break
 			}
 			time.Sleep(time.Second)
 		}
+		t.Logf("%s: the testnet's client fetched the onion service after %v, %d tries", phase, time.Since(t0).Round(time.Millisecond), tries)
 		if err != nil || body != "ws-A-80\n" {
 			t.Errorf("%s: the testnet's client fetching %s: %v %q", phase, addr, err, body)
 		}
@@ -226,6 +306,7 @@ func TestWorkstationServices(t *testing.T) {
 			t.Errorf("%s: A's undeclared port 8080 served through the onion: %q", phase, body)
 		}
 	}
+	defer g.logHSDesc()()
 	onionFetches("onion")
 	if webA.Load() == 0 {
 		t.Error("A's web server accepted nothing")
