@@ -689,15 +689,16 @@ func (g *gwNet) phase1() {
 }
 
 func TestGatewayDeployment(t *testing.T) {
-	// The four deployment tests (this one, TestHostileLAN,
-	// TestWorkstationTor, TestWorkstationServices) each build their own
-	// namespaces (random names), private Tor network (a random
-	// 127.x.y.0/24) and state directories, so they share nothing but the
-	// CPU. One after another they took 444 s of this package's 10-minute
-	// go test limit (2026-12-05, two cores), and one slow Tor retry took a
-	// CI run over it; two at a time (-parallel defaults to GOMAXPROCS)
-	// they leave room. Their bounds are seconds against fetches of tens of
-	// milliseconds, so sharing the CPU does not turn into failures.
+	// Three deployment tests (this one, TestWorkstationTor,
+	// TestWorkstationServices) each build their own namespaces (random
+	// names), private Tor network (a random 127.x.y.0/24) and state
+	// directories, so they share nothing but the CPU, and run beside
+	// each other: one after another with TestHostileLAN the package took
+	// 444 s of go test's 10-minute limit (2026-12-05, two cores).
+	// TestHostileLAN stays alone: beside TestGatewayDeployment its recipe
+	// 8c (a claim of the gateway's address) once left B's kernel with A's
+	// MAC past B's 5 s fetch (CI, 2026-12-05): its outcome depends on
+	// when torgate's defence lands against the claim's last frame.
 	t.Parallel()
 	nstest.RequireRoot(t, "curl", "dig", "setpriv")
 	bin := buildTorgate(t)

@@ -877,7 +877,6 @@ func (p *bgProc) kill() {
 }
 
 func TestHostileLAN(t *testing.T) {
-	t.Parallel() // one of the deployment tests run two at a time: see TestGatewayDeployment
 	nstest.RequireRoot(t, "curl", "dig")
 	began := time.Now()
 	h := newHostileNet(t, hostileBinary(t))
