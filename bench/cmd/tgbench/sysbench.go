@@ -59,7 +59,19 @@ type runFlags struct {
 	note       string
 	id         string
 	fresh      bool
+	// upstream is the SOCKS5 server in the gateway namespace: "tgbench"
+	// (tgbench socks, TCP and unix socket) or "microsocks".
+	upstream string
+	// perfStat asks for a second measure of the router's CPU in each
+	// short-connection run (perfstat.go).
+	perfStat bool
 }
+
+// Upstreams: the SOCKS5 servers the routers can be measured behind.
+const (
+	upstreamTgbench    = "tgbench"
+	upstreamMicrosocks = "microsocks"
+)
 
 // All tests, in run order.
 var allTests = []string{"tcp-up-1", "tcp-down-1", "tcp-up-8", "tcp-down-8", "conn-closed", "conn-open", "reconnect"}
@@ -92,6 +104,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&f.commit, "commit", "", "commit under test, for the report")
 	fs.StringVar(&f.note, "note", "", "settings note for the report")
 	fs.BoolVar(&f.fresh, "fresh", true, "restart each router before each of its runs, so that CPU and peak RSS are the run's own (not memory kept from an earlier test)")
+	fs.StringVar(&f.upstream, "upstream", upstreamTgbench, "SOCKS5 server behind the routers: tgbench (its own, TCP and {socksunix}) or microsocks (Debian's, C, a thread per connection; TCP only, and no-authentication only, so not torgate, which always authenticates)")
+	fs.BoolVar(&f.perfStat, "perf-stat", false, "short-connection tests: also measure the router's CPU with perf stat -e task-clock -p PID over the load (or, if perf cannot count, its threads' schedstat run time), reported beside the /proc figure")
 	fs.StringVar(&f.id, "id", "", "prefix of the namespaces (default tgb-RANDOM); run.sh passes one so its trap can clean up")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -111,6 +125,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if len(f.routers) == 0 {
 		torgate, _ := findPeer("torgate")
 		f.routers = []routerSpec{torgate.spec("torgate", "")}
+	}
+	if err := checkUpstream(f.upstream, f.routers); err != nil {
+		return err
 	}
 	if err := checkRouters(f.routers, f.torgate); err != nil {
 		return err
@@ -143,16 +160,17 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer e.teardown()
 
 	rep := &Report{
-		Date:    time.Now().UTC().Format(time.RFC3339),
-		Commit:  f.commit,
-		Routers: f.routers,
-		Note:    f.note,
-		CPUs:    runtime.NumCPU(),
-		Kernel:  kernelRelease(),
-		Repeat:  f.repeat,
-		IperfS:  f.iperfTime.Seconds(),
-		LoadS:   f.loadTime.Seconds(),
-		Workers: f.workers,
+		Date:     time.Now().UTC().Format(time.RFC3339),
+		Commit:   f.commit,
+		Routers:  f.routers,
+		Note:     f.note,
+		CPUs:     runtime.NumCPU(),
+		Kernel:   kernelRelease(),
+		Repeat:   f.repeat,
+		IperfS:   f.iperfTime.Seconds(),
+		LoadS:    f.loadTime.Seconds(),
+		Workers:  f.workers,
+		Upstream: f.upstream,
 	}
 	if err := e.setup(ctx); err != nil {
 		return err
@@ -197,6 +215,33 @@ func kernelRelease() string {
 		b = append(b, byte(c))
 	}
 	return string(b)
+}
+
+// checkUpstream validates -upstream against the routers. microsocks
+// serves TCP only, and offers username/password only with one fixed user,
+// whose credentials it checks; torgate always authenticates, with
+// credentials derived per source for stream isolation (even with
+// --isolation none), so microsocks refuses its every stream. Rather than
+// a row of failures, such routers are refused here: torgate is measured
+// behind tgbench's server, and the two servers are compared with the
+// routers that offer no authentication (hev, tun2socks).
+func checkUpstream(upstream string, routers []routerSpec) error {
+	switch upstream {
+	case upstreamTgbench:
+		return nil
+	case upstreamMicrosocks:
+	default:
+		return fmt.Errorf("-upstream %q: want %s or %s", upstream, upstreamTgbench, upstreamMicrosocks)
+	}
+	for _, r := range routers {
+		switch {
+		case r.uses("socksunix"):
+			return fmt.Errorf("-router %s: -upstream microsocks has no unix socket for {socksunix}; use {socks}, or -upstream tgbench", r.Name)
+		case r.Peer == "torgate" || r.uses("torgate") || r.uses("tgbench"):
+			return fmt.Errorf("-router %s: torgate authenticates every stream with its own isolation credentials, which microsocks (one fixed user, or none) refuses; measure it with -upstream tgbench", r.Name)
+		}
+	}
+	return nil
 }
 
 // checkRouters validates the routers before anything starts.
@@ -327,11 +372,16 @@ func (e *env) setup(ctx context.Context) error {
 	// Servers in the gateway namespace: the SOCKS server the router uses
 	// (TCP and unix socket, one process), the short-connection target and
 	// iperf3.
+	socksCmd := append([]string{e.self, "socks", "-listen", socksListen, "-unix", e.socksUnix()}, e.socksArgs()...)
+	if e.f.upstream == upstreamMicrosocks {
+		host, port, _ := net.SplitHostPort(socksListen)
+		socksCmd = []string{"microsocks", "-i", host, "-p", port}
+	}
 	for _, s := range []struct {
 		pid  *int
 		args []string
 	}{
-		{&e.socksPID, append([]string{e.self, "socks", "-listen", socksListen, "-unix", e.socksUnix()}, e.socksArgs()...)},
+		{&e.socksPID, socksCmd},
 		{&e.targetPID, []string{e.self, "serve", "-listen", targetIP + ":" + servePort}},
 		{&e.iperfPID, []string{"iperf3", "-s", "-B", targetIP, "-p", iperfPort}},
 	} {
@@ -347,14 +397,18 @@ func (e *env) setup(ctx context.Context) error {
 			return fmt.Errorf("server on %s did not start (see %s)", addr, filepath.Join(e.f.out, "servers.log"))
 		}
 	}
-	if !waitFor(ctx, 5*time.Second, func() bool { return unixListening(e.socksUnix()) }) {
+	if e.f.upstream == upstreamTgbench && !waitFor(ctx, 5*time.Second, func() bool { return unixListening(e.socksUnix()) }) {
 		return fmt.Errorf("SOCKS server on %s did not start (see %s)", e.socksUnix(), filepath.Join(e.f.out, "servers.log"))
 	}
 	// The rig's CPU figures are only right if these are the servers and
 	// not an ip(8) that forked them.
 	self := filepath.Base(e.self)
 	self = self[:min(len(self), 15)] // comm is truncated to TASK_COMM_LEN-1
-	for pid, want := range map[int]string{e.socksPID: self, e.targetPID: self, e.iperfPID: "iperf3"} {
+	socksName := self
+	if e.f.upstream == upstreamMicrosocks {
+		socksName = "microsocks"
+	}
+	for pid, want := range map[int]string{e.socksPID: socksName, e.targetPID: self, e.iperfPID: "iperf3"} {
 		if got := procName(pid); got != want {
 			e.logf("warning: pid %d is %q, not %s: its CPU figures are not the server's", pid, got, want)
 		}
@@ -612,6 +666,9 @@ func (e *env) measureLogged(ctx context.Context, r *routerInst, mtu, run int, te
 			goPeak = fmt.Sprintf(" heap %.1fMiB goroutines %.0f", s.Go.HeapInuseMiB, s.Go.Goroutines)
 		}
 		e.logf("mtu %d run %d %-11s %-8s %10.1f %s  cpu %.2fs (user %.2f sys %.2f) ctxsw %d rss %.1fMiB%s%s  %s", mtu, run+1, test, name, s.Value, unitOf(test), s.CPU, s.CPUUser, s.CPUSys, s.CtxSwitches, s.RSSMiB, goPeak, s.extra(), s.Rig)
+		if s.Bottleneck != nil {
+			e.logf("mtu %d run %d %-11s %-8s bottleneck %s%s", mtu, run+1, test, name, s.Bottleneck, s.perfNote())
+		}
 	}
 	return s
 }
@@ -621,8 +678,12 @@ func (e *env) measure(ctx context.Context, r *routerInst, test string) (Sample, 
 	ns := e.wsK
 	var u routerUsage
 	var scr *scraper
+	var perf *perfStat
 	if r != nil {
 		ns = r.ws
+		if e.f.perfStat && isConnTest(test) {
+			perf = startPerfStat(r.proc.pid)
+		}
 		u = beginUsage(r.proc.pid)
 		if r.metrics != "" {
 			var err error
@@ -666,6 +727,13 @@ func (e *env) measure(ctx context.Context, r *routerInst, test string) (Sample, 
 	if r != nil {
 		u.end(&s)
 	}
+	if perf != nil {
+		var perr error
+		if s.PerfRouter, s.PerfSource, perr = perf.stop(); perr != nil {
+			s.PerfErr = perr.Error()
+			e.logf("router %s: second CPU source: %v", r.spec.Name, perr)
+		}
+	}
 	if scr != nil {
 		// A missing scrape costs the run its Go figures, not its result.
 		if g, err := scr.stop(ctx); err != nil {
@@ -675,6 +743,9 @@ func (e *env) measure(ctx context.Context, r *routerInst, test string) (Sample, 
 		}
 	}
 	s.Rig = e.rigEnd(rig, client)
+	util := utilisation(s.CPU, s.Rig, runtime.NumCPU())
+	bn := util.bottleneck()
+	s.Util, s.Bottleneck = &util, &bn
 	return s, err
 }
 
@@ -751,6 +822,9 @@ func (e *env) load(ctx context.Context, ns, mode string, workers int, rate float
 	}
 	return &lr, cpu, nil
 }
+
+// isConnTest reports whether test is a short-connection test.
+func isConnTest(test string) bool { return !strings.HasPrefix(test, "tcp-") }
 
 func unitOf(test string) string {
 	if strings.HasPrefix(test, "tcp-") {
