@@ -160,7 +160,10 @@ func TestCheckUpstream(t *testing.T) {
 		{name: "microsocks and a unix socket", upstream: "microsocks", routers: []routerSpec{{Name: "r", Template: "/x/r --tun {tun} --socks unix:{socksunix}"}}, err: "no unix socket"},
 		{name: "microsocks and torgate", upstream: "microsocks", routers: []routerSpec{torgate.spec("torgate", "")}, err: "no unix socket"},
 		{name: "microsocks and torgate over TCP", upstream: "microsocks", routers: []routerSpec{{Name: "tg", Template: "{torgate} run --tun {tun} --socks {socks}"}}, err: "isolation credentials"},
-		{name: "unknown", upstream: "dante", err: "want tgbench or microsocks"},
+		{name: "another tgbench build", upstream: "tgbench=/bin/sh", routers: []routerSpec{torgate.spec("torgate", "")}},
+		{name: "another tgbench build, missing", upstream: "tgbench=/nonexistent/tgbench", err: "no such file"},
+		{name: "unknown", upstream: "dante", err: "want tgbench, tgbench=PATH or microsocks"},
+		{name: "microsocks with a path", upstream: "microsocks=/x", err: "want tgbench"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := checkUpstream(tc.upstream, tc.routers)

@@ -60,7 +60,9 @@ type runFlags struct {
 	id         string
 	fresh      bool
 	// upstream is the SOCKS5 server in the gateway namespace: "tgbench"
-	// (tgbench socks, TCP and unix socket) or "microsocks".
+	// (tgbench socks, TCP and unix socket), "tgbench=PATH" (the socks
+	// subcommand of another tgbench build, to compare two versions of
+	// the server) or "microsocks".
 	upstream string
 	// perfStat asks for a second measure of the router's CPU in each
 	// short-connection run (perfstat.go).
@@ -104,7 +106,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&f.commit, "commit", "", "commit under test, for the report")
 	fs.StringVar(&f.note, "note", "", "settings note for the report")
 	fs.BoolVar(&f.fresh, "fresh", true, "restart each router before each of its runs, so that CPU and peak RSS are the run's own (not memory kept from an earlier test)")
-	fs.StringVar(&f.upstream, "upstream", upstreamTgbench, "SOCKS5 server behind the routers: tgbench (its own, TCP and {socksunix}) or microsocks (Debian's, C, a thread per connection; TCP only, and no-authentication only, so not torgate, which always authenticates)")
+	fs.StringVar(&f.upstream, "upstream", upstreamTgbench, "SOCKS5 server behind the routers: tgbench (its own, TCP and {socksunix}), tgbench=PATH (the socks subcommand of another tgbench binary, e.g. an older build) or microsocks (Debian's, C, a thread per connection; TCP only, and no-authentication only, so not torgate, which always authenticates)")
 	fs.BoolVar(&f.perfStat, "perf-stat", false, "short-connection tests: also measure the router's CPU with perf stat -e task-clock -p PID over the load (or, if perf cannot count, its threads' schedstat run time), reported beside the /proc figure")
 	fs.StringVar(&f.id, "id", "", "prefix of the namespaces (default tgb-RANDOM); run.sh passes one so its trap can clean up")
 	if err := fs.Parse(args); err != nil {
@@ -128,6 +130,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if err := checkUpstream(f.upstream, f.routers); err != nil {
 		return err
+	}
+	if _, err := exec.LookPath("microsocks"); f.upstream == upstreamMicrosocks && err != nil {
+		return errors.New("-upstream microsocks: no microsocks in PATH (Debian: apt install microsocks)")
 	}
 	if err := checkRouters(f.routers, f.torgate); err != nil {
 		return err
@@ -226,12 +231,17 @@ func kernelRelease() string {
 // behind tgbench's server, and the two servers are compared with the
 // routers that offer no authentication (hev, tun2socks).
 func checkUpstream(upstream string, routers []routerSpec) error {
-	switch upstream {
-	case upstreamTgbench:
+	switch name, path, _ := strings.Cut(upstream, "="); {
+	case name == upstreamTgbench && path == "" && upstream == name:
 		return nil
-	case upstreamMicrosocks:
+	case name == upstreamTgbench && path != "":
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("-upstream %s: %w", upstream, err)
+		}
+		return nil
+	case upstream == upstreamMicrosocks:
 	default:
-		return fmt.Errorf("-upstream %q: want %s or %s", upstream, upstreamTgbench, upstreamMicrosocks)
+		return fmt.Errorf("-upstream %q: want %s, %s=PATH or %s", upstream, upstreamTgbench, upstreamTgbench, upstreamMicrosocks)
 	}
 	for _, r := range routers {
 		switch {
@@ -372,7 +382,11 @@ func (e *env) setup(ctx context.Context) error {
 	// Servers in the gateway namespace: the SOCKS server the router uses
 	// (TCP and unix socket, one process), the short-connection target and
 	// iperf3.
-	socksCmd := append([]string{e.self, "socks", "-listen", socksListen, "-unix", e.socksUnix()}, e.socksArgs()...)
+	socksBin := e.self
+	if path, ok := strings.CutPrefix(e.f.upstream, upstreamTgbench+"="); ok {
+		socksBin = path
+	}
+	socksCmd := append([]string{socksBin, "socks", "-listen", socksListen, "-unix", e.socksUnix()}, e.socksArgs()...)
 	if e.f.upstream == upstreamMicrosocks {
 		host, port, _ := net.SplitHostPort(socksListen)
 		socksCmd = []string{"microsocks", "-i", host, "-p", port}
@@ -397,14 +411,15 @@ func (e *env) setup(ctx context.Context) error {
 			return fmt.Errorf("server on %s did not start (see %s)", addr, filepath.Join(e.f.out, "servers.log"))
 		}
 	}
-	if e.f.upstream == upstreamTgbench && !waitFor(ctx, 5*time.Second, func() bool { return unixListening(e.socksUnix()) }) {
+	if e.f.upstream != upstreamMicrosocks && !waitFor(ctx, 5*time.Second, func() bool { return unixListening(e.socksUnix()) }) {
 		return fmt.Errorf("SOCKS server on %s did not start (see %s)", e.socksUnix(), filepath.Join(e.f.out, "servers.log"))
 	}
 	// The rig's CPU figures are only right if these are the servers and
 	// not an ip(8) that forked them.
 	self := filepath.Base(e.self)
 	self = self[:min(len(self), 15)] // comm is truncated to TASK_COMM_LEN-1
-	socksName := self
+	socksName := filepath.Base(socksBin)
+	socksName = socksName[:min(len(socksName), 15)]
 	if e.f.upstream == upstreamMicrosocks {
 		socksName = "microsocks"
 	}
