@@ -26,10 +26,14 @@ import (
 // Addresses, all from 198.18.0.0/15 (RFC 2544 benchmarking), which exist
 // only inside the namespaces the harness creates.
 const (
-	targetIP    = "198.18.1.1"     // the servers, on the gateway's lo
-	vethGW      = "198.18.0.1/30"  // kernel path, gateway end
+	targetIP    = "198.18.1.1"     // the servers, on the server namespace's lo
+	vethGW      = "198.18.0.1/30"  // kernel path, server end
 	vethWS      = "198.18.0.2/30"  // kernel path, workstation end
 	vethGWAddr  = "198.18.0.1"     //
+	upGW        = "198.18.3.1/30"  // the gateway's link to the servers, gateway end
+	upSrv       = "198.18.3.2/30"  // and server end
+	upSrvAddr   = "198.18.3.2"     //
+	upMTU       = "65535"          // the largest a veth takes: close to lo's 65536, which this leg was until 2026-12-05
 	tunWS       = "198.18.2.2/24"  // router path, workstation's TUN address
 	socksListen = "127.0.0.1:1080" // in the gateway namespace
 	socksSock   = "socks.sock"     // the SOCKS server's unix socket, in env.sockDir
@@ -37,7 +41,9 @@ const (
 	servePort   = "8080"
 	tunPrefix   = "tgb" // router i's TUN is tgb<i>
 	vethWSName  = "tgbk0"
-	vethGWName  = "tgbk1"
+	vethGWName  = "tgbk1" // in the server namespace
+	upGWName    = "tgbs0"
+	upSrvName   = "tgbs1"
 )
 
 type runFlags struct {
@@ -147,7 +153,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		f.id = "tgb-" + hex.EncodeToString(id[:])
 	}
 	e := &env{f: f, self: self, id: f.id, log: stderr}
-	e.gw, e.wsK = e.id+"-gw", e.id+"-wsk"
+	e.gw, e.srv, e.wsK = e.id+"-gw", e.id+"-srv", e.id+"-wsk"
 	for i, spec := range f.routers {
 		e.routers = append(e.routers, &routerInst{
 			spec: spec,
@@ -307,14 +313,19 @@ type routerInst struct {
 
 // env is one sitting: the namespaces, the servers and the routers.
 type env struct {
-	f       runFlags
-	self    string
-	id      string
-	gw, wsK string
-	routers []*routerInst
-	log     io.Writer
-	procs   []*exec.Cmd // servers in the gateway namespace
-	nsMade  []string
+	f    runFlags
+	self string
+	id   string
+	// gw holds the routers and the SOCKS server, srv the target and
+	// iperf3, wsK the kernel path's workstation. The servers are not in
+	// gw because a router may refuse its own addresses as destinations
+	// (torgate does since 2026-12-04: through an exit they would reach
+	// the gateway itself).
+	gw, srv, wsK string
+	routers      []*routerInst
+	log          io.Writer
+	procs        []*exec.Cmd // servers in the gateway and server namespaces
+	nsMade       []string
 	// The servers' pids, whose CPU each run measures (ip netns exec execs
 	// the server in place, so these are the servers themselves).
 	socksPID, targetPID, iperfPID int
@@ -354,7 +365,7 @@ func (e *env) setup(ctx context.Context) error {
 	if err := e.makeSockDir(); err != nil {
 		return err
 	}
-	nss := []string{e.gw, e.wsK}
+	nss := []string{e.gw, e.srv, e.wsK}
 	for _, r := range e.routers {
 		nss = append(nss, r.ws)
 	}
@@ -369,19 +380,27 @@ func (e *env) setup(ctx context.Context) error {
 	}
 	e.logf("namespaces %s", strings.Join(nss, ", "))
 	if err := ipBatch(ctx,
-		[]string{"-n", e.gw, "addr", "add", targetIP + "/32", "dev", "lo"},
-		[]string{"link", "add", vethWSName, "netns", e.wsK, "type", "veth", "peer", "name", vethGWName, "netns", e.gw},
+		[]string{"-n", e.srv, "addr", "add", targetIP + "/32", "dev", "lo"},
+		[]string{"link", "add", vethWSName, "netns", e.wsK, "type", "veth", "peer", "name", vethGWName, "netns", e.srv},
 		[]string{"-n", e.wsK, "addr", "add", vethWS, "dev", vethWSName},
-		[]string{"-n", e.gw, "addr", "add", vethGW, "dev", vethGWName},
+		[]string{"-n", e.srv, "addr", "add", vethGW, "dev", vethGWName},
 		[]string{"-n", e.wsK, "link", "set", vethWSName, "up"},
-		[]string{"-n", e.gw, "link", "set", vethGWName, "up"},
+		[]string{"-n", e.srv, "link", "set", vethGWName, "up"},
 		[]string{"-n", e.wsK, "route", "add", "default", "via", vethGWAddr},
+		[]string{"link", "add", upGWName, "netns", e.gw, "mtu", upMTU, "type", "veth", "peer", "name", upSrvName, "netns", e.srv, "mtu", upMTU},
+		[]string{"-n", e.gw, "addr", "add", upGW, "dev", upGWName},
+		[]string{"-n", e.srv, "addr", "add", upSrv, "dev", upSrvName},
+		[]string{"-n", e.gw, "link", "set", upGWName, "up"},
+		[]string{"-n", e.srv, "link", "set", upSrvName, "up"},
+		[]string{"-n", e.gw, "route", "add", targetIP + "/32", "via", upSrvAddr},
 	); err != nil {
 		return err
 	}
-	// Servers in the gateway namespace: the SOCKS server the router uses
-	// (TCP and unix socket, one process), the short-connection target and
-	// iperf3.
+	// The SOCKS server the router uses (TCP and unix socket, one
+	// process) in the gateway namespace; the short-connection target and
+	// iperf3 in the server namespace, which the gateway reaches over a
+	// veth (the SOCKS server's dials) and the kernel path's workstation
+	// over another (its only route).
 	socksBin := e.self
 	if path, ok := strings.CutPrefix(e.f.upstream, upstreamTgbench+"="); ok {
 		socksBin = path
@@ -393,21 +412,23 @@ func (e *env) setup(ctx context.Context) error {
 	}
 	for _, s := range []struct {
 		pid  *int
+		ns   string
 		args []string
 	}{
-		{&e.socksPID, socksCmd},
-		{&e.targetPID, []string{e.self, "serve", "-listen", targetIP + ":" + servePort}},
-		{&e.iperfPID, []string{"iperf3", "-s", "-B", targetIP, "-p", iperfPort}},
+		{&e.socksPID, e.gw, socksCmd},
+		{&e.targetPID, e.srv, []string{e.self, "serve", "-listen", targetIP + ":" + servePort}},
+		{&e.iperfPID, e.srv, []string{"iperf3", "-s", "-B", targetIP, "-p", iperfPort}},
 	} {
-		pid, err := e.startServer(s.args...)
+		pid, err := e.startServer(s.ns, s.args...)
 		if err != nil {
 			return err
 		}
 		*s.pid = pid
 	}
 	// Wait until they listen.
-	for _, addr := range []string{socksListen, targetIP + ":" + servePort, targetIP + ":" + iperfPort} {
-		if !waitFor(ctx, 5*time.Second, func() bool { return e.listening(addr) }) {
+	for _, l := range []struct{ ns, addr string }{{e.gw, socksListen}, {e.srv, targetIP + ":" + servePort}, {e.srv, targetIP + ":" + iperfPort}} {
+		addr := l.addr
+		if !waitFor(ctx, 5*time.Second, func() bool { return listening(l.ns, addr) }) {
 			return fmt.Errorf("server on %s did not start (see %s)", addr, filepath.Join(e.f.out, "servers.log"))
 		}
 	}
@@ -450,14 +471,14 @@ func (e *env) socksArgs() []string {
 	return nil
 }
 
-// startServer starts a server in the gateway namespace and returns its pid.
-func (e *env) startServer(args ...string) (int, error) {
+// startServer starts a server in namespace ns and returns its pid.
+func (e *env) startServer(ns string, args ...string) (int, error) {
 	log, err := os.OpenFile(filepath.Join(e.f.out, "servers.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return 0, err
 	}
 	defer log.Close()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", e.gw}, args...)...)
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -467,9 +488,9 @@ func (e *env) startServer(args ...string) (int, error) {
 	return cmd.Process.Pid, nil
 }
 
-// listening reports whether something listens on addr in the gateway.
-func (e *env) listening(addr string) bool {
-	out, err := exec.Command("ip", "netns", "exec", e.gw, "ss", "-Hltn", "src", addr).Output()
+// listening reports whether something listens on addr in namespace ns.
+func listening(ns, addr string) bool {
+	out, err := exec.Command("ip", "netns", "exec", ns, "ss", "-Hltn", "src", addr).Output()
 	return err == nil && len(bytes.TrimSpace(out)) > 0
 }
 
@@ -607,7 +628,7 @@ func (e *env) stopRouter(r *routerInst) {
 func (e *env) measureMTU(ctx context.Context, mtu int, tests []string) ([]Row, error) {
 	if err := ipBatch(ctx,
 		[]string{"-n", e.wsK, "link", "set", vethWSName, "mtu", strconv.Itoa(mtu)},
-		[]string{"-n", e.gw, "link", "set", vethGWName, "mtu", strconv.Itoa(mtu)},
+		[]string{"-n", e.srv, "link", "set", vethGWName, "mtu", strconv.Itoa(mtu)},
 	); err != nil {
 		return nil, err
 	}
