@@ -59,6 +59,12 @@ type LoadResult struct {
 	Max float64 `json:"max_ms"`
 }
 
+// noKeepAlive turns off the TCP keepalive Go sets on every dialled and
+// accepted connection (four setsockopt calls each), which short
+// connections in a benchmark pay for nothing: the rig's own CPU per
+// connection is CPU the routers under test do not get.
+const noKeepAlive = -1
+
 type loadFlags struct {
 	target   string
 	mode     string
@@ -212,7 +218,7 @@ func closedLoop(ctx context.Context, target netip.AddrPort, f loadFlags) LoadRes
 	var wg sync.WaitGroup
 	for range f.workers {
 		wg.Go(func() {
-			var d net.Dialer
+			d := net.Dialer{KeepAlive: noKeepAlive}
 			for ctx.Err() == nil {
 				t0 := time.Now()
 				err := oneConn(ctx, &d, target, t0.Add(f.timeout))
@@ -275,7 +281,7 @@ func openLoop(ctx context.Context, target netip.AddrPort, f loadFlags, reuse boo
 			if reuse {
 				err = reuseConn(target, f, &port, rec, deadline)
 			} else {
-				var d net.Dialer
+				d := net.Dialer{KeepAlive: noKeepAlive}
 				err = oneConn(ctx, &d, target, deadline)
 			}
 			rec.add(time.Since(due), err)
@@ -296,6 +302,7 @@ func reuseConn(target netip.AddrPort, f loadFlags, port *atomic.Int64, rec *reco
 		d := net.Dialer{
 			LocalAddr: &net.TCPAddr{Port: p},
 			Deadline:  deadline,
+			KeepAlive: noKeepAlive,
 			Control: func(_, _ string, c syscall.RawConn) error {
 				var serr error
 				err := c.Control(func(fd uintptr) {
@@ -331,7 +338,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	lc := net.ListenConfig{}
+	lc := net.ListenConfig{KeepAlive: noKeepAlive}
 	ln, err := lc.Listen(ctx, "tcp", *listen)
 	if err != nil {
 		return err

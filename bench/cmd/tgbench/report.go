@@ -25,7 +25,10 @@ type Report struct {
 	IperfS  float64      `json:"iperf_seconds"`
 	LoadS   float64      `json:"load_seconds"`
 	Workers int          `json:"closed_loop_workers"`
-	Rows    []Row        `json:"rows"`
+	// Upstream is the SOCKS5 server behind the routers (-upstream);
+	// empty in results written before there was a choice: tgbench.
+	Upstream string `json:"upstream,omitempty"`
+	Rows     []Row  `json:"rows"`
 }
 
 // Row is one test at one MTU through one router, with the kernel path
@@ -67,6 +70,14 @@ type Row struct {
 	// add up exactly).
 	KernelPerConn *PerConn `json:"kernel_us_per_conn,omitempty"`
 	RouterPerConn *PerConn `json:"router_us_per_conn,omitempty"`
+	// KernelBottleneck and RouterBottleneck summarise the runs'
+	// bottlenecks (summarizeBottlenecks), e.g. "socks 0.97 ×3".
+	KernelBottleneck string `json:"kernel_bottleneck,omitempty"`
+	RouterBottleneck string `json:"router_bottleneck,omitempty"`
+	// RouterPerfPerConn is the median over runs of the router's CPU µs
+	// per completed connection by the second source (Sample.PerfRouter).
+	RouterPerfPerConn float64 `json:"router_perf_us_per_conn,omitempty"`
+	PerfSource        string  `json:"perf_source,omitempty"`
 	// RouterGo is the peak over the runs of what the router's /metrics
 	// reported (routers with {metrics}: torgate), per field.
 	RouterGo *GoPeak `json:"router_go_peak,omitempty"`
@@ -92,6 +103,25 @@ type Sample struct {
 	Err string  `json:"error,omitempty"`
 	// Rig is the CPU the rest of the rig and the machine used in this run.
 	Rig RigCPU `json:"rig_cpu"`
+	// Util is Rig (and the router's CPU) as cores over the run's wall
+	// time, and Bottleneck what it names as the run's bound
+	// (bottleneck.go). Absent in results written before they existed.
+	Util       *Utilisation `json:"utilisation,omitempty"`
+	Bottleneck *Bottleneck  `json:"bottleneck,omitempty"`
+	// PerfRouter is the router's CPU seconds over the load by a second
+	// source, PerfSource ("perf task-clock" or "schedstat"), when
+	// -perf-stat asked for it (short-connection tests only).
+	PerfRouter float64 `json:"perf_router_s,omitempty"`
+	PerfSource string  `json:"perf_source,omitempty"`
+	PerfErr    string  `json:"perf_error,omitempty"`
+}
+
+// perfNote is the second CPU source's figure for the log, "" without one.
+func (s Sample) perfNote() string {
+	if s.PerfSource == "" {
+		return ""
+	}
+	return fmt.Sprintf("; router cpu %.2fs by %s (/proc: %.2fs)", s.PerfRouter, s.PerfSource, s.CPU)
 }
 
 func (s Sample) extra() string {
@@ -173,6 +203,8 @@ func finish(rows []Row) []Row {
 		r.RouterCtxPerSec = math.Round(median(csw))
 		r.KernelP99, r.RouterP99 = median(kp), median(rp)
 		r.KernelRig, r.RouterRig = medianRig(r.KernelRuns), medianRig(r.RouterRuns)
+		r.KernelBottleneck, r.RouterBottleneck = summarizeBottlenecks(r.KernelRuns), summarizeBottlenecks(r.RouterRuns)
+		r.RouterPerfPerConn, r.PerfSource = medianPerfPerConn(r.RouterRuns)
 		r.KernelPerConn, r.RouterPerConn = medianPerConn(r.KernelRuns), medianPerConn(r.RouterRuns)
 	}
 	return rows
@@ -190,13 +222,17 @@ func (rep *Report) Markdown() string {
 			fmt.Fprintf(&b, "with {config}:\n\n    %s\n\n", strings.ReplaceAll(strings.TrimSpace(r.Config), "\n", "\n    "))
 		}
 	}
+	if rep.Upstream != "" {
+		fmt.Fprintf(&b, "SOCKS5 server behind the routers: %s\n\n", rep.Upstream)
+	}
 	if rep.Note != "" {
 		fmt.Fprintf(&b, "Settings: %s\n\n", rep.Note)
 	}
 	b.WriteString("Router CPU s: median per run. µs/conn: router CPU per completed connection (short-connection tests; by part in the table below). " +
-		"Peak RSS: VmHWM, the highest over the runs. Peak heap / goroutines: the highest go_memstats_heap_inuse_bytes / go_goroutines scraped from the router's /metrics each second (routers that serve them).\n\n")
-	b.WriteString("| MTU | test | router | kernel | router | ratio | router CPU s | router µs/conn | router peak RSS MiB | router peak heap MiB | router peak goroutines | p99 ms kernel / router | failures kernel / router | machine CPU s kernel / router |\n")
-	b.WriteString("| --: | --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |\n")
+		"Peak RSS: VmHWM, the highest over the runs. Peak heap / goroutines: the highest go_memstats_heap_inuse_bytes / go_goroutines scraped from the router's /metrics each second (routers that serve them). " +
+		"Bottleneck: per run, the measured process (router, socks, target, iperf3-server, client) that used 0.9 of a core or more over the run's wall time (the highest if several; a multi-threaded process can pass 1.00), else \"machine\" when all CPUs together were 90 % busy or more, else \"none\" (with the machine's busy share); the runs' verdicts with their median and count.\n\n")
+	b.WriteString("| MTU | test | router | kernel | router | ratio | router CPU s | router µs/conn | router peak RSS MiB | router peak heap MiB | router peak goroutines | p99 ms kernel / router | failures kernel / router | machine CPU s kernel / router | bottleneck kernel | bottleneck router |\n")
+	b.WriteString("| --: | --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --- | --- |\n")
 	for _, r := range rep.Rows {
 		p99, fails := "", ""
 		if !strings.HasPrefix(r.Test, "tcp-") {
@@ -214,9 +250,9 @@ func (rep *Report) Markdown() string {
 		if r.RouterGo != nil {
 			heap, goroutines = fmt.Sprintf("%.1f", r.RouterGo.HeapInuseMiB), fmt.Sprintf("%.0f", r.RouterGo.Goroutines)
 		}
-		fmt.Fprintf(&b, "| %d | %s%s | %s | %.0f %s | %.0f %s | %.2f | %.1f | %s | %.1f | %s | %s | %s | %s | %.1f / %.1f |\n",
+		fmt.Fprintf(&b, "| %d | %s%s | %s | %.0f %s | %.0f %s | %.2f | %.1f | %s | %.1f | %s | %s | %s | %s | %.1f / %.1f | %s | %s |\n",
 			r.MTU, r.Test, errs, r.Router, r.KernelMedian, r.Unit, r.RouterMedian, r.Unit, r.Ratio, r.RouterCPU, usConn, r.RouterPeakRSS, heap, goroutines, p99, fails,
-			r.KernelRig.Machine, r.RouterRig.Machine)
+			r.KernelRig.Machine, r.RouterRig.Machine, orDash(r.KernelBottleneck), orDash(r.RouterBottleneck))
 	}
 	rep.perConnTable(&b)
 	return b.String()
@@ -238,23 +274,35 @@ func (rep *Report) perConnTable(b *strings.Builder) {
 		"Machine: busy time of all CPUs (/proc/stat). Target + load: the short-connection server and the load generator. "+
 		"Other: machine minus every process measured (softirq not charged to them, the harness, anything else running). "+
 		"User / sys: the router's and the SOCKS server's CPU split into utime and stime (/proc/PID/stat). "+
-		"Ctx sw/conn: context switches per connection (a count, not µs), voluntary and involuntary, summed over the process's threads (/proc/PID/task/*/status; threads that exit during a run are not counted).\n\n", rep.CPUs)
-	b.WriteString("| MTU | test | path | conn/s | machine | router | SOCKS server | target + load | other | router user / sys | router ctx sw/conn | SOCKS user / sys | SOCKS ctx sw/conn |\n")
-	b.WriteString("| --: | --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |\n")
+		"Ctx sw/conn: context switches per connection (a count, not µs), voluntary and involuntary, summed over the process's threads (/proc/PID/task/*/status; threads that exit during a run are not counted). "+
+		"Router, 2nd source: the router's CPU per connection by perf stat's task-clock over the load (-perf-stat; or its threads' schedstat run time where perf cannot count, marked \"(schedstat)\"), to check the /proc figure. "+
+		"Bottleneck: as in the table above.\n\n", rep.CPUs)
+	b.WriteString("| MTU | test | path | conn/s | machine | router | router, 2nd source | SOCKS server | target + load | other | router user / sys | router ctx sw/conn | SOCKS user / sys | SOCKS ctx sw/conn | bottleneck |\n")
+	b.WriteString("| --: | --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --- |\n")
 	line := func(r Row, path string, value float64, p *PerConn, router bool) {
+		bn := r.KernelBottleneck
+		if router {
+			bn = r.RouterBottleneck
+		}
 		if p == nil {
-			fmt.Fprintf(b, "| %d | %s | %s | %.0f | - | - | - | - | - | - | - | - | - |\n", r.MTU, r.Test, path, value)
+			fmt.Fprintf(b, "| %d | %s | %s | %.0f | - | - | - | - | - | - | - | - | - | - | %s |\n", r.MTU, r.Test, path, value, orDash(bn))
 			return
 		}
-		ro, roSplit, roCtx := "-", "-", "-"
+		ro, ro2, roSplit, roCtx := "-", "-", "-", "-"
 		if router {
 			ro = fmt.Sprintf("%.0f", p.Router)
 			roSplit = userSys(p.RouterUser, p.RouterSys)
 			roCtx = fmt.Sprintf("%.1f", p.RouterCtxSw)
+			if r.PerfSource != "" {
+				ro2 = fmt.Sprintf("%.0f", r.RouterPerfPerConn)
+				if r.PerfSource != "perf task-clock" {
+					ro2 += " (" + r.PerfSource + ")"
+				}
+			}
 		}
-		fmt.Fprintf(b, "| %d | %s | %s | %.0f | %.0f | %s | %.0f | %.0f | %.0f | %s | %s | %s | %.1f |\n",
-			r.MTU, r.Test, path, value, p.Machine, ro, p.Socks, p.Target+p.Load, p.Other,
-			roSplit, roCtx, userSys(p.SocksUser, p.SocksSys), p.SocksCtxSw)
+		fmt.Fprintf(b, "| %d | %s | %s | %.0f | %.0f | %s | %s | %.0f | %.0f | %.0f | %s | %s | %s | %.1f | %s |\n",
+			r.MTU, r.Test, path, value, p.Machine, ro, ro2, p.Socks, p.Target+p.Load, p.Other,
+			roSplit, roCtx, userSys(p.SocksUser, p.SocksSys), p.SocksCtxSw, orDash(bn))
 	}
 	for i, r := range rows {
 		if i == 0 || rows[i-1].MTU != r.MTU || rows[i-1].Test != r.Test {

@@ -62,10 +62,10 @@ func TestPerConn(t *testing.T) {
 
 	md := (&Report{CPUs: 2, Rows: rows}).Markdown()
 	for _, want := range []string{
-		"| MTU | test | path | conn/s | machine | router | SOCKS server | target + load | other | router user / sys | router ctx sw/conn | SOCKS user / sys | SOCKS ctx sw/conn |\n",
-		"| 1500 | conn-closed | kernel | 1000 | 250 | - | 0 | 200 | 50 | - | - | 0 / 0 | 0.0 |\n",
-		"| 1500 | conn-closed | a | 500 | 1000 | 450 | 200 | 200 | 150 | 180 / 270 | 4.5 | 60 / 140 | 3.0 |\n",
-		"| 1500 | conn-closed | b | 500 | 1000 | 200 | 200 | 200 | 400 | 80 / 120 | 2.0 | 60 / 140 | 3.0 |\n",
+		"| MTU | test | path | conn/s | machine | router | router, 2nd source | SOCKS server | target + load | other | router user / sys | router ctx sw/conn | SOCKS user / sys | SOCKS ctx sw/conn | bottleneck |\n",
+		"| 1500 | conn-closed | kernel | 1000 | 250 | - | - | 0 | 200 | 50 | - | - | 0 / 0 | 0.0 | - |\n",
+		"| 1500 | conn-closed | a | 500 | 1000 | 450 | - | 200 | 200 | 150 | 180 / 270 | 4.5 | 60 / 140 | 3.0 | - |\n",
+		"| 1500 | conn-closed | b | 500 | 1000 | 200 | - | 200 | 200 | 400 | 80 / 120 | 2.0 | 60 / 140 | 3.0 | - |\n",
 		"| 2.0 / 3.0 |",
 	} {
 		if !strings.Contains(md, want) {

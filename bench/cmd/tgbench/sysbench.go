@@ -26,10 +26,14 @@ import (
 // Addresses, all from 198.18.0.0/15 (RFC 2544 benchmarking), which exist
 // only inside the namespaces the harness creates.
 const (
-	targetIP    = "198.18.1.1"     // the servers, on the gateway's lo
-	vethGW      = "198.18.0.1/30"  // kernel path, gateway end
+	targetIP    = "198.18.1.1"     // the servers, on the server namespace's lo
+	vethGW      = "198.18.0.1/30"  // kernel path, server end
 	vethWS      = "198.18.0.2/30"  // kernel path, workstation end
 	vethGWAddr  = "198.18.0.1"     //
+	upGW        = "198.18.3.1/30"  // the gateway's link to the servers, gateway end
+	upSrv       = "198.18.3.2/30"  // and server end
+	upSrvAddr   = "198.18.3.2"     //
+	upMTU       = "65535"          // the largest a veth takes: close to lo's 65536, which this leg was until 2026-12-05
 	tunWS       = "198.18.2.2/24"  // router path, workstation's TUN address
 	socksListen = "127.0.0.1:1080" // in the gateway namespace
 	socksSock   = "socks.sock"     // the SOCKS server's unix socket, in env.sockDir
@@ -37,7 +41,9 @@ const (
 	servePort   = "8080"
 	tunPrefix   = "tgb" // router i's TUN is tgb<i>
 	vethWSName  = "tgbk0"
-	vethGWName  = "tgbk1"
+	vethGWName  = "tgbk1" // in the server namespace
+	upGWName    = "tgbs0"
+	upSrvName   = "tgbs1"
 )
 
 type runFlags struct {
@@ -59,7 +65,21 @@ type runFlags struct {
 	note       string
 	id         string
 	fresh      bool
+	// upstream is the SOCKS5 server in the gateway namespace: "tgbench"
+	// (tgbench socks, TCP and unix socket), "tgbench=PATH" (the socks
+	// subcommand of another tgbench build, to compare two versions of
+	// the server) or "microsocks".
+	upstream string
+	// perfStat asks for a second measure of the router's CPU in each
+	// short-connection run (perfstat.go).
+	perfStat bool
 }
+
+// Upstreams: the SOCKS5 servers the routers can be measured behind.
+const (
+	upstreamTgbench    = "tgbench"
+	upstreamMicrosocks = "microsocks"
+)
 
 // All tests, in run order.
 var allTests = []string{"tcp-up-1", "tcp-down-1", "tcp-up-8", "tcp-down-8", "conn-closed", "conn-open", "reconnect"}
@@ -92,6 +112,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&f.commit, "commit", "", "commit under test, for the report")
 	fs.StringVar(&f.note, "note", "", "settings note for the report")
 	fs.BoolVar(&f.fresh, "fresh", true, "restart each router before each of its runs, so that CPU and peak RSS are the run's own (not memory kept from an earlier test)")
+	fs.StringVar(&f.upstream, "upstream", upstreamTgbench, "SOCKS5 server behind the routers: tgbench (its own, TCP and {socksunix}), tgbench=PATH (the socks subcommand of another tgbench binary, e.g. an older build) or microsocks (Debian's, C, a thread per connection; TCP only, and no-authentication only, so not torgate, which always authenticates)")
+	fs.BoolVar(&f.perfStat, "perf-stat", false, "short-connection tests: also measure the router's CPU with perf stat -e task-clock -p PID over the load (or, if perf cannot count, its threads' schedstat run time), reported beside the /proc figure")
 	fs.StringVar(&f.id, "id", "", "prefix of the namespaces (default tgb-RANDOM); run.sh passes one so its trap can clean up")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -112,6 +134,12 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		torgate, _ := findPeer("torgate")
 		f.routers = []routerSpec{torgate.spec("torgate", "")}
 	}
+	if err := checkUpstream(f.upstream, f.routers); err != nil {
+		return err
+	}
+	if _, err := exec.LookPath("microsocks"); f.upstream == upstreamMicrosocks && err != nil {
+		return errors.New("-upstream microsocks: no microsocks in PATH (Debian: apt install microsocks)")
+	}
 	if err := checkRouters(f.routers, f.torgate); err != nil {
 		return err
 	}
@@ -125,7 +153,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		f.id = "tgb-" + hex.EncodeToString(id[:])
 	}
 	e := &env{f: f, self: self, id: f.id, log: stderr}
-	e.gw, e.wsK = e.id+"-gw", e.id+"-wsk"
+	e.gw, e.srv, e.wsK = e.id+"-gw", e.id+"-srv", e.id+"-wsk"
 	for i, spec := range f.routers {
 		e.routers = append(e.routers, &routerInst{
 			spec: spec,
@@ -143,16 +171,17 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer e.teardown()
 
 	rep := &Report{
-		Date:    time.Now().UTC().Format(time.RFC3339),
-		Commit:  f.commit,
-		Routers: f.routers,
-		Note:    f.note,
-		CPUs:    runtime.NumCPU(),
-		Kernel:  kernelRelease(),
-		Repeat:  f.repeat,
-		IperfS:  f.iperfTime.Seconds(),
-		LoadS:   f.loadTime.Seconds(),
-		Workers: f.workers,
+		Date:     time.Now().UTC().Format(time.RFC3339),
+		Commit:   f.commit,
+		Routers:  f.routers,
+		Note:     f.note,
+		CPUs:     runtime.NumCPU(),
+		Kernel:   kernelRelease(),
+		Repeat:   f.repeat,
+		IperfS:   f.iperfTime.Seconds(),
+		LoadS:    f.loadTime.Seconds(),
+		Workers:  f.workers,
+		Upstream: f.upstream,
 	}
 	if err := e.setup(ctx); err != nil {
 		return err
@@ -197,6 +226,38 @@ func kernelRelease() string {
 		b = append(b, byte(c))
 	}
 	return string(b)
+}
+
+// checkUpstream validates -upstream against the routers. microsocks
+// serves TCP only, and offers username/password only with one fixed user,
+// whose credentials it checks; torgate always authenticates, with
+// credentials derived per source for stream isolation (even with
+// --isolation none), so microsocks refuses its every stream. Rather than
+// a row of failures, such routers are refused here: torgate is measured
+// behind tgbench's server, and the two servers are compared with the
+// routers that offer no authentication (hev, tun2socks).
+func checkUpstream(upstream string, routers []routerSpec) error {
+	switch name, path, _ := strings.Cut(upstream, "="); {
+	case name == upstreamTgbench && path == "" && upstream == name:
+		return nil
+	case name == upstreamTgbench && path != "":
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("-upstream %s: %w", upstream, err)
+		}
+		return nil
+	case upstream == upstreamMicrosocks:
+	default:
+		return fmt.Errorf("-upstream %q: want %s, %s=PATH or %s", upstream, upstreamTgbench, upstreamTgbench, upstreamMicrosocks)
+	}
+	for _, r := range routers {
+		switch {
+		case r.uses("socksunix"):
+			return fmt.Errorf("-router %s: -upstream microsocks has no unix socket for {socksunix}; use {socks}, or -upstream tgbench", r.Name)
+		case r.Peer == "torgate" || r.uses("torgate") || r.uses("tgbench"):
+			return fmt.Errorf("-router %s: torgate authenticates every stream with its own isolation credentials, which microsocks (one fixed user, or none) refuses; measure it with -upstream tgbench", r.Name)
+		}
+	}
+	return nil
 }
 
 // checkRouters validates the routers before anything starts.
@@ -252,14 +313,19 @@ type routerInst struct {
 
 // env is one sitting: the namespaces, the servers and the routers.
 type env struct {
-	f       runFlags
-	self    string
-	id      string
-	gw, wsK string
-	routers []*routerInst
-	log     io.Writer
-	procs   []*exec.Cmd // servers in the gateway namespace
-	nsMade  []string
+	f    runFlags
+	self string
+	id   string
+	// gw holds the routers and the SOCKS server, srv the target and
+	// iperf3, wsK the kernel path's workstation. The servers are not in
+	// gw because a router may refuse its own addresses as destinations
+	// (torgate does since 2026-12-04: through an exit they would reach
+	// the gateway itself).
+	gw, srv, wsK string
+	routers      []*routerInst
+	log          io.Writer
+	procs        []*exec.Cmd // servers in the gateway and server namespaces
+	nsMade       []string
 	// The servers' pids, whose CPU each run measures (ip netns exec execs
 	// the server in place, so these are the servers themselves).
 	socksPID, targetPID, iperfPID int
@@ -299,7 +365,7 @@ func (e *env) setup(ctx context.Context) error {
 	if err := e.makeSockDir(); err != nil {
 		return err
 	}
-	nss := []string{e.gw, e.wsK}
+	nss := []string{e.gw, e.srv, e.wsK}
 	for _, r := range e.routers {
 		nss = append(nss, r.ws)
 	}
@@ -314,47 +380,71 @@ func (e *env) setup(ctx context.Context) error {
 	}
 	e.logf("namespaces %s", strings.Join(nss, ", "))
 	if err := ipBatch(ctx,
-		[]string{"-n", e.gw, "addr", "add", targetIP + "/32", "dev", "lo"},
-		[]string{"link", "add", vethWSName, "netns", e.wsK, "type", "veth", "peer", "name", vethGWName, "netns", e.gw},
+		[]string{"-n", e.srv, "addr", "add", targetIP + "/32", "dev", "lo"},
+		[]string{"link", "add", vethWSName, "netns", e.wsK, "type", "veth", "peer", "name", vethGWName, "netns", e.srv},
 		[]string{"-n", e.wsK, "addr", "add", vethWS, "dev", vethWSName},
-		[]string{"-n", e.gw, "addr", "add", vethGW, "dev", vethGWName},
+		[]string{"-n", e.srv, "addr", "add", vethGW, "dev", vethGWName},
 		[]string{"-n", e.wsK, "link", "set", vethWSName, "up"},
-		[]string{"-n", e.gw, "link", "set", vethGWName, "up"},
+		[]string{"-n", e.srv, "link", "set", vethGWName, "up"},
 		[]string{"-n", e.wsK, "route", "add", "default", "via", vethGWAddr},
+		[]string{"link", "add", upGWName, "netns", e.gw, "mtu", upMTU, "type", "veth", "peer", "name", upSrvName, "netns", e.srv, "mtu", upMTU},
+		[]string{"-n", e.gw, "addr", "add", upGW, "dev", upGWName},
+		[]string{"-n", e.srv, "addr", "add", upSrv, "dev", upSrvName},
+		[]string{"-n", e.gw, "link", "set", upGWName, "up"},
+		[]string{"-n", e.srv, "link", "set", upSrvName, "up"},
+		[]string{"-n", e.gw, "route", "add", targetIP + "/32", "via", upSrvAddr},
 	); err != nil {
 		return err
 	}
-	// Servers in the gateway namespace: the SOCKS server the router uses
-	// (TCP and unix socket, one process), the short-connection target and
-	// iperf3.
+	// The SOCKS server the router uses (TCP and unix socket, one
+	// process) in the gateway namespace; the short-connection target and
+	// iperf3 in the server namespace, which the gateway reaches over a
+	// veth (the SOCKS server's dials) and the kernel path's workstation
+	// over another (its only route).
+	socksBin := e.self
+	if path, ok := strings.CutPrefix(e.f.upstream, upstreamTgbench+"="); ok {
+		socksBin = path
+	}
+	socksCmd := append([]string{socksBin, "socks", "-listen", socksListen, "-unix", e.socksUnix()}, e.socksArgs()...)
+	if e.f.upstream == upstreamMicrosocks {
+		host, port, _ := net.SplitHostPort(socksListen)
+		socksCmd = []string{"microsocks", "-i", host, "-p", port}
+	}
 	for _, s := range []struct {
 		pid  *int
+		ns   string
 		args []string
 	}{
-		{&e.socksPID, append([]string{e.self, "socks", "-listen", socksListen, "-unix", e.socksUnix()}, e.socksArgs()...)},
-		{&e.targetPID, []string{e.self, "serve", "-listen", targetIP + ":" + servePort}},
-		{&e.iperfPID, []string{"iperf3", "-s", "-B", targetIP, "-p", iperfPort}},
+		{&e.socksPID, e.gw, socksCmd},
+		{&e.targetPID, e.srv, []string{e.self, "serve", "-listen", targetIP + ":" + servePort}},
+		{&e.iperfPID, e.srv, []string{"iperf3", "-s", "-B", targetIP, "-p", iperfPort}},
 	} {
-		pid, err := e.startServer(s.args...)
+		pid, err := e.startServer(s.ns, s.args...)
 		if err != nil {
 			return err
 		}
 		*s.pid = pid
 	}
 	// Wait until they listen.
-	for _, addr := range []string{socksListen, targetIP + ":" + servePort, targetIP + ":" + iperfPort} {
-		if !waitFor(ctx, 5*time.Second, func() bool { return e.listening(addr) }) {
+	for _, l := range []struct{ ns, addr string }{{e.gw, socksListen}, {e.srv, targetIP + ":" + servePort}, {e.srv, targetIP + ":" + iperfPort}} {
+		addr := l.addr
+		if !waitFor(ctx, 5*time.Second, func() bool { return listening(l.ns, addr) }) {
 			return fmt.Errorf("server on %s did not start (see %s)", addr, filepath.Join(e.f.out, "servers.log"))
 		}
 	}
-	if !waitFor(ctx, 5*time.Second, func() bool { return unixListening(e.socksUnix()) }) {
+	if e.f.upstream != upstreamMicrosocks && !waitFor(ctx, 5*time.Second, func() bool { return unixListening(e.socksUnix()) }) {
 		return fmt.Errorf("SOCKS server on %s did not start (see %s)", e.socksUnix(), filepath.Join(e.f.out, "servers.log"))
 	}
 	// The rig's CPU figures are only right if these are the servers and
 	// not an ip(8) that forked them.
 	self := filepath.Base(e.self)
 	self = self[:min(len(self), 15)] // comm is truncated to TASK_COMM_LEN-1
-	for pid, want := range map[int]string{e.socksPID: self, e.targetPID: self, e.iperfPID: "iperf3"} {
+	socksName := filepath.Base(socksBin)
+	socksName = socksName[:min(len(socksName), 15)]
+	if e.f.upstream == upstreamMicrosocks {
+		socksName = "microsocks"
+	}
+	for pid, want := range map[int]string{e.socksPID: socksName, e.targetPID: self, e.iperfPID: "iperf3"} {
 		if got := procName(pid); got != want {
 			e.logf("warning: pid %d is %q, not %s: its CPU figures are not the server's", pid, got, want)
 		}
@@ -381,14 +471,14 @@ func (e *env) socksArgs() []string {
 	return nil
 }
 
-// startServer starts a server in the gateway namespace and returns its pid.
-func (e *env) startServer(args ...string) (int, error) {
+// startServer starts a server in namespace ns and returns its pid.
+func (e *env) startServer(ns string, args ...string) (int, error) {
 	log, err := os.OpenFile(filepath.Join(e.f.out, "servers.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return 0, err
 	}
 	defer log.Close()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", e.gw}, args...)...)
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -398,9 +488,9 @@ func (e *env) startServer(args ...string) (int, error) {
 	return cmd.Process.Pid, nil
 }
 
-// listening reports whether something listens on addr in the gateway.
-func (e *env) listening(addr string) bool {
-	out, err := exec.Command("ip", "netns", "exec", e.gw, "ss", "-Hltn", "src", addr).Output()
+// listening reports whether something listens on addr in namespace ns.
+func listening(ns, addr string) bool {
+	out, err := exec.Command("ip", "netns", "exec", ns, "ss", "-Hltn", "src", addr).Output()
 	return err == nil && len(bytes.TrimSpace(out)) > 0
 }
 
@@ -538,7 +628,7 @@ func (e *env) stopRouter(r *routerInst) {
 func (e *env) measureMTU(ctx context.Context, mtu int, tests []string) ([]Row, error) {
 	if err := ipBatch(ctx,
 		[]string{"-n", e.wsK, "link", "set", vethWSName, "mtu", strconv.Itoa(mtu)},
-		[]string{"-n", e.gw, "link", "set", vethGWName, "mtu", strconv.Itoa(mtu)},
+		[]string{"-n", e.srv, "link", "set", vethGWName, "mtu", strconv.Itoa(mtu)},
 	); err != nil {
 		return nil, err
 	}
@@ -612,6 +702,9 @@ func (e *env) measureLogged(ctx context.Context, r *routerInst, mtu, run int, te
 			goPeak = fmt.Sprintf(" heap %.1fMiB goroutines %.0f", s.Go.HeapInuseMiB, s.Go.Goroutines)
 		}
 		e.logf("mtu %d run %d %-11s %-8s %10.1f %s  cpu %.2fs (user %.2f sys %.2f) ctxsw %d rss %.1fMiB%s%s  %s", mtu, run+1, test, name, s.Value, unitOf(test), s.CPU, s.CPUUser, s.CPUSys, s.CtxSwitches, s.RSSMiB, goPeak, s.extra(), s.Rig)
+		if s.Bottleneck != nil {
+			e.logf("mtu %d run %d %-11s %-8s bottleneck %s%s", mtu, run+1, test, name, s.Bottleneck, s.perfNote())
+		}
 	}
 	return s
 }
@@ -621,8 +714,12 @@ func (e *env) measure(ctx context.Context, r *routerInst, test string) (Sample, 
 	ns := e.wsK
 	var u routerUsage
 	var scr *scraper
+	var perf *perfStat
 	if r != nil {
 		ns = r.ws
+		if e.f.perfStat && isConnTest(test) {
+			perf = startPerfStat(r.proc.pid)
+		}
 		u = beginUsage(r.proc.pid)
 		if r.metrics != "" {
 			var err error
@@ -666,6 +763,13 @@ func (e *env) measure(ctx context.Context, r *routerInst, test string) (Sample, 
 	if r != nil {
 		u.end(&s)
 	}
+	if perf != nil {
+		var perr error
+		if s.PerfRouter, s.PerfSource, perr = perf.stop(); perr != nil {
+			s.PerfErr = perr.Error()
+			e.logf("router %s: second CPU source: %v", r.spec.Name, perr)
+		}
+	}
 	if scr != nil {
 		// A missing scrape costs the run its Go figures, not its result.
 		if g, err := scr.stop(ctx); err != nil {
@@ -675,6 +779,9 @@ func (e *env) measure(ctx context.Context, r *routerInst, test string) (Sample, 
 		}
 	}
 	s.Rig = e.rigEnd(rig, client)
+	util := utilisation(s.CPU, s.Rig, runtime.NumCPU())
+	bn := util.bottleneck()
+	s.Util, s.Bottleneck = &util, &bn
 	return s, err
 }
 
@@ -751,6 +858,9 @@ func (e *env) load(ctx context.Context, ns, mode string, workers int, rate float
 	}
 	return &lr, cpu, nil
 }
+
+// isConnTest reports whether test is a short-connection test.
+func isConnTest(test string) bool { return !strings.HasPrefix(test, "tcp-") }
 
 func unitOf(test string) string {
 	if strings.HasPrefix(test, "tcp-") {
