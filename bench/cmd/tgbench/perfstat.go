@@ -6,9 +6,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -120,33 +118,17 @@ func parsePerfTaskClock(out []byte) (float64, error) {
 // ns). /proc/PID/schedstat alone is the main thread's. A thread that
 // exits in between takes its time with it, as for ctxSwitches.
 func schedRunSeconds(pid int) (float64, error) {
-	dir := fmt.Sprintf("/proc/%d/task", pid)
-	tasks, err := os.ReadDir(dir)
-	if err != nil {
-		return 0, err
-	}
 	var ns float64
-	read := 0
-	for _, t := range tasks {
-		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "schedstat"))
-		if err != nil {
-			continue
-		}
+	err := eachThread(pid, "schedstat", func(b []byte) error {
 		f := strings.Fields(string(b))
 		if len(f) < 1 {
-			continue
+			return errors.New("empty")
 		}
 		v, err := strconv.ParseFloat(f[0], 64)
-		if err != nil {
-			return 0, fmt.Errorf("%s/%s/schedstat: %w", dir, t.Name(), err)
-		}
 		ns += v
-		read++
-	}
-	if read == 0 {
-		return 0, errors.New(dir + ": no schedstat readable")
-	}
-	return ns / 1e9, nil
+		return err
+	})
+	return ns / 1e9, err
 }
 
 // medianPerfPerConn is the median over runs of the second source's router

@@ -169,29 +169,40 @@ func parseStatCPU(b []byte) (procCPU, error) {
 // come and go. Go runtimes rarely end threads and hev runs one, so for the
 // routers measured here the loss is small.
 func ctxSwitches(pid int) (int64, error) {
+	var sum int64
+	err := eachThread(pid, "status", func(b []byte) error {
+		vol, nonvol, err := parseCtxtSwitches(b)
+		sum += vol + nonvol
+		return err
+	})
+	return sum, err
+}
+
+// eachThread calls f with the file name of each of pid's live threads
+// (/proc/PID/task/TID/name). A thread that exits after the listing is
+// skipped; f's error, naming the file, ends the walk; no thread readable
+// is an error.
+func eachThread(pid int, name string, f func([]byte) error) error {
 	dir := fmt.Sprintf("/proc/%d/task", pid)
 	tasks, err := os.ReadDir(dir)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	var sum int64
 	read := 0
 	for _, t := range tasks {
-		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "status"))
+		b, err := os.ReadFile(filepath.Join(dir, t.Name(), name))
 		if err != nil {
 			continue // the thread exited after the listing
 		}
-		vol, nonvol, err := parseCtxtSwitches(b)
-		if err != nil {
-			return 0, fmt.Errorf("%s/%s/status: %w", dir, t.Name(), err)
+		if err := f(b); err != nil {
+			return fmt.Errorf("%s/%s/%s: %w", dir, t.Name(), name, err)
 		}
-		sum += vol + nonvol
 		read++
 	}
 	if read == 0 {
-		return 0, fmt.Errorf("%s: no thread readable", dir)
+		return fmt.Errorf("%s: no thread's %s readable", dir, name)
 	}
-	return sum, nil
+	return nil
 }
 
 // parseCtxtSwitches takes the voluntary and involuntary context switch
