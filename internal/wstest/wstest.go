@@ -84,6 +84,11 @@ func New(tb testing.TB, mtu int, addrs ...netip.Addr) (*Hub, []*Workstation) {
 }
 
 // pump moves packets from one workstation's stack to the hub's queue.
+// After Close it keeps reading and discards: a workstation's stack hands
+// each packet it sends to this reader synchronously, often while it is
+// handling one the router wrote (an RST answering a late segment), so a
+// pump that stopped would block the router's writer for ever, and the
+// router's Close with it (TestOverNetstack under -race in CI, 2026-12-05).
 func (h *Hub) pump(w *Workstation) {
 	bufs := [][]byte{make([]byte, h.mtu+64)}
 	sizes := []int{0}
@@ -99,7 +104,6 @@ func (h *Hub) pump(w *Workstation) {
 		select {
 		case h.in <- pkt:
 		case <-h.done:
-			return
 		}
 	}
 }
@@ -145,8 +149,14 @@ func (h *Hub) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	}
 }
 
-// Write implements tun.Device.
+// Write implements tun.Device. After Close it fails with os.ErrClosed,
+// as a closed TUN does.
 func (h *Hub) Write(bufs [][]byte, offset int) (int, error) {
+	select {
+	case <-h.done:
+		return 0, os.ErrClosed
+	default:
+	}
 	for _, b := range bufs {
 		pkt := b[offset:]
 		if len(pkt) < 20 {
