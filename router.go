@@ -214,7 +214,11 @@ func (r *Router) buildUpstream(*cleanup) error {
 	plain := r.cfg.Ready == nil && r.tor.tor == nil
 	r.watch = upstream.New(r.cfg.Upstream, plain, r.log.With("component", "upstream"),
 		func(err error) { r.gate.Set(partUpstream, err) })
-	r.dialer = &socks.Dialer{Dial: r.watch.Dial}
+	// Pipeline: the upstream is Tor. With isolation (the default) every
+	// stream carries credentials that only Tor takes whatever they are,
+	// so a server that parses one message per read (microsocks) could not
+	// serve torgate anyway; without credentials Pipeline changes nothing.
+	r.dialer = &socks.Dialer{Dial: r.watch.Dial, Pipeline: true}
 	iso, err := tunnel.NewIsolator(tunnel.IsolationMode(r.cfg.Isolation), r.cfg.IsolationSecret)
 	r.iso = iso
 	return err

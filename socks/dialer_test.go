@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -950,14 +951,74 @@ type recordConn struct {
 	net.Conn // nil: any other method panics
 	r        *strings.Reader
 	sent     bytes.Buffer
+	writes   []string
 }
 
-func (c *recordConn) Read(p []byte) (int, error)       { return c.r.Read(p) }
-func (c *recordConn) Write(p []byte) (int, error)      { return c.sent.Write(p) }
+func (c *recordConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *recordConn) Write(p []byte) (int, error) {
+	c.writes = append(c.writes, string(p))
+	return c.sent.Write(p)
+}
 func (c *recordConn) Close() error                     { return nil }
 func (c *recordConn) SetDeadline(time.Time) error      { return nil }
 func (c *recordConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *recordConn) SetWriteDeadline(time.Time) error { return nil }
+
+// TestPipeline checks the writes of a pipelining Dialer: the greeting
+// alone, then the auth message and the request together (what Tor
+// accepts), and without a username the same writes as without Pipeline.
+func TestPipeline(t *testing.T) {
+	req := "\x05\x01\x00\x03\x0bexample.com\x01\xbb"
+	for _, tt := range []struct {
+		name   string
+		auth   socks.Auth
+		script string
+		want   []string
+		err    error
+	}{
+		{name: "auth", auth: socks.Auth{Username: "tg1", Password: "x"}, script: "\x05\x02" + "\x01\x00" + okReply,
+			want: []string{"\x05\x01\x02", "\x01\x03tg1\x01x" + req}},
+		{name: "no auth", script: "\x05\x00" + okReply,
+			want: []string{"\x05\x01\x00", req}},
+		{name: "rejected", auth: socks.Auth{Username: "tg1", Password: "x"}, script: "\x05\x02" + "\x01\x01",
+			want: []string{"\x05\x01\x02", "\x01\x03tg1\x01x" + req}, err: socks.ErrAuthRejected},
+		{name: "refused", auth: socks.Auth{Username: "tg1", Password: "x"}, script: "\x05\x02" + "\x01\x00" + "\x05\x05\x00\x01\x00\x00\x00\x00\x00\x00",
+			want: []string{"\x05\x01\x02", "\x01\x03tg1\x01x" + req}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &recordConn{r: strings.NewReader(tt.script)}
+			d := &socks.Dialer{Dial: func(context.Context) (net.Conn, error) { return c, nil }, Pipeline: true}
+			_, err := d.Connect(t.Context(), socks.HostPort("example.com", 443), tt.auth)
+			var re *socks.ReplyError
+			switch {
+			case tt.name == "refused":
+				if !errors.As(err, &re) || re.Reply != socks.ReplyConnectionRefused {
+					t.Fatalf("Connect = %v, want connection refused", err)
+				}
+			case !errors.Is(err, tt.err):
+				t.Fatalf("Connect = %v, want %v", err, tt.err)
+			}
+			if !slices.Equal(c.writes, tt.want) {
+				t.Errorf("writes %q, want %q", c.writes, tt.want)
+			}
+		})
+	}
+	t.Run("sockstest", func(t *testing.T) {
+		srv := newServer(t, sockstest.Config{RequireAuth: true, Connect: sockstest.Echo})
+		d := srv.Dialer()
+		d.Pipeline = true
+		auth := socks.Auth{Username: strings.Repeat("U", 255), Password: strings.Repeat("P", 255)}
+		c, err := d.Connect(testCtx(t), socks.HostPort(strings.Repeat("n", 255), 80), auth)
+		if err != nil {
+			t.Fatalf("Connect: %v", err)
+		}
+		echoRoundTrip(t, c, "hi")
+		c.Close()
+		if got := srv.Requests()[0].Auth; got != auth {
+			t.Errorf("server got auth %q/%q", got.Username, got.Password)
+		}
+	})
+}
 
 // TestDialerBytes compares what the Dialer sends with hand-written bytes.
 // The tests against sockstest's server check the request as the server
