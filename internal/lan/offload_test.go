@@ -297,4 +297,3 @@ func TestOffloadQueue(t *testing.T) {
 		t.Fatalf("queued frame left as %+v % x", got, f[:40])
 	}
 }
-
