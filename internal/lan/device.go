@@ -137,7 +137,13 @@ type Device struct {
 	conflictMAC     atomic.Pointer[mac] // the last station that claimed a gateway address
 
 	in     chan *inPacket // readLoops -> Read
-	pool   sync.Pool      // *inPacket
+	pool   sync.Pool      // *inPacket of smallSize: a frame up to the MTU
+	// bigPool holds *inPacket with room for a super-frame, for Vnet
+	// links: reads land in one, and a frame no larger than the MTU is
+	// copied out into a small one, so that small frames (a flood, the
+	// held and queued ones) pin MTU-sized buffers only.
+	bigPool   sync.Pool
+	smallSize int
 	events chan tun.Event
 	closed chan struct{}
 	wg     sync.WaitGroup
@@ -251,14 +257,14 @@ func NewDevice(links []Link, log *slog.Logger) (*Device, error) {
 		}
 		d.ports = append(d.ports, p)
 	}
-	size := ethHeaderLen + 4 + d.maxMTU()
+	d.smallSize = ethHeaderLen + 4 + d.maxMTU()
 	for _, p := range d.ports {
 		if p.link.Vnet {
-			// Offloads may be switched on: room for a super-frame.
-			size = vnet.HdrLen + ethHeaderLen + 4 + maxIPPacket
+			d.smallSize = vnet.HdrLen + ethHeaderLen + 4 + d.maxMTU()
 		}
 	}
-	d.pool.New = func() any { return &inPacket{buf: make([]byte, size)} }
+	d.pool.New = func() any { return &inPacket{buf: make([]byte, d.smallSize)} }
+	d.bigPool.New = func() any { return &inPacket{buf: make([]byte, vnet.HdrLen+ethHeaderLen+4+maxIPPacket)} }
 	d.events <- tun.EventUp
 	for _, p := range d.ports {
 		d.wg.Go(p.readLoop)
@@ -472,7 +478,7 @@ func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		} else {
 			d.drop(reasonTooBig, 1)
 		}
-		d.pool.Put(pk)
+		d.putPacket(pk)
 		if n == len(bufs) {
 			return n, nil
 		}
@@ -524,13 +530,13 @@ func (d *Device) ReadVnet(buf []byte) (int, error) {
 		}
 		n := vnet.HdrLen + pk.len
 		if n > len(buf) {
-			d.pool.Put(pk)
+			d.putPacket(pk)
 			d.drop(reasonTooBig, 1)
 			continue
 		}
 		pk.vh.Encode(buf)
 		copy(buf[vnet.HdrLen:], pk.buf[pk.off:pk.off+pk.len])
-		d.pool.Put(pk)
+		d.putPacket(pk)
 		return n, nil
 	}
 }
@@ -731,12 +737,16 @@ func (p *port) readLoop() {
 	d := p.dev
 	var f frame
 	var lastLog time.Time
+	pool := &d.pool
+	if p.link.Vnet {
+		pool = &d.bigPool
+	}
 	for {
-		pk := d.pool.Get().(*inPacket)
+		pk := pool.Get().(*inPacket)
 		box := p.frames.Load()
 		n, err := box.Read(pk.buf)
 		if err != nil {
-			d.pool.Put(pk)
+			d.putPacket(pk)
 			select {
 			case <-d.closed:
 				return
@@ -766,12 +776,18 @@ func (p *port) readLoop() {
 			p.setReadErr(nil)
 		}
 		d.stats.FramesIn.Add(1)
+		if n <= d.smallSize && len(pk.buf) > d.smallSize {
+			small := d.pool.Get().(*inPacket)
+			copy(small.buf, pk.buf[:n])
+			d.bigPool.Put(pk)
+			pk = small
+		}
 		b, h := pk.buf[:n], vnet.Header{}
 		pk.off = 0
 		if p.link.Vnet {
 			if n < vnet.HdrLen {
 				d.drop(reasonMalformed, 1)
-				d.pool.Put(pk)
+				d.putPacket(pk)
 				continue
 			}
 			h, b, pk.off = vnet.Decode(b), b[vnet.HdrLen:], vnet.HdrLen
@@ -785,8 +801,17 @@ func (p *port) readLoop() {
 				return
 			}
 		default:
-			d.pool.Put(pk)
+			d.putPacket(pk)
 		}
+	}
+}
+
+// putPacket returns pk to its pool.
+func (d *Device) putPacket(pk *inPacket) {
+	if len(pk.buf) > d.smallSize {
+		d.bigPool.Put(pk)
+	} else {
+		d.pool.Put(pk)
 	}
 }
 
@@ -796,7 +821,7 @@ func (d *Device) deliver(pk *inPacket) bool {
 	case d.in <- pk:
 		return true
 	case <-d.closed:
-		d.pool.Put(pk)
+		d.putPacket(pk)
 		return false
 	}
 }

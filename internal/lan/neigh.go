@@ -184,7 +184,7 @@ func (p *port) setStateLocked(a netip.Addr, e *neigh, state neighState) {
 // dropHeldLocked drops e's inbound packets. p.mu must be held.
 func (p *port) dropHeldLocked(e *neigh) {
 	for _, h := range e.held {
-		p.dev.pool.Put(h.pk)
+		p.dev.putPacket(h.pk)
 	}
 	if n := len(e.held); n > 0 {
 		p.dev.held.Add(int64(-n))
@@ -296,7 +296,7 @@ func (p *port) confirm(a netip.Addr, m mac) {
 		p.dev.held.Add(int64(-len(hs)))
 		for _, h := range hs {
 			if h.mac != m {
-				p.dev.pool.Put(h.pk)
+				p.dev.putPacket(h.pk)
 				p.dev.drop(reasonSpoofedSource, 1)
 				continue
 			}
