@@ -136,17 +136,17 @@ type Device struct {
 	lastConflictLog atomic.Int64        // unix nanoseconds
 	conflictMAC     atomic.Pointer[mac] // the last station that claimed a gateway address
 
-	in     chan *inPacket // readLoops -> Read
-	pool   sync.Pool      // *inPacket of smallSize: a frame up to the MTU
+	in   chan *inPacket // readLoops -> Read
+	pool sync.Pool      // *inPacket of smallSize: a frame up to the MTU
 	// bigPool holds *inPacket with room for a super-frame, for Vnet
 	// links: reads land in one, and a frame no larger than the MTU is
 	// copied out into a small one, so that small frames (a flood, the
 	// held and queued ones) pin MTU-sized buffers only.
 	bigPool   sync.Pool
 	smallSize int
-	events chan tun.Event
-	closed chan struct{}
-	wg     sync.WaitGroup
+	events    chan tun.Event
+	closed    chan struct{}
+	wg        sync.WaitGroup
 
 	closeOnce sync.Once
 	onClose   []func() error // run after the links close (locks)
