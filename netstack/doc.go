@@ -31,7 +31,10 @@
 //     super-packets of its own (host GSO) that the kernel segments, or,
 //     the workstation being local, receives as they are. Writes happen on
 //     the sending goroutine (no hand-off) with writev over gVisor's views
-//     (no flattening copy). readLoopVnet is the only loop.
+//     (no flattening copy). readLoopVnet is the only loop. A device that
+//     implements OffloadDevice (offload.go; lan.Device on a macvtap with
+//     virtio-net headers) takes the same path through ReadVnet and
+//     WriteVnet, with the header's offsets counted from the IP header.
 //   - The generic path, for any other tun.Device (in-memory devices, a TUN
 //     without offloads): readLoop calls Device.Read with batch vectors
 //     sized once, and writeLoop drains the endpoint's bounded ring (packets

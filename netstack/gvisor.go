@@ -1,7 +1,6 @@
 package netstack
 
 import (
-	"encoding/binary"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -10,6 +9,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/torgate/torgate/internal/vnet"
 )
 
 // This file fences in every place where torgate relies on a gVisor
@@ -156,26 +157,25 @@ const rxChecksumOffload = stack.CapabilityRXChecksumOffload
 // As gVisor's fdbased endpoint does (link/fdbased/endpoint.go), a packet
 // no longer than one MSS goes without a GSO type.
 func vnetGSOHeader(hdr *[vnetHdrLen]byte, pkt *stack.PacketBuffer) {
-	clear(hdr[:])
+	var h vnet.Header
 	gso := pkt.GSOOptions
-	if gso.Type == stack.GSONone {
-		return
-	}
-	binary.NativeEndian.PutUint16(hdr[2:4], uint16(pkt.HeaderSize()))
-	if gso.NeedsCsum {
-		hdr[0] = vnetFlagNeedsCsum
-		binary.NativeEndian.PutUint16(hdr[6:8], gso.L3HdrLen)
-		binary.NativeEndian.PutUint16(hdr[8:10], gso.CsumOffset)
-	}
-	if pkt.Data().Size() > int(gso.MSS) {
-		switch gso.Type {
-		case stack.GSOTCPv4:
-			hdr[1] = vnetGSOTCPv4
-		case stack.GSOTCPv6:
-			hdr[1] = vnetGSOTCPv6
+	if gso.Type != stack.GSONone {
+		h.HdrLen = uint16(pkt.HeaderSize())
+		if gso.NeedsCsum {
+			h.Flags = vnet.FlagNeedsCsum
+			h.CsumStart, h.CsumOffset = gso.L3HdrLen, gso.CsumOffset
 		}
-		binary.NativeEndian.PutUint16(hdr[4:6], gso.MSS)
+		if pkt.Data().Size() > int(gso.MSS) {
+			switch gso.Type {
+			case stack.GSOTCPv4:
+				h.GSOType = vnet.GSOTCPv4
+			case stack.GSOTCPv6:
+				h.GSOType = vnet.GSOTCPv6
+			}
+			h.GSOSize = gso.MSS
+		}
 	}
+	h.Encode(hdr[:])
 }
 
 // G7. viewIter walks the bytes of a packet as gVisor holds them, one view

@@ -24,6 +24,7 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 
 	"github.com/torgate/torgate/internal/flow"
+	"github.com/torgate/torgate/internal/vnet"
 )
 
 // The tests of the gVisor assumptions fenced in gvisor.go, one per
@@ -714,9 +715,9 @@ func TestGVisorGSORoundTrip(t *testing.T) {
 			go c.Write(data)
 			l3 := header.IPv4MinimumSize
 			wantType := stack.GSOTCPv4
-			wantVnet := uint8(vnetGSOTCPv4)
+			wantVnet := uint8(vnet.GSOTCPv4)
 			if fam.src.Is6() {
-				l3, wantType, wantVnet = header.IPv6MinimumSize, stack.GSOTCPv6, vnetGSOTCPv6
+				l3, wantType, wantVnet = header.IPv6MinimumSize, stack.GSOTCPv6, vnet.GSOTCPv6
 			}
 			supers := 0
 			got := receiveStream(t, h, f, len(data), "G6", func(sg seg) {
@@ -736,18 +737,18 @@ func TestGVisorGSORoundTrip(t *testing.T) {
 					broken(t, "G6", "GSO MSS %d out of range", gso.MSS)
 				}
 				// The virtio-net header, as the kernel reads it.
-				vh := decodeVnet(o.vnet[:])
+				vh := vnet.Decode(o.vnet[:])
 				field := func(i int) int { return int(binary.NativeEndian.Uint16(o.vnet[i:])) }
-				if !vh.needsCsum || field(6) != l3 || field(8) != 16 || field(2) != l3+thLen {
+				if !vh.NeedsCsum() || field(6) != l3 || field(8) != 16 || field(2) != l3+thLen {
 					broken(t, "G6", "virtio header %x does not carry the checksum and header positions", o.vnet)
 				}
 				if len(sg.payload) > int(gso.MSS) {
 					supers++
-					if vh.gsoType != wantVnet || field(4) != int(gso.MSS) {
+					if vh.GSOType != wantVnet || field(4) != int(gso.MSS) {
 						broken(t, "G6", "virtio header %x for a %d-byte super-packet, want type %d size %d", o.vnet, len(sg.payload), wantVnet, gso.MSS)
 					}
-				} else if vh.gsoType != vnetGSONone {
-					broken(t, "G6", "virtio GSO type %d on a packet within one MSS", vh.gsoType)
+				} else if vh.GSOType != vnet.GSONone {
+					broken(t, "G6", "virtio GSO type %d on a packet within one MSS", vh.GSOType)
 				}
 				// The kernel completes the checksum from csum_start on.
 				p := bytes.Clone(o.b)

@@ -29,6 +29,7 @@ import (
 	"github.com/torgate/torgate/internal/defaults"
 	"github.com/torgate/torgate/internal/fair"
 	"github.com/torgate/torgate/internal/flow"
+	"github.com/torgate/torgate/internal/vnet"
 )
 
 // TCPHandler serves the TCP flows a Stack hands out. tunnel.Tunnel
@@ -107,9 +108,10 @@ type Config struct {
 	// packet.
 	Logger *slog.Logger
 	// NoOffload makes the Stack use the device's Read and Write even when
-	// it is a Linux TUN with virtio-net headers, where it would otherwise
-	// read and write super-packets itself (see vnet_linux.go). For
-	// measuring the offload path against the generic one.
+	// it is a Linux TUN with virtio-net headers or an OffloadDevice, where
+	// it would otherwise read and write super-packets itself (see
+	// vnet_linux.go, offload.go). For measuring the offload path against
+	// the generic one.
 	NoOffload bool
 }
 
@@ -169,7 +171,7 @@ type Stack struct {
 	mtu   int
 	stack *stack.Stack
 	ep    *linkEndpoint
-	vnet  *vnetTUN // non-nil on the offload path
+	vnet  vnetIO // non-nil on the offload path
 	// gro coalesces the generic path's inbound TCP segments per read
 	// batch; only readLoop touches it.
 	gro   gro.GRO
@@ -314,6 +316,9 @@ func (s *Stack) build() error {
 	s.ep = newLinkEndpoint(s.mtu, outboundQueueLen, outboundControlLen, [2]*atomic.Uint64{&s.stats.Drops[ReasonOverload], &s.stats.OutboundDrops})
 	if !s.cfg.NoOffload {
 		s.vnet = openVnet(s.dev)
+		if s.vnet == nil {
+			s.vnet = openOffload(s.dev)
+		}
 	}
 	if s.vnet != nil {
 		// Host GSO: gVisor's TCP hands over segments of up to 64 KiB with
@@ -635,13 +640,14 @@ func (s *Stack) readLoopVnet() {
 			s.stats.Drops[ReasonMalformed].Add(1)
 			continue
 		}
-		h := decodeVnet(buf[:vnetHdrLen])
+		h := vnet.Decode(buf[:vnetHdrLen])
 		pkt := buf[vnetHdrLen:n]
-		switch h.gsoType {
-		case vnetGSONone, vnetGSOTCPv4, vnetGSOTCPv6:
+		switch h.GSOType &^ vnet.GSOECN {
+		case vnet.GSONone, vnet.GSOTCPv4, vnet.GSOTCPv6:
 			// A TCP super-packet carries a full-length IP header and a
-			// partial checksum; gVisor takes it whole.
-			s.inbound(pkt, h.needsCsum)
+			// partial checksum, or one GRO left stale under DATA_VALID;
+			// gVisor takes it whole.
+			s.inbound(pkt, h.ChecksumTrusted())
 		default:
 			// UDP GSO (an application using UDP_SEGMENT): never DNS.
 			s.stats.Drops[ReasonUDP].Add(1)

@@ -23,19 +23,9 @@ import (
 // gVisor's TCP sends super-packets of its own (host GSO) that the kernel
 // segments, or, since the workstation is local, never segments at all.
 
-// virtio-net header constants.
-const (
-	vnetHdrLen           = 10
-	vnetFlagNeedsCsum    = 1 // VIRTIO_NET_HDR_F_NEEDS_CSUM: checksum is partial
-	vnetGSONone          = 0
-	vnetGSOTCPv4         = 1
-	vnetGSOTCPv6         = 4
-	vnetGSOUDPL4         = 5
-	vnetGSOECN           = 0x80
-	maxIPPacket          = 65535
-	vnetMaxIovecs        = 32
-	vnetDefaultGSOMaxLen = maxIPPacket
-)
+// vnetMaxIovecs bounds the views gathered into one writev; a packet
+// with more is flattened.
+const vnetMaxIovecs = 32
 
 // vnetTUN is a Linux TUN with virtio-net headers, read and written
 // directly.
@@ -54,9 +44,11 @@ type vnetTUN struct {
 	writeFn func(fd uintptr) bool
 }
 
+var _ vnetIO = (*vnetTUN)(nil)
+
 // openVnet returns the device's descriptor for direct use if it is a
 // Linux TUN with IFF_VNET_HDR set, else nil.
-func openVnet(dev tun.Device) *vnetTUN {
+func openVnet(dev tun.Device) vnetIO {
 	f := dev.File()
 	if f == nil {
 		return nil
@@ -93,16 +85,6 @@ func (v *vnetTUN) read(buf []byte) (int, error) {
 		err = os.ErrClosed
 	}
 	return n, err
-}
-
-// vnetHeader is the decoded part of a virtio-net header the loops use.
-type vnetHeader struct {
-	needsCsum bool
-	gsoType   uint8
-}
-
-func decodeVnet(b []byte) vnetHeader {
-	return vnetHeader{needsCsum: b[0]&vnetFlagNeedsCsum != 0, gsoType: b[1] &^ vnetGSOECN}
 }
 
 // write sends one packet from gVisor with the virtio-net header that

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/torgate/torgate/internal/vnet"
 )
 
 // BenchmarkWrite: one MTU-sized packet from netstack to a resolved
@@ -39,7 +41,7 @@ func BenchmarkInbound(b *testing.B) {
 	b.SetBytes(int64(len(fr)))
 	for b.Loop() {
 		parseFrame(fr, &f)
-		if l3, _ := p.inbound(&f, pk); l3 == nil {
+		if l3, _ := p.inbound(&f, vnet.Header{}, pk); l3 == nil {
 			b.Fatal("dropped")
 		}
 	}
@@ -67,7 +69,7 @@ func BenchmarkMadeUpSenders(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		parseFrame(frames[i%len(frames)], &f)
-		p.inbound(&f, pk)
+		p.inbound(&f, vnet.Header{}, pk)
 		i++
 	}
 }

@@ -57,6 +57,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/torgate/torgate/internal/vnet"
 )
 
 // Link is one LAN as the Device sees it: the interface's MAC and
@@ -74,9 +76,17 @@ type Link struct {
 	// MTU of the link (largest IP packet); 0 means 1500.
 	MTU int
 	// Frames carries one Ethernet frame per Read and per Write (a tap
-	// file descriptor without a virtio-net header, a SOCK_SEQPACKET
-	// socket in tests). Closed by Device.Close.
+	// file descriptor, a SOCK_SEQPACKET socket in tests). Closed by
+	// Device.Close. If it can switch the kernel's offloads (SetOffload,
+	// a macvtap with virtio-net headers) the Device offers them to
+	// netstack (EnableOffload); if it can write a frame from pieces
+	// (Writev) super-frames leave without a flattening copy.
 	Frames io.ReadWriteCloser
+	// Vnet means Frames carries a virtio-net header (internal/vnet) in
+	// front of every frame, both ways; a frame the gateway builds itself
+	// (ARP, neighbour discovery) goes with a zero one. Reattach must
+	// return Frames of the same kind.
+	Vnet bool
 	// Ready, if set, reports whether the link can carry traffic (macvtap
 	// present, interface up); it backs Device.Ready. An error wrapping
 	// ErrGone means Frames is dead for good.
@@ -85,6 +95,19 @@ type Link struct {
 	// reports ErrGone, for frames from a re-created device (a USB NIC
 	// plugged back in); the old Frames is then closed.
 	Reattach func() (io.ReadWriteCloser, error)
+}
+
+// offloader is a Link.Frames that switches the kernel's offloads: with
+// them on, TCP super-frames of up to 64 KiB and partial checksums come
+// and go whole (a macvtap's TUNSETOFFLOAD).
+type offloader interface {
+	SetOffload(on bool) error
+}
+
+// vectorWriter is a Link.Frames that writes one frame from pieces in one
+// system call (writev).
+type vectorWriter interface {
+	Writev(parts [][]byte) error
 }
 
 // ErrGone means a link's device disappeared (the interface or its macvtap
@@ -103,14 +126,27 @@ type Device struct {
 	queued atomic.Int64 // outbound packets waiting for resolution, all links
 	held   atomic.Int64 // inbound packets waiting for their source's proof, all links
 
+	// offload is set once EnableOffload switched every link's offloads
+	// on: netstack then uses ReadVnet and WriteVnet only.
+	offload atomic.Bool
+	// wscratch holds WriteVnet's virtio-net and Ethernet headers (its
+	// calls are serialised, netstack.OffloadDevice).
+	wscratch [vnet.HdrLen + ethHeaderLen + ipv6HeaderLen]byte
+
 	lastConflictLog atomic.Int64        // unix nanoseconds
 	conflictMAC     atomic.Pointer[mac] // the last station that claimed a gateway address
 
-	in     chan *inPacket // readLoops -> Read
-	pool   sync.Pool      // *inPacket
-	events chan tun.Event
-	closed chan struct{}
-	wg     sync.WaitGroup
+	in   chan *inPacket // readLoops -> Read
+	pool sync.Pool      // *inPacket of smallSize: a frame up to the MTU
+	// bigPool holds *inPacket with room for a super-frame, for Vnet
+	// links: reads land in one, and a frame no larger than the MTU is
+	// copied out into a small one, so that small frames (a flood, the
+	// held and queued ones) pin MTU-sized buffers only.
+	bigPool   sync.Pool
+	smallSize int
+	events    chan tun.Event
+	closed    chan struct{}
+	wg        sync.WaitGroup
 
 	closeOnce sync.Once
 	onClose   []func() error // run after the links close (locks)
@@ -121,10 +157,20 @@ type Device struct {
 
 var _ tun.Device = (*Device)(nil)
 
-// inPacket is one L3 packet on its way to Read; buf holds the frame.
+// Device is also a netstack.OffloadDevice; lan does not import netstack,
+// so the methods are checked here one by one.
+var _ interface {
+	EnableOffload() bool
+	ReadVnet([]byte) (int, error)
+	WriteVnet([]byte, [][]byte) error
+} = (*Device)(nil)
+
+// inPacket is one L3 packet on its way to Read; buf holds the frame
+// (behind its virtio-net header on a Vnet link).
 type inPacket struct {
 	buf      []byte
 	off, len int
+	vh       vnet.Header // checked, offsets counted from the IP header
 }
 
 // port is one Link in use.
@@ -151,6 +197,11 @@ type port struct {
 	machineTokensAt time.Time // when machineTokens was last refilled; guarded by mu
 
 	lastDefend map[netip.Addr]int64 // per gateway address, unix nanoseconds of its last announcement; readLoop only
+
+	// wmu serialises writeOut's gathering; it guards the scratch below.
+	wmu  sync.Mutex
+	iov  [][]byte // guarded by wmu
+	flat []byte   // guarded by wmu; for Frames without Writev
 
 	// frames is the current Link.Frames; Reattach replaces it. swapMu
 	// orders a replacement against Close.
@@ -206,7 +257,14 @@ func NewDevice(links []Link, log *slog.Logger) (*Device, error) {
 		}
 		d.ports = append(d.ports, p)
 	}
-	d.pool.New = func() any { return &inPacket{buf: make([]byte, ethHeaderLen+4+d.maxMTU())} }
+	d.smallSize = ethHeaderLen + 4 + d.maxMTU()
+	for _, p := range d.ports {
+		if p.link.Vnet {
+			d.smallSize = vnet.HdrLen + ethHeaderLen + 4 + d.maxMTU()
+		}
+	}
+	d.pool.New = func() any { return &inPacket{buf: make([]byte, d.smallSize)} }
+	d.bigPool.New = func() any { return &inPacket{buf: make([]byte, vnet.HdrLen+ethHeaderLen+4+maxIPPacket)} }
 	d.events <- tun.EventUp
 	for _, p := range d.ports {
 		d.wg.Go(p.readLoop)
@@ -420,7 +478,7 @@ func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		} else {
 			d.drop(reasonTooBig, 1)
 		}
-		d.pool.Put(pk)
+		d.putPacket(pk)
 		if n == len(bufs) {
 			return n, nil
 		}
@@ -430,6 +488,102 @@ func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			return n, nil
 		}
 	}
+}
+
+// EnableOffload switches every link's offloads on (TCP super-frames and
+// partial checksums, TUN_F_CSUM|TSO4|TSO6 on a macvtap) and reports
+// whether it did; false leaves them all off. From true on, netstack reads
+// and writes with ReadVnet and WriteVnet (netstack.OffloadDevice).
+func (d *Device) EnableOffload() bool {
+	for _, p := range d.ports {
+		if _, ok := p.frames.Load().ReadWriteCloser.(offloader); !ok || !p.link.Vnet {
+			return false
+		}
+	}
+	// Set first: a super-frame may arrive as soon as the first link's
+	// offloads are on, and readLoop accepts one only with this set.
+	d.offload.Store(true)
+	for i, p := range d.ports {
+		if err := p.frames.Load().ReadWriteCloser.(offloader).SetOffload(true); err != nil {
+			d.log.Warn("lan offloads refused; frames go one by one", "interface", p.link.Name, "err", err)
+			for _, q := range d.ports[:i] {
+				q.frames.Load().ReadWriteCloser.(offloader).SetOffload(false)
+			}
+			d.offload.Store(false)
+			return false
+		}
+	}
+	return true
+}
+
+// ReadVnet blocks for one inbound packet and puts it at
+// buf[vnet.HdrLen:] behind its virtio-net header, whose offsets count
+// from the IP header (netstack.OffloadDevice). A packet that does not fit
+// is dropped (too_big). After Close it returns os.ErrClosed.
+func (d *Device) ReadVnet(buf []byte) (int, error) {
+	for {
+		var pk *inPacket
+		select {
+		case pk = <-d.in:
+		case <-d.closed:
+			return 0, os.ErrClosed
+		}
+		n := vnet.HdrLen + pk.len
+		if n > len(buf) {
+			d.putPacket(pk)
+			d.drop(reasonTooBig, 1)
+			continue
+		}
+		pk.vh.Encode(buf)
+		copy(buf[vnet.HdrLen:], pk.buf[pk.off:pk.off+pk.len])
+		d.putPacket(pk)
+		return n, nil
+	}
+}
+
+// WriteVnet sends one IP packet, the concatenation of pkt, to its LAN
+// behind hdr, its virtio-net header with offsets counted from the IP
+// header (netstack.OffloadDevice). A packet larger than the link's MTU
+// leaves only as a TCP super-frame whose segments (hdr_len + gso_size)
+// fit the MTU, for the macvtap to segment; anything else that large, and
+// whatever cannot be sent, is a counted drop. Calls must be serialised.
+// After Close it returns os.ErrClosed.
+func (d *Device) WriteVnet(hdr []byte, pkt [][]byte) error {
+	select {
+	case <-d.closed:
+		return os.ErrClosed
+	default:
+	}
+	if len(hdr) < vnet.HdrLen {
+		d.drop(reasonMalformed, 1)
+		return nil
+	}
+	// The headers in one piece: the Ethernet header goes in front of
+	// the IP header's first bytes, which outPort reads.
+	w := d.wscratch[:]
+	ip := w[vnet.HdrLen+ethHeaderLen:]
+	n, size := 0, 0
+	for _, b := range pkt {
+		if n < len(ip) {
+			n += copy(ip[n:], b)
+		}
+		size += len(b)
+	}
+	p, dst, et := d.outPort(ip[:n])
+	if p == nil {
+		return nil
+	}
+	h := vnet.Decode(hdr)
+	if size > p.mtu && !(h.GSO() && int(h.HdrLen)+int(h.GSOSize) <= p.mtu) || size > maxIPPacket {
+		d.drop(reasonTooBig, 1)
+		return nil
+	}
+	h.Shift(ethHeaderLen)
+	h.Encode(w[:vnet.HdrLen])
+	eth := w[vnet.HdrLen : vnet.HdrLen+ethHeaderLen]
+	putEth(eth, mac{}, p.mac, et)
+	p.resolve(dst, w[:vnet.HdrLen], eth, pkt)
+	return nil
 }
 
 // Write sends each packet at bufs[i][offset:] to its LAN. When offset is at
@@ -462,6 +616,22 @@ func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 // send routes one frame whose IP packet starts at frame[14:].
 func (d *Device) send(frame []byte) {
 	pkt := frame[ethHeaderLen:]
+	p, dst, et := d.outPort(pkt)
+	if p == nil {
+		return
+	}
+	if len(pkt) > p.mtu {
+		d.drop(reasonTooBig, 1)
+		return
+	}
+	putEth(frame, mac{}, p.mac, et)
+	p.resolve(dst, nil, frame, nil)
+}
+
+// outPort picks the link for an outbound IP packet (pkt holds at least
+// its IP header) and checks the destination is a workstation there, not
+// the gateway, a broadcast or a multicast address; nil is a counted drop.
+func (d *Device) outPort(pkt []byte) (*port, netip.Addr, uint16) {
 	var dst netip.Addr
 	var et uint16
 	switch {
@@ -471,27 +641,18 @@ func (d *Device) send(frame []byte) {
 		dst, et = netip.AddrFrom16([16]byte(pkt[24:40])), ethTypeIPv6
 	default:
 		d.drop(reasonMalformed, 1)
-		return
+		return nil, dst, 0
 	}
 	if dst.IsMulticast() || !dst.IsGlobalUnicast() && !dst.IsLinkLocalUnicast() {
 		d.drop(reasonNoRoute, 1)
-		return
+		return nil, dst, 0
 	}
 	p := d.route(dst)
-	if p == nil {
+	if p == nil || et == ethTypeIPv4 && p.isBroadcast4(dst) || p.isOurs(dst) {
 		d.drop(reasonNoRoute, 1)
-		return
+		return nil, dst, 0
 	}
-	if len(pkt) > p.mtu {
-		d.drop(reasonTooBig, 1)
-		return
-	}
-	if et == ethTypeIPv4 && p.isBroadcast4(dst) || p.isOurs(dst) {
-		d.drop(reasonNoRoute, 1)
-		return
-	}
-	putEth(frame, mac{}, p.mac, et)
-	p.resolve(dst, frame)
+	return p, dst, et
 }
 
 // route picks the link for dst: the longest prefix holding it; for a
@@ -576,12 +737,16 @@ func (p *port) readLoop() {
 	d := p.dev
 	var f frame
 	var lastLog time.Time
+	pool := &d.pool
+	if p.link.Vnet {
+		pool = &d.bigPool
+	}
 	for {
-		pk := d.pool.Get().(*inPacket)
+		pk := pool.Get().(*inPacket)
 		box := p.frames.Load()
 		n, err := box.Read(pk.buf)
 		if err != nil {
-			d.pool.Put(pk)
+			d.putPacket(pk)
 			select {
 			case <-d.closed:
 				return
@@ -611,8 +776,24 @@ func (p *port) readLoop() {
 			p.setReadErr(nil)
 		}
 		d.stats.FramesIn.Add(1)
-		parseFrame(pk.buf[:n], &f)
-		switch l3, holding := p.inbound(&f, pk); {
+		if n <= d.smallSize && len(pk.buf) > d.smallSize {
+			small := d.pool.Get().(*inPacket)
+			copy(small.buf, pk.buf[:n])
+			d.bigPool.Put(pk)
+			pk = small
+		}
+		b, h := pk.buf[:n], vnet.Header{}
+		pk.off = 0
+		if p.link.Vnet {
+			if n < vnet.HdrLen {
+				d.drop(reasonMalformed, 1)
+				d.putPacket(pk)
+				continue
+			}
+			h, b, pk.off = vnet.Decode(b), b[vnet.HdrLen:], vnet.HdrLen
+		}
+		parseFrame(b, &f)
+		switch l3, holding := p.inbound(&f, h, pk); {
 		case holding:
 			// Waits for its source's proof (neigh.go).
 		case l3 != nil:
@@ -620,8 +801,17 @@ func (p *port) readLoop() {
 				return
 			}
 		default:
-			d.pool.Put(pk)
+			d.putPacket(pk)
 		}
+	}
+}
+
+// putPacket returns pk to its pool.
+func (d *Device) putPacket(pk *inPacket) {
+	if len(pk.buf) > d.smallSize {
+		d.bigPool.Put(pk)
+	} else {
+		d.pool.Put(pk)
 	}
 }
 
@@ -631,7 +821,7 @@ func (d *Device) deliver(pk *inPacket) bool {
 	case d.in <- pk:
 		return true
 	case <-d.closed:
-		d.pool.Put(pk)
+		d.putPacket(pk)
 		return false
 	}
 }
@@ -749,6 +939,23 @@ func (p *port) watchLoop() {
 			}
 			continue
 		}
+		if d.offload.Load() {
+			// The new macvtap must carry what netstack now sends.
+			o, ok := f.(offloader)
+			if !ok {
+				err = errors.New("re-attached device has no offloads")
+			} else {
+				err = o.SetOffload(true)
+			}
+			if err != nil {
+				f.Close()
+				if time.Since(lastLog) > time.Minute {
+					lastLog = time.Now()
+					d.log.Warn("lan device back, but without offloads; restart torgate to serve it", "interface", p.link.Name, "err", err)
+				}
+				continue
+			}
+		}
 		p.swapMu.Lock()
 		select {
 		case <-d.closed:
@@ -766,9 +973,47 @@ func (p *port) watchLoop() {
 	}
 }
 
-// writeFrame writes one complete frame; a failure is a counted drop.
-func (p *port) writeFrame(fr []byte) bool {
-	if _, err := p.frames.Load().Write(fr); err != nil {
+// writeFrame writes one complete frame the gateway built, with a zero
+// virtio-net header on a Vnet link; a failure is a counted drop.
+func (p *port) writeFrame(fr []byte) bool { return p.writeOut(nil, fr, nil) }
+
+// zeroHdr is the virtio-net header of a frame that needs no offload.
+var zeroHdr [vnet.HdrLen]byte
+
+// writeOut writes one frame in one system call: hdr is its virtio-net
+// header (nil: a zero one; left off on a link without headers), head
+// starts with its Ethernet header, and tail, which may be nil, is the
+// rest. A failure is a counted drop.
+func (p *port) writeOut(hdr, head []byte, tail [][]byte) bool {
+	box := p.frames.Load()
+	var err error
+	if !p.link.Vnet && len(tail) == 0 {
+		_, err = box.Write(head)
+	} else {
+		if hdr == nil {
+			hdr = zeroHdr[:]
+		}
+		p.wmu.Lock()
+		iov := p.iov[:0]
+		if p.link.Vnet {
+			iov = append(iov, hdr)
+		}
+		iov = append(append(iov, head), tail...)
+		if w, ok := box.ReadWriteCloser.(vectorWriter); ok {
+			err = w.Writev(iov)
+		} else {
+			flat := p.flat[:0]
+			for _, b := range iov {
+				flat = append(flat, b...)
+			}
+			_, err = box.Write(flat)
+			p.flat = flat
+		}
+		clear(iov) // keep no references to netstack's buffers
+		p.iov = iov[:0]
+		p.wmu.Unlock()
+	}
+	if err != nil {
 		p.dev.drop(reasonWriteError, 1)
 		return false
 	}

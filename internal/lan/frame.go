@@ -21,6 +21,7 @@ const (
 	arpOpReply    = 2
 	ipv4MinHeader = 20
 	ipv6HeaderLen = 40
+	maxIPPacket   = ipv6HeaderLen + 65535 // the largest IPv6 packet without a jumbogram; IPv4's is smaller
 
 	protoICMPv6 = 58
 	protoHopOpt = 0

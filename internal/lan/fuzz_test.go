@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/torgate/torgate/internal/vnet"
 )
 
 // checkWire is a Link.Frames that checks every frame the gateway sends:
@@ -59,7 +61,7 @@ func FuzzFrame(f *testing.F) {
 		var fr frame
 		parseFrame(b, &fr)
 		pk := d.pool.Get().(*inPacket)
-		l3, holding := p.inbound(&fr, pk)
+		l3, holding := p.inbound(&fr, vnet.Header{}, pk)
 		if !holding {
 			d.pool.Put(pk)
 		}
@@ -69,29 +71,113 @@ func FuzzFrame(f *testing.F) {
 		if l3 == nil {
 			return
 		}
-		if len(b) < ethHeaderLen || &l3[0] != &b[ethHeaderLen] {
-			t.Fatal("packet is not the frame's payload")
+		checkDelivered(t, p, b, l3)
+	})
+}
+
+// checkDelivered checks a packet inbound handed to netstack out of frame
+// b: a slice of the frame's payload, to our MAC, from a source in the
+// LAN, with its IP length matching its size.
+func checkDelivered(t *testing.T, p *port, b, l3 []byte) {
+	t.Helper()
+	if len(b) < ethHeaderLen || &l3[0] != &b[ethHeaderLen] {
+		t.Fatal("packet is not the frame's payload")
+	}
+	if mac(b[0:6]) != gwMAC {
+		t.Fatalf("delivered a frame to %x", b[0:6])
+	}
+	var src netip.Addr
+	switch l3[0] >> 4 {
+	case 4:
+		if int(binary.BigEndian.Uint16(l3[2:4])) != len(l3) {
+			t.Fatal("IPv4 length mismatch")
 		}
-		if mac(b[0:6]) != gwMAC {
-			t.Fatalf("delivered a frame to %x", b[0:6])
+		src = netip.AddrFrom4([4]byte(l3[12:16]))
+	case 6:
+		if 40+int(binary.BigEndian.Uint16(l3[4:6])) != len(l3) {
+			t.Fatal("IPv6 length mismatch")
 		}
-		var src netip.Addr
-		switch l3[0] >> 4 {
-		case 4:
-			if int(binary.BigEndian.Uint16(l3[2:4])) != len(l3) {
-				t.Fatal("IPv4 length mismatch")
-			}
-			src = netip.AddrFrom4([4]byte(l3[12:16]))
-		case 6:
-			if 40+int(binary.BigEndian.Uint16(l3[4:6])) != len(l3) {
-				t.Fatal("IPv6 length mismatch")
-			}
-			src = netip.AddrFrom16([16]byte(l3[8:24]))
-		default:
-			t.Fatalf("delivered version %d", l3[0]>>4)
+		src = netip.AddrFrom16([16]byte(l3[8:24]))
+	default:
+		t.Fatalf("delivered version %d", l3[0]>>4)
+	}
+	if !(gw4.Masked().Contains(src) || gw6.Masked().Contains(src) || src.IsLinkLocalUnicast()) || p.isOurs(src) {
+		t.Fatalf("delivered source %v", src)
+	}
+}
+
+// vnetCheckWire is a checkWire behind virtio-net headers: every frame
+// the gateway builds while reading carries a zero one.
+type vnetCheckWire struct{ checkWire }
+
+func (w *vnetCheckWire) SetOffload(bool) error { return nil }
+func (w *vnetCheckWire) Write(b []byte) (int, error) {
+	if len(b) < vnet.HdrLen || vnet.Decode(b) != (vnet.Header{}) {
+		bad := fmt.Sprintf("frame without a zero virtio-net header: % x", b)
+		w.bad.CompareAndSwap(nil, &bad)
+		return len(b), nil
+	}
+	w.checkWire.Write(b[vnet.HdrLen:])
+	return len(b), nil
+}
+
+// FuzzVnetFrame feeds arbitrary frames behind arbitrary virtio-net
+// headers to the inbound path of a link with offloads on (the first
+// vnet.HdrLen bytes of the input are the header). Invariants: those of
+// FuzzFrame; and a packet handed on carries a header that passes
+// vnet.Header.Check against it, counted from its IP header, and is no
+// larger than the MTU unless it is a TCP super-packet.
+func FuzzVnetFrame(f *testing.F) {
+	hdr := func(h vnet.Header, frame []byte) []byte {
+		b := make([]byte, vnet.HdrLen)
+		h.Encode(b)
+		return append(b, frame...)
+	}
+	big := tcpPacket(ws4, other, 3000)
+	f.Add(hdr(vnet.Header{Flags: vnet.FlagNeedsCsum, GSOType: vnet.GSOTCPv4, GSOSize: 1448, HdrLen: 54, CsumStart: 34, CsumOffset: 16}, ethFrame(gwMAC, wsMAC, header.IPv4ProtocolNumber, big)))
+	f.Add(hdr(vnet.Header{Flags: vnet.FlagDataValid, GSOType: vnet.GSOTCPv6, GSOSize: 1428}, ethFrame(gwMAC, wsMAC, header.IPv6ProtocolNumber, tcpPacket(ws6, gw6.Addr(), 3000))))
+	f.Add(hdr(vnet.Header{Flags: vnet.FlagNeedsCsum, GSOType: vnet.GSOUDPL4, GSOSize: 1448, CsumStart: 34, CsumOffset: 6}, ethFrame(gwMAC, wsMAC, header.IPv4ProtocolNumber, big)))
+	f.Add(hdr(vnet.Header{}, arpFrame(header.ARPRequest, broadcastMAC, wsMAC, ws4, mac{}, gw4.Addr())))
+	f.Add(hdr(vnet.Header{Flags: vnet.FlagNeedsCsum, CsumStart: 14, CsumOffset: 65535}, ethFrame(gwMAC, wsMAC, header.IPv4ProtocolNumber, ipv4(ws4, other))))
+	f.Add([]byte{1, 2, 3})
+	w := &vnetCheckWire{checkWire{closed: make(chan struct{})}}
+	d, err := NewDevice([]Link{{Name: "f", MAC: net.HardwareAddr(gwMAC[:]), Addrs: []netip.Prefix{gw4, gw6}, Frames: w, Vnet: true}}, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { d.Close() })
+	if !d.EnableOffload() {
+		f.Fatal("EnableOffload refused")
+	}
+	p := d.ports[0]
+	bindForTest(p, ws4, wsMAC)
+	bindForTest(p, ws6, wsMAC)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) < vnet.HdrLen {
+			return // readLoop drops it as malformed before parsing
 		}
-		if !(gw4.Masked().Contains(src) || gw6.Masked().Contains(src) || src.IsLinkLocalUnicast()) || p.isOurs(src) {
-			t.Fatalf("delivered source %v", src)
+		h, fr := vnet.Decode(b), b[vnet.HdrLen:]
+		var pf frame
+		parseFrame(fr, &pf)
+		pk := d.pool.Get().(*inPacket)
+		pk.off = 0
+		l3, holding := p.inbound(&pf, h, pk)
+		vh := pk.vh
+		if !holding {
+			d.pool.Put(pk)
+		}
+		if bad := w.bad.Load(); bad != nil {
+			t.Fatal(*bad)
+		}
+		if l3 == nil {
+			return
+		}
+		checkDelivered(t, p, fr, l3)
+		if err := vh.Check(l3); err != nil {
+			t.Fatalf("delivered with header %+v: %v", vh, err)
+		}
+		if len(l3) > p.mtu && !vh.GSO() {
+			t.Fatalf("delivered %d bytes without GSO", len(l3))
 		}
 	})
 }

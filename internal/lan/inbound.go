@@ -4,13 +4,19 @@ import (
 	"net"
 	"net/netip"
 	"time"
+
+	"github.com/torgate/torgate/internal/vnet"
 )
 
 // inbound handles one parsed frame in pk: answers and learns from ARP and
 // NDP, and returns the L3 packet to hand to netstack, or nil. holding
 // reports that pk waits for its source's proof and is no longer the
 // caller's.
-func (p *port) inbound(f *frame, pk *inPacket) (l3 []byte, holding bool) {
+//
+// h is the frame's virtio-net header (zero on a link without one), with
+// offsets counted from the frame; pk.off is where the frame starts in
+// pk.buf.
+func (p *port) inbound(f *frame, h vnet.Header, pk *inPacket) (l3 []byte, holding bool) {
 	d := p.dev
 	if f.kind == kindDrop {
 		d.drop(f.reason, 1)
@@ -20,6 +26,10 @@ func (p *port) inbound(f *frame, pk *inPacket) (l3 []byte, holding bool) {
 	// workstations show up here too.
 	if !f.dst.isMulticast() && f.dst != p.mac {
 		d.drop(reasonNotForUs, 1)
+		return nil, false
+	}
+	if !p.checkOffload(f, &h) {
+		d.drop(reasonBadOffload, 1)
 		return nil, false
 	}
 	switch f.kind {
@@ -38,16 +48,35 @@ func (p *port) inbound(f *frame, pk *inPacket) (l3 []byte, holding bool) {
 		d.drop(reasonSpoofedSource, 1)
 		return nil, false
 	}
-	if len(f.l3) > p.mtu {
+	if len(f.l3) > p.mtu && !h.GSO() {
 		d.drop(reasonTooBig, 1)
 		return nil, false
 	}
-	pk.off, pk.len = ethHeaderLen, len(f.l3)
+	pk.off, pk.len, pk.vh = pk.off+ethHeaderLen, len(f.l3), h
 	pass, holding := p.admit(f.ip6Src, f.src, pk)
 	if !pass {
 		return nil, holding
 	}
 	return f.l3, false
+}
+
+// checkOffload checks the virtio-net header of an inbound frame and makes
+// its offsets count from the IP header. The kernel sets GSO or a partial
+// checksum only once EnableOffload asked for them, and only on TCP/IP
+// (vnet.Header.Check); any other header but DATA_VALID is forged or
+// broken.
+func (p *port) checkOffload(f *frame, h *vnet.Header) bool {
+	if !h.GSO() && !h.NeedsCsum() {
+		return h.Flags&^vnet.FlagDataValid == 0
+	}
+	if !p.dev.offload.Load() || f.kind != kindIPv4 && f.kind != kindIPv6 {
+		return false
+	}
+	if h.NeedsCsum() && h.CsumStart < ethHeaderLen {
+		return false
+	}
+	h.Shift(-ethHeaderLen)
+	return h.Check(f.l3) == nil
 }
 
 // validSource reports whether a workstation may send from a: inside one of

@@ -28,6 +28,7 @@ const (
 	reasonUnproven                    // inbound from a source whose resolution failed or had no room
 	reasonConflict                    // another MAC claimed a bound address, or the gateway's own
 	reasonMachineBudget               // a new MAC answered, beyond the new-machine rate
+	reasonBadOffload                  // a virtio-net header the gateway never asked for, or inconsistent with its frame
 	numReasons
 )
 
@@ -50,6 +51,7 @@ var reasonNames = [numReasons]string{
 	reasonUnproven:      "unproven_source",
 	reasonConflict:      "address_conflict",
 	reasonMachineBudget: "machine_budget",
+	reasonBadOffload:    "bad_offload",
 }
 
 func (r reason) String() string { return reasonNames[r] }

@@ -3,6 +3,8 @@ package lan
 import (
 	"net/netip"
 	"time"
+
+	"github.com/torgate/torgate/internal/vnet"
 )
 
 // Neighbour resolution, per link (Linux's neighbour state machine, cut to
@@ -85,8 +87,15 @@ type neigh struct {
 	used      time.Time // last packet sent to or accepted from it
 	probes    int       // solicitations sent in this state
 	next      time.Time // next probe (incomplete, probing) or expiry (failed)
-	queue     [][]byte  // incomplete: frames with room for the Ethernet header
+	queue     []queued  // incomplete: frames waiting for the MAC
 	held      []held    // incomplete: inbound packets waiting for proof
+}
+
+// queued is an outbound frame waiting for its destination's MAC: its
+// virtio-net header (zero on a link without one) and the frame, flat.
+type queued struct {
+	hdr   [vnet.HdrLen]byte
+	frame []byte
 }
 
 // held is an inbound packet from a source being resolved, and the MAC it
@@ -175,7 +184,7 @@ func (p *port) setStateLocked(a netip.Addr, e *neigh, state neighState) {
 // dropHeldLocked drops e's inbound packets. p.mu must be held.
 func (p *port) dropHeldLocked(e *neigh) {
 	for _, h := range e.held {
-		p.dev.pool.Put(h.pk)
+		p.dev.putPacket(h.pk)
 	}
 	if n := len(e.held); n > 0 {
 		p.dev.held.Add(int64(-n))
@@ -278,16 +287,16 @@ func (p *port) confirm(a netip.Addr, m mac) {
 	p.mu.Unlock()
 	if len(q) > 0 {
 		p.dev.queued.Add(int64(-len(q)))
-		for _, fr := range q {
-			putEthDst(fr, m)
-			p.writeFrame(fr)
+		for _, o := range q {
+			putEthDst(o.frame, m)
+			p.writeOut(o.hdr[:], o.frame, nil)
 		}
 	}
 	if len(hs) > 0 {
 		p.dev.held.Add(int64(-len(hs)))
 		for _, h := range hs {
 			if h.mac != m {
-				p.dev.pool.Put(h.pk)
+				p.dev.putPacket(h.pk)
 				p.dev.drop(reasonSpoofedSource, 1)
 				continue
 			}
@@ -381,15 +390,17 @@ func (p *port) identity(a netip.Addr) (mac, bool) {
 	return mac{}, false
 }
 
-// resolve sends frame (Ethernet header at frame[:14], destination to be
-// filled) to a, or queues it while a resolves.
-func (p *port) resolve(a netip.Addr, frame []byte) {
+// resolve sends a frame to a, or queues a copy of it while a resolves:
+// hdr is its virtio-net header (nil: a zero one), head starts with its
+// Ethernet header (destination to be filled), and tail is the rest of the
+// frame (see writeOut).
+func (p *port) resolve(a netip.Addr, hdr, head []byte, tail [][]byte) {
 	now := time.Now()
 	p.mu.Lock()
 	e := p.lookupLocked(a)
 	if e == nil {
 		e = p.newPendingLocked(a, now)
-		ok := p.enqueueLocked(e, frame)
+		ok := p.enqueueLocked(e, hdr, head, tail)
 		p.mu.Unlock()
 		if !ok {
 			p.dev.drop(reasonQueueFull, 1)
@@ -399,7 +410,7 @@ func (p *port) resolve(a netip.Addr, frame []byte) {
 	}
 	switch e.state {
 	case stateIncomplete:
-		ok := p.enqueueLocked(e, frame)
+		ok := p.enqueueLocked(e, hdr, head, tail)
 		p.mu.Unlock()
 		if !ok {
 			p.dev.drop(reasonQueueFull, 1)
@@ -413,20 +424,33 @@ func (p *port) resolve(a netip.Addr, frame []byte) {
 	e.used = now
 	m := e.mac
 	p.mu.Unlock()
-	putEthDst(frame, m)
-	p.writeFrame(frame)
+	putEthDst(head, m)
+	p.writeOut(hdr, head, tail)
 }
 
-// enqueueLocked keeps a copy of frame for e; false if a bound is hit.
-func (p *port) enqueueLocked(e *neigh, frame []byte) bool {
-	if len(e.queue) >= queuePerNeighbour {
+// enqueueLocked keeps a copy of a frame for e; false if a bound is hit.
+// A super-frame (offload path, up to 64 KiB) is never queued: the bounds
+// count MTU-sized frames, and TCP sends it again once the neighbour
+// answers, a LAN round trip later.
+func (p *port) enqueueLocked(e *neigh, hdr, head []byte, tail [][]byte) bool {
+	size := len(head)
+	for _, b := range tail {
+		size += len(b)
+	}
+	if len(e.queue) >= queuePerNeighbour || size > ethHeaderLen+p.mtu {
 		return false
 	}
 	if p.dev.queued.Add(1) > maxQueuedTotal {
 		p.dev.queued.Add(-1)
 		return false
 	}
-	e.queue = append(e.queue, append([]byte(nil), frame...))
+	var q queued
+	copy(q.hdr[:], hdr)
+	q.frame = append([]byte(nil), head...)
+	for _, b := range tail {
+		q.frame = append(q.frame, b...)
+	}
+	e.queue = append(e.queue, q)
 	return true
 }
 

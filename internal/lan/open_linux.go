@@ -13,9 +13,12 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/torgate/torgate/internal/vnet"
 )
 
 // Config configures Open.
@@ -322,15 +325,15 @@ func Open(cfg Config) (*Device, error) {
 		if err := p.blackholeLAN(); err != nil {
 			return rollback(err)
 		}
-		f, tapIndex, created, err := p.attach()
+		f, vnetOK, tapIndex, created, err := p.attach()
 		if created != nil {
 			undo = append(undo, func() { p.ns.h.LinkDel(created) })
 		}
 		if err != nil {
 			return rollback(err)
 		}
-		links = append(links, p.link(f, tapIndex))
-		log.Info("lan interface taken from the kernel", "interface", p.iface, "namespace", p.ns.name, "moved", p.inNS)
+		links = append(links, p.link(f, vnetOK, tapIndex))
+		log.Info("lan interface taken from the kernel", "interface", p.iface, "namespace", p.ns.name, "moved", p.inNS, "vnet_header", vnetOK)
 	}
 	d, err := NewDevice(links, log)
 	if err != nil {
@@ -501,9 +504,10 @@ func (p *plan) removeBlackholes() error {
 }
 
 // attach creates (if needed), opens and brings up the macvtap of p in its
-// LAN namespace. It returns the tap descriptor, the macvtap's ifindex
-// there, and the macvtap it created, for the caller to undo.
-func (p *plan) attach() (*os.File, int, netlink.Link, error) {
+// LAN namespace. It returns the tap descriptor, whether it carries
+// virtio-net headers (withVnet), the macvtap's ifindex there, and the
+// macvtap it created, for the caller to undo.
+func (p *plan) attach() (io.ReadWriteCloser, bool, int, netlink.Link, error) {
 	var created netlink.Link
 	tap := netlink.Link(p.tap)
 	ns := p.ns
@@ -523,53 +527,59 @@ func (p *plan) attach() (*os.File, int, netlink.Link, error) {
 			// EBUSY: another receive handler (bridge, bond, team);
 			// EINVAL: other macvlans on it.
 			if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EINVAL) {
-				return nil, 0, nil, fmt.Errorf("lan: interface %s already has a receive handler (a bridge, bond, macvlan or macvtap is attached); torgate needs it alone", p.iface)
+				return nil, false, 0, nil, fmt.Errorf("lan: interface %s already has a receive handler (a bridge, bond, macvlan or macvtap is attached); torgate needs it alone", p.iface)
 			}
-			return nil, 0, nil, fmt.Errorf("lan: create macvtap %s on %s: %w", p.tapName, p.iface, err)
+			return nil, false, 0, nil, fmt.Errorf("lan: create macvtap %s on %s: %w", p.tapName, p.iface, err)
 		}
 		if !p.inNS {
 			if err := h.LinkSetNsFd(mv, int(ns.fd.Fd())); err != nil {
 				h.LinkDel(mv)
-				return nil, 0, nil, fmt.Errorf("lan: move macvtap %s into namespace %s: %w", p.tapName, ns.name, err)
+				return nil, false, 0, nil, fmt.Errorf("lan: move macvtap %s into namespace %s: %w", p.tapName, ns.name, err)
 			}
 		}
 		l, err := ns.h.LinkByName(p.tapName)
 		if err != nil {
 			h.LinkDel(mv)
-			return nil, 0, nil, fmt.Errorf("lan: find new macvtap %s: %w", p.tapName, err)
+			return nil, false, 0, nil, fmt.Errorf("lan: find new macvtap %s: %w", p.tapName, err)
 		}
 		tap, created = l, l
 	}
 	if tap.Attrs().TxQLen <= 0 {
 		// A macvtap made elsewhere with txqueuelen 0 drops every frame.
 		if err := ns.h.LinkSetTxQLen(tap, tapQueueLen); err != nil {
-			return nil, 0, created, fmt.Errorf("lan: set txqueuelen of %s: %w", p.tapName, err)
+			return nil, false, 0, created, fmt.Errorf("lan: set txqueuelen of %s: %w", p.tapName, err)
 		}
 	}
 	if err := ns.h.LinkSetARPOff(tap); err != nil {
-		return nil, 0, created, fmt.Errorf("lan: arp off on %s: %w", p.tapName, err)
+		return nil, false, 0, created, fmt.Errorf("lan: arp off on %s: %w", p.tapName, err)
 	}
 	// Multicast reaches a macvlan only through its own multicast filter,
 	// even in passthru mode: without allmulticast the workstations'
 	// neighbour solicitations (to solicited-node groups) never arrive
 	// (measured 2026-12-02, kernel 6.18).
 	if err := ns.h.LinkSetAllmulticastOn(tap); err != nil {
-		return nil, 0, created, fmt.Errorf("lan: set %s allmulticast: %w", p.tapName, err)
+		return nil, false, 0, created, fmt.Errorf("lan: set %s allmulticast: %w", p.tapName, err)
 	}
 	f, err := openTap(ns.sys, p.tapName, tap.Attrs().Index, "/dev")
 	if err != nil {
-		return nil, 0, created, err
+		return nil, false, 0, created, err
+	}
+	// Before the macvtap is up: no frame is read in the other framing.
+	var frames io.ReadWriteCloser = f
+	vnetOK := false
+	if t, err := withVnet(f); err == nil {
+		frames, vnetOK = t, true
 	}
 	if err := ns.h.LinkSetUp(tap); err != nil {
 		f.Close()
-		return nil, 0, created, fmt.Errorf("lan: set %s up: %w", p.tapName, err)
+		return nil, false, 0, created, fmt.Errorf("lan: set %s up: %w", p.tapName, err)
 	}
-	return f, tap.Attrs().Index, created, nil
+	return frames, vnetOK, tap.Attrs().Index, created, nil
 }
 
 // link describes p's attached macvtap as a Link, with the readiness check
 // and the re-attach for a re-created interface.
-func (p *plan) link(f *os.File, tapIndex int) Link {
+func (p *plan) link(f io.ReadWriteCloser, vnetOK bool, tapIndex int) Link {
 	a := p.link0.Attrs()
 	iface, tapName, mac, ns := p.iface, p.tapName, a.HardwareAddr, p.ns
 	var index atomic.Int64
@@ -580,6 +590,7 @@ func (p *plan) link(f *os.File, tapIndex int) Link {
 		Addrs:  p.addrs,
 		MTU:    a.MTU,
 		Frames: f,
+		Vnet:   vnetOK,
 		Ready: func() error {
 			t, err := ns.h.LinkByIndex(int(index.Load()))
 			if err != nil || t.Attrs().Name != tapName {
@@ -615,7 +626,11 @@ func (p *plan) link(f *os.File, tapIndex int) Link {
 					return nil, err
 				}
 			}
-			f, idx, created, err := q.attach()
+			f, v, idx, created, err := q.attach()
+			if err == nil && v != vnetOK {
+				f.Close()
+				err = fmt.Errorf("lan: macvtap of %s came back with virtio-net headers %v, not %v; restart torgate to serve it", iface, v, vnetOK)
+			}
 			if err != nil {
 				if created != nil {
 					ns.h.LinkDel(created)
@@ -630,7 +645,8 @@ func (p *plan) link(f *os.File, tapIndex int) Link {
 
 // openTap opens the macvtap's character device as a plain tap: one
 // Ethernet frame per read and write, no virtio-net header (the kernel
-// segments GSO and completes checksums before handing frames over).
+// segments GSO and completes checksums before handing frames over);
+// withVnet may then add the header.
 //
 // /dev/tapN is named after the ifindex, and ifindexes repeat across
 // network namespaces: use it only if its device number is the one sysfs
@@ -679,6 +695,96 @@ func openTap(sys *os.File, name string, index int, devDir string) (*os.File, err
 		return nil, fmt.Errorf("lan: TUNSETIFF on %s: %w", name, err)
 	}
 	return os.NewFile(uintptr(fd), name), nil
+}
+
+// tapFile is a macvtap's descriptor that carries a virtio-net header in
+// front of every frame (Link.Vnet). Its offloads start off, so the
+// kernel still segments and completes checksums, until SetOffload.
+type tapFile struct {
+	*os.File
+	rc syscall.RawConn
+}
+
+var (
+	_ offloader    = (*tapFile)(nil)
+	_ vectorWriter = (*tapFile)(nil)
+)
+
+// tapOffloads are the offloads SetOffload asks for: partial checksums
+// and TCP super-frames both ways; not TSO_ECN (the kernel segments a
+// super-frame with CWR first) nor UDP (UFO, USO).
+const tapOffloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
+
+// withVnet switches f, a plain tap descriptor, to virtio-net headers of
+// vnet.HdrLen bytes (TUNSETIFF with IFF_VNET_HDR, TUNSETVNETHDRSZ) and
+// checks that the offloads can be switched on (TUNSETOFFLOAD), leaving
+// them off. On any refusal f is a plain tap again and the error says
+// why: the Device then moves one frame per system call.
+func withVnet(f *os.File) (*tapFile, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	t := &tapFile{File: f, rc: rc}
+	var ierr error
+	setFlags := func(fd int, flags uint16) error {
+		ifr, err := unix.NewIfreq("")
+		if err != nil {
+			return err
+		}
+		ifr.SetUint16(flags)
+		return unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+	}
+	if err := rc.Control(func(fd uintptr) {
+		if ierr = setFlags(int(fd), unix.IFF_TAP|unix.IFF_NO_PI|unix.IFF_VNET_HDR); ierr != nil {
+			return
+		}
+		ierr = unix.IoctlSetPointerInt(int(fd), unix.TUNSETVNETHDRSZ, vnet.HdrLen)
+		if ierr == nil {
+			ierr = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, tapOffloads)
+		}
+		if ierr == nil {
+			ierr = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, 0)
+		}
+		if ierr != nil {
+			setFlags(int(fd), unix.IFF_TAP|unix.IFF_NO_PI)
+		}
+	}); err != nil {
+		return nil, err
+	}
+	if ierr != nil {
+		return nil, fmt.Errorf("lan: virtio-net header on %s: %w", f.Name(), ierr)
+	}
+	return t, nil
+}
+
+// SetOffload switches the tap's offloads (tapOffloads) on or off.
+func (t *tapFile) SetOffload(on bool) error {
+	flags := 0
+	if on {
+		flags = tapOffloads
+	}
+	var ierr error
+	if err := t.rc.Control(func(fd uintptr) { ierr = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, flags) }); err != nil {
+		return err
+	}
+	if ierr != nil {
+		return fmt.Errorf("lan: TUNSETOFFLOAD on %s: %w", t.Name(), ierr)
+	}
+	return nil
+}
+
+// Writev writes one frame from parts in one system call.
+func (t *tapFile) Writev(parts [][]byte) error {
+	var werr error
+	err := t.rc.Write(func(fd uintptr) bool {
+		_, werr = unix.Writev(int(fd), parts)
+		return werr != unix.EAGAIN && werr != unix.EINTR
+	})
+	if err != nil {
+		return err
+	}
+	return werr
 }
 
 // Down gives iface back to the gateway's kernel as the operator had it
