@@ -135,6 +135,7 @@ func Dial(ctx context.Context, network, address string) (net.Conn, error) {
 	switch network {
 	case "tcp", "tcp4", "tcp6":
 		if ap, err := netip.ParseAddrPort(address); err == nil {
+			nd.Control = noPortAtBind
 			c, err := nd.DialTCP(ctx, network, netip.AddrPort{}, ap)
 			if err != nil {
 				return nil, err // not a typed nil in an interface
