@@ -58,21 +58,30 @@ func FuzzFrame(f *testing.F) {
 	f.Cleanup(func() { d.Close() })
 	p := d.ports[0]
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var fr frame
-		parseFrame(b, &fr)
-		pk := d.pool.Get().(*inPacket)
-		l3, holding := p.inbound(&fr, vnet.Header{}, pk)
-		if !holding {
-			d.pool.Put(pk)
+		if l3, _ := feedInbound(t, p, w, b, vnet.Header{}); l3 != nil {
+			checkDelivered(t, p, b, l3)
 		}
-		if bad := w.bad.Load(); bad != nil {
-			t.Fatal(*bad)
-		}
-		if l3 == nil {
-			return
-		}
-		checkDelivered(t, p, b, l3)
 	})
+}
+
+// feedInbound runs one frame and its header through p's inbound path as
+// readLoop does, and fails t if the gateway put anything wrong on the
+// wire. It returns the packet for netstack (nil if none) and its header.
+func feedInbound(t *testing.T, p *port, w *checkWire, fr []byte, h vnet.Header) ([]byte, vnet.Header) {
+	t.Helper()
+	var pf frame
+	parseFrame(fr, &pf)
+	pk := p.dev.pool.Get().(*inPacket)
+	pk.off = 0
+	l3, holding := p.inbound(&pf, h, pk)
+	vh := pk.vh
+	if !holding {
+		p.dev.pool.Put(pk)
+	}
+	if bad := w.bad.Load(); bad != nil {
+		t.Fatal(*bad)
+	}
+	return l3, vh
 }
 
 // checkDelivered checks a packet inbound handed to netstack out of frame
@@ -156,19 +165,8 @@ func FuzzVnetFrame(f *testing.F) {
 		if len(b) < vnet.HdrLen {
 			return // readLoop drops it as malformed before parsing
 		}
-		h, fr := vnet.Decode(b), b[vnet.HdrLen:]
-		var pf frame
-		parseFrame(fr, &pf)
-		pk := d.pool.Get().(*inPacket)
-		pk.off = 0
-		l3, holding := p.inbound(&pf, h, pk)
-		vh := pk.vh
-		if !holding {
-			d.pool.Put(pk)
-		}
-		if bad := w.bad.Load(); bad != nil {
-			t.Fatal(*bad)
-		}
+		fr := b[vnet.HdrLen:]
+		l3, vh := feedInbound(t, p, &w.checkWire, fr, vnet.Decode(b))
 		if l3 == nil {
 			return
 		}
