@@ -67,6 +67,7 @@ const noKeepAlive = -1
 
 type loadFlags struct {
 	target   string
+	dests    int
 	mode     string
 	workers  int
 	rate     float64
@@ -82,6 +83,7 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.SetOutput(stderr)
 	var f loadFlags
 	fs.StringVar(&f.target, "target", "", "server IP:port")
+	fs.IntVar(&f.dests, "dests", 1, "spread connections round robin over this many destinations: the target's IP and the next ones, same port")
 	fs.StringVar(&f.mode, "mode", "closed", "closed (fixed workers), open (fixed rate) or reconnect (fixed rate from a small set of source ports, so 4-tuples are reused while the far side holds them in TIME_WAIT)")
 	fs.IntVar(&f.workers, "workers", 16, "closed loop: concurrent workers")
 	fs.Float64Var(&f.rate, "rate", 1000, "open and reconnect: connections per second")
@@ -96,17 +98,18 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return fmt.Errorf("--target: %w", err)
 	}
-	if f.workers < 1 || f.rate <= 0 || f.duration <= 0 || f.ports < 1 {
-		return errors.New("workers, rate, duration and ports must be positive")
+	if f.workers < 1 || f.rate <= 0 || f.duration <= 0 || f.ports < 1 || f.dests < 1 {
+		return errors.New("workers, rate, duration, ports and dests must be positive")
 	}
+	targets := destinations(target, f.dests)
 	var res LoadResult
 	switch f.mode {
 	case "closed":
-		res = closedLoop(ctx, target, f)
+		res = closedLoop(ctx, targets, f)
 	case "open":
-		res = openLoop(ctx, target, f, false)
+		res = openLoop(ctx, targets, f, false)
 	case "reconnect":
-		res = openLoop(ctx, target, f, true)
+		res = openLoop(ctx, targets, f, true)
 	default:
 		return fmt.Errorf("--mode %q: want closed, open or reconnect", f.mode)
 	}
@@ -210,17 +213,30 @@ func exchange(c net.Conn, deadline time.Time) error {
 	return err
 }
 
-func closedLoop(ctx context.Context, target netip.AddrPort, f loadFlags) LoadResult {
+// destinations returns first and the n-1 addresses after it, same port.
+func destinations(first netip.AddrPort, n int) []netip.AddrPort {
+	ts := make([]netip.AddrPort, n)
+	a := first.Addr()
+	for i := range ts {
+		ts[i] = netip.AddrPortFrom(a, first.Port())
+		a = a.Next()
+	}
+	return ts
+}
+
+func closedLoop(ctx context.Context, targets []netip.AddrPort, f loadFlags) LoadResult {
 	rec := newRecorder()
 	ctx, cancel := context.WithTimeout(ctx, f.duration)
 	defer cancel()
 	start := time.Now()
 	var wg sync.WaitGroup
+	var next atomic.Int64
 	for range f.workers {
 		wg.Go(func() {
 			d := net.Dialer{KeepAlive: noKeepAlive}
 			for ctx.Err() == nil {
 				t0 := time.Now()
+				target := targets[int(next.Add(1)-1)%len(targets)]
 				err := oneConn(ctx, &d, target, t0.Add(f.timeout))
 				if ctx.Err() != nil && err != nil {
 					return // cut off by the end of the run, not a failure
@@ -251,7 +267,7 @@ func oneConn(ctx context.Context, d *net.Dialer, target netip.AddrPort, deadline
 // and measures latency from the scheduled start so a stalled server cannot
 // hide its delay (no coordinated omission). With reuse, each connection
 // binds the next source port of a small set.
-func openLoop(ctx context.Context, target netip.AddrPort, f loadFlags, reuse bool) LoadResult {
+func openLoop(ctx context.Context, targets []netip.AddrPort, f loadFlags, reuse bool) LoadResult {
 	rec := newRecorder()
 	mode := "open"
 	if reuse {
@@ -275,6 +291,7 @@ func openLoop(ctx context.Context, target netip.AddrPort, f loadFlags, reuse boo
 		if ctx.Err() != nil {
 			break
 		}
+		target := targets[i%len(targets)]
 		wg.Go(func() {
 			deadline := due.Add(f.timeout)
 			var err error
@@ -335,15 +352,29 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tgbench serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "", "IP:port to listen on")
+	dests := fs.Int("dests", 1, "listen on this many addresses: the IP of -listen and the next ones, same port")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	lc := net.ListenConfig{KeepAlive: noKeepAlive}
-	ln, err := lc.Listen(ctx, "tcp", *listen)
-	if err != nil {
-		return err
+	first, err := netip.ParseAddrPort(*listen)
+	if err != nil || *dests < 1 {
+		return fmt.Errorf("-listen %q -dests %d: want IP:port and a positive count", *listen, *dests)
 	}
-	context.AfterFunc(ctx, func() { ln.Close() })
+	lc := net.ListenConfig{KeepAlive: noKeepAlive}
+	errc := make(chan error, *dests)
+	for _, a := range destinations(first, *dests) {
+		ln, err := lc.Listen(ctx, "tcp", a.String())
+		if err != nil {
+			return err
+		}
+		context.AfterFunc(ctx, func() { ln.Close() })
+		go func() { errc <- serve(ctx, ln) }()
+	}
+	return <-errc
+}
+
+// serve answers each connection of ln until ctx ends.
+func serve(ctx context.Context, ln net.Listener) error {
 	var resp [respSize]byte
 	for {
 		c, err := ln.Accept()

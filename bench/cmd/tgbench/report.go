@@ -25,6 +25,9 @@ type Report struct {
 	IperfS  float64      `json:"iperf_seconds"`
 	LoadS   float64      `json:"load_seconds"`
 	Workers int          `json:"closed_loop_workers"`
+	// Dests is how many destinations the short connections were spread
+	// over; 0 in results written before there was a choice: one.
+	Dests int `json:"destinations,omitempty"`
 	// Upstream is the SOCKS5 server behind the routers (-upstream);
 	// empty in results written before there was a choice: tgbench.
 	Upstream string `json:"upstream,omitempty"`
@@ -213,8 +216,8 @@ func finish(rows []Row) []Row {
 // Markdown renders the report as the table kept in bench/README.md.
 func (rep *Report) Markdown() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s, commit %s, %d CPUs, kernel %s; medians of %d runs; iperf3 %gs, loads %gs, closed loop %d workers\n\n",
-		rep.Date, orDash(rep.Commit), rep.CPUs, rep.Kernel, rep.Repeat, rep.IperfS, rep.LoadS, rep.Workers)
+	fmt.Fprintf(&b, "%s, commit %s, %d CPUs, kernel %s; medians of %d runs; iperf3 %gs, loads %gs, closed loop %d workers, %d destination(s)\n\n",
+		rep.Date, orDash(rep.Commit), rep.CPUs, rep.Kernel, rep.Repeat, rep.IperfS, rep.LoadS, rep.Workers, max(rep.Dests, 1))
 	for _, r := range rep.Routers {
 		fmt.Fprintf(&b, "Router %s: `%s`\n\n", r.Name, r.Template)
 		if r.Config != "" {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +28,8 @@ import (
 // only inside the namespaces the harness creates.
 const (
 	targetIP    = "198.18.1.1"     // the servers, on the server namespace's lo
+	targetNet   = "198.18.1.0/24"  // targetIP and the other -dests
+	maxDests    = 250              // of targetNet, from targetIP up
 	vethGW      = "198.18.0.1/30"  // kernel path, server end
 	vethWS      = "198.18.0.2/30"  // kernel path, workstation end
 	vethGWAddr  = "198.18.0.1"     //
@@ -59,6 +62,7 @@ type runFlags struct {
 	openRate   float64
 	reconnRate float64
 	workers    int
+	dests      int
 	settle     time.Duration
 	vnetHdr    bool
 	commit     string
@@ -107,6 +111,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.Float64Var(&f.openRate, "open-rate", 1000, "open-loop rate, connections/s (below both paths' capacity: the figure of interest is latency)")
 	fs.Float64Var(&f.reconnRate, "reconnect-rate", 1000, "reconnect test rate, connections/s")
 	fs.IntVar(&f.workers, "workers", 16, "closed-loop workers")
+	fs.IntVar(&f.dests, "dests", 1, "short-connection tests: destinations the connections are spread over, round robin (198.18.1.1 and up, 1-250): a router's per-destination state (automap, circuits, timers) grows with them, as a browser's page load meets many hosts")
 	fs.DurationVar(&f.settle, "settle", 500*time.Millisecond, "name mode: time the router gets to configure its TUN before it is moved")
 	fs.BoolVar(&f.vnetHdr, "vnet-hdr", true, "fd mode: open the TUN with IFF_VNET_HDR (offloads)")
 	fs.StringVar(&f.commit, "commit", "", "commit under test, for the report")
@@ -125,6 +130,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("needs %s in PATH", tool)
 		}
+	}
+	if f.dests < 1 || f.dests > maxDests {
+		return fmt.Errorf("--dests %d: want 1-%d", f.dests, maxDests)
 	}
 	mtus, err := parseInts(f.mtus)
 	if err != nil || len(mtus) == 0 {
@@ -181,6 +189,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		IperfS:   f.iperfTime.Seconds(),
 		LoadS:    f.loadTime.Seconds(),
 		Workers:  f.workers,
+		Dests:    f.dests,
 		Upstream: f.upstream,
 	}
 	if err := e.setup(ctx); err != nil {
@@ -380,7 +389,6 @@ func (e *env) setup(ctx context.Context) error {
 	}
 	e.logf("namespaces %s", strings.Join(nss, ", "))
 	if err := ipBatch(ctx,
-		[]string{"-n", e.srv, "addr", "add", targetIP + "/32", "dev", "lo"},
 		[]string{"link", "add", vethWSName, "netns", e.wsK, "type", "veth", "peer", "name", vethGWName, "netns", e.srv},
 		[]string{"-n", e.wsK, "addr", "add", vethWS, "dev", vethWSName},
 		[]string{"-n", e.srv, "addr", "add", vethGW, "dev", vethGWName},
@@ -392,8 +400,17 @@ func (e *env) setup(ctx context.Context) error {
 		[]string{"-n", e.srv, "addr", "add", upSrv, "dev", upSrvName},
 		[]string{"-n", e.gw, "link", "set", upGWName, "up"},
 		[]string{"-n", e.srv, "link", "set", upSrvName, "up"},
-		[]string{"-n", e.gw, "route", "add", targetIP + "/32", "via", upSrvAddr},
+		[]string{"-n", e.gw, "route", "add", targetNet, "via", upSrvAddr},
 	); err != nil {
+		return err
+	}
+	// The destinations of the short-connection tests, targetIP and the
+	// next dests-1 addresses, all on the server namespace's lo.
+	var addrs [][]string
+	for a, i := netip.MustParseAddr(targetIP), 0; i < e.f.dests; a, i = a.Next(), i+1 {
+		addrs = append(addrs, []string{"-n", e.srv, "addr", "add", a.String() + "/32", "dev", "lo"})
+	}
+	if err := ipBatch(ctx, addrs...); err != nil {
 		return err
 	}
 	// The SOCKS server the router uses (TCP and unix socket, one
@@ -416,7 +433,7 @@ func (e *env) setup(ctx context.Context) error {
 		args []string
 	}{
 		{&e.socksPID, e.gw, socksCmd},
-		{&e.targetPID, e.srv, []string{e.self, "serve", "-listen", targetIP + ":" + servePort}},
+		{&e.targetPID, e.srv, []string{e.self, "serve", "-listen", targetIP + ":" + servePort, "-dests", strconv.Itoa(e.f.dests)}},
 		{&e.iperfPID, e.srv, []string{"iperf3", "-s", "-B", targetIP, "-p", iperfPort}},
 	} {
 		pid, err := e.startServer(s.ns, s.args...)
@@ -835,7 +852,7 @@ func (e *env) iperf(ctx context.Context, ns string, streams int, reverse bool) (
 // seconds.
 func (e *env) load(ctx context.Context, ns, mode string, workers int, rate float64, d time.Duration) (*LoadResult, float64, error) {
 	args := []string{"netns", "exec", ns, e.self, "load", "-target", targetIP + ":" + servePort,
-		"-mode", mode, "-duration", d.String()}
+		"-dests", strconv.Itoa(e.f.dests), "-mode", mode, "-duration", d.String()}
 	if workers > 0 {
 		args = append(args, "-workers", strconv.Itoa(workers))
 	}
