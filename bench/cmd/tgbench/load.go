@@ -352,25 +352,16 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tgbench serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "", "IP:port to listen on")
-	dests := fs.Int("dests", 1, "listen on this many addresses: the IP of -listen and the next ones, same port")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	first, err := netip.ParseAddrPort(*listen)
-	if err != nil || *dests < 1 {
-		return fmt.Errorf("-listen %q -dests %d: want IP:port and a positive count", *listen, *dests)
-	}
 	lc := net.ListenConfig{KeepAlive: noKeepAlive}
-	errc := make(chan error, *dests)
-	for _, a := range destinations(first, *dests) {
-		ln, err := lc.Listen(ctx, "tcp", a.String())
-		if err != nil {
-			return err
-		}
-		context.AfterFunc(ctx, func() { ln.Close() })
-		go func() { errc <- serve(ctx, ln) }()
+	ln, err := lc.Listen(ctx, "tcp", *listen)
+	if err != nil {
+		return err
 	}
-	return <-errc
+	context.AfterFunc(ctx, func() { ln.Close() })
+	return serve(ctx, ln)
 }
 
 // serve answers each connection of ln until ctx ends.

@@ -433,7 +433,7 @@ func (e *env) setup(ctx context.Context) error {
 		args []string
 	}{
 		{&e.socksPID, e.gw, socksCmd},
-		{&e.targetPID, e.srv, []string{e.self, "serve", "-listen", targetIP + ":" + servePort, "-dests", strconv.Itoa(e.f.dests)}},
+		{&e.targetPID, e.srv, []string{e.self, "serve", "-listen", "0.0.0.0:" + servePort}},
 		{&e.iperfPID, e.srv, []string{"iperf3", "-s", "-B", targetIP, "-p", iperfPort}},
 	} {
 		pid, err := e.startServer(s.ns, s.args...)
@@ -443,7 +443,7 @@ func (e *env) setup(ctx context.Context) error {
 		*s.pid = pid
 	}
 	// Wait until they listen.
-	for _, l := range []struct{ ns, addr string }{{e.gw, socksListen}, {e.srv, targetIP + ":" + servePort}, {e.srv, targetIP + ":" + iperfPort}} {
+	for _, l := range []struct{ ns, addr string }{{e.gw, socksListen}, {e.srv, "0.0.0.0:" + servePort}, {e.srv, targetIP + ":" + iperfPort}} {
 		addr := l.addr
 		if !waitFor(ctx, 5*time.Second, func() bool { return listening(l.ns, addr) }) {
 			return fmt.Errorf("server on %s did not start (see %s)", addr, filepath.Join(e.f.out, "servers.log"))
