@@ -355,8 +355,19 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	addr, err := netip.ParseAddrPort(*listen)
+	if err != nil {
+		return fmt.Errorf("-listen: %w", err)
+	}
+	// tcp4 for an IPv4 address: Go's "tcp" on 0.0.0.0 opens a dual-stack
+	// [::] socket, which the harness's readiness check (ss) does not
+	// match.
+	network := "tcp6"
+	if addr.Addr().Is4() {
+		network = "tcp4"
+	}
 	lc := net.ListenConfig{KeepAlive: noKeepAlive}
-	ln, err := lc.Listen(ctx, "tcp", *listen)
+	ln, err := lc.Listen(ctx, network, *listen)
 	if err != nil {
 		return err
 	}
