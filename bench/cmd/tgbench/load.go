@@ -21,9 +21,13 @@ import (
 )
 
 // Short-connection load: each connection sends reqSize bytes, reads the
-// server's respSize-byte answer to EOF (the server closes first, so the
-// side facing the client holds TIME_WAIT, as a web server does) and
-// closes.
+// server's respSize-byte answer and closes. Who closes first decides
+// which side holds TIME_WAIT: by default the server (it closes after its
+// answer and the client reads to EOF, so the side facing the client, a
+// router's stack, holds TIME_WAIT, as in front of a web server that
+// closes); with -closer client the client closes once it has the answer
+// and the server closes on its EOF (the client's own kernel holds
+// TIME_WAIT, as when a browser drops a connection).
 const (
 	reqSize  = 128
 	respSize = 128
@@ -67,6 +71,7 @@ const noKeepAlive = -1
 
 type loadFlags struct {
 	target   string
+	closer   string
 	dests    int
 	mode     string
 	workers  int
@@ -83,6 +88,7 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.SetOutput(stderr)
 	var f loadFlags
 	fs.StringVar(&f.target, "target", "", "server IP:port")
+	fs.StringVar(&f.closer, "closer", closerServer, "who closes first: server (read the answer to EOF) or client (close once the answer is in; the server must run with the same -closer)")
 	fs.IntVar(&f.dests, "dests", 1, "spread connections round robin over this many destinations: the target's IP and the next ones, same port")
 	fs.StringVar(&f.mode, "mode", "closed", "closed (fixed workers), open (fixed rate) or reconnect (fixed rate from a small set of source ports, so 4-tuples are reused while the far side holds them in TIME_WAIT)")
 	fs.IntVar(&f.workers, "workers", 16, "closed loop: concurrent workers")
@@ -97,6 +103,9 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	target, err := netip.ParseAddrPort(f.target)
 	if err != nil {
 		return fmt.Errorf("--target: %w", err)
+	}
+	if f.closer != closerServer && f.closer != closerClient {
+		return fmt.Errorf("-closer %q: want %s or %s", f.closer, closerServer, closerClient)
 	}
 	if f.workers < 1 || f.rate <= 0 || f.duration <= 0 || f.ports < 1 || f.dests < 1 {
 		return errors.New("workers, rate, duration, ports and dests must be positive")
@@ -192,11 +201,25 @@ var (
 	errNoPort = errors.New("no free source port")
 )
 
+// Who closes a short connection first (-closer).
+const (
+	closerServer = "server"
+	closerClient = "client"
+)
+
 // exchange runs one short connection on an open conn.
-func exchange(c net.Conn, deadline time.Time) error {
+func exchange(c net.Conn, deadline time.Time, clientCloses bool) error {
 	c.SetDeadline(deadline)
 	var req [reqSize]byte
 	if _, err := c.Write(req[:]); err != nil {
+		return err
+	}
+	if clientCloses {
+		var resp [respSize]byte
+		n, err := io.ReadFull(c, resp[:])
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("%w: %d bytes", errShort, n)
+		}
 		return err
 	}
 	var resp [respSize + 1]byte
@@ -237,7 +260,7 @@ func closedLoop(ctx context.Context, targets []netip.AddrPort, f loadFlags) Load
 			for ctx.Err() == nil {
 				t0 := time.Now()
 				target := targets[int(next.Add(1)-1)%len(targets)]
-				err := oneConn(ctx, &d, target, t0.Add(f.timeout))
+				err := oneConn(ctx, &d, target, t0.Add(f.timeout), f.closer == closerClient)
 				if ctx.Err() != nil && err != nil {
 					return // cut off by the end of the run, not a failure
 				}
@@ -249,7 +272,7 @@ func closedLoop(ctx context.Context, targets []netip.AddrPort, f loadFlags) Load
 	return rec.result("closed", time.Since(start))
 }
 
-func oneConn(ctx context.Context, d *net.Dialer, target netip.AddrPort, deadline time.Time) error {
+func oneConn(ctx context.Context, d *net.Dialer, target netip.AddrPort, deadline time.Time, clientCloses bool) error {
 	dctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	c, err := d.DialContext(dctx, "tcp", target.String())
@@ -260,7 +283,7 @@ func oneConn(ctx context.Context, d *net.Dialer, target netip.AddrPort, deadline
 		return fmt.Errorf("%w: %w", errConnect, err)
 	}
 	defer c.Close()
-	return exchange(c, deadline)
+	return exchange(c, deadline, clientCloses)
 }
 
 // openLoop starts connections at a fixed rate, each on its own goroutine,
@@ -299,7 +322,7 @@ func openLoop(ctx context.Context, targets []netip.AddrPort, f loadFlags, reuse 
 				err = reuseConn(target, f, &port, rec, deadline)
 			} else {
 				d := net.Dialer{KeepAlive: noKeepAlive}
-				err = oneConn(ctx, &d, target, deadline)
+				err = oneConn(ctx, &d, target, deadline, f.closer == closerClient)
 			}
 			rec.add(time.Since(due), err)
 		})
@@ -339,7 +362,7 @@ func reuseConn(target netip.AddrPort, f loadFlags, port *atomic.Int64, rec *reco
 			}
 			return fmt.Errorf("%w: %w", errConnect, err)
 		}
-		err = exchange(c, deadline)
+		err = exchange(c, deadline, f.closer == closerClient)
 		c.Close()
 		return err
 	}
@@ -352,6 +375,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tgbench serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "", "IP:port to listen on")
+	closer := fs.String("closer", closerServer, "who closes first: server (after its answer) or client (the server closes on the client's EOF)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -371,12 +395,15 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if *closer != closerServer && *closer != closerClient {
+		return fmt.Errorf("-closer %q: want %s or %s", *closer, closerServer, closerClient)
+	}
 	context.AfterFunc(ctx, func() { ln.Close() })
-	return serve(ctx, ln)
+	return serve(ctx, ln, *closer == closerClient)
 }
 
 // serve answers each connection of ln until ctx ends.
-func serve(ctx context.Context, ln net.Listener) error {
+func serve(ctx context.Context, ln net.Listener, clientCloses bool) error {
 	var resp [respSize]byte
 	for {
 		c, err := ln.Accept()
@@ -397,7 +424,13 @@ func serve(ctx context.Context, ln net.Listener) error {
 			if _, err := io.ReadFull(c, req[:]); err != nil {
 				return
 			}
-			c.Write(resp[:])
+			if _, err := c.Write(resp[:]); err != nil || !clientCloses {
+				return
+			}
+			// The client closes first: wait for its EOF (a request
+			// has no more bytes), then close.
+			var eof [1]byte
+			c.Read(eof[:])
 		}()
 	}
 }

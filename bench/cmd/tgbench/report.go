@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -28,6 +29,9 @@ type Report struct {
 	// Dests is how many destinations the short connections were spread
 	// over; 0 in results written before there was a choice: one.
 	Dests int `json:"destinations,omitempty"`
+	// Closer is who closed the short connections first; empty in results
+	// written before there was a choice: the server.
+	Closer string `json:"closer,omitempty"`
 	// Upstream is the SOCKS5 server behind the routers (-upstream);
 	// empty in results written before there was a choice: tgbench.
 	Upstream string `json:"upstream,omitempty"`
@@ -216,8 +220,8 @@ func finish(rows []Row) []Row {
 // Markdown renders the report as the table kept in bench/README.md.
 func (rep *Report) Markdown() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s, commit %s, %d CPUs, kernel %s; medians of %d runs; iperf3 %gs, loads %gs, closed loop %d workers, %d destination(s)\n\n",
-		rep.Date, orDash(rep.Commit), rep.CPUs, rep.Kernel, rep.Repeat, rep.IperfS, rep.LoadS, rep.Workers, max(rep.Dests, 1))
+	fmt.Fprintf(&b, "%s, commit %s, %d CPUs, kernel %s; medians of %d runs; iperf3 %gs, loads %gs, closed loop %d workers, %d destination(s), %s closes first\n\n",
+		rep.Date, orDash(rep.Commit), rep.CPUs, rep.Kernel, rep.Repeat, rep.IperfS, rep.LoadS, rep.Workers, max(rep.Dests, 1), cmp.Or(rep.Closer, closerServer))
 	for _, r := range rep.Routers {
 		fmt.Fprintf(&b, "Router %s: `%s`\n\n", r.Name, r.Template)
 		if r.Config != "" {

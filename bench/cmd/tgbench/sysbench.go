@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -63,6 +64,7 @@ type runFlags struct {
 	reconnRate float64
 	workers    int
 	dests      int
+	closer     string
 	settle     time.Duration
 	vnetHdr    bool
 	commit     string
@@ -111,6 +113,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.Float64Var(&f.openRate, "open-rate", 1000, "open-loop rate, connections/s (below both paths' capacity: the figure of interest is latency)")
 	fs.Float64Var(&f.reconnRate, "reconnect-rate", 1000, "reconnect test rate, connections/s")
 	fs.IntVar(&f.workers, "workers", 16, "closed-loop workers")
+	fs.StringVar(&f.closer, "closer", closerServer, "short-connection tests: who closes first, server (it closes after its answer, so the router's side facing the workstation holds TIME_WAIT) or client (the workstation closes once it has the answer and holds TIME_WAIT itself)")
 	fs.IntVar(&f.dests, "dests", 1, "short-connection tests: destinations the connections are spread over, round robin (198.18.1.1 and up, 1-250): a router's per-destination state (automap, circuits, timers) grows with them, as a browser's page load meets many hosts")
 	fs.DurationVar(&f.settle, "settle", 500*time.Millisecond, "name mode: time the router gets to configure its TUN before it is moved")
 	fs.BoolVar(&f.vnetHdr, "vnet-hdr", true, "fd mode: open the TUN with IFF_VNET_HDR (offloads)")
@@ -130,6 +133,15 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("needs %s in PATH", tool)
 		}
+	}
+	if f.closer != closerServer && f.closer != closerClient {
+		return fmt.Errorf("--closer %q: want %s or %s", f.closer, closerServer, closerClient)
+	}
+	if f.closer == closerClient && slices.Contains(strings.Split(f.tests+","+f.largeTests, ","), "reconnect") {
+		// The reconnect test reuses 4-tuples the far side still holds in
+		// TIME_WAIT; with the client closing first it is the client that
+		// holds them, and the test measures its own kernel.
+		return errors.New("--closer client: leave out the reconnect test (-tests), whose point is the far side's TIME_WAIT")
 	}
 	if f.dests < 1 || f.dests > maxDests {
 		return fmt.Errorf("--dests %d: want 1-%d", f.dests, maxDests)
@@ -190,6 +202,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		LoadS:    f.loadTime.Seconds(),
 		Workers:  f.workers,
 		Dests:    f.dests,
+		Closer:   f.closer,
 		Upstream: f.upstream,
 	}
 	if err := e.setup(ctx); err != nil {
@@ -433,7 +446,7 @@ func (e *env) setup(ctx context.Context) error {
 		args []string
 	}{
 		{&e.socksPID, e.gw, socksCmd},
-		{&e.targetPID, e.srv, []string{e.self, "serve", "-listen", "0.0.0.0:" + servePort}},
+		{&e.targetPID, e.srv, []string{e.self, "serve", "-listen", "0.0.0.0:" + servePort, "-closer", e.f.closer}},
 		{&e.iperfPID, e.srv, []string{"iperf3", "-s", "-B", targetIP, "-p", iperfPort}},
 	} {
 		pid, err := e.startServer(s.ns, s.args...)
@@ -852,7 +865,7 @@ func (e *env) iperf(ctx context.Context, ns string, streams int, reverse bool) (
 // seconds.
 func (e *env) load(ctx context.Context, ns, mode string, workers int, rate float64, d time.Duration) (*LoadResult, float64, error) {
 	args := []string{"netns", "exec", ns, e.self, "load", "-target", targetIP + ":" + servePort,
-		"-dests", strconv.Itoa(e.f.dests), "-mode", mode, "-duration", d.String()}
+		"-dests", strconv.Itoa(e.f.dests), "-closer", e.f.closer, "-mode", mode, "-duration", d.String()}
 	if workers > 0 {
 		args = append(args, "-workers", strconv.Itoa(workers))
 	}
