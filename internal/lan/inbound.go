@@ -52,7 +52,10 @@ func (p *port) inbound(f *frame, h vnet.Header, pk *inPacket) (l3 []byte, holdin
 		d.drop(reasonTooBig, 1)
 		return nil, false
 	}
-	pk.off, pk.len, pk.vh = pk.off+ethHeaderLen, len(f.l3), h
+	if !pk.view {
+		pk.off += ethHeaderLen // pk.buf holds the frame; a view, its payload
+	}
+	pk.len, pk.vh = len(f.l3), h
 	pass, holding := p.admit(f.ip6Src, f.src, pk)
 	if !pass {
 		return nil, holding
