@@ -94,30 +94,6 @@ func vnetFrame(h vnet.Header, pkt []byte) []byte {
 	return append(b, ethFrame(gwMAC, wsMAC, tcpip.NetworkProtocolNumber(et), pkt)...)
 }
 
-func readVnet(t *testing.T, d *Device) (vnet.Header, []byte) {
-	t.Helper()
-	ch := make(chan []byte, 1)
-	go func() {
-		buf := make([]byte, vnet.HdrLen+65535)
-		n, err := d.ReadVnet(buf)
-		if err != nil {
-			ch <- nil
-			return
-		}
-		ch <- buf[:n]
-	}()
-	select {
-	case b := <-ch:
-		if b == nil {
-			t.Fatal("ReadVnet failed")
-		}
-		return vnet.Decode(b), b[vnet.HdrLen:]
-	case <-time.After(10 * time.Second):
-		t.Fatal("no packet from ReadVnet")
-		return vnet.Header{}, nil
-	}
-}
-
 // TestOffloadInbound: a workstation's super-frames reach netstack whole
 // with offsets counted from the IP header, and every malformed header is
 // a counted drop, the packet going nowhere.
