@@ -17,7 +17,9 @@
 // tun.Device interface. A workstation is a machine: Identity names the
 // MAC behind an address.
 //
-// Inbound flow (one readLoop per link):
+// Inbound flow (one readLoop per link; with offloads on and a single link
+// whose Frames can (directReader), ReadVnet reads the link itself instead,
+// on netstack's reading goroutine, and the same steps run there):
 //
 //	frame -> parseFrame -> not our MAC, VLAN, other ethertype: drop
 //	      -> ARP / NS for our address: reply; resolve the asker
@@ -110,6 +112,16 @@ type vectorWriter interface {
 	Writev(parts [][]byte) error
 }
 
+// directReader is a Link.Frames that ReadVnet can read itself: one frame
+// into pieces in one system call (readv), so that its IP packet lands in
+// netstack's buffer where netstack wants it, behind a virtio-net and an
+// Ethernet header read apart; and a read deadline, which wakes the
+// link's readLoop to hand its reads over (Device.takeReads).
+type directReader interface {
+	Readv(parts [][]byte) (int, error)
+	SetReadDeadline(t time.Time) error
+}
+
 // ErrGone means a link's device disappeared (the interface or its macvtap
 // was deleted). Not fatal: Link.Reattach may bring it back.
 var ErrGone = errors.New("device gone")
@@ -129,6 +141,14 @@ type Device struct {
 	// offload is set once EnableOffload switched every link's offloads
 	// on: netstack then uses ReadVnet and WriteVnet only.
 	offload atomic.Bool
+	// direct is set, and handoff closed, once EnableOffload gave the
+	// only link's reads to ReadVnet (takeReads): no readLoop runs then,
+	// and d.in carries only the held packets a proof released.
+	direct  atomic.Bool
+	handoff chan struct{}
+	// rd is ReadVnet's own state in direct mode (its calls are
+	// serialised: netstack has one reading goroutine).
+	rd directRead
 	// wscratch holds WriteVnet's virtio-net and Ethernet headers (its
 	// calls are serialised, netstack.OffloadDevice).
 	wscratch [vnet.HdrLen + ethHeaderLen + ipv6HeaderLen]byte
@@ -171,6 +191,25 @@ type inPacket struct {
 	buf      []byte
 	off, len int
 	vh       vnet.Header // checked, offsets counted from the IP header
+	// view means buf is the frame's payload (from the IP header on) in
+	// the caller's buffer, not a pooled copy (ReadVnet in direct mode):
+	// what keeps the packet (admit, holding it) must copy it (own).
+	view bool
+}
+
+// directRead is what ReadVnet reads a frame with in direct mode.
+type directRead struct {
+	// head takes the virtio-net and Ethernet headers; the rest of the
+	// frame goes to netstack's buffer, and what does not fit there
+	// into over, only to be dropped as too big. Together they hold
+	// what a readLoop buffer holds (bigPool).
+	head  [vnet.HdrLen + ethHeaderLen]byte
+	over  [4 + ipv6HeaderLen]byte
+	parts [3][]byte
+	f     frame
+	view  inPacket
+	// lastLog rate-limits the log line of failed reads.
+	lastLog time.Time
 }
 
 // port is one Link in use.
@@ -209,6 +248,9 @@ type port struct {
 	swapMu sync.Mutex
 
 	readErr atomic.Pointer[error] // last read error; nil once reads work
+
+	// readDone is closed when readLoop returns.
+	readDone chan struct{}
 }
 
 // framesBox holds a Link.Frames for atomic replacement.
@@ -245,6 +287,7 @@ func NewDevice(links []Link, log *slog.Logger) (*Device, error) {
 		events:  make(chan tun.Event, 1),
 		closed:  make(chan struct{}),
 		changed: make(chan struct{}),
+		handoff: make(chan struct{}),
 	}
 	for _, l := range links {
 		p, err := newPort(d, l)
@@ -267,7 +310,10 @@ func NewDevice(links []Link, log *slog.Logger) (*Device, error) {
 	d.bigPool.New = func() any { return &inPacket{buf: make([]byte, vnet.HdrLen+ethHeaderLen+4+maxIPPacket)} }
 	d.events <- tun.EventUp
 	for _, p := range d.ports {
-		d.wg.Go(p.readLoop)
+		d.wg.Go(func() {
+			defer close(p.readDone)
+			p.readLoop()
+		})
 	}
 	d.wg.Go(d.timerLoop)
 	for _, p := range d.ports {
@@ -285,7 +331,7 @@ func newPort(d *Device, l Link) (*port, error) {
 	if len(l.MAC) != 6 {
 		return nil, fmt.Errorf("lan: link %s: MAC %v is not Ethernet", l.Name, l.MAC)
 	}
-	p := &port{dev: d, link: l, mtu: l.MTU, idx: len(d.ports), neigh: map[netip.Addr]*neigh{}, perMAC: map[mac]int{}, lastDefend: map[netip.Addr]int64{}}
+	p := &port{dev: d, link: l, mtu: l.MTU, idx: len(d.ports), neigh: map[netip.Addr]*neigh{}, perMAC: map[mac]int{}, lastDefend: map[netip.Addr]int64{}, readDone: make(chan struct{})}
 	p.frames.Store(&framesBox{l.Frames})
 	copy(p.mac[:], l.MAC)
 	if p.mac.isMulticast() || p.mac.isZero() {
@@ -513,20 +559,74 @@ func (d *Device) EnableOffload() bool {
 			return false
 		}
 	}
+	d.takeReads()
 	return true
+}
+
+// takeReads gives the only link's reads to ReadVnet (direct mode) if its
+// Frames can do it (directReader): a read deadline in the past wakes the
+// link's readLoop, which sees direct set and ends; a frame it read before
+// goes through d.in, which ReadVnet drains first. With several links each
+// keeps its readLoop: one ReadVnet cannot wait on several descriptors.
+//
+// Direct mode saves, per packet, the hand-off between goroutines (the
+// readLoop's channel send, netstack's receive and wake-up) and one copy:
+// the kernel reads the IP packet straight into netstack's buffer. On
+// 2026-12-05 18:02 the LAN path's upstream cost 0.153 CPU s/s per Gbit/s
+// against the TUN path's 0.115, where netstack reads the TUN itself.
+func (d *Device) takeReads() {
+	if len(d.ports) != 1 {
+		return
+	}
+	p := d.ports[0]
+	dr, ok := p.frames.Load().ReadWriteCloser.(directReader)
+	// A zero deadline changes nothing, and fails where deadlines do not
+	// work (a descriptor outside the runtime's poller).
+	if !ok || dr.SetReadDeadline(time.Time{}) != nil {
+		return
+	}
+	d.direct.Store(true)
+	close(d.handoff)
+	if err := dr.SetReadDeadline(time.Unix(1, 0)); err != nil {
+		// Not seen: the zero deadline above worked. The readLoop ends
+		// after its next frame instead.
+		d.log.Warn("lan read deadline refused; the reader hands over at the next frame", "interface", p.link.Name, "err", err)
+	}
+	select {
+	case <-p.readDone:
+	case <-d.closed:
+	}
+	dr.SetReadDeadline(time.Time{})
 }
 
 // ReadVnet blocks for one inbound packet and puts it at
 // buf[vnet.HdrLen:] behind its virtio-net header, whose offsets count
 // from the IP header (netstack.OffloadDevice). A packet that does not fit
-// is dropped (too_big). After Close it returns os.ErrClosed.
+// is dropped (too_big). After Close it returns os.ErrClosed. In direct
+// mode (takeReads) it reads and handles the link's frames itself, ARP and
+// neighbour discovery included, until one carries a packet for netstack;
+// calls must then be serialised.
 func (d *Device) ReadVnet(buf []byte) (int, error) {
 	for {
 		var pk *inPacket
-		select {
-		case pk = <-d.in:
-		case <-d.closed:
-			return 0, os.ErrClosed
+		if d.direct.Load() {
+			select {
+			case pk = <-d.in:
+			case <-d.closed:
+				return 0, os.ErrClosed
+			default:
+				n, err := d.readDirect(buf)
+				if n == 0 && err == nil {
+					continue
+				}
+				return n, err
+			}
+		} else {
+			select {
+			case pk = <-d.in:
+			case <-d.closed:
+				return 0, os.ErrClosed
+			}
 		}
 		n := vnet.HdrLen + pk.len
 		if n > len(buf) {
@@ -732,7 +832,88 @@ func (d *Device) timerLoop() {
 	}
 }
 
-// readLoop reads the link's frames until Close.
+// readDirect reads one frame of the only link straight into buf, as
+// ReadVnet returns it: the virtio-net and Ethernet headers into d.rd.head,
+// the rest at buf[vnet.HdrLen:], and runs it through the inbound path
+// like readLoop. It returns the length of the packet for netstack at
+// buf[:n] behind its header, 0 if the frame carried none (answered,
+// dropped or held while its source is proved), or os.ErrClosed after
+// Close.
+func (d *Device) readDirect(buf []byte) (int, error) {
+	p, rd := d.ports[0], &d.rd
+	box := p.frames.Load()
+	r, ok := box.ReadWriteCloser.(directReader)
+	if !ok || len(buf) < vnet.HdrLen {
+		// Reattach returns Frames of the same kind, and netstack's
+		// buffer holds a header: neither happens.
+		return 0, d.readFailed(p, box, errors.New("lan: link cannot be read directly"))
+	}
+	rd.parts = [3][]byte{rd.head[:], buf[vnet.HdrLen:], rd.over[:]}
+	n, err := r.Readv(rd.parts[:])
+	clear(rd.parts[1:2]) // keep no reference to netstack's buffer
+	if err != nil {
+		return 0, d.readFailed(p, box, err)
+	}
+	if p.readErr.Load() != nil {
+		p.setReadErr(nil)
+	}
+	d.stats.FramesIn.Add(1)
+	if n < len(rd.head) {
+		// Shorter than a virtio-net and an Ethernet header, as readLoop
+		// and parseFrame find.
+		d.drop(reasonMalformed, 1)
+		return 0, nil
+	}
+	m := n - len(rd.head)
+	if m > len(buf)-vnet.HdrLen {
+		// Spilled into rd.over: larger than ReadVnet can return.
+		d.drop(reasonTooBig, 1)
+		return 0, nil
+	}
+	payload := buf[vnet.HdrLen : vnet.HdrLen+m]
+	parseSplit(rd.head[vnet.HdrLen:], payload, &rd.f)
+	v := &rd.view
+	*v = inPacket{buf: payload, view: true}
+	l3, holding := p.inbound(&rd.f, vnet.Decode(rd.head[:vnet.HdrLen]), v)
+	v.buf = nil
+	if holding || l3 == nil {
+		return 0, nil
+	}
+	// inbound returns the payload's head: l3 is already at
+	// buf[vnet.HdrLen:].
+	v.vh.Encode(buf[:vnet.HdrLen])
+	return vnet.HdrLen + len(l3), nil
+}
+
+// readFailed handles a failed read of box in direct mode as readLoop does:
+// os.ErrClosed after Close; nil at once if the link was re-attached (read
+// the new one); else the failure shows in Ready and the read is retried
+// after 100 ms, also when it looks final, since a re-attached device may
+// replace it.
+func (d *Device) readFailed(p *port, box *framesBox, err error) error {
+	select {
+	case <-d.closed:
+		return os.ErrClosed
+	default:
+	}
+	if p.frames.Load() != box {
+		return nil
+	}
+	p.setReadErr(err)
+	if time.Since(d.rd.lastLog) > time.Minute {
+		d.rd.lastLog = time.Now()
+		d.log.Warn("lan read failed", "interface", p.link.Name, "err", err)
+	}
+	select {
+	case <-d.closed:
+		return os.ErrClosed
+	case <-time.After(100 * time.Millisecond):
+		return nil
+	}
+}
+
+// readLoop reads the link's frames until Close, or until ReadVnet takes
+// the reads over (takeReads).
 func (p *port) readLoop() {
 	d := p.dev
 	var f frame
@@ -742,6 +923,9 @@ func (p *port) readLoop() {
 		pool = &d.bigPool
 	}
 	for {
+		if d.direct.Load() {
+			return
+		}
 		pk := pool.Get().(*inPacket)
 		box := p.frames.Load()
 		n, err := box.Read(pk.buf)
@@ -751,6 +935,9 @@ func (p *port) readLoop() {
 			case <-d.closed:
 				return
 			default:
+			}
+			if d.direct.Load() {
+				return // woken by takeReads' deadline
 			}
 			if p.frames.Load() != box {
 				continue // re-attached: read the new device
@@ -823,7 +1010,31 @@ func (d *Device) deliver(pk *inPacket) bool {
 	case <-d.closed:
 		d.putPacket(pk)
 		return false
+	case <-d.handoff:
+		// Direct mode: what delivers now is ReadVnet itself (held
+		// packets a proof released, at most maxHeldTotal, into a queue
+		// it drains before every read) or the readLoop handing over,
+		// and only ReadVnet takes from d.in: waiting could never end.
+		select {
+		case d.in <- pk:
+		default:
+			d.putPacket(pk)
+			d.drop(reasonQueueFull, 1)
+		}
+		return true
 	}
+}
+
+// own returns a pooled copy of v, a view (inPacket.view), for keeping.
+func (d *Device) own(v *inPacket) *inPacket {
+	pool := &d.pool
+	if v.len > d.smallSize {
+		pool = &d.bigPool
+	}
+	pk := pool.Get().(*inPacket)
+	copy(pk.buf, v.buf[v.off:v.off+v.len])
+	pk.off, pk.len, pk.vh = 0, v.len, v.vh
+	return pk
 }
 
 // ErrAddressInUse means another station answers for one of the gateway's

@@ -92,15 +92,22 @@ type frame struct {
 // NDP's hop limit, code, checksum and options (RFC 4861 7.1). Whether a
 // frame is for us (destination MAC, addresses) is the caller's business.
 func parseFrame(b []byte, f *frame) {
-	*f = frame{}
 	if len(b) < ethHeaderLen {
-		f.reason = reasonMalformed
+		*f = frame{reason: reasonMalformed}
 		return
 	}
-	copy(f.dst[:], b[0:6])
-	copy(f.src[:], b[6:12])
-	et := binary.BigEndian.Uint16(b[12:14])
-	p := b[ethHeaderLen:]
+	parseSplit(b[:ethHeaderLen], b[ethHeaderLen:], f)
+}
+
+// parseSplit is parseFrame for a frame read in two pieces (Device.ReadVnet
+// reads the Ethernet header apart from the rest, so that the IP packet
+// lands where netstack wants it): eth is the Ethernet header, exactly
+// ethHeaderLen bytes, p the rest.
+func parseSplit(eth, p []byte, f *frame) {
+	*f = frame{}
+	copy(f.dst[:], eth[0:6])
+	copy(f.src[:], eth[6:12])
+	et := binary.BigEndian.Uint16(eth[12:14])
 	switch et {
 	case ethTypeVLAN, ethTypeQinQ, ethTypeQinQ2:
 		f.reason = reasonVLAN

@@ -1,6 +1,7 @@
 package lan
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"net"
@@ -161,7 +162,45 @@ func FuzzVnetFrame(f *testing.F) {
 	p := d.ports[0]
 	bindForTest(p, ws4, wsMAC)
 	bindForTest(p, ws6, wsMAC)
+	// The same inputs, in the same order, through ReadVnet's direct
+	// reads (takeReads) on a Device of their own.
+	dw := &fuzzDirectWire{vnetCheckWire: &vnetCheckWire{checkWire{closed: make(chan struct{})}}}
+	dw.directReads = newDirectReads(make(chan []byte, 1), dw.vnetCheckWire.closed)
+	dd, err := NewDevice([]Link{{Name: "f", MAC: net.HardwareAddr(gwMAC[:]), Addrs: []netip.Prefix{gw4, gw6}, Frames: dw, Vnet: true}}, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { dd.Close() })
+	if !dd.EnableOffload() || !dd.direct.Load() {
+		f.Fatal("no direct mode")
+	}
+	bindForTest(dd.ports[0], ws4, wsMAC)
+	bindForTest(dd.ports[0], ws6, wsMAC)
+	buf := make([]byte, vnet.HdrLen+65535)
+	check := func(t *testing.T, p *port, fr, l3 []byte, vh vnet.Header) {
+		checkDelivered(t, p, fr, l3)
+		if err := vh.Check(l3); err != nil {
+			t.Fatalf("delivered with header %+v: %v", vh, err)
+		}
+		if len(l3) > p.mtu && !vh.GSO() {
+			t.Fatalf("delivered %d bytes without GSO", len(l3))
+		}
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		dw.in <- b
+		if n, err := dd.readDirect(buf); err != nil {
+			t.Fatal(err)
+		} else if n > 0 {
+			fr := b[vnet.HdrLen:]
+			l3 := buf[vnet.HdrLen:n]
+			if len(fr) < ethHeaderLen+len(l3) || !bytes.Equal(l3, fr[ethHeaderLen:ethHeaderLen+len(l3)]) {
+				t.Fatal("direct read: packet is not the frame's payload")
+			}
+			check(t, dd.ports[0], fr, fr[ethHeaderLen:ethHeaderLen+len(l3)], vnet.Decode(buf))
+		}
+		if bad := dw.bad.Load(); bad != nil {
+			t.Fatal(*bad)
+		}
 		if len(b) < vnet.HdrLen {
 			return // readLoop drops it as malformed before parsing
 		}
@@ -170,12 +209,14 @@ func FuzzVnetFrame(f *testing.F) {
 		if l3 == nil {
 			return
 		}
-		checkDelivered(t, p, fr, l3)
-		if err := vh.Check(l3); err != nil {
-			t.Fatalf("delivered with header %+v: %v", vh, err)
-		}
-		if len(l3) > p.mtu && !vh.GSO() {
-			t.Fatalf("delivered %d bytes without GSO", len(l3))
-		}
+		check(t, p, fr, l3, vh)
 	})
 }
+
+// fuzzDirectWire is a vnetCheckWire that ReadVnet reads directly.
+type fuzzDirectWire struct {
+	*vnetCheckWire
+	*directReads
+}
+
+func (w *fuzzDirectWire) Read(b []byte) (int, error) { return w.Readv([][]byte{b}) }

@@ -15,7 +15,8 @@ import (
 //
 // h is the frame's virtio-net header (zero on a link without one), with
 // offsets counted from the frame; pk.off is where the frame starts in
-// pk.buf.
+// pk.buf, or, for a view (ReadVnet's direct read), pk.buf is the frame's
+// payload, f.l3 its head.
 func (p *port) inbound(f *frame, h vnet.Header, pk *inPacket) (l3 []byte, holding bool) {
 	d := p.dev
 	if f.kind == kindDrop {
@@ -52,7 +53,10 @@ func (p *port) inbound(f *frame, h vnet.Header, pk *inPacket) (l3 []byte, holdin
 		d.drop(reasonTooBig, 1)
 		return nil, false
 	}
-	pk.off, pk.len, pk.vh = pk.off+ethHeaderLen, len(f.l3), h
+	if !pk.view {
+		pk.off += ethHeaderLen // pk.buf holds the frame; a view, its payload
+	}
+	pk.len, pk.vh = len(f.l3), h
 	pass, holding := p.admit(f.ip6Src, f.src, pk)
 	if !pass {
 		return nil, holding

@@ -22,7 +22,7 @@ const (
 	reasonTooBig                      // larger than the buffer or the link MTU
 	reasonNoRoute                     // outbound destination on no LAN
 	reasonNoNeighbour                 // outbound destination did not resolve
-	reasonQueueFull                   // outbound packet while resolution queue full
+	reasonQueueFull                   // outbound packet while resolution queue full; inbound packet a proof released while the queue to netstack is full (direct mode)
 	reasonTableFull                   // neighbour table at its bound
 	reasonWriteError                  // the link refused the frame (down, gone)
 	reasonUnproven                    // inbound from a source whose resolution failed or had no room

@@ -366,6 +366,9 @@ func (p *port) admit(a netip.Addr, m mac, pk *inPacket) (pass, holding bool) {
 	}
 	ok := len(e.held) < heldPerNeighbour && p.dev.held.Add(1) <= maxHeldTotal
 	if ok {
+		if pk.view {
+			pk = p.dev.own(pk) // rare: a source's first packets
+		}
 		e.held = append(e.held, held{pk: pk, mac: m})
 	} else if len(e.held) < heldPerNeighbour {
 		p.dev.held.Add(-1)

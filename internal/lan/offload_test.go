@@ -94,30 +94,6 @@ func vnetFrame(h vnet.Header, pkt []byte) []byte {
 	return append(b, ethFrame(gwMAC, wsMAC, tcpip.NetworkProtocolNumber(et), pkt)...)
 }
 
-func readVnet(t *testing.T, d *Device) (vnet.Header, []byte) {
-	t.Helper()
-	ch := make(chan []byte, 1)
-	go func() {
-		buf := make([]byte, vnet.HdrLen+65535)
-		n, err := d.ReadVnet(buf)
-		if err != nil {
-			ch <- nil
-			return
-		}
-		ch <- buf[:n]
-	}()
-	select {
-	case b := <-ch:
-		if b == nil {
-			t.Fatal("ReadVnet failed")
-		}
-		return vnet.Decode(b), b[vnet.HdrLen:]
-	case <-time.After(10 * time.Second):
-		t.Fatal("no packet from ReadVnet")
-		return vnet.Header{}, nil
-	}
-}
-
 // TestOffloadInbound: a workstation's super-frames reach netstack whole
 // with offsets counted from the IP header, and every malformed header is
 // a counted drop, the packet going nowhere.
@@ -152,34 +128,47 @@ func TestOffloadInbound(t *testing.T) {
 		{name: "unknown flag", hdr: vnet.Header{Flags: 4}, pkt: tcpPacket(ws4, other, 100), drop: "bad_offload"},
 		{name: "spoofed super-frame", hdr: gso4, pkt: tcpPacket(other, other, 20000), drop: "spoofed_source"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			d, w := testVnetDevice(t)
-			w.send(vnetFrame(tc.hdr, tc.pkt))
-			if tc.drop != "" {
-				deadline := time.Now().Add(5 * time.Second)
-				for d.Stats().Drop(tc.drop) == 0 {
-					if time.Now().After(deadline) {
-						t.Fatalf("no %s drop", tc.drop)
+		// readLoop: the link's goroutine reads and queues; direct: ReadVnet
+		// reads the link itself (takeReads).
+		for _, mode := range []string{"readLoop", "direct"} {
+			t.Run(mode+"/"+tc.name, func(t *testing.T) {
+				var d *Device
+				var send func([]byte)
+				if mode == "direct" {
+					dd, w := testDirectDevice(t)
+					d, send = dd, w.send
+				} else {
+					dd, w := testVnetDevice(t)
+					d, send = dd, w.send
+				}
+				pkts := vnetReader(d)
+				send(vnetFrame(tc.hdr, tc.pkt))
+				if tc.drop != "" {
+					deadline := time.Now().Add(5 * time.Second)
+					for d.Stats().Drop(tc.drop) == 0 {
+						if time.Now().After(deadline) {
+							t.Fatalf("no %s drop", tc.drop)
+						}
+						time.Sleep(time.Millisecond)
 					}
-					time.Sleep(time.Millisecond)
+					select {
+					case b := <-pkts:
+						t.Fatalf("dropped packet still delivered (%d bytes)", len(b))
+					case <-time.After(20 * time.Millisecond):
+					}
+					return
 				}
-				select {
-				case pk := <-d.in:
-					t.Fatalf("dropped packet still delivered (%d bytes)", pk.len)
-				default:
+				h, pkt := nextPacket(t, pkts)
+				if !bytes.Equal(pkt, tc.pkt) {
+					t.Fatalf("packet changed: %d bytes, want %d", len(pkt), len(tc.pkt))
 				}
-				return
-			}
-			h, pkt := readVnet(t, d)
-			if !bytes.Equal(pkt, tc.pkt) {
-				t.Fatalf("packet changed: %d bytes, want %d", len(pkt), len(tc.pkt))
-			}
-			want := tc.hdr
-			want.Shift(-ethHeaderLen)
-			if h != want {
-				t.Fatalf("header %+v, want %+v", h, want)
-			}
-		})
+				want := tc.hdr
+				want.Shift(-ethHeaderLen)
+				if h != want {
+					t.Fatalf("header %+v, want %+v", h, want)
+				}
+			})
+		}
 	}
 }
 

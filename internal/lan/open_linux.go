@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -703,11 +704,20 @@ func openTap(sys *os.File, name string, index int, devDir string) (*os.File, err
 type tapFile struct {
 	*os.File
 	rc syscall.RawConn
+
+	// Readv's state, so that its callback is a method value made once
+	// (readFn) rather than a closure made per frame. Readv's calls are
+	// serialised (Device.ReadVnet).
+	riov   []unix.Iovec
+	rn     int
+	rerr   error
+	readFn func(fd uintptr) bool
 }
 
 var (
 	_ offloader    = (*tapFile)(nil)
 	_ vectorWriter = (*tapFile)(nil)
+	_ directReader = (*tapFile)(nil)
 )
 
 // tapOffloads are the offloads SetOffload asks for: partial checksums
@@ -725,7 +735,8 @@ func withVnet(f *os.File) (*tapFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &tapFile{File: f, rc: rc}
+	t := &tapFile{File: f, rc: rc, riov: make([]unix.Iovec, 0, 4)}
+	t.readFn = t.readv
 	var ierr error
 	setFlags := func(fd int, flags uint16) error {
 		ifr, err := unix.NewIfreq("")
@@ -772,6 +783,47 @@ func (t *tapFile) SetOffload(on bool) error {
 		return fmt.Errorf("lan: TUNSETOFFLOAD on %s: %w", t.Name(), ierr)
 	}
 	return nil
+}
+
+// Readv reads one frame into parts, in order, in one system call; what
+// does not fit them is lost (the kernel truncates). Calls must be
+// serialised. It honours the read deadline (SetReadDeadline).
+func (t *tapFile) Readv(parts [][]byte) (int, error) {
+	t.riov = t.riov[:0]
+	for _, b := range parts {
+		if len(b) > 0 {
+			iov := unix.Iovec{Base: &b[0]}
+			iov.SetLen(len(b))
+			t.riov = append(t.riov, iov)
+		}
+	}
+	if len(t.riov) == 0 {
+		return 0, nil
+	}
+	t.rn, t.rerr = 0, nil
+	err := t.rc.Read(t.readFn)
+	clear(t.riov) // keep no reference to the caller's buffers
+	if err != nil {
+		return 0, err
+	}
+	return t.rn, t.rerr
+}
+
+// readv is Readv's RawConn callback: false (wait until readable, then
+// again) on EAGAIN and EINTR.
+func (t *tapFile) readv(fd uintptr) bool {
+	n, _, errno := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&t.riov[0])), uintptr(len(t.riov)))
+	switch errno {
+	case 0:
+		t.rn = int(n)
+	case unix.EAGAIN, unix.EINTR:
+		return false
+	case unix.EBADFD:
+		t.rerr = os.ErrClosed
+	default:
+		t.rerr = errno
+	}
+	return true
 }
 
 // Writev writes one frame from parts in one system call.

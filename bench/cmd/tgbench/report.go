@@ -35,7 +35,12 @@ type Report struct {
 	// Upstream is the SOCKS5 server behind the routers (-upstream);
 	// empty in results written before there was a choice: tgbench.
 	Upstream string `json:"upstream,omitempty"`
-	Rows     []Row  `json:"rows"`
+	// Paths are the paths measured (-paths), LANRouters the LAN path's
+	// routers; empty in results written before the LAN path: the TUN
+	// path alone.
+	Paths      []string     `json:"paths,omitempty"`
+	LANRouters []routerSpec `json:"lan_routers,omitempty"`
+	Rows       []Row        `json:"rows"`
 }
 
 // Row is one test at one MTU through one router, with the kernel path
@@ -44,7 +49,11 @@ type Row struct {
 	MTU    int    `json:"mtu"`
 	Test   string `json:"test"`
 	Router string `json:"router"`
-	Unit   string `json:"unit"`
+	// Path is pathTUN or pathLAN; empty (the TUN path) in results written
+	// before the LAN path. On the LAN path the kernel runs are the
+	// gateway kernel's forwarding.
+	Path string `json:"path,omitempty"`
+	Unit string `json:"unit"`
 	// KernelRuns[i] was measured right before RouterRuns[i].
 	KernelRuns []Sample `json:"kernel_runs"`
 	RouterRuns []Sample `json:"router_runs"`
@@ -222,12 +231,15 @@ func (rep *Report) Markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s, commit %s, %d CPUs, kernel %s; medians of %d runs; iperf3 %gs, loads %gs, closed loop %d workers, %d destination(s), %s closes first\n\n",
 		rep.Date, orDash(rep.Commit), rep.CPUs, rep.Kernel, rep.Repeat, rep.IperfS, rep.LoadS, rep.Workers, max(rep.Dests, 1), cmp.Or(rep.Closer, closerServer))
-	for _, r := range rep.Routers {
+	for _, r := range slices.Concat(rep.Routers, rep.LANRouters) {
 		fmt.Fprintf(&b, "Router %s: `%s`\n\n", r.Name, r.Template)
 		if r.Config != "" {
 			// Indented: a code block in Markdown.
 			fmt.Fprintf(&b, "with {config}:\n\n    %s\n\n", strings.ReplaceAll(strings.TrimSpace(r.Config), "\n", "\n    "))
 		}
+	}
+	if slices.Contains(rep.Paths, pathLAN) {
+		b.WriteString("Rows marked (lan) are the LAN path: a workstation on a veth whose gateway end the router serves (torgate --lan) or whose TCP the gateway REDIRECTs (redsocks); its kernel figure is the gateway kernel's forwarding.\n\n")
 	}
 	if rep.Upstream != "" {
 		fmt.Fprintf(&b, "SOCKS5 server behind the routers: %s\n\n", rep.Upstream)
@@ -258,7 +270,7 @@ func (rep *Report) Markdown() string {
 			heap, goroutines = fmt.Sprintf("%.1f", r.RouterGo.HeapInuseMiB), fmt.Sprintf("%.0f", r.RouterGo.Goroutines)
 		}
 		fmt.Fprintf(&b, "| %d | %s%s | %s | %.0f %s | %.0f %s | %.2f | %.1f | %s | %.1f | %s | %s | %s | %s | %.1f / %.1f | %s | %s |\n",
-			r.MTU, r.Test, errs, r.Router, r.KernelMedian, r.Unit, r.RouterMedian, r.Unit, r.Ratio, r.RouterCPU, usConn, r.RouterPeakRSS, heap, goroutines, p99, fails,
+			r.MTU, r.Test, errs, r.label(r.Router), r.KernelMedian, r.Unit, r.RouterMedian, r.Unit, r.Ratio, r.RouterCPU, usConn, r.RouterPeakRSS, heap, goroutines, p99, fails,
 			r.KernelRig.Machine, r.RouterRig.Machine, orDash(r.KernelBottleneck), orDash(r.RouterBottleneck))
 	}
 	rep.perConnTable(&b)
@@ -312,11 +324,19 @@ func (rep *Report) perConnTable(b *strings.Builder) {
 			roSplit, roCtx, userSys(p.SocksUser, p.SocksSys), p.SocksCtxSw, orDash(bn))
 	}
 	for i, r := range rows {
-		if i == 0 || rows[i-1].MTU != r.MTU || rows[i-1].Test != r.Test {
-			line(r, "kernel", r.KernelMedian, r.KernelPerConn, false)
+		if i == 0 || rows[i-1].MTU != r.MTU || rows[i-1].Test != r.Test || rows[i-1].Path != r.Path {
+			line(r, r.label("kernel"), r.KernelMedian, r.KernelPerConn, false)
 		}
-		line(r, r.Router, r.RouterMedian, r.RouterPerConn, true)
+		line(r, r.label(r.Router), r.RouterMedian, r.RouterPerConn, true)
 	}
+}
+
+// label is name as the tables show it: marked "(lan)" on the LAN path.
+func (r Row) label(name string) string {
+	if r.Path == pathLAN {
+		return name + " (lan)"
+	}
+	return name
 }
 
 // userSys renders a user / system split in µs.

@@ -68,15 +68,26 @@ func expandRouter(tmpl string, vars map[string]string) string {
 	return tmpl
 }
 
-// startRouter runs the router command in namespace ns. extra files, if
-// any, become descriptors 3, 4, ...
-func startRouter(ns, command string, logPath string, extra []*os.File) (*routerProc, error) {
+// ipNetnsExec is the prefix that runs a command in namespace ns for
+// startRouter: ip netns exec, which also gives it a mount namespace with
+// the namespace's /sys.
+func ipNetnsExec(ns string) []string { return []string{"ip", "netns", "exec", ns} }
+
+// nsenterNet is the prefix that runs a command in namespace ns's network
+// namespace only, in the harness's mount namespace: for torgate --lan,
+// whose pin of its LAN namespace (lan.NamespaceName) must outlive it, and
+// would not in the private mount namespace of ip netns exec.
+func nsenterNet(ns string) []string { return []string{"nsenter", "--net=/var/run/netns/" + ns} }
+
+// startRouter runs the router command after enter (ipNetnsExec or
+// nsenterNet). extra files, if any, become descriptors 3, 4, ...
+func startRouter(enter []string, command string, logPath string, extra []*os.File) (*routerProc, error) {
 	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
 	fmt.Fprintf(log, "\n==== %s: %s\n", time.Now().Format(time.RFC3339), command)
-	cmd := exec.Command("ip", "netns", "exec", ns, "sh", "-c", "exec "+command)
+	cmd := exec.Command(enter[0], append(enter[1:], "sh", "-c", "exec "+command)...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.ExtraFiles = extra
 	// Its own process group, so an interrupt of the harness reaches the

@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -79,6 +80,11 @@ type runFlags struct {
 	// perfStat asks for a second measure of the router's CPU in each
 	// short-connection run (perfstat.go).
 	perfStat bool
+	// paths are the paths measured, in order: pathTUN, pathLAN
+	// (lanpath.go).
+	paths []string
+	// lanRouters are the routers of the LAN path (-lan-router).
+	lanRouters []routerSpec
 }
 
 // Upstreams: the SOCKS5 servers the routers can be measured behind.
@@ -123,9 +129,20 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&f.upstream, "upstream", upstreamTgbench, "SOCKS5 server behind the routers: tgbench (its own, TCP and {socksunix}), tgbench=PATH (the socks subcommand of another tgbench binary, e.g. an older build) or microsocks (Debian's, C, a thread per connection; TCP only, and no-authentication only, so not torgate, which always authenticates)")
 	fs.BoolVar(&f.perfStat, "perf-stat", false, "short-connection tests: also measure the router's CPU with perf stat -e task-clock -p PID over the load (or, if perf cannot count, its threads' schedstat run time), reported beside the /proc figure")
 	fs.StringVar(&f.id, "id", "", "prefix of the namespaces (default tgb-RANDOM); run.sh passes one so its trap can clean up")
+	paths := fs.String("paths", pathTUN, "paths to measure, comma-separated, in order: tun (a workstation namespace whose only route is the router's TUN) and lan (a workstation on a veth whose gateway end the router serves: torgate --lan, the gateway kernel's forwarding, redsocks; see lanpath.go)")
+	fs.Func("path", "one path to measure, tun or lan (the same as -paths with one)", func(v string) error { *paths = v; return nil })
+	fs.Func("lan-router", "LAN path router: torgate or torgate-SUFFIX=PATH (torgate --lan on the gateway's end of the veth), redsocks or redsocks=PATH (iptables REDIRECT into redsocks), or NAME=TEMPLATE with {lan} (the interface to serve; started with nsenter --net in the gateway namespace). Repeatable; default torgate, and redsocks if installed", func(v string) error {
+		spec, err := parseLANRouterSpec(v)
+		if err != nil {
+			return err
+		}
+		f.lanRouters = append(f.lanRouters, spec)
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+
 	if os.Geteuid() != 0 {
 		return errors.New("tgbench run needs root (network namespaces, TUN)")
 	}
@@ -150,11 +167,27 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil || len(mtus) == 0 {
 		return fmt.Errorf("--mtus: %q", f.mtus)
 	}
-	if len(f.routers) == 0 {
+	if f.paths, err = parsePaths(*paths); err != nil {
+		return err
+	}
+	if len(f.routers) == 0 && slices.Contains(f.paths, pathTUN) {
 		torgate, _ := findPeer("torgate")
 		f.routers = []routerSpec{torgate.spec("torgate", "")}
 	}
-	if err := checkUpstream(f.upstream, f.routers); err != nil {
+	if !slices.Contains(f.paths, pathTUN) {
+		f.routers = nil
+	}
+	if slices.Contains(f.paths, pathLAN) {
+		if len(f.lanRouters) == 0 {
+			f.lanRouters = defaultLANRouters(stderr)
+		}
+		if err := checkLANRouters(f.lanRouters, f.torgate); err != nil {
+			return err
+		}
+	} else {
+		f.lanRouters = nil
+	}
+	if err := checkUpstream(f.upstream, slices.Concat(f.routers, f.lanRouters)); err != nil {
 		return err
 	}
 	if _, err := exec.LookPath("microsocks"); f.upstream == upstreamMicrosocks && err != nil {
@@ -175,12 +208,13 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	e := &env{f: f, self: self, id: f.id, log: stderr}
 	e.gw, e.srv, e.wsK = e.id+"-gw", e.id+"-srv", e.id+"-wsk"
 	for i, spec := range f.routers {
-		e.routers = append(e.routers, &routerInst{
+		e.tunRouters = append(e.tunRouters, &routerInst{
 			spec: spec,
 			tun:  fmt.Sprintf("%s%d", tunPrefix, i),
 			ws:   fmt.Sprintf("%s-ws%d", e.id, i),
 		})
 	}
+	e.newLANRouters()
 	if f.out == "" {
 		f.out = filepath.Join(os.TempDir(), e.id)
 	}
@@ -191,33 +225,46 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer e.teardown()
 
 	rep := &Report{
-		Date:     time.Now().UTC().Format(time.RFC3339),
-		Commit:   f.commit,
-		Routers:  f.routers,
-		Note:     f.note,
-		CPUs:     runtime.NumCPU(),
-		Kernel:   kernelRelease(),
-		Repeat:   f.repeat,
-		IperfS:   f.iperfTime.Seconds(),
-		LoadS:    f.loadTime.Seconds(),
-		Workers:  f.workers,
-		Dests:    f.dests,
-		Closer:   f.closer,
-		Upstream: f.upstream,
+		Date:       time.Now().UTC().Format(time.RFC3339),
+		Commit:     f.commit,
+		Routers:    f.routers,
+		Note:       f.note,
+		CPUs:       runtime.NumCPU(),
+		Kernel:     kernelRelease(),
+		Repeat:     f.repeat,
+		IperfS:     f.iperfTime.Seconds(),
+		LoadS:      f.loadTime.Seconds(),
+		Workers:    f.workers,
+		Dests:      f.dests,
+		Closer:     f.closer,
+		Upstream:   f.upstream,
+		Paths:      f.paths,
+		LANRouters: f.lanRouters,
 	}
 	if err := e.setup(ctx); err != nil {
 		return err
 	}
-	for i, mtu := range mtus {
-		tests := f.tests
-		if i > 0 {
-			tests = f.largeTests
-		}
-		rows, err := e.measureMTU(ctx, mtu, strings.Split(tests, ","))
-		rep.Rows = append(rep.Rows, rows...)
-		if err != nil {
-			e.writeReport(rep, stdout)
-			return err
+	if err := e.setupLAN(ctx, mtus[0]); err != nil {
+		return err
+	}
+	for _, path := range f.paths {
+		e.usePath(path)
+		for i, mtu := range mtus {
+			if path == pathLAN && i > 0 {
+				// The LAN path runs at the reference MTU only: its
+				// veths are made with it (lanpath.go).
+				break
+			}
+			tests := f.tests
+			if i > 0 {
+				tests = f.largeTests
+			}
+			rows, err := e.measureMTU(ctx, mtu, strings.Split(tests, ","))
+			rep.Rows = append(rep.Rows, rows...)
+			if err != nil {
+				e.writeReport(rep, stdout)
+				return err
+			}
 		}
 	}
 	return e.writeReport(rep, stdout)
@@ -325,8 +372,12 @@ func (r routerSpec) uses(name string) bool {
 // namespace, all sharing the gateway namespace and its servers.
 type routerInst struct {
 	spec routerSpec
-	tun  string
-	ws   string
+	// tun is the router's device: its TUN, or on the LAN path the
+	// gateway's end of its veth (lan.gwIf).
+	tun string
+	ws  string
+	// lan is set for a router of the LAN path (lanpath.go).
+	lan  *lanLink
 	proc *routerProc
 	// metrics is the admin endpoint given as {metrics} (unix:PATH), ""
 	// when the template does not serve one.
@@ -344,10 +395,20 @@ type env struct {
 	// (torgate does since 2026-12-04: through an exit they would reach
 	// the gateway itself).
 	gw, srv, wsK string
-	routers      []*routerInst
-	log          io.Writer
-	procs        []*exec.Cmd // servers in the gateway and server namespaces
-	nsMade       []string
+	// routers are the current path's (usePath): tunRouters or
+	// lanRouters.
+	routers                []*routerInst
+	tunRouters, lanRouters []*routerInst
+	// path is the path being measured, pathTUN or pathLAN; tunWSK and
+	// lanWSK are the kernel path's workstation on each (wsK is the
+	// current one).
+	path           string
+	tunWSK, lanWSK string
+	// lanKernel is the LAN path's kernel workstation's link.
+	lanKernel *lanLink
+	log       io.Writer
+	procs     []*exec.Cmd // servers in the gateway and server namespaces
+	nsMade    []string
 	// The servers' pids, whose CPU each run measures (ip netns exec execs
 	// the server in place, so these are the servers themselves).
 	socksPID, targetPID, iperfPID int
@@ -367,7 +428,7 @@ func (e *env) makeSockDir() error {
 		return err
 	}
 	e.sockDir = dir
-	for _, r := range e.routers {
+	for _, r := range slices.Concat(e.tunRouters, e.lanRouters) {
 		if r.spec.uses("metrics") {
 			r.metrics = "unix:" + filepath.Join(dir, "metrics-"+r.tun+".sock")
 		}
@@ -387,8 +448,9 @@ func (e *env) setup(ctx context.Context) error {
 	if err := e.makeSockDir(); err != nil {
 		return err
 	}
+	e.tunWSK = e.wsK
 	nss := []string{e.gw, e.srv, e.wsK}
-	for _, r := range e.routers {
+	for _, r := range e.tunRouters {
 		nss = append(nss, r.ws)
 	}
 	for _, ns := range nss {
@@ -563,28 +625,13 @@ func (e *env) teardown() {
 // startRouter starts one router for one MTU and wires its TUN into its
 // workstation namespace.
 func (e *env) startRouter(ctx context.Context, r *routerInst, mtu int) error {
-	host, port, _ := net.SplitHostPort(socksListen)
-	vars := map[string]string{
-		"tun":       r.tun,
-		"tunfd":     "3",
-		"socks":     socksListen,
-		"sockshost": host,
-		"socksport": port,
-		"socksunix": e.socksUnix(),
-		"mtu":       strconv.Itoa(mtu),
-		"metrics":   r.metrics,
-		"torgate":   e.f.torgate,
-		"tgbench":   e.self,
+	if r.lan != nil {
+		return e.startLANRouter(ctx, r)
 	}
-	if r.spec.Config != "" {
-		path := filepath.Join(e.f.out, "router-"+r.spec.Name+".conf")
-		if err := os.WriteFile(path, []byte(expandRouter(r.spec.Config, vars)), 0o644); err != nil {
-			return fmt.Errorf("router %s config: %w", r.spec.Name, err)
-		}
-		vars["config"] = shellQuote(path)
+	command, logPath, err := e.routerCommand(r, mtu)
+	if err != nil {
+		return err
 	}
-	command := expandRouter(r.spec.Template, vars)
-	logPath := filepath.Join(e.f.out, "router-"+r.spec.Name+".log")
 	fdMode := r.spec.uses("tunfd")
 	var extra []*os.File
 	if fdMode {
@@ -598,7 +645,7 @@ func (e *env) startRouter(ctx context.Context, r *routerInst, mtu int) error {
 			return err
 		}
 	}
-	p, err := startRouter(e.gw, command, logPath, extra)
+	p, err := startRouter(ipNetnsExec(e.gw), command, logPath, extra)
 	if err != nil {
 		return err
 	}
@@ -627,6 +674,35 @@ func (e *env) startRouter(ctx context.Context, r *routerInst, mtu int) error {
 	return nil
 }
 
+// routerCommand fills r's template (and writes its config file, if any)
+// for one start, and returns the command and the router's log file.
+func (e *env) routerCommand(r *routerInst, mtu int) (command, logPath string, err error) {
+	host, port, _ := net.SplitHostPort(socksListen)
+	vars := map[string]string{
+		"tun":       r.tun,
+		"tunfd":     "3",
+		"socks":     socksListen,
+		"sockshost": host,
+		"socksport": port,
+		"socksunix": e.socksUnix(),
+		"mtu":       strconv.Itoa(mtu),
+		"metrics":   r.metrics,
+		"torgate":   e.f.torgate,
+		"tgbench":   e.self,
+	}
+	if r.lan != nil {
+		maps.Copy(vars, r.lan.vars())
+	}
+	if r.spec.Config != "" {
+		path := filepath.Join(e.f.out, "router-"+r.spec.Name+".conf")
+		if err := os.WriteFile(path, []byte(expandRouter(r.spec.Config, vars)), 0o644); err != nil {
+			return "", "", fmt.Errorf("router %s config: %w", r.spec.Name, err)
+		}
+		vars["config"] = shellQuote(path)
+	}
+	return expandRouter(r.spec.Template, vars), filepath.Join(e.f.out, "router-"+r.spec.Name+".log"), nil
+}
+
 func (e *env) configureTUN(ctx context.Context, r *routerInst, mtu int) error {
 	return ipBatch(ctx,
 		[]string{"-n", r.ws, "addr", "add", tunWS, "dev", r.tun},
@@ -635,8 +711,9 @@ func (e *env) configureTUN(ctx context.Context, r *routerInst, mtu int) error {
 	)
 }
 
+// stopRouters stops the routers of every path.
 func (e *env) stopRouters() {
-	for _, r := range e.routers {
+	for _, r := range slices.Concat(e.tunRouters, e.lanRouters) {
 		e.stopRouter(r)
 	}
 }
@@ -647,8 +724,8 @@ func (e *env) stopRouter(r *routerInst) {
 		r.proc = nil
 	}
 	// A TUN the router created goes with its descriptor; a persistent one
-	// (or a slow exit) is removed here.
-	if linkExists(r.ws, r.tun) {
+	// (or a slow exit) is removed here. A LAN path's veth stays.
+	if r.lan == nil && linkExists(r.ws, r.tun) {
 		exec.Command("ip", "-n", r.ws, "link", "del", r.tun).Run()
 	}
 }
@@ -656,11 +733,13 @@ func (e *env) stopRouter(r *routerInst) {
 // measureMTU runs the tests at one MTU: for each repetition and test, the
 // kernel path and then each router, back to back.
 func (e *env) measureMTU(ctx context.Context, mtu int, tests []string) ([]Row, error) {
-	if err := ipBatch(ctx,
-		[]string{"-n", e.wsK, "link", "set", vethWSName, "mtu", strconv.Itoa(mtu)},
-		[]string{"-n", e.srv, "link", "set", vethGWName, "mtu", strconv.Itoa(mtu)},
-	); err != nil {
-		return nil, err
+	if e.path == pathTUN {
+		if err := ipBatch(ctx,
+			[]string{"-n", e.wsK, "link", "set", vethWSName, "mtu", strconv.Itoa(mtu)},
+			[]string{"-n", e.srv, "link", "set", vethGWName, "mtu", strconv.Itoa(mtu)},
+		); err != nil {
+			return nil, err
+		}
 	}
 	defer e.stopRouters()
 	for _, r := range e.routers {
@@ -680,7 +759,7 @@ func (e *env) measureMTU(ctx context.Context, mtu int, tests []string) ([]Row, e
 	for i, t := range tests {
 		rows[i] = make([]Row, len(e.routers))
 		for j, r := range e.routers {
-			rows[i][j] = Row{MTU: mtu, Test: t, Router: r.spec.Name}
+			rows[i][j] = Row{MTU: mtu, Test: t, Router: r.spec.Name, Path: e.path}
 		}
 	}
 	flat := func() []Row {
