@@ -76,7 +76,7 @@ func (r *Router) buildServices(u *cleanup) error {
 			Logger:         r.log.With("component", "ctlport"),
 		}
 		if t := r.tor.tor; t != nil {
-			cfg.Tor = t // a nil *torctl.Tor must not become a non-nil interface
+			cfg.Tor = func(netip.Addr) ctlport.Tor { return t }
 		}
 		srv, err := ctlport.New(cfg)
 		if err != nil {
