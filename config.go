@@ -54,7 +54,8 @@ type Config struct {
 	// it (a unix socket, an in-memory pipe). It must honour ctx.
 	Upstream func(ctx context.Context) (net.Conn, error)
 	// OnTorProgress is called when a managed or attached Tor's bootstrap
-	// phase changes, in order, one call at a time (for a progress view).
+	// phase changes, in order, one call at a time (for a progress view;
+	// with several Tor instances, each reports its own: Bootstrap.Instance).
 	// It must not block or call Close. Optional.
 	OnTorProgress func(Bootstrap)
 
@@ -240,6 +241,9 @@ type Bootstrap struct {
 	// Warning is the last problem Tor reported while bootstrapping ("" if
 	// none since the last progress).
 	Warning string
+	// Instance is the Tor instance that reports (ManagedTor.Instances):
+	// always 0 with one Tor.
+	Instance int
 }
 
 func bootstrapOf(b torctl.Bootstrap) Bootstrap {
@@ -313,6 +317,9 @@ func (c *Config) validate() error {
 	}
 	if n != 1 {
 		return errors.New("config: exactly one of ManagedTor, AttachedTor, SocksAddr and Upstream must be set")
+	}
+	if m := c.ManagedTor; m != nil && (m.Instances < 0 || m.Instances > MaxTorInstances) {
+		return fmt.Errorf("config: ManagedTor.Instances %d out of range 1-%d", m.Instances, MaxTorInstances)
 	}
 	if c.SocksAddr != "" {
 		d, err := socksDialer(c.SocksAddr)

@@ -25,3 +25,6 @@ func (r *Router) DNS() *dns.Server { return r.dns }
 
 // Tor returns the managed or attached Tor; nil with plain SOCKS.
 func (r *Router) Tor() *torctl.Tor { return r.tor.tor }
+
+// TorOf is Tor instance k's torctl.Tor.
+func (r *Router) TorOf(k int) *torctl.Tor { return r.tor.inst[k].tor }

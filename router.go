@@ -34,11 +34,9 @@ type Router struct {
 	cfg    Config
 	log    *slog.Logger
 	gate   *gate.Gate
-	watch  *upstream.Watch
 	tor    *torSide
 	iso    *tunnel.Isolator
 	names  *dns.Map
-	dialer *socks.Dialer // every flow and lookup leaves through it, and the watch
 	dev    tun.Device
 	lan    *lan.Device // nil unless Config.LAN
 	policy *dest.Policy
@@ -68,12 +66,11 @@ type Router struct {
 }
 
 // The readiness gate's parts, in the order Ready names the first that is
-// not ready.
+// not ready: the shared ones, then two per Tor instance (partNames).
 const (
-	partRouter   gate.Part = iota // started, not closed, packet loop running
-	partLAN                       // every LAN link up and readable
-	partTor                       // bootstrapped with a live circuit
-	partUpstream                  // the SOCKS port answers
+	partRouter gate.Part = iota // started, not closed, packet loop running
+	partLAN                     // every LAN link up and readable
+	partTor                     // instance 0's Tor: bootstrapped with a live circuit; partTor+1 its SOCKS port answers; then instance 1's two, and so on
 )
 
 var (
@@ -190,35 +187,51 @@ func (r *Router) buildTor(u *cleanup) error {
 			return nil
 		}
 	}
-	r.gate = gate.New(extra, "router", "lan", "tor", "upstream")
+	r.gate = gate.New(extra, partNames(r.cfg.instances())...)
 	r.gate.Set(partRouter, errNotStarted)
-	var progress func(torctl.Bootstrap)
+	var progress func(int, torctl.Bootstrap)
 	if f := r.cfg.OnTorProgress; f != nil {
-		progress = func(b torctl.Bootstrap) { f(bootstrapOf(b)) }
+		var mu sync.Mutex // one call at a time, whichever instance reports
+		progress = func(k int, b torctl.Bootstrap) {
+			mu.Lock()
+			defer mu.Unlock()
+			bs := bootstrapOf(b)
+			bs.Instance = k
+			f(bs)
+		}
 	}
 	ts, err := newTorSide(&r.cfg, progress, r.torDown, r.onConnect)
 	if err != nil {
 		return err
 	}
 	r.tor = ts
-	if ts.tor == nil {
-		r.gate.Set(partTor, nil)
+	for _, in := range ts.inst {
+		if in.tor == nil {
+			r.gate.Set(in.part, nil)
+		}
 	}
 	r.bgCtx, r.stopBg = context.WithCancel(context.Background())
 	u.push(func() { r.stopBg(); r.bg.Wait() })
 	return nil
 }
 
-// buildUpstream wraps every dial to the SOCKS port in the liveness watch.
+// buildUpstream wraps every dial to a SOCKS port in its instance's
+// liveness watch.
 func (r *Router) buildUpstream(*cleanup) error {
 	plain := r.cfg.Ready == nil && r.tor.tor == nil
-	r.watch = upstream.New(r.cfg.Upstream, plain, r.log.With("component", "upstream"),
-		func(err error) { r.gate.Set(partUpstream, err) })
-	// Pipeline: the upstream is Tor. With isolation (the default) every
-	// stream carries credentials that only Tor takes whatever they are,
-	// so a server that parses one message per read (microsocks) could not
-	// serve torgate anyway; without credentials Pipeline changes nothing.
-	r.dialer = &socks.Dialer{Dial: r.watch.Dial, Pipeline: true}
+	for _, in := range r.tor.inst {
+		log := r.log.With("component", "upstream")
+		if len(r.tor.inst) > 1 {
+			log = log.With("tor_instance", in.k)
+		}
+		in.watch = upstream.New(in.dial, plain, log, func(err error) { r.gate.Set(in.part+1, err) })
+		// Pipeline: the upstream is Tor. With isolation (the default)
+		// every stream carries credentials that only Tor takes whatever
+		// they are, so a server that parses one message per read
+		// (microsocks) could not serve torgate anyway; without
+		// credentials Pipeline changes nothing.
+		in.dialer = &socks.Dialer{Dial: in.watch.Dial, Pipeline: true}
+	}
 	iso, err := tunnel.NewIsolator(tunnel.IsolationMode(r.cfg.Isolation), r.cfg.IsolationSecret)
 	r.iso = iso
 	return err
@@ -305,9 +318,9 @@ func (r *Router) buildDNS(u *cleanup) error {
 	ds, err := dns.New(dns.Config{
 		Mode:            dns.Mode(r.cfg.DNSMode),
 		Map:             r.names,
-		Resolver:        tunnel.NewResolver(r.dialer, r.iso, r.gate.Ready),
+		Resolver:        tunnel.NewLaneResolver(r.lanes(), r.laneOf, r.iso),
 		Policy:          r.policy,
-		Ready:           r.gate.Ready,
+		Ready:           r.readyFor,
 		LogDestinations: r.cfg.LogDestinations,
 		Logger:          r.log.With("component", "dns"),
 		// Port 53 is the DNS server's (netstack's hook hands it over).
@@ -328,11 +341,11 @@ func (r *Router) buildDNS(u *cleanup) error {
 func (r *Router) buildTunnel(u *cleanup) error {
 	cfg := r.cfg
 	tcfg := tunnel.Config{
-		Upstream:          r.dialer,
+		Lanes:             r.lanes(),
+		LaneOf:            r.laneOf,
 		Isolator:          r.iso,
 		Names:             r.names,
 		Policy:            r.policy,
-		Ready:             r.gate.Ready,
 		DialTimeout:       cfg.DialTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		HalfCloseTimeout:  cfg.HalfCloseTimeout,
@@ -349,9 +362,6 @@ func (r *Router) buildTunnel(u *cleanup) error {
 	// wait for it, and so do a managed Tor's when /proc hides its process
 	// (hidepid). A plain SOCKS upstream offers no evidence a wait could
 	// collect in time (its probe runs every 5 s): its ends pass at once.
-	if r.tor.mode == ModeManaged {
-		tcfg.UpstreamState = r.tor.tor.ProcessState
-	}
 	if r.tor.mode != ModeSocks || cfg.Ready != nil {
 		tcfg.EOFGrace = eofGrace
 	}
@@ -365,6 +375,33 @@ func (r *Router) buildTunnel(u *cleanup) error {
 	r.tunnel = tn
 	u.push(func() { tn.Close() })
 	return nil
+}
+
+// lanes are the tunnel's ways out, one per Tor instance: its SOCKS port
+// and its workstations' readiness. An end of stream from a managed Tor:
+// its process says at once whether Tor is dying (checked per end of
+// stream, ~8 µs, no allocation); an attached Tor's control connection,
+// or the caller's Ready, needs a moment to report a death, so those ends
+// of stream wait for it (tunnel.Config.EOFGrace), and so do a managed
+// Tor's when /proc hides its process (hidepid).
+func (r *Router) lanes() []tunnel.Lane {
+	lanes := make([]tunnel.Lane, len(r.tor.inst))
+	for i, in := range r.tor.inst {
+		lanes[i] = tunnel.Lane{Upstream: in.dialer, Ready: func() bool { return r.gate.ReadyOf(in.mask) }}
+		if r.tor.mode == ModeManaged {
+			lanes[i].UpstreamState = in.tor.ProcessState
+		}
+	}
+	return lanes
+}
+
+// laneOf is the tunnel's LaneOf: workstation who's Tor instance.
+func (r *Router) laneOf(who netip.Addr) int { return r.tor.pick(who).k }
+
+// readyFor reports whether workstation who's Tor instance serves it: DNS's
+// readiness, per query.
+func (r *Router) readyFor(who netip.Addr) bool {
+	return r.gate.ReadyOf(r.tor.pick(who).mask)
 }
 
 // buildStack builds the network stack on the device. From here the stack
@@ -421,20 +458,30 @@ func (r *Router) startTor(ctx context.Context, u *cleanup) error {
 	if r.lan != nil {
 		r.report(partLAN, r.lan.Changed, r.lan.Ready)
 	}
-	t := r.tor.tor
-	if t == nil {
-		return nil
-	}
-	if err := t.Start(ctx); err != nil {
-		t.Close()
-		return err
-	}
-	u.push(func() { t.Close() })
-	r.report(partTor, t.Changed, t.ReadyErr)
-	if r.tor.mode == ModeManaged {
-		r.log.Info("starting tor", "mode", r.tor.mode, "data_dir", r.cfg.ManagedTor.DataDir, "socks", t.SocksAddr())
-	} else {
-		r.log.Info("attached to tor", "mode", r.tor.mode, "control", r.cfg.AttachedTor.ControlAddr, "socks", t.SocksAddr())
+	for _, in := range r.tor.inst {
+		t := in.tor
+		if t == nil {
+			return nil
+		}
+		if err := t.Start(ctx); err != nil {
+			for _, later := range r.tor.inst[in.k:] {
+				later.tor.Close()
+			}
+			if len(r.tor.inst) > 1 {
+				return fmt.Errorf("tor instance %d: %w", in.k, err)
+			}
+			return err
+		}
+		u.push(func() { t.Close() })
+		r.report(in.part, t.Changed, t.ReadyErr)
+		switch {
+		case r.tor.mode != ModeManaged:
+			r.log.Info("attached to tor", "mode", r.tor.mode, "control", r.cfg.AttachedTor.ControlAddr, "socks", t.SocksAddr())
+		case len(r.tor.inst) > 1:
+			r.log.Info("starting tor", "mode", r.tor.mode, "tor_instance", in.k, "data_dir", r.cfg.torConfig(in.k).DataDir, "socks", t.SocksAddr())
+		default:
+			r.log.Info("starting tor", "mode", r.tor.mode, "data_dir", r.cfg.ManagedTor.DataDir, "socks", t.SocksAddr())
+		}
 	}
 	return nil
 }
@@ -455,18 +502,20 @@ func (r *Router) report(p gate.Part, changed func() <-chan struct{}, state func(
 	})
 }
 
-// torDown is torctl's OnDown: it runs once Tor's readiness already
-// reports false. The gate learns it here, before the flows end, so that
-// no new flow slips in between; flows through a Tor that is gone cannot
-// continue: they end now (RST) rather than each time out.
-func (r *Router) torDown() {
-	if t := r.tor.tor; t != nil {
+// torDown is instance k's torctl OnDown: it runs once k's readiness
+// already reports false. The gate learns it here, before the flows end,
+// so that no new flow slips in between; flows through a Tor that is gone
+// cannot continue: they end now (RST) rather than each time out. Only
+// instance k's workstations' flows end: the others' Tors are fine.
+func (r *Router) torDown(k int) {
+	in := r.tor.inst[k]
+	if t := in.tor; t != nil {
 		if err := t.ReadyErr(); err != nil {
-			r.gate.Set(partTor, err)
+			r.gate.Set(in.part, err)
 		}
 	}
 	if tn := r.tunnel; tn != nil {
-		tn.EndAllBecause(tunnel.EndTorDown)
+		tn.EndLaneBecause(k, tunnel.EndTorDown)
 	}
 }
 
@@ -479,9 +528,8 @@ func (r *Router) Metrics() []prometheus.Collector {
 		kind = "lan"
 	}
 	cs = append(cs, newStackCollector(r.stack, kind))
-	cs = append(cs, r.watch.Metrics()...)
 	cs = append(cs, r.svc.metrics()...)
-	cs = append(cs, r.tor.metrics(r.Ready)...)
+	cs = append(cs, r.tor.metrics(r.Ready, func(in *torInstance) bool { return r.gate.ReadyOf(in.mask) })...)
 	if r.lan != nil {
 		cs = append(cs, r.lan.Metrics()...)
 	}
@@ -499,10 +547,20 @@ const stateSaveInterval = 5 * time.Minute
 // until closed or until the TUN failed.
 func (r *Router) Healthy() error { return r.gate.PartErr(partRouter) }
 
-// UpstreamErr is nil while the SOCKS upstream answers, else why not. In
-// plain SOCKS mode it is all the router knows about Tor: a SOCKS port
-// says nothing of Tor's bootstrap.
-func (r *Router) UpstreamErr() error { return r.watch.Err() }
+// UpstreamErr is nil while the SOCKS upstream answers (every Tor
+// instance's SOCKS port), else why not. In plain SOCKS mode it is all the
+// router knows about Tor: a SOCKS port says nothing of Tor's bootstrap.
+func (r *Router) UpstreamErr() error {
+	for _, in := range r.tor.inst {
+		if err := in.watch.Err(); err != nil {
+			if len(r.tor.inst) > 1 {
+				return fmt.Errorf("tor instance %d: %w", in.k, err)
+			}
+			return err
+		}
+	}
+	return nil
+}
 
 // Start begins forwarding. In plain SOCKS mode it first probes the
 // upstream once (at most a second), so that a dead upstream is refused
@@ -511,8 +569,10 @@ func (r *Router) Start() {
 	if r.started.Swap(true) {
 		return
 	}
-	r.watch.Start(r.bgCtx)
-	r.bg.Go(func() { r.watch.Run(r.bgCtx) })
+	for _, in := range r.tor.inst {
+		in.watch.Start(r.bgCtx)
+		r.bg.Go(func() { in.watch.Run(r.bgCtx) })
+	}
 	r.stack.Start()
 	r.gate.Set(partRouter, nil)
 	// The packet loop's end (a deleted TUN) is the router's.
@@ -546,13 +606,10 @@ func (r *Router) Run(ctx context.Context) error {
 }
 
 // Wait blocks until ctx is done (nil) or the started router stops
-// forwarding (its error): the packet loop failed or the Tor supervisor
-// stopped.
+// forwarding (its error): the packet loop failed or a Tor supervisor
+// stopped (of any instance: its workstations would be refused for good).
 func (r *Router) Wait(ctx context.Context) error {
-	var torDone <-chan struct{} // nil with plain SOCKS: never ready
-	if t := r.tor.tor; t != nil {
-		torDone = t.Done()
-	}
+	torDone := r.tor.done()
 	select {
 	case <-ctx.Done():
 		return nil
@@ -598,8 +655,10 @@ func (r *Router) Close() error {
 		err1 := r.stack.Close()
 		err3 := r.dns.Close()
 		var err4 error
-		if t := r.tor.tor; t != nil {
-			err4 = t.Close()
+		for _, in := range r.tor.inst {
+			if in.tor != nil {
+				err4 = errors.Join(err4, in.tor.Close())
+			}
 		}
 		r.unregister.run()
 		r.closeErr = errors.Join(err1, err2, err3, err4)

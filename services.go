@@ -75,8 +75,10 @@ func (r *Router) buildServices(u *cleanup) error {
 			Proven:         r.proven,
 			Logger:         r.log.With("component", "ctlport"),
 		}
-		if t := r.tor.tor; t != nil {
-			cfg.Tor = t // a nil *torctl.Tor must not become a non-nil interface
+		if r.tor.tor != nil {
+			// The workstation's own Tor instance answers: its circuits
+			// are there.
+			cfg.Tor = func(who netip.Addr) ctlport.Tor { return r.tor.pick(who).tor }
 		}
 		srv, err := ctlport.New(cfg)
 		if err != nil {
@@ -144,6 +146,13 @@ func (s *services) close() {
 // onConnect is torctl's OnConnect: every new control connection to Tor
 // (a managed Tor restarted, an attached one reconnected) gets the onion
 // services again. Until buildOnion ran there are none.
+//
+// With several Tor instances the onion services live on instance 0 only
+// (newTorSide gives only it this hook): an onion service is one key, and
+// publishing it from two Tors would make them race for its descriptor.
+// Its connections are dialled from torgate's stack to the workstation,
+// whichever instance the workstation's own outgoing traffic uses; while
+// instance 0 is down the services are unreachable, and come back with it.
 func (r *Router) onConnect(ctx context.Context, c *torctl.Conn) error {
 	if o := r.svc.onion; o != nil {
 		return o.OnConnect(ctx, c)

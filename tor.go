@@ -4,12 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/torgate/torgate/internal/gate"
 	"github.com/torgate/torgate/internal/torctl"
+	"github.com/torgate/torgate/internal/upstream"
+	"github.com/torgate/torgate/socks"
 )
 
 // This file ties Tor to the router: the upstream choice (a managed Tor,
@@ -37,6 +44,17 @@ type ManagedTor struct {
 	// RestartBackoff is the first wait before restarting a tor that exits
 	// again soon after a restart. Zero: 1s.
 	RestartBackoff time.Duration
+	// Instances is how many tor processes to run (docs/operations.md,
+	// "Several Tor instances"); 0 or 1: one. Each workstation is served
+	// by one instance for good (Router.TorInstance): its flows, DNS, SOCKS
+	// ports and control-port answers all go through it. An instance that
+	// dies or hangs fails closed for its own workstations only (their
+	// flows get RSTs, their DNS SERVFAIL) until it is back; they are never
+	// moved to another instance. Instance 0 keeps DataDir; instance k > 0
+	// uses DataDir-k. Every instance gets the same torrc lines, so they
+	// must not name fixed ports beyond those torgate sets. At most
+	// MaxTorInstances.
+	Instances int
 }
 
 // AttachedTor configures the use of a Tor that runs already, through its
@@ -59,13 +77,34 @@ const (
 	ModeSocks   = "socks"
 )
 
-// torConfig maps the upstream choice onto torctl's Config; nil for plain
-// SOCKS.
-func (c *Config) torConfig() *torctl.Config {
+// MaxTorInstances bounds ManagedTor.Instances: each tor process costs
+// tens of MB and its own circuits, and the readiness gate holds two parts
+// per instance.
+const MaxTorInstances = 16
+
+// instances is how many Tors cfg runs: ManagedTor.Instances, else one
+// (an attached Tor, or plain SOCKS).
+func (c *Config) instances() int {
+	if c.ManagedTor != nil && c.ManagedTor.Instances > 1 {
+		return c.ManagedTor.Instances
+	}
+	return 1
+}
+
+// torConfig maps the upstream choice onto torctl's Config for instance k;
+// nil for plain SOCKS. Instance 0 keeps DataDir, so that a deployment
+// that grows to several instances keeps its tor's state (guards,
+// consensus); instance k > 0 lives in DataDir-k (its sockets in
+// DataDir-k-run).
+func (c *Config) torConfig(k int) *torctl.Config {
 	switch {
 	case c.ManagedTor != nil:
 		m := c.ManagedTor
-		return &torctl.Config{DataDir: m.DataDir, TorPath: m.TorPath, TorrcFile: m.TorrcFile,
+		dir := m.DataDir
+		if k > 0 {
+			dir = fmt.Sprintf("%s-%d", strings.TrimRight(dir, "/"), k)
+		}
+		return &torctl.Config{DataDir: dir, TorPath: m.TorPath, TorrcFile: m.TorrcFile,
 			TorrcLines: m.TorrcLines, User: m.User, RestartBackoff: m.RestartBackoff}
 	case c.AttachedTor != nil:
 		a := c.AttachedTor
@@ -74,84 +113,242 @@ func (c *Config) torConfig() *torctl.Config {
 	return nil
 }
 
-// torSide is the Tor part of a Router. tor is nil with plain SOCKS.
+// torSide is the Tor part of a Router: its Tor instances, and which
+// workstation uses which (pick).
 type torSide struct {
-	tor    *torctl.Tor
 	mode   string
+	inst   []*torInstance         // one per Tor; one with an attached Tor or plain SOCKS
+	tor    *torctl.Tor            // inst[0]'s: onion services, TorSwitchesUser; nil with plain SOCKS
+	picker *picker                // nil with one instance
 	newnym *prometheus.CounterVec // new identities carried out, by scope
-	downs  prometheus.Counter     // times Tor went away
+
+	doneOnce sync.Once
+	anyDone  chan struct{} // set by doneOnce: closed when any instance's supervisor stopped
 }
 
-// newTorSide builds (but does not start) the Tor of cfg. onDown ends the
-// flows; it runs on torctl's goroutine after Ready turned false.
-// onConnect runs on every new control connection (onion services).
-func newTorSide(cfg *Config, onProgress func(torctl.Bootstrap), onDown func(), onConnect func(context.Context, *torctl.Conn) error) (*torSide, error) {
+// torInstance is one Tor and the way to it: its SOCKS port behind its own
+// liveness watch, and its two parts of the readiness gate. Its
+// workstations are served while mask (the router's shared parts and its
+// own) is ready, whatever the other instances do.
+type torInstance struct {
+	k      int
+	tor    *torctl.Tor                             // nil with plain SOCKS
+	dial   func(context.Context) (net.Conn, error) // its SOCKS port
+	watch  *upstream.Watch                         // set by buildUpstream
+	dialer *socks.Dialer                           // set by buildUpstream; every flow and lookup of its workstations leaves through it
+	part   gate.Part                               // its Tor's readiness; part+1 its SOCKS port's
+	mask   gate.Mask                               // what its workstations need
+	downs  prometheus.Counter                      // times its Tor went away
+}
+
+// partNames are the readiness gate's part names for n instances, in
+// Part order: the shared parts, then each instance's Tor and SOCKS port
+// (plain "tor" and "upstream" with one instance, as before there were
+// several).
+func partNames(n int) []string {
+	names := []string{"router", "lan"}
+	if n == 1 {
+		return append(names, "tor", "upstream")
+	}
+	for k := range n {
+		names = append(names, fmt.Sprintf("tor %d", k), fmt.Sprintf("upstream %d", k))
+	}
+	return names
+}
+
+// newTorSide builds (but does not start) the Tors of cfg. onDown(k) ends
+// instance k's flows; it runs on torctl's goroutine after k's Ready
+// turned false. onConnect runs on every new control connection of
+// instance 0 (onion services).
+func newTorSide(cfg *Config, onProgress func(int, torctl.Bootstrap), onDown func(int), onConnect func(context.Context, *torctl.Conn) error) (*torSide, error) {
 	s := &torSide{mode: ModeSocks}
 	s.newnym = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "new_identity_total", Help: "New identities carried out, by scope (source or all).",
 	}, []string{"scope"})
 	s.newnym.WithLabelValues("source")
 	s.newnym.WithLabelValues("all")
-	s.downs = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "tor_down_total", Help: "Times Tor went away (process exited, control connection lost, or hung): each time every open flow was ended.",
-	})
-	tc := cfg.torConfig()
-	if tc == nil {
-		return s, nil
+	n := cfg.instances()
+	for k := range n {
+		in := &torInstance{k: k, part: partTor + gate.Part(2*k), dial: cfg.Upstream}
+		in.mask = gate.MaskOf(partRouter, partLAN, in.part, in.part+1)
+		in.downs = prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tor_down_total", Help: "Times Tor went away (process exited, control connection lost, or hung): each time every open flow of its workstations was ended.",
+		})
+		s.inst = append(s.inst, in)
+		tc := cfg.torConfig(k)
+		if tc == nil {
+			continue
+		}
+		s.mode = ModeManaged
+		if tc.ControlAddr != "" {
+			s.mode = ModeAttach
+		}
+		tc.Logger = cfg.Logger.With("component", "torctl")
+		if n > 1 {
+			tc.Logger = tc.Logger.With("tor_instance", k)
+		}
+		if onProgress != nil {
+			tc.OnProgress = func(b torctl.Bootstrap) { onProgress(k, b) }
+		}
+		if k == 0 {
+			tc.OnConnect = onConnect
+		}
+		tc.OnDown = func() {
+			in.downs.Inc()
+			onDown(k)
+		}
+		t, err := torctl.New(*tc)
+		if err != nil {
+			for _, done := range s.inst[:k] {
+				done.tor.Close()
+			}
+			if n > 1 {
+				return nil, fmt.Errorf("tor instance %d: %w", k, err)
+			}
+			return nil, err
+		}
+		in.tor, in.dial = t, t.DialSocks
 	}
-	s.mode = ModeManaged
-	if tc.ControlAddr != "" {
-		s.mode = ModeAttach
+	s.tor = s.inst[0].tor
+	if n > 1 {
+		key, err := instanceKey(cfg.StateDir, cfg.IsolationSecret)
+		if err != nil {
+			for _, in := range s.inst {
+				in.tor.Close()
+			}
+			return nil, err
+		}
+		s.picker = newPicker(key, n)
 	}
-	tc.Logger = cfg.Logger.With("component", "torctl")
-	tc.OnProgress = onProgress
-	tc.OnConnect = onConnect
-	tc.OnDown = func() {
-		s.downs.Inc()
-		onDown()
-	}
-	t, err := torctl.New(*tc)
-	if err != nil {
-		return nil, err
-	}
-	s.tor = t
-	cfg.Upstream = t.DialSocks
 	return s, nil
 }
 
-// metrics returns Tor's collectors; ready is the router's readiness.
-func (s *torSide) metrics(ready func() error) []prometheus.Collector {
-	progress := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "tor_bootstrap_progress", Help: "Tor's bootstrap progress in percent (100 with a plain SOCKS upstream).",
-	}, func() float64 {
-		if s.tor == nil {
-			return 100
+// done is closed once any instance's Tor supervisor stopped on its own;
+// nil with plain SOCKS (never closed).
+func (s *torSide) done() <-chan struct{} {
+	if s.tor == nil {
+		return nil
+	}
+	if len(s.inst) == 1 {
+		return s.tor.Done()
+	}
+	s.doneOnce.Do(func() {
+		s.anyDone = make(chan struct{})
+		var once sync.Once
+		for _, in := range s.inst {
+			// Each watcher ends with its Tor: Close stops every supervisor.
+			go func() {
+				<-in.tor.Done()
+				once.Do(func() { close(s.anyDone) })
+			}()
 		}
-		return float64(s.tor.Status().Bootstrap.Progress)
 	})
+	return s.anyDone
+}
+
+// pick is the instance that serves workstation who (its identity: on a
+// LAN its machine, on a TUN its address).
+func (s *torSide) pick(who netip.Addr) *torInstance {
+	if s.picker == nil {
+		return s.inst[0]
+	}
+	return s.inst[s.picker.pick(who)]
+}
+
+// metrics returns Tor's collectors; ready is the router's readiness,
+// laneReady an instance's. With several instances the per-instance
+// collectors carry instance="0".."N-1".
+func (s *torSide) metrics(ready func() error, laneReady func(*torInstance) bool) []prometheus.Collector {
 	readyGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "ready", Help: "1 when torgate forwards: Tor bootstrapped with a live circuit and the TUN up; 0 while it refuses.",
+		Name: "ready", Help: "1 when torgate forwards for every workstation: every Tor bootstrapped with a live circuit and the TUN up; 0 while it refuses some.",
 	}, func() float64 {
 		if ready() != nil {
 			return 0
 		}
 		return 1
 	})
-	hangs := prometheus.NewCounterFunc(prometheus.CounterOpts{
+	cs := []prometheus.Collector{readyGauge, s.newnym}
+	for _, in := range s.inst {
+		own := []prometheus.Collector{in.progressGauge(), in.hangsCounter(), in.downs}
+		own = append(own, in.watch.Metrics()...)
+		if len(s.inst) == 1 {
+			cs = append(cs, own...)
+			continue
+		}
+		own = append(own, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tor_ready", Help: "1 while this Tor instance's workstations are served (its Tor bootstrapped with a live circuit, its SOCKS port answering, the router up); 0 while they are refused.",
+		}, func() float64 {
+			if laneReady(in) {
+				return 1
+			}
+			return 0
+		}))
+		labels := prometheus.Labels{"instance": strconv.Itoa(in.k)}
+		for _, c := range own {
+			cs = append(cs, prometheus.WrapCollectorWith(labels, c))
+		}
+	}
+	return cs
+}
+
+func (in *torInstance) progressGauge() prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tor_bootstrap_progress", Help: "Tor's bootstrap progress in percent (100 with a plain SOCKS upstream).",
+	}, func() float64 {
+		if in.tor == nil {
+			return 100
+		}
+		return float64(in.tor.Status().Bootstrap.Progress)
+	})
+}
+
+func (in *torInstance) hangsCounter() prometheus.Collector {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "tor_unresponsive_total", Help: "Times Tor left a control-port poll unanswered past the probe deadline (stopped or hung).",
 	}, func() float64 {
-		if s.tor == nil {
+		if in.tor == nil {
 			return 0
 		}
-		return float64(s.tor.Hangs())
+		return float64(in.tor.Hangs())
 	})
-	return []prometheus.Collector{progress, readyGauge, hangs, s.newnym, s.downs}
 }
 
 // TorSwitchesUser reports whether the managed Tor runs as another user
 // (ManagedTor.User): whoever drops torgate's privileges must then keep
 // CAP_SETUID and CAP_SETGID (to restart it) and CAP_KILL (to stop it).
+// Every instance runs as the same user.
 func (r *Router) TorSwitchesUser() bool { return r.tor.tor != nil && r.tor.tor.SwitchesUser() }
+
+// TorInstances is how many Tors the router uses (ManagedTor.Instances;
+// one with an attached Tor or plain SOCKS).
+func (r *Router) TorInstances() int { return len(r.tor.inst) }
+
+// TorInstance is the Tor instance, 0 to TorInstances()-1, that carries
+// every connection, lookup and control-port answer of the workstation
+// that uses address src. The assignment is a keyed hash of the
+// workstation's identity (on a LAN its machine, so all its addresses;
+// on a TUN its address), fixed while the router runs and, with a
+// StateDir, across runs. It needs no known workstation.
+func (r *Router) TorInstance(src netip.Addr) int {
+	return r.tor.pick(r.who(src)).k
+}
+
+// who is the workstation identity of address src: on a LAN the machine
+// that holds it (src itself if none does), on a TUN src.
+func (r *Router) who(src netip.Addr) netip.Addr {
+	src = src.Unmap()
+	if r.lan != nil {
+		if id, ok := r.lan.Identity(src); ok {
+			return id
+		}
+	}
+	return src
+}
+
+// TorInstanceErr is instance k's readiness: nil while its workstations
+// are served, else why not (its Tor, its SOCKS port, or a shared part
+// such as the packet loop). Ready is nil when every instance's is.
+func (r *Router) TorInstanceErr(k int) error { return r.gate.ErrOf(r.tor.inst[k].mask) }
 
 // Mode names how the router reaches Tor: ModeManaged, ModeAttach or
 // ModeSocks.
@@ -162,6 +359,11 @@ func (r *Router) Mode() string { return r.tor.mode }
 // the SOCKS port answers) and Config.Ready, if set, agrees. Otherwise it
 // says why; new flows then get a RST and DNS a SERVFAIL. It is the one
 // readiness gate's answer, the same that flows and DNS read.
+//
+// With several Tor instances Ready is nil only while every instance is
+// ready: it answers "is every workstation served". One instance down
+// makes it say which; that instance's workstations are refused, the
+// others' are served (TorInstanceErr says which is which).
 func (r *Router) Ready() error { return r.gate.Err() }
 
 // WaitReady blocks until the started router forwards (Ready is nil) or
@@ -178,16 +380,22 @@ func (r *Router) WaitReady(ctx context.Context) error {
 // Diagnosis says why Tor is not ready, with hints once its bootstrap
 // stalled; "" when ready.
 func (r *Router) Diagnosis() string {
-	if t := r.tor.tor; t != nil {
-		if d := t.Diagnosis(); d != "" {
-			return d
+	for _, in := range r.tor.inst {
+		prefix := ""
+		if len(r.tor.inst) > 1 {
+			prefix = fmt.Sprintf("tor instance %d: ", in.k)
 		}
-		if err := t.ReadyErr(); err != nil {
-			return err.Error()
+		if t := in.tor; t != nil {
+			if d := t.Diagnosis(); d != "" {
+				return prefix + d
+			}
+			if err := t.ReadyErr(); err != nil {
+				return prefix + err.Error()
+			}
 		}
-	}
-	if err := r.UpstreamErr(); err != nil {
-		return err.Error()
+		if err := in.watch.Err(); err != nil {
+			return prefix + err.Error()
+		}
 	}
 	if err := r.gate.Err(); err != nil {
 		return err.Error()
@@ -225,23 +433,35 @@ func (r *Router) NewIdentity(src netip.Addr) error {
 var ErrUnknownWorkstation = errors.New("unknown workstation")
 
 // NewIdentityAll gives every source new credentials and, with a control
-// port, sends Tor NEWNYM (new circuits, DNS cache cleared). Within Tor's
-// NEWNYM rate limit (one per NewNymInterval) it does neither and returns
-// a *RateLimitError (errors.Is ErrRateLimited), so that a retry does
-// both.
+// port, sends Tor NEWNYM (new circuits, DNS cache cleared): every Tor
+// instance. Within Tor's NEWNYM rate limit (one per NewNymInterval) of
+// any instance it does neither and returns a *RateLimitError (errors.Is
+// ErrRateLimited), so that a retry does both.
 func (r *Router) NewIdentityAll(ctx context.Context) error {
-	t := r.tor.tor
-	if t != nil {
-		if w := t.NewNymWait(); w > 0 {
-			return &RateLimitError{Wait: w}
+	var wait time.Duration
+	for _, in := range r.tor.inst {
+		if in.tor != nil {
+			wait = max(wait, in.tor.NewNymWait())
 		}
+	}
+	if wait > 0 {
+		return &RateLimitError{Wait: wait}
 	}
 	r.iso.NewIdentityAll()
 	r.tor.newnym.WithLabelValues("all").Inc()
-	if t == nil {
-		return nil
+	var errs []error
+	for _, in := range r.tor.inst {
+		if in.tor == nil {
+			continue
+		}
+		if err := in.tor.NewNym(ctx); err != nil {
+			if len(r.tor.inst) > 1 {
+				err = fmt.Errorf("tor instance %d: %w", in.k, err)
+			}
+			errs = append(errs, err)
+		}
 	}
-	if err := t.NewNym(ctx); err != nil {
+	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("new flows use new circuits, but NEWNYM was not sent: %w", err)
 	}
 	return nil

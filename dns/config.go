@@ -293,11 +293,12 @@ type Config struct {
 	// nil means the built-in rules (dest.Forbidden).
 	Policy *dest.Policy
 
-	// Ready reports whether Tor is usable. While it returns false every
-	// well-formed query gets SERVFAIL, automapped ones too: fail closed.
-	// nil means always ready. It is called once per query, so it must be
-	// cheap (an atomic load).
-	Ready func() bool
+	// Ready reports whether the Tor that serves workstation who (Handle's
+	// src) is usable: with several Tor instances, who's own. While it
+	// returns false every well-formed query of who gets SERVFAIL,
+	// automapped ones too: fail closed. nil means always ready. It is
+	// called once per query, so it must be cheap (an atomic load).
+	Ready func(who netip.Addr) bool
 
 	// Logger receives setup, state-file and rate-limited warning messages,
 	// never one per query above Debug. nil discards.

@@ -123,8 +123,9 @@
 //     query did, advertising 1232 and echoing the DO bit; an EDNS version
 //     other than 0 gets BADVERS; two OPT records, or one not owned by the
 //     root, get FORMERR.
-//   - Config.Ready reports false (Tor not usable): SERVFAIL for every query
-//     that got this far, automapped and local names included. Fail closed.
+//   - Config.Ready reports false (the asking workstation's Tor not usable):
+//     SERVFAIL for every query of that workstation that got this far,
+//     automapped and local names included. Fail closed.
 //   - Class other than IN: NOTIMP.
 //   - A, AAAA: by the name policy below.
 //   - PTR for a reverse name (in-addr.arpa, ip6.arpa) of a virtual address:

@@ -58,7 +58,7 @@ type Server struct {
 	resolver       Resolver
 	resolveTimeout time.Duration
 	resolveSem     chan struct{} // one token per Resolver call in flight
-	ready          func() bool
+	ready          func(netip.Addr) bool
 	log            *slog.Logger
 	unsafeLog      bool
 	now            func() time.Time
@@ -240,7 +240,7 @@ func (s *Server) decide(ctx context.Context, src netip.Addr, query []byte, p *dn
 	if !s.parseEDNS(p, r) {
 		return
 	}
-	if s.ready != nil && !s.ready() {
+	if s.ready != nil && !s.ready(src) {
 		r.set(dnsmessage.RCodeServerFailure, ResultServFail)
 		return
 	}

@@ -536,7 +536,7 @@ func TestAppendToResp(t *testing.T) {
 func TestNotReady(t *testing.T) {
 	var ready atomic.Bool
 	fr := &fakeResolver{t: t}
-	s := newServer(t, Config{Ready: ready.Load, Mode: ModeResolve, Resolver: fr})
+	s := newServer(t, Config{Ready: func(netip.Addr) bool { return ready.Load() }, Mode: ModeResolve, Resolver: fr})
 	names := []struct {
 		name  string
 		qtype dnsmessage.Type

@@ -72,14 +72,15 @@ type PortStream struct {
 func (t *Tunnel) ConnectPort(ctx context.Context, s PortStream) socks.Reply {
 	start := time.Now()
 	who := s.Who.Unmap()
-	if !t.ready() {
+	l := t.laneOf(who)
+	if !t.ready(l) {
 		return t.refusePort(s, refuseNotReady)
 	}
 	target, host, releaseName, why := t.portTarget(who, s.Dst)
 	if why != "" {
 		return t.refusePort(s, why)
 	}
-	gen, ok := t.admit(who)
+	gen, ok := t.admit(who, l)
 	if !ok {
 		releaseName()
 		return t.refusePort(s, refuseLimit)
@@ -99,7 +100,7 @@ func (t *Tunnel) ConnectPort(ctx context.Context, s PortStream) socks.Reply {
 
 	dctx, cancel := context.WithTimeout(gen, t.cfg.DialTimeout)
 	stop := context.AfterFunc(ctx, cancel)
-	up, err := t.cfg.Upstream.Connect(dctx, target, t.cfg.Isolator.PortAuth(who, s.Port, s.User, s.Pass, host))
+	up, err := l.Upstream.Connect(dctx, target, t.cfg.Isolator.PortAuth(who, s.Port, s.User, s.Pass, host))
 	stop()
 	cancel()
 	t.dialDone(who)
@@ -111,7 +112,7 @@ func (t *Tunnel) ConnectPort(ctx context.Context, s PortStream) socks.Reply {
 		return code
 	}
 	// Tor might have gone down while we dialed: fail closed.
-	if !t.ready() {
+	if !t.ready(l) {
 		up.Close()
 		return t.refusePort(s, refuseNotReady)
 	}
@@ -139,7 +140,7 @@ func (t *Tunnel) ConnectPort(ctx context.Context, s PortStream) socks.Reply {
 	t.setupSeconds.Observe(time.Since(start).Seconds())
 	t.flowsTotal.Inc()
 	relaying = true
-	t.relay(gen, s.Conn, up, end)
+	t.relay(l, gen, s.Conn, up, end)
 	return socks.ReplySucceeded
 }
 
@@ -151,17 +152,18 @@ func (t *Tunnel) ConnectPort(ctx context.Context, s PortStream) socks.Reply {
 // counts against the workstation's shares while it runs. The reply code
 // is ReplySucceeded with the address, or the failure to send.
 func (t *Tunnel) ResolvePort(ctx context.Context, c PortClient, name string) (netip.Addr, socks.Reply) {
-	if !t.ready() {
+	who := c.Who.Unmap()
+	l := t.laneOf(who)
+	if !t.ready(l) {
 		return netip.Addr{}, t.refuseLookup(refuseNotReady)
 	}
 	if ip, lit := dest.ParseLiteral(name); lit {
 		return ip, socks.ReplySucceeded
 	}
-	who := c.Who.Unmap()
 	var ip netip.Addr
-	code := t.lookup(ctx, who, func(ctx context.Context) error {
+	code := t.lookup(ctx, who, l, func(ctx context.Context) error {
 		var err error
-		ip, err = t.cfg.Upstream.Resolve(ctx, name, t.cfg.Isolator.PortAuth(who, c.Port, c.User, c.Pass, name))
+		ip, err = l.Upstream.Resolve(ctx, name, t.cfg.Isolator.PortAuth(who, c.Port, c.User, c.Pass, name))
 		return err
 	})
 	return ip, code
@@ -173,10 +175,11 @@ func (t *Tunnel) ResolvePort(ctx context.Context, c PortClient, name string) (ne
 // address (the policy) is refused without asking an exit, which could only
 // learn from it; any other goes to Tor with PortAuth's credentials.
 func (t *Tunnel) ResolvePTRPort(ctx context.Context, c PortClient, ip netip.Addr) (string, socks.Reply) {
-	if !t.ready() {
+	who, ip := c.Who.Unmap(), ip.WithZone("").Unmap()
+	l := t.laneOf(who)
+	if !t.ready(l) {
 		return "", t.refuseLookup(refuseNotReady)
 	}
-	who, ip := c.Who.Unmap(), ip.WithZone("").Unmap()
 	if t.cfg.Names != nil {
 		if name, rel, virtual, mapped := t.cfg.Names.Acquire(who, ip); virtual {
 			if !mapped {
@@ -190,18 +193,18 @@ func (t *Tunnel) ResolvePTRPort(ctx context.Context, c PortClient, ip netip.Addr
 		return "", t.refuseLookup(refuseForbid)
 	}
 	var name string
-	code := t.lookup(ctx, who, func(ctx context.Context) error {
+	code := t.lookup(ctx, who, l, func(ctx context.Context) error {
 		var err error
-		name, err = t.cfg.Upstream.ResolvePTR(ctx, ip, t.cfg.Isolator.PortAuth(who, c.Port, c.User, c.Pass, ip.String()))
+		name, err = l.Upstream.ResolvePTR(ctx, ip, t.cfg.Isolator.PortAuth(who, c.Port, c.User, c.Pass, ip.String()))
 		return err
 	})
 	return name, code
 }
 
-// lookup runs one RESOLVE or RESOLVE_PTR through the upstream under who's
-// shares, within DialTimeout and ctx.
-func (t *Tunnel) lookup(ctx context.Context, who netip.Addr, ask func(context.Context) error) socks.Reply {
-	gen, ok := t.admit(who)
+// lookup runs one RESOLVE or RESOLVE_PTR through who's lane l under
+// who's shares, within DialTimeout and ctx.
+func (t *Tunnel) lookup(ctx context.Context, who netip.Addr, l *lane, ask func(context.Context) error) socks.Reply {
+	gen, ok := t.admit(who, l)
 	if !ok {
 		return t.refuseLookup(refuseLimit)
 	}

@@ -363,7 +363,7 @@ func (d *direction) finish() {
 		return
 	}
 	grace := f.t.cfg.EOFGrace
-	if state := f.t.cfg.UpstreamState; state != nil {
+	if state := f.lane.UpstreamState; state != nil {
 		gone, known := state()
 		if known && gone {
 			f.abort(endTorDown)
@@ -390,7 +390,7 @@ func (d *direction) finish() {
 // passEOF passes the upstream's end of stream on: a FIN while Tor is
 // ready, a RST once it is not.
 func (d *direction) passEOF() {
-	if !d.f.t.ready() {
+	if !d.f.t.ready(d.f.lane) {
 		d.f.abort(endTorDown)
 		return
 	}
@@ -429,6 +429,7 @@ func (d *direction) finishNow() {
 // upstream's, and a direction each way.
 type flow struct {
 	t          *Tunnel
+	lane       *lane // the upstream the flow went out on
 	client, up net.Conn
 	dirs       [2]direction // upstream (client to up), downstream
 	// last is the time of the last byte either way, in UnixNano.
@@ -527,7 +528,7 @@ func (f *flow) expired(now int64) bool {
 // notifications until both directions finish, an error or the idle sweep
 // ends it, or EndAll. A clean EOF one way half-closes the other side. end
 // is called once everything is closed.
-func (t *Tunnel) relay(gen context.Context, client, up net.Conn, end func()) {
+func (t *Tunnel) relay(l *lane, gen context.Context, client, up net.Conn, end func()) {
 	// Close waits on wg once it has set shut: a flow that reaches this
 	// point after that (its dial raced the shutdown) is reset here and
 	// never joins wg, whose Add must not race that Wait.
@@ -542,7 +543,7 @@ func (t *Tunnel) relay(gen context.Context, client, up net.Conn, end func()) {
 	}
 	t.wg.Add(1)
 	t.mu.Unlock()
-	f := &flow{t: t, client: client, up: up, end: end}
+	f := &flow{t: t, lane: l, client: client, up: up, end: end}
 	// One reference for the flow, one for this setup, so that nothing
 	// ends it before every field is set.
 	f.refs.Store(2)
@@ -554,8 +555,8 @@ func (t *Tunnel) relay(gen context.Context, client, up net.Conn, end func()) {
 		d.src = t.sourceFor(pair[0], d.kick)
 	}
 	if !t.list(f, gen) {
-		// EndAll ran while this flow was dialing.
-		f.abort(t.endAllHow())
+		// EndAll or EndLane ran while this flow was dialing.
+		f.abort(t.endHow(l))
 		return
 	}
 	// Kicks count from here on; arm catches what arrived before.

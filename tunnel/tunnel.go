@@ -65,10 +65,32 @@ type Flow interface {
 	Reject()
 }
 
+// Lane is one way out: an upstream with its own readiness and state, as
+// Config.Upstream, Config.Ready and Config.UpstreamState describe them.
+// Several lanes are several Tor instances, each serving its own
+// workstations (Config.Lanes).
+type Lane struct {
+	Upstream      Upstream
+	Ready         func() bool
+	UpstreamState func() (gone, known bool)
+}
+
 // Config configures a Tunnel. Zero values take the documented defaults.
 type Config struct {
-	// Upstream is the SOCKS endpoint (Tor). Required; the only way out.
+	// Upstream is the SOCKS endpoint (Tor). Required unless Lanes is
+	// set; the only way out.
 	Upstream Upstream
+	// Lanes, if set, replace Upstream, Ready and UpstreamState (which must
+	// then be unset): one upstream per Tor instance. A workstation's
+	// flows, lookups and SOCKS-port streams go out on its lane only
+	// (LaneOf), gated by that lane's Ready, and EndLaneBecause ends one
+	// lane's flows only: a dead instance fails closed for its own
+	// workstations and nobody else's.
+	Lanes []Lane
+	// LaneOf maps a workstation to its lane, 0 to len(Lanes)-1. Required
+	// with Lanes; it must be stable (a workstation's circuits and names
+	// must never move) and cheap (it runs per flow).
+	LaneOf func(who netip.Addr) int
 	// Isolator derives SOCKS credentials. Required.
 	Isolator *Isolator
 	// Names resolves virtual addresses; nil means no automapping.
@@ -166,12 +188,11 @@ type Tunnel struct {
 	cfg Config
 	log *slog.Logger
 
+	lanes []*lane // Config.Lanes, or the one lane of Config.Upstream
+
 	mu      sync.Mutex
 	sources map[netip.Addr]*sourceState // guarded by mu
 	total   int                         // guarded by mu
-	gen     context.Context             // guarded by mu; cancelled by EndAll
-	genStop context.CancelFunc          // guarded by mu
-	lastEnd endHow                      // guarded by mu; why gen was last cancelled
 
 	shut       bool          // guarded by mu; set by Close: no flow joins wg after it
 	flows      *flow         // guarded by mu; open flows, a list through flow.next
@@ -203,10 +224,31 @@ type sourceState struct {
 	open, dialing int
 }
 
+// lane is a Lane with its generation of flows.
+type lane struct {
+	Lane
+	gen     context.Context    // guarded by Tunnel.mu; cancelled by EndAll and EndLane
+	genStop context.CancelFunc // guarded by Tunnel.mu
+	lastEnd endHow             // guarded by Tunnel.mu; why gen was last cancelled
+}
+
 // New validates cfg and returns a Tunnel.
 func New(cfg Config) (*Tunnel, error) {
-	if cfg.Upstream == nil {
+	lanes := cfg.Lanes
+	switch {
+	case len(lanes) == 0 && cfg.Upstream == nil:
 		return nil, errors.New("tunnel: nil Upstream")
+	case len(lanes) == 0:
+		lanes = []Lane{{Upstream: cfg.Upstream, Ready: cfg.Ready, UpstreamState: cfg.UpstreamState}}
+	case cfg.Upstream != nil || cfg.Ready != nil || cfg.UpstreamState != nil:
+		return nil, errors.New("tunnel: Lanes replace Upstream, Ready and UpstreamState")
+	case cfg.LaneOf == nil:
+		return nil, errors.New("tunnel: Lanes need LaneOf")
+	}
+	for _, l := range lanes {
+		if l.Upstream == nil {
+			return nil, errors.New("tunnel: nil Upstream")
+		}
 	}
 	if cfg.Isolator == nil {
 		return nil, errors.New("tunnel: nil Isolator")
@@ -275,7 +317,11 @@ func New(cfg Config) (*Tunnel, error) {
 		t.ended[i] = t.endedVec.WithLabelValues(l)
 	}
 	t.flowShare = fair.Default(cfg.MaxFlows, cfg.MaxFlowsPerSource)
-	t.gen, t.genStop = context.WithCancel(context.Background())
+	for _, l := range lanes {
+		ln := &lane{Lane: l}
+		ln.gen, ln.genStop = context.WithCancel(context.Background())
+		t.lanes = append(t.lanes, ln)
+	}
 	t.sweepEvery = sweepInterval(cfg.IdleTimeout, cfg.HalfCloseTimeout)
 	t.pumps = newPumpPool()
 	return t, nil
@@ -329,11 +375,20 @@ func (r EndReason) how() endHow {
 	return endTold
 }
 
-// endAllHow is why the last EndAllBecause ended a generation.
-func (t *Tunnel) endAllHow() endHow {
+// laneOf is who's lane.
+func (t *Tunnel) laneOf(who netip.Addr) *lane {
+	if len(t.lanes) == 1 {
+		return t.lanes[0]
+	}
+	return t.lanes[t.cfg.LaneOf(who)]
+}
+
+// endHow is why the last EndAllBecause or EndLaneBecause ended l's
+// generation.
+func (t *Tunnel) endHow(l *lane) endHow {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.lastEnd
+	return l.lastEnd
 }
 
 // EndAll ends every open flow with a RST because it was asked to (for
@@ -343,19 +398,37 @@ func (t *Tunnel) EndAll() { t.EndAllBecause(EndTold) }
 // EndAllBecause ends every open flow with a RST, for reason r (Tor
 // restarted or hung, so its streams are gone or stuck; shutdown). New
 // flows are not affected.
-func (t *Tunnel) EndAllBecause(r EndReason) {
+func (t *Tunnel) EndAllBecause(r EndReason) { t.end(nil, r) }
+
+// EndLaneBecause ends the open flows of lane k's workstations (and their
+// dials in progress) with a RST, for reason r: Tor instance k went away
+// or hung. Other lanes' flows go on.
+func (t *Tunnel) EndLaneBecause(k int, r EndReason) { t.end(t.lanes[k], r) }
+
+// end ends the flows of lane only, or of every lane when nil.
+func (t *Tunnel) end(only *lane, r EndReason) {
 	t.mu.Lock()
-	t.lastEnd = r.how()
-	stop := t.genStop
-	t.gen, t.genStop = context.WithCancel(context.Background())
+	var stops []context.CancelFunc
+	for _, l := range t.lanes {
+		if only != nil && l != only {
+			continue
+		}
+		l.lastEnd = r.how()
+		stops = append(stops, l.genStop)
+		l.gen, l.genStop = context.WithCancel(context.Background())
+	}
 	var open []*flow
 	for f := t.flows; f != nil; f = f.next {
-		open = append(open, f)
+		if only == nil || f.lane == only {
+			open = append(open, f)
+		}
 	}
 	// Cancel under mu: a flow that finished dialing in the old generation
 	// either listed itself already (and is in open) or sees the
 	// cancellation in list.
-	stop()
+	for _, stop := range stops {
+		stop()
+	}
 	t.mu.Unlock()
 	for _, f := range open {
 		f.abort(r.how())
@@ -383,9 +456,9 @@ func (t *Tunnel) Close() error {
 	return nil
 }
 
-// ready reports whether new flows may go out.
-func (t *Tunnel) ready() bool {
-	return !t.closed.Load() && (t.cfg.Ready == nil || t.cfg.Ready())
+// ready reports whether new flows may go out on l.
+func (t *Tunnel) ready(l *lane) bool {
+	return !t.closed.Load() && (l.Ready == nil || l.Ready())
 }
 
 // dest renders a destination for logs: redacted unless configured.
@@ -434,8 +507,9 @@ func (t *Tunnel) target(src netip.Addr, dst netip.AddrPort) (a socks.Addr, host 
 	return a, host, func() {}, ""
 }
 
-// admit reserves a dial slot for src, or reports false if a cap is hit.
-func (t *Tunnel) admit(src netip.Addr) (context.Context, bool) {
+// admit reserves a dial slot for src on its lane l, or reports false if
+// a cap is hit. The context is l's generation.
+func (t *Tunnel) admit(src netip.Addr, l *lane) (context.Context, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	st := t.sources[src]
@@ -455,7 +529,7 @@ func (t *Tunnel) admit(src netip.Addr) (context.Context, bool) {
 	st.dialing++
 	t.total++
 	t.peak = max(t.peak, t.total)
-	return t.gen, true
+	return l.gen, true
 }
 
 // openFlows is the number of flows admitted and not yet ended.
@@ -527,17 +601,18 @@ func (t *Tunnel) ServeTCP(f handoff.Request) {
 // while the flow is idle.
 func (t *Tunnel) HandleTCP(src, dst netip.AddrPort, f Flow) {
 	start := time.Now()
-	if !t.ready() {
+	srcAddr := src.Addr().Unmap()
+	l := t.laneOf(srcAddr)
+	if !t.ready(l) {
 		t.refuse(f, refuseNotReady)
 		return
 	}
-	srcAddr := src.Addr().Unmap()
 	target, host, releaseName, why := t.target(srcAddr, dst)
 	if why != "" {
 		t.refuse(f, why)
 		return
 	}
-	gen, ok := t.admit(srcAddr)
+	gen, ok := t.admit(srcAddr, l)
 	if !ok {
 		releaseName()
 		t.refuse(f, refuseLimit)
@@ -557,7 +632,7 @@ func (t *Tunnel) HandleTCP(src, dst netip.AddrPort, f Flow) {
 	}()
 
 	ctx, cancel := context.WithTimeout(gen, t.cfg.DialTimeout)
-	up, err := t.cfg.Upstream.Connect(ctx, target, t.cfg.Isolator.Auth(srcAddr, host))
+	up, err := l.Upstream.Connect(ctx, target, t.cfg.Isolator.Auth(srcAddr, host))
 	cancel()
 	t.dialDone(srcAddr)
 	if err != nil {
@@ -567,7 +642,7 @@ func (t *Tunnel) HandleTCP(src, dst netip.AddrPort, f Flow) {
 		return
 	}
 	// Tor might have gone down while we dialed: fail closed.
-	if !t.ready() {
+	if !t.ready(l) {
 		up.Close()
 		t.refuse(f, refuseNotReady)
 		return
@@ -581,7 +656,7 @@ func (t *Tunnel) HandleTCP(src, dst netip.AddrPort, f Flow) {
 	t.setupSeconds.Observe(time.Since(start).Seconds())
 	t.flowsTotal.Inc()
 	relaying = true
-	t.relay(gen, conn, up, end)
+	t.relay(l, gen, conn, up, end)
 }
 
 func (t *Tunnel) refuse(f Flow, reason string) {
@@ -610,32 +685,55 @@ func replyLabel(err error) string {
 // built from the isolator and the upstream the tunnel uses, not from the
 // tunnel, so that the DNS server and the tunnel need nothing of each other.
 type Resolver struct {
-	up    Upstream
-	iso   *Isolator
-	ready func() bool
+	lanes  []Lane
+	laneOf func(netip.Addr) int
+	iso    *Isolator
 }
 
 // NewResolver returns the resolver of up with iso's credentials. While
 // ready (nil: always) reports false, lookups fail at once.
 func NewResolver(up Upstream, iso *Isolator, ready func() bool) *Resolver {
-	return &Resolver{up: up, iso: iso, ready: ready}
+	return &Resolver{lanes: []Lane{{Upstream: up, Ready: ready}}, iso: iso}
+}
+
+// NewLaneResolver is NewResolver with several lanes, as Config.Lanes and
+// Config.LaneOf: a workstation's lookups go out on its lane only, and
+// fail at once while that lane is not ready.
+func NewLaneResolver(lanes []Lane, laneOf func(netip.Addr) int, iso *Isolator) *Resolver {
+	return &Resolver{lanes: lanes, laneOf: laneOf, iso: iso}
+}
+
+// lane is src's lane, nil while it is not ready.
+func (r *Resolver) lane(src netip.Addr) *Lane {
+	l := &r.lanes[0]
+	if r.laneOf != nil {
+		l = &r.lanes[r.laneOf(src)]
+	}
+	if l.Ready != nil && !l.Ready() {
+		return nil
+	}
+	return l
 }
 
 // Resolve implements dns.Resolver.
 func (r *Resolver) Resolve(ctx context.Context, src netip.Addr, name string) (netip.Addr, error) {
-	if r.ready != nil && !r.ready() {
+	src = src.Unmap()
+	l := r.lane(src)
+	if l == nil {
 		return netip.Addr{}, errNotReady
 	}
-	a, err := r.up.Resolve(ctx, name, r.iso.Auth(src.Unmap(), name))
+	a, err := l.Upstream.Resolve(ctx, name, r.iso.Auth(src, name))
 	return a, classifyResolveErr(err)
 }
 
 // ResolvePTR implements dns.Resolver.
 func (r *Resolver) ResolvePTR(ctx context.Context, src netip.Addr, ip netip.Addr) (string, error) {
-	if r.ready != nil && !r.ready() {
+	src = src.Unmap()
+	l := r.lane(src)
+	if l == nil {
 		return "", errNotReady
 	}
-	name, err := r.up.ResolvePTR(ctx, ip, r.iso.Auth(src.Unmap(), ip.String()))
+	name, err := l.Upstream.ResolvePTR(ctx, ip, r.iso.Auth(src, ip.String()))
 	return name, classifyResolveErr(err)
 }
 

@@ -34,7 +34,7 @@ func serveAdmin(addr string, r *torgate.Router, gatherer prometheus.Gatherer, lo
 		Ready:    r.Ready,
 		Healthy:  r.Healthy,
 		Mode:     modeText(r),
-		Details:  func() []string { return onionDetails(r) },
+		Details:  func() []string { return append(instanceDetails(r), onionDetails(r)...) },
 		NewIdentity: func(src netip.Addr) error {
 			err := r.NewIdentity(src)
 			if errors.Is(err, torgate.ErrUnknownWorkstation) {
@@ -65,6 +65,25 @@ func serveAdmin(addr string, r *torgate.Router, gatherer prometheus.Gatherer, lo
 		}
 	}
 	return func() { srv.Close() }, wait, nil
+}
+
+// instanceDetails are /readyz's lines on each Tor instance, with several:
+// /readyz is 200 only while every instance is ready; these say which
+// instance's workstations are served.
+func instanceDetails(r *torgate.Router) []string {
+	n := r.TorInstances()
+	if n == 1 {
+		return nil
+	}
+	out := make([]string, 0, n)
+	for k := range n {
+		state := "ready"
+		if err := r.TorInstanceErr(k); err != nil {
+			state = "not ready: " + err.Error()
+		}
+		out = append(out, fmt.Sprintf("tor instance %d: %s", k, state))
+	}
+	return out
 }
 
 // onionDetails are /readyz's lines on the onion services.

@@ -82,7 +82,7 @@ func printConfig(w io.Writer, fs *flag.FlagSet, f *runFlags, v validated) {
 		}
 	}
 	if v.mode != torgate.ModeManaged {
-		for _, k := range []string{"tor-path", "torrc", "tor-user"} {
+		for _, k := range []string{"tor-path", "torrc", "tor-user", "tor-instances"} {
 			unused[k] = "only for the Tor torgate starts"
 		}
 	}

@@ -64,8 +64,13 @@ func (p *progressView) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// update is torctl's OnProgress.
+// update is torctl's OnProgress. With several Tor instances the view
+// follows instance 0: one bar, not N interleaved; the others' progress is
+// in tor_bootstrap_progress{instance} and /readyz.
 func (p *progressView) update(b torgate.Bootstrap) {
+	if b.Instance != 0 {
+		return
+	}
 	p.mu.Lock()
 	if b.Progress < p.last {
 		// Tor restarted: report from the start again.

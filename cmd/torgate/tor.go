@@ -38,6 +38,7 @@ const (
 type torFlags struct {
 	control, password, passwordFile string
 	torPath, torrc, user            string
+	instances                       int
 	admin                           string
 	keepPrivileges                  bool
 	// dataDir, if set, replaces STATE_DIR/tor as the managed Tor's
@@ -52,6 +53,7 @@ func (f *torFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.torPath, "tor-path", "", "managed Tor: the tor binary (default: tor from PATH, then /usr/sbin/tor)")
 	fs.StringVar(&f.torrc, "torrc", "", "managed Tor: file of extra torrc lines, e.g. bridges and pluggable transports (UseBridges, Bridge, ClientTransportPlugin)")
 	fs.StringVar(&f.user, "tor-user", "", "managed Tor: run tor as this user (default: "+defaultTorUser+" when torgate runs as root and that user exists, else torgate's own user; \"root\" keeps it as root)")
+	fs.IntVar(&f.instances, "tor-instances", 1, fmt.Sprintf("managed Tor: run this many tor processes (1-%d; 0 is 1); each workstation is served by one of them for good, and an instance that dies fails closed for its own workstations only. Instance 0 uses the DataDirectory STATE_DIR/tor, instance k STATE_DIR/tor-k (docs/operations.md)", torgate.MaxTorInstances))
 	fs.BoolVar(&f.keepPrivileges, "keep-privileges", false, "debugging: keep every capability after set-up instead of only those still needed (CAP_NET_ADMIN, and CAP_SETUID/SETGID/KILL to restart a managed Tor as --tor-user)")
 	fs.StringVar(&f.admin, "admin", defaultAdmin, "admin endpoint (metrics, /readyz, POST /newnym): loopback IP:port, /path or unix:/path; empty disables it")
 }
@@ -73,6 +75,12 @@ func (f *torFlags) upstream(cfg *torgate.Config, socksAddr, stateDir string) err
 	mode := f.mode(socksAddr)
 	if mode != torgate.ModeManaged && (f.torPath != "" || f.torrc != "" || f.user != "") {
 		return errors.New("--tor-path, --torrc and --tor-user configure the Tor torgate starts; they do not go with --socks or --tor-control")
+	}
+	if mode != torgate.ModeManaged && f.instances > 1 {
+		return errors.New("--tor-instances runs several Tors that torgate starts; it does not go with --socks or --tor-control (one Tor that torgate does not own)")
+	}
+	if f.instances < 0 || f.instances > torgate.MaxTorInstances {
+		return fmt.Errorf("--tor-instances %d: want 1 to %d", f.instances, torgate.MaxTorInstances)
 	}
 	if mode != torgate.ModeAttach && (f.password != "" || f.passwordFile != "") {
 		return errors.New("--tor-control-password(-file) needs --tor-control")
@@ -112,6 +120,7 @@ func (f *torFlags) upstream(cfg *torgate.Config, socksAddr, stateDir string) err
 		TorPath:   f.torPath,
 		TorrcFile: f.torrc,
 		User:      torUser(f.user),
+		Instances: f.instances,
 	}
 	return nil
 }

@@ -60,6 +60,10 @@ func TestTorUpstream(t *testing.T) {
 		{name: "torrc with control", f: torFlags{torrc: "/x", control: "127.0.0.1:9051"}, err: "--torrc"},
 		{name: "password without control", f: torFlags{password: "x"}, err: "needs --tor-control"},
 		{name: "both passwords", f: torFlags{control: "127.0.0.1:9051", password: "x", passwordFile: pwFile}, err: "exclude"},
+		{name: "managed instances", f: torFlags{instances: 3}, managed: &M{DataDir: "/var/lib/torgate/tor", User: auto, Instances: 3}},
+		{name: "instances with socks", f: torFlags{instances: 2}, socks: "127.0.0.1:9050", err: "--tor-instances"},
+		{name: "instances with control", f: torFlags{instances: 2, control: "127.0.0.1:9051"}, err: "--tor-instances"},
+		{name: "too many instances", f: torFlags{instances: torgate.MaxTorInstances + 1}, err: "--tor-instances"},
 		{name: "missing password file", f: torFlags{control: "127.0.0.1:9051", passwordFile: "/nonexistent"}, err: "--tor-control-password-file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

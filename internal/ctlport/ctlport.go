@@ -27,11 +27,14 @@ type Tor interface {
 // Config configures a Server. Field comments are the reference; the zero
 // value of every optional field takes the documented default.
 type Config struct {
-	// Tor answers the GETINFO keys that come from Tor. nil when torgate
-	// has no control connection to Tor (plain SOCKS mode): then
+	// Tor returns the Tor that answers workstation who's GETINFO keys
+	// that come from Tor: with several Tor instances, the one that
+	// carries who's circuits, so that status/circuit-established speaks
+	// of the Tor the workstation uses. nil when torgate has no control
+	// connection to Tor (plain SOCKS mode): then
 	// status/circuit-established and status/bootstrap-phase are answered
 	// from Ready, and the other Tor keys are refused with 551.
-	Tor Tor
+	Tor func(who netip.Addr) Tor
 	// NewIdentity gives one workstation new circuits: the router's
 	// per-workstation new identity (tunnel.Isolator.NewIdentity). It must
 	// change only who's circuits, never send Tor's global NEWNYM. It may
@@ -142,7 +145,7 @@ type Server struct {
 	conns  map[net.Conn]struct{} // open connections; guarded by mu
 
 	infoMu sync.Mutex
-	info   map[string]cachedInfo // Tor's answers; guarded by infoMu
+	info   map[infoKey]cachedInfo // Tor's answers; guarded by infoMu
 
 	nymMu     sync.Mutex
 	nym       map[netip.Addr]*nymState // per workstation; guarded by nymMu
@@ -183,7 +186,7 @@ func New(cfg Config) (*Server, error) {
 		pool:  pool,
 		m:     newMetrics(),
 		conns: make(map[net.Conn]struct{}),
-		info:  make(map[string]cachedInfo),
+		info:  make(map[infoKey]cachedInfo),
 		nym:   make(map[netip.Addr]*nymState),
 	}
 	if s.log == nil {

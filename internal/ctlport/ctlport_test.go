@@ -378,6 +378,36 @@ func TestTorInfoCache(t *testing.T) {
 	})
 }
 
+// TestTorPerWorkstation: with several Tor instances each workstation's
+// GETINFO is answered by its own Tor (Config.Tor), and one Tor's cached
+// answer is never another's: a workstation whose Tor has no circuit
+// hears so while the other's says it has one.
+func TestTorPerWorkstation(t *testing.T) {
+	other := newFakeTor()
+	other.info["status/circuit-established"] = "0"
+	var h *harness
+	h = newHarness(t, func(c *Config) {
+		c.Tor = func(who netip.Addr) Tor {
+			if who == wsB {
+				return other
+			}
+			return h.tor
+		}
+	})
+	a, b := h.authed(wsA), h.authed(wsB)
+	for range 2 {
+		if got := a.cmd("GETINFO status/circuit-established"); got[0] != "250-status/circuit-established=1" {
+			t.Errorf("A (Tor 0): %q", got)
+		}
+		if got := b.cmd("GETINFO status/circuit-established"); got[0] != "250-status/circuit-established=0" {
+			t.Errorf("B (Tor 1): %q", got)
+		}
+	}
+	if h.tor.numCalls() != 1 || other.numCalls() != 1 {
+		t.Errorf("Tor 0 asked %d times, Tor 1 %d; want once each", h.tor.numCalls(), other.numCalls())
+	}
+}
+
 // TestTorUnavailable: when Tor does not answer, the Tor keys get 551,
 // torgate's own key is still answered, and PROTOCOLINFO names
 // FallbackVersion.

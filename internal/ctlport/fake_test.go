@@ -182,7 +182,7 @@ func newHarness(t testing.TB, edit func(*Config)) *harness {
 	t.Helper()
 	h := &harness{t: t, tor: newFakeTor(), ids: &identities{}}
 	cfg := Config{
-		Tor:            h.tor,
+		Tor:            func(netip.Addr) Tor { return h.tor },
 		NewIdentity:    h.ids.NewIdentity,
 		SOCKSListeners: socksOn,
 		Logger:         testlog.New(t, slog.LevelDebug),

@@ -3,6 +3,7 @@ package ctlport
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -30,6 +31,13 @@ var torKeys = map[string]bool{
 // down or not answering). The reply is 551.
 var errUnavailable = errors.New("not available")
 
+// infoKey is a GETINFO key as one Tor answers it (each Tor instance
+// has its own answers).
+type infoKey struct {
+	tor Tor
+	key string
+}
+
 // cachedInfo is one of Tor's answers and when it was fetched.
 type cachedInfo struct {
 	val string
@@ -51,7 +59,7 @@ func (c *session) infoValues(keys []string) (map[string]string, error) {
 	if len(ask) == 0 {
 		return vals, nil
 	}
-	got, err := c.s.torInfo(ask)
+	got, err := c.s.torInfo(c.who, ask)
 	if err != nil {
 		return nil, err
 	}
@@ -74,18 +82,19 @@ func (c *session) socksListeners() string {
 	return b.String()
 }
 
-// torInfo returns Tor's values for keys (of torKeys), from the cache
-// when younger than infoTTL.
-func (s *Server) torInfo(keys []string) (map[string]string, error) {
+// torInfo returns the values of who's Tor for keys (of torKeys), from the
+// cache when younger than infoTTL.
+func (s *Server) torInfo(who netip.Addr, keys []string) (map[string]string, error) {
 	if s.cfg.Tor == nil {
 		return s.plainInfo(keys)
 	}
+	tor := s.cfg.Tor(who)
 	now := s.now()
 	vals := make(map[string]string, len(keys))
 	var ask []string
 	s.infoMu.Lock()
 	for _, k := range keys {
-		if ci, ok := s.info[k]; ok && now.Sub(ci.at) < infoTTL && !ci.at.After(now) {
+		if ci, ok := s.info[infoKey{tor, k}]; ok && now.Sub(ci.at) < infoTTL && !ci.at.After(now) {
 			vals[k] = ci.val
 		} else {
 			ask = append(ask, k)
@@ -97,7 +106,7 @@ func (s *Server) torInfo(keys []string) (map[string]string, error) {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, torTimeout)
 	defer cancel()
-	got, err := s.cfg.Tor.GetInfo(ctx, ask...)
+	got, err := tor.GetInfo(ctx, ask...)
 	if err != nil {
 		s.m.torErrors.Inc()
 		s.log.Debug("getinfo from tor failed", "err", err)
@@ -112,7 +121,7 @@ func (s *Server) torInfo(keys []string) (map[string]string, error) {
 			return nil, errUnavailable
 		}
 		vals[k] = v
-		s.info[k] = cachedInfo{val: v, at: now}
+		s.info[infoKey{tor, k}] = cachedInfo{val: v, at: now}
 	}
 	return vals, nil
 }
@@ -137,10 +146,11 @@ func (s *Server) plainInfo(keys []string) (map[string]string, error) {
 	return vals, nil
 }
 
-// torVersion is the version PROTOCOLINFO names: Tor's, or FallbackVersion.
-func (s *Server) torVersion() string {
+// torVersion is the version PROTOCOLINFO names to who: its Tor's, or
+// FallbackVersion.
+func (s *Server) torVersion(who netip.Addr) string {
 	if s.cfg.Tor != nil {
-		if v, err := s.torInfo([]string{keyVersion}); err == nil && isQuotable(v[keyVersion]) {
+		if v, err := s.torInfo(who, []string{keyVersion}); err == nil && isQuotable(v[keyVersion]) {
 			return v[keyVersion]
 		}
 	}

@@ -171,7 +171,7 @@ func (c *session) handle(cmd command) bool {
 	case "PROTOCOLINFO":
 		c.reply("250-PROTOCOLINFO 1")
 		c.reply("250-AUTH METHODS=NULL")
-		c.reply("250-VERSION Tor=%s", quote(c.s.torVersion()))
+		c.reply("250-VERSION Tor=%s", quote(c.s.torVersion(c.who)))
 		c.reply("250 OK")
 	case "AUTHENTICATE":
 		if !c.authed {

@@ -23,7 +23,7 @@ type Gate struct {
 	names []string
 	extra func() error // a condition only a caller can evaluate, read per decision
 
-	ready atomic.Bool // every part ready; read per flow and per query
+	down atomic.Uint64 // bit p set: part p not ready; read per flow and per query
 
 	mu      sync.Mutex
 	why     []error       // guarded by mu; nil: the part is ready
@@ -37,13 +37,37 @@ var ErrNotReported = errors.New("not reported yet")
 // if not nil, is one more condition that cannot report changes (an
 // embedder's callback): Ready and Err evaluate it on each call, so it
 // must be cheap.
+// At most MaxParts parts.
 func New(extra func() error, parts ...string) *Gate {
+	if len(parts) > MaxParts {
+		panic("gate: more than MaxParts parts")
+	}
 	g := &Gate{names: parts, extra: extra, why: make([]error, len(parts)), changed: make(chan struct{})}
 	for i := range g.why {
 		g.why[i] = ErrNotReported
 	}
+	g.down.Store(allParts(len(parts)))
 	return g
 }
+
+// MaxParts bounds a gate's parts: their states are the bits of one
+// atomic word, so that a subset is read with one load.
+const MaxParts = 64
+
+// Mask is a set of parts, for ReadyOf and ErrOf.
+type Mask uint64
+
+// MaskOf is the set of parts ps.
+func MaskOf(ps ...Part) Mask {
+	var m Mask
+	for _, p := range ps {
+		m |= 1 << p
+	}
+	return m
+}
+
+// allParts is the bit set of the first n parts (n = 64: every bit).
+func allParts(n int) uint64 { return uint64(1)<<n - 1 }
 
 // Set reports part's state: nil when it can carry traffic, else why not.
 // Waiters wake only when readiness or the reason changes.
@@ -55,14 +79,11 @@ func (g *Gate) Set(p Part, why error) {
 		return
 	}
 	g.why[p] = why
-	all := true
-	for _, e := range g.why {
-		if e != nil {
-			all = false
-			break
-		}
+	if why == nil {
+		g.down.And(^(uint64(1) << p))
+	} else {
+		g.down.Or(uint64(1) << p)
 	}
-	g.ready.Store(all)
 	close(g.changed)
 	g.changed = make(chan struct{})
 }
@@ -70,14 +91,25 @@ func (g *Gate) Set(p Part, why error) {
 // Ready reports whether every part is ready (and extra agrees): one
 // atomic load while a part is not.
 func (g *Gate) Ready() bool {
-	return g.ready.Load() && (g.extra == nil || g.extra() == nil)
+	return g.down.Load() == 0 && (g.extra == nil || g.extra() == nil)
+}
+
+// ReadyOf reports whether the parts in m are ready (and extra agrees):
+// what one Tor instance's workstations need, while another instance's
+// parts may be down. One atomic load while a part is not.
+func (g *Gate) ReadyOf(m Mask) bool {
+	return g.down.Load()&uint64(m) == 0 && (g.extra == nil || g.extra() == nil)
 }
 
 // Err is nil when Ready, else why not: the first part not ready, by name.
-func (g *Gate) Err() error {
+func (g *Gate) Err() error { return g.ErrOf(Mask(allParts(len(g.names)))) }
+
+// ErrOf is nil when ReadyOf(m), else why not: the first part of m not
+// ready, by name.
+func (g *Gate) ErrOf(m Mask) error {
 	g.mu.Lock()
 	for i, e := range g.why {
-		if e != nil {
+		if e != nil && m&(1<<i) != 0 {
 			g.mu.Unlock()
 			return &NotReadyError{Part: g.names[i], Err: e}
 		}
@@ -109,7 +141,7 @@ func (g *Gate) Changed() <-chan struct{} {
 func (g *Gate) Wait(ctx context.Context) error {
 	for {
 		ch := g.Changed()
-		if g.ready.Load() {
+		if g.down.Load() == 0 {
 			return nil
 		}
 		select {

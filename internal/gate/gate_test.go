@@ -78,3 +78,42 @@ func TestExtra(t *testing.T) {
 		t.Fatalf("extra ignored: ready %v, err %v", g.Ready(), g.Err())
 	}
 }
+
+// TestReadyOf: a subset of parts is ready while a part outside it is
+// not, and ErrOf names the first part of the subset that is not.
+func TestReadyOf(t *testing.T) {
+	g := New(nil, "router", "tor0", "tor1")
+	g.Set(0, nil)
+	g.Set(1, nil)
+	own0, own1 := MaskOf(0, 1), MaskOf(0, 2)
+	if !g.ReadyOf(own0) || g.ErrOf(own0) != nil {
+		t.Fatalf("router and tor0 ready: ReadyOf %v, ErrOf %v", g.ReadyOf(own0), g.ErrOf(own0))
+	}
+	var nre *NotReadyError
+	if g.ReadyOf(own1) || !errors.As(g.ErrOf(own1), &nre) || nre.Part != "tor1" {
+		t.Fatalf("tor1 unreported: ReadyOf %v, ErrOf %v", g.ReadyOf(own1), g.ErrOf(own1))
+	}
+	if g.Ready() {
+		t.Fatal("Ready with tor1 unreported")
+	}
+	g.Set(2, nil)
+	g.Set(1, errors.New("down"))
+	if g.ReadyOf(own0) || !g.ReadyOf(own1) || g.Ready() {
+		t.Fatalf("tor0 down: ReadyOf(0) %v, ReadyOf(1) %v, Ready %v", g.ReadyOf(own0), g.ReadyOf(own1), g.Ready())
+	}
+	g.Set(1, nil)
+	if !g.Ready() || !g.ReadyOf(own0) || !g.ReadyOf(own1) {
+		t.Fatal("every part ready, gate not")
+	}
+	big := make([]string, MaxParts)
+	for i := range big {
+		big[i] = "p"
+	}
+	g = New(nil, big...)
+	for i := range big {
+		g.Set(Part(i), nil)
+	}
+	if !g.Ready() || g.Err() != nil {
+		t.Fatalf("%d parts ready: Ready %v, Err %v", MaxParts, g.Ready(), g.Err())
+	}
+}
