@@ -78,5 +78,5 @@ func (s *Stack) sendUDP(version uint8, src, dst netip.AddrPort, payload []byte) 
 	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, srcA, dstA, u.Length())
 	xsum = checksum.Checksum(payload, xsum)
 	u.SetChecksum(^u.CalculateChecksum(xsum))
-	s.queueRaw(b, proto)
+	s.queueRaw(b, proto, true)
 }

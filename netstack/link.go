@@ -76,8 +76,16 @@ func (e *linkEndpoint) deliver(proto tcpip.NetworkProtocolNumber, pkt *stack.Pac
 // WritePacket implements stack.QueueingDiscipline. The endpoint is its own
 // queueing discipline: gVisor's default one wraps every packet in a
 // one-element PacketBufferList, an allocation per packet. gVisor calls it
-// from many goroutines at once.
+// from many goroutines at once. gVisor's own segments keep their headers
+// out of Data, so Data's size is the payload.
 func (e *linkEndpoint) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
+	return e.enqueue(pkt, pkt.Data().Size() > 0)
+}
+
+// enqueue writes or queues pkt; data says whether it carries payload
+// (and so counts against dataCap). A packet torgate builds itself holds
+// its headers in Data too, so its sender says (queueRaw).
+func (e *linkEndpoint) enqueue(pkt *stack.PacketBuffer, data bool) tcpip.Error {
 	if e.writeDirect != nil {
 		e.writeDirect(pkt)
 		return nil
@@ -87,7 +95,7 @@ func (e *linkEndpoint) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
 		e.mu.Unlock()
 		return &tcpip.ErrClosedForSend{}
 	}
-	if e.n == len(e.ring) || e.n >= e.dataCap && pkt.Data().Size() > 0 {
+	if e.n == len(e.ring) || e.n >= e.dataCap && data {
 		e.mu.Unlock()
 		e.dropped()
 		return &tcpip.ErrNoBufferSpace{}

@@ -69,5 +69,5 @@ func (s *Stack) sendTCPAck(local, remote netip.AddrPort, seq uint32) {
 	})
 	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, srcA, dstA, header.TCPMinimumSize)
 	t.SetChecksum(^t.CalculateChecksum(xsum))
-	s.queueRaw(b, proto)
+	s.queueRaw(b, proto, false)
 }
