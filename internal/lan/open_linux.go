@@ -712,6 +712,25 @@ type tapFile struct {
 	rn     int
 	rerr   error
 	readFn func(fd uintptr) bool
+
+	// Writev's, for the same reason: a closure handed to RawConn.Write
+	// escapes, one allocation per frame on the LAN path's every write.
+	// Writev's calls are serialised (port.writeOut holds port.wmu).
+	wiov    []unix.Iovec
+	werr    error
+	writeFn func(fd uintptr) bool
+}
+
+// newTapFile wraps f, a tap descriptor (or, in tests, any pollable one).
+func newTapFile(f *os.File) (*tapFile, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	t := &tapFile{File: f, rc: rc, riov: make([]unix.Iovec, 0, 4), wiov: make([]unix.Iovec, 0, 8)}
+	t.readFn = t.readv
+	t.writeFn = t.writev
+	return t, nil
 }
 
 var (
@@ -731,12 +750,11 @@ const tapOffloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
 // them off. On any refusal f is a plain tap again and the error says
 // why: the Device then moves one frame per system call.
 func withVnet(f *os.File) (*tapFile, error) {
-	rc, err := f.SyscallConn()
+	t, err := newTapFile(f)
 	if err != nil {
 		return nil, err
 	}
-	t := &tapFile{File: f, rc: rc, riov: make([]unix.Iovec, 0, 4)}
-	t.readFn = t.readv
+	rc := t.rc
 	var ierr error
 	setFlags := func(fd int, flags uint16) error {
 		ifr, err := unix.NewIfreq("")
@@ -826,17 +844,43 @@ func (t *tapFile) readv(fd uintptr) bool {
 	return true
 }
 
-// Writev writes one frame from parts in one system call.
+// Writev writes one frame from parts in one system call. Its calls are
+// serialised.
 func (t *tapFile) Writev(parts [][]byte) error {
-	var werr error
-	err := t.rc.Write(func(fd uintptr) bool {
-		_, werr = unix.Writev(int(fd), parts)
-		return werr != unix.EAGAIN && werr != unix.EINTR
-	})
+	t.wiov = t.wiov[:0]
+	for _, b := range parts {
+		if len(b) > 0 {
+			iov := unix.Iovec{Base: &b[0]}
+			iov.SetLen(len(b))
+			t.wiov = append(t.wiov, iov)
+		}
+	}
+	if len(t.wiov) == 0 {
+		return nil
+	}
+	t.werr = nil
+	err := t.rc.Write(t.writeFn)
+	clear(t.wiov) // keep no reference to the caller's buffers
 	if err != nil {
 		return err
 	}
-	return werr
+	return t.werr
+}
+
+// writev is Writev's RawConn callback: false (wait until writable, then
+// again) on EAGAIN and EINTR.
+func (t *tapFile) writev(fd uintptr) bool {
+	_, _, errno := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&t.wiov[0])), uintptr(len(t.wiov)))
+	switch errno {
+	case 0:
+	case unix.EAGAIN, unix.EINTR:
+		return false
+	case unix.EBADFD:
+		t.werr = os.ErrClosed
+	default:
+		t.werr = errno
+	}
+	return true
 }
 
 // Down gives iface back to the gateway's kernel as the operator had it
