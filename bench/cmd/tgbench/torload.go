@@ -65,6 +65,7 @@ type torLoadFlags struct {
 	workers int
 	streams int
 	dur     time.Duration
+	upBytes int64
 	timeout time.Duration
 }
 
@@ -79,7 +80,8 @@ func cmdTorLoad(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.IntVar(&f.n, "n", 20, "ttfb: fetches")
 	fs.IntVar(&f.workers, "workers", 4, "conns: workers")
 	fs.IntVar(&f.streams, "streams", 1, "down, up: concurrent streams")
-	fs.DurationVar(&f.dur, "time", 5*time.Second, "conns, down, up: duration")
+	fs.DurationVar(&f.dur, "time", 5*time.Second, "conns, down: duration")
+	fs.Int64Var(&f.upBytes, "up-bytes", 16<<20, "up: bytes per stream")
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "limit on one fetch")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -216,12 +218,15 @@ func torConns(ctx context.Context, f torLoadFlags) TorLoadResult {
 // moves in a run, so that the window ends by the clock, not by EOF.
 const bulkBytes = 1 << 30
 
-// torBulk runs f.streams downloads (or uploads) at once and measures the
-// rate over f.dur from the moment every stream has moved its first byte
-// (circuit set-up and slow start before that are not throughput).
+// torBulk runs f.streams downloads (or uploads) at once. A download's
+// rate is taken over f.dur from the moment every stream has its first
+// byte, plus a quarter of f.dur (circuit set-up and slow start are not
+// throughput). An upload moves f.upBytes per stream, and its rate is
+// what the server counted over the time from the start of the writes to
+// the last stream's answer, which Tor's queues cannot inflate.
 func torBulk(ctx context.Context, f torLoadFlags) TorLoadResult {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	stopCtx, stop := context.WithCancel(ctx)
+	defer stop()
 	var moved atomic.Int64
 	var started sync.WaitGroup
 	started.Add(f.streams)
@@ -230,17 +235,22 @@ func torBulk(ctx context.Context, f torLoadFlags) TorLoadResult {
 	var wg sync.WaitGroup
 	for i := range f.streams {
 		wg.Go(func() {
-			errs <- f.bulkStream(ctx, &moved, started.Done, func(c net.Conn) { conns.Store(i, c) })
+			errs <- f.bulkStream(stopCtx, &moved, started.Done, func(c net.Conn) { conns.Store(i, c) })
 		})
 	}
 	ready := make(chan struct{})
 	go func() { started.Wait(); close(ready) }()
 	var res TorLoadResult
+	windowed := false
 	select {
 	case <-ready:
-		// A quarter of the window more for the streams to fill their
-		// socket buffers and windows (an upload's first writes land in
-		// the kernel, not in Tor).
+		windowed = true
+		t0 := time.Now()
+		if f.mode == torModeUp {
+			wg.Wait()
+			res.MBps = float64(moved.Load()) / time.Since(t0).Seconds() / 1e6
+			break
+		}
 		select {
 		case <-time.After(f.dur / 4):
 		case <-ctx.Done():
@@ -253,21 +263,23 @@ func torBulk(ctx context.Context, f torLoadFlags) TorLoadResult {
 		res.MBps = float64(moved.Load()-b0) / time.Since(t0).Seconds() / 1e6
 	case <-time.After(f.timeout):
 	}
-	cancel()
-	conns.Range(func(_, c any) bool { c.(net.Conn).Close(); return true })
+	stop()
+	if f.mode == torModeDown || !windowed {
+		conns.Range(func(_, c any) bool { c.(net.Conn).Close(); return true })
+	}
 	wg.Wait()
 	close(errs)
 	rec := newRecorder()
 	for err := range errs {
-		if err != nil && ctx.Err() != nil && res.MBps > 0 {
+		if err != nil && f.mode == torModeDown && windowed {
 			err = nil // closed by us at the end of the window
 		}
 		rec.add(0, err)
 	}
 	fillCounts(&res, rec)
 	res.Bytes = moved.Load()
-	if res.MBps == 0 && res.Failures == 0 {
-		res.Failures, res.Kinds = f.streams, map[string]int{"no_start": f.streams}
+	if !windowed {
+		res.OK, res.Failures, res.Kinds = 0, f.streams, map[string]int{"no_start": f.streams}
 	}
 	return res
 }
@@ -314,18 +326,40 @@ func (f torLoadFlags) bulkStream(ctx context.Context, moved *atomic.Int64, first
 			}
 		}
 	}
-	if _, err := fmt.Fprintf(c, "POST /sink HTTP/1.1\r\nHost: %s\r\nContent-Length: %s\r\nConnection: close\r\n\r\n", f.name, strconv.Itoa(bulkBytes)); err != nil {
+	// Upload: f.upBytes, then the server's count of what it received.
+	// Only that count is added to moved, and the rate is taken to the
+	// answer: Tor reads from its edge connections as fast as they send
+	// and queues the cells (on loopback, over 100 MB/s into its queues
+	// against a few MB/s through the circuit), so bytes a socket accepted
+	// measure buffers, and a window measured by the clock would leave
+	// seconds of queued data behind it.
+	if _, err := fmt.Fprintf(c, "POST /sink HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", f.name, f.upBytes); err != nil {
 		return err
 	}
 	for i := range buf {
 		buf[i] = byte('a' + i%26)
 	}
-	for {
-		n, err := c.Write(buf)
-		moved.Add(int64(n))
-		done()
+	done()
+	c.SetDeadline(time.Now().Add(f.timeout + 2*time.Minute))
+	for left := f.upBytes; left > 0; {
+		n, err := c.Write(buf[:min(left, int64(len(buf)))])
+		left -= int64(n)
 		if err != nil {
 			return err
 		}
 	}
+	answer, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	_, body, _ := strings.Cut(string(answer), "\r\n\r\n")
+	n, err := strconv.ParseInt(strings.TrimSpace(body), 10, 64)
+	if err != nil {
+		return fmt.Errorf("sink answer %q: %w", answer, err)
+	}
+	if n != f.upBytes {
+		return fmt.Errorf("sink counted %d of %d bytes", n, f.upBytes)
+	}
+	moved.Add(n)
+	return nil
 }

@@ -90,6 +90,7 @@ type torFlags struct {
 	workers  int
 	connTime time.Duration
 	bulkTime time.Duration
+	upMB     int
 	tests    []string
 	commit   string
 	note     string
@@ -166,6 +167,7 @@ func cmdTor(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.IntVar(&f.workers, "workers", 4, "conns: closed-loop workers")
 	fs.DurationVar(&f.connTime, "conn-time", 10*time.Second, "conns: duration")
 	fs.DurationVar(&f.bulkTime, "bulk-time", 10*time.Second, "bulk tests: measured window (plus a quarter of it to warm up)")
+	fs.IntVar(&f.upMB, "up-mb", 32, "upload tests: MB (2^20) per stream, timed to the server's answer (Tor queues what it reads at once, so a timed window would measure buffers)")
 	fs.StringVar(&f.commit, "commit", "", "commit under test, for the report")
 	fs.StringVar(&f.note, "note", "", "settings note for the report")
 	fs.StringVar(&f.id, "id", "", "prefix of the namespaces (default tgt-RANDOM)")
@@ -195,8 +197,8 @@ func cmdTor(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			return fmt.Errorf("-tests: unknown test %q (known: %s)", t, strings.Join(torTests, ","))
 		}
 	}
-	if f.repeat < 1 || f.fetches < 1 || f.workers < 1 {
-		return errors.New("-repeat, -fetches and -workers must be at least 1")
+	if f.repeat < 1 || f.fetches < 1 || f.workers < 1 || f.upMB < 1 {
+		return errors.New("-repeat, -fetches, -workers and -up-mb must be at least 1")
 	}
 	if f.inner {
 		return torInner(ctx, f, args, stdout, stderr)
@@ -568,7 +570,7 @@ func (e *torEnv) measureTor(ctx context.Context, round int, path, dns, test stri
 		args = []string{"-mode", torModeConns, "-workers", strconv.Itoa(e.f.workers), "-time", e.f.connTime.String()}
 	default:
 		mode, n, _ := strings.Cut(test, "-")
-		args = []string{"-mode", mode, "-streams", n, "-time", e.f.bulkTime.String()}
+		args = []string{"-mode", mode, "-streams", n, "-time", e.f.bulkTime.String(), "-up-bytes", strconv.Itoa(e.f.upMB << 20)}
 	}
 	threads0 := threadCPU(torPid)
 	tor0, _ := cpuSeconds(torPid)
