@@ -207,8 +207,8 @@ func cmdTor(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return errors.New("tgbench tor needs root (network namespaces, TUN, iptables)")
 	}
 	for _, tool := range []string{"ip", "nsenter", "iptables", "tor", "tor-gencert"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("needs %s in PATH (Debian: apt install iproute2 util-linux iptables tor)", tool)
+		if _, err := sbinPath(tool); err != nil {
+			return fmt.Errorf("needs %s (Debian: apt install iproute2 util-linux iptables tor)", tool)
 		}
 	}
 	var err error
@@ -250,6 +250,21 @@ func cmdTor(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second
 	return cmd.Run()
+}
+
+// sbinPath finds a tool in PATH or in /usr/sbin, /sbin (where tor and
+// iptables live, outside some PATHs).
+func sbinPath(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin"} {
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("no %s in PATH, /usr/sbin or /sbin", name)
 }
 
 // removeNamespaces deletes every namespace whose name starts with id.
@@ -345,7 +360,11 @@ func (e *torEnv) setupWorkstations(ctx context.Context) error {
 			{"-t", "nat", "-A", "PREROUTING", "-i", torVethGW, "-p", "udp", "--dport", "53", "-j", "REDIRECT", "--to-ports", torDNSPort},
 			{"-t", "nat", "-A", "PREROUTING", "-i", torVethGW, "-p", "tcp", "--syn", "-j", "REDIRECT", "--to-ports", torTransPort},
 		} {
-			if out, err := exec.CommandContext(ctx, "iptables", r...).CombinedOutput(); err != nil {
+			ipt, err := sbinPath("iptables")
+			if err != nil {
+				return err
+			}
+			if out, err := exec.CommandContext(ctx, ipt, r...).CombinedOutput(); err != nil {
 				return fmt.Errorf("iptables %s: %w: %s", strings.Join(r, " "), err, bytes.TrimSpace(out))
 			}
 		}
@@ -354,7 +373,9 @@ func (e *torEnv) setupWorkstations(ctx context.Context) error {
 }
 
 func (e *torEnv) teardownWorkstations() {
-	exec.Command("iptables", "-t", "nat", "-F", "PREROUTING").Run()
+	if ipt, err := sbinPath("iptables"); err == nil {
+		exec.Command(ipt, "-t", "nat", "-F", "PREROUTING").Run()
+	}
 	exec.Command("ip", "link", "del", torVethGW).Run()
 	for _, ns := range e.ws {
 		exec.Command("ip", "netns", "del", ns).Run()
@@ -395,7 +416,11 @@ func (e *torEnv) writeTorrc() error {
 
 // startTor starts the client tor and waits for PROGRESS=100.
 func (e *torEnv) startTor(ctx context.Context) (*exec.Cmd, error) {
-	cmd := exec.Command("tor", "-f", e.torrc, "--defaults-torrc", e.empty)
+	torBin, err := sbinPath("tor")
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(torBin, "-f", e.torrc, "--defaults-torrc", e.empty)
 	logf, err := os.OpenFile(filepath.Join(e.f.out, "client-tor.out"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
