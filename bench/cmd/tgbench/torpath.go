@@ -399,8 +399,13 @@ func (e *torEnv) writeTorrc() error {
 		"SocksPort "+torSocks,
 		"ControlPort "+torControl,
 		"CookieAuthentication 1",
-		"TransPort "+torGWIP+":"+torTransPort,
-		"DNSPort "+torGWIP+":"+torDNSPort,
+	)
+	if _, ok := e.ws[torPathTransport]; ok {
+		// On the transport veth's gateway address, which exists only
+		// when that path is measured.
+		lines = append(lines, "TransPort "+torGWIP+":"+torTransPort, "DNSPort "+torGWIP+":"+torDNSPort)
+	}
+	lines = append(lines,
 		// Whonix's gateway settings for names: the DNSPort answers with
 		// a virtual address, which the TransPort maps back to the name
 		// (so the exit resolves it). "." automaps every name, not just
@@ -442,12 +447,25 @@ func (e *torEnv) startTor(ctx context.Context) (*exec.Cmd, error) {
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return nil, errors.New("client tor did not bootstrap in 90 s (see client-tor.log)")
 		}
+		if syscall.Kill(cmd.Process.Pid, 0) != nil || exitedZombie(cmd.Process.Pid) {
+			return nil, errors.New("client tor exited (see client-tor.log)")
+		}
 		if done, _ := torBootstrapped(ctx); done {
 			ok = true
 			return cmd, nil
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// exitedZombie reports whether pid has exited and waits to be reaped.
+func exitedZombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || bytes.HasPrefix(b[i+1:], []byte(" Z"))
 }
 
 func torBootstrapped(ctx context.Context) (bool, error) {
@@ -516,47 +534,74 @@ func (e *torEnv) runPath(ctx context.Context, round int, path string) []TorSampl
 	return out
 }
 
-// startTUNRouter starts torgate or hev in the gateway namespace on a TUN
-// created in the path's workstation namespace (passed as fd 3).
+// startTUNRouter starts torgate or hev in the gateway namespace, serving
+// the path's workstation namespace through a TUN: torgate gets one created
+// in the workstation (fd 3); hev, whose command line takes no descriptor,
+// creates its own by name, which is then moved into the workstation, as
+// tgbench run's name mode does.
 func (e *torEnv) startTUNRouter(ctx context.Context, path string) (*routerProc, error) {
 	ws := e.ws[path]
-	tf, err := openTUNIn(ws, torTUN, path == torPathTorgate)
-	if err != nil {
-		return nil, err
-	}
-	defer tf.Close()
-	if err := ipBatch(ctx,
-		[]string{"-n", ws, "addr", "add", torTUNWS, "dev", torTUN},
-		[]string{"-n", ws, "link", "set", torTUN, "mtu", "1500", "up"},
-		[]string{"-n", ws, "route", "add", "default", "dev", torTUN},
-	); err != nil {
-		return nil, err
+	configure := func() error {
+		return ipBatch(ctx,
+			[]string{"-n", ws, "addr", "add", torTUNWS, "dev", torTUN},
+			[]string{"-n", ws, "link", "set", torTUN, "mtu", "1500", "up"},
+			[]string{"-n", ws, "route", "add", "default", "dev", torTUN},
+		)
 	}
 	var command string
+	var extra []*os.File
 	admin := filepath.Join(e.f.out, "torgate-admin.sock")
 	switch path {
 	case torPathTorgate:
+		tf, err := openTUNIn(ws, torTUN, true)
+		if err != nil {
+			return nil, err
+		}
+		defer tf.Close() // torgate has its own copy
+		extra = []*os.File{tf}
+		if err := configure(); err != nil {
+			return nil, err
+		}
 		os.Remove(admin)
 		state := filepath.Join(e.f.out, "torgate-state")
 		command = fmt.Sprintf("%s run --tun-fd 3 --addr '' --mtu 1500 --admin unix:%s --state-dir %s --tor-control %s --socks-ports off --control-port 0",
 			shellQuote(e.f.torgate), shellQuote(admin), shellQuote(state), torControl)
 	case torPathHev:
+		// mapdns is hev's automap: it answers A queries to 198.18.2.1:53
+		// with addresses of 10.192.0.0/10 and dials the name through
+		// SOCKS.
 		conf := filepath.Join(e.f.out, "hev.yml")
 		host, port, _ := strings.Cut(torSocks, ":")
-		y := fmt.Sprintf("tunnel:\n  fd: 3\n  mtu: 1500\nsocks5:\n  address: %s\n  port: %s\nmapdns:\n  address: 198.18.2.1\n  port: 53\n  network: 10.192.0.0\n  netmask: 255.192.0.0\n  cache-size: 10000\nmisc:\n  log-file: stderr\n  log-level: warn\n", host, port)
+		y := fmt.Sprintf("tunnel:\n  name: %s\n  mtu: 1500\nsocks5:\n  address: %s\n  port: %s\nmapdns:\n  address: 198.18.2.1\n  port: 53\n  network: 10.192.0.0\n  netmask: 255.192.0.0\n  cache-size: 10000\nmisc:\n  log-file: stderr\n  log-level: warn\n", torTUN, host, port)
 		if err := os.WriteFile(conf, []byte(y), 0o644); err != nil {
 			return nil, err
 		}
 		command = shellQuote(e.f.hev) + " " + shellQuote(conf)
 	}
-	p, err := startRouter([]string{"env"}, command, filepath.Join(e.f.out, "router-"+path+".log"), []*os.File{tf})
+	logName := "router-" + path + ".log"
+	p, err := startRouter([]string{"env"}, command, filepath.Join(e.f.out, logName), extra)
 	if err != nil {
 		return nil, err
+	}
+	if path == torPathHev {
+		if !waitFor(ctx, 10*time.Second, func() bool { return !p.alive() || exec.Command("ip", "link", "show", "dev", torTUN).Run() == nil }) || !p.alive() {
+			p.stop()
+			return nil, fmt.Errorf("hev did not create %s (see %s)", torTUN, logName)
+		}
+		time.Sleep(500 * time.Millisecond) // let it configure the device before it is taken
+		if err := ip(ctx, "link", "set", torTUN, "netns", ws); err != nil {
+			p.stop()
+			return nil, err
+		}
+		if err := configure(); err != nil {
+			p.stop()
+			return nil, err
+		}
 	}
 	ready := func() bool { return !p.alive() || path != torPathTorgate || readyz(ctx, "unix:"+admin) }
 	if !waitFor(ctx, 60*time.Second, ready) || !p.alive() {
 		p.stop()
-		return nil, fmt.Errorf("%s not ready in 60 s (see router-%s.log)", path, path)
+		return nil, fmt.Errorf("%s not ready in 60 s (see %s)", path, logName)
 	}
 	return p, nil
 }
