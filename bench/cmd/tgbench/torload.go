@@ -44,6 +44,9 @@ type TorLoadResult struct {
 	// the answer, median and p99, in ms.
 	P50ms float64 `json:"p50_ms,omitempty"`
 	P99ms float64 `json:"p99_ms,omitempty"`
+	// FetchP50ms is the ttfb mode's median time from the lookup to the
+	// end of the answer (the server's close seen), in ms.
+	FetchP50ms float64 `json:"fetch_p50_ms,omitempty"`
 	// ConnsPerSec is the conns mode's rate of completed fetches.
 	ConnsPerSec float64 `json:"conns_per_s,omitempty"`
 	// MBps is the bulk modes' rate over the measured window (from the
@@ -152,7 +155,7 @@ func (f torLoadFlags) fetchRoot(ctx context.Context, target netip.AddrPort, star
 }
 
 func torTTFB(ctx context.Context, f torLoadFlags) TorLoadResult {
-	rec := newRecorder()
+	rec, whole := newRecorder(), newRecorder()
 	var res TorLoadResult
 	for range f.n {
 		if ctx.Err() != nil {
@@ -167,10 +170,12 @@ func torTTFB(ctx context.Context, f torLoadFlags) TorLoadResult {
 		}
 		res.Bytes += n
 		rec.add(ttfb, err)
+		whole.add(time.Since(start), err)
 	}
 	fillCounts(&res, rec)
 	r := rec.result(torModeTTFB, time.Second)
 	res.P50ms, res.P99ms = r.P50, r.P99
+	res.FetchP50ms = whole.result(torModeTTFB, time.Second).P50
 	return res
 }
 

@@ -136,11 +136,13 @@ type TorSample struct {
 
 // TorRow is the medians of one test on one path.
 type TorRow struct {
-	Path     string  `json:"path"`
-	Test     string  `json:"test"`
-	Unit     string  `json:"unit"`
-	Median   float64 `json:"median"`
-	P99      float64 `json:"p99_ms,omitempty"`
+	Path   string  `json:"path"`
+	Test   string  `json:"test"`
+	Unit   string  `json:"unit"`
+	Median float64 `json:"median"`
+	P99    float64 `json:"p99_ms,omitempty"`
+	// FetchP50 is ttfb's median time to the end of the answer.
+	FetchP50 float64 `json:"fetch_p50_ms,omitempty"`
 	Runs     int     `json:"runs"`
 	Errors   int     `json:"errors"`
 	Failures int     `json:"failures"`
@@ -683,7 +685,7 @@ func (r *TorLoadResult) summary(err error) string {
 	v := fmt.Sprintf("%d ok, %d failed", r.OK, r.Failures)
 	switch r.Mode {
 	case torModeTTFB:
-		return fmt.Sprintf("ttfb p50 %.1f ms p99 %.1f ms, %s", r.P50ms, r.P99ms, v)
+		return fmt.Sprintf("ttfb p50 %.1f ms p99 %.1f ms, whole fetch p50 %.1f ms, %s", r.P50ms, r.P99ms, r.FetchP50ms, v)
 	case torModeConns:
 		return fmt.Sprintf("%.1f conn/s, %s", r.ConnsPerSec, v)
 	}
@@ -808,6 +810,7 @@ func torRows(samples []TorSample, paths, tests []string) []TorRow {
 				row.Median = medianBy(ok, TorSample.value)
 				if test == "ttfb" {
 					row.P99 = medianBy(ok, func(s TorSample) float64 { return s.Load.P99ms })
+					row.FetchP50 = medianBy(ok, func(s TorSample) float64 { return s.Load.FetchP50ms })
 				}
 				row.TorPer = medianBy(ok, func(s TorSample) float64 { v, _ := s.perWork(s.TorCPU); return v })
 				row.RouterPer = medianBy(ok, func(s TorSample) float64 { v, _ := s.perWork(s.RouterCPU); return v })
@@ -881,7 +884,7 @@ func (rep *TorReport) Markdown(paths, tests []string) string {
 			if r.Median > 0 {
 				cell = fmt.Sprintf("%.4g", r.Median)
 				if r.P99 > 0 {
-					cell += fmt.Sprintf(" (p99 %.4g)", r.P99)
+					cell += fmt.Sprintf(" (p99 %.4g; to EOF %.4g)", r.P99, r.FetchP50)
 				}
 			}
 			if r.Errors > 0 || r.Failures > 0 {
