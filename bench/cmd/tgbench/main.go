@@ -52,6 +52,8 @@ commands:
   serve    the short-connection target server
   load     the short-connection load generator
   router   torgate in-process with a pprof endpoint, for profiling
+  tor      the path through Tor (root): Whonix's TransPort vs torgate, on the private Tor network
+  torload  the client of tgbench tor, run in a workstation namespace
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -70,6 +72,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdLoad(ctx, args[1:], stdout, stderr)
 	case "router":
 		return cmdRouter(ctx, args[1:], stderr)
+	case "tor":
+		return cmdTor(ctx, args[1:], stdout, stderr)
+	case "torload":
+		return cmdTorLoad(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
