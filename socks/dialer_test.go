@@ -952,7 +952,10 @@ type recordConn struct {
 	r        *strings.Reader
 	sent     bytes.Buffer
 	writes   []string
+	local    net.Addr // LocalAddr's answer
 }
+
+func (c *recordConn) LocalAddr() net.Addr { return c.local }
 
 func (c *recordConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 func (c *recordConn) Write(p []byte) (int, error) {
@@ -966,16 +969,23 @@ func (c *recordConn) SetWriteDeadline(time.Time) error { return nil }
 
 // TestPipeline checks the writes of a pipelining Dialer: the greeting
 // alone, then the auth message and the request together (what Tor
-// accepts), and without a username the same writes as without Pipeline.
+// accepts), and without a username the same writes as without Pipeline;
+// over TCP, each message alone (Dialer.Pipeline says why).
 func TestPipeline(t *testing.T) {
 	req := "\x05\x01\x00\x03\x0bexample.com\x01\xbb"
+	tcp := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
 	for _, tt := range []struct {
 		name   string
 		auth   socks.Auth
+		local  net.Addr
 		script string
 		want   []string
 		err    error
 	}{
+		{name: "auth over tcp", auth: socks.Auth{Username: "tg1", Password: "x"}, local: tcp, script: "\x05\x02" + "\x01\x00" + okReply,
+			want: []string{"\x05\x01\x02", "\x01\x03tg1\x01x", req}},
+		{name: "auth over unix", auth: socks.Auth{Username: "tg1", Password: "x"}, local: &net.UnixAddr{Net: "unix"}, script: "\x05\x02" + "\x01\x00" + okReply,
+			want: []string{"\x05\x01\x02", "\x01\x03tg1\x01x" + req}},
 		{name: "auth", auth: socks.Auth{Username: "tg1", Password: "x"}, script: "\x05\x02" + "\x01\x00" + okReply,
 			want: []string{"\x05\x01\x02", "\x01\x03tg1\x01x" + req}},
 		{name: "no auth", script: "\x05\x00" + okReply,
@@ -986,7 +996,7 @@ func TestPipeline(t *testing.T) {
 			want: []string{"\x05\x01\x02", "\x01\x03tg1\x01x" + req}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			c := &recordConn{r: strings.NewReader(tt.script)}
+			c := &recordConn{r: strings.NewReader(tt.script), local: tt.local}
 			d := &socks.Dialer{Dial: func(context.Context) (net.Conn, error) { return c, nil }, Pipeline: true}
 			_, err := d.Connect(t.Context(), socks.HostPort("example.com", 443), tt.auth)
 			var re *socks.ReplyError
