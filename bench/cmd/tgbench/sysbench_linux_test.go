@@ -27,27 +27,8 @@ func TestSystemBenchBrief(t *testing.T) {
 		}
 		t.Skip("no redsocks")
 	}
-	dir := t.TempDir()
-	for name, pkg := range map[string]string{"torgate": "../../../cmd/torgate", "tgbench": "."} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", name, err, out)
-		}
-	}
-	out := filepath.Join(dir, "out")
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(t.Context(), filepath.Join(dir, "tgbench"), "run", "-torgate", filepath.Join(dir, "torgate"),
-		"-paths", "tun,lan", "-lan-router", "torgate", "-lan-router", "redsocks",
-		"-mtus", "1500", "-tests", "tcp-up-1,conn-closed", "-repeat", "1", "-iperf-time", "2s", "-load-time", "1s", "-out", out)
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("tgbench run: %v\n%s", err, stderr.String())
-	}
-	b, err := os.ReadFile(filepath.Join(out, "results.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, log := runBuilt(t, "run", "-paths", "tun,lan", "-lan-router", "torgate", "-lan-router", "redsocks",
+		"-mtus", "1500", "-tests", "tcp-up-1,conn-closed", "-repeat", "1", "-iperf-time", "2s", "-load-time", "1s")
 	var rep Report
 	if err := json.Unmarshal(b, &rep); err != nil {
 		t.Fatal(err)
@@ -77,6 +58,34 @@ func TestSystemBenchBrief(t *testing.T) {
 		}
 	}
 	if t.Failed() {
-		t.Logf("tgbench log:\n%s", stderr.String())
+		t.Logf("tgbench log:\n%s", log)
 	}
+}
+
+// runBuilt builds torgate and tgbench (CGO_ENABLED=0, as released), runs
+// "tgbench SUB -torgate BIN ARGS... -out DIR" and returns its
+// results.json and its log (stderr).
+func runBuilt(t *testing.T, sub string, args ...string) (results []byte, log string) {
+	t.Helper()
+	dir := t.TempDir()
+	for name, pkg := range map[string]string{"torgate": "../../../cmd/torgate", "tgbench": "."} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", name, err, out)
+		}
+	}
+	out := filepath.Join(dir, "out")
+	var stderr bytes.Buffer
+	args = append([]string{sub, "-torgate", filepath.Join(dir, "torgate")}, append(args, "-out", out)...)
+	cmd := exec.CommandContext(t.Context(), filepath.Join(dir, "tgbench"), args...)
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("tgbench %s: %v\n%s", sub, err, stderr.String())
+	}
+	b, err := os.ReadFile(filepath.Join(out, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, stderr.String()
 }

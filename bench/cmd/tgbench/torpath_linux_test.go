@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -29,27 +26,8 @@ func TestTorBenchBrief(t *testing.T) {
 			t.Skip(err)
 		}
 	}
-	dir := t.TempDir()
-	for name, pkg := range map[string]string{"torgate": "../../../cmd/torgate", "tgbench": "."} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", name, err, out)
-		}
-	}
-	out := filepath.Join(dir, "out")
 	id := fmt.Sprintf("tgt-t%d", os.Getpid())
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(t.Context(), filepath.Join(dir, "tgbench"), "tor", "-torgate", filepath.Join(dir, "torgate"),
-		"-repeat", "1", "-fetches", "5", "-conn-time", "1s", "-bulk-time", "1s", "-up-mb", "2", "-id", id, "-out", out)
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("tgbench tor: %v\n%s", err, stderr.String())
-	}
-	b, err := os.ReadFile(filepath.Join(out, "results.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, log := runBuilt(t, "tor", "-repeat", "1", "-fetches", "5", "-conn-time", "1s", "-bulk-time", "1s", "-up-mb", "2", "-id", id)
 	var rep TorReport
 	if err := json.Unmarshal(b, &rep); err != nil {
 		t.Fatal(err)
@@ -78,6 +56,6 @@ func TestTorBenchBrief(t *testing.T) {
 		}
 	}
 	if t.Failed() {
-		t.Logf("tgbench tor log:\n%s", stderr.String())
+		t.Logf("tgbench tor log:\n%s", log)
 	}
 }
