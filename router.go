@@ -229,7 +229,9 @@ func (r *Router) buildUpstream(*cleanup) error {
 		// every stream carries credentials that only Tor takes whatever
 		// they are, so a server that parses one message per read
 		// (microsocks) could not serve torgate anyway; without
-		// credentials Pipeline changes nothing.
+		// credentials Pipeline changes nothing. The Dialer pipelines only
+		// over a unix socket (a managed Tor's): over TCP it would cost a
+		// delayed ACK per stream (socks.Dialer.Pipeline).
 		in.dialer = &socks.Dialer{Dial: in.watch.Dial, Pipeline: true}
 	}
 	iso, err := tunnel.NewIsolator(tunnel.IsolationMode(r.cfg.Isolation), r.cfg.IsolationSecret)
