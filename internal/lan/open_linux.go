@@ -807,14 +807,7 @@ func (t *tapFile) SetOffload(on bool) error {
 // does not fit them is lost (the kernel truncates). Calls must be
 // serialised. It honours the read deadline (SetReadDeadline).
 func (t *tapFile) Readv(parts [][]byte) (int, error) {
-	t.riov = t.riov[:0]
-	for _, b := range parts {
-		if len(b) > 0 {
-			iov := unix.Iovec{Base: &b[0]}
-			iov.SetLen(len(b))
-			t.riov = append(t.riov, iov)
-		}
-	}
+	t.riov = appendIovecs(t.riov[:0], parts)
 	if len(t.riov) == 0 {
 		return 0, nil
 	}
@@ -830,31 +823,44 @@ func (t *tapFile) Readv(parts [][]byte) (int, error) {
 // readv is Readv's RawConn callback: false (wait until readable, then
 // again) on EAGAIN and EINTR.
 func (t *tapFile) readv(fd uintptr) bool {
-	n, _, errno := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&t.riov[0])), uintptr(len(t.riov)))
+	n, again, err := vecCall(unix.SYS_READV, fd, t.riov)
+	t.rn, t.rerr = n, err
+	return !again
+}
+
+// appendIovecs appends an iovec for each non-empty part.
+func appendIovecs(iov []unix.Iovec, parts [][]byte) []unix.Iovec {
+	for _, b := range parts {
+		if len(b) > 0 {
+			v := unix.Iovec{Base: &b[0]}
+			v.SetLen(len(b))
+			iov = append(iov, v)
+		}
+	}
+	return iov
+}
+
+// vecCall makes one readv or writev (trap) of iov on fd for a RawConn
+// callback: again on EAGAIN and EINTR (wait, then call again),
+// os.ErrClosed for a detached tap (EBADFD).
+func vecCall(trap, fd uintptr, iov []unix.Iovec) (n int, again bool, err error) {
+	r, _, errno := unix.Syscall(trap, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
 	switch errno {
 	case 0:
-		t.rn = int(n)
+		return int(r), false, nil
 	case unix.EAGAIN, unix.EINTR:
-		return false
+		return 0, true, nil
 	case unix.EBADFD:
-		t.rerr = os.ErrClosed
+		return 0, false, os.ErrClosed
 	default:
-		t.rerr = errno
+		return 0, false, errno
 	}
-	return true
 }
 
 // Writev writes one frame from parts in one system call. Its calls are
 // serialised.
 func (t *tapFile) Writev(parts [][]byte) error {
-	t.wiov = t.wiov[:0]
-	for _, b := range parts {
-		if len(b) > 0 {
-			iov := unix.Iovec{Base: &b[0]}
-			iov.SetLen(len(b))
-			t.wiov = append(t.wiov, iov)
-		}
-	}
+	t.wiov = appendIovecs(t.wiov[:0], parts)
 	if len(t.wiov) == 0 {
 		return nil
 	}
@@ -870,17 +876,9 @@ func (t *tapFile) Writev(parts [][]byte) error {
 // writev is Writev's RawConn callback: false (wait until writable, then
 // again) on EAGAIN and EINTR.
 func (t *tapFile) writev(fd uintptr) bool {
-	_, _, errno := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&t.wiov[0])), uintptr(len(t.wiov)))
-	switch errno {
-	case 0:
-	case unix.EAGAIN, unix.EINTR:
-		return false
-	case unix.EBADFD:
-		t.werr = os.ErrClosed
-	default:
-		t.werr = errno
-	}
-	return true
+	_, again, err := vecCall(unix.SYS_WRITEV, fd, t.wiov)
+	t.werr = err
+	return !again
 }
 
 // Down gives iface back to the gateway's kernel as the operator had it
