@@ -3,7 +3,6 @@ package lan
 import (
 	"bytes"
 	"errors"
-	"net"
 	"net/netip"
 	"os"
 	"sync"
@@ -124,17 +123,7 @@ func nextPacket(t *testing.T, ch <-chan []byte) (vnet.Header, []byte) {
 // from a copy), a spoofed one dropped; Close ends ReadVnet.
 func TestDirectRead(t *testing.T) {
 	w := newDirectWire()
-	d, err := NewDevice([]Link{{
-		Name:   "eth1",
-		MAC:    net.HardwareAddr(gwMAC[:]),
-		Addrs:  []netip.Prefix{gw4, gw6, netip.PrefixFrom(gwLL, 64)},
-		Frames: w,
-		Vnet:   true,
-	}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := eth1Device(t, w, true)
 	p := d.ports[0]
 	bindForTest(p, ws4, wsMAC)
 	checkZeroHdr(t, w.wire.next(t))
@@ -239,17 +228,7 @@ var other6 = netip.MustParseAddr("2001:db8::1")
 func testDirectDevice(t *testing.T) (*Device, *directWire) {
 	t.Helper()
 	w := newDirectWire()
-	d, err := NewDevice([]Link{{
-		Name:   "eth1",
-		MAC:    net.HardwareAddr(gwMAC[:]),
-		Addrs:  []netip.Prefix{gw4, gw6, netip.PrefixFrom(gwLL, 64)},
-		Frames: w,
-		Vnet:   true,
-	}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
+	d := eth1Device(t, w, true)
 	if !d.EnableOffload() || !d.direct.Load() {
 		t.Fatal("not in direct mode")
 	}

@@ -2,6 +2,7 @@ package lan
 
 import (
 	"encoding/binary"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -92,17 +93,26 @@ func (w *wire) send(f []byte) { w.toDev <- f }
 func testDevice(t testing.TB) (*Device, *wire) {
 	t.Helper()
 	w := newWire()
+	return eth1Device(t, w, false), w
+}
+
+// eth1Device is a Device on one link "eth1" with the gateway's MAC and
+// addresses, reading and writing frames (with virtio-net headers if
+// vnet), closed when the test ends.
+func eth1Device(t testing.TB, frames io.ReadWriteCloser, vnet bool) *Device {
+	t.Helper()
 	d, err := NewDevice([]Link{{
 		Name:   "eth1",
 		MAC:    net.HardwareAddr(gwMAC[:]),
 		Addrs:  []netip.Prefix{gw4, gw6, netip.PrefixFrom(gwLL, 64)},
-		Frames: w,
+		Frames: frames,
+		Vnet:   vnet,
 	}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	return d, w
+	return d
 }
 
 // next returns the gateway's next frame, failing after a generous wait.

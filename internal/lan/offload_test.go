@@ -37,17 +37,7 @@ var errRefused = net.UnknownNetworkError("refused")
 func testVnetDevice(t *testing.T) (*Device, *vnetWire) {
 	t.Helper()
 	w := &vnetWire{wire: newWire()}
-	d, err := NewDevice([]Link{{
-		Name:   "eth1",
-		MAC:    net.HardwareAddr(gwMAC[:]),
-		Addrs:  []netip.Prefix{gw4, gw6, netip.PrefixFrom(gwLL, 64)},
-		Frames: w,
-		Vnet:   true,
-	}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
+	d := eth1Device(t, w, true)
 	if !d.EnableOffload() || !w.on.Load() {
 		t.Fatal("EnableOffload refused")
 	}
