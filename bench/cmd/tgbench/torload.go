@@ -64,6 +64,9 @@ type TorLoadResult struct {
 	Seconds float64 `json:"seconds"`
 	// Sources is how many workstations (source addresses) ran the load.
 	Sources int `json:"sources"`
+	// clientCPU is torload's own CPU seconds, which the harness reads
+	// from its rusage.
+	clientCPU float64
 }
 
 type torLoadFlags struct {

@@ -174,6 +174,13 @@ type TorSample struct {
 	RouterCPU  float64 `json:"router_cpu_s"`
 	MachineCPU float64 `json:"machine_busy_s"`
 	Wall       float64 `json:"wall_s"`
+	// Where the rest of the machine's CPU went: NetCPU the private
+	// network's tors (authorities, relays, exits), WebCPU the harness
+	// process (the network's web and DNS servers run in it), ClientCPU
+	// the torload process (the workstations' sockets).
+	NetCPU    float64 `json:"net_cpu_s"`
+	WebCPU    float64 `json:"web_cpu_s"`
+	ClientCPU float64 `json:"client_cpu_s"`
 	// TorThread is the client tor's busiest thread over the test (its
 	// name from /proc, "tor" is the main thread; "K/name" of instance K
 	// with several tors) and TorThreadCores its share of one core.
@@ -222,6 +229,30 @@ type TorRow struct {
 	Bottlenecks string  `json:"bottlenecks"`
 	// Instances are the medians per client tor.
 	Instances []TorInstRow `json:"instances,omitempty"`
+	// Cores is where the machine's CPU went, medians in cores.
+	Cores TorCores `json:"cores"`
+}
+
+// TorCores is CPU over a test's wall time, by consumer, in cores: the
+// client tor(s), the router, the private network's tors, the harness
+// (web and DNS servers), torload, the machine's busy time, and Other,
+// what the machine spent beyond those (other users' processes, and
+// kernel work not charged to them).
+type TorCores struct {
+	Tor, Router, Net, Web, Client, Machine, Other float64
+}
+
+// cores is the sample's TorCores.
+func (s TorSample) cores() TorCores {
+	if s.Wall <= 0 {
+		return TorCores{}
+	}
+	c := TorCores{Tor: s.TorCPU, Router: s.RouterCPU, Net: s.NetCPU, Web: s.WebCPU, Client: s.ClientCPU, Machine: s.MachineCPU}
+	c.Other = max(0, c.Machine-c.Tor-c.Router-c.Net-c.Web-c.Client)
+	for _, v := range []*float64{&c.Tor, &c.Router, &c.Net, &c.Web, &c.Client, &c.Machine, &c.Other} {
+		*v = roundCores(*v / s.Wall)
+	}
+	return c
 }
 
 // TorInstRow is the medians of one client tor on one test.
@@ -920,6 +951,10 @@ func (e *torEnv) client(ctx context.Context, path, dns string, args ...string) (
 	if err := json.Unmarshal(out, &r); err != nil {
 		return nil, fmt.Errorf("torload output: %w", err)
 	}
+	// nsenter --net execs torload in place: the rusage is torload's.
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		r.clientCPU = roundUS(time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds())
+	}
 	if r.OK == 0 {
 		return &r, fmt.Errorf("torload %s: nothing succeeded: %v", r.Mode, r.Kinds)
 	}
@@ -952,11 +987,16 @@ func (e *torEnv) measureTor(ctx context.Context, round int, path, dns, test stri
 	if router != nil {
 		r0, _ = cpuSeconds(router.pid)
 	}
+	net0, web0 := e.netCPU(), selfCPU()
 	m0, _ := machineBusySeconds()
 	t0 := time.Now()
 	res, err := e.client(ctx, path, dns, args...)
 	s.Wall = time.Since(t0).Seconds()
 	m1, _ := machineBusySeconds()
+	s.NetCPU, s.WebCPU = roundUS(e.netCPU()-net0), roundUS(selfCPU()-web0)
+	if res != nil {
+		s.ClientCPU = res.clientCPU
+	}
 	var torCPU float64
 	for i, t := range tors {
 		c1, _ := cpuSeconds(t.pid)
@@ -1020,6 +1060,22 @@ func unevenTors(tors []TorInstSample) string {
 		}
 	}
 	return strings.Join(low, ", ")
+}
+
+// netCPU is the CPU seconds so far of the private network's tors.
+func (e *torEnv) netCPU() float64 {
+	var sum float64
+	for _, pid := range e.net.PIDs() {
+		c, _ := cpuSeconds(pid)
+		sum += c
+	}
+	return sum
+}
+
+// selfCPU is this process's CPU seconds so far.
+func selfCPU() float64 {
+	c, _ := cpuSeconds(os.Getpid())
+	return c
 }
 
 // instancesSummary is "; tor 0: 1.20 s, main 0.40, 12.3 MB; tor 1: ..."
@@ -1175,6 +1231,15 @@ func torRows(samples []TorSample, paths, tests []string) []TorRow {
 				row.TorThread = medianBy(ok, func(s TorSample) float64 { return s.TorThreadCores })
 				row.Bottlenecks = countVerdicts(verdicts)
 				row.Instances = instanceRows(ok)
+				row.Cores = TorCores{
+					Tor:     medianBy(ok, func(s TorSample) float64 { return s.cores().Tor }),
+					Router:  medianBy(ok, func(s TorSample) float64 { return s.cores().Router }),
+					Net:     medianBy(ok, func(s TorSample) float64 { return s.cores().Net }),
+					Web:     medianBy(ok, func(s TorSample) float64 { return s.cores().Web }),
+					Client:  medianBy(ok, func(s TorSample) float64 { return s.cores().Client }),
+					Machine: medianBy(ok, func(s TorSample) float64 { return s.cores().Machine }),
+					Other:   medianBy(ok, func(s TorSample) float64 { return s.cores().Other }),
+				}
 			}
 			rows = append(rows, row)
 		}
@@ -1314,6 +1379,14 @@ func (rep *TorReport) Markdown(paths, tests []string) string {
 				router = "– (kernel)"
 			}
 			fmt.Fprintf(&b, "| %s | %s | %.4g | %s | %s | %.2f | %s |\n", t, p, r.TorPer, router, r.PerUnit, r.TorThread, orDash(r.Bottlenecks))
+		}
+	}
+	fmt.Fprintf(&b, "\nWhere the CPU went (medians, in cores of the %d): the client tor(s), the router, the private network's tors, the harness (the network's web and DNS servers), torload (the workstations), the machine's busy time, and the rest of it (other users' processes, kernel work charged to none of these).\n\n", rep.CPUs)
+	b.WriteString("| test | path | client tor | router | network tors | web+DNS | torload | machine busy | other |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, t := range tests {
+		for _, p := range paths {
+			c := find(p, t).Cores
+			fmt.Fprintf(&b, "| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", t, p, c.Tor, c.Router, c.Net, c.Web, c.Client, c.Machine, c.Other)
 		}
 	}
 	several := false
