@@ -1381,7 +1381,7 @@ func (rep *TorReport) Markdown(paths, tests []string) string {
 			fmt.Fprintf(&b, "| %s | %s | %.4g | %s | %s | %.2f | %s |\n", t, p, r.TorPer, router, r.PerUnit, r.TorThread, orDash(r.Bottlenecks))
 		}
 	}
-	fmt.Fprintf(&b, "\nWhere the CPU went (medians, in cores of the %d): the client tor(s), the router, the private network's tors, the harness (the network's web and DNS servers), torload (the workstations), the machine's busy time, and the rest of it (other users' processes, kernel work charged to none of these).\n\n", rep.CPUs)
+	fmt.Fprintf(&b, "\nWhere the CPU went (medians, in cores of the %d): the client tor(s), the router, the private network's tors, the harness (the network's web and DNS servers), torload (the workstations), the machine's busy time, and the rest of it (other users' processes, kernel work charged to none of these). Machine busy is /proc/stat's tick sample, which undercounts processes that sleep between ticks (short fetches: it can fall below the processes' sum, and other is then 0); the processes' figures are scaled to the scheduler's run time.\n\n", rep.CPUs)
 	b.WriteString("| test | path | client tor | router | network tors | web+DNS | torload | machine busy | other |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, t := range tests {
 		for _, p := range paths {
