@@ -23,6 +23,11 @@ import (
 // inside a workstation namespace, fetches from the testnet's web server by
 // name through whatever the namespace's route leads to (a TransPort
 // REDIRECT or torgate's TUN), and prints one TorLoadResult as JSON.
+//
+// With -src A,B,... it plays several workstations at once: each address
+// runs the whole load of the mode (its own lookups, workers or streams),
+// every socket bound to it, and the result is the aggregate (fetches and
+// bytes summed, latencies over all of them).
 
 // Modes of tgbench torload.
 const (
@@ -57,6 +62,11 @@ type TorLoadResult struct {
 	Bytes int64 `json:"bytes"`
 	// Seconds is the whole run's wall time.
 	Seconds float64 `json:"seconds"`
+	// Sources is how many workstations (source addresses) ran the load.
+	Sources int `json:"sources"`
+	// clientCPU is torload's own CPU seconds, which the harness reads
+	// from its rusage.
+	clientCPU float64
 }
 
 type torLoadFlags struct {
@@ -70,6 +80,9 @@ type torLoadFlags struct {
 	dur     time.Duration
 	upBytes int64
 	timeout time.Duration
+	// srcs are the workstations' source addresses; one invalid Addr
+	// (no -src) leaves the choice to the kernel.
+	srcs []netip.Addr
 }
 
 func cmdTorLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -86,11 +99,23 @@ func cmdTorLoad(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.DurationVar(&f.dur, "time", 5*time.Second, "conns, down: duration")
 	fs.Int64Var(&f.upBytes, "up-bytes", 16<<20, "up: bytes per stream")
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "limit on one fetch")
+	srcs := fs.String("src", "", "source addresses, comma-separated: one workstation each, every one running the whole load at once (default: one, the kernel's choice)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if _, err := netip.ParseAddrPort(f.dns); err != nil || f.name == "" {
 		return errors.New("torload: -name and -dns IP:port are required")
+	}
+	f.srcs = []netip.Addr{{}}
+	if *srcs != "" {
+		f.srcs = nil
+		for a := range strings.SplitSeq(*srcs, ",") {
+			ip, err := netip.ParseAddr(a)
+			if err != nil {
+				return fmt.Errorf("torload: -src: %w", err)
+			}
+			f.srcs = append(f.srcs, ip)
+		}
 	}
 	var res TorLoadResult
 	start := time.Now()
@@ -106,33 +131,46 @@ func cmdTorLoad(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	res.Mode = f.mode
 	res.Seconds = time.Since(start).Seconds()
+	res.Sources = len(f.srcs)
 	return json.NewEncoder(stdout).Encode(res)
 }
 
-// resolver sends every query to f.dns, whatever resolv.conf says.
-func (f torLoadFlags) resolver() *net.Resolver {
+// dialer binds to src unless it is the invalid Addr; network is "tcp" or
+// "udp" (the resolver's).
+func dialer(network string, src netip.Addr) *net.Dialer {
+	d := &net.Dialer{}
+	switch {
+	case !src.IsValid():
+	case strings.HasPrefix(network, "udp"):
+		d.LocalAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+	default:
+		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+	}
+	return d
+}
+
+// resolver sends every query to f.dns from src, whatever resolv.conf says.
+func (f torLoadFlags) resolver(src netip.Addr) *net.Resolver {
 	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, network, f.dns)
+		return dialer(network, src).DialContext(ctx, network, f.dns)
 	}}
 }
 
-// lookup resolves f.name to one IPv4 address.
-func (f torLoadFlags) lookup(ctx context.Context) (netip.AddrPort, error) {
-	ips, err := f.resolver().LookupNetIP(ctx, "ip4", f.name)
+// lookup resolves f.name to one IPv4 address, asking from src.
+func (f torLoadFlags) lookup(ctx context.Context, src netip.Addr) (netip.AddrPort, error) {
+	ips, err := f.resolver(src).LookupNetIP(ctx, "ip4", f.name)
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("lookup: %w", err)
 	}
 	return netip.AddrPortFrom(ips[0], uint16(f.port)), nil
 }
 
-// fetchRoot sends GET / to target and reads the answer to EOF; ttfb is the
-// time from start to its first byte.
-func (f torLoadFlags) fetchRoot(ctx context.Context, target netip.AddrPort, start time.Time) (ttfb time.Duration, n int64, err error) {
+// fetchRoot sends GET / to target from src and reads the answer to EOF;
+// ttfb is the time from start to its first byte.
+func (f torLoadFlags) fetchRoot(ctx context.Context, src netip.Addr, target netip.AddrPort, start time.Time) (ttfb time.Duration, n int64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", target.String())
+	c, err := dialer("tcp", src).DialContext(ctx, "tcp", target.String())
 	if err != nil {
 		return 0, 0, err
 	}
@@ -154,24 +192,34 @@ func (f torLoadFlags) fetchRoot(ctx context.Context, target netip.AddrPort, star
 	return ttfb, n + 1, err
 }
 
+// torTTFB runs f.n sequential fetches from each source, the sources at
+// once.
 func torTTFB(ctx context.Context, f torLoadFlags) TorLoadResult {
 	rec, whole := newRecorder(), newRecorder()
-	var res TorLoadResult
-	for range f.n {
-		if ctx.Err() != nil {
-			break
-		}
-		start := time.Now()
-		target, err := f.lookup(ctx)
-		var ttfb time.Duration
-		var n int64
-		if err == nil {
-			ttfb, n, err = f.fetchRoot(ctx, target, start)
-		}
-		res.Bytes += n
-		rec.add(ttfb, err)
-		whole.add(time.Since(start), err)
+	var bytes atomic.Int64
+	var wg sync.WaitGroup
+	for _, src := range f.srcs {
+		wg.Go(func() {
+			for range f.n {
+				if ctx.Err() != nil {
+					break
+				}
+				start := time.Now()
+				target, err := f.lookup(ctx, src)
+				var ttfb time.Duration
+				var n int64
+				if err == nil {
+					ttfb, n, err = f.fetchRoot(ctx, src, target, start)
+				}
+				bytes.Add(n)
+				rec.add(ttfb, err)
+				whole.add(time.Since(start), err)
+			}
+		})
 	}
+	wg.Wait()
+	var res TorLoadResult
+	res.Bytes = bytes.Load()
 	fillCounts(&res, rec)
 	r := rec.result(torModeTTFB, time.Second)
 	res.P50ms, res.P99ms = r.P50, r.P99
@@ -190,22 +238,24 @@ func fillCounts(res *TorLoadResult, rec *recorder) {
 	}
 }
 
+// torConns runs f.workers closed-loop workers per source.
 func torConns(ctx context.Context, f torLoadFlags) TorLoadResult {
 	rec := newRecorder()
 	var bytes atomic.Int64
 	deadline := time.Now().Add(f.dur)
 	start := time.Now()
 	var wg sync.WaitGroup
-	for range f.workers {
+	for i := range f.workers * len(f.srcs) {
+		src := f.srcs[i%len(f.srcs)]
 		wg.Go(func() {
-			target, err := f.lookup(ctx)
+			target, err := f.lookup(ctx, src)
 			if err != nil {
 				rec.add(0, err)
 				return
 			}
 			for time.Now().Before(deadline) && ctx.Err() == nil {
 				t0 := time.Now()
-				_, n, err := f.fetchRoot(ctx, target, t0)
+				_, n, err := f.fetchRoot(ctx, src, target, t0)
 				bytes.Add(n)
 				rec.add(time.Since(t0), err)
 			}
@@ -223,7 +273,9 @@ func torConns(ctx context.Context, f torLoadFlags) TorLoadResult {
 // moves in a run, so that the window ends by the clock, not by EOF.
 const bulkBytes = 1 << 30
 
-// torBulk runs f.streams downloads (or uploads) at once. A download's
+// torBulk runs f.streams downloads (or uploads) per source, all at once
+// (so the window opens when every source's streams have their first
+// byte). A download's
 // rate is taken over f.dur from the moment every stream has its first
 // byte, plus a quarter of f.dur (circuit set-up and slow start are not
 // throughput). An upload moves f.upBytes per stream, and its rate is
@@ -232,15 +284,17 @@ const bulkBytes = 1 << 30
 func torBulk(ctx context.Context, f torLoadFlags) TorLoadResult {
 	stopCtx, stop := context.WithCancel(ctx)
 	defer stop()
+	streams := f.streams * len(f.srcs)
 	var moved atomic.Int64
 	var started sync.WaitGroup
-	started.Add(f.streams)
-	errs := make(chan error, f.streams)
+	started.Add(streams)
+	errs := make(chan error, streams)
 	var conns sync.Map
 	var wg sync.WaitGroup
-	for i := range f.streams {
+	for i := range streams {
+		src := f.srcs[i%len(f.srcs)]
 		wg.Go(func() {
-			errs <- f.bulkStream(stopCtx, &moved, started.Done, func(c net.Conn) { conns.Store(i, c) })
+			errs <- f.bulkStream(stopCtx, src, &moved, started.Done, func(c net.Conn) { conns.Store(i, c) })
 		})
 	}
 	ready := make(chan struct{})
@@ -284,24 +338,24 @@ func torBulk(ctx context.Context, f torLoadFlags) TorLoadResult {
 	fillCounts(&res, rec)
 	res.Bytes = moved.Load()
 	if !windowed {
-		res.OK, res.Failures, res.Kinds = 0, f.streams, map[string]int{"no_start": f.streams}
+		res.OK, res.Failures, res.Kinds = 0, streams, map[string]int{"no_start": streams}
 	}
 	return res
 }
 
-// bulkStream moves bytes on one connection until ctx ends, adding them to
-// moved; first is called once the first byte moved (or on failure).
-func (f torLoadFlags) bulkStream(ctx context.Context, moved *atomic.Int64, first func(), keep func(net.Conn)) error {
+// bulkStream moves bytes on one connection from src until ctx ends,
+// adding them to moved; first is called once the first byte moved (or on
+// failure).
+func (f torLoadFlags) bulkStream(ctx context.Context, src netip.Addr, moved *atomic.Int64, first func(), keep func(net.Conn)) error {
 	var once sync.Once
 	done := func() { once.Do(first) }
 	defer done()
-	target, err := f.lookup(ctx)
+	target, err := f.lookup(ctx, src)
 	if err != nil {
 		return err
 	}
-	var d net.Dialer
 	dctx, dcancel := context.WithTimeout(ctx, f.timeout)
-	c, err := d.DialContext(dctx, "tcp", target.String())
+	c, err := dialer("tcp", src).DialContext(dctx, "tcp", target.String())
 	dcancel()
 	if err != nil {
 		return err

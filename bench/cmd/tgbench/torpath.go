@@ -5,7 +5,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -13,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/torgate/torgate"
 	"github.com/torgate/torgate/internal/testnet"
 )
 
@@ -40,6 +45,21 @@ import (
 //     TUN (fd mode, as tgbench run's {tunfd}), DNS through torgate.
 //   - hev (with -hev PATH): hev-socks5-tunnel into the SocksPort, DNS
 //     through the client tor's DNSPort.
+//   - torgate-managed: torgate with its own (managed) tor, which joins the
+//     private network through --torrc, on a TUN as the torgate path. No
+//     harness client tor.
+//   - torgate-n: the same with --tor-instances N (-instances): N client
+//     tors behind one torgate, each workstation pinned to one of them.
+//
+// With -workstations W every path is loaded by W workstations at once:
+// W source addresses on the path's workstation namespace (its TUN, or
+// the transport path's veth), one tgbench torload process binding every
+// socket of workstation i to address i (-src), and the figures are the
+// aggregate. For torgate-n the harness writes torgate's instance key
+// (STATE_DIR/tor-instances.key) and picks the addresses so that the
+// workstations fall evenly on the instances; each tor's own traffic
+// counters (GETINFO traffic/read, traffic/written) over a test show
+// whether the load did spread.
 //
 // Layout: "tgbench tor" creates the gateway namespace and runs itself
 // again inside it (nsenter --net, so that the private Tor network's
@@ -55,7 +75,16 @@ const (
 	torPathTransport = "transport"
 	torPathTorgate   = "torgate"
 	torPathHev       = "hev"
+	torPathManaged   = "torgate-managed"
+	torPathTorgateN  = "torgate-n"
 )
+
+// managedPath reports whether path's tors are torgate's own (no harness
+// client tor).
+func managedPath(path string) bool { return path == torPathManaged || path == torPathTorgateN }
+
+// torgatePath reports whether path runs torgate.
+func torgatePath(path string) bool { return path == torPathTorgate || managedPath(path) }
 
 // The client tor's ports, in the gateway namespace, and the addresses of
 // the workstations.
@@ -66,16 +95,24 @@ const (
 	torDNSPort   = "19053"
 	torGWIP      = "198.18.10.1" // the gateway end of the transport workstation's veth
 	torGWNet     = "198.18.10.1/24"
-	torWSNet     = "198.18.10.2/24"
 	torVethGW    = "tgtv0"
 	torVethWS    = "tgtv1" // in the transport workstation
 	torTUN       = "tgt0"
-	torTUNWS     = "198.18.2.2/24"
+	// torWSFirst and torTUNFirst are the first workstation's address on
+	// the transport veth and on a TUN; further workstations take the
+	// following addresses of the /24 (torWSBits).
+	torWSFirst  = "198.18.10.2"
+	torTUNFirst = "198.18.2.2"
+	torWSBits   = "/24"
 	// torTUNDNS is where the TUN workstations send DNS: any address
 	// through the TUN; torgate intercepts port 53, and hev's is REDIRECTed
 	// like the transport path's.
 	torTUNDNS = "198.18.2.1:53"
 )
+
+// maxWorkstations bounds -workstations: the addresses come from one /24,
+// and torgate-n's even spread skips the addresses of full instances.
+const maxWorkstations = 64
 
 // TorTests are the tests of tgbench tor, in run order.
 var torTests = []string{"ttfb", "conns", "down-1", "down-8", "up-1"}
@@ -91,24 +128,36 @@ type torFlags struct {
 	connTime time.Duration
 	bulkTime time.Duration
 	upMB     int
-	tests    []string
-	commit   string
-	note     string
-	id       string
-	inner    bool
+	// instances is torgate-n's --tor-instances; workstations how many
+	// source addresses load each path at once.
+	instances    int
+	workstations int
+	tests        []string
+	commit       string
+	note         string
+	id           string
+	inner        bool
 }
 
 // TorReport is the JSON of tgbench tor.
 type TorReport struct {
-	Start   time.Time   `json:"start"`
-	Host    string      `json:"host"`
-	CPUs    int         `json:"cpus"`
-	Commit  string      `json:"commit,omitempty"`
-	Note    string      `json:"note,omitempty"`
-	Repeat  int         `json:"repeat"`
-	Flags   []string    `json:"flags"`
-	Samples []TorSample `json:"samples"`
-	Rows    []TorRow    `json:"rows"`
+	Start  time.Time `json:"start"`
+	Host   string    `json:"host"`
+	CPUs   int       `json:"cpus"`
+	Commit string    `json:"commit,omitempty"`
+	Note   string    `json:"note,omitempty"`
+	Repeat int       `json:"repeat"`
+	// Workstations loaded each path at once; Instances is torgate-n's
+	// tor count.
+	Workstations int `json:"workstations"`
+	Instances    int `json:"instances"`
+	// LoadBefore and LoadAfter are /proc/loadavg at the start and the end
+	// (others may share the machine).
+	LoadBefore string      `json:"load_before"`
+	LoadAfter  string      `json:"load_after"`
+	Flags      []string    `json:"flags"`
+	Samples    []TorSample `json:"samples"`
+	Rows       []TorRow    `json:"rows"`
 }
 
 // TorSample is one test on one path in one round.
@@ -118,20 +167,45 @@ type TorSample struct {
 	Test  string         `json:"test"`
 	Load  *TorLoadResult `json:"load,omitempty"`
 	Err   string         `json:"error,omitempty"`
-	// CPU seconds over the test: the client tor (all threads), the router
-	// process (none on the transport path), the machine's busy time.
+	// CPU seconds over the test: the client tor (all threads; every
+	// instance's, summed, on torgate-n), the router process (none on the
+	// transport path), the machine's busy time.
 	TorCPU     float64 `json:"tor_cpu_s"`
 	RouterCPU  float64 `json:"router_cpu_s"`
 	MachineCPU float64 `json:"machine_busy_s"`
 	Wall       float64 `json:"wall_s"`
+	// Where the rest of the machine's CPU went: NetCPU the private
+	// network's tors (authorities, relays, exits), WebCPU the harness
+	// process (the network's web and DNS servers run in it), ClientCPU
+	// the torload process (the workstations' sockets).
+	NetCPU    float64 `json:"net_cpu_s"`
+	WebCPU    float64 `json:"web_cpu_s"`
+	ClientCPU float64 `json:"client_cpu_s"`
 	// TorThread is the client tor's busiest thread over the test (its
-	// name from /proc, "tor" is the main thread) and TorThreadCores its
-	// share of one core.
+	// name from /proc, "tor" is the main thread; "K/name" of instance K
+	// with several tors) and TorThreadCores its share of one core.
 	TorThread      string  `json:"tor_thread"`
 	TorThreadCores float64 `json:"tor_thread_cores"`
 	RouterCores    float64 `json:"router_cores"`
 	MachineShare   float64 `json:"machine_share"`
 	Bottleneck     string  `json:"bottleneck"`
+	// Tors is each client tor over the test, by instance.
+	Tors []TorInstSample `json:"tors"`
+}
+
+// TorInstSample is one client tor (instance) over one test.
+type TorInstSample struct {
+	Instance int     `json:"instance"`
+	PID      int     `json:"pid"`
+	CPU      float64 `json:"cpu_s"`
+	Cores    float64 `json:"cores"`
+	// Thread is its busiest thread, ThreadCores that thread's share of a
+	// core.
+	Thread      string  `json:"thread"`
+	ThreadCores float64 `json:"thread_cores"`
+	// MB is what the tor read plus wrote on all its connections (GETINFO
+	// traffic/read + traffic/written), in 10^6 bytes; -1 if unknown.
+	MB float64 `json:"mb"`
 }
 
 // TorRow is the medians of one test on one path.
@@ -153,6 +227,41 @@ type TorRow struct {
 	PerUnit     string  `json:"per_unit"`
 	TorThread   float64 `json:"tor_busiest_thread_cores"`
 	Bottlenecks string  `json:"bottlenecks"`
+	// Instances are the medians per client tor.
+	Instances []TorInstRow `json:"instances,omitempty"`
+	// Cores is where the machine's CPU went, medians in cores.
+	Cores TorCores `json:"cores"`
+}
+
+// TorCores is CPU over a test's wall time, by consumer, in cores: the
+// client tor(s), the router, the private network's tors, the harness
+// (web and DNS servers), torload, the machine's busy time, and Other,
+// what the machine spent beyond those (other users' processes, and
+// kernel work not charged to them).
+type TorCores struct {
+	Tor, Router, Net, Web, Client, Machine, Other float64
+}
+
+// cores is the sample's TorCores.
+func (s TorSample) cores() TorCores {
+	if s.Wall <= 0 {
+		return TorCores{}
+	}
+	c := TorCores{Tor: s.TorCPU, Router: s.RouterCPU, Net: s.NetCPU, Web: s.WebCPU, Client: s.ClientCPU, Machine: s.MachineCPU}
+	c.Other = max(0, c.Machine-c.Tor-c.Router-c.Net-c.Web-c.Client)
+	for _, v := range []*float64{&c.Tor, &c.Router, &c.Net, &c.Web, &c.Client, &c.Machine, &c.Other} {
+		*v = roundCores(*v / s.Wall)
+	}
+	return c
+}
+
+// TorInstRow is the medians of one client tor on one test.
+type TorInstRow struct {
+	Instance    int     `json:"instance"`
+	Cores       float64 `json:"cores"`
+	ThreadCores float64 `json:"thread_cores"`
+	// Share is its part of the tors' summed traffic (MB), 0 to 1.
+	Share float64 `json:"traffic_share"`
 }
 
 func cmdTor(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -162,7 +271,7 @@ func cmdTor(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&f.torgate, "torgate", "", "torgate binary (the torgate path)")
 	fs.StringVar(&f.hev, "hev", "", "hev-socks5-tunnel binary: adds the hev path")
 	fs.StringVar(&f.out, "out", "", "directory for results.json, results.md and logs (default: a new directory under /tmp)")
-	paths := fs.String("paths", torPathTransport+","+torPathTorgate, "paths, in order: transport, torgate, hev (hev needs -hev)")
+	paths := fs.String("paths", torPathTransport+","+torPathTorgate, "paths, in order: transport, torgate, hev (hev needs -hev), torgate-managed, torgate-n")
 	tests := fs.String("tests", strings.Join(torTests, ","), "tests, in order")
 	fs.IntVar(&f.repeat, "repeat", 3, "rounds; each round runs every path, each with a fresh client tor; medians are reported")
 	fs.IntVar(&f.fetches, "fetches", 50, "ttfb: sequential fetches by name")
@@ -170,6 +279,8 @@ func cmdTor(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.DurationVar(&f.connTime, "conn-time", 10*time.Second, "conns: duration")
 	fs.DurationVar(&f.bulkTime, "bulk-time", 10*time.Second, "bulk tests: measured window (plus a quarter of it to warm up)")
 	fs.IntVar(&f.upMB, "up-mb", 32, "upload tests: MB (2^20) per stream, timed to the server's answer (Tor queues what it reads at once, so a timed window would measure buffers)")
+	fs.IntVar(&f.instances, "instances", 2, "torgate-n: --tor-instances")
+	fs.IntVar(&f.workstations, "workstations", 1, "workstations (source addresses) loading each path at once; the figures are their aggregate")
 	fs.StringVar(&f.commit, "commit", "", "commit under test, for the report")
 	fs.StringVar(&f.note, "note", "", "settings note for the report")
 	fs.StringVar(&f.id, "id", "", "prefix of the namespaces (default tgt-RANDOM)")
@@ -181,9 +292,9 @@ func cmdTor(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	for _, p := range f.paths {
 		switch p {
 		case torPathTransport:
-		case torPathTorgate:
+		case torPathTorgate, torPathManaged, torPathTorgateN:
 			if f.torgate == "" {
-				return errors.New("the torgate path needs -torgate PATH")
+				return fmt.Errorf("the %s path needs -torgate PATH", p)
 			}
 		case torPathHev:
 			if f.hev == "" {
@@ -201,6 +312,12 @@ func cmdTor(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if f.repeat < 1 || f.fetches < 1 || f.workers < 1 || f.upMB < 1 {
 		return errors.New("-repeat, -fetches, -workers and -up-mb must be at least 1")
+	}
+	if f.instances < 1 || f.instances > torgate.MaxTorInstances {
+		return fmt.Errorf("-instances %d: want 1 to %d", f.instances, torgate.MaxTorInstances)
+	}
+	if f.workstations < 1 || f.workstations > maxWorkstations {
+		return fmt.Errorf("-workstations %d: want 1 to %d", f.workstations, maxWorkstations)
 	}
 	if f.inner {
 		return torInner(ctx, f, args, stdout, stderr)
@@ -281,14 +398,29 @@ func removeNamespaces(id string) {
 
 // torEnv is the inner process's state.
 type torEnv struct {
-	f      torFlags
-	self   string
-	log    io.Writer
-	net    *testnet.Network
-	ws     map[string]string // path -> workstation namespace
-	torDir string
-	torrc  string
-	empty  string
+	f    torFlags
+	self string
+	log  io.Writer
+	net  *testnet.Network
+	ws   map[string]string       // path -> workstation namespace
+	srcs map[string][]netip.Addr // path -> its workstations' addresses
+	// instKey is torgate-n's instance key, written to its state
+	// directory before its first start.
+	instKey      []byte
+	torDir       string
+	torrc        string
+	managedTorrc string // torgate's --torrc on the managed paths
+	empty        string
+}
+
+// torProc is one client tor the harness measures: the harness's own
+// (attached paths) or one of torgate's managed instances.
+type torProc struct {
+	instance int
+	pid      int
+	// ctlNet and ctlAddr reach its control port ("tcp") or socket
+	// ("unix").
+	ctlNet, ctlAddr string
 }
 
 func (e *torEnv) logf(format string, args ...any) {
@@ -296,11 +428,12 @@ func (e *torEnv) logf(format string, args ...any) {
 }
 
 func torInner(ctx context.Context, f torFlags, args []string, stdout, stderr io.Writer) (err error) {
-	e := &torEnv{f: f, log: stderr, ws: make(map[string]string)}
+	e := &torEnv{f: f, log: stderr, ws: make(map[string]string), srcs: make(map[string][]netip.Addr)}
 	if e.self, err = os.Executable(); err != nil {
 		return err
 	}
-	rep := &TorReport{Start: time.Now().UTC(), CPUs: runtime.NumCPU(), Commit: f.commit, Note: f.note, Repeat: f.repeat, Flags: args}
+	rep := &TorReport{Start: time.Now().UTC(), CPUs: runtime.NumCPU(), Commit: f.commit, Note: f.note, Repeat: f.repeat, Flags: args,
+		Workstations: f.workstations, Instances: f.instances, LoadBefore: loadAvg()}
 	rep.Host, _ = os.Hostname()
 	e.logf("starting the private Tor network")
 	tnLog, err := os.Create(filepath.Join(f.out, "testnet.log"))
@@ -330,12 +463,21 @@ func torInner(ctx context.Context, f torFlags, args []string, stdout, stderr io.
 		}
 	}
 	rep.Rows = torRows(rep.Samples, f.paths, f.tests)
+	rep.LoadAfter = loadAvg()
 	return writeTorReport(rep, f.out, stdout)
+}
+
+// loadAvg is the first three fields of /proc/loadavg.
+func loadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	fs := strings.Fields(string(b))
+	return strings.Join(fs[:min(3, len(fs))], " ")
 }
 
 // setupWorkstations makes one namespace per path: for transport a veth to
 // the gateway with the REDIRECT rules, for the TUN paths an empty one the
-// router's TUN will be the only route of.
+// router's TUN will be the only route of. It picks every path's
+// workstation addresses.
 func (e *torEnv) setupWorkstations(ctx context.Context) error {
 	for _, path := range e.f.paths {
 		ns := e.f.id + "-" + path
@@ -343,16 +485,26 @@ func (e *torEnv) setupWorkstations(ctx context.Context) error {
 			return err
 		}
 		e.ws[path] = ns
+		srcs, err := e.pickSources(path)
+		if err != nil {
+			return err
+		}
+		e.srcs[path] = srcs
 	}
 	if ns, ok := e.ws[torPathTransport]; ok {
-		if err := ipBatch(ctx,
-			[]string{"link", "add", torVethGW, "type", "veth", "peer", "name", torVethWS, "netns", ns},
-			[]string{"addr", "add", torGWNet, "dev", torVethGW},
-			[]string{"link", "set", torVethGW, "up"},
-			[]string{"-n", ns, "addr", "add", torWSNet, "dev", torVethWS},
+		cmds := [][]string{
+			{"link", "add", torVethGW, "type", "veth", "peer", "name", torVethWS, "netns", ns},
+			{"addr", "add", torGWNet, "dev", torVethGW},
+			{"link", "set", torVethGW, "up"},
+		}
+		for _, a := range e.srcs[torPathTransport] {
+			cmds = append(cmds, []string{"-n", ns, "addr", "add", a.String() + torWSBits, "dev", torVethWS})
+		}
+		cmds = append(cmds,
 			[]string{"-n", ns, "link", "set", torVethWS, "up"},
 			[]string{"-n", ns, "route", "add", "default", "via", torGWIP},
-		); err != nil {
+		)
+		if err := ipBatch(ctx, cmds...); err != nil {
 			return err
 		}
 		// Whonix's gateway: the workstation's TCP into the TransPort, its
@@ -372,6 +524,51 @@ func (e *torEnv) setupWorkstations(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// pickSources returns path's -workstations addresses: consecutive from
+// the first workstation's, except on torgate-n, where workstation i takes
+// the next address that torgate's instance key puts on instance i mod N,
+// so that the workstations spread evenly (a random set of W addresses
+// would often load one instance more: the measurement is of N tors
+// sharing the load, not of the hash's luck).
+func (e *torEnv) pickSources(path string) ([]netip.Addr, error) {
+	first := netip.MustParseAddr(torTUNFirst)
+	if path == torPathTransport {
+		first = netip.MustParseAddr(torWSFirst)
+	}
+	var out []netip.Addr
+	if path != torPathTorgateN {
+		for a := first; len(out) < e.f.workstations; a = a.Next() {
+			out = append(out, a)
+		}
+		return out, nil
+	}
+	if e.instKey == nil {
+		e.instKey = make([]byte, 32)
+		rand.Read(e.instKey)
+	}
+	for a := first; len(out) < e.f.workstations; a = a.Next() {
+		if a.As4()[3] == 255 {
+			return nil, fmt.Errorf("%s: no even spread of %d workstations on %d instances in %s%s", path, e.f.workstations, e.f.instances, first, torWSBits)
+		}
+		if torInstanceOf(e.instKey, e.f.instances, a) == len(out)%e.f.instances {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// torInstanceOf is the Tor instance torgate assigns a TUN workstation
+// (its address) to, under key: torgate's picker (instances.go),
+// HMAC-SHA256 of the address's 16-byte form, the first 8 bytes of the
+// sum big-endian, modulo n. The harness checks the outcome from each
+// tor's traffic.
+func torInstanceOf(key []byte, n int, who netip.Addr) int {
+	h := hmac.New(sha256.New, key)
+	b := who.Unmap().As16()
+	h.Write(b[:])
+	return int(binary.BigEndian.Uint64(h.Sum(nil)[:8]) % uint64(n))
 }
 
 func (e *torEnv) teardownWorkstations() {
@@ -418,7 +615,13 @@ func (e *torEnv) writeTorrc() error {
 		"VirtualAddrNetworkIPv4 10.192.0.0/10",
 	)
 	e.torrc = filepath.Join(e.f.out, "client-torrc")
-	return os.WriteFile(e.torrc, []byte(strings.Join(lines, "\n")+"\n"), 0o644)
+	if err := os.WriteFile(e.torrc, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		return err
+	}
+	// The managed paths' --torrc: just the network's lines; torgate sets
+	// the DataDirectory, SocksPort and ControlSocket of each instance.
+	e.managedTorrc = filepath.Join(e.f.out, "managed-torrc")
+	return os.WriteFile(e.managedTorrc, []byte(strings.Join(e.net.ClientTorrc(), "\n")+"\n"), 0o644)
 }
 
 // startTor starts the client tor and waits for PROGRESS=100.
@@ -497,8 +700,9 @@ func stopTor(cmd *exec.Cmd) {
 	}
 }
 
-// runPath runs every test on one path with a fresh client tor (and
-// router). A set-up failure becomes an error sample for every test.
+// runPath runs every test on one path with a fresh client tor (or
+// torgate's managed ones) and router. A set-up failure becomes an error
+// sample for every test.
 func (e *torEnv) runPath(ctx context.Context, round int, path string) []TorSample {
 	fail := func(err error) []TorSample {
 		e.logf("round %d %s: %v", round, path, err)
@@ -509,20 +713,36 @@ func (e *torEnv) runPath(ctx context.Context, round int, path string) []TorSampl
 		return out
 	}
 	t0 := time.Now()
-	tor, err := e.startTor(ctx)
-	if err != nil {
-		return fail(err)
+	var tors []torProc
+	if !managedPath(path) {
+		tor, err := e.startTor(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		defer stopTor(tor)
+		e.logf("round %d %s: client tor pid %d bootstrapped in %s", round, path, tor.Process.Pid, time.Since(t0).Round(100*time.Millisecond))
+		tors = []torProc{{pid: tor.Process.Pid, ctlNet: "tcp", ctlAddr: torControl}}
 	}
-	defer stopTor(tor)
-	e.logf("round %d %s: client tor pid %d bootstrapped in %s", round, path, tor.Process.Pid, time.Since(t0).Round(100*time.Millisecond))
 	var router *routerProc
 	dns := torGWIP + ":53"
 	if path != torPathTransport {
+		var err error
 		if router, err = e.startTUNRouter(ctx, path); err != nil {
 			return fail(err)
 		}
 		defer router.stop()
 		dns = torTUNDNS
+	}
+	if managedPath(path) {
+		var err error
+		if tors, err = e.managedTors(path); err != nil {
+			return fail(err)
+		}
+		pids := make([]int, len(tors))
+		for i, t := range tors {
+			pids[i] = t.pid
+		}
+		e.logf("round %d %s: torgate ready with managed tor pids %v in %s", round, path, pids, time.Since(t0).Round(100*time.Millisecond))
 	}
 	// Warm up: the first fetch waits for a circuit.
 	if _, err := e.client(ctx, path, dns, "-mode", torModeTTFB, "-n", "3"); err != nil {
@@ -530,10 +750,92 @@ func (e *torEnv) runPath(ctx context.Context, round int, path string) []TorSampl
 	}
 	var out []TorSample
 	for _, test := range e.f.tests {
-		s := e.measureTor(ctx, round, path, dns, test, tor.Process.Pid, router)
+		s := e.measureTor(ctx, round, path, dns, test, tors, router)
 		out = append(out, s)
 	}
 	return out
+}
+
+// stateDir is torgate's --state-dir on path.
+func (e *torEnv) stateDir(path string) string {
+	if path == torPathTorgate {
+		return filepath.Join(e.f.out, "torgate-state")
+	}
+	return filepath.Join(e.f.out, "torgate-state-"+path)
+}
+
+// instances is how many tors path has.
+func (e *torEnv) instances(path string) int {
+	if path == torPathTorgateN {
+		return e.f.instances
+	}
+	return 1
+}
+
+// managedTors finds torgate's managed tors on path: instance 0's
+// DataDirectory is STATE_DIR/tor, instance k's STATE_DIR/tor-k, each with
+// its control socket in the run directory beside it (DataDirectory+"-run",
+// internal/torctl). The PID is the process whose command line carries
+// --DataDirectory with that directory.
+func (e *torEnv) managedTors(path string) ([]torProc, error) {
+	var out []torProc
+	for k := range e.instances(path) {
+		dd := filepath.Join(e.stateDir(path), "tor")
+		if k > 0 {
+			dd += "-" + strconv.Itoa(k)
+		}
+		pid := pidByArgs("--DataDirectory", dd)
+		if pid == 0 {
+			return nil, fmt.Errorf("no tor with --DataDirectory %s", dd)
+		}
+		out = append(out, torProc{instance: k, pid: pid, ctlNet: "unix", ctlAddr: filepath.Join(dd+"-run", "control.sock")})
+	}
+	return out, nil
+}
+
+// pidByArgs is the PID of a live process whose command line has flag
+// followed by value, 0 if none.
+func pidByArgs(flag, value string) int {
+	ents, _ := os.ReadDir("/proc")
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == flag && args[i+1] == value {
+				return pid
+			}
+		}
+	}
+	return 0
+}
+
+// torTraffic is tor's bytes read plus written on all its connections
+// (GETINFO traffic/read, traffic/written), -1 if it cannot be read.
+func torTraffic(ctx context.Context, t torProc) int64 {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := testnet.DialControlAt(ctx, t.ctlNet, t.ctlAddr)
+	if err != nil {
+		return -1
+	}
+	defer c.Close()
+	info, err := c.GetInfo(ctx, "traffic/read", "traffic/written")
+	if err != nil {
+		return -1
+	}
+	r, err1 := strconv.ParseInt(info["traffic/read"], 10, 64)
+	w, err2 := strconv.ParseInt(info["traffic/written"], 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	return r + w
 }
 
 // startTUNRouter starts torgate or hev in the gateway namespace, serving
@@ -544,17 +846,20 @@ func (e *torEnv) runPath(ctx context.Context, round int, path string) []TorSampl
 func (e *torEnv) startTUNRouter(ctx context.Context, path string) (*routerProc, error) {
 	ws := e.ws[path]
 	configure := func() error {
-		return ipBatch(ctx,
-			[]string{"-n", ws, "addr", "add", torTUNWS, "dev", torTUN},
+		var cmds [][]string
+		for _, a := range e.srcs[path] {
+			cmds = append(cmds, []string{"-n", ws, "addr", "add", a.String() + torWSBits, "dev", torTUN})
+		}
+		return ipBatch(ctx, append(cmds,
 			[]string{"-n", ws, "link", "set", torTUN, "mtu", "1500", "up"},
 			[]string{"-n", ws, "route", "add", "default", "dev", torTUN},
-		)
+		)...)
 	}
 	var command string
 	var extra []*os.File
 	admin := filepath.Join(e.f.out, "torgate-admin.sock")
 	switch path {
-	case torPathTorgate:
+	case torPathTorgate, torPathManaged, torPathTorgateN:
 		tf, err := openTUNIn(ws, torTUN, true)
 		if err != nil {
 			return nil, err
@@ -565,9 +870,25 @@ func (e *torEnv) startTUNRouter(ctx context.Context, path string) (*routerProc, 
 			return nil, err
 		}
 		os.Remove(admin)
-		state := filepath.Join(e.f.out, "torgate-state")
-		command = fmt.Sprintf("%s run --tun-fd 3 --addr '' --mtu 1500 --admin unix:%s --state-dir %s --tor-control %s --socks-ports off --control-port 0",
-			shellQuote(e.f.torgate), shellQuote(admin), shellQuote(state), torControl)
+		state := e.stateDir(path)
+		command = fmt.Sprintf("%s run --tun-fd 3 --addr '' --mtu 1500 --admin unix:%s --state-dir %s --socks-ports off --control-port 0",
+			shellQuote(e.f.torgate), shellQuote(admin), shellQuote(state))
+		if path == torPathTorgate {
+			command += " --tor-control " + torControl
+			break
+		}
+		// Managed: tor as root, as the harness's own client tor runs
+		// (torgate's default, debian-tor, could not read the harness's
+		// 0700 output directory).
+		command += fmt.Sprintf(" --torrc %s --tor-user root --tor-instances %d", shellQuote(e.managedTorrc), e.instances(path))
+		if path == torPathTorgateN {
+			if err := os.MkdirAll(state, 0o700); err != nil {
+				return nil, err
+			}
+			if err := os.WriteFile(filepath.Join(state, "tor-instances.key"), e.instKey, 0o600); err != nil {
+				return nil, err
+			}
+		}
 	case torPathHev:
 		// mapdns is hev's automap: it answers A queries to 198.18.2.1:53
 		// with addresses of 10.192.0.0/10 and dials the name through
@@ -600,17 +921,23 @@ func (e *torEnv) startTUNRouter(ctx context.Context, path string) (*routerProc, 
 			return nil, err
 		}
 	}
-	ready := func() bool { return !p.alive() || path != torPathTorgate || readyz(ctx, "unix:"+admin) }
-	if !waitFor(ctx, 60*time.Second, ready) || !p.alive() {
+	ready := func() bool { return !p.alive() || !torgatePath(path) || readyz(ctx, "unix:"+admin) }
+	if !waitFor(ctx, 90*time.Second, ready) || !p.alive() {
 		p.stop()
-		return nil, fmt.Errorf("%s not ready in 60 s (see %s)", path, logName)
+		return nil, fmt.Errorf("%s not ready in 90 s (see %s)", path, logName)
 	}
 	return p, nil
 }
 
-// client runs tgbench torload in path's workstation namespace.
+// client runs tgbench torload in path's workstation namespace, from every
+// workstation address at once.
 func (e *torEnv) client(ctx context.Context, path, dns string, args ...string) (*TorLoadResult, error) {
-	args = append([]string{"--net=/var/run/netns/" + e.ws[path], e.self, "torload", "-name", e.net.WebName, "-port", strconv.Itoa(int(e.net.WebAddr.Port())), "-dns", dns}, args...)
+	srcs := make([]string, len(e.srcs[path]))
+	for i, a := range e.srcs[path] {
+		srcs[i] = a.String()
+	}
+	args = append([]string{"--net=/var/run/netns/" + e.ws[path], e.self, "torload", "-name", e.net.WebName, "-port", strconv.Itoa(int(e.net.WebAddr.Port())), "-dns", dns,
+		"-src", strings.Join(srcs, ",")}, args...)
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "nsenter", args...)
@@ -624,15 +951,19 @@ func (e *torEnv) client(ctx context.Context, path, dns string, args ...string) (
 	if err := json.Unmarshal(out, &r); err != nil {
 		return nil, fmt.Errorf("torload output: %w", err)
 	}
+	// nsenter --net execs torload in place: the rusage is torload's.
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		r.clientCPU = roundUS(time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds())
+	}
 	if r.OK == 0 {
 		return &r, fmt.Errorf("torload %s: nothing succeeded: %v", r.Mode, r.Kinds)
 	}
 	return &r, nil
 }
 
-// measureTor runs one test and reads the CPU of the client tor (and its
-// threads), the router and the machine around it.
-func (e *torEnv) measureTor(ctx context.Context, round int, path, dns, test string, torPid int, router *routerProc) TorSample {
+// measureTor runs one test and reads the CPU of each client tor (and its
+// threads) and its traffic, the router's and the machine's around it.
+func (e *torEnv) measureTor(ctx context.Context, round int, path, dns, test string, tors []torProc, router *routerProc) TorSample {
 	s := TorSample{Round: round, Path: path, Test: test}
 	var args []string
 	switch test {
@@ -644,38 +975,120 @@ func (e *torEnv) measureTor(ctx context.Context, round int, path, dns, test stri
 		mode, n, _ := strings.Cut(test, "-")
 		args = []string{"-mode", mode, "-streams", n, "-time", e.f.bulkTime.String(), "-up-bytes", strconv.Itoa(e.f.upMB << 20)}
 	}
-	threads0 := threadCPU(torPid)
-	tor0, _ := cpuSeconds(torPid)
+	threads0 := make([]map[string]threadUse, len(tors))
+	tor0 := make([]float64, len(tors))
+	traffic0 := make([]int64, len(tors))
+	for i, t := range tors {
+		traffic0[i] = torTraffic(ctx, t)
+		threads0[i] = threadCPU(t.pid)
+		tor0[i], _ = cpuSeconds(t.pid)
+	}
 	var r0 float64
 	if router != nil {
 		r0, _ = cpuSeconds(router.pid)
 	}
+	net0, web0 := e.netCPU(), selfCPU()
 	m0, _ := machineBusySeconds()
 	t0 := time.Now()
 	res, err := e.client(ctx, path, dns, args...)
 	s.Wall = time.Since(t0).Seconds()
 	m1, _ := machineBusySeconds()
-	tor1, _ := cpuSeconds(torPid)
+	s.NetCPU, s.WebCPU = roundUS(e.netCPU()-net0), roundUS(selfCPU()-web0)
+	if res != nil {
+		s.ClientCPU = res.clientCPU
+	}
+	var torCPU float64
+	for i, t := range tors {
+		c1, _ := cpuSeconds(t.pid)
+		in := TorInstSample{Instance: t.instance, PID: t.pid, CPU: roundUS(c1 - tor0[i]), MB: -1}
+		in.Cores = roundCores(in.CPU / s.Wall)
+		for tid, c1 := range threadCPU(t.pid) {
+			if d := c1.cpu - threads0[i][tid].cpu; d/s.Wall > in.ThreadCores {
+				in.ThreadCores, in.Thread = roundCores(d/s.Wall), c1.name
+			}
+		}
+		if b1 := torTraffic(ctx, t); b1 >= 0 && traffic0[i] >= 0 {
+			in.MB = float64(b1-traffic0[i]) / 1e6
+		}
+		torCPU += c1 - tor0[i]
+		if in.ThreadCores > s.TorThreadCores {
+			s.TorThreadCores, s.TorThread = in.ThreadCores, in.Thread
+			if len(tors) > 1 {
+				s.TorThread = fmt.Sprintf("%d/%s", t.instance, in.Thread)
+			}
+		}
+		s.Tors = append(s.Tors, in)
+	}
 	if router != nil {
 		r1, _ := cpuSeconds(router.pid)
 		s.RouterCPU = roundUS(r1 - r0)
 	}
-	s.TorCPU, s.MachineCPU = roundUS(tor1-tor0), roundUS(m1-m0)
+	s.TorCPU, s.MachineCPU = roundUS(torCPU), roundUS(m1-m0)
 	s.Load = res
 	if err != nil {
 		s.Err = err.Error()
 	}
-	for tid, c1 := range threadCPU(torPid) {
-		if d := c1.cpu - threads0[tid].cpu; d/s.Wall > s.TorThreadCores {
-			s.TorThreadCores, s.TorThread = roundCores(d/s.Wall), c1.name
-		}
+	if uneven := unevenTors(s.Tors); uneven != "" && test != "ttfb" {
+		e.logf("round %d %s %s: the load did not spread over the tors: %s", round, path, test, uneven)
 	}
 	s.RouterCores = roundCores(s.RouterCPU / s.Wall)
 	s.MachineShare = roundCores(s.MachineCPU / s.Wall / float64(runtime.NumCPU()))
 	s.Bottleneck = torBottleneck(s)
-	e.logf("round %d %s %s: %s; tor %.2fs (busiest thread %s %.2f), router %.2fs, bottleneck %s",
-		round, path, test, res.summary(err), s.TorCPU, s.TorThread, s.TorThreadCores, s.RouterCPU, s.Bottleneck)
+	e.logf("round %d %s %s: %s; tor %.2fs (busiest thread %s %.2f), router %.2fs, bottleneck %s%s",
+		round, path, test, res.summary(err), s.TorCPU, s.TorThread, s.TorThreadCores, s.RouterCPU, s.Bottleneck, instancesSummary(s.Tors))
 	return s
+}
+
+// unevenTors names the tors that moved less than a quarter of an even
+// share of the traffic, "" if none (or fewer than two tors, or traffic
+// unknown). ttfb moves too little to judge.
+func unevenTors(tors []TorInstSample) string {
+	var sum float64
+	for _, t := range tors {
+		if t.MB < 0 {
+			return ""
+		}
+		sum += t.MB
+	}
+	if len(tors) < 2 || sum <= 0 {
+		return ""
+	}
+	var low []string
+	for _, t := range tors {
+		if share := t.MB / sum; share < 0.25/float64(len(tors)) {
+			low = append(low, fmt.Sprintf("tor %d %.0f %%", t.Instance, share*100))
+		}
+	}
+	return strings.Join(low, ", ")
+}
+
+// netCPU is the CPU seconds so far of the private network's tors.
+func (e *torEnv) netCPU() float64 {
+	var sum float64
+	for _, pid := range e.net.PIDs() {
+		c, _ := cpuSeconds(pid)
+		sum += c
+	}
+	return sum
+}
+
+// selfCPU is this process's CPU seconds so far.
+func selfCPU() float64 {
+	c, _ := cpuSeconds(os.Getpid())
+	return c
+}
+
+// instancesSummary is "; tor 0: 1.20 s, main 0.40, 12.3 MB; tor 1: ..."
+// with several tors, else "".
+func instancesSummary(tors []TorInstSample) string {
+	if len(tors) < 2 {
+		return ""
+	}
+	var b strings.Builder
+	for _, t := range tors {
+		fmt.Fprintf(&b, "; tor %d: %.2f s, %s %.2f, %.1f MB", t.Instance, t.CPU, t.Thread, t.ThreadCores, t.MB)
+	}
+	return b.String()
 }
 
 func (r *TorLoadResult) summary(err error) string {
@@ -817,11 +1230,57 @@ func torRows(samples []TorSample, paths, tests []string) []TorRow {
 				_, row.PerUnit = ok[0].perWork(0)
 				row.TorThread = medianBy(ok, func(s TorSample) float64 { return s.TorThreadCores })
 				row.Bottlenecks = countVerdicts(verdicts)
+				row.Instances = instanceRows(ok)
+				row.Cores = TorCores{
+					Tor:     medianBy(ok, func(s TorSample) float64 { return s.cores().Tor }),
+					Router:  medianBy(ok, func(s TorSample) float64 { return s.cores().Router }),
+					Net:     medianBy(ok, func(s TorSample) float64 { return s.cores().Net }),
+					Web:     medianBy(ok, func(s TorSample) float64 { return s.cores().Web }),
+					Client:  medianBy(ok, func(s TorSample) float64 { return s.cores().Client }),
+					Machine: medianBy(ok, func(s TorSample) float64 { return s.cores().Machine }),
+					Other:   medianBy(ok, func(s TorSample) float64 { return s.cores().Other }),
+				}
 			}
 			rows = append(rows, row)
 		}
 	}
 	return rows
+}
+
+// instanceRows takes the medians per client tor over samples (each has
+// the same tors).
+func instanceRows(samples []TorSample) []TorInstRow {
+	n := 0
+	for _, s := range samples {
+		n = max(n, len(s.Tors))
+	}
+	var out []TorInstRow
+	for k := range n {
+		var have []TorSample
+		for _, s := range samples {
+			if k < len(s.Tors) {
+				have = append(have, s)
+			}
+		}
+		row := TorInstRow{Instance: k}
+		row.Cores = medianBy(have, func(s TorSample) float64 { return s.Tors[k].Cores })
+		row.ThreadCores = medianBy(have, func(s TorSample) float64 { return s.Tors[k].ThreadCores })
+		row.Share = medianBy(have, func(s TorSample) float64 {
+			var sum float64
+			for _, t := range s.Tors {
+				if t.MB < 0 {
+					return -1
+				}
+				sum += t.MB
+			}
+			if sum <= 0 {
+				return -1
+			}
+			return s.Tors[k].MB / sum
+		})
+		out = append(out, row)
+	}
+	return out
 }
 
 // countVerdicts is "tor:tor ×2, none ×1".
@@ -851,6 +1310,15 @@ func (rep *TorReport) Markdown(paths, tests []string) string {
 	}
 	if rep.Note != "" {
 		fmt.Fprintf(&b, ", %s", rep.Note)
+	}
+	if rep.Workstations > 1 {
+		fmt.Fprintf(&b, ", %d workstations per path (figures are their aggregate)", rep.Workstations)
+	}
+	if slices.Contains(paths, torPathTorgateN) {
+		fmt.Fprintf(&b, ", torgate-n with %d tor instances", rep.Instances)
+	}
+	if rep.LoadBefore != "" {
+		fmt.Fprintf(&b, ", load average %s before, %s after", rep.LoadBefore, rep.LoadAfter)
 	}
 	b.WriteString("\n\n| test | unit |")
 	for _, p := range paths {
@@ -911,6 +1379,38 @@ func (rep *TorReport) Markdown(paths, tests []string) string {
 				router = "– (kernel)"
 			}
 			fmt.Fprintf(&b, "| %s | %s | %.4g | %s | %s | %.2f | %s |\n", t, p, r.TorPer, router, r.PerUnit, r.TorThread, orDash(r.Bottlenecks))
+		}
+	}
+	fmt.Fprintf(&b, "\nWhere the CPU went (medians, in cores of the %d): the client tor(s), the router, the private network's tors, the harness (the network's web and DNS servers), torload (the workstations), the machine's busy time, and the rest of it (other users' processes, kernel work charged to none of these). Machine busy is /proc/stat's tick sample, which undercounts processes that sleep between ticks (short fetches: it can fall below the processes' sum, and other is then 0); the processes' figures are scaled to the scheduler's run time.\n\n", rep.CPUs)
+	b.WriteString("| test | path | client tor | router | network tors | web+DNS | torload | machine busy | other |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, t := range tests {
+		for _, p := range paths {
+			c := find(p, t).Cores
+			fmt.Fprintf(&b, "| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", t, p, c.Tor, c.Router, c.Net, c.Web, c.Client, c.Machine, c.Other)
+		}
+	}
+	several := false
+	for _, r := range rep.Rows {
+		several = several || len(r.Instances) > 1
+	}
+	if !several {
+		return b.String()
+	}
+	b.WriteString("\nPer client tor (medians; paths with several tors): its CPU and its busiest thread in cores, and its share of the tors' traffic (GETINFO traffic/read + traffic/written over the test).\n\n")
+	b.WriteString("| test | path | tor | cores | busiest thread | traffic share |\n| --- | --- | --- | ---: | ---: | ---: |\n")
+	for _, t := range tests {
+		for _, p := range paths {
+			r := find(p, t)
+			if len(r.Instances) < 2 {
+				continue
+			}
+			for _, in := range r.Instances {
+				share := "–"
+				if in.Share >= 0 {
+					share = fmt.Sprintf("%.2f", in.Share)
+				}
+				fmt.Fprintf(&b, "| %s | %s | %d | %.2f | %.2f | %s |\n", t, p, in.Instance, in.Cores, in.ThreadCores, share)
+			}
 		}
 	}
 	return b.String()
