@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/torgate/torgate/internal/assign"
 	"github.com/torgate/torgate/internal/gate"
 	"github.com/torgate/torgate/internal/torctl"
 	"github.com/torgate/torgate/internal/upstream"
@@ -119,7 +120,7 @@ type torSide struct {
 	mode   string
 	inst   []*torInstance         // one per Tor; one with an attached Tor or plain SOCKS
 	tor    *torctl.Tor            // inst[0]'s: onion services, TorSwitchesUser; nil with plain SOCKS
-	picker *picker                // nil with one instance
+	picker *assign.Picker         // nil with one instance
 	newnym *prometheus.CounterVec // new identities carried out, by scope
 
 	doneOnce sync.Once
@@ -211,14 +212,14 @@ func newTorSide(cfg *Config, onProgress func(int, torctl.Bootstrap), onDown func
 	}
 	s.tor = s.inst[0].tor
 	if n > 1 {
-		key, err := instanceKey(cfg.StateDir, cfg.IsolationSecret)
+		key, err := assign.Key(cfg.StateDir, cfg.IsolationSecret)
 		if err != nil {
 			for _, in := range s.inst {
 				in.tor.Close()
 			}
 			return nil, err
 		}
-		s.picker = newPicker(key, n)
+		s.picker = assign.New(key, n)
 	}
 	return s, nil
 }
@@ -252,7 +253,7 @@ func (s *torSide) pick(who netip.Addr) *torInstance {
 	if s.picker == nil {
 		return s.inst[0]
 	}
-	return s.inst[s.picker.pick(who)]
+	return s.inst[s.picker.Pick(who)]
 }
 
 // metrics returns Tor's collectors; ready is the router's readiness,

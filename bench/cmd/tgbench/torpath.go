@@ -5,10 +5,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -28,6 +25,7 @@ import (
 	"time"
 
 	"github.com/torgate/torgate"
+	"github.com/torgate/torgate/internal/assign"
 	"github.com/torgate/torgate/internal/testnet"
 )
 
@@ -545,30 +543,19 @@ func (e *torEnv) pickSources(path string) ([]netip.Addr, error) {
 		return out, nil
 	}
 	if e.instKey == nil {
-		e.instKey = make([]byte, 32)
+		e.instKey = make([]byte, assign.KeyLen)
 		rand.Read(e.instKey)
 	}
+	pick := assign.New(e.instKey, e.f.instances) // torgate's own assignment
 	for a := first; len(out) < e.f.workstations; a = a.Next() {
 		if a.As4()[3] == 255 {
 			return nil, fmt.Errorf("%s: no even spread of %d workstations on %d instances in %s%s", path, e.f.workstations, e.f.instances, first, torWSBits)
 		}
-		if torInstanceOf(e.instKey, e.f.instances, a) == len(out)%e.f.instances {
+		if pick.Pick(a) == len(out)%e.f.instances {
 			out = append(out, a)
 		}
 	}
 	return out, nil
-}
-
-// torInstanceOf is the Tor instance torgate assigns a TUN workstation
-// (its address) to, under key: torgate's picker (instances.go),
-// HMAC-SHA256 of the address's 16-byte form, the first 8 bytes of the
-// sum big-endian, modulo n. The harness checks the outcome from each
-// tor's traffic.
-func torInstanceOf(key []byte, n int, who netip.Addr) int {
-	h := hmac.New(sha256.New, key)
-	b := who.Unmap().As16()
-	h.Write(b[:])
-	return int(binary.BigEndian.Uint64(h.Sum(nil)[:8]) % uint64(n))
 }
 
 func (e *torEnv) teardownWorkstations() {
@@ -885,7 +872,7 @@ func (e *torEnv) startTUNRouter(ctx context.Context, path string) (*routerProc, 
 			if err := os.MkdirAll(state, 0o700); err != nil {
 				return nil, err
 			}
-			if err := os.WriteFile(filepath.Join(state, "tor-instances.key"), e.instKey, 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(state, assign.KeyFile), e.instKey, 0o600); err != nil {
 				return nil, err
 			}
 		}

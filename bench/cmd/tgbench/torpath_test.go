@@ -4,11 +4,13 @@ package main
 
 import (
 	"testing"
+
+	"github.com/torgate/torgate/internal/assign"
 )
 
 // TestPickSources checks the workstation addresses: consecutive on the
 // single-tor paths, and on torgate-n spread round-robin over the
-// instances under the harness's key.
+// instances under the harness's key, by torgate's own assignment.
 func TestPickSources(t *testing.T) {
 	e := &torEnv{f: torFlags{workstations: 7, instances: 3}}
 	for _, path := range []string{torPathTransport, torPathTorgate, torPathTorgateN} {
@@ -30,8 +32,9 @@ func TestPickSources(t *testing.T) {
 		if path != torPathTorgateN {
 			continue
 		}
+		pick := assign.New(e.instKey, 3)
 		for i, a := range srcs {
-			if k := torInstanceOf(e.instKey, 3, a); k != i%3 {
+			if k := pick.Pick(a); k != i%3 {
 				t.Errorf("workstation %d (%v) on instance %d, want %d", i, a, k, i%3)
 			}
 		}

@@ -1,4 +1,4 @@
-package torgate
+package assign
 
 import (
 	"bytes"
@@ -12,20 +12,20 @@ import (
 // instance; an IPv4-mapped address is the same workstation), the spread
 // over instances is even, and another key gives another assignment.
 func TestPicker(t *testing.T) {
-	key := bytes.Repeat([]byte{7}, instanceKeyLen)
+	key := bytes.Repeat([]byte{7}, KeyLen)
 	const n, hosts = 3, 3000
-	p, again := newPicker(key, n), newPicker(key, n)
+	p, again := New(key, n), New(key, n)
 	var count [n]int
 	moved := 0
-	other := newPicker(bytes.Repeat([]byte{8}, instanceKeyLen), n)
+	other := New(bytes.Repeat([]byte{8}, KeyLen), n)
 	for i := range hosts {
 		a := netip.AddrFrom4([4]byte{10, 152, byte(i >> 8), byte(i)})
-		k := p.pick(a)
-		if again.pick(a) != k || p.pick(netip.AddrFrom16(a.As16())) != k {
+		k := p.Pick(a)
+		if again.Pick(a) != k || p.Pick(netip.AddrFrom16(a.As16())) != k {
 			t.Fatalf("%v: instance not stable", a)
 		}
 		count[k]++
-		if other.pick(a) != k {
+		if other.Pick(a) != k {
 			moved++
 		}
 	}
@@ -43,22 +43,22 @@ func TestPicker(t *testing.T) {
 // the wrong length is refused, not replaced.
 func TestInstanceKey(t *testing.T) {
 	dir := t.TempDir()
-	k1, err := instanceKey(dir, nil)
-	if err != nil || len(k1) != instanceKeyLen {
+	k1, err := Key(dir, nil)
+	if err != nil || len(k1) != KeyLen {
 		t.Fatalf("first key: %d bytes, %v", len(k1), err)
 	}
-	k2, err := instanceKey(dir, nil)
+	k2, err := Key(dir, nil)
 	if err != nil || !bytes.Equal(k1, k2) {
 		t.Fatalf("second run got another key (%v)", err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, instanceKeyFile), []byte("short"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, KeyFile), []byte("short"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := instanceKey(dir, nil); err == nil {
+	if _, err := Key(dir, nil); err == nil {
 		t.Fatal("short key accepted")
 	}
 	secret := bytes.Repeat([]byte{1}, 32)
-	if k, _ := instanceKey("", secret); !bytes.Equal(k, secret) {
+	if k, _ := Key("", secret); !bytes.Equal(k, secret) {
 		t.Fatal("without a StateDir the isolation secret is the key")
 	}
 }

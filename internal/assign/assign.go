@@ -1,4 +1,8 @@
-package torgate
+// Package assign assigns workstations to Tor instances: a keyed hash of a
+// workstation's identity modulo the number of instances, under a key kept
+// in the state directory. It is the one home of the assignment, for the
+// router and for tgbench, which places its workstations on instances.
+package assign
 
 import (
 	"crypto/hmac"
@@ -26,44 +30,44 @@ import (
 // uses: on a LAN its machine, on a TUN its address) modulo the number of
 // instances: a workstation cannot choose its instance (to share a Tor
 // with another one) without the key, and the spread over instances is
-// even. The key is kept in StateDir so that a workstation keeps its
+// even. The key is kept in the state directory so that a workstation keeps its
 // instance, and so its Tor's guards, across restarts: a workstation that
 // moved at every restart would meet N guard sets instead of one.
 
-// instanceKeyFile is the key's file in StateDir.
-const instanceKeyFile = "tor-instances.key"
+// KeyFile is the key's file in the state directory.
+const KeyFile = "tor-instances.key"
 
-// instanceKeyLen is the key's length in bytes (an HMAC-SHA256 key).
-const instanceKeyLen = 32
+// KeyLen is the key's length in bytes (an HMAC-SHA256 key).
+const KeyLen = 32
 
-// instanceKey returns the key of the assignment: StateDir's (created on
+// Key returns the key of the assignment: StateDir's (created on
 // first use), else the isolation secret, else a random key for this run.
-func instanceKey(stateDir string, secret []byte) ([]byte, error) {
+func Key(stateDir string, secret []byte) ([]byte, error) {
 	if stateDir == "" {
 		if secret != nil {
 			return secret, nil
 		}
-		key := make([]byte, instanceKeyLen)
+		key := make([]byte, KeyLen)
 		_, err := rand.Read(key)
 		return key, err
 	}
-	path := filepath.Join(stateDir, instanceKeyFile)
+	path := filepath.Join(stateDir, KeyFile)
 	key, err := os.ReadFile(path)
 	switch {
-	case err == nil && len(key) == instanceKeyLen:
+	case err == nil && len(key) == KeyLen:
 		return key, nil
 	case err == nil:
-		return nil, fmt.Errorf("tor instances key %s: %d bytes, want %d (delete it to draw a new one: workstations may then change instances)", path, len(key), instanceKeyLen)
+		return nil, fmt.Errorf("tor instances key %s: %d bytes, want %d (delete it to draw a new one: workstations may then change instances)", path, len(key), KeyLen)
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("tor instances key: %w", err)
 	}
-	key = make([]byte, instanceKeyLen)
+	key = make([]byte, KeyLen)
 	if _, err := rand.Read(key); err != nil {
 		return nil, fmt.Errorf("tor instances key: %w", err)
 	}
 	// Write then rename: a crash leaves the old state (no key), never a
 	// short key.
-	tmp, err := os.CreateTemp(stateDir, instanceKeyFile+".*")
+	tmp, err := os.CreateTemp(stateDir, KeyFile+".*")
 	if err != nil {
 		return nil, fmt.Errorf("tor instances key: %w", err)
 	}
@@ -85,21 +89,23 @@ func instanceKey(stateDir string, secret []byte) ([]byte, error) {
 	return key, nil
 }
 
-// picker assigns workstations to n instances.
-type picker struct {
+// Picker assigns workstations to n instances. It is safe for concurrent
+// use.
+type Picker struct {
 	n    uint64
 	pool sync.Pool // of hash.Hash: HMAC-SHA256 under the key
 }
 
-func newPicker(key []byte, n int) *picker {
-	p := &picker{n: uint64(n)}
+// New returns the Picker of n instances under key.
+func New(key []byte, n int) *Picker {
+	p := &Picker{n: uint64(n)}
 	p.pool.New = func() any { return hmac.New(sha256.New, key) }
 	return p
 }
 
-// pick is who's instance, 0 to n-1. An IPv4 address and its IPv4-mapped
+// Pick is who's instance, 0 to n-1. An IPv4 address and its IPv4-mapped
 // form are one workstation.
-func (p *picker) pick(who netip.Addr) int {
+func (p *Picker) Pick(who netip.Addr) int {
 	h := p.pool.Get().(hash.Hash)
 	defer p.pool.Put(h)
 	h.Reset()
