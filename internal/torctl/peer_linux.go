@@ -1,0 +1,188 @@
+package torctl
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// This file verifies, with the kernel's help, that the peer of an attach-mode
+// control connection is the process whose pid the attached Tor reports
+// (GETINFO process/pid), so that its /proc entry can stand as evidence of
+// Tor's death (Tor.ProcessState). The pid Tor reports is only a claim: a
+// relay (socat, an SSH forward, a container's port mapping) or another
+// program could stand between, and trusting a wrong process would turn a
+// dying Tor's closed streams into clean ends. So the kernel must name that
+// process as the one holding the other end of the connection.
+
+// verifyPeer returns the evidence for the tor process pid at the other end
+// of nc, or an *EvidenceError saying why there is none.
+func verifyPeer(nc net.Conn, pid int) (procEvidence, error) {
+	if pid <= 0 {
+		return procEvidence{}, &EvidenceError{Reason: fmt.Sprintf("tor reported pid %d", pid)}
+	}
+	// The start time is read before and after the check: the same value
+	// means one process was checked, not a dead one's pid reused meanwhile.
+	start, err := procStart(pid)
+	if err != nil {
+		return procEvidence{}, &EvidenceError{Reason: "cannot read tor's /proc/PID/stat", Err: err}
+	}
+	switch c := nc.(type) {
+	case *net.UnixConn:
+		err = verifyUnix(c, pid)
+	case *net.TCPConn:
+		err = verifyTCP(c, pid)
+	default:
+		err = &EvidenceError{Reason: fmt.Sprintf("control connection is a %T, not a unix or TCP socket", nc)}
+	}
+	if err != nil {
+		return procEvidence{}, err
+	}
+	if again, err := procStart(pid); err != nil || again != start {
+		return procEvidence{}, &EvidenceError{Reason: "tor's process changed while it was verified", Err: err}
+	}
+	return procEvidence{pid: pid, start: start}, nil
+}
+
+// verifyUnix: SO_PEERCRED names the process that created the listening
+// socket, in torgate's pid namespace (0 if it has none there).
+func verifyUnix(c *net.UnixConn, pid int) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return &EvidenceError{Reason: "no socket", Err: err}
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return &EvidenceError{Reason: "no socket", Err: err}
+	}
+	if cerr != nil {
+		return &EvidenceError{Reason: "SO_PEERCRED failed", Err: cerr}
+	}
+	if int(cred.Pid) != pid {
+		return &EvidenceError{Reason: fmt.Sprintf("tor reports pid %d but the control socket's peer is pid %d", pid, cred.Pid)}
+	}
+	return nil
+}
+
+// verifyTCP: the peer's socket (found in /proc/net/tcp or tcp6 by its
+// addresses, which are ours swapped) must be one of pid's open files.
+func verifyTCP(c *net.TCPConn, pid int) error {
+	local, lok := netip.AddrFromSlice(c.LocalAddr().(*net.TCPAddr).IP)
+	remote, rok := netip.AddrFromSlice(c.RemoteAddr().(*net.TCPAddr).IP)
+	if !lok || !rok {
+		return &EvidenceError{Reason: "control connection has no IP addresses"}
+	}
+	return verifyTCPPeer(
+		netip.AddrPortFrom(local.Unmap(), uint16(c.LocalAddr().(*net.TCPAddr).Port)),
+		netip.AddrPortFrom(remote.Unmap(), uint16(c.RemoteAddr().(*net.TCPAddr).Port)),
+		pid)
+}
+
+// verifyTCPPeer checks the connection from local to remote. The peer must
+// be on loopback: a socket's inode only names a socket of this host's
+// kernel, and a remote Tor's pid means nothing here.
+func verifyTCPPeer(local, remote netip.AddrPort, pid int) error {
+	if !remote.Addr().IsLoopback() {
+		return &EvidenceError{Reason: "control port is not on loopback"}
+	}
+	inode, err := peerInode(local, remote)
+	if err != nil {
+		return err
+	}
+	return holdsSocket(pid, inode)
+}
+
+// peerInode finds the inode of the socket whose local address is remote
+// and whose remote address is local: the peer's end of our connection. A
+// v4 connection to a dual-stack listener is in tcp6, as a mapped address.
+func peerInode(local, remote netip.AddrPort) (uint64, error) {
+	files := []string{"/proc/net/tcp6"}
+	if remote.Addr().Is4() {
+		files = []string{"/proc/net/tcp", "/proc/net/tcp6"}
+	}
+	for _, f := range files {
+		inode, found, err := findSocket(f, remote, local)
+		if err != nil {
+			return 0, &EvidenceError{Reason: "cannot read " + f, Err: err}
+		}
+		if found {
+			return inode, nil
+		}
+	}
+	return 0, &EvidenceError{Reason: "the control connection's peer socket is not in /proc/net/tcp"}
+}
+
+// findSocket looks in a /proc/net/tcp{,6} table for the socket from local
+// to remote and returns its inode.
+func findSocket(file string, local, remote netip.AddrPort) (inode uint64, found bool, err error) {
+	six := file == "/proc/net/tcp6"
+	l, r := procNetAddr(local, six), procNetAddr(remote, six)
+	f, err := os.Open(file)
+	if err != nil {
+		return 0, false, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// sl local_address rem_address st tx_queue:rx_queue tr:tm->when
+		// retrnsmt uid timeout inode ...
+		fs := bytes.Fields(sc.Bytes())
+		if len(fs) < 10 || string(fs[1]) != l || string(fs[2]) != r {
+			continue
+		}
+		ino, err := strconv.ParseUint(string(fs[9]), 10, 64)
+		if err != nil || ino == 0 {
+			// 0: a socket in TIME_WAIT, which no process holds.
+			continue
+		}
+		return ino, true, nil
+	}
+	return 0, false, sc.Err()
+}
+
+// procNetAddr formats ap as /proc/net/tcp does: each 32-bit word of the
+// address (in network order) printed as a native-endian number in hex,
+// then the port in hex. 127.0.0.1:9051 is "0100007F:235B" on x86.
+func procNetAddr(ap netip.AddrPort, six bool) string {
+	var a []byte
+	if six {
+		b := netip.AddrFrom16(ap.Addr().As16()).As16() // v4 as v4-mapped
+		a = b[:]
+	} else {
+		b := ap.Addr().As4()
+		a = b[:]
+	}
+	s := make([]byte, 0, 2*len(a)+5)
+	for i := 0; i < len(a); i += 4 {
+		s = fmt.Appendf(s, "%08X", binary.NativeEndian.Uint32(a[i:i+4]))
+	}
+	return string(fmt.Appendf(s, ":%04X", ap.Port()))
+}
+
+// holdsSocket reports whether process pid has socket inode among its open
+// files. Reading another user's /proc/PID/fd takes privilege
+// (CAP_SYS_PTRACE or the same user): without it there is no evidence.
+func holdsSocket(pid int, inode uint64) error {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return &EvidenceError{Reason: "cannot read tor's open files (/proc/PID/fd)", Err: err}
+	}
+	want := "socket:[" + strconv.FormatUint(inode, 10) + "]"
+	for _, e := range ents {
+		if l, err := os.Readlink(dir + "/" + e.Name()); err == nil && l == want {
+			return nil
+		}
+	}
+	return &EvidenceError{Reason: fmt.Sprintf("the control connection's peer socket is not one of pid %d's open files", pid)}
+}
