@@ -176,7 +176,7 @@ func holdsSocket(pid int, inode uint64) error {
 	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return &EvidenceError{Reason: "cannot read tor's open files (/proc/PID/fd)", Err: err}
+		return &EvidenceError{Reason: "cannot read tor's open files (/proc/PID/fd: tor runs as another user?); attach to Tor's unix ControlSocket instead, which needs no such access", Err: err}
 	}
 	want := "socket:[" + strconv.FormatUint(inode, 10) + "]"
 	for _, e := range ents {
