@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -105,10 +107,18 @@ func verifyTCPPeer(local, remote netip.AddrPort, pid int) error {
 // peerInode finds the inode of the socket whose local address is remote
 // and whose remote address is local: the peer's end of our connection. A
 // v4 connection to a dual-stack listener is in tcp6, as a mapped address.
+//
+// The tables are those of this thread's network namespace, where Go's
+// dialer made the connection: an unlocked goroutine's thread is in the
+// process's own namespace. /proc/net (/proc/self/net) would show the
+// thread group leader's, which a goroutine locked to the main thread may
+// have moved elsewhere (as a test does to run a router in a namespace).
 func peerInode(local, remote netip.AddrPort) (uint64, error) {
-	files := []string{"/proc/net/tcp6"}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	files := []string{"/proc/thread-self/net/tcp6"}
 	if remote.Addr().Is4() {
-		files = []string{"/proc/net/tcp", "/proc/net/tcp6"}
+		files = []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"}
 	}
 	for _, f := range files {
 		inode, found, err := findSocket(f, remote, local)
@@ -125,7 +135,7 @@ func peerInode(local, remote netip.AddrPort) (uint64, error) {
 // findSocket looks in a /proc/net/tcp{,6} table for the socket from local
 // to remote and returns its inode.
 func findSocket(file string, local, remote netip.AddrPort) (inode uint64, found bool, err error) {
-	six := file == "/proc/net/tcp6"
+	six := strings.HasSuffix(file, "6")
 	l, r := procNetAddr(local, six), procNetAddr(remote, six)
 	f, err := os.Open(file)
 	if err != nil {
