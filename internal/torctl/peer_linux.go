@@ -79,67 +79,117 @@ func verifyUnix(c *net.UnixConn, pid int) error {
 // verifyTCP: the peer's socket (found in /proc/net/tcp or tcp6 by its
 // addresses, which are ours swapped) must be one of pid's open files.
 func verifyTCP(c *net.TCPConn, pid int) error {
-	local, lok := netip.AddrFromSlice(c.LocalAddr().(*net.TCPAddr).IP)
-	remote, rok := netip.AddrFromSlice(c.RemoteAddr().(*net.TCPAddr).IP)
+	la, ra := c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr)
+	local, lok := netip.AddrFromSlice(la.IP)
+	remote, rok := netip.AddrFromSlice(ra.IP)
 	if !lok || !rok {
 		return &EvidenceError{Reason: "control connection has no IP addresses"}
 	}
-	return verifyTCPPeer(
-		netip.AddrPortFrom(local.Unmap(), uint16(c.LocalAddr().(*net.TCPAddr).Port)),
-		netip.AddrPortFrom(remote.Unmap(), uint16(c.RemoteAddr().(*net.TCPAddr).Port)),
-		pid)
+	own, err := socketInode(c)
+	if err != nil {
+		return err
+	}
+	return verifyTCPPeer(own, netip.AddrPortFrom(local.Unmap(), uint16(la.Port)), netip.AddrPortFrom(remote.Unmap(), uint16(ra.Port)), pid)
 }
 
-// verifyTCPPeer checks the connection from local to remote. The peer must
-// be on loopback: a socket's inode only names a socket of this host's
-// kernel, and a remote Tor's pid means nothing here.
-func verifyTCPPeer(local, remote netip.AddrPort, pid int) error {
+// socketInode returns the inode of c's socket, as /proc/net/tcp names it.
+func socketInode(c *net.TCPConn) (uint64, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, &EvidenceError{Reason: "no socket", Err: err}
+	}
+	var st unix.Stat_t
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.Fstat(int(fd), &st) }); err != nil {
+		return 0, &EvidenceError{Reason: "no socket", Err: err}
+	}
+	if serr != nil {
+		return 0, &EvidenceError{Reason: "fstat of the control connection failed", Err: serr}
+	}
+	return uint64(st.Ino), nil
+}
+
+// verifyTCPPeer checks the connection from local to remote, whose socket
+// here has inode own. The peer must be on loopback: a socket's inode only
+// names a socket of this host's kernel, and a remote Tor's pid means
+// nothing here.
+func verifyTCPPeer(own uint64, local, remote netip.AddrPort, pid int) error {
 	if !remote.Addr().IsLoopback() {
 		return &EvidenceError{Reason: "control port is not on loopback"}
 	}
-	inode, err := peerInode(local, remote)
+	inode, err := peerInode(own, local, remote)
 	if err != nil {
 		return err
 	}
 	return holdsSocket(pid, inode)
 }
 
+// tcpRow is one socket of a /proc/net/tcp{,6} table.
+type tcpRow struct {
+	local, remote string // as printed
+	six           bool   // from tcp6
+	inode         uint64 // 0 for a socket no process holds (TIME_WAIT)
+}
+
 // peerInode finds the inode of the socket whose local address is remote
-// and whose remote address is local: the peer's end of our connection. A
-// v4 connection to a dual-stack listener is in tcp6, as a mapped address.
+// and whose remote address is local: the peer's end of our connection,
+// whose own socket has inode own. A v4 connection to a dual-stack
+// listener has its peer in tcp6, as a mapped address.
 //
 // The tables are those of this thread's network namespace, where Go's
 // dialer made the connection: an unlocked goroutine's thread is in the
 // process's own namespace. /proc/net (/proc/self/net) would show the
 // thread group leader's, which a goroutine locked to the main thread may
 // have moved elsewhere (as a test does to run a router in a namespace).
-func peerInode(local, remote netip.AddrPort) (uint64, error) {
+// Our own socket's row must be there (else the namespace is not ours),
+// and it tells how the kernel printed the addresses: each 32-bit word in
+// the kernel's byte order, which is not the program's under an emulator
+// of another byte order.
+func peerInode(own uint64, local, remote netip.AddrPort) (uint64, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	files := []string{"/proc/thread-self/net/tcp6"}
-	if remote.Addr().Is4() {
-		files = []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"}
-	}
-	for _, f := range files {
-		inode, found, err := findSocket(f, remote, local)
-		if err != nil {
+	var rows []tcpRow
+	for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
+		var err error
+		if rows, err = readTCPTable(f, rows); err != nil {
 			return 0, &EvidenceError{Reason: "cannot read " + f, Err: err}
 		}
-		if found {
-			return inode, nil
+	}
+	var order binary.ByteOrder
+	for _, r := range rows {
+		if r.inode != own {
+			continue
+		}
+		for _, o := range []binary.ByteOrder{binary.LittleEndian, binary.BigEndian} {
+			if procNetAddr(local, r.six, o) == r.local && procNetAddr(remote, r.six, o) == r.remote {
+				order = o
+			}
+		}
+		break
+	}
+	if order == nil {
+		return 0, &EvidenceError{Reason: "the control connection's own socket is not in this network namespace's /proc/net/tcp"}
+	}
+	for _, six := range []bool{false, true} {
+		if !six && !remote.Addr().Is4() {
+			continue
+		}
+		l, r := procNetAddr(remote, six, order), procNetAddr(local, six, order)
+		for _, row := range rows {
+			if row.six == six && row.local == l && row.remote == r && row.inode != 0 {
+				return row.inode, nil
+			}
 		}
 	}
 	return 0, &EvidenceError{Reason: "the control connection's peer socket is not in /proc/net/tcp"}
 }
 
-// findSocket looks in a /proc/net/tcp{,6} table for the socket from local
-// to remote and returns its inode.
-func findSocket(file string, local, remote netip.AddrPort) (inode uint64, found bool, err error) {
+// readTCPTable appends the sockets of a /proc/net/tcp{,6} table to rows.
+func readTCPTable(file string, rows []tcpRow) ([]tcpRow, error) {
 	six := strings.HasSuffix(file, "6")
-	l, r := procNetAddr(local, six), procNetAddr(remote, six)
 	f, err := os.Open(file)
 	if err != nil {
-		return 0, false, err
+		return rows, err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -147,23 +197,23 @@ func findSocket(file string, local, remote netip.AddrPort) (inode uint64, found 
 		// sl local_address rem_address st tx_queue:rx_queue tr:tm->when
 		// retrnsmt uid timeout inode ...
 		fs := bytes.Fields(sc.Bytes())
-		if len(fs) < 10 || string(fs[1]) != l || string(fs[2]) != r {
+		if len(fs) < 10 {
 			continue
 		}
 		ino, err := strconv.ParseUint(string(fs[9]), 10, 64)
-		if err != nil || ino == 0 {
-			// 0: a socket in TIME_WAIT, which no process holds.
-			continue
+		if err != nil {
+			continue // the header
 		}
-		return ino, true, nil
+		rows = append(rows, tcpRow{local: string(fs[1]), remote: string(fs[2]), six: six, inode: ino})
 	}
-	return 0, false, sc.Err()
+	return rows, sc.Err()
 }
 
 // procNetAddr formats ap as /proc/net/tcp does: each 32-bit word of the
-// address (in network order) printed as a native-endian number in hex,
-// then the port in hex. 127.0.0.1:9051 is "0100007F:235B" on x86.
-func procNetAddr(ap netip.AddrPort, six bool) string {
+// address (in network order) printed as a number in the kernel's byte
+// order, in hex, then the port in hex. 127.0.0.1:9051 is "0100007F:235B"
+// on x86.
+func procNetAddr(ap netip.AddrPort, six bool, order binary.ByteOrder) string {
 	var a []byte
 	if six {
 		b := netip.AddrFrom16(ap.Addr().As16()).As16() // v4 as v4-mapped
@@ -174,7 +224,7 @@ func procNetAddr(ap netip.AddrPort, six bool) string {
 	}
 	s := make([]byte, 0, 2*len(a)+5)
 	for i := 0; i < len(a); i += 4 {
-		s = fmt.Appendf(s, "%08X", binary.NativeEndian.Uint32(a[i:i+4]))
+		s = fmt.Appendf(s, "%08X", order.Uint32(a[i:i+4]))
 	}
 	return string(fmt.Appendf(s, ":%04X", ap.Port()))
 }
