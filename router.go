@@ -90,8 +90,10 @@ func (r *Router) saveState() {
 	}
 }
 
-// eofGrace is how long an end of stream from an attached Tor (or an
-// upstream whose readiness the caller reports) is held before it becomes a
+// eofGrace is how long an end of stream from a Tor whose process gives no
+// evidence (torctl.Tor.ProcessState not known: an attached Tor the kernel
+// did not vouch for, a managed one /proc hides), or from an upstream whose
+// readiness the caller reports, is held before it becomes a
 // FIN, so that a dying Tor's closed sockets become RSTs: torctl notices a
 // death within milliseconds (the control connection reads EOF; measured
 // 2026-12-02 on the private Tor network). It delays the FIN of every
@@ -357,13 +359,15 @@ func (r *Router) buildTunnel(u *cleanup) error {
 		LogDestinations:   cfg.LogDestinations,
 		Logger:            r.log.With("component", "tunnel"),
 	}
-	// An end of stream from Tor: a managed Tor's process says at once
-	// whether Tor is dying (checked per end of stream, ~8 µs, no
-	// allocation); an attached Tor's control connection, or the caller's
-	// Ready, needs a moment to report a death, so those ends of stream
-	// wait for it, and so do a managed Tor's when /proc hides its process
-	// (hidepid). A plain SOCKS upstream offers no evidence a wait could
-	// collect in time (its probe runs every 5 s): its ends pass at once.
+	// An end of stream from Tor: Tor's process says at once whether Tor
+	// is dying (checked per end of stream, ~8 µs, no allocation), a
+	// managed Tor's always and an attached Tor's when the kernel vouched
+	// for it (see lanes). Without that evidence (an attached Tor as
+	// another user, over a relay or off this host; a managed one /proc
+	// hides) the control connection, or the caller's Ready, needs a
+	// moment to report a death, so those ends of stream wait for it. A
+	// plain SOCKS upstream offers no evidence a wait could collect in
+	// time (its probe runs every 5 s): its ends pass at once.
 	if r.tor.mode != ModeSocks || cfg.Ready != nil {
 		tcfg.EOFGrace = eofGrace
 	}
@@ -380,17 +384,20 @@ func (r *Router) buildTunnel(u *cleanup) error {
 }
 
 // lanes are the tunnel's ways out, one per Tor instance: its SOCKS port
-// and its workstations' readiness. An end of stream from a managed Tor:
-// its process says at once whether Tor is dying (checked per end of
-// stream, ~8 µs, no allocation); an attached Tor's control connection,
-// or the caller's Ready, needs a moment to report a death, so those ends
-// of stream wait for it (tunnel.Config.EOFGrace), and so do a managed
-// Tor's when /proc hides its process (hidepid).
+// and its workstations' readiness. An end of stream from Tor: its process
+// says at once whether Tor is dying (torctl.Tor.ProcessState, checked per
+// end of stream, ~8 µs, no allocation). A managed Tor's process is
+// torgate's child; an attached Tor's counts only once the kernel confirmed
+// that the control connection's peer is the pid Tor reports, on each
+// (re)connection. Where ProcessState does not know (an attached Tor
+// without that evidence, a managed one /proc hides), the ends of stream
+// wait for the control connection to report a death
+// (tunnel.Config.EOFGrace).
 func (r *Router) lanes() []tunnel.Lane {
 	lanes := make([]tunnel.Lane, len(r.tor.inst))
 	for i, in := range r.tor.inst {
 		lanes[i] = tunnel.Lane{Upstream: in.dialer, Ready: func() bool { return r.gate.ReadyOf(in.mask) }}
-		if r.tor.mode == ModeManaged {
+		if in.tor != nil {
 			lanes[i].UpstreamState = in.tor.ProcessState
 		}
 	}

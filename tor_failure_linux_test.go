@@ -243,6 +243,13 @@ func checkFailures(t *testing.T, n *testnet.Network) {
 	})
 
 	t.Run("Killed", func(t *testing.T) {
+		// The own tor runs as this test's user on a loopback control
+		// port: its process is verified, so the end of the transfer its
+		// death closes is judged a RST at once, not after the grace.
+		_, evidence := g.tor.ProcessState()
+		if !evidence {
+			t.Errorf("attached tor (same user, loopback control port): no process evidence")
+		}
 		tr := startTransfer(t, g.ws, url)
 		killed := time.Now()
 		o.kill()
@@ -265,9 +272,13 @@ func checkFailures(t *testing.T, n *testnet.Network) {
 		})
 		connected := waitUntil(t, recoverBound, "control reconnected", func() bool { return g.tor.Status().Connected })
 		ready := waitUntil(t, 90*time.Second, "ready after restart", g.tor.Ready)
+		// The restarted tor is a new process: verified anew.
+		if gone, known := g.tor.ProcessState(); gone || !known {
+			t.Errorf("restarted attached tor: ProcessState = gone %v, known %v; want verified and running", gone, known)
+		}
 		g.fetch(t.Context(), ipURL(n, "/"))
-		report = append(report, fmt.Sprintf("SIGKILL -> not ready %v; transfer ended %v after the kill, curl exit %d (%s); new flow refused in %v; restart: control port up %v after exec, torctl reconnected %v later, ready %v after that (total %v)",
-			notReady.Round(time.Microsecond), ended.Round(time.Millisecond), code, strings.TrimSpace(tr.stderr.String()), rst.Round(time.Millisecond),
+		report = append(report, fmt.Sprintf("SIGKILL (process evidence %v) -> not ready %v; transfer ended %v after the kill, curl exit %d (%s); new flow refused in %v; restart: control port up %v after exec, torctl reconnected %v later, ready %v after that (total %v)",
+			evidence, notReady.Round(time.Microsecond), ended.Round(time.Millisecond), code, strings.TrimSpace(tr.stderr.String()), rst.Round(time.Millisecond),
 			listening.Round(time.Millisecond), connected.Round(time.Millisecond), ready.Round(time.Millisecond), time.Since(started).Round(time.Millisecond)))
 	})
 

@@ -221,6 +221,8 @@ func TestTorIntegration(t *testing.T) {
 			t.Fatalf("SocksPort read from tor = %q, want %q", got, n.SocksAddr)
 		}
 		checkFetches(t, g, n)
+		t.Run("FIN", func(t *testing.T) { checkAttachedFIN(t, g, n) })
+		t.Run("RelayedGrace", func(t *testing.T) { checkRelayedGrace(t, n) })
 		t.Run("Isolation", func(t *testing.T) { checkIsolation(t, g, n, ctl) })
 	})
 
