@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/torgate/torgate/internal/doccheck"
+	"github.com/torgate/torgate/internal/torctl"
 )
 
 // TestLimitsDoc holds the root package's rows of docs/limits.md to the
@@ -16,6 +17,6 @@ import (
 func TestLimitsDoc(t *testing.T) {
 	doccheck.Limits(t, doccheck.GroupTorgate, map[string][]any{
 		"TUN txqueuelen (created TUN)":     {tunQueueLen},
-		"FIN on an upstream end of stream": {eofGrace, eofGrace},
+		"FIN on an upstream end of stream": {torctl.DefaultProbeDeadline, eofGrace},
 	})
 }

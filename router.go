@@ -90,14 +90,12 @@ func (r *Router) saveState() {
 	}
 }
 
-// eofGrace is how long an end of stream from a Tor whose process gives no
-// evidence (torctl.Tor.ProcessState not known: an attached Tor the kernel
-// did not vouch for, a managed one /proc hides), or from an upstream whose
-// readiness the caller reports, is held before it becomes a
-// FIN, so that a dying Tor's closed sockets become RSTs: torctl notices a
-// death within milliseconds (the control connection reads EOF; measured
-// 2026-12-02 on the private Tor network). It delays the FIN of every
-// stream such an upstream ends.
+// eofGrace is how long an end of stream from a plain SOCKS upstream whose
+// readiness the caller reports (Config.Ready) is held before it becomes a
+// FIN, so that the caller's Ready can fall first when the upstream died
+// and its closed sockets become RSTs. It delays the FIN of every stream
+// such an upstream ends. A Tor of torgate's (managed or attached) is
+// asked instead (see lanes).
 const eofGrace = 250 * time.Millisecond
 
 // New is NewContext with a context that is never done.
@@ -359,16 +357,12 @@ func (r *Router) buildTunnel(u *cleanup) error {
 		LogDestinations:   cfg.LogDestinations,
 		Logger:            r.log.With("component", "tunnel"),
 	}
-	// An end of stream from Tor: Tor's process says at once whether Tor
-	// is dying (checked per end of stream, ~8 µs, no allocation), a
-	// managed Tor's always and an attached Tor's when the kernel vouched
-	// for it (see lanes). Without that evidence (an attached Tor as
-	// another user, over a relay or off this host; a managed one /proc
-	// hides) the control connection, or the caller's Ready, needs a
-	// moment to report a death, so those ends of stream wait for it. A
-	// plain SOCKS upstream offers no evidence a wait could collect in
-	// time (its probe runs every 5 s): its ends pass at once.
-	if r.tor.mode != ModeSocks || cfg.Ready != nil {
+	// An end of stream from Tor is confirmed with Tor itself (see
+	// lanes). The caller's Ready needs a moment to report a death, so
+	// those ends of stream wait for it. A plain SOCKS upstream offers no
+	// evidence a wait could collect in time (its probe runs every 5 s):
+	// its ends pass at once.
+	if r.tor.mode == ModeSocks && cfg.Ready != nil {
 		tcfg.EOFGrace = eofGrace
 	}
 	if !cfg.KeepMemory {
@@ -384,21 +378,22 @@ func (r *Router) buildTunnel(u *cleanup) error {
 }
 
 // lanes are the tunnel's ways out, one per Tor instance: its SOCKS port
-// and its workstations' readiness. An end of stream from Tor: its process
-// says at once whether Tor is dying (torctl.Tor.ProcessState, checked per
-// end of stream, ~8 µs, no allocation). A managed Tor's process is
-// torgate's child; an attached Tor's counts only once the kernel confirmed
-// that the control connection's peer is the pid Tor reports, on each
-// (re)connection. Where ProcessState does not know (an attached Tor
-// without that evidence, a managed one /proc hides), the ends of stream
-// wait for the control connection to report a death
-// (tunnel.Config.EOFGrace).
+// and its workstations' readiness. An end of stream from Tor is a FIN only
+// once Tor's main loop has answered a control command sent after it
+// (torctl.Tor.Confirm; one command answers every end of stream before
+// it): a Tor exiting on SIGTERM closes its streams itself and never
+// answers again. Tor's process (torctl.Tor.ProcessState, ~8 µs, no
+// allocation) resets at once the streams of a Tor the kernel already
+// marks exiting or gone: a managed Tor's process is torgate's child; an
+// attached Tor's counts only once the kernel confirmed that the control
+// connection's peer is the pid Tor reports, on each (re)connection.
 func (r *Router) lanes() []tunnel.Lane {
 	lanes := make([]tunnel.Lane, len(r.tor.inst))
 	for i, in := range r.tor.inst {
 		lanes[i] = tunnel.Lane{Upstream: in.dialer, Ready: func() bool { return r.gate.ReadyOf(in.mask) }}
 		if in.tor != nil {
 			lanes[i].UpstreamState = in.tor.ProcessState
+			lanes[i].UpstreamConfirm = in.tor.Confirm
 		}
 	}
 	return lanes

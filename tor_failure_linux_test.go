@@ -282,6 +282,29 @@ func checkFailures(t *testing.T, n *testnet.Network) {
 			listening.Round(time.Millisecond), connected.Round(time.Millisecond), ready.Round(time.Millisecond), time.Since(started).Round(time.Millisecond)))
 	})
 
+	t.Run("Terminated", func(t *testing.T) {
+		// SIGTERM: a client tor exits at once, but in its own time: it
+		// closes its connections itself (tor_cleanup frees every
+		// connection) before the kernel marks the process exiting. A
+		// stream it closes that way reads as a clean end unless torgate
+		// has other evidence; the download must still end as an error.
+		tr := startTransfer(t, g.ws, url)
+		termed := time.Now()
+		o.signal(syscall.SIGTERM)
+		o.cmd.Wait()
+		o.cmd = nil
+		exited := time.Since(termed)
+		code := tr.wait(t, 10*time.Second)
+		if code == 0 {
+			t.Errorf("curl exited 0 for a download without Content-Length cut off by tor's SIGTERM: a truncation looked complete (%s)", tr.stderr.String())
+		}
+		o.start()
+		ready := waitUntil(t, 90*time.Second, "ready after restart", g.tor.Ready)
+		g.fetch(t.Context(), ipURL(n, "/"))
+		report = append(report, fmt.Sprintf("SIGTERM -> tor exited %v later; transfer: curl exit %d (%s); ready again %v after the restart",
+			exited.Round(time.Millisecond), code, strings.TrimSpace(tr.stderr.String()), ready.Round(time.Millisecond)))
+	})
+
 	t.Run("PlainSocksKilled", func(t *testing.T) {
 		ws := nstest.New(t, nstest.Options{Nameserver: gatewayDNS})
 		up, err := socks.NewDialer("tcp", o.socksAdr)

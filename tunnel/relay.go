@@ -343,7 +343,8 @@ func (d *direction) errHow(read bool) endHow {
 
 // finish ends a direction whose source reached EOF. An end of stream
 // from the upstream is a RST if the upstream is known to be gone
-// (Config.UpstreamState) or Tor is not ready, and otherwise a FIN: at once
+// (Config.UpstreamState), fails its confirmation (Config.UpstreamConfirm)
+// or Tor is not ready, and otherwise a FIN: once confirmed, else at once
 // when the upstream is known to be alive, else after Config.EOFGrace if
 // set (and then only if Tor is still ready and the flow was not cut off
 // meanwhile).
@@ -372,6 +373,22 @@ func (d *direction) finish() {
 		if known {
 			grace = 0
 		}
+	}
+	if confirm := f.lane.UpstreamConfirm; confirm != nil {
+		// The confirmation keeps the flow referenced until it has
+		// decided.
+		if !f.hold() {
+			return
+		}
+		confirm(func(alive bool) {
+			defer f.unhold()
+			if !alive {
+				f.abort(endTorDown)
+				return
+			}
+			d.passEOF()
+		})
+		return
 	}
 	if grace == 0 {
 		d.passEOF()

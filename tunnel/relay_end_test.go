@@ -34,6 +34,9 @@ func TestRelayEndDecision(t *testing.T) {
 		// fallInGrace: readiness falls after the relay saw the upstream's
 		// end of stream (its UpstreamState call), before the grace ends.
 		fallInGrace bool
+		// confirm, if set, is Config.UpstreamConfirm's answer, given
+		// from another goroutine.
+		confirm *bool
 	}{
 		{
 			name: "upstream EOF after client EOF",
@@ -118,6 +121,36 @@ func TestRelayEndDecision(t *testing.T) {
 			how: "fin", known: true, grace: time.Minute,
 		},
 		{
+			// A Tor exiting on SIGTERM: it closed the stream itself while
+			// its process still looked alive, and never answers the
+			// confirmation.
+			name: "upstream EOF from a live-looking tor that does not confirm",
+			end: func(_ *Tunnel, _ *atomic.Bool, _, up net.Conn) {
+				up.(*net.TCPConn).CloseWrite()
+			},
+			wantRST: true, how: "rst_tor_down", known: true, confirm: new(false),
+		},
+		{
+			name: "upstream EOF confirmed by tor",
+			end: func(_ *Tunnel, _ *atomic.Bool, cl, up net.Conn) {
+				up.(*net.TCPConn).CloseWrite()
+				go func() {
+					io.Copy(io.Discard, cl)
+					cl.(*net.TCPConn).CloseWrite()
+				}()
+			},
+			how: "fin", confirm: new(true), grace: time.Minute,
+		},
+		{
+			// The process check comes first: a dying Tor's end is a RST
+			// whatever a confirmation would say.
+			name: "upstream EOF from a dying tor, before any confirmation",
+			end: func(_ *Tunnel, _ *atomic.Bool, _, up net.Conn) {
+				up.(*net.TCPConn).CloseWrite()
+			},
+			wantRST: true, how: "rst_tor_down", gone: true, known: true, confirm: new(true),
+		},
+		{
 			name:    "EndAll",
 			end:     func(tn *Tunnel, _ *atomic.Bool, _, _ net.Conn) { tn.EndAll() },
 			wantRST: true, how: "rst_told",
@@ -164,6 +197,10 @@ func TestRelayEndDecision(t *testing.T) {
 					default:
 					}
 					return tc.gone, tc.known
+				}
+				if tc.confirm != nil {
+					alive := *tc.confirm
+					c.UpstreamConfirm = func(done func(bool)) { go done(alive) }
 				}
 				if tc.how == "rst_idle" {
 					c.IdleTimeout = 200 * time.Millisecond

@@ -66,13 +66,15 @@ type Flow interface {
 }
 
 // Lane is one way out: an upstream with its own readiness and state, as
-// Config.Upstream, Config.Ready and Config.UpstreamState describe them.
+// Config.Upstream, Config.Ready, Config.UpstreamState and
+// Config.UpstreamConfirm describe them.
 // Several lanes are several Tor instances, each serving its own
 // workstations (Config.Lanes).
 type Lane struct {
-	Upstream      Upstream
-	Ready         func() bool
-	UpstreamState func() (gone, known bool)
+	Upstream        Upstream
+	Ready           func() bool
+	UpstreamState   func() (gone, known bool)
+	UpstreamConfirm func(done func(alive bool))
 }
 
 // Config configures a Tunnel. Zero values take the documented defaults.
@@ -102,18 +104,30 @@ type Config struct {
 	// clean end of stream, indistinguishable from one the exit ended:
 	// passed on as a FIN, it would make a download that the end of the
 	// connection delimits (HTTP/1.0, no Content-Length) look complete.
-	// UpstreamState and EOFGrace tell the two apart; with neither set, an
-	// end of stream from the upstream is passed on at once, as a FIN if
-	// Ready holds and a RST if not.
+	// UpstreamState, UpstreamConfirm and EOFGrace tell the two apart;
+	// with none set, an end of stream from the upstream is passed on at
+	// once, as a FIN if Ready holds and a RST if not.
 	//
 	// UpstreamState, if set, is asked at each end of stream from the
 	// upstream whether the upstream is dying or gone, and whether it knows
-	// (torctl.Tor.ProcessState: a managed Tor's process). Known and gone:
-	// the flow is reset at once; known and alive: the end passes at once;
-	// not known: EOFGrace applies. It must be cheap and must not block.
+	// (torctl.Tor.ProcessState: Tor's process). Known and gone: the flow
+	// is reset at once; known and alive: the end passes at once unless
+	// UpstreamConfirm is set; not known: UpstreamConfirm, else EOFGrace,
+	// decides. It must be cheap and must not block.
 	UpstreamState func() (gone, known bool)
+	// UpstreamConfirm, if set, is asked at each end of stream from the
+	// upstream that UpstreamState does not show gone, and the end waits
+	// for its answer: alive, a FIN (if Ready holds); not alive, a RST.
+	// It must answer only from evidence gathered after the call
+	// (torctl.Tor.Confirm: Tor's main loop answered a control command
+	// sent after it), since a Tor that exits on SIGTERM closes its
+	// streams itself while its process still looks alive. It must not
+	// block; done may run on any goroutine. With it set, EOFGrace is not
+	// used.
+	UpstreamConfirm func(done func(alive bool))
 	// EOFGrace holds an end of stream from the upstream, when
-	// UpstreamState does not know, this long before passing it on, so
+	// UpstreamState does not know and UpstreamConfirm is not set, this
+	// long before passing it on, so
 	// that Ready can fall first when the upstream died and readiness
 	// learns of it within that time (an attached Tor's control connection
 	// closes too). It delays the FIN of every such stream by this much,
@@ -239,9 +253,9 @@ func New(cfg Config) (*Tunnel, error) {
 	case len(lanes) == 0 && cfg.Upstream == nil:
 		return nil, errors.New("tunnel: nil Upstream")
 	case len(lanes) == 0:
-		lanes = []Lane{{Upstream: cfg.Upstream, Ready: cfg.Ready, UpstreamState: cfg.UpstreamState}}
-	case cfg.Upstream != nil || cfg.Ready != nil || cfg.UpstreamState != nil:
-		return nil, errors.New("tunnel: Lanes replace Upstream, Ready and UpstreamState")
+		lanes = []Lane{{Upstream: cfg.Upstream, Ready: cfg.Ready, UpstreamState: cfg.UpstreamState, UpstreamConfirm: cfg.UpstreamConfirm}}
+	case cfg.Upstream != nil || cfg.Ready != nil || cfg.UpstreamState != nil || cfg.UpstreamConfirm != nil:
+		return nil, errors.New("tunnel: Lanes replace Upstream, Ready, UpstreamState and UpstreamConfirm")
 	case cfg.LaneOf == nil:
 		return nil, errors.New("tunnel: Lanes need LaneOf")
 	}

@@ -177,6 +177,10 @@ type Tor struct {
 	progressAt time.Time     // last bootstrap change or session start; guarded by mu
 	stalled    string        // the stall diagnosis, once logged; guarded by mu
 
+	confirmMu   sync.Mutex
+	confirmWait []func(alive bool) // Confirm's waiters for the next command; guarded by confirmMu
+	confirming  bool               // a confirmLoop runs; guarded by confirmMu
+
 	hangs atomic.Uint64          // polls that missed ProbeDeadline
 	tlog  atomic.Pointer[torLog] // managed tor's log, for diagnoses
 	done  chan struct{}          // closed when the supervisor ends
@@ -620,27 +624,27 @@ func (t *Tor) setup(ctx context.Context, c *Conn) error {
 // verifyProcess asks the attached Tor for its pid and returns it as
 // evidence if the kernel confirms that process is the control
 // connection's peer (verifyPeer), or nil. Either way it logs, once per
-// connection, whether the ends of Tor's streams can be judged at once or
-// wait for the control connection (the router's grace).
+// connection, whether a dying Tor's streams can be reset from its process
+// state before any confirmation (Confirm decides every other end).
 func (t *Tor) verifyProcess(ctx context.Context, c *Conn) *procEvidence {
 	info, err := c.GetInfo(ctx, "process/pid")
 	if err != nil {
 		// Not fatal: Tor has answered process/pid since 0.2.x, but a
 		// filtering control proxy (onion-grater) may refuse it.
-		t.log.Info("tor process evidence unavailable: stream ends wait for the control connection", "reason", "GETINFO process/pid failed", "err", err)
+		t.log.Info("tor process evidence unavailable: stream ends are confirmed over the control connection only", "reason", "GETINFO process/pid failed", "err", err)
 		return nil
 	}
 	pid, err := strconv.Atoi(info["process/pid"])
 	if err != nil {
-		t.log.Info("tor process evidence unavailable: stream ends wait for the control connection", "reason", "bad process/pid", "err", err)
+		t.log.Info("tor process evidence unavailable: stream ends are confirmed over the control connection only", "reason", "bad process/pid", "err", err)
 		return nil
 	}
 	ev, err := verifyPeer(c.nc, pid)
 	if err != nil {
-		t.log.Info("tor process evidence unavailable: stream ends wait for the control connection", "pid", pid, "err", err)
+		t.log.Info("tor process evidence unavailable: stream ends are confirmed over the control connection only", "pid", pid, "err", err)
 		return nil
 	}
-	t.log.Info("tor process evidence available: stream ends are judged at once", "pid", pid)
+	t.log.Info("tor process evidence available", "pid", pid)
 	return &ev
 }
 
