@@ -357,7 +357,15 @@ func cmdTor(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	gw := f.id + "-gw"
 	defer removeNamespaces(f.id)
-	if err := ipBatch(ctx, []string{"netns", "add", gw}, []string{"-n", gw, "link", "set", "lo", "up"}); err != nil {
+	// The private network's relays talk over this namespace's loopback.
+	// At lo's own MTU (65,536) every cell write is a "small" segment to
+	// Nagle, which then waits for the peer relay's delayed ACK (40 ms),
+	// and Tor's congestion control shrinks the circuit's window on that
+	// round trip: uploads fell to 0.28 of the TransPort's on whichever
+	// circuit had the lowest minimum RTT (bench/README.md, "the upload
+	// gap", 2026-12-06). Relays meet over Ethernet-sized links in the real
+	// network, so the rig's loopback gets their MTU.
+	if err := ipBatch(ctx, []string{"netns", "add", gw}, []string{"-n", gw, "link", "set", "lo", "mtu", "1500", "up"}); err != nil {
 		return err
 	}
 	inner := append(append([]string{"--net=/var/run/netns/" + gw, self, "tor"}, args...),
