@@ -1,7 +1,6 @@
 package torgate_test
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -28,33 +27,13 @@ const routerEOFGrace = 250 * time.Millisecond
 // closes: the end of the response is the end of the connection. It sends
 // the time of each close on the returned channel.
 func closingServer(t *testing.T, ip netip.Addr) (netip.AddrPort, <-chan time.Time) {
-	ln, err := net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	closed := make(chan time.Time, 64)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				br := bufio.NewReader(c)
-				for {
-					l, err := br.ReadString('\n')
-					if err != nil || l == "\r\n" {
-						break
-					}
-				}
-				c.Write([]byte("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nclosing\n"))
-				c.Close()
-				closed <- time.Now()
-			}()
-		}
-	}()
-	return netip.MustParseAddrPort(ln.Addr().String()), closed
+	addr := requestServer(t, ip, func(c net.Conn) {
+		c.Write([]byte("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nclosing\n"))
+		c.Close()
+		closed <- time.Now()
+	})
+	return addr, closed
 }
 
 // eofLatencies fetches from the closing server at port (by byIPAddr,

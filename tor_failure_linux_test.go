@@ -94,10 +94,9 @@ func (o *ownTor) signal(s syscall.Signal) {
 	}
 }
 
-// slowServer serves every request an HTTP/1.0 answer with no
-// Content-Length, streaming for about a minute: its end is the end of
-// the connection, so a truncation is only visible as an error.
-func slowServer(t *testing.T, ip netip.Addr) netip.AddrPort {
+// requestServer listens on ip and, for every connection, reads an HTTP
+// request's head and hands the connection to answer, which owns it.
+func requestServer(t *testing.T, ip netip.Addr, answer func(c net.Conn)) netip.AddrPort {
 	ln, err := net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +109,6 @@ func slowServer(t *testing.T, ip netip.Addr) netip.AddrPort {
 				return
 			}
 			go func() {
-				defer c.Close()
 				br := bufio.NewReader(c)
 				for {
 					l, err := br.ReadString('\n')
@@ -118,18 +116,28 @@ func slowServer(t *testing.T, ip netip.Addr) netip.AddrPort {
 						break
 					}
 				}
-				c.Write([]byte("HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n"))
-				chunk := make([]byte, 16<<10)
-				for range 6000 {
-					if _, err := c.Write(chunk); err != nil {
-						return
-					}
-					time.Sleep(10 * time.Millisecond)
-				}
+				answer(c)
 			}()
 		}
 	}()
 	return netip.MustParseAddrPort(ln.Addr().String())
+}
+
+// slowServer serves every request an HTTP/1.0 answer with no
+// Content-Length, streaming for about a minute: its end is the end of
+// the connection, so a truncation is only visible as an error.
+func slowServer(t *testing.T, ip netip.Addr) netip.AddrPort {
+	return requestServer(t, ip, func(c net.Conn) {
+		defer c.Close()
+		c.Write([]byte("HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n"))
+		chunk := make([]byte, 16<<10)
+		for range 6000 {
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
 }
 
 // download is a download of the slow server in the namespace.
