@@ -235,7 +235,12 @@ type port struct {
 	machineTokens   int       // new machines admissible now; guarded by mu
 	machineTokensAt time.Time // when machineTokens was last refilled; guarded by mu
 
-	lastDefend map[netip.Addr]int64 // per gateway address, unix nanoseconds of its last announcement; readLoop only
+	// defendMu guards the defence of the gateway's addresses: frames are
+	// read by the readLoop or, in direct mode, by netstack's reader, and
+	// a trailing defence runs on a timer.
+	defendMu   sync.Mutex
+	lastDefend map[netip.Addr]int64 // per gateway address, unix nanoseconds of its last announcement; guarded by defendMu
+	trailing   map[netip.Addr]bool  // a trailing announcement is scheduled; guarded by defendMu
 
 	// wmu serialises writeOut's gathering; it guards the scratch below.
 	wmu  sync.Mutex
@@ -331,7 +336,7 @@ func newPort(d *Device, l Link) (*port, error) {
 	if len(l.MAC) != 6 {
 		return nil, fmt.Errorf("lan: link %s: MAC %v is not Ethernet", l.Name, l.MAC)
 	}
-	p := &port{dev: d, link: l, mtu: l.MTU, idx: len(d.ports), neigh: map[netip.Addr]*neigh{}, perMAC: map[mac]int{}, lastDefend: map[netip.Addr]int64{}, readDone: make(chan struct{})}
+	p := &port{dev: d, link: l, mtu: l.MTU, idx: len(d.ports), neigh: map[netip.Addr]*neigh{}, perMAC: map[mac]int{}, lastDefend: map[netip.Addr]int64{}, trailing: map[netip.Addr]bool{}, readDone: make(chan struct{})}
 	p.frames.Store(&framesBox{l.Frames})
 	copy(p.mac[:], l.MAC)
 	if p.mac.isMulticast() || p.mac.isZero() {

@@ -229,7 +229,8 @@ const conflictLogEvery = time.Minute
 // once per 10 s, to stop two hosts that both want an address from
 // flooding the LAN; a gateway under a hostile claim must answer every
 // claim, and a second torgate on the LAN refuses to start
-// (CheckAddresses), so the only bound is defendEvery against a flood.
+// (CheckAddresses), so the only bound is defendEvery against a flood, and
+// a claim inside that bound gets one announcement at its end.
 func (p *port) conflict(a netip.Addr, m mac) {
 	d := p.dev
 	d.drop(reasonConflict, 1)
@@ -239,11 +240,34 @@ func (p *port) conflict(a netip.Addr, m mac) {
 		d.log.Warn("another station claims the gateway's LAN address (another gateway on this LAN, or a hostile workstation)",
 			"interface", p.link.Name, "address", a.String(), "mac", net.HardwareAddr(m[:]).String())
 	}
-	// Only the link's readLoop calls conflict: lastDefend needs no lock.
-	if now-p.lastDefend[a] < int64(defendEvery) {
+	p.defendMu.Lock()
+	if wait := p.lastDefend[a] + int64(defendEvery) - now; wait > 0 {
+		// Within the bound: this claim is not answered now, but the last
+		// word must be the gateway's, or a claim that came in the same
+		// window as its predecessor's answer (three frames at once) leaves
+		// the workstations pointing at the claimant until their caches
+		// time out (seconds: a hostile LAN test saw a fetch time out).
+		// One trailing announcement per address, at the window's end.
+		if !p.trailing[a] {
+			p.trailing[a] = true
+			time.AfterFunc(time.Duration(wait), func() {
+				p.defendMu.Lock()
+				p.trailing[a] = false
+				p.lastDefend[a] = time.Now().UnixNano()
+				p.defendMu.Unlock()
+				p.announce(a)
+			})
+		}
+		p.defendMu.Unlock()
 		return
 	}
 	p.lastDefend[a] = now
+	p.defendMu.Unlock()
+	p.announce(a)
+}
+
+// announce tells the whole LAN that a is the gateway's.
+func (p *port) announce(a netip.Addr) {
 	if a.Is4() {
 		// Gratuitous in Linux's sense (arp_is_garp), which overrides an
 		// entry within its locktime: a request with sender = target, and

@@ -198,7 +198,8 @@ func TestNewMachineBudget(t *testing.T) {
 }
 
 // TestGatewayAddressClaimed: another station claiming the gateway's
-// address is counted and answered with the gateway's own announcement.
+// address is counted and answered with the gateway's own announcement,
+// and claims inside the announcements' bound get one more at its end.
 func TestGatewayAddressClaimed(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		d, w := testDevice(t)
@@ -223,6 +224,17 @@ func TestGatewayAddressClaimed(t *testing.T) {
 			t.Fatalf("want the gateway's gratuitous reply, got %+v", rep)
 		}
 		w.none(t) // once per defendEvery
+		// The claims inside the bound get one trailing announcement at
+		// its end, so the gateway has the last word.
+		time.Sleep(defendEvery)
+		synctest.Wait()
+		if r := decodeARP(t, w.next(t)); r.op != header.ARPRequest || r.spa != gw4.Addr() || r.sha != gwMAC {
+			t.Fatalf("want the gateway's trailing gratuitous request, got %+v", r)
+		}
+		if r := decodeARP(t, w.next(t)); r.op != header.ARPReply || r.spa != gw4.Addr() || r.sha != gwMAC {
+			t.Fatalf("want the gateway's trailing gratuitous reply, got %+v", r)
+		}
+		w.none(t) // one trailing announcement, not one per claim
 		// The IPv6 address is defended on its own.
 		w.send(naFrame(mcastMAC(netip.MustParseAddr("ff02::1")), ws2MAC, gw6.Addr(), netip.MustParseAddr("ff02::1"), gw6.Addr(), naFlagOverr, &ws2MAC))
 		synctest.Wait()
