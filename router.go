@@ -382,11 +382,11 @@ func (r *Router) buildTunnel(u *cleanup) error {
 // once Tor's main loop has answered a control command sent after it
 // (torctl.Tor.Confirm; one command answers every end of stream before
 // it): a Tor exiting on SIGTERM closes its streams itself and never
-// answers again. Tor's process (torctl.Tor.ProcessState, ~8 µs, no
-// allocation) resets at once the streams of a Tor the kernel already
-// marks exiting or gone: a managed Tor's process is torgate's child; an
-// attached Tor's counts only once the kernel confirmed that the control
-// connection's peer is the pid Tor reports, on each (re)connection.
+// answers again. A managed Tor's process (torctl.Tor.ProcessState, ~8 µs,
+// no allocation; torgate's child) resets at once the streams of a Tor the
+// kernel already marks exiting or gone. An attached Tor's process is not
+// inspected (ProcessState does not know it): Confirm alone decides its
+// ends of stream.
 func (r *Router) lanes() []tunnel.Lane {
 	lanes := make([]tunnel.Lane, len(r.tor.inst))
 	for i, in := range r.tor.inst {

@@ -19,6 +19,7 @@ import (
 	"github.com/torgate/torgate/internal/nstest"
 	"github.com/torgate/torgate/internal/testlog"
 	"github.com/torgate/torgate/internal/testnet"
+	"github.com/torgate/torgate/internal/torctl"
 	"github.com/torgate/torgate/socks"
 )
 
@@ -85,6 +86,21 @@ func (o *ownTor) kill() {
 		o.cmd.Process.Kill()
 		o.cmd.Wait()
 		o.cmd = nil
+	}
+}
+
+// confirmOf runs tor's Confirm and waits for its answer.
+func confirmOf(t *testing.T, tor *torctl.Tor) (alive bool, took time.Duration) {
+	t.Helper()
+	start := time.Now()
+	res := make(chan bool, 1)
+	tor.Confirm(func(a bool) { res <- a })
+	select {
+	case a := <-res:
+		return a, time.Since(start)
+	case <-time.After(time.Minute):
+		t.Fatal("Confirm never answered")
+		return false, 0
 	}
 }
 
@@ -251,21 +267,28 @@ func checkFailures(t *testing.T, n *testnet.Network) {
 	})
 
 	t.Run("Killed", func(t *testing.T) {
-		// The own tor runs as this test's user on a loopback control
-		// port: its process is verified, so the end of the transfer its
-		// death closes is judged a RST at once, not after the grace.
-		_, evidence := g.tor.ProcessState()
-		if !evidence {
-			t.Errorf("attached tor (same user, loopback control port): no process evidence")
+		// An attached Tor's process is not inspected: the end of the
+		// transfer its death closes is judged by Confirm alone. The kill
+		// closes the control connection, so Confirm answers false at
+		// once, not at the probe deadline.
+		if gone, known := g.tor.ProcessState(); gone || known {
+			t.Errorf("attached tor: ProcessState = gone %v, known %v; want neither (Confirm decides)", gone, known)
 		}
 		tr := startTransfer(t, g.ws, url)
 		killed := time.Now()
 		o.kill()
 		notReady := waitUntil(t, 5*time.Second, "not ready after SIGKILL", func() bool { return !g.tor.Ready() })
+		alive, confirmTook := confirmOf(t, g.tor)
+		if alive || confirmTook >= torctl.DefaultProbeDeadline {
+			t.Errorf("killed attached tor: Confirm = %v after %v; want false before the probe deadline (%v): the control connection closed", alive, confirmTook, torctl.DefaultProbeDeadline)
+		}
 		code := tr.wait(t, 10*time.Second)
 		ended := time.Since(killed)
 		if code == 0 {
 			t.Errorf("curl exited 0 for a download without Content-Length cut off by the kill: a truncation looked complete (%s)", tr.stderr.String())
+		}
+		if ended >= torctl.DefaultProbeDeadline {
+			t.Errorf("transfer ended %v after the kill: not before the probe deadline (%v), so not by the closed control connection", ended.Round(time.Millisecond), torctl.DefaultProbeDeadline)
 		}
 		rst := refused(t, g, url)
 		// Restart: the attached control port comes back; torgate uses it.
@@ -280,13 +303,9 @@ func checkFailures(t *testing.T, n *testnet.Network) {
 		})
 		connected := waitUntil(t, recoverBound, "control reconnected", func() bool { return g.tor.Status().Connected })
 		ready := waitUntil(t, 90*time.Second, "ready after restart", g.tor.Ready)
-		// The restarted tor is a new process: verified anew.
-		if gone, known := g.tor.ProcessState(); gone || !known {
-			t.Errorf("restarted attached tor: ProcessState = gone %v, known %v; want verified and running", gone, known)
-		}
 		g.fetch(t.Context(), ipURL(n, "/"))
-		report = append(report, fmt.Sprintf("SIGKILL (process evidence %v) -> not ready %v; transfer ended %v after the kill, curl exit %d (%s); new flow refused in %v; restart: control port up %v after exec, torctl reconnected %v later, ready %v after that (total %v)",
-			evidence, notReady.Round(time.Microsecond), ended.Round(time.Millisecond), code, strings.TrimSpace(tr.stderr.String()), rst.Round(time.Millisecond),
+		report = append(report, fmt.Sprintf("SIGKILL -> not ready %v, Confirm false in %v; transfer ended %v after the kill, curl exit %d (%s); new flow refused in %v; restart: control port up %v after exec, torctl reconnected %v later, ready %v after that (total %v)",
+			notReady.Round(time.Microsecond), confirmTook.Round(time.Microsecond), ended.Round(time.Millisecond), code, strings.TrimSpace(tr.stderr.String()), rst.Round(time.Millisecond),
 			listening.Round(time.Millisecond), connected.Round(time.Millisecond), ready.Round(time.Millisecond), time.Since(started).Round(time.Millisecond)))
 	})
 
@@ -294,8 +313,9 @@ func checkFailures(t *testing.T, n *testnet.Network) {
 		// SIGTERM: a client tor exits at once, but in its own time: it
 		// closes its connections itself (tor_cleanup frees every
 		// connection) before the kernel marks the process exiting. A
-		// stream it closes that way reads as a clean end unless torgate
-		// has other evidence; the download must still end as an error.
+		// stream it closes that way reads as a clean end, and only
+		// Confirm (Tor's main loop never answers again) makes it a RST;
+		// the download must still end as an error.
 		tr := startTransfer(t, g.ws, url)
 		termed := time.Now()
 		o.signal(syscall.SIGTERM)

@@ -383,9 +383,10 @@ func checkFailClosed(t *testing.T, g *gateway, n *testnet.Network) {
 	ctx := t.Context()
 	// A download whose end is the end of the connection (HTTP/1.0, no
 	// Content-Length) that would take 10 minutes: when tor is killed, its
-	// sockets close cleanly, and only the process check
-	// (torctl.Tor.ProcessState) turns that end into a RST before readiness
-	// falls; a FIN would make curl exit 0 with a truncated body.
+	// sockets close cleanly; the process check (torctl.Tor.ProcessState)
+	// or else Confirm, which a dead Tor never answers, turns that end into
+	// a RST before readiness falls; a FIN would make curl exit 0 with a
+	// truncated body.
 	web := slowServer(t, n.WebAddr.Addr())
 	tr := startTransfer(t, g.ws, "http://"+byIPAddr+":"+strconv.Itoa(int(web.Port()))+"/")
 

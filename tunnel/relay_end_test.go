@@ -77,9 +77,10 @@ func TestRelayEndDecision(t *testing.T) {
 			wantRST: true, how: "rst_tor_down",
 		},
 		{
-			// An attached Tor: readiness falls a moment after its sockets
-			// close, within the grace: once the relay has seen the end of
-			// stream (fallInGrace), while Tor was still ready.
+			// An upstream judged by the grace alone (plain SOCKS with the
+			// caller's readiness): readiness falls a moment after its
+			// sockets close, within the grace: once the relay has seen the
+			// end of stream (fallInGrace), while it was still ready.
 			name: "upstream EOF, tor not ready within the grace",
 			end: func(_ *Tunnel, _ *atomic.Bool, _, up net.Conn) {
 				up.(*net.TCPConn).CloseWrite()
@@ -129,6 +130,16 @@ func TestRelayEndDecision(t *testing.T) {
 				up.(*net.TCPConn).CloseWrite()
 			},
 			wantRST: true, how: "rst_tor_down", known: true, confirm: new(false),
+		},
+		{
+			// An attached Tor: its process is not known, and the end
+			// is a RST unless Tor confirms it (killed: the control
+			// connection closed; hung; exiting on SIGTERM).
+			name: "upstream EOF from an attached tor that does not confirm",
+			end: func(_ *Tunnel, _ *atomic.Bool, _, up net.Conn) {
+				up.(*net.TCPConn).CloseWrite()
+			},
+			wantRST: true, how: "rst_tor_down", confirm: new(false), grace: time.Minute,
 		},
 		{
 			name: "upstream EOF confirmed by tor",

@@ -127,11 +127,9 @@ type Config struct {
 	UpstreamConfirm func(done func(alive bool))
 	// EOFGrace holds an end of stream from the upstream, when
 	// UpstreamState does not know and UpstreamConfirm is not set, this
-	// long before passing it on, so
-	// that Ready can fall first when the upstream died and readiness
-	// learns of it within that time (an attached Tor's control connection
-	// closes too). It delays the FIN of every such stream by this much,
-	// and nothing else.
+	// long before passing it on, so that Ready can fall first when the
+	// upstream died and readiness learns of it within that time. It
+	// delays the FIN of every such stream by this much, and nothing else.
 	EOFGrace time.Duration
 	// DialTimeout bounds the SOCKS handshake including Tor building a
 	// circuit, which takes seconds and, for onion services, tens of

@@ -8,10 +8,11 @@ import (
 
 // When Tor ends a SOCKS stream, the relay cannot tell from the socket
 // whether the exit ended it or Tor is going away: both read as a clean
-// end of stream. A killed Tor is marked exiting by the kernel before its
-// sockets close (ProcessState), but a Tor that exits on SIGTERM or SIGINT
-// closes every connection itself, in tor_cleanup after its main loop has
-// stopped, while its process is still an ordinary running one (measured
+// end of stream. A killed managed Tor is marked exiting by the kernel
+// before its sockets close (ProcessState; an attached Tor's process is
+// not inspected), but a Tor that exits on SIGTERM or SIGINT closes every
+// connection itself, in tor_cleanup after its main loop has stopped,
+// while its process is still an ordinary running one (measured
 // 2026-12-06: a download cut off by SIGTERM read as complete). What
 // separates the two is the main loop: after the exit ended a stream it
 // goes on and answers the controller; after a SIGTERM it never answers

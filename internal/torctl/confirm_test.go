@@ -24,7 +24,8 @@ func confirmOf(t *testing.T, tor *Tor) (alive bool, took time.Duration) {
 // TestConfirm: a Tor that answers confirms (an error reply is an answer
 // too); a hung one does not, by ProbeDeadline, without waiting for
 // CommandTimeout; without a control connection nothing confirms; many
-// ends of stream at once all hear the answer.
+// ends of stream at once all hear the answer. An attached Tor's
+// ProcessState never knows: Confirm alone decides.
 func TestConfirm(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFakeTor(t, "NULL")
@@ -36,6 +37,11 @@ func TestConfirm(t *testing.T) {
 			ReconnectInterval: time.Hour,
 		})
 		eventually(t, "ready", tor.Ready)
+		// An attached Tor's process is not inspected: Confirm alone
+		// decides its ends of stream.
+		if gone, known := tor.ProcessState(); gone || known {
+			t.Fatalf("attached: ProcessState = gone %v, known %v; want neither", gone, known)
+		}
 		if alive, _ := confirmOf(t, tor); !alive {
 			t.Fatal("a Tor that answers (552 for an unknown key) did not confirm")
 		}
@@ -67,8 +73,11 @@ func TestConfirm(t *testing.T) {
 		f.setDown(true)
 		f.dropAll()
 		eventually(t, "control connection lost", func() bool { return !tor.Status().Connected })
-		if alive, _ := confirmOf(t, tor); alive {
-			t.Fatal("confirmed without a control connection")
+		if alive, took := confirmOf(t, tor); alive || took > 0 {
+			t.Fatalf("without a control connection: confirmed %v after %v; want false at once", alive, took)
+		}
+		if gone, known := tor.ProcessState(); gone || known {
+			t.Fatalf("attached, connection lost: ProcessState = gone %v, known %v; want neither", gone, known)
 		}
 	})
 }

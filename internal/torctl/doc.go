@@ -47,11 +47,8 @@
 //     of a Tor that already runs (cookie, password or no authentication)
 //     and reads its SocksPort from GETINFO net/listeners/socks unless
 //     Config.SocksAddr names it. A lost connection is retried with backoff.
-//     On each connection torctl asks Tor for its pid (GETINFO process/pid)
-//     and trusts it only if the kernel names that process as the
-//     connection's peer (SO_PEERCRED on a unix socket; on loopback TCP,
-//     the peer's socket among /proc/PID/fd): then ProcessState answers
-//     from Tor's process, as in managed mode.
+//     torctl does not inspect an attached Tor's process: ProcessState
+//     does not know it, and Confirm alone decides its ends of stream.
 //
 // In both modes Ready reports, with one atomic load, whether Tor is
 // bootstrapped to 100 %, has a working circuit and sees the network up

@@ -46,21 +46,3 @@ func (e *RateLimitError) Error() string {
 
 // Is makes errors.Is(err, ErrRateLimited) true.
 func (e *RateLimitError) Is(target error) bool { return target == ErrRateLimited }
-
-// EvidenceError says why an attached Tor's process cannot stand as
-// evidence of its death (Tor.ProcessState). Not an error of the
-// connection, which is used all the same: only a dying Tor's ends of
-// stream wait for its control connection instead (the router's grace).
-type EvidenceError struct {
-	Reason string // what was missing or did not match, for the log
-	Err    error  // the underlying error, if any
-}
-
-func (e *EvidenceError) Error() string {
-	if e.Err == nil {
-		return "no tor process evidence: " + e.Reason
-	}
-	return "no tor process evidence: " + e.Reason + ": " + e.Err.Error()
-}
-
-func (e *EvidenceError) Unwrap() error { return e.Err }

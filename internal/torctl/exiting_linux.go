@@ -23,79 +23,30 @@ const pfExiting = 0x4
 // is known. It runs once per stream the upstream ends, so it does not
 // allocate (unix.Open would copy the path).
 func procState(pid int) (exiting, known bool) {
-	var buf [512]byte
-	n, errno := readStat(pid, &buf)
-	if errno == unix.ENOENT || errno == unix.ESRCH {
-		return absent(pid)
-	}
-	if errno != 0 || n <= 0 {
-		return false, false
-	}
-	exiting, _, ok := statFields(buf[:n])
-	return exiting, ok
-}
-
-// procStateSince is procState for the process that had pid and start
-// time start (field 22 of /proc/PID/stat) when it was verified: a
-// different start time means that process is gone and its pid reused.
-// The process was visible in /proc when it was verified, so an absent
-// entry means it is gone, whoever now holds its pid. Like procState it
-// does not allocate.
-func procStateSince(pid int, start uint64) (gone, known bool) {
-	var buf [512]byte
-	n, errno := readStat(pid, &buf)
-	if errno == unix.ENOENT || errno == unix.ESRCH {
-		return true, true
-	}
-	if errno != 0 || n <= 0 {
-		return false, false
-	}
-	exiting, st, ok := statFields(buf[:n])
-	if !ok || st == 0 {
-		return false, false
-	}
-	return exiting || st != start, true
-}
-
-// procStart returns the start time of process pid (field 22 of
-// /proc/PID/stat, in clock ticks since boot), which tells it from a later
-// process given the same pid.
-func procStart(pid int) (uint64, error) {
-	var buf [512]byte
-	n, errno := readStat(pid, &buf)
-	if errno != 0 {
-		return 0, errno
-	}
-	_, st, ok := statFields(buf[:n])
-	if !ok || st == 0 {
-		return 0, unix.EINVAL
-	}
-	return st, nil
-}
-
-// readStat reads /proc/PID/stat into buf without allocating: n bytes, or
-// the errno of the open or the read.
-func readStat(pid int, buf *[512]byte) (n int, errno unix.Errno) {
 	var path [32]byte
 	p := append(path[:0], "/proc/"...)
 	p = strconv.AppendInt(p, int64(pid), 10)
 	p = append(p, "/stat\x00"...)
 	atFDCWD := unix.AT_FDCWD // a negative constant: convert at run time
-	r, _, e := unix.Syscall6(unix.SYS_OPENAT, uintptr(atFDCWD), uintptr(unsafe.Pointer(&p[0])),
+	r, _, errno := unix.Syscall6(unix.SYS_OPENAT, uintptr(atFDCWD), uintptr(unsafe.Pointer(&p[0])),
 		uintptr(unix.O_RDONLY|unix.O_CLOEXEC), 0, 0, 0)
-	if e != 0 {
-		return 0, e
+	if errno == unix.ENOENT || errno == unix.ESRCH {
+		return absent(pid)
+	}
+	if errno != 0 {
+		return false, false
 	}
 	fd := int(r)
+	var buf [512]byte
 	n, err := unix.Read(fd, buf[:])
 	unix.Close(fd)
-	if err != nil {
-		if e, ok := err.(unix.Errno); ok {
-			return 0, e // ESRCH: reaped between open and read
-		}
-		return 0, unix.EIO
+	if err == unix.ESRCH {
+		return absent(pid) // reaped between open and read
 	}
-	return n, 0
+	if err != nil || n <= 0 {
+		return false, false
+	}
+	return statExiting(buf[:n])
 }
 
 // absent tells a process that is gone from one /proc hides.
@@ -109,59 +60,37 @@ func absent(pid int) (gone, known bool) {
 // statExiting reads the state and flags fields of a /proc/PID/stat line;
 // ok (known) is false if the line does not parse.
 func statExiting(stat []byte) (exiting, ok bool) {
-	exiting, _, ok = statFields(stat)
-	return exiting, ok
-}
-
-// statFields reads the state, flags and start time (fields 3, 9 and 22)
-// of a /proc/PID/stat line. ok is false if state or flags do not parse;
-// start is 0 if the line ends before field 22 or it does not parse.
-func statFields(stat []byte) (exiting bool, start uint64, ok bool) {
 	// The command name (field 2) is in parentheses and may hold anything,
 	// ')' included: the fields resume after the last ')'.
 	i := bytes.LastIndexByte(stat, ')')
 	if i < 0 {
-		return false, 0, false
+		return false, false
 	}
 	rest := stat[i+1:]
-	// Fields after the name, from 3 (state) to 22 (starttime).
-	var field [20][]byte
+	// Fields after the name: state, ppid, pgrp, session, tty_nr, tpgid,
+	// flags.
+	var field [7][]byte
 	for k := range field {
 		rest = bytes.TrimLeft(rest, " ")
-		end := bytes.IndexAny(rest, " \n")
+		end := bytes.IndexByte(rest, ' ')
 		if end < 0 {
 			end = len(rest)
 		}
 		field[k], rest = rest[:end], rest[end:]
 	}
-	// Indexes: field N of proc(5) is field[N-3].
-	const state, flags, starttime = 0, 6, 19
-	if len(field[state]) != 1 || len(field[flags]) == 0 {
-		return false, 0, false
+	if len(field[0]) != 1 || len(field[6]) == 0 {
+		return false, false
 	}
-	start, _ = decimal(field[starttime])
-	switch field[state][0] {
+	switch field[0][0] {
 	case 'Z', 'X', 'x':
-		return true, start, true
+		return true, true
 	}
-	fl, ok := decimal(field[flags])
-	if !ok {
-		return false, 0, false
-	}
-	return fl&pfExiting != 0, start, true
-}
-
-// decimal parses an unsigned decimal field without allocating.
-func decimal(b []byte) (uint64, bool) {
-	if len(b) == 0 {
-		return 0, false
-	}
-	var v uint64
-	for _, c := range b {
+	var flags uint64
+	for _, c := range field[6] {
 		if c < '0' || c > '9' {
-			return 0, false
+			return false, false
 		}
-		v = v*10 + uint64(c-'0')
+		flags = flags*10 + uint64(c-'0')
 	}
-	return v, true
+	return flags&pfExiting != 0, true
 }

@@ -88,54 +88,6 @@ func (f *fakeTor) dial(ctx context.Context) (net.Conn, error) {
 	return a, nil
 }
 
-// listen serves the fake on a real socket (network "unix" or "tcp") in
-// this process, for tests that need the kernel to see the connection
-// (process evidence), and returns its address for Config.ControlAddr.
-// While down, it accepts and closes at once, as a port nobody serves
-// would refuse.
-func (f *fakeTor) listen(network string) string {
-	addr := "127.0.0.1:0"
-	if network == "unix" {
-		addr = filepath.Join(f.t.TempDir(), "control.sock")
-	}
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	f.t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			f.mu.Lock()
-			f.dials++
-			down := f.down
-			f.mu.Unlock()
-			if down {
-				nc.Close()
-				continue
-			}
-			f.accept(nc)
-		}
-	}()
-	if network == "unix" {
-		return "unix:" + addr
-	}
-	return ln.Addr().String()
-}
-
-// accept serves one connection.
-func (f *fakeTor) accept(nc net.Conn) {
-	c := &fakeConn{nc: nc, out: make(chan string, 256), done: make(chan struct{}), events: map[string]bool{}}
-	f.mu.Lock()
-	f.conns[c] = true
-	f.mu.Unlock()
-	go c.writeLoop()
-	go f.serve(c)
-}
-
 // closeMarker in the output queue closes the connection after the lines
 // before it are written.
 const closeMarker = "\x00close"

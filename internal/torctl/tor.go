@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -161,11 +160,6 @@ type Tor struct {
 	ready atomic.Bool                       // mirrors st.Ready(); read per flow
 	socks atomic.Pointer[endpoint.Endpoint] // nil until known
 	pid   atomic.Int64                      // managed tor's PID, 0 when none
-	// attached is the attached Tor's process as the kernel vouched for
-	// it on the current control connection; pid 0 (gone) once a
-	// verified connection is lost, nil while there is no evidence. Read
-	// per end of stream (ProcessState).
-	attached atomic.Pointer[procEvidence]
 
 	mu         sync.Mutex
 	st         Status        // guarded by mu
@@ -453,38 +447,19 @@ func (t *Tor) User() string {
 // attach mode).
 func (t *Tor) PID() int { return int(t.pid.Load()) }
 
-// procEvidence is a tor process the kernel vouched for: the peer of the
-// control connection (verifyPeer). Its start time tells it from a later
-// process given the same pid.
-type procEvidence struct {
-	pid   int    // 0: the verified process is gone
-	start uint64 // field 22 of /proc/PID/stat
-}
-
 // ProcessState reports whether Tor's process is exiting or gone right
 // now (none runs, or its process is exiting, PF_EXITING, or a zombie),
 // and whether it knows: it answers from the process itself, not from the
 // supervisor's view, so a stream that a dying tor closed can be told from
 // one the exit ended at the moment its end is read (see
-// tunnel.Config.UpstreamState). In attach mode it knows only while the
-// kernel vouched for the process at the other end of the control
-// connection (process/pid checked with SO_PEERCRED, or the TCP peer's
-// socket among the process's files; see verifyPeer): then a changed start
-// time (pid reuse) is gone too, and so is everything from the loss of that
-// connection until a new one is verified. known is false when /proc hides
-// tor's process (hidepid, with tor running as another user) and for an
-// attached Tor without that evidence: then callers must find their
+// tunnel.Config.UpstreamState). known is false for an attached Tor,
+// whose process torgate did not start (its ends of stream are decided by
+// Confirm alone), and when /proc hides a managed tor's process (hidepid,
+// with tor running as another user): then callers must find their
 // evidence elsewhere. It does not allocate.
 func (t *Tor) ProcessState() (exiting, known bool) {
 	if !t.managed {
-		ev := t.attached.Load()
-		switch {
-		case ev == nil:
-			return false, false
-		case ev.pid == 0:
-			return true, true
-		}
-		return procStateSince(ev.pid, ev.start)
+		return false, false
 	}
 	pid := t.PID()
 	if pid == 0 {
@@ -598,10 +573,6 @@ func (t *Tor) setup(ctx context.Context, c *Conn) error {
 		}
 		t.socks.Store(&endpoint.Endpoint{Network: n, Address: a})
 	}
-	var ev *procEvidence
-	if !t.managed {
-		ev = t.verifyProcess(ctx, c)
-	}
 	t.mu.Lock()
 	t.cur = c
 	t.mu.Unlock()
@@ -615,37 +586,7 @@ func (t *Tor) setup(ctx context.Context, c *Conn) error {
 		t.mu.Unlock()
 		return err
 	}
-	if !t.managed {
-		t.attached.Store(ev)
-	}
 	return nil
-}
-
-// verifyProcess asks the attached Tor for its pid and returns it as
-// evidence if the kernel confirms that process is the control
-// connection's peer (verifyPeer), or nil. Either way it logs, once per
-// connection, whether a dying Tor's streams can be reset from its process
-// state before any confirmation (Confirm decides every other end).
-func (t *Tor) verifyProcess(ctx context.Context, c *Conn) *procEvidence {
-	info, err := c.GetInfo(ctx, "process/pid")
-	if err != nil {
-		// Not fatal: Tor has answered process/pid since 0.2.x, but a
-		// filtering control proxy (onion-grater) may refuse it.
-		t.log.Info("tor process evidence unavailable: stream ends are confirmed over the control connection only", "reason", "GETINFO process/pid failed", "err", err)
-		return nil
-	}
-	pid, err := strconv.Atoi(info["process/pid"])
-	if err != nil {
-		t.log.Info("tor process evidence unavailable: stream ends are confirmed over the control connection only", "reason", "bad process/pid", "err", err)
-		return nil
-	}
-	ev, err := verifyPeer(c.nc, pid)
-	if err != nil {
-		t.log.Info("tor process evidence unavailable: stream ends are confirmed over the control connection only", "pid", pid, "err", err)
-		return nil
-	}
-	t.log.Info("tor process evidence available", "pid", pid)
-	return &ev
 }
 
 // serve runs the session on an open connection until it ends or ctx is
@@ -701,18 +642,13 @@ func (t *Tor) probe(ctx context.Context, c *Conn) error {
 	return <-res
 }
 
-// lost marks the session of c over. An attached Tor whose process was
-// verified counts as gone from now until a new connection is verified:
-// its pid may be reused, and the loss is the first sign of its death.
+// lost marks the session of c over.
 func (t *Tor) lost(c *Conn) {
 	t.mu.Lock()
 	if t.cur == c {
 		t.cur = nil
 	}
 	t.mu.Unlock()
-	if ev := t.attached.Load(); ev != nil && ev.pid != 0 {
-		t.attached.Store(&procEvidence{}) // gone
-	}
 	t.update(func(st *Status) { st.Connected, st.Unresponsive = false, false })
 	if t.cfg.OnDown != nil {
 		t.cfg.OnDown()
