@@ -44,6 +44,13 @@ func Example() {
 	defer stop()
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
+	// Until the router has evidence that its upstream answers, new flows
+	// get a RST: wait for it, as a workstation's first connection would
+	// otherwise be refused.
+	if err := r.WaitReady(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
 
 	conn, err := workstation.DialContextTCPAddrPort(ctx, netip.MustParseAddrPort("192.0.2.1:7"))
 	if err != nil {
