@@ -356,10 +356,18 @@ func (d *direction) finish() {
 	}
 	f := d.f
 	// A write towards Tor may have met Tor's RST first and taken the
-	// error with it (tcpClosed); then this end of stream is a reset.
-	// upShut is set before the upstream half-close, so a socket closed
-	// by an orderly exchange of FINs is not taken for one.
-	if !f.upShut.Load() && tcpClosed(f.up) {
+	// error with it (tcpClosed); then this end of stream is a reset. A
+	// socket whose FINs were exchanged in order is in TCP_CLOSE too once
+	// this side's FIN is acknowledged, so the check must not see one the
+	// other direction sent: it holds upMu, under which the upstream
+	// direction marks upShut and half-closes, so upShut false means no
+	// FIN of ours (a check between reading upShut and the socket's state
+	// took one that the other direction sent in between, and its ACK
+	// from loopback, for a RST: seen under qemu, 2026-12-06).
+	f.upMu.Lock()
+	reset := !f.upShut && tcpClosed(f.up)
+	f.upMu.Unlock()
+	if reset {
 		f.abort(endUpstreamError)
 		return
 	}
@@ -429,11 +437,16 @@ func (d *direction) finishNow() {
 		f.abort(endFIN)
 		return
 	}
-	if d == &f.dirs[0] {
-		f.upShut.Store(true) // before the FIN: see finish
-	}
 	if cw, ok := d.dst.(closeWriter); ok {
-		cw.CloseWrite()
+		if d == &f.dirs[0] {
+			// The FIN to the upstream and its mark, together: see finish.
+			f.upMu.Lock()
+			f.upShut = true
+			cw.CloseWrite()
+			f.upMu.Unlock()
+		} else {
+			cw.CloseWrite()
+		}
 	}
 	// The source needs no CloseRead: it has read its EOF, and for a
 	// socket a shutdown(SHUT_RD) would be one more system call per flow
@@ -452,9 +465,10 @@ type flow struct {
 	// last is the time of the last byte either way, in UnixNano.
 	last     atomic.Int64
 	halfDone atomic.Int32
-	// upShut is set when the upstream direction is about to half-close
-	// the upstream (finishNow); see finish.
-	upShut atomic.Bool
+	// upShut is set, under upMu, when the upstream direction
+	// half-closes the upstream (finishNow); see finish.
+	upMu   sync.Mutex
+	upShut bool
 	// refs counts the flow itself (until abort) and running pumps; the
 	// last one out ends the flow.
 	refs    atomic.Int32

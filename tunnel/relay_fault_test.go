@@ -335,6 +335,30 @@ func TestRelayUpstreamFINWhileSending(t *testing.T) {
 	}
 }
 
+// TestTCPClosedAfterOwnFIN is why finish reads the upstream's state
+// under upMu: a socket whose peer ended first reads TCP_CLOSE, like a
+// reset one, as soon as this side's own FIN is acknowledged (LAST_ACK,
+// then CLOSE). A check that read upShut before the upstream direction's
+// FIN and the state after it took a clean end for a reset (TestRelayModel
+// under qemu-mips, 2026-12-06: a clean flow ended rst_upstream_error).
+func TestTCPClosedAfterOwnFIN(t *testing.T) {
+	local, peer := socketPair(t)
+	peer.(*net.TCPConn).CloseWrite()
+	local.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(local); err != nil {
+		t.Fatal(err)
+	}
+	if tcpClosed(local) {
+		t.Fatal("CLOSE_WAIT read as closed")
+	}
+	local.(*net.TCPConn).CloseWrite()
+	peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(peer); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return tcpClosed(local) })
+}
+
 // finCounter is a workstation connection that counts the FINs the relay
 // sends it (CloseWrite); the rest is the socket's own.
 type finCounter struct {
