@@ -251,6 +251,11 @@ func (p *port) conflict(a netip.Addr, m mac) {
 		if !p.trailing[a] {
 			p.trailing[a] = true
 			time.AfterFunc(time.Duration(wait), func() {
+				select {
+				case <-d.closed:
+					return // nothing to write to: not a drop
+				default:
+				}
 				p.defendMu.Lock()
 				p.trailing[a] = false
 				p.lastDefend[a] = time.Now().UnixNano()
